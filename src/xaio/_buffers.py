@@ -1,0 +1,146 @@
+"""Pinning Python buffers for the kernel.
+
+The kernel reads from and writes into memory it is given by address, possibly
+long after the system call that handed it over has returned.  Python objects
+move nothing, but they can be *freed* (last reference dropped) or *resized*
+(``bytearray``); either would leave the kernel writing into memory that now
+belongs to someone else.
+
+A :class:`Pin` holds a buffer export (PEP 3118) of the object for as long as it
+lives: while it exists the object cannot be freed or resized (a ``bytearray``
+raises ``BufferError`` on resize, an ``mmap`` refuses to close).  The address
+handed to the kernel is always derived from such an export: no API of xaio
+accepts a raw integer address.
+
+Writable buffers are exported through ``ctypes`` (``from_buffer``); read-only
+ones (``bytes``, read-only ``memoryview``) through ``PyObject_GetBuffer``, which
+is the only way CPython offers to learn their address without copying.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["Pin", "pin", "pin_many", "buffer_length"]
+
+
+class _Py_buffer(ctypes.Structure):
+    _fields_ = [
+        ("buf", ctypes.c_void_p),
+        ("obj", ctypes.c_void_p),
+        ("len", ctypes.c_ssize_t),
+        ("itemsize", ctypes.c_ssize_t),
+        ("readonly", ctypes.c_int),
+        ("ndim", ctypes.c_int),
+        ("format", ctypes.c_char_p),
+        ("shape", ctypes.c_void_p),
+        ("strides", ctypes.c_void_p),
+        ("suboffsets", ctypes.c_void_p),
+        ("internal", ctypes.c_void_p),
+    ]
+
+
+_PyBUF_SIMPLE = 0
+_GetBuffer = ctypes.pythonapi.PyObject_GetBuffer
+_GetBuffer.argtypes = [ctypes.py_object, ctypes.POINTER(_Py_buffer), ctypes.c_int]
+_GetBuffer.restype = ctypes.c_int
+_ReleaseBuffer = ctypes.pythonapi.PyBuffer_Release
+_ReleaseBuffer.argtypes = [ctypes.POINTER(_Py_buffer)]
+_ReleaseBuffer.restype = None
+
+
+class Pin:
+    """A live export of a contiguous buffer: its address and length stay valid
+    until :meth:`release` (or until the Pin is garbage collected)."""
+
+    __slots__ = ("address", "nbytes", "readonly", "obj", "_holder", "_pybuf")
+
+    address: int
+    nbytes: int
+    readonly: bool
+    obj: object
+
+    def __init__(self, obj: object, writable: bool) -> None:
+        try:
+            view = memoryview(obj)  # type: ignore[arg-type]
+        except TypeError:
+            raise TypeError(
+                f"a bytes-like object is required, not {type(obj).__name__!r}"
+            ) from None
+        if not view.c_contiguous:
+            view.release()
+            raise ValueError("buffer must be C-contiguous")
+        self.obj = obj
+        self.nbytes = view.nbytes
+        self.readonly = view.readonly
+        self._pybuf: _Py_buffer | None = None
+        if view.readonly:
+            if writable:
+                view.release()
+                raise TypeError(
+                    f"a writable buffer is required for a read, not a read-only "
+                    f"{type(obj).__name__!r}"
+                )
+            view.release()
+            pybuf = _Py_buffer()
+            _GetBuffer(obj, ctypes.byref(pybuf), _PyBUF_SIMPLE)
+            self._pybuf = pybuf
+            self._holder: Any = None
+            self.address = pybuf.buf or 0
+        else:
+            if view.ndim != 1 or view.format != "B":
+                view = view.cast("B")
+            holder = (ctypes.c_char * self.nbytes).from_buffer(view)
+            self._holder = holder
+            self.address = ctypes.addressof(holder)
+
+    def release(self) -> None:
+        """Give the buffer back to Python (idempotent)."""
+        pybuf = self._pybuf
+        if pybuf is not None:
+            self._pybuf = None
+            _ReleaseBuffer(ctypes.byref(pybuf))
+        self._holder = None
+
+    def __del__(self) -> None:
+        try:
+            self.release()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
+
+    def __repr__(self) -> str:
+        return f"<Pin {type(self.obj).__name__} {self.nbytes} bytes at {self.address:#x}>"
+
+
+def pin(obj: object, *, writable: bool) -> Pin:
+    """Pin *obj* (any C-contiguous bytes-like object).
+
+    Raises:
+        TypeError: *obj* is not bytes-like, or *writable* and it is read-only.
+        ValueError: *obj* is not C-contiguous.
+    """
+    return Pin(obj, writable)
+
+
+def pin_many(buffers: Sequence[object], *, writable: bool) -> list[Pin]:
+    """Pin every buffer of *buffers*; on error nothing stays pinned."""
+    pins: list[Pin] = []
+    try:
+        for b in buffers:
+            pins.append(Pin(b, writable))
+    except BaseException:
+        for p in pins:
+            p.release()
+        raise
+    return pins
+
+
+def buffer_length(obj: object) -> int:
+    """Length in bytes of bytes-like *obj* (TypeError if it is not one)."""
+    try:
+        with memoryview(obj) as view:  # type: ignore[arg-type]
+            return view.nbytes
+    except TypeError:
+        raise TypeError(f"a bytes-like object is required, not {type(obj).__name__!r}") from None

@@ -1,0 +1,234 @@
+"""The sans-I/O core: operation records, their states, and the in-flight table.
+
+No system calls, no threads, no event loop: engines (Linux AIO, io_uring, the
+thread pool) drive these objects, and tests drive them with fake completions,
+including the orderings that are hard to produce for real.
+
+Lifecycle of an :class:`Operation`::
+
+    QUEUED --submit--> SUBMITTED --request_cancel--> CANCEL_REQUESTED
+       |                   |                               |
+       |                   +--------- complete ------------+--> DONE
+       +--cancel_queued (never reached the kernel) -----------> DONE
+
+Rule 1 of the design: only a reaped completion (:meth:`InFlight.complete`)
+removes an operation from the in-flight table and releases its buffers.  A
+cancel request, a cancel's own completion (io_uring posts two: one for the
+cancel, one for the target, in either order) or a dropped future only change
+the state; the buffers stay pinned until the target's completion is reaped.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from xaio._buffers import Pin, pin_many
+from xaio._syscall import oserror
+
+__all__ = ["OpCode", "OpState", "Operation", "InFlight", "decode_result", "CancelOutcome"]
+
+
+class OpCode(enum.IntEnum):
+    """Engine-neutral operation codes."""
+
+    READ = 0
+    WRITE = 1
+    READV = 2
+    WRITEV = 3
+    FSYNC = 4
+    FDATASYNC = 5
+    POLL = 6
+    NOP = 7
+
+
+class OpState(enum.IntEnum):
+    QUEUED = 0
+    SUBMITTED = 1
+    CANCEL_REQUESTED = 2
+    DONE = 3
+
+
+class CancelOutcome(enum.IntEnum):
+    """What an engine can honestly say about a cancel request."""
+
+    CANCELED = 0  #: it will not run (or was stopped); its completion says -ECANCELED
+    RUNNING = 1  #: it is running and will complete normally
+    DONE = 2  #: it had already completed (or was not found)
+
+
+_READS = frozenset({OpCode.READ, OpCode.READV})
+_WRITES = frozenset({OpCode.WRITE, OpCode.WRITEV})
+
+
+class Operation:
+    """One I/O request: what to do, on which buffers, and how it ended.
+
+    Buffers are pinned on construction (``pin``): an operation holds its
+    memory from the moment it exists until :meth:`complete` releases it.
+    """
+
+    __slots__ = (
+        "opcode",
+        "fd",
+        "buffers",
+        "offset",
+        "flags",
+        "state",
+        "result",
+        "pins",
+        "key",
+        "on_done",
+        "context",
+    )
+
+    def __init__(
+        self,
+        opcode: OpCode,
+        fd: int,
+        buffers: Sequence[Any] = (),
+        offset: int = -1,
+        flags: int = 0,
+        *,
+        on_done: Callable[[Operation], None] | None = None,
+        context: Any = None,
+    ) -> None:
+        self.opcode = opcode
+        self.fd = fd
+        self.buffers = tuple(buffers)
+        self.offset = offset
+        self.flags = flags
+        self.state = OpState.QUEUED
+        self.result: int | None = None
+        self.key = -1
+        self.on_done = on_done
+        self.context = context
+        if opcode in _READS:
+            self.pins: list[Pin] = pin_many(self.buffers, writable=True)
+        elif opcode in _WRITES:
+            self.pins = pin_many(self.buffers, writable=False)
+        else:
+            self.pins = []
+
+    @property
+    def nbytes(self) -> int:
+        """Total bytes this operation may transfer."""
+        return sum(p.nbytes for p in self.pins)
+
+    def mark_submitted(self) -> None:
+        if self.state is not OpState.QUEUED:
+            raise RuntimeError(f"cannot submit an operation in state {self.state.name}")
+        self.state = OpState.SUBMITTED
+
+    def request_cancel(self) -> bool:
+        """Note that a cancel was requested.  Returns True if the engine should
+        now ask the kernel (the operation is submitted and not done), False if
+        nothing is to be done (already done or already being cancelled)."""
+        if self.state is OpState.SUBMITTED:
+            self.state = OpState.CANCEL_REQUESTED
+            return True
+        return False
+
+    def complete(self, result: int) -> None:
+        """Record the final result (bytes, or -errno), release the buffers and
+        run the ``on_done`` callback.  Completing twice is a bug: RuntimeError."""
+        if self.state is OpState.DONE:
+            raise RuntimeError("operation completed twice")
+        self.state = OpState.DONE
+        self.result = result
+        for p in self.pins:
+            p.release()
+        cb = self.on_done
+        if cb is not None:
+            self.on_done = None
+            cb(self)
+
+    @property
+    def done(self) -> bool:
+        return self.state is OpState.DONE
+
+    def value(self) -> int:
+        """The result as Python sees it: bytes transferred, or raise OSError."""
+        if self.result is None:
+            raise RuntimeError("operation not done")
+        return decode_result(self.result)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Operation {self.opcode.name} fd={self.fd} off={self.offset} "
+            f"state={self.state.name} result={self.result}>"
+        )
+
+
+def decode_result(res: int) -> int:
+    """A kernel result (``>= 0`` or ``-errno``) as Python sees it."""
+    if res < 0:
+        raise oserror(-res)
+    return res
+
+
+class InFlight:
+    """Operations handed to an engine and not yet reaped, keyed by small ints.
+
+    Keys are reused after completion (lowest free first is not promised), so
+    they can index preallocated arrays (iocb slots) or serve as io_uring
+    ``user_data``.  The table holds a strong reference to each operation, and
+    through it to its pinned buffers, until :meth:`complete`.
+    """
+
+    __slots__ = ("_ops", "_free", "_next")
+
+    def __init__(self) -> None:
+        self._ops: dict[int, Operation] = {}
+        self._free: list[int] = []
+        self._next = 0
+
+    def add(self, op: Operation) -> int:
+        """Enter *op* (QUEUED) and return its key."""
+        if op.key >= 0 and op.key in self._ops:
+            raise RuntimeError("operation already in flight")
+        free = self._free
+        key = free.pop() if free else self._next
+        if key == self._next:
+            self._next += 1
+        op.key = key
+        self._ops[key] = op
+        return key
+
+    def discard_unsubmitted(self, key: int) -> Operation:
+        """Take back an operation the kernel refused (never submitted)."""
+        op = self._ops.pop(key)
+        self._free.append(key)
+        op.key = -1
+        return op
+
+    def get(self, key: int) -> Operation | None:
+        return self._ops.get(key)
+
+    def complete(self, key: int, result: int) -> Operation:
+        """A completion was reaped for *key*: remove, release, notify."""
+        op = self._ops.pop(key, None)
+        if op is None:
+            raise KeyError(f"completion for unknown key {key}")
+        self._free.append(key)
+        op.complete(result)
+        return op
+
+    def cancel_all_queued(self) -> list[Operation]:
+        """Complete with -ECANCELED every operation still QUEUED."""
+        done = []
+        for key, op in list(self._ops.items()):
+            if op.state is OpState.QUEUED:
+                done.append(self.complete(key, -errno.ECANCELED))
+        return done
+
+    def __len__(self) -> int:
+        return len(self._ops)
+
+    def __iter__(self) -> Iterator[Operation]:
+        return iter(list(self._ops.values()))
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._ops

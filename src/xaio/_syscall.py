@@ -1,0 +1,188 @@
+"""Raw Linux system calls through ctypes, and the one place errors become OSError.
+
+Every wrapper here is named after its system call and returns what the kernel
+returns, in the kernel's own convention: a non-negative result, or the
+*negated* errno (``-errno.EINVAL``).  That is exactly the libaio convention, so
+:mod:`xaio.libaio` passes results through untouched, while the Python-convention
+modules call :func:`check`, the single place that turns a negative result into
+``OSError(errno, os.strerror(errno))`` — and hence into the right subclass
+(``FileNotFoundError``, ``BlockingIOError``, ...), as the :mod:`os` module does.
+
+EINTR policy: a wrapper never retries by itself.  Callers that wait
+(``io_getevents``) retry as PEP 475 asks: run the signal handlers
+(:func:`run_signal_handlers`, which raises if a handler raised) and wait again
+for what is left of the timeout.  ``io_pgetevents`` is the exception: its whole
+point is to be woken by a signal, so EINTR is reported.
+
+All calls go through ``syscall(2)`` of the C library loaded with
+``use_errno=True``; ctypes releases the GIL around each call, so a blocking
+system call never blocks other Python threads.  Pointers are passed as plain
+integers derived by the caller from live Python buffers (see
+:mod:`xaio._buffers`); nothing here accepts a user-supplied address.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno as _errno
+import os
+from typing import Any, NoReturn
+
+from xaio._abi import SYS
+from xaio._abi.aio import aio_ring
+
+__all__ = [
+    "check",
+    "oserror",
+    "raise_errno",
+    "run_signal_handlers",
+    "Timespec",
+    "timespec_from_seconds",
+    "io_setup",
+    "io_destroy",
+    "io_submit",
+    "io_getevents",
+    "io_pgetevents",
+    "io_cancel",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "statx",
+    "rt_sigqueueinfo",
+    "rt_tgsigqueueinfo",
+    "available",
+]
+
+_libc_name = ctypes.util.find_library("c") or "libc.so.6"
+try:
+    _libc: ctypes.CDLL | None = ctypes.CDLL(_libc_name, use_errno=True)
+except OSError:  # pragma: no cover - not a glibc/musl system
+    _libc = None
+
+
+def oserror(err: int, *args: Any) -> OSError:
+    """Return ``OSError(err, os.strerror(err), *args)``: the right subclass for *err*.
+
+    *err* may be given negated (the kernel and libaio convention)."""
+    err = abs(err)
+    return OSError(err, os.strerror(err), *args)
+
+
+def raise_errno(err: int, *args: Any) -> NoReturn:
+    """Raise :func:`oserror` for *err* (positive or negated)."""
+    raise oserror(err, *args)
+
+
+def check(ret: int) -> int:
+    """Return *ret* if it is >= 0; raise ``OSError(-ret)`` if it is negative.
+
+    This is the one decode point from the kernel convention to Python's."""
+    if ret < 0:
+        raise oserror(-ret)
+    return ret
+
+
+def run_signal_handlers() -> None:
+    """Run pending Python signal handlers now (PyErr_CheckSignals), raising
+    whatever a handler raises.  Used before retrying a call that failed with
+    EINTR, as PEP 475 does for the os module."""
+    ctypes.pythonapi.PyErr_CheckSignals()
+
+
+class Timespec(ctypes.Structure):
+    """``struct timespec`` (and ``__kernel_timespec`` on 64-bit)."""
+
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+def timespec_from_seconds(seconds: float, ts: Timespec | None = None) -> Timespec:
+    """Fill (or make) a Timespec for a non-negative number of seconds."""
+    if ts is None:
+        ts = Timespec()
+    if seconds <= 0:
+        ts.tv_sec = 0
+        ts.tv_nsec = 0
+    else:
+        whole = int(seconds)
+        ts.tv_sec = whole
+        ts.tv_nsec = min(int((seconds - whole) * 1_000_000_000), 999_999_999)
+    return ts
+
+
+def _make(name: str, nargs: int) -> Any:
+    """Build a wrapper for syscall *name* that returns ret or -errno."""
+    number = SYS.get(name)
+    if _libc is None or number is None:
+
+        def unavailable(*args: int) -> int:
+            return -_errno.ENOSYS
+
+        unavailable.__name__ = name
+        return unavailable
+    proto = ctypes.CFUNCTYPE(ctypes.c_long, *([ctypes.c_long] * (nargs + 1)), use_errno=True)
+    fn = proto(("syscall", _libc))
+    get_errno = ctypes.get_errno
+
+    def call(*args: int) -> int:
+        ret: int = fn(number, *args)
+        if ret == -1:
+            return -get_errno()
+        return ret
+
+    call.__name__ = name
+    call.__qualname__ = name
+    call.__doc__ = f"syscall({name}, ...) -> ret, or -errno"
+    return call
+
+
+def available(name: str) -> bool:
+    """True if this machine's syscall table knows *name* (it may still fail)."""
+    return _libc is not None and name in SYS
+
+
+# --- Linux AIO -------------------------------------------------------------------
+# long io_setup(unsigned nr_events, aio_context_t *ctxp)
+_io_setup = _make("io_setup", 2)
+# long io_destroy(aio_context_t ctx)
+io_destroy = _make("io_destroy", 1)
+# long io_submit(aio_context_t ctx, long nr, struct iocb **iocbpp)
+io_submit = _make("io_submit", 3)
+# long io_getevents(aio_context_t ctx, long min_nr, long nr, struct io_event *events,
+#                   struct timespec *timeout)
+io_getevents = _make("io_getevents", 5)
+# long io_pgetevents(ctx, min_nr, nr, events, timeout, const struct __aio_sigset *usig)
+io_pgetevents = _make("io_pgetevents", 6)
+# long io_cancel(aio_context_t ctx, struct iocb *iocb, struct io_event *result)
+io_cancel = _make("io_cancel", 3)
+
+# --- io_uring --------------------------------------------------------------------
+# int io_uring_setup(u32 entries, struct io_uring_params *p)
+io_uring_setup = _make("io_uring_setup", 2)
+# int io_uring_enter(unsigned fd, u32 to_submit, u32 min_complete, u32 flags,
+#                    const void *argp, size_t argsz)
+io_uring_enter = _make("io_uring_enter", 6)
+# int io_uring_register(unsigned fd, unsigned opcode, void *arg, unsigned nr_args)
+io_uring_register = _make("io_uring_register", 4)
+
+# --- misc ------------------------------------------------------------------------
+# int statx(int dirfd, const char *path, int flags, unsigned mask, struct statx *buf)
+statx = _make("statx", 5)
+# int rt_sigqueueinfo(pid_t tgid, int sig, siginfo_t *info)
+rt_sigqueueinfo = _make("rt_sigqueueinfo", 3)
+# int rt_tgsigqueueinfo(pid_t tgid, pid_t tid, int sig, siginfo_t *info)
+rt_tgsigqueueinfo = _make("rt_tgsigqueueinfo", 4)
+
+
+def io_setup(nr_events: int) -> tuple[int, int]:
+    """``io_setup(2)``: return ``(ret, ctx_id)``; ret is 0 or -errno."""
+    ctx = ctypes.c_ulong(0)
+    ret: int = _io_setup(nr_events, ctypes.addressof(ctx))
+    return ret, ctx.value
+
+
+def aio_ring_at(ctx_id: int) -> aio_ring:
+    """The AIO completion ring header the kernel mapped at *ctx_id*.
+
+    Only valid while the context is alive and in the process that created it."""
+    return aio_ring.from_address(ctx_id)
