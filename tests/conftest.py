@@ -1,0 +1,75 @@
+"""Shared fixtures: real files (buffered and O_DIRECT), pipes, eventfds, contexts."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+PATTERN_BLOCK = 4096
+
+
+def pattern(size: int, seed: int = 0) -> bytes:
+    """Deterministic content where every 4 KiB block differs."""
+    out = bytearray()
+    block = 0
+    while len(out) < size:
+        out += (f"{seed:04d}:{block:08d}:".encode() * 512)[:PATTERN_BLOCK]
+        block += 1
+    return bytes(out[:size])
+
+
+@pytest.fixture
+def data_path(tmp_path: Path) -> Path:
+    """A 1 MiB file of known content."""
+    p = tmp_path / "data.bin"
+    p.write_bytes(pattern(1 << 20))
+    return p
+
+
+@pytest.fixture
+def data_fd(data_path: Path) -> Iterator[int]:
+    fd = os.open(data_path, os.O_RDWR)
+    yield fd
+    os.close(fd)
+
+
+@pytest.fixture
+def direct_fd(data_path: Path) -> Iterator[int]:
+    """The 1 MiB data file opened O_RDWR | O_DIRECT (skipped where unsupported)."""
+    try:
+        fd = os.open(data_path, os.O_RDWR | os.O_DIRECT)
+    except OSError as e:
+        pytest.skip(f"O_DIRECT not supported here: {e}")
+    yield fd
+    os.close(fd)
+
+
+@pytest.fixture
+def pipe() -> Iterator[tuple[int, int]]:
+    r, w = os.pipe()
+    yield r, w
+    for fd in (r, w):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+@pytest.fixture
+def eventfd() -> Iterator[int]:
+    fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+    yield fd
+    os.close(fd)
+
+
+def aio_nr() -> int:
+    with open("/proc/sys/fs/aio-nr") as f:
+        return int(f.read())
+
+
+def aio_max_nr() -> int:
+    with open("/proc/sys/fs/aio-max-nr") as f:
+        return int(f.read())
