@@ -1,0 +1,1856 @@
+"""io_uring driven from pure Python: the :class:`Ring` and the :class:`UringEngine`.
+
+Some facts about io_uring
+=========================
+
+*The rings.*  ``io_uring_setup(2)`` returns an fd and fills ``struct
+io_uring_params`` with the offsets of the submission (SQ) and completion (CQ)
+rings inside memory the process maps from that fd (one mapping for both rings
+when the kernel reports ``IORING_FEAT_SINGLE_MMAP``, plus one for the SQE
+array).  We write 64-byte SQEs with one precompiled ``struct.pack_into`` each,
+publish them by storing the SQ tail, and hand them over with
+``io_uring_enter(2)``; completions appear as 16-byte CQEs between the CQ head
+(ours) and the CQ tail (the kernel's), read with ``unpack_from``.  The SQ index
+array is filled once with the identity at setup (liburing does the same), so a
+submission writes only the SQE and the tail.
+
+*Buffer lifetime.*  The kernel keeps the addresses it was given and uses them
+until it posts the request's CQE -- which can be long after the syscall that
+submitted it returned, and after a cancel was "successful".  So a buffer stays
+pinned (:class:`xaio._buffers.Pin`) until the CQE carrying *its own*
+``user_data`` has been reaped: the Ring keeps what its ``prep_*`` helpers pinned
+in a table keyed by ``user_data``; the engine keeps it in the
+:class:`~xaio._ops.InFlight` table.  No API here takes an integer address.
+
+*The two-CQE cancel race.*  Cancelling (``IORING_OP_ASYNC_CANCEL`` or the
+synchronous ``IORING_REGISTER_SYNC_CANCEL`` of Linux 6.0) produces a result for
+the cancel -- 0 (found and cancelled), ``-ENOENT`` (not found: it completed
+already, its CQE may still be waiting in the ring), ``-EALREADY`` (it is
+running in an io-wq worker, which was signalled and will complete it) -- *and*
+a CQE for the target (``-ECANCELED``, ``-EINTR``, or its real result).  The two
+arrive in either order; measured on this machine, cancelling a read pending on
+an empty pipe posts the cancel's CQE first and the target's ``-ECANCELED``
+right after (both inside the same ``io_uring_enter``).  Only the target's CQE
+releases its buffers.  A synchronous cancel is given a zero timeout: when the
+request is running the kernel reports ``-ETIME`` (after rechecking once), which
+the engine reports as :attr:`CancelOutcome.RUNNING`.
+
+*Memory ordering.*  Without SQPOLL (we never set it by default: it costs a core
+on a small machine) the kernel reads the SQ tail and the SQEs only inside
+``io_uring_enter``, called by the thread that wrote them (or by another thread
+after taking the engine's lock, whose acquire/release orders the writes).
+Program order plus the syscall is enough on every architecture, so
+:meth:`Ring.submit` needs no fence.  The CQ is different: the kernel (an io-wq
+worker or an interrupt on another CPU) writes CQEs and then stores the tail
+with ``smp_store_release``; we must load the tail with acquire semantics before
+reading the CQEs, and finish reading the CQEs before the store of our head
+lets the kernel reuse the slots.  Each Python-level access to the mapping is a
+separate C call, which the C compiler cannot reorder, so what remains is the
+CPU.  On x86-64 (TSO) loads are not reordered with older loads and stores are
+not reordered with older loads: the plain accesses in :meth:`Ring.peek_batch`
+*are* acquire/release there.  This is the one place the code relies on x86-64
+ordering.  On arm64 they are not, so there :meth:`Ring.peek_batch` puts a full
+fence (the acquire and release of a :class:`threading.Lock`, i.e. an atomic
+read-modify-write with acquire and a store-release, which together order the
+preceding tail load before the following CQE loads, and the CQE loads before
+the head store) at exactly those two points.
+
+*Unavailable.*  ``io_uring_setup`` fails with ``ENOSYS`` when the kernel lacks
+io_uring (or a seccomp filter says so), and with ``EPERM`` when
+``kernel.io_uring_disabled`` is 2 (or 1 and the process is not in
+``kernel.io_uring_group``) or when a container's seccomp profile forbids it
+(Docker's default does).  :class:`Ring` turns these into ``OSError`` with that
+errno and a message naming the cause; :func:`unavailable_reason` probes once.
+xaio also requires ``IORING_FEAT_NODROP`` and ``IORING_FEAT_EXT_ARG`` (Linux
+5.11): without them it reports ``ENOSYS`` and the engine layer falls back.
+
+*Overflow.*  With ``IORING_FEAT_NODROP`` a full CQ does not lose completions:
+the kernel queues them internally and sets ``IORING_SQ_CQ_OVERFLOW`` in the SQ
+flags; an ``io_uring_enter(IORING_ENTER_GETEVENTS)`` moves them into the CQ as
+it drains.  :meth:`Ring.peek_batch` does that flush when it sees the flag.
+``io_uring_enter`` may answer ``EBUSY`` or ``EAGAIN`` (overflow not flushable,
+out of memory): the SQEs stay in the ring, we reap and try again.  ``EINTR`` is
+retried after running the signal handlers (PEP 475), with what remains of a
+timeout.
+
+*Fork.*  The child inherits the ring fd (and the mapping dups Python's mmap
+holds), and the kernel does *not* stop it from using the parent's ring: probed
+on this machine (Linux 6.18), a child can ``io_uring_enter`` on the parent's
+fd, its NOP is accepted and its CQE lands in the *shared* CQ, where the parent
+-- or the child -- would reap it; reading the CQ in the child steals the
+parent's completions.  The mappings are inherited too.  So every Ring and
+engine remembers the fork generation it was created in (bumped by
+``os.register_at_fork``) and refuses any use in a child with ``OSError(EINVAL)``
+naming the cause; closing it there (or garbage collection) only drops the
+child's copies of the fd and mappings, which does not disturb the parent
+(closing an io_uring fd cancels nothing: the ring lives until its last
+reference goes).
+
+*Closing with work in flight.*  Closing the ring fd makes the kernel cancel and
+reap in the background, and it may still be writing into our buffers after
+``close(2)`` returned.  So :meth:`Ring.close` and :meth:`UringEngine.close`
+first cancel everything and wait for every outstanding CQE, then unregister,
+unmap and close.
+
+References: io_uring_setup(2), io_uring_enter(2), io_uring_register(2),
+io_uring_prep_read(3) and the other liburing prep pages, liburing's
+``src/setup.c`` and ``src/queue.c``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import mmap
+import os
+import platform
+import threading
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+from xaio import _syscall
+from xaio._abi import uring as abi
+from xaio._abi.aio import iovec
+from xaio._buffers import Pin, pin, pin_many
+from xaio._ops import CancelOutcome, InFlight, OpCode, Operation, OpState
+from xaio._syscall import check, oserror
+from xaio.engine import Engine, EngineClosedError
+
+__all__ = [
+    "Ring",
+    "UringEngine",
+    "Completion",
+    "unavailable_reason",
+    "AT_FDCWD",
+    "STATX_SIZE",
+]
+
+#: A completion as the Ring reports it: ``(user_data, res, flags)``.
+Completion = tuple[int, int, int]
+
+AT_FDCWD = -100
+#: ``sizeof(struct statx)``: the least a ``prep_statx`` buffer must hold.
+STATX_SIZE = 256
+
+_U32 = 0xFFFFFFFF
+_U64 = 0xFFFFFFFFFFFFFFFF
+_SQE_SIZE = 64
+_CQE_SIZE = 16
+_IOV_MAX = 1024
+_REQUIRED_FEATURES = abi.IORING_FEAT_NODROP | abi.IORING_FEAT_EXT_ARG
+_pack_sqe = abi.SQE_STRUCT.pack_into
+_unpack_cqe = abi.CQE_STRUCT.unpack_from
+
+# x86-64 is TSO: plain loads/stores already have acquire/release semantics (see
+# the module essay).  Anywhere else, peek_batch fences with a lock round trip.
+_NEEDS_FENCE = platform.machine().lower() not in ("x86_64", "amd64")
+_fence_lock = threading.Lock()
+
+
+def _fence() -> None:
+    """A full memory barrier (acquire + release of a lock) for weakly ordered CPUs."""
+    _fence_lock.acquire()
+    _fence_lock.release()
+
+
+# --- fork detection ------------------------------------------------------------------
+# os.getpid() is a real syscall (glibc no longer caches it): count forks instead.
+_fork_generation = [0]
+
+
+def _after_fork_in_child() -> None:
+    _fork_generation[0] += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _refused_in_child(pid: int) -> OSError:
+    err = oserror(errno.EINVAL)
+    err.strerror = (
+        f"{err.strerror}: this io_uring ring belongs to process {pid}; a forked child "
+        "must not use it (it would steal the parent's completions): create a new one"
+    )
+    return err
+
+
+def _closed_error() -> OSError:
+    err = oserror(errno.EBADF)
+    err.strerror = f"{err.strerror}: the io_uring ring is closed"
+    return err
+
+
+# --- unavailability ------------------------------------------------------------------
+
+SetupFunction = Callable[[int, int], int]
+"""``io_uring_setup(entries, params_address) -> fd or -errno`` (the private test hook)."""
+
+
+def _read_sysctl(name: str) -> str | None:
+    try:
+        with open(f"/proc/sys/{name.replace('.', '/')}") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _explain(err: int) -> str:
+    """Why io_uring_setup failed with *err*, as a short message naming the cause."""
+    if err == errno.EPERM:
+        disabled = _read_sysctl("kernel.io_uring_disabled")
+        if disabled == "2":
+            return "kernel.io_uring_disabled=2"
+        if disabled == "1":
+            group = _read_sysctl("kernel.io_uring_group")
+            return f"kernel.io_uring_disabled=1 and not in kernel.io_uring_group={group}"
+        return "io_uring_setup is not permitted here (seccomp filter of a container?)"
+    if err == errno.ENOSYS:
+        return "the kernel has no io_uring (Linux < 5.1, CONFIG_IO_URING=n, or seccomp)"
+    return os.strerror(err)
+
+
+def _unavailable(err: int, detail: str | None = None) -> OSError:
+    e = oserror(err)
+    e.strerror = f"{errno.errorcode.get(err, str(err))}: {detail or _explain(err)}"
+    return e
+
+
+_reason_cache: list[str | None] = []
+
+
+def unavailable_reason(*, _setup: SetupFunction | None = None) -> str | None:
+    """Whether io_uring works here: None if it does, else a short reason.
+
+    Probes once (creating and closing a tiny ring) and caches the answer; the
+    reason names the errno and the cause, e.g. ``"EPERM: kernel.io_uring_disabled=2"``.
+
+    Args:
+        _setup: private test hook replacing the ``io_uring_setup`` syscall
+            (the answer is then not cached).
+
+    Returns:
+        None, or the reason io_uring cannot be used.
+    """
+    if _setup is None and _reason_cache:
+        return _reason_cache[0]
+    try:
+        Ring(2, _setup=_setup).close()
+        reason: str | None = None
+    except OSError as e:
+        reason = e.strerror or os.strerror(e.errno or 0)
+    if _setup is None:
+        _reason_cache.append(reason)
+    return reason
+
+
+# --- the Ring ------------------------------------------------------------------------
+
+
+class Ring:
+    """An io_uring instance: setup, the SQ/CQ rings, prep helpers, submit and reap.
+
+    A low-level object in liburing's vocabulary: ``prep_*`` helpers fill SQEs
+    (each funnels into one private ``_prep_rw``), :meth:`submit` hands them to
+    the kernel, :meth:`peek_cqe` / :meth:`peek_batch` / :meth:`wait_cqe` take
+    completions as ``(user_data, res, flags)`` tuples.  Python buffers given to
+    a ``prep_*`` helper are pinned by the Ring until the CQE carrying that
+    ``user_data`` has been taken (so ``user_data`` must be unique among
+    requests in flight with buffers).  A Ring is not thread-safe: use one from
+    one thread at a time (:class:`UringEngine` adds the locking).
+
+    If the SQ is full, a ``prep_*`` helper first submits what is queued.
+
+    Corresponds to io_uring_setup(2), io_uring_queue_init_params(3).
+    """
+
+    _closed: bool
+    _keep: dict[int, Any]
+
+    def __init__(
+        self,
+        entries: int = 256,
+        flags: int = 0,
+        *,
+        cq_entries: int | None = None,
+        _setup: SetupFunction | None = None,
+    ) -> None:
+        """Create a ring.
+
+        Args:
+            entries: SQ size (rounded up to a power of two by the kernel).
+            flags: ``IORING_SETUP_*`` flags.  ``IORING_SETUP_SUBMIT_ALL`` is
+                added when the kernel knows it (Linux 5.18), so a bad SQE never
+                stops the rest of a batch; SQPOLL is never added.
+            cq_entries: CQ size (``IORING_SETUP_CQSIZE``); default twice ``entries``.
+            _setup: private test hook replacing the ``io_uring_setup`` syscall.
+
+        Raises:
+            OSError: ``ENOSYS``/``EPERM`` with the cause in the message when
+                io_uring is unavailable; ``EINVAL`` for bad sizes or flags;
+                ``ENOSYS`` when the kernel lacks NODROP or EXT_ARG.
+            ValueError: *entries* or *cq_entries* not positive.
+        """
+        self._closed = True  # until fully set up (so __del__ does nothing)
+        self._keep = {}
+        self._mmaps: list[mmap.mmap] = []
+        self._views: list[memoryview] = []
+        self.fd = -1
+        if not isinstance(entries, int) or entries <= 0:
+            raise ValueError(f"entries must be a positive int, not {entries!r}")
+        if cq_entries is not None and (not isinstance(cq_entries, int) or cq_entries <= 0):
+            raise ValueError(f"cq_entries must be a positive int, not {cq_entries!r}")
+        setup = _setup if _setup is not None else _syscall.io_uring_setup
+        params = abi.io_uring_params()
+        extra = abi.IORING_SETUP_SUBMIT_ALL
+        while True:
+            ctypes.memset(ctypes.addressof(params), 0, ctypes.sizeof(params))
+            params.flags = flags | extra
+            if cq_entries is not None:
+                params.flags |= abi.IORING_SETUP_CQSIZE
+                params.cq_entries = cq_entries
+            fd = setup(entries, ctypes.addressof(params))
+            if fd == -errno.EINVAL and extra:
+                extra = 0  # a kernel older than SUBMIT_ALL: try without it
+                continue
+            break
+        if fd < 0:
+            if -fd in (errno.ENOSYS, errno.EPERM):
+                raise _unavailable(-fd)
+            raise oserror(-fd)
+        self.fd = fd
+        try:
+            if params.features & _REQUIRED_FEATURES != _REQUIRED_FEATURES:
+                raise _unavailable(
+                    errno.ENOSYS, "io_uring lacks IORING_FEAT_NODROP/EXT_ARG (Linux < 5.11)"
+                )
+            self._map(params)
+        except BaseException:
+            self._unmap()
+            os.close(fd)
+            self.fd = -1
+            raise
+        self.params = params
+        self.features: int = params.features
+        self.flags: int = params.flags
+        self.sq_entries: int = params.sq_entries
+        self.cq_entries: int = params.cq_entries
+        self._generation = _fork_generation[0]
+        self._pid = os.getpid()
+        self._probe: frozenset[int] | None = None
+        self._fixed_buffers: list[Pin] = []
+        self._eventfd: int | None = None
+        self._files_registered = False
+        # the EXT_ARG wait argument, preallocated
+        self._ts = abi.kernel_timespec()
+        self._arg = abi.io_uring_getevents_arg()
+        self._arg.ts = ctypes.addressof(self._ts)
+        self._arg_addr = ctypes.addressof(self._arg)
+        self._arg_size = ctypes.sizeof(self._arg)
+        self._cancel_reg = abi.io_uring_sync_cancel_reg()
+        self._stats = {"enter": 0, "submitted": 0, "reaped": 0, "overflow_flush": 0}
+        self._closed = False
+
+    def _map(self, p: abi.io_uring_params) -> None:
+        prot = mmap.PROT_READ | mmap.PROT_WRITE
+        mflags = mmap.MAP_SHARED | mmap.MAP_POPULATE
+        sq_size = p.sq_off.array + p.sq_entries * 4
+        cq_size = p.cq_off.cqes + p.cq_entries * _CQE_SIZE
+        single = bool(p.features & abi.IORING_FEAT_SINGLE_MMAP)
+        if single:
+            sq_size = cq_size = max(sq_size, cq_size)
+        sq_mm = mmap.mmap(self.fd, sq_size, mflags, prot, offset=abi.IORING_OFF_SQ_RING)
+        self._mmaps.append(sq_mm)
+        if single:
+            cq_mm = sq_mm
+        else:
+            cq_mm = mmap.mmap(self.fd, cq_size, mflags, prot, offset=abi.IORING_OFF_CQ_RING)
+            self._mmaps.append(cq_mm)
+        sqes = mmap.mmap(
+            self.fd, p.sq_entries * _SQE_SIZE, mflags, prot, offset=abi.IORING_OFF_SQES
+        )
+        self._mmaps.append(sqes)
+        self._sqes = sqes
+        self._cq_mm = cq_mm
+        sq32 = memoryview(sq_mm).cast("I")
+        cq32 = sq32 if single else memoryview(cq_mm).cast("I")
+        self._views += [sq32] if single else [sq32, cq32]
+        self._sq32 = sq32
+        self._cq32 = cq32
+        so, co = p.sq_off, p.cq_off
+        self._sq_khead = so.head // 4
+        self._sq_ktail = so.tail // 4
+        self._sq_kflags = so.flags // 4
+        self._sq_kdropped = so.dropped // 4
+        self._sq_mask: int = sq32[so.ring_mask // 4]
+        self._sq_n: int = sq32[so.ring_entries // 4]
+        array = so.array // 4
+        for i in range(self._sq_n):  # identity: SQE i is always array slot i
+            sq32[array + i] = i
+        self._sqe_tail: int = sq32[self._sq_ktail]
+        self._cq_khead = co.head // 4
+        self._cq_ktail = co.tail // 4
+        self._cq_koverflow = co.overflow // 4
+        self._cq_mask: int = cq32[co.ring_mask // 4]
+        self._cq_n: int = cq32[co.ring_entries // 4]
+        self._cqes = co.cqes
+        self._cq_head: int = cq32[self._cq_khead]
+
+    # --- state --------------------------------------------------------------------
+
+    def _check(self) -> None:
+        if self._generation != _fork_generation[0]:
+            raise _refused_in_child(self._pid)
+        if self._closed:
+            raise _closed_error()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has run."""
+        return self._closed
+
+    def fileno(self) -> int:
+        """The ring's file descriptor.
+
+        Raises:
+            OSError: EBADF if closed, EINVAL in a forked child.
+        """
+        self._check()
+        return self.fd
+
+    def statistics(self) -> dict[str, Any]:
+        """Counters: ``enter`` (io_uring_enter calls), ``submitted``, ``reaped``,
+        ``overflow_flush``, plus sizes, features and what is in flight with pinned
+        buffers (``held``)."""
+        return {
+            **self._stats,
+            "sq_entries": getattr(self, "sq_entries", 0),
+            "cq_entries": getattr(self, "cq_entries", 0),
+            "features": getattr(self, "features", 0),
+            "held": len(self._keep),
+            "closed": self._closed,
+        }
+
+    def sq_space_left(self) -> int:
+        """Free SQE slots (io_uring_sq_space_left(3))."""
+        return self._sq_n - ((self._sqe_tail - int(self._sq32[self._sq_khead])) & _U32)
+
+    def sq_ready(self) -> int:
+        """SQEs prepared and not yet submitted (io_uring_sq_ready(3))."""
+        return (self._sqe_tail - int(self._sq32[self._sq_khead])) & _U32
+
+    def cq_ready(self) -> int:
+        """CQEs waiting in the CQ (io_uring_cq_ready(3); not counting overflow)."""
+        return (int(self._cq32[self._cq_ktail]) - self._cq_head) & _U32
+
+    @property
+    def cq_overflow(self) -> int:
+        """The kernel's count of CQEs it had to drop (0 with NODROP unless out of memory)."""
+        return int(self._cq32[self._cq_koverflow])
+
+    # --- io_uring_enter -----------------------------------------------------------
+
+    def _enter(self, to_submit: int, min_complete: int, flags: int) -> int:
+        """io_uring_enter without a timeout, retrying EINTR; returns ret or -errno."""
+        while True:
+            self._stats["enter"] += 1
+            ret: int = _syscall.io_uring_enter(self.fd, to_submit, min_complete, flags, 0, 0)
+            if ret != -errno.EINTR:
+                return ret
+            _syscall.run_signal_handlers()
+
+    def _enter_wait(self, to_submit: int, min_complete: int, timeout: float | None) -> int:
+        """io_uring_enter(GETEVENTS[|EXT_ARG]) waiting at most *timeout* seconds.
+
+        Returns ret or -errno (``-ETIME`` on timeout); EINTR is retried with
+        the remaining time after running the signal handlers."""
+        if timeout is None:
+            return self._enter(to_submit, min_complete, abi.IORING_ENTER_GETEVENTS)
+        deadline = time.monotonic() + max(timeout, 0.0)
+        flags = abi.IORING_ENTER_GETEVENTS | abi.IORING_ENTER_EXT_ARG
+        ts = self._ts
+        while True:
+            left = max(deadline - time.monotonic(), 0.0)
+            whole = int(left)
+            ts.tv_sec = whole
+            ts.tv_nsec = min(int((left - whole) * 1e9), 999_999_999)
+            self._stats["enter"] += 1
+            ret: int = _syscall.io_uring_enter(
+                self.fd, to_submit, min_complete, flags, self._arg_addr, self._arg_size
+            )
+            if ret != -errno.EINTR:
+                return ret
+            _syscall.run_signal_handlers()
+            to_submit = 0 if ret < 0 else to_submit
+
+    # --- SQEs -----------------------------------------------------------------------
+
+    def get_sqe(self) -> int:
+        """Take the next free SQE slot; return its index, or -1 if the SQ is full.
+
+        The slot is published by the next :meth:`submit`; a ``prep_*`` helper
+        fills it.  Corresponds to io_uring_get_sqe(3).
+
+        Raises:
+            OSError: EBADF if closed, EINVAL in a forked child.
+        """
+        self._check()
+        tail = self._sqe_tail
+        if (tail - self._sq32[self._sq_khead]) & _U32 >= self._sq_n:
+            return -1
+        self._sqe_tail = (tail + 1) & _U32
+        return tail & self._sq_mask
+
+    def _sqe(self) -> int:
+        """A free SQE slot, submitting what is queued first if the SQ is full."""
+        idx = self.get_sqe()
+        if idx < 0:
+            self.submit()
+            idx = self.get_sqe()
+            if idx < 0:  # pragma: no cover - the kernel always consumes with SUBMIT_ALL
+                raise oserror(errno.EBUSY)
+        return idx
+
+    def _prep_rw(
+        self,
+        opcode: int,
+        fd: int,
+        addr: int,
+        length: int,
+        offset: int,
+        user_data: int,
+        op_flags: int = 0,
+        sqe_flags: int = 0,
+        buf_index: int = 0,
+        file_index: int = 0,
+        addr3: int = 0,
+        ioprio: int = 0,
+    ) -> int:
+        """Fill one SQE (every prep helper funnels here, as in liburing's
+        io_uring_prep_rw).  *addr* must come from a live Pin or a ctypes object
+        the caller keeps alive until the CQE is reaped.  Returns the SQE index."""
+        idx = self._sqe()
+        _pack_sqe(
+            self._sqes,
+            idx * _SQE_SIZE,
+            opcode,
+            sqe_flags,
+            ioprio,
+            fd,
+            offset & _U64,
+            addr & _U64,
+            length & _U32,
+            op_flags & _U32,
+            user_data & _U64,
+            buf_index,
+            0,
+            file_index,
+            addr3 & _U64,
+            0,
+        )
+        return idx
+
+    def _hold(self, user_data: int, obj: Any) -> None:
+        if user_data in self._keep:
+            raise ValueError(f"user_data {user_data} is already in flight with buffers")
+        self._keep[user_data] = obj
+
+    def _prep_held(
+        self,
+        keep: Any,
+        opcode: int,
+        fd: int,
+        addr: int,
+        length: int,
+        offset: int,
+        user_data: int,
+        op_flags: int = 0,
+        sqe_flags: int = 0,
+        buf_index: int = 0,
+        file_index: int = 0,
+    ) -> int:
+        if user_data in self._keep:
+            raise ValueError(f"user_data {user_data} is already in flight with buffers")
+        idx = self._prep_rw(
+            opcode,
+            fd,
+            addr,
+            length,
+            offset,
+            user_data,
+            op_flags,
+            sqe_flags,
+            buf_index,
+            file_index,
+        )
+        self._keep[user_data] = keep
+        return idx
+
+    @staticmethod
+    def _path(path: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> Pin:
+        raw = os.fsencode(path)
+        if b"\0" in raw:
+            raise ValueError("embedded null byte in path")
+        return pin(raw + b"\0", writable=False)
+
+    @staticmethod
+    def _iovecs(pins: Sequence[Pin]) -> Any:
+        if len(pins) > _IOV_MAX:
+            raise ValueError(f"at most {_IOV_MAX} buffers, not {len(pins)}")
+        iovs = (iovec * max(len(pins), 1))()
+        for i, p in enumerate(pins):
+            iovs[i].iov_base = p.address
+            iovs[i].iov_len = p.nbytes
+        return iovs
+
+    # --- prep helpers (liburing names, os argument order) ---------------------------
+
+    def prep_nop(self, *, user_data: int = 0, sqe_flags: int = 0) -> int:
+        """Queue a no-op (io_uring_prep_nop(3)); its CQE has res 0.
+
+        Returns:
+            The SQE index.
+        """
+        return self._prep_rw(abi.IORING_OP_NOP, -1, 0, 0, 0, user_data, 0, sqe_flags)
+
+    def prep_read(
+        self,
+        fd: int,
+        buf: Any,
+        offset: int,
+        *,
+        user_data: int = 0,
+        rw_flags: int = 0,
+        sqe_flags: int = 0,
+    ) -> int:
+        """Queue a read of ``len(buf)`` bytes at *offset* into *buf*
+        (io_uring_prep_read(3)); ``offset=-1`` reads at the file position.
+
+        Args:
+            fd: file descriptor (or fixed-file index with ``IOSQE_FIXED_FILE``).
+            buf: a writable bytes-like object, pinned until the CQE is taken.
+            offset: file offset, or -1 for the current position.
+            user_data: returned in the CQE.
+            rw_flags: ``RWF_*`` flags, as for preadv2(2).
+            sqe_flags: ``IOSQE_*`` flags.
+
+        Returns:
+            The SQE index.  The CQE's res is the byte count or -errno.
+
+        Raises:
+            TypeError: *buf* is not a writable buffer.
+            ValueError: *user_data* is already in flight with buffers.
+        """
+        p = pin(buf, writable=True)
+        return self._prep_held(
+            p, abi.IORING_OP_READ, fd, p.address, p.nbytes, offset, user_data, rw_flags, sqe_flags
+        )
+
+    def prep_write(
+        self,
+        fd: int,
+        data: Any,
+        offset: int,
+        *,
+        user_data: int = 0,
+        rw_flags: int = 0,
+        sqe_flags: int = 0,
+    ) -> int:
+        """Queue a write of *data* at *offset* (io_uring_prep_write(3)); see
+        :meth:`prep_read` for the arguments.
+
+        Raises:
+            TypeError: *data* is not bytes-like.
+            ValueError: *user_data* is already in flight with buffers.
+        """
+        p = pin(data, writable=False)
+        return self._prep_held(
+            p, abi.IORING_OP_WRITE, fd, p.address, p.nbytes, offset, user_data, rw_flags, sqe_flags
+        )
+
+    def prep_readv(
+        self,
+        fd: int,
+        buffers: Sequence[Any],
+        offset: int,
+        *,
+        user_data: int = 0,
+        rw_flags: int = 0,
+        sqe_flags: int = 0,
+    ) -> int:
+        """Queue a scatter read into *buffers* (io_uring_prep_readv(3), preadv2(2)).
+
+        Raises:
+            TypeError: a buffer is not writable.
+            ValueError: more than 1024 buffers, or *user_data* already in flight.
+        """
+        pins = pin_many(buffers, writable=True)
+        iovs = self._iovecs(pins)
+        return self._prep_held(
+            (pins, iovs),
+            abi.IORING_OP_READV,
+            fd,
+            ctypes.addressof(iovs),
+            len(pins),
+            offset,
+            user_data,
+            rw_flags,
+            sqe_flags,
+        )
+
+    def prep_writev(
+        self,
+        fd: int,
+        buffers: Sequence[Any],
+        offset: int,
+        *,
+        user_data: int = 0,
+        rw_flags: int = 0,
+        sqe_flags: int = 0,
+    ) -> int:
+        """Queue a gather write of *buffers* (io_uring_prep_writev(3), pwritev2(2)).
+
+        Raises:
+            TypeError: a buffer is not bytes-like.
+            ValueError: more than 1024 buffers, or *user_data* already in flight.
+        """
+        pins = pin_many(buffers, writable=False)
+        iovs = self._iovecs(pins)
+        return self._prep_held(
+            (pins, iovs),
+            abi.IORING_OP_WRITEV,
+            fd,
+            ctypes.addressof(iovs),
+            len(pins),
+            offset,
+            user_data,
+            rw_flags,
+            sqe_flags,
+        )
+
+    def _fixed(self, buf: Any, buf_index: int, writable: bool) -> Pin:
+        p = pin(buf, writable=writable)
+        if not 0 <= buf_index < len(self._fixed_buffers):
+            raise ValueError(f"no registered buffer with index {buf_index}")
+        reg = self._fixed_buffers[buf_index]
+        if not (reg.address <= p.address and p.address + p.nbytes <= reg.address + reg.nbytes):
+            raise ValueError(f"buffer does not lie inside registered buffer {buf_index}")
+        return p
+
+    def prep_read_fixed(
+        self,
+        fd: int,
+        buf: Any,
+        offset: int,
+        buf_index: int,
+        *,
+        user_data: int = 0,
+        sqe_flags: int = 0,
+    ) -> int:
+        """Queue a read into (part of) registered buffer *buf_index*
+        (io_uring_prep_read_fixed(3)).
+
+        Args:
+            buf: a writable view lying inside the buffer registered at *buf_index*
+                with :meth:`register_buffers` (e.g. a slice of it).
+
+        Raises:
+            ValueError: *buf* is not inside that registered buffer.
+        """
+        p = self._fixed(buf, buf_index, True)
+        return self._prep_held(
+            p,
+            abi.IORING_OP_READ_FIXED,
+            fd,
+            p.address,
+            p.nbytes,
+            offset,
+            user_data,
+            0,
+            sqe_flags,
+            buf_index,
+        )
+
+    def prep_write_fixed(
+        self,
+        fd: int,
+        buf: Any,
+        offset: int,
+        buf_index: int,
+        *,
+        user_data: int = 0,
+        sqe_flags: int = 0,
+    ) -> int:
+        """Queue a write from (part of) registered buffer *buf_index*
+        (io_uring_prep_write_fixed(3)); see :meth:`prep_read_fixed`."""
+        p = self._fixed(buf, buf_index, False)
+        return self._prep_held(
+            p,
+            abi.IORING_OP_WRITE_FIXED,
+            fd,
+            p.address,
+            p.nbytes,
+            offset,
+            user_data,
+            0,
+            sqe_flags,
+            buf_index,
+        )
+
+    def prep_fsync(
+        self,
+        fd: int,
+        *,
+        datasync: bool = False,
+        offset: int = 0,
+        length: int = 0,
+        user_data: int = 0,
+        sqe_flags: int = 0,
+    ) -> int:
+        """Queue fsync(2), or fdatasync(2) with *datasync* (io_uring_prep_fsync(3));
+        *offset*/*length* restrict the range (0 = the whole file)."""
+        flags = abi.IORING_FSYNC_DATASYNC if datasync else 0
+        return self._prep_rw(
+            abi.IORING_OP_FSYNC, fd, 0, length, offset, user_data, flags, sqe_flags
+        )
+
+    def prep_poll_add(self, fd: int, events: int, *, user_data: int = 0, sqe_flags: int = 0) -> int:
+        """Queue a one-shot poll for *events* (``select.POLLIN`` ...) on *fd*
+        (io_uring_prep_poll_add(3)); res is the ready mask or -errno."""
+        return self._prep_rw(
+            abi.IORING_OP_POLL_ADD, fd, 0, 0, 0, user_data, events & _U32, sqe_flags
+        )
+
+    def prep_timeout(
+        self,
+        seconds: float,
+        *,
+        count: int = 0,
+        flags: int = 0,
+        user_data: int = 0,
+        sqe_flags: int = 0,
+    ) -> int:
+        """Queue a timeout (io_uring_prep_timeout(3)): it completes with
+        ``-ETIME`` after *seconds*, or with 0 once *count* other CQEs were
+        posted (0 = pure timer).
+
+        Raises:
+            ValueError: negative *seconds* or *count*, or *user_data* in flight.
+        """
+        if seconds < 0 or count < 0:
+            raise ValueError("seconds and count must be >= 0")
+        ts = abi.kernel_timespec(int(seconds), int((seconds - int(seconds)) * 1e9))
+        return self._prep_held(
+            ts,
+            abi.IORING_OP_TIMEOUT,
+            -1,
+            ctypes.addressof(ts),
+            1,
+            count,
+            user_data,
+            flags,
+            sqe_flags,
+        )
+
+    def prep_cancel(
+        self, target: int, *, flags: int = 0, user_data: int = 0, sqe_flags: int = 0
+    ) -> int:
+        """Queue a cancel of the request(s) whose user_data is *target*
+        (io_uring_prep_cancel64(3)); add ``IORING_ASYNC_CANCEL_ALL`` to *flags*
+        to cancel every match.  res: 0 (cancelled; with ALL, the number
+        cancelled), -ENOENT (not found), -EALREADY (running)."""
+        return self._prep_rw(
+            abi.IORING_OP_ASYNC_CANCEL, -1, target, 0, 0, user_data, flags, sqe_flags
+        )
+
+    def prep_cancel_fd(
+        self, fd: int, *, flags: int = 0, user_data: int = 0, sqe_flags: int = 0
+    ) -> int:
+        """Queue a cancel of the request(s) on *fd* (io_uring_prep_cancel_fd(3),
+        Linux 5.19); ``IORING_ASYNC_CANCEL_ALL`` in *flags* cancels all of them."""
+        flags |= abi.IORING_ASYNC_CANCEL_FD
+        return self._prep_rw(abi.IORING_OP_ASYNC_CANCEL, fd, 0, 0, 0, user_data, flags, sqe_flags)
+
+    def prep_cancel_all(self, *, user_data: int = 0, sqe_flags: int = 0) -> int:
+        """Queue a cancel of every request in flight (``IORING_ASYNC_CANCEL_ANY |
+        IORING_ASYNC_CANCEL_ALL``); res is the number cancelled or -ENOENT."""
+        flags = abi.IORING_ASYNC_CANCEL_ANY | abi.IORING_ASYNC_CANCEL_ALL
+        return self._prep_rw(abi.IORING_OP_ASYNC_CANCEL, -1, 0, 0, 0, user_data, flags, sqe_flags)
+
+    def prep_openat(
+        self,
+        dirfd: int,
+        path: str | bytes | os.PathLike[str] | os.PathLike[bytes],
+        flags: int,
+        mode: int = 0o777,
+        *,
+        user_data: int = 0,
+        sqe_flags: int = 0,
+    ) -> int:
+        """Queue openat(2) (io_uring_prep_openat(3)); res is the new fd or -errno.
+        Use :data:`AT_FDCWD` for *dirfd*.
+
+        Raises:
+            ValueError: *path* contains a NUL byte, or *user_data* in flight.
+        """
+        p = self._path(path)
+        return self._prep_held(
+            p, abi.IORING_OP_OPENAT, dirfd, p.address, mode, 0, user_data, flags, sqe_flags
+        )
+
+    def prep_close(self, fd: int, *, user_data: int = 0, sqe_flags: int = 0) -> int:
+        """Queue close(2) of *fd* (io_uring_prep_close(3))."""
+        return self._prep_rw(abi.IORING_OP_CLOSE, fd, 0, 0, 0, user_data, 0, sqe_flags)
+
+    def prep_statx(
+        self,
+        dirfd: int,
+        path: str | bytes | os.PathLike[str] | os.PathLike[bytes],
+        flags: int,
+        mask: int,
+        statxbuf: Any,
+        *,
+        user_data: int = 0,
+        sqe_flags: int = 0,
+    ) -> int:
+        """Queue statx(2) (io_uring_prep_statx(3)) filling *statxbuf*.
+
+        Args:
+            statxbuf: a writable buffer of at least :data:`STATX_SIZE` bytes,
+                which receives ``struct statx``.
+
+        Raises:
+            ValueError: *statxbuf* is too small, or *path* contains a NUL byte.
+            TypeError: *statxbuf* is not writable.
+        """
+        out = pin(statxbuf, writable=True)
+        if out.nbytes < STATX_SIZE:
+            out.release()
+            raise ValueError(f"statx buffer must hold {STATX_SIZE} bytes, not {out.nbytes}")
+        p = self._path(path)
+        return self._prep_held(
+            (p, out),
+            abi.IORING_OP_STATX,
+            dirfd,
+            p.address,
+            mask,
+            out.address,
+            user_data,
+            flags,
+            sqe_flags,
+        )
+
+    def prep_fallocate(
+        self,
+        fd: int,
+        mode: int,
+        offset: int,
+        length: int,
+        *,
+        user_data: int = 0,
+        sqe_flags: int = 0,
+    ) -> int:
+        """Queue fallocate(2) (io_uring_prep_fallocate(3))."""
+        return self._prep_rw(
+            abi.IORING_OP_FALLOCATE, fd, length, mode, offset, user_data, 0, sqe_flags
+        )
+
+    def prep_renameat(
+        self,
+        olddirfd: int,
+        oldpath: str | bytes | os.PathLike[str] | os.PathLike[bytes],
+        newdirfd: int,
+        newpath: str | bytes | os.PathLike[str] | os.PathLike[bytes],
+        flags: int = 0,
+        *,
+        user_data: int = 0,
+        sqe_flags: int = 0,
+    ) -> int:
+        """Queue renameat2(2) (io_uring_prep_renameat(3))."""
+        old, new = self._path(oldpath), self._path(newpath)
+        return self._prep_held(
+            (old, new),
+            abi.IORING_OP_RENAMEAT,
+            olddirfd,
+            old.address,
+            newdirfd,
+            new.address,
+            user_data,
+            flags,
+            sqe_flags,
+        )
+
+    def prep_unlinkat(
+        self,
+        dirfd: int,
+        path: str | bytes | os.PathLike[str] | os.PathLike[bytes],
+        flags: int = 0,
+        *,
+        user_data: int = 0,
+        sqe_flags: int = 0,
+    ) -> int:
+        """Queue unlinkat(2) (io_uring_prep_unlinkat(3)); ``AT_REMOVEDIR`` in
+        *flags* removes a directory."""
+        p = self._path(path)
+        return self._prep_held(
+            p, abi.IORING_OP_UNLINKAT, dirfd, p.address, 0, 0, user_data, flags, sqe_flags
+        )
+
+    def prep_mkdirat(
+        self,
+        dirfd: int,
+        path: str | bytes | os.PathLike[str] | os.PathLike[bytes],
+        mode: int = 0o777,
+        *,
+        user_data: int = 0,
+        sqe_flags: int = 0,
+    ) -> int:
+        """Queue mkdirat(2) (io_uring_prep_mkdirat(3))."""
+        p = self._path(path)
+        return self._prep_held(
+            p, abi.IORING_OP_MKDIRAT, dirfd, p.address, mode, 0, user_data, 0, sqe_flags
+        )
+
+    # --- submit -------------------------------------------------------------------
+
+    def _publish(self) -> int:
+        """Store the SQ tail (the kernel reads it inside io_uring_enter: no
+        fence needed, see the essay); return how many SQEs are pending."""
+        sq32 = self._sq32
+        tail = self._sqe_tail
+        sq32[self._sq_ktail] = tail
+        return (tail - int(sq32[self._sq_khead])) & _U32
+
+    def submit(self) -> int:
+        """Hand every prepared SQE to the kernel with one io_uring_enter
+        (io_uring_submit(3)).  On ``EBUSY``/``EAGAIN`` it flushes the CQ
+        overflow and tries again (a few times), leaving unconsumed SQEs queued.
+
+        Returns:
+            The number of SQEs the kernel consumed.
+
+        Raises:
+            OSError: the kernel's error (EBUSY/EAGAIN if it persists, EBADF...),
+                EINVAL in a forked child.
+        """
+        self._check()
+        n = self._publish()
+        if not n:
+            return 0
+        for _ in range(8):
+            ret = self._enter(n, 0, 0)
+            if ret >= 0:
+                self._stats["submitted"] += ret
+                return ret
+            if ret not in (-errno.EBUSY, -errno.EAGAIN):
+                break
+            # backpressure: let the kernel flush the overflow list, then retry
+            self._enter(0, 0, abi.IORING_ENTER_GETEVENTS)
+        raise oserror(-ret)
+
+    def submit_and_wait(self, wait_nr: int = 1, timeout: float | None = None) -> int:
+        """Submit what is prepared and wait until *wait_nr* CQEs are ready
+        (io_uring_submit_and_wait(3), io_uring_submit_and_wait_timeout(3)).
+
+        Args:
+            wait_nr: how many completions to wait for.
+            timeout: seconds (None: no limit).  On timeout it returns normally;
+                use :meth:`cq_ready` to see what arrived.
+
+        Returns:
+            The number of SQEs submitted.
+
+        Raises:
+            OSError: as :meth:`submit`.
+        """
+        self._check()
+        n = self._publish()
+        ret = self._enter_wait(n, wait_nr, timeout)
+        if ret == -errno.ETIME:
+            return n - self.sq_ready()
+        if ret in (-errno.EBUSY, -errno.EAGAIN):
+            return self.submit()
+        check(ret)
+        self._stats["submitted"] += ret
+        return ret
+
+    # --- CQEs -----------------------------------------------------------------------
+
+    def peek_batch(self, out: list[Completion] | None = None, max_n: int = 0) -> list[Completion]:
+        """Take every completion waiting (at most *max_n* if > 0) without a
+        syscall, unless the kernel flagged a CQ overflow, which is flushed
+        first (io_uring_peek_batch_cqe(3) + io_uring_cq_advance(3)).
+
+        Args:
+            out: a list to append ``(user_data, res, flags)`` tuples to (reuse
+                one to avoid allocating); a new list if None.
+            max_n: the most to take (0: all).
+
+        Returns:
+            *out*.
+
+        Raises:
+            OSError: EBADF if closed, EINVAL in a forked child.
+        """
+        self._check()
+        if out is None:
+            out = []
+        cq32 = self._cq32
+        head = self._cq_head
+        tail = cq32[self._cq_ktail]
+        if head == tail:
+            if not self._sq32[self._sq_kflags] & abi.IORING_SQ_CQ_OVERFLOW:
+                return out
+            self._stats["overflow_flush"] += 1
+            self._enter(0, 0, abi.IORING_ENTER_GETEVENTS)
+            tail = cq32[self._cq_ktail]
+        if _NEEDS_FENCE:
+            _fence()  # acquire: the tail load before the CQE loads
+        n = (tail - head) & _U32
+        if max_n and n > max_n:
+            n = max_n
+        mm = self._cq_mm
+        base = self._cqes
+        mask = self._cq_mask
+        start = len(out)
+        append = out.append
+        for _ in range(n):
+            append(_unpack_cqe(mm, base + ((head & mask) << 4)))
+            head = (head + 1) & _U32
+        if _NEEDS_FENCE:
+            _fence()  # release: the CQE loads before the head store
+        cq32[self._cq_khead] = head
+        self._cq_head = head
+        self._stats["reaped"] += n
+        keep = self._keep
+        if keep:
+            for i in range(start, len(out)):
+                ud, _res, fl = out[i]
+                if not fl & abi.IORING_CQE_F_MORE:
+                    keep.pop(ud, None)
+        return out
+
+    def peek_cqe(self) -> Completion | None:
+        """Take one completion if one is waiting (io_uring_peek_cqe(3) followed
+        by io_uring_cqe_seen(3)); never blocks.
+
+        Returns:
+            ``(user_data, res, flags)`` or None.
+        """
+        got = self.peek_batch(None, 1)
+        return got[0] if got else None
+
+    def wait_cqe(self, timeout: float | None = None) -> Completion | None:
+        """Wait for one completion and take it (io_uring_wait_cqe(3),
+        io_uring_wait_cqe_timeout(3) via ``IORING_ENTER_EXT_ARG``).
+
+        Args:
+            timeout: seconds to wait at most; None waits for ever.
+
+        Returns:
+            ``(user_data, res, flags)``, or None if *timeout* expired first.
+
+        Raises:
+            OSError: the kernel's error; EINVAL in a forked child.
+        """
+        got = self.peek_cqe()
+        if got is not None:
+            return got
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            ret = self._enter_wait(0, 1, left)
+            got = self.peek_cqe()
+            if got is not None:
+                return got
+            if ret == -errno.ETIME or (left is not None and left <= 0):
+                return None
+            if ret < 0 and ret not in (-errno.EBUSY, -errno.EAGAIN):
+                raise oserror(-ret)
+
+    def wait_cqes(self, n: int, timeout: float | None = None) -> list[Completion]:
+        """Wait until *n* completions were taken or *timeout* expired; return them."""
+        out: list[Completion] = []
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while len(out) < n:
+            self.peek_batch(out, n - len(out))
+            if len(out) >= n:
+                break
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            ret = self._enter_wait(0, n - len(out), left)
+            if ret < 0 and ret not in (-errno.ETIME, -errno.EBUSY, -errno.EAGAIN):
+                raise oserror(-ret)
+        return out
+
+    # --- register -------------------------------------------------------------------
+
+    def _register(self, opcode: int, arg: int, nr: int) -> int:
+        self._check()
+        while True:
+            ret: int = _syscall.io_uring_register(self.fd, opcode, arg, nr)
+            if ret != -errno.EINTR:
+                return ret
+            _syscall.run_signal_handlers()
+
+    def register_eventfd(self, fd: int, *, async_only: bool = False) -> None:
+        """Have the kernel signal eventfd *fd* when CQEs are posted
+        (io_uring_register_eventfd(3); ``async_only``: only for completions
+        that did not happen inline, io_uring_register_eventfd_async(3)).
+
+        Raises:
+            OSError: EBUSY if one is registered already, EBADF...
+        """
+        arg = ctypes.c_int32(fd)
+        op = abi.IORING_REGISTER_EVENTFD_ASYNC if async_only else abi.IORING_REGISTER_EVENTFD
+        check(self._register(op, ctypes.addressof(arg), 1))
+        self._eventfd = fd
+
+    def unregister_eventfd(self) -> None:
+        """io_uring_unregister_eventfd(3).
+
+        Raises:
+            OSError: ENXIO if none is registered.
+        """
+        check(self._register(abi.IORING_UNREGISTER_EVENTFD, 0, 0))
+        self._eventfd = None
+
+    def register_files(self, fds: Sequence[int]) -> None:
+        """Register *fds* as fixed files (io_uring_register_files(3)); use the
+        index as the fd with ``sqe_flags=IOSQE_FIXED_FILE``; -1 leaves a slot empty.
+
+        Raises:
+            OSError: EBUSY if files are registered already, EBADF, EMFILE...
+            ValueError: an empty sequence.
+        """
+        if not fds:
+            raise ValueError("no files to register")
+        arr = (ctypes.c_int32 * len(fds))(*fds)
+        check(self._register(abi.IORING_REGISTER_FILES, ctypes.addressof(arr), len(fds)))
+        self._files_registered = True
+
+    def unregister_files(self) -> None:
+        """io_uring_unregister_files(3).
+
+        Raises:
+            OSError: ENXIO if none are registered.
+        """
+        check(self._register(abi.IORING_UNREGISTER_FILES, 0, 0))
+        self._files_registered = False
+
+    def register_buffers(self, buffers: Sequence[Any]) -> None:
+        """Register writable *buffers* as fixed buffers for ``*_fixed`` I/O
+        (io_uring_register_buffers(3)); they stay pinned until
+        :meth:`unregister_buffers` or :meth:`close`.
+
+        Raises:
+            TypeError: a buffer is not writable.
+            ValueError: an empty sequence.
+            OSError: EBUSY if buffers are registered already, ENOMEM (RLIMIT_MEMLOCK)...
+        """
+        if not buffers:
+            raise ValueError("no buffers to register")
+        pins = pin_many(buffers, writable=True)
+        iovs = self._iovecs(pins)
+        ret = self._register(abi.IORING_REGISTER_BUFFERS, ctypes.addressof(iovs), len(pins))
+        if ret < 0:
+            for p in pins:
+                p.release()
+            raise oserror(-ret)
+        self._fixed_buffers = pins
+
+    def unregister_buffers(self) -> None:
+        """io_uring_unregister_buffers(3); the buffers are unpinned (requests in
+        flight keep their own pins).
+
+        Raises:
+            OSError: ENXIO if none are registered.
+        """
+        check(self._register(abi.IORING_UNREGISTER_BUFFERS, 0, 0))
+        pins, self._fixed_buffers = self._fixed_buffers, []
+        for p in pins:
+            p.release()
+
+    def probe(self) -> frozenset[int]:
+        """The ``IORING_OP_*`` opcodes this kernel supports
+        (io_uring_get_probe_ring(3); cached).
+
+        Raises:
+            OSError: as io_uring_register(2) reports.
+        """
+        if self._probe is None:
+            n = 256
+            buf = ctypes.create_string_buffer(
+                ctypes.sizeof(abi.io_uring_probe) + n * ctypes.sizeof(abi.io_uring_probe_op)
+            )
+            check(self._register(abi.IORING_REGISTER_PROBE, ctypes.addressof(buf), n))
+            head = abi.io_uring_probe.from_buffer(buf)
+            ops = (abi.io_uring_probe_op * n).from_buffer(buf, ctypes.sizeof(head))
+            self._probe = frozenset(
+                ops[i].op for i in range(head.ops_len) if ops[i].flags & abi.IO_URING_OP_SUPPORTED
+            )
+            del head, ops
+        return self._probe
+
+    def opcode_supported(self, opcode: int) -> bool:
+        """True if the kernel supports ``IORING_OP_*`` *opcode* (io_uring_opcode_supported(3))."""
+        return opcode in self.probe()
+
+    def sync_cancel(
+        self, user_data: int = 0, *, fd: int | None = None, flags: int = 0, timeout: float = 0.0
+    ) -> int:
+        """Cancel synchronously (``IORING_REGISTER_SYNC_CANCEL``, Linux 6.0;
+        io_uring_register_sync_cancel(3)).
+
+        Args:
+            user_data: the target's user_data (ignored with *fd* or
+                ``IORING_ASYNC_CANCEL_ANY``).
+            fd: cancel requests on this fd instead.
+            flags: ``IORING_ASYNC_CANCEL_*`` (``ALL``, ``ANY`` ...).
+            timeout: how long to wait for a running request to finish
+                (0: do not wait; negative: wait for ever).
+
+        Returns:
+            The kernel's answer, which is an outcome, not an error: ``0``
+            (cancelled, or it finished while we waited), ``-ENOENT`` (not
+            found: already completed), ``-EALREADY`` or ``-ETIME`` (running).
+
+        Raises:
+            OSError: any other error (EINVAL where the kernel lacks it, EBADF...).
+        """
+        reg = self._cancel_reg
+        ctypes.memset(ctypes.addressof(reg), 0, ctypes.sizeof(reg))
+        reg.addr = user_data & _U64
+        reg.fd = -1 if fd is None else fd
+        reg.flags = flags | (abi.IORING_ASYNC_CANCEL_FD if fd is not None else 0)
+        if timeout < 0:
+            reg.timeout.tv_sec = reg.timeout.tv_nsec = -1
+        else:
+            reg.timeout.tv_sec = int(timeout)
+            reg.timeout.tv_nsec = int((timeout - int(timeout)) * 1e9)
+        ret = self._register(abi.IORING_REGISTER_SYNC_CANCEL, ctypes.addressof(reg), 1)
+        if ret >= 0 or ret in (-errno.ENOENT, -errno.EALREADY, -errno.ETIME):
+            return ret
+        raise oserror(-ret)
+
+    # --- close ----------------------------------------------------------------------
+
+    def _drain_held(self, timeout: float = 10.0) -> None:
+        """Cancel every request and wait for the CQEs of those holding buffers."""
+        deadline = time.monotonic() + timeout
+        while self._keep and time.monotonic() < deadline:
+            self.prep_cancel_all(user_data=_U64)
+            self.submit()
+            self.wait_cqes(len(self._keep), timeout=0.1)
+        if self._keep:  # pragma: no cover - a request the kernel could not stop
+            _graveyard.append(self._keep)
+            warnings.warn(
+                f"io_uring closed with {len(self._keep)} requests still in flight: "
+                "their buffers are kept alive for ever",
+                ResourceWarning,
+                stacklevel=3,
+            )
+        self._keep = {}
+
+    def _unmap(self) -> None:
+        for v in self._views:
+            v.release()
+        self._views = []
+        for m in self._mmaps:
+            m.close()
+        self._mmaps = []
+
+    def close(self) -> None:
+        """Cancel what is in flight, wait for the CQEs of requests holding
+        buffers, unregister, unmap and close the fd (io_uring_queue_exit(3)).
+        Idempotent.  In a forked child it only drops the child's copies of the
+        fd and mappings (the parent's ring is untouched)."""
+        if self._closed:
+            return
+        if self._generation == _fork_generation[0]:
+            try:
+                if self._keep:
+                    self._drain_held()
+            finally:
+                self._closed = True
+                for p in self._fixed_buffers:
+                    p.release()
+                self._fixed_buffers = []
+        self._closed = True
+        self._keep = {}
+        self._unmap()
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __enter__(self) -> Ring:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_closed", True):
+            return
+        if self._generation == _fork_generation[0]:
+            warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self, stacklevel=2)
+        try:
+            self.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"fd={self.fd} sq={self.sq_entries}"
+        return f"<xaio.uring.Ring {state}>"
+
+
+#: Memory of requests that could not be stopped before a close: kept alive for ever.
+_graveyard: list[Any] = []
+
+
+# --- the engine ----------------------------------------------------------------------
+
+# user_data tags: InFlight keys are small ints; anything with the top bit set is ours.
+_TAG = 1 << 63
+_CANCEL_TAG = _TAG | (1 << 62)
+_WAKE = _TAG | 1
+_CANCEL_ANY_ALL = abi.IORING_ASYNC_CANCEL_ANY | abi.IORING_ASYNC_CANCEL_ALL
+
+_READ, _WRITE, _READV, _WRITEV = OpCode.READ, OpCode.WRITE, OpCode.READV, OpCode.WRITEV
+_FSYNC, _FDATASYNC, _POLL, _NOP = OpCode.FSYNC, OpCode.FDATASYNC, OpCode.POLL, OpCode.NOP
+_SUBMITTED, _QUEUED, _DONE = OpState.SUBMITTED, OpState.QUEUED, OpState.DONE
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_c_read = _libc.read
+_c_read.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
+_c_read.restype = ctypes.c_ssize_t
+
+
+class UringEngine(Engine):
+    """The :class:`~xaio.engine.Engine` protocol over a :class:`Ring`.
+
+    ``submit`` writes one SQE per operation (``user_data`` = its
+    :class:`~xaio._ops.InFlight` key) and enters the kernel once per batch;
+    ``reap`` peeks the CQ without a syscall when completions are there (so
+    calling ``reap(0)`` right after ``submit`` collects what completed inline,
+    e.g. page-cached reads), and blocks in ``io_uring_enter`` otherwise.
+    ``cancel`` uses ``IORING_REGISTER_SYNC_CANCEL`` where the kernel has it
+    (Linux 6.0), else an ``IORING_OP_ASYNC_CANCEL`` SQE whose CQE it waits for.
+
+    Operation mapping: READ/WRITE take exactly one buffer, READV/WRITEV up to
+    1024; ``offset=-1`` means the file position (stream fds ignore it);
+    ``op.flags`` are the ``RWF_*`` flags of a read/write and the event mask of
+    a POLL; FSYNC/FDATASYNC/NOP use neither.
+
+    Threads: ``submit`` and ``cancel`` may be called from any thread while one
+    thread reaps; ``on_done`` callbacks run in the reaping thread, under the
+    engine's (re-entrant) lock, so they may submit but must not wait for
+    another thread that uses this engine.
+    """
+
+    name: ClassVar[str] = "uring"
+
+    def __init__(self, entries: int = 256, *, setup_flags: int = 0) -> None:
+        """Create the ring, its eventfd, and register the eventfd.
+
+        Args:
+            entries: SQ size; the CQ is twice as large (and never drops).
+            setup_flags: extra ``IORING_SETUP_*`` flags.
+
+        Raises:
+            OSError: io_uring is unavailable (ENOSYS/EPERM with the cause), or
+                the kernel's error.
+        """
+        self._closed = True
+        self._ring = Ring(entries, setup_flags)
+        try:
+            self._efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        except BaseException:
+            self._ring.close()
+            raise
+        try:
+            self._ring.register_eventfd(self._efd)
+        except BaseException:
+            self._ring.close()
+            os.close(self._efd)
+            raise
+        self._lock = threading.RLock()
+        self._reap_lock = threading.Lock()
+        self._inflight = InFlight()
+        self._vecs: dict[int, Any] = {}
+        self._cancel_results: dict[int, int] = {}
+        self._stash: list[Completion] = []
+        self._batch: list[Completion] = []
+        self._sync_cancel = True
+        self._waiting = 0
+        self._generation = _fork_generation[0]
+        self._pid = os.getpid()
+        self._efd_buf = ctypes.create_string_buffer(8)
+        self._efd_addr = ctypes.addressof(self._efd_buf)
+        self._counts = {"submitted": 0, "completed": 0, "cancel": 0, "eventfd_reads": 0}
+        self._closed = False
+
+    # --- protocol ---------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has started."""
+        return self._closed
+
+    @property
+    def ring(self) -> Ring:
+        """The underlying :class:`Ring` (for probing and statistics)."""
+        return self._ring
+
+    def fileno(self) -> int:
+        """The eventfd registered with the ring: readable while completions wait.
+
+        Raises:
+            EngineClosedError: the engine is closed.
+        """
+        if self._closed:
+            raise EngineClosedError("engine is closed")
+        return self._efd
+
+    def _check_process(self) -> None:
+        if self._generation != _fork_generation[0]:
+            raise _refused_in_child(self._pid)
+
+    def submit(self, ops: Sequence[Operation]) -> int:
+        """Write one SQE per operation and enter the kernel once.
+
+        Per-operation errors (bad fd, bad offset...) arrive as completions
+        with ``-errno``; they never raise.
+
+        Returns:
+            ``len(ops)``.
+
+        Raises:
+            EngineClosedError: the engine is closed (nothing was taken).
+            RuntimeError: an operation is not QUEUED.
+            ValueError: READ/WRITE without exactly one buffer, READV/WRITEV with
+                more than 1024 (nothing was taken).
+            OSError: EINVAL in a forked child; the kernel refused the whole batch.
+        """
+        self._check_process()
+        for op in ops:  # validate first: all or nothing
+            if op.state is not _QUEUED:
+                raise RuntimeError(f"cannot submit an operation in state {op.state.name}")
+            code = op.opcode
+            if code is _READ or code is _WRITE:
+                if len(op.pins) != 1:
+                    raise ValueError(f"{code.name} takes exactly one buffer")
+            elif (code is _READV or code is _WRITEV) and len(op.pins) > _IOV_MAX:
+                raise ValueError(f"at most {_IOV_MAX} buffers")
+        with self._lock:
+            if self._closed:
+                raise EngineClosedError("engine is closed")
+            ring = self._ring
+            sqes = ring._sqes
+            add = self._inflight.add
+            sq32 = ring._sq32
+            khead = ring._sq_khead
+            n_sq = ring._sq_n
+            mask = ring._sq_mask
+            for op in ops:
+                tail = ring._sqe_tail
+                if (tail - sq32[khead]) & _U32 >= n_sq:
+                    ring.submit()
+                ring._sqe_tail = (tail + 1) & _U32
+                key = add(op)
+                code = op.opcode
+                fd = op.fd
+                if code is _READ or code is _WRITE:
+                    p = op.pins[0]
+                    _pack_sqe(
+                        sqes,
+                        (tail & mask) << 6,
+                        abi.IORING_OP_READ if code is _READ else abi.IORING_OP_WRITE,
+                        0,
+                        0,
+                        fd,
+                        op.offset & _U64,
+                        p.address,
+                        p.nbytes,
+                        op.flags,
+                        key,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                    )
+                elif code is _READV or code is _WRITEV:
+                    iovs = Ring._iovecs(op.pins)
+                    self._vecs[key] = iovs
+                    _pack_sqe(
+                        sqes,
+                        (tail & mask) << 6,
+                        abi.IORING_OP_READV if code is _READV else abi.IORING_OP_WRITEV,
+                        0,
+                        0,
+                        fd,
+                        op.offset & _U64,
+                        ctypes.addressof(iovs),
+                        len(op.pins),
+                        op.flags,
+                        key,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                    )
+                elif code is _FSYNC or code is _FDATASYNC:
+                    flags = abi.IORING_FSYNC_DATASYNC if code is _FDATASYNC else 0
+                    _pack_sqe(
+                        sqes, (tail & mask) << 6, abi.IORING_OP_FSYNC, 0, 0, fd,
+                        0, 0, 0, flags, key, 0, 0, 0, 0, 0,
+                    )  # fmt: skip
+                elif code is _POLL:
+                    _pack_sqe(
+                        sqes, (tail & mask) << 6, abi.IORING_OP_POLL_ADD, 0, 0, fd,
+                        0, 0, 0, op.flags & _U32, key, 0, 0, 0, 0, 0,
+                    )  # fmt: skip
+                else:
+                    _pack_sqe(
+                        sqes, (tail & mask) << 6, abi.IORING_OP_NOP, 0, 0, -1,
+                        0, 0, 0, 0, key, 0, 0, 0, 0, 0,
+                    )  # fmt: skip
+                op.state = _SUBMITTED
+            ring.submit()
+            self._counts["submitted"] += len(ops)
+        return len(ops)
+
+    def _drain_eventfd(self) -> None:
+        if _c_read(self._efd, self._efd_addr, 8) == 8:
+            self._counts["eventfd_reads"] += 1
+
+    def _deliver(self, cqes: list[Completion]) -> int:
+        """Complete the operations whose CQEs are in *cqes* (under the lock)."""
+        n = 0
+        complete = self._inflight.complete
+        vecs = self._vecs
+        for ud, res, _fl in cqes:
+            if ud < _TAG:
+                if vecs:
+                    vecs.pop(ud, None)
+                try:
+                    complete(ud, res)
+                except KeyError:  # not ours (e.g. posted by a forked child): ignore
+                    continue
+                n += 1
+            elif ud & _CANCEL_TAG == _CANCEL_TAG:
+                self._cancel_results[ud & ~_CANCEL_TAG] = res
+        cqes.clear()
+        return n
+
+    def _reap_nowait(self) -> int:
+        """Deliver what is in the CQ (and the stash); clear the eventfd."""
+        with self._lock:
+            if self._ring.closed:
+                return 0
+            ring = self._ring
+            batch = self._batch
+            n = 0
+            if self._stash:
+                batch.extend(self._stash)
+                self._stash.clear()
+            ring.peek_batch(batch)
+            if batch:
+                n += self._deliver(batch)
+            # Clear the eventfd, then look again: a CQE posted after that look
+            # signals the eventfd afresh, so no wake-up is lost.
+            self._drain_eventfd()
+            if ring.cq_ready() or ring._sq32[ring._sq_kflags] & abi.IORING_SQ_CQ_OVERFLOW:
+                ring.peek_batch(batch)
+                n += self._deliver(batch)
+            self._counts["completed"] += n
+            return n
+
+    def reap(self, timeout: float | None = 0.0) -> int:
+        """Deliver finished operations (``InFlight.complete``, which runs their
+        ``on_done``) in this thread.
+
+        Args:
+            timeout: 0 never blocks (a peek of the CQ, no syscall when
+                completions are there); None waits for at least one; else seconds.
+
+        Returns:
+            How many operations were delivered.
+
+        Raises:
+            OSError: EINVAL in a forked child; the kernel's error.
+        """
+        self._check_process()
+        n = self._reap_nowait()
+        if n or (timeout is not None and timeout <= 0) or self._closed:
+            return n
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._reap_lock:
+            while not self._closed:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return 0
+                ret = self._ring._enter_wait(0, 1, left)
+                if ret < 0 and ret not in (-errno.ETIME, -errno.EBUSY, -errno.EAGAIN):
+                    raise oserror(-ret)
+                n = self._reap_nowait()
+                if n:
+                    return n
+        return 0
+
+    def cancel(self, op: Operation) -> CancelOutcome:
+        """Try to cancel *op* in the kernel and say what happened.
+
+        Returns:
+            ``CANCELED`` (found and stopped: its completion, still to be
+            reaped, says ``-ECANCELED`` -- or, if it finished in that very
+            instant, its real result), ``RUNNING`` (an io-wq worker is running
+            it; it will complete), ``DONE`` (it had completed: its completion
+            may still be waiting to be reaped) -- also for an operation this
+            engine does not hold.
+
+        Raises:
+            OSError: EINVAL in a forked child; an unexpected kernel error.
+        """
+        self._check_process()
+        with self._lock:
+            key = op.key
+            if op.state is _DONE or self._inflight.get(key) is not op or self._ring.closed:
+                return CancelOutcome.DONE
+            if op.state is _QUEUED:  # pragma: no cover - never: submit marks them
+                return CancelOutcome.DONE
+            op.request_cancel()
+            self._counts["cancel"] += 1
+            if self._sync_cancel:
+                try:
+                    ret = self._ring.sync_cancel(key)
+                except OSError as e:
+                    if e.errno != errno.EINVAL:
+                        raise
+                    self._sync_cancel = False  # a kernel older than 6.0
+                else:
+                    return _outcome(ret)
+            ring = self._ring
+            ring.prep_cancel(key, user_data=_CANCEL_TAG | key)
+            ring.submit()
+        return self._wait_cancel_result(key)
+
+    def _wait_cancel_result(self, key: int) -> CancelOutcome:
+        """Wait for the CQE of an async cancel of *key*, stashing the others for reap."""
+        deadline = time.monotonic() + 10.0
+        while True:
+            with self._lock:
+                got = self._cancel_results.pop(key, None)
+                if got is None and not self._ring.closed:
+                    before = len(self._stash)
+                    self._ring.peek_batch(self._stash)
+                    for i in range(len(self._stash) - 1, before - 1, -1):
+                        ud, res, _fl = self._stash[i]
+                        if ud & _CANCEL_TAG == _CANCEL_TAG and ud != _WAKE:
+                            self._cancel_results[ud & ~_CANCEL_TAG] = res
+                            del self._stash[i]
+                    if len(self._stash) > before:
+                        os.eventfd_write(self._efd, 1)  # the reaper has work
+                    got = self._cancel_results.pop(key, None)
+                if got is not None:
+                    return _outcome(got)
+                if self._ring.closed or time.monotonic() > deadline:
+                    return CancelOutcome.RUNNING
+            self._ring._enter_wait(0, 1, 0.01)
+
+    # --- close ------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop accepting, cancel everything, wait for every completion
+        (delivering it), unregister the eventfd, unmap and close the ring, close
+        the eventfd.  Idempotent.  In a forked child it only drops the child's
+        copies of the fds and mappings."""
+        if self._generation != _fork_generation[0]:
+            if not self._closed:
+                self._closed = True
+                self._ring.close()
+                os.close(self._efd)
+            return
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            # wake a reaper blocked in io_uring_enter so it lets go of the ring
+            self._ring.prep_nop(user_data=_WAKE)
+            self._ring.submit()
+        with self._reap_lock:
+            try:
+                self._drain()
+            finally:
+                with self._lock:
+                    ring = self._ring
+                    try:
+                        ring.unregister_eventfd()
+                    finally:
+                        ring.close()
+                        os.close(self._efd)
+
+    def _drain(self, timeout: float = 10.0) -> None:
+        ring = self._ring
+        deadline = time.monotonic() + timeout
+        inflight = self._inflight
+        while len(inflight):
+            with self._lock:
+                try:
+                    ring.sync_cancel(
+                        flags=abi.IORING_ASYNC_CANCEL_ANY | abi.IORING_ASYNC_CANCEL_ALL
+                    )
+                except OSError:
+                    ring.prep_cancel_all(user_data=_WAKE)
+                    ring.submit()
+            self._reap_nowait()
+            if not len(inflight) or time.monotonic() > deadline:
+                break
+            ring._enter_wait(0, 1, 0.1)
+            self._reap_nowait()
+        if len(inflight):  # pragma: no cover - a request the kernel could not stop
+            _graveyard.append(list(inflight))
+            warnings.warn(
+                f"io_uring engine closed with {len(inflight)} operations still in "
+                "flight: their buffers are kept alive for ever",
+                ResourceWarning,
+                stacklevel=3,
+            )
+
+    def statistics(self) -> dict[str, Any]:
+        """Counters: submitted, completed, cancel, eventfd_reads, in_flight,
+        and the ring's (``ring``)."""
+        return {
+            "name": self.name,
+            **self._counts,
+            "in_flight": len(self._inflight),
+            "sync_cancel": self._sync_cancel,
+            "ring": self._ring.statistics(),
+        }
+
+    def __del__(self) -> None:
+        if getattr(self, "_closed", True):
+            return
+        if self._generation == _fork_generation[0]:
+            warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self, stacklevel=2)
+        try:
+            self.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
+
+    def __repr__(self) -> str:
+        return f"<xaio.uring.UringEngine {'closed' if self._closed else 'open'}>"
+
+
+def _outcome(ret: int) -> CancelOutcome:
+    if ret >= 0:
+        return CancelOutcome.CANCELED
+    if ret == -errno.ENOENT:
+        return CancelOutcome.DONE
+    if ret in (-errno.EALREADY, -errno.ETIME):
+        return CancelOutcome.RUNNING
+    raise oserror(-ret)
