@@ -27,6 +27,7 @@ import ctypes
 import ctypes.util
 import errno as _errno
 import os
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from xaio._abi import SYS
@@ -110,7 +111,7 @@ def timespec_from_seconds(seconds: float, ts: Timespec | None = None) -> Timespe
     return ts
 
 
-def _make(name: str, nargs: int) -> Any:
+def _make(name: str, nargs: int) -> Callable[..., int]:
     """Build a wrapper for syscall *name* that returns ret or -errno."""
     number = SYS.get(name)
     if _libc is None or number is None:

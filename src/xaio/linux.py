@@ -1,0 +1,1271 @@
+"""Linux native AIO: ``io_setup`` ... ``io_destroy``, in Python's convention.
+
+Some facts about Linux AIO
+==========================
+
+These are what the kernel does (checked on Linux 6.x); the code below rests
+on them.
+
+* A context (``aio_context_t``) is the *address* of a ring the kernel maps into
+  the process: ``struct aio_ring`` (32-byte header: id, nr, head, tail, magic,
+  features, header length) followed by ``nr`` ``struct io_event``.  The kernel
+  writes an event, then (after a write barrier) advances ``tail``; whoever
+  reaps advances ``head``.  libaio reads this ring from user space to avoid a
+  system call; so does :class:`IOBatch` (on x86-64 only, where loads are not
+  reordered with loads nor stores with earlier loads, so no fence is needed).
+* ``io_destroy`` cancels what it can, then *blocks* until every other request
+  has completed, then unmaps the ring and returns the context's share of
+  ``/proc/sys/fs/aio-nr``.  It waits for an RCU grace period even on an idle
+  context: tens of milliseconds.  Never create a context per request.
+* The next ``io_setup`` may return the *same* id (the ring lands at the same
+  address), so a destroyed :class:`IOContext` refuses further use itself with
+  ``EINVAL`` instead of handing a stale id to the kernel, which might now
+  belong to somebody else's context.
+* A thread blocked in ``io_getevents`` when the context is destroyed wakes up
+  with ``EINVAL``.
+* ``io_submit`` copies each ``struct iocb`` at submission, but the *buffers*
+  are used until the request completes, and ``io_cancel`` finds a request by
+  the address of its iocb.  So each :class:`Iocb` keeps its own ``struct
+  iocb`` at a fixed address and its buffers pinned (see ``xaio._buffers``)
+  from submission until its event is reaped or the context is destroyed.
+* ``io_submit`` takes requests in order and stops at the first that fails: it
+  returns how many it accepted if that is > 0 (the failing one's error is lost,
+  and it is not queued), else the error.
+* Only O_DIRECT reads and writes on regular files are truly asynchronous.  On
+  buffered files, pipes and sockets ``io_submit`` performs the I/O itself and
+  can block for ever (a read on an empty FIFO).  ``RWF_NOWAIT`` makes such a
+  request fail with ``-EAGAIN`` in its event instead.
+* ``io_cancel`` can cancel only a pending ``IOCB_CMD_POLL`` on modern kernels:
+  it returns ``EINPROGRESS`` and posts the completion (res 0) to the ring.
+  Everything else (any regular-file read or write) gives ``EINVAL``.
+* Contexts are not inherited by ``fork``: in the child the kernel knows no such
+  context (``EINVAL``), but the ring is still mapped.  Reading it would steal
+  the parent's completions, so the child never touches it.
+* ``IOCB_FLAG_RESFD`` makes each completion add 1 to an eventfd: that is how an
+  event loop learns that events are waiting.
+
+Man pages: io_setup(2), io_submit(2), io_getevents(2), io_pgetevents(2),
+io_cancel(2), io_destroy(2), aio(7).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import struct
+import threading
+import time
+import warnings
+import weakref
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
+
+from xaio import _syscall
+from xaio._abi import ARCH
+from xaio._abi.aio import (
+    AIO_RING_INCOMPAT_FEATURES,
+    AIO_RING_MAGIC,
+    IO_EVENT_STRUCT,
+    IOCB_CMD_FDSYNC,
+    IOCB_CMD_FSYNC,
+    IOCB_CMD_NOOP,
+    IOCB_CMD_POLL,
+    IOCB_CMD_PREAD,
+    IOCB_CMD_PREADV,
+    IOCB_CMD_PWRITE,
+    IOCB_CMD_PWRITEV,
+    IOCB_FLAG_IOPRIO,
+    IOCB_FLAG_RESFD,
+    RWF_APPEND,
+    RWF_ATOMIC,
+    RWF_DONTCACHE,
+    RWF_DSYNC,
+    RWF_HIPRI,
+    RWF_NOAPPEND,
+    RWF_NOWAIT,
+    RWF_SYNC,
+    io_event,
+    iocb,
+    iovec,
+)
+from xaio._buffers import Pin, pin, pin_many
+from xaio._syscall import Timespec, check, oserror, timespec_from_seconds
+
+__all__ = [
+    "IOContext",
+    "Iocb",
+    "IOEvent",
+    "IOBatch",
+    "IocbInFlightError",
+    "io_setup",
+    "io_destroy",
+    "io_submit",
+    "io_getevents",
+    "io_pgetevents",
+    "io_cancel",
+    "IOCB_CMD_PREAD",
+    "IOCB_CMD_PWRITE",
+    "IOCB_CMD_FSYNC",
+    "IOCB_CMD_FDSYNC",
+    "IOCB_CMD_POLL",
+    "IOCB_CMD_NOOP",
+    "IOCB_CMD_PREADV",
+    "IOCB_CMD_PWRITEV",
+    "IOCB_FLAG_RESFD",
+    "IOCB_FLAG_IOPRIO",
+    "RWF_HIPRI",
+    "RWF_DSYNC",
+    "RWF_SYNC",
+    "RWF_NOWAIT",
+    "RWF_APPEND",
+    "RWF_NOAPPEND",
+    "RWF_ATOMIC",
+    "RWF_DONTCACHE",
+]
+
+_U16 = 0xFFFF
+_U32 = 0xFFFF_FFFF
+_U64 = 0xFFFF_FFFF_FFFF_FFFF
+_VECTORED = (IOCB_CMD_PREADV, IOCB_CMD_PWRITEV)
+_READS = (IOCB_CMD_PREAD, IOCB_CMD_PREADV)
+# User-space reaping of the completion ring relies on x86-64's memory model.
+_USER_RING = ARCH == "x86_64"
+
+
+class IocbInFlightError(RuntimeError):
+    """An :class:`Iocb` that is in flight was modified or submitted again."""
+
+
+# ---------------------------------------------------------------------------------
+# Iocb
+# ---------------------------------------------------------------------------------
+
+_FIELDS = (
+    "aio_data",
+    "aio_lio_opcode",
+    "aio_reqprio",
+    "aio_fildes",
+    "aio_buf",
+    "aio_nbytes",
+    "aio_offset",
+    "aio_rw_flags",
+    "aio_flags",
+    "aio_resfd",
+)
+_FIELD_SET = frozenset(_FIELDS)
+
+
+def _int_field(name: str, value: Any, lo: int, hi: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"Iocb.{name} must be an int, not {type(value).__name__!r}")
+    if not lo <= value <= hi:
+        raise ValueError(f"Iocb.{name}={value} is out of range [{lo}, {hi}]")
+    return value
+
+
+class Iocb:
+    """A Linux AIO request: a mutable mirror of ``struct iocb``.
+
+    Attributes mirror the kernel's fields.  ``aio_buf`` is a Python buffer (or
+    a sequence of buffers for the vectored opcodes, the event mask for
+    ``IOCB_CMD_POLL``, or None); ``aio_nbytes`` None means the buffer's length
+    (the number of buffers for the vectored opcodes).  Fields are checked and
+    the buffers pinned when the request is submitted; while it is in flight the
+    object refuses changes (:class:`IocbInFlightError`).
+
+    Build one with a constructor (:meth:`pread`, :meth:`pwrite`, :meth:`preadv`,
+    :meth:`pwritev`, :meth:`fsync`, :meth:`fdsync`, :meth:`poll`) or ``Iocb()``
+    (all zero) and set the fields.
+    """
+
+    __slots__ = (
+        "aio_data",
+        "aio_lio_opcode",
+        "aio_reqprio",
+        "aio_fildes",
+        "aio_buf",
+        "aio_nbytes",
+        "aio_offset",
+        "aio_rw_flags",
+        "aio_flags",
+        "aio_resfd",
+        "callback",
+        "_struct",
+        "_address",
+        "_pins",
+        "_iovecs",
+        "_ctx",
+        "__weakref__",
+    )
+
+    aio_data: int
+    aio_lio_opcode: int
+    aio_reqprio: int
+    aio_fildes: int
+    aio_buf: Any
+    aio_nbytes: int | None
+    aio_offset: int
+    aio_rw_flags: int
+    aio_flags: int
+    aio_resfd: int
+    callback: Any
+    _struct: iocb
+    _address: int
+    _pins: tuple[Pin, ...]
+    _iovecs: Any
+    _ctx: IOContext | None
+
+    def __init__(self) -> None:
+        s = object.__setattr__
+        s(self, "_ctx", None)
+        for name in _FIELDS:
+            s(self, name, 0)
+        s(self, "aio_buf", None)
+        s(self, "callback", None)
+        st = iocb()
+        s(self, "_struct", st)
+        s(self, "_address", ctypes.addressof(st))
+        s(self, "_pins", ())
+        s(self, "_iovecs", None)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _FIELD_SET and self._ctx is not None:
+            raise IocbInFlightError(f"cannot set {name}: the Iocb is in flight")
+        object.__setattr__(self, name, value)
+
+    @property
+    def in_flight(self) -> bool:
+        """True from a successful submission until its event is reaped (or
+        its context destroyed)."""
+        return self._ctx is not None
+
+    # --- constructors ------------------------------------------------------------
+    @classmethod
+    def _make(
+        cls,
+        opcode: int,
+        fd: int,
+        buf: Any,
+        nbytes: int | None,
+        offset: int,
+        data: int,
+        rw_flags: int,
+        eventfd: int | None,
+        ioprio: int | None,
+    ) -> Iocb:
+        self = cls()
+        self.aio_lio_opcode = opcode
+        self.aio_fildes = fd
+        self.aio_buf = buf
+        self.aio_nbytes = nbytes
+        self.aio_offset = offset
+        self.aio_data = data
+        self.aio_rw_flags = rw_flags
+        if eventfd is not None:
+            self.aio_flags |= IOCB_FLAG_RESFD
+            self.aio_resfd = eventfd
+        if ioprio is not None:
+            self.aio_flags |= IOCB_FLAG_IOPRIO
+            self.aio_reqprio = ioprio
+        return self
+
+    @classmethod
+    def pread(
+        cls,
+        fd: int,
+        buf: Any,
+        offset: int,
+        *,
+        data: int = 0,
+        rw_flags: int = 0,
+        eventfd: int | None = None,
+        ioprio: int | None = None,
+    ) -> Iocb:
+        """Read ``len(buf)`` bytes of *fd* at *offset* into writable *buf*."""
+        return cls._make(IOCB_CMD_PREAD, fd, buf, None, offset, data, rw_flags, eventfd, ioprio)
+
+    @classmethod
+    def pwrite(
+        cls,
+        fd: int,
+        buf: Any,
+        offset: int,
+        *,
+        data: int = 0,
+        rw_flags: int = 0,
+        eventfd: int | None = None,
+        ioprio: int | None = None,
+    ) -> Iocb:
+        """Write the bytes of *buf* to *fd* at *offset*."""
+        return cls._make(IOCB_CMD_PWRITE, fd, buf, None, offset, data, rw_flags, eventfd, ioprio)
+
+    @classmethod
+    def preadv(
+        cls,
+        fd: int,
+        buffers: Sequence[Any],
+        offset: int,
+        *,
+        data: int = 0,
+        rw_flags: int = 0,
+        eventfd: int | None = None,
+        ioprio: int | None = None,
+    ) -> Iocb:
+        """Scatter-read from *fd* at *offset* into the writable *buffers*."""
+        return cls._make(
+            IOCB_CMD_PREADV, fd, list(buffers), None, offset, data, rw_flags, eventfd, ioprio
+        )
+
+    @classmethod
+    def pwritev(
+        cls,
+        fd: int,
+        buffers: Sequence[Any],
+        offset: int,
+        *,
+        data: int = 0,
+        rw_flags: int = 0,
+        eventfd: int | None = None,
+        ioprio: int | None = None,
+    ) -> Iocb:
+        """Gather-write *buffers* to *fd* at *offset*."""
+        return cls._make(
+            IOCB_CMD_PWRITEV, fd, list(buffers), None, offset, data, rw_flags, eventfd, ioprio
+        )
+
+    @classmethod
+    def fsync(
+        cls,
+        fd: int,
+        *,
+        data: int = 0,
+        rw_flags: int = 0,
+        eventfd: int | None = None,
+        ioprio: int | None = None,
+    ) -> Iocb:
+        """Flush *fd*'s data and metadata (``fsync(2)``)."""
+        return cls._make(IOCB_CMD_FSYNC, fd, None, 0, 0, data, rw_flags, eventfd, ioprio)
+
+    @classmethod
+    def fdsync(
+        cls,
+        fd: int,
+        *,
+        data: int = 0,
+        rw_flags: int = 0,
+        eventfd: int | None = None,
+        ioprio: int | None = None,
+    ) -> Iocb:
+        """Flush *fd*'s data (``fdatasync(2)``)."""
+        return cls._make(IOCB_CMD_FDSYNC, fd, None, 0, 0, data, rw_flags, eventfd, ioprio)
+
+    @classmethod
+    def poll(
+        cls,
+        fd: int,
+        events: int,
+        *,
+        data: int = 0,
+        rw_flags: int = 0,
+        eventfd: int | None = None,
+        ioprio: int | None = None,
+    ) -> Iocb:
+        """Wait until *fd* has one of *events* (``select.POLLIN``...); the
+        event's ``res`` is the mask of ready events.  Cancellable."""
+        return cls._make(IOCB_CMD_POLL, fd, events, 0, 0, data, rw_flags, eventfd, ioprio)
+
+    # --- submission ----------------------------------------------------------------
+    def _prepare(self) -> None:
+        """Check every field, pin the buffers and fill ``struct iocb``.
+
+        Raises TypeError/ValueError before anything reaches the kernel."""
+        if self._ctx is not None:
+            raise IocbInFlightError("this Iocb is already in flight")
+        opcode = _int_field("aio_lio_opcode", self.aio_lio_opcode, 0, _U16)
+        reqprio = _int_field("aio_reqprio", self.aio_reqprio, -0x8000, 0x7FFF)
+        fd = _int_field("aio_fildes", self.aio_fildes, -(1 << 31), _U32)
+        offset = _int_field("aio_offset", self.aio_offset, -(1 << 63), (1 << 63) - 1)
+        rw_flags = _int_field("aio_rw_flags", self.aio_rw_flags, -(1 << 31), _U32)
+        flags = _int_field("aio_flags", self.aio_flags, 0, _U32)
+        resfd = _int_field("aio_resfd", self.aio_resfd, -(1 << 31), _U32)
+        data = _int_field("aio_data", self.aio_data, 0, _U64)
+        buf = self.aio_buf
+        nbytes = self.aio_nbytes
+        pins: tuple[Pin, ...] = ()
+        iovecs = None
+        address = 0
+        if opcode in _VECTORED:
+            if buf is None:
+                buffers: list[Any] = []
+            elif isinstance(buf, (list, tuple)):
+                buffers = list(buf)
+            else:
+                raise TypeError(
+                    "aio_buf of a vectored request must be a list of buffers, "
+                    f"not {type(buf).__name__!r}"
+                )
+            count = len(buffers) if nbytes is None else nbytes
+            _int_field("aio_nbytes", count, 0, _U64)
+            if count > len(buffers):
+                raise ValueError(
+                    f"aio_nbytes={count} is more than the {len(buffers)} buffers given"
+                )
+            pins = tuple(pin_many(buffers[:count], writable=opcode == IOCB_CMD_PREADV))
+            iovecs = (iovec * max(count, 1))()
+            for i, p in enumerate(pins):
+                iovecs[i].iov_base = p.address
+                iovecs[i].iov_len = p.nbytes
+            address = ctypes.addressof(iovecs)
+            nbytes = count
+        elif buf is None:
+            nbytes = 0 if nbytes is None else _int_field("aio_nbytes", nbytes, 0, _U64)
+            if nbytes and opcode in (IOCB_CMD_PREAD, IOCB_CMD_PWRITE):
+                raise ValueError(f"aio_nbytes={nbytes} but no aio_buf to transfer into/from")
+        elif isinstance(buf, int) and not isinstance(buf, bool):
+            if opcode != IOCB_CMD_POLL:
+                raise TypeError(
+                    "aio_buf must be a buffer (raw addresses are not accepted); an int is "
+                    "only meaningful as the event mask of IOCB_CMD_POLL"
+                )
+            address = _int_field("aio_buf", buf, 0, _U64)
+            nbytes = 0 if nbytes is None else _int_field("aio_nbytes", nbytes, 0, _U64)
+        else:
+            p = pin(buf, writable=opcode == IOCB_CMD_PREAD)
+            n = p.nbytes if nbytes is None else nbytes
+            try:
+                _int_field("aio_nbytes", n, 0, _U64)
+                if n > p.nbytes:
+                    raise ValueError(f"aio_nbytes={n} is larger than the buffer ({p.nbytes})")
+            except BaseException:
+                p.release()
+                raise
+            pins = (p,)
+            address = p.address
+            nbytes = n
+        st = self._struct
+        st.aio_data = data
+        st.aio_key = 0
+        st.aio_rw_flags = rw_flags if rw_flags < (1 << 31) else rw_flags - (1 << 32)
+        st.aio_lio_opcode = opcode
+        st.aio_reqprio = reqprio
+        st.aio_fildes = fd & _U32
+        st.aio_buf = address
+        st.aio_nbytes = nbytes
+        st.aio_offset = offset
+        st.aio_reserved2 = 0
+        st.aio_flags = flags
+        st.aio_resfd = resfd & _U32
+        object.__setattr__(self, "_pins", pins)
+        object.__setattr__(self, "_iovecs", iovecs)
+
+    def _release(self) -> None:
+        for p in self._pins:
+            p.release()
+        object.__setattr__(self, "_pins", ())
+        object.__setattr__(self, "_iovecs", None)
+        object.__setattr__(self, "_ctx", None)
+
+    def __repr__(self) -> str:
+        state = " in flight" if self._ctx is not None else ""
+        buf = self.aio_buf
+        desc = (
+            f"{type(buf).__name__}[{len(buf)}]"
+            if isinstance(buf, (bytes, bytearray, memoryview, list, tuple))
+            else repr(buf)
+        )
+        return (
+            f"<Iocb op={self.aio_lio_opcode} fd={self.aio_fildes} buf={desc} "
+            f"nbytes={self.aio_nbytes} offset={self.aio_offset} data={self.aio_data}{state}>"
+        )
+
+
+class IOEvent(NamedTuple):
+    """A completion, as ``struct io_event``: ``obj`` is the :class:`Iocb` that
+    was submitted (None if the context no longer knew it), ``res`` the bytes
+    transferred or ``-errno`` exactly as the kernel reported it."""
+
+    data: int
+    obj: Iocb | None
+    res: int
+    res2: int
+
+
+# ---------------------------------------------------------------------------------
+# IOContext
+# ---------------------------------------------------------------------------------
+
+#: Live contexts of this process by kernel id, so that a raw-id io_destroy
+#: marks the IOContext object destroyed too.
+_live: weakref.WeakValueDictionary[int, IOContext] = weakref.WeakValueDictionary()
+_live_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    # Contexts are not inherited: the child must never use, read or destroy them.
+    for ctx in list(_live.values()):
+        ctx._forked_away()
+    _live.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class IOContext:
+    """A Linux AIO context (``aio_context_t``), made by :func:`io_setup`.
+
+    ``id`` is the kernel's context id (an int).  As a context manager, leaving
+    the ``with`` block destroys it (unless already destroyed).  Holds a strong
+    reference to every in-flight :class:`Iocb` (and so to its buffers) until
+    its event is reaped or the context is destroyed.  Garbage-collecting a live
+    context destroys it with a ``ResourceWarning``.
+    """
+
+    __slots__ = (
+        "id",
+        "nr_events",
+        "_inflight",
+        "_lock",
+        "_unmap_lock",
+        "_batches",
+        "_destroyed",
+        "_foreign",
+        "_pid",
+        "_stats",
+        "__weakref__",
+    )
+
+    def __init__(self, ctx_id: int, nr_events: int) -> None:
+        self.id = ctx_id
+        self.nr_events = nr_events
+        self._inflight: dict[int, Iocb] = {}
+        self._lock = threading.Lock()
+        # Held while the ring may be unmapped (io_destroy) and while IOBatch
+        # reads it from user space.
+        self._unmap_lock = threading.Lock()
+        # IOBatch objects on this context: kept alive (with their iocbs and
+        # pinned buffers) until the context is destroyed or they are closed.
+        self._batches: set[IOBatch] = set()
+        self._destroyed = False
+        self._foreign = False
+        self._pid = os.getpid()
+        self._stats = {"submitted": 0, "reaped": 0}
+        with _live_lock:
+            _live[ctx_id] = self
+
+    # -- state ------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        """True once destroyed (or, in a forked child, always)."""
+        return self._destroyed or self._foreign
+
+    def _forked_away(self) -> None:
+        self._foreign = True
+        # The parent's requests are not ours to complete; forget them without
+        # touching the kernel.  (The child's copy of the memory is private.)
+        self._inflight = {}
+        self._batches = set()
+
+    def _check_usable(self) -> None:
+        if self._destroyed or self._foreign:
+            raise oserror(errno.EINVAL)
+
+    def statistics(self) -> dict[str, Any]:
+        """Counters: in flight, submitted, reaped; and whether it is closed."""
+        return {
+            "id": self.id,
+            "nr_events": self.nr_events,
+            "in_flight": len(self._inflight),
+            "closed": self.closed,
+            **self._stats,
+        }
+
+    # -- operations ---------------------------------------------------------------
+    def submit(self, iocbs: Iterable[Iocb]) -> int:
+        """Same as :func:`io_submit` on this context."""
+        return io_submit(self, iocbs)
+
+    def getevents(self, min_nr: int, nr: int, timeout: float | None = None) -> list[IOEvent]:
+        """Same as :func:`io_getevents` on this context."""
+        return io_getevents(self, min_nr, nr, timeout)
+
+    def cancel(self, iocb: Iocb) -> IOEvent | None:
+        """Same as :func:`io_cancel` on this context."""
+        return io_cancel(self, iocb)
+
+    def destroy(self) -> None:
+        """Same as :func:`io_destroy` on this context."""
+        self._destroy()
+
+    def _destroy(self) -> int:
+        """Destroy; return 0 or -errno (the libaio convention)."""
+        if self._destroyed or self._foreign:
+            return -errno.EINVAL
+        with self._unmap_lock:
+            ret: int = _syscall.io_destroy(self.id)
+        if ret < 0 and ret != -errno.EINVAL:
+            return ret
+        # On success every request has completed (or was cancelled): the kernel
+        # will not touch any buffer of this context again, so release them.  On
+        # EINVAL the kernel no longer knows this context either.
+        with self._lock:
+            self._destroyed = True
+            inflight, self._inflight = self._inflight, {}
+        for iocb_obj in inflight.values():
+            iocb_obj._release()
+        batches, self._batches = self._batches, set()
+        for batch in batches:
+            batch._context_destroyed()
+        with _live_lock:
+            if _live.get(self.id) is self:
+                del _live[self.id]
+        return ret
+
+    def _event(self, raw: io_event | tuple[int, int, int, int]) -> IOEvent:
+        if isinstance(raw, tuple):
+            data, obj, res, res2 = raw
+        else:
+            data, obj, res, res2 = raw.data, raw.obj, raw.res, raw.res2
+        with self._lock:
+            owner = self._inflight.pop(obj, None)
+        if owner is not None:
+            owner._release()
+        self._stats["reaped"] += 1
+        return IOEvent(data, owner, res, res2)
+
+    def __enter__(self) -> IOContext:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not (self._destroyed or self._foreign):
+            self._destroy()
+
+    def __del__(self) -> None:
+        if getattr(self, "_destroyed", True) or self._foreign:
+            return
+        n = len(self._inflight)
+        warnings.warn(
+            f"unclosed {self!r} ({n} requests in flight): destroying it",
+            ResourceWarning,
+            stacklevel=2,
+        )
+        self._destroy()
+
+    def __repr__(self) -> str:
+        state = "destroyed" if self._destroyed else "forked-away" if self._foreign else "live"
+        return f"<IOContext id={self.id:#x} nr_events={self.nr_events} {state}>"
+
+
+def _as_context(ctx: IOContext) -> IOContext:
+    if not isinstance(ctx, IOContext):
+        raise TypeError(f"ctx must be an IOContext, not {type(ctx).__name__!r}")
+    return ctx
+
+
+def _check_nr(name: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__!r}")
+    return value
+
+
+def _check_timeout(timeout: Any) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
+    if timeout != timeout:  # NaN
+        raise ValueError("timeout must not be NaN")
+    if timeout < 0:
+        raise ValueError("timeout must be >= 0 (or None to wait)")
+    return float(timeout)
+
+
+# ---------------------------------------------------------------------------------
+# The io_* functions, raw (-errno) core shared with xaio.libaio
+# ---------------------------------------------------------------------------------
+
+
+def _setup(nr_events: Any) -> tuple[int, IOContext | None]:
+    nr = _check_nr("nr_events", nr_events)
+    if nr <= 0 or nr > _U32:
+        return -errno.EINVAL, None
+    ret, ctx_id = _syscall.io_setup(nr)
+    if ret < 0:
+        return ret, None
+    return 0, IOContext(ctx_id, nr)
+
+
+def _submit(ctx: IOContext, iocbs: Iterable[Iocb]) -> int:
+    ctx = _as_context(ctx)
+    batch = list(iocbs)
+    for i, obj in enumerate(batch):
+        if not isinstance(obj, Iocb):
+            raise TypeError(f"iocbs[{i}] must be an Iocb, not {type(obj).__name__!r}")
+    if len({id(obj) for obj in batch}) != len(batch):
+        raise IocbInFlightError("the same Iocb appears twice in one submission")
+    if ctx._destroyed or ctx._foreign:
+        return -errno.EINVAL
+    prepared: list[Iocb] = []
+    try:
+        for obj in batch:
+            obj._prepare()
+            prepared.append(obj)
+    except BaseException:
+        for obj in prepared:
+            obj._release()
+        raise
+    n = len(batch)
+    ptrs = (ctypes.c_void_p * max(n, 1))(*[obj._address for obj in batch])
+    # Register before the syscall: a completion may be reaped by another thread
+    # before io_submit even returns.
+    with ctx._lock:
+        if ctx._destroyed or ctx._foreign:
+            ret = -errno.EINVAL
+        else:
+            for obj in batch:
+                object.__setattr__(obj, "_ctx", ctx)
+                ctx._inflight[obj._address] = obj
+            ret = 0
+    if ret == 0:
+        ret = _syscall.io_submit(ctx.id, n, ctypes.addressof(ptrs))
+    accepted = max(ret, 0)
+    if accepted < n:
+        with ctx._lock:
+            for obj in batch[accepted:]:
+                if ctx._inflight.get(obj._address) is obj:
+                    del ctx._inflight[obj._address]
+        for obj in batch[accepted:]:
+            obj._release()
+    ctx._stats["submitted"] += accepted
+    return ret
+
+
+def _getevents(
+    ctx: IOContext,
+    min_nr: Any,
+    nr: Any,
+    timeout: Any,
+    sigmask: Iterable[int] | None = None,
+    pgetevents: bool = False,
+) -> tuple[int, list[IOEvent]]:
+    ctx = _as_context(ctx)
+    min_nr = _check_nr("min_nr", min_nr)
+    nr = _check_nr("nr", nr)
+    timeout = _check_timeout(timeout)
+    sigset_addr = 0
+    keep: list[Any] = []
+    if pgetevents and sigmask is not None:
+        bits = 0
+        for sig in sigmask:
+            signo = int(sig)
+            if not 1 <= signo <= 64:
+                raise ValueError(f"invalid signal number {signo}")
+            bits |= 1 << (signo - 1)
+        mask = ctypes.c_uint64(bits)
+        aio_sigset = (ctypes.c_uint64 * 2)(ctypes.addressof(mask), 8)
+        keep += [mask, aio_sigset]
+        sigset_addr = ctypes.addressof(aio_sigset)
+    if ctx._destroyed or ctx._foreign:
+        return -errno.EINVAL, []
+    if nr < 0 or min_nr < 0 or min_nr > nr:
+        return -errno.EINVAL, []
+    if nr > 1 << 20:
+        nr = 1 << 20  # more than any ring can hold
+    events = (io_event * max(nr, 1))()
+    ev_addr = ctypes.addressof(events)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    ts = Timespec()
+    got = 0
+    while True:
+        if deadline is None:
+            ts_addr = 0
+        else:
+            timespec_from_seconds(deadline - time.monotonic(), ts)
+            ts_addr = ctypes.addressof(ts)
+        want_min = max(min_nr - got, 0)
+        if pgetevents:
+            ret = _syscall.io_pgetevents(
+                ctx.id, want_min, nr - got, ev_addr + got * 32, ts_addr, sigset_addr
+            )
+        else:
+            ret = _syscall.io_getevents(ctx.id, want_min, nr - got, ev_addr + got * 32, ts_addr)
+        if ret == -errno.EINTR and not pgetevents:
+            _syscall.run_signal_handlers()  # PEP 475: raise if a handler raised
+            continue
+        if ret < 0:
+            # Events already copied out must not be lost.
+            if got:
+                break
+            return ret, []
+        got += ret
+        break
+    return got, [ctx._event(events[i]) for i in range(got)]
+
+
+def _cancel(ctx: IOContext, obj: Iocb) -> tuple[int, IOEvent | None]:
+    ctx = _as_context(ctx)
+    if not isinstance(obj, Iocb):
+        raise TypeError(f"iocb must be an Iocb, not {type(obj).__name__!r}")
+    if ctx._destroyed or ctx._foreign:
+        return -errno.EINVAL, None
+    result = io_event()
+    ret: int = _syscall.io_cancel(ctx.id, obj._address, ctypes.addressof(result))
+    if ret == 0:
+        # Old kernels complete the request by cancelling it and hand the event back.
+        return 0, ctx._event(result)
+    return ret, None
+
+
+def _destroy(ctx: IOContext | int) -> int:
+    if isinstance(ctx, IOContext):
+        return ctx._destroy()
+    if isinstance(ctx, bool) or not isinstance(ctx, int):
+        raise TypeError(f"ctx must be an IOContext or an int id, not {type(ctx).__name__!r}")
+    with _live_lock:
+        known = _live.get(ctx)
+    if known is not None:
+        return known._destroy()
+    if not 0 <= ctx <= _U64:
+        return -errno.EINVAL
+    ret: int = _syscall.io_destroy(ctx)
+    return ret
+
+
+# ---------------------------------------------------------------------------------
+# Public API, Python convention
+# ---------------------------------------------------------------------------------
+
+
+def io_setup(nr_events: int) -> IOContext:
+    """Create an AIO context able to hold at least *nr_events* requests.
+
+    Corresponds to io_setup(2).
+
+    Raises:
+        TypeError: *nr_events* is not an int.
+        OSError: ``EINVAL`` (``nr_events <= 0`` or beyond the kernel's limit),
+            ``EAGAIN`` (``/proc/sys/fs/aio-max-nr`` would be exceeded),
+            ``ENOSYS`` (no AIO in this kernel), ``ENOMEM``.
+    """
+    ret, ctx = _setup(nr_events)
+    check(ret)
+    assert ctx is not None
+    return ctx
+
+
+def io_destroy(ctx: IOContext | int) -> None:
+    """Cancel what can be cancelled, wait for every other request of *ctx* to
+    complete, then destroy it.  After it returns the kernel touches none of its
+    buffers any more, and they are released.
+
+    Corresponds to io_destroy(2).
+
+    Args:
+        ctx: an :class:`IOContext`, or a raw context id.
+
+    Raises:
+        OSError: ``EINVAL`` for an invalid or already destroyed context.
+    """
+    check(_destroy(ctx))
+
+
+def io_submit(ctx: IOContext, iocbs: Iterable[Iocb]) -> int:
+    """Queue *iocbs* on *ctx*; return how many the kernel accepted.
+
+    The kernel takes requests in order and stops at the first one that fails:
+    if some were accepted the count is returned (the failing request's error is
+    lost and it is not queued); if the first one fails its error is raised.
+    Accepted requests keep their buffers pinned until their event is reaped.
+
+    Corresponds to io_submit(2).
+
+    Raises:
+        TypeError, ValueError: a malformed Iocb (checked for all before any
+            system call): wrong types, ``aio_nbytes`` beyond the buffer, a
+            read into a read-only buffer, a raw address.
+        IocbInFlightError: an Iocb is already in flight.
+        OSError: ``EINVAL`` (bad or destroyed context, bad opcode or fields),
+            ``EBADF`` (bad fd or wrong access mode), ``EAGAIN`` (ring full),
+            ``EOPNOTSUPP`` (unknown ``RWF_*`` flag), ...
+    """
+    return check(_submit(ctx, iocbs))
+
+
+def io_getevents(
+    ctx: IOContext, min_nr: int, nr: int, timeout: float | None = None
+) -> list[IOEvent]:
+    """Wait for at least *min_nr* and return at most *nr* completion events.
+
+    Args:
+        timeout: seconds to wait at most (fewer than *min_nr* events may come
+            back), ``0`` to poll, None to wait for *min_nr*.  Interrupted
+            waits are retried with what is left (PEP 475).
+
+    Corresponds to io_getevents(2).
+
+    Raises:
+        OSError: ``EINVAL`` (bad or destroyed context — also when it is
+            destroyed while waiting —, ``min_nr < 0`` or ``min_nr > nr``).
+    """
+    ret, events = _getevents(ctx, min_nr, nr, timeout)
+    check(ret)
+    return events
+
+
+def io_pgetevents(
+    ctx: IOContext,
+    min_nr: int,
+    nr: int,
+    timeout: float | None = None,
+    sigmask: Iterable[int] | None = None,
+) -> list[IOEvent]:
+    """Like :func:`io_getevents`, with the signal mask set to *sigmask* (an
+    iterable of signal numbers to block) for the duration of the wait, as
+    ``pselect`` does.  A signal that interrupts the wait raises
+    ``InterruptedError`` (after its Python handler ran): being woken by a signal
+    is what this call is for.
+
+    Corresponds to io_pgetevents(2).
+    """
+    ret, events = _getevents(ctx, min_nr, nr, timeout, sigmask, pgetevents=True)
+    check(ret)
+    return events
+
+
+def io_cancel(ctx: IOContext, iocb: Iocb) -> IOEvent | None:
+    """Try to cancel the in-flight request *iocb* of *ctx*.
+
+    Returns:
+        None if the kernel accepted the cancellation and will post the
+        completion to the ring (``EINPROGRESS``: modern kernels, for a pending
+        ``IOCB_CMD_POLL``); an :class:`IOEvent` if the kernel completed it by
+        cancelling it and returned the event (old kernels).
+
+    Corresponds to io_cancel(2).
+
+    Raises:
+        OSError: ``EINVAL`` if the request cannot be cancelled (any
+            regular-file read or write on modern kernels), was never submitted,
+            or was already cancelled; ``EAGAIN`` on old kernels.
+    """
+    ret, event = _cancel(ctx, iocb)
+    if ret == -errno.EINPROGRESS:
+        return None
+    check(ret)
+    return event
+
+
+# ---------------------------------------------------------------------------------
+# IOBatch: the lean path
+# ---------------------------------------------------------------------------------
+
+_U32_PAIR = struct.Struct("<II")
+_U32_ONE = struct.Struct("<I")
+_IOCB_SIZE = 64
+_IOCB_SHIFT = 6
+
+
+class IOBatch:
+    """A preallocated array of request slots on one context: the fast path.
+
+    Each of the *capacity* slots is a ``struct iocb`` at a fixed address in one
+    ctypes array.  Preparing a slot (:meth:`prep_pread`...) pins its buffer
+    once; re-preparing it with the same buffer object costs no allocation, and
+    :meth:`set_offset` changes only the offset.  :meth:`submit` hands any set of
+    slots to the kernel in one ``io_submit``; :meth:`reap` collects completions
+    into the preallocated lists :attr:`done_slots` / :attr:`done_res` — reading
+    the completion ring from user space when events are already there (x86-64),
+    making a system call only to wait.
+
+    Not thread-safe: one thread submits and reaps (destroying the context from
+    another thread is safe).  A slot is busy from submit until reaped; the
+    batch refuses to re-prepare or re-submit a busy slot.
+    """
+
+    __slots__ = (
+        "ctx",
+        "capacity",
+        "done_slots",
+        "done_res",
+        "_iocbs",
+        "_base",
+        "_addrs",
+        "_ptrs",
+        "_ptrs_addr",
+        "_events",
+        "_events_addr",
+        "_bufs",
+        "_pins",
+        "_busy",
+        "_nbusy",
+        "_ring",
+        "_ring_nr",
+        "_ts",
+        "_ts_addr",
+        "_pack_into",
+        "_unpack_from",
+    )
+
+    def __init__(self, ctx: IOContext, capacity: int) -> None:
+        ctx = _as_context(ctx)
+        capacity = _check_nr("capacity", capacity)
+        if capacity <= 0:
+            raise ValueError("capacity must be > 0")
+        ctx._check_usable()
+        self.ctx = ctx
+        self.capacity = capacity
+        self._iocbs = (iocb * capacity)()
+        self._base = ctypes.addressof(self._iocbs)
+        self._addrs = [self._base + i * _IOCB_SIZE for i in range(capacity)]
+        self._ptrs = (ctypes.c_void_p * capacity)()
+        self._ptrs_addr = ctypes.addressof(self._ptrs)
+        self._events = (io_event * capacity)()
+        self._events_addr = ctypes.addressof(self._events)
+        self._bufs: list[Any] = [None] * capacity
+        self._pins: list[Pin | None] = [None] * capacity
+        self._busy = [False] * capacity
+        self._nbusy = 0
+        #: After :meth:`reap`: the slots that completed, and their results
+        #: (bytes or -errno), in the first n entries.
+        self.done_slots: list[int] = [0] * capacity
+        self.done_res: list[int] = [0] * capacity
+        self._ts = Timespec()
+        self._ts_addr = ctypes.addressof(self._ts)
+        self._ring: memoryview | None = None
+        self._ring_nr = 0
+        if _USER_RING:
+            hdr = _syscall.aio_ring_at(ctx.id)
+            if (
+                hdr.magic == AIO_RING_MAGIC
+                and hdr.incompat_features == AIO_RING_INCOMPAT_FEATURES
+                and hdr.header_length == 32
+            ):
+                self._ring_nr = hdr.nr
+                raw = (ctypes.c_char * (32 + 32 * hdr.nr)).from_address(ctx.id)
+                self._ring = memoryview(raw).cast("B")
+        self._unpack_from = IO_EVENT_STRUCT.unpack_from
+        self._pack_into = _U32_ONE.pack_into
+        with ctx._lock:
+            ctx._batches.add(self)
+
+    # -- preparing slots --------------------------------------------------------------
+    def _prep(
+        self, slot: int, opcode: int, fd: int, buf: Any, offset: int, rw_flags: int, data: int
+    ) -> None:
+        if self._busy[slot]:
+            raise IocbInFlightError(f"slot {slot} is in flight")
+        st = self._iocbs[slot]
+        if buf is None:
+            address = nbytes = 0
+            old = self._pins[slot]
+            if old is not None:
+                old.release()
+            self._pins[slot] = None
+            self._bufs[slot] = None
+        elif buf is self._bufs[slot] and self._pins[slot] is not None:
+            p = self._pins[slot]
+            assert p is not None
+            if opcode == IOCB_CMD_PREAD and p.readonly:
+                raise TypeError("a writable buffer is required for a read")
+            address, nbytes = p.address, p.nbytes
+        else:
+            p = pin(buf, writable=opcode == IOCB_CMD_PREAD)
+            old = self._pins[slot]
+            if old is not None:
+                old.release()
+            self._pins[slot] = p
+            self._bufs[slot] = buf
+            address, nbytes = p.address, p.nbytes
+        st.aio_data = data
+        st.aio_key = 0
+        st.aio_rw_flags = rw_flags
+        st.aio_lio_opcode = opcode
+        st.aio_reqprio = 0
+        st.aio_fildes = fd & _U32
+        st.aio_buf = address
+        st.aio_nbytes = nbytes
+        st.aio_offset = offset
+        st.aio_flags = 0
+        st.aio_resfd = 0
+
+    def prep_pread(
+        self, slot: int, fd: int, buf: Any, offset: int, *, rw_flags: int = 0, data: int = 0
+    ) -> None:
+        """Make *slot* a read of ``len(buf)`` bytes of *fd* at *offset*."""
+        self._prep(slot, IOCB_CMD_PREAD, fd, buf, offset, rw_flags, data)
+
+    def prep_pwrite(
+        self, slot: int, fd: int, buf: Any, offset: int, *, rw_flags: int = 0, data: int = 0
+    ) -> None:
+        """Make *slot* a write of *buf* to *fd* at *offset*."""
+        self._prep(slot, IOCB_CMD_PWRITE, fd, buf, offset, rw_flags, data)
+
+    def prep_fsync(self, slot: int, fd: int, *, datasync: bool = False, data: int = 0) -> None:
+        """Make *slot* an fsync (or fdatasync) of *fd*."""
+        op = IOCB_CMD_FDSYNC if datasync else IOCB_CMD_FSYNC
+        self._prep(slot, op, fd, None, 0, 0, data)
+
+    def set_offset(self, slot: int, offset: int) -> None:
+        """Change only the file offset of a prepared, idle slot."""
+        if self._busy[slot]:
+            raise IocbInFlightError(f"slot {slot} is in flight")
+        self._iocbs[slot].aio_offset = offset
+
+    def set_eventfd(self, slot: int, fd: int | None) -> None:
+        """Signal eventfd *fd* when *slot* completes (None: stop doing so)."""
+        st = self._iocbs[slot]
+        if fd is None:
+            st.aio_flags &= ~IOCB_FLAG_RESFD
+            st.aio_resfd = 0
+        else:
+            st.aio_flags |= IOCB_FLAG_RESFD
+            st.aio_resfd = fd
+
+    @property
+    def in_flight(self) -> int:
+        """Number of slots submitted and not yet reaped."""
+        return self._nbusy
+
+    def is_busy(self, slot: int) -> bool:
+        return self._busy[slot]
+
+    # -- submitting and reaping ---------------------------------------------------
+    def submit(self, slots: Sequence[int]) -> int:
+        """Submit prepared *slots* with one ``io_submit``; return the number
+        accepted (partial submission as :func:`io_submit`).
+
+        Raises:
+            IocbInFlightError: a slot is still in flight.
+            OSError: the first slot was refused (nothing was submitted).
+        """
+        ctx = self.ctx
+        if ctx._destroyed or ctx._foreign:
+            raise oserror(errno.EINVAL)
+        busy = self._busy
+        ptrs = self._ptrs
+        addrs = self._addrs
+        n = len(slots)
+        if n > self.capacity:
+            raise ValueError("more slots than the batch holds")
+        for i, s in enumerate(slots):
+            if busy[s]:
+                raise IocbInFlightError(f"slot {s} is in flight")
+            busy[s] = True
+            ptrs[i] = addrs[s]
+        ret = _syscall.io_submit(ctx.id, n, self._ptrs_addr)
+        accepted = ret if ret > 0 else 0
+        if accepted < n:
+            for s in slots[accepted:]:
+                busy[s] = False
+        self._nbusy += accepted
+        if ret < 0:
+            raise oserror(-ret)
+        return ret
+
+    def reap(self, min_nr: int = 1, timeout: float | None = None) -> int:
+        """Collect completions: wait for at least *min_nr* (``timeout``
+        seconds at most; None waits), take as many as are there.
+
+        Returns n: ``done_slots[:n]`` and ``done_res[:n]`` are the completed
+        slots and their results (bytes transferred or ``-errno``).
+
+        Raises:
+            OSError: ``EINVAL`` if the context was destroyed.
+        """
+        ctx = self.ctx
+        n = 0
+        ring = self._ring
+        cap = self.capacity
+        if ring is not None:
+            with ctx._unmap_lock:  # io_destroy unmaps the ring: never read a dead one
+                if not (ctx._destroyed or ctx._foreign):
+                    n = self._reap_ring(ring, cap)
+        if n >= min_nr:
+            return n
+        want = min_nr - n
+        while True:
+            if timeout is None:
+                ts_addr = 0
+            else:
+                timespec_from_seconds(timeout, self._ts)
+                ts_addr = self._ts_addr
+            if ctx._destroyed or ctx._foreign:
+                ret = -errno.EINVAL
+            else:
+                ret = _syscall.io_getevents(
+                    ctx.id, want, cap - n, self._events_addr + n * 32, ts_addr
+                )
+            if ret == -errno.EINTR:
+                _syscall.run_signal_handlers()
+                continue
+            break
+        if ret < 0:
+            if n:
+                return n
+            raise oserror(-ret)
+        events = self._events
+        base = self._base
+        busy = self._busy
+        done_slots = self.done_slots
+        done_res = self.done_res
+        for i in range(n, n + ret):
+            ev = events[i]
+            s = (ev.obj - base) >> _IOCB_SHIFT
+            done_slots[i] = s
+            done_res[i] = ev.res
+            busy[s] = False
+        self._nbusy -= ret
+        return n + ret
+
+    def _reap_ring(self, ring: memoryview, limit: int) -> int:
+        head, tail = _U32_PAIR.unpack_from(ring, 8)
+        if head == tail:
+            return 0
+        nr = self._ring_nr
+        unpack = self._unpack_from
+        base = self._base
+        busy = self._busy
+        done_slots = self.done_slots
+        done_res = self.done_res
+        n = 0
+        while head != tail and n < limit:
+            _, obj, res, _ = unpack(ring, 32 + head * 32)
+            s = (obj - base) >> _IOCB_SHIFT
+            done_slots[n] = s
+            done_res[n] = res
+            busy[s] = False
+            n += 1
+            head += 1
+            if head == nr:
+                head = 0
+        # Publish the new head after reading the events (x86-64: stores are not
+        # reordered with earlier loads).
+        self._pack_into(ring, 8, head)
+        self._nbusy -= n
+        return n
+
+    def _context_destroyed(self) -> None:
+        # io_destroy returned: the kernel is done with every slot.
+        self._busy = [False] * self.capacity
+        self._nbusy = 0
+        self._ring = None
+
+    def close(self) -> None:
+        """Release every pinned buffer.  Refused while slots are in flight
+        (reap them, or destroy the context: that completes them)."""
+        if self._nbusy and not self.ctx.closed:
+            raise IocbInFlightError(f"{self._nbusy} slots are in flight")
+        with self.ctx._lock:
+            self.ctx._batches.discard(self)
+        for i, p in enumerate(self._pins):
+            if p is not None:
+                p.release()
+            self._pins[i] = None
+            self._bufs[i] = None
+        self._nbusy = 0
+        self._busy = [False] * self.capacity
+        self._ring = None
+
+    def __repr__(self) -> str:
+        return f"<IOBatch capacity={self.capacity} in_flight={self._nbusy} ctx={self.ctx!r}>"

@@ -1,0 +1,995 @@
+"""xaio.linux and xaio.libaio: SPEC §1.1, §1.2, §2 and §5, on the real kernel.
+
+Errors are checked in both conventions through :func:`err`: the Python one must
+raise OSError with the errno, the libaio one must return the negated errno.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import gc
+import mmap
+import os
+import select
+import signal
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import xaio
+from xaio import libaio, linux
+from xaio.linux import (
+    IOCB_CMD_FDSYNC,
+    IOCB_CMD_FSYNC,
+    IOCB_CMD_NOOP,
+    IOCB_CMD_POLL,
+    IOCB_CMD_PREAD,
+    RWF_NOWAIT,
+    IOBatch,
+    Iocb,
+    IocbInFlightError,
+    IOContext,
+    io_cancel,
+    io_destroy,
+    io_getevents,
+    io_pgetevents,
+    io_setup,
+    io_submit,
+)
+
+from .conftest import aio_max_nr, aio_nr, pattern
+
+CONVENTIONS = ["linux", "libaio"]
+
+
+def err(conv: str, name: str, *args: Any) -> int:
+    """Call io_<name> in convention *conv*; it must fail; return the errno."""
+    if conv == "linux":
+        with pytest.raises(OSError) as info:
+            getattr(linux, name)(*args)
+        assert info.value.errno is not None
+        assert info.value.strerror == os.strerror(info.value.errno)
+        return info.value.errno
+    ret = getattr(libaio, name)(*args)
+    if isinstance(ret, tuple):
+        assert ret[1] in (None, [])
+        ret = ret[0]
+    assert isinstance(ret, int) and ret < 0, ret
+    return -ret
+
+
+@pytest.fixture
+def ctx() -> Iterator[IOContext]:
+    c = io_setup(128)
+    yield c
+    if not c.closed:
+        io_destroy(c)
+
+
+def wait_events(c: IOContext, n: int, timeout: float = 5.0) -> list[linux.IOEvent]:
+    events = io_getevents(c, n, n, timeout)
+    assert len(events) == n, f"only {len(events)} of {n} events in {timeout}s"
+    return events
+
+
+# ---------------------------------------------------------------------------------
+# io_setup (§2.2)
+# ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("conv", CONVENTIONS)
+@pytest.mark.parametrize("nr", [0, -1, -(1 << 40)])
+def test_setup_nonpositive_is_einval(conv: str, nr: int) -> None:
+    assert err(conv, "io_setup", nr) == errno.EINVAL
+
+
+@pytest.mark.parametrize("conv", CONVENTIONS)
+def test_setup_beyond_internal_limit_is_einval(conv: str) -> None:
+    # checked before aio-max-nr: EINVAL even though it is also over aio-max-nr
+    assert err(conv, "io_setup", 1 << 28) == errno.EINVAL
+
+
+@pytest.mark.parametrize("conv", CONVENTIONS)
+def test_setup_beyond_aio_max_nr_is_eagain(conv: str) -> None:
+    nr = aio_max_nr() - aio_nr() + 1
+    if nr >= 1 << 22:
+        pytest.skip("aio-max-nr is so large that the internal limit comes first")
+    assert err(conv, "io_setup", nr) == errno.EAGAIN
+
+
+def test_setup_type_errors() -> None:
+    with pytest.raises(TypeError):
+        io_setup("8")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        io_setup(8.0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        libaio.io_setup(None)  # type: ignore[arg-type]
+
+
+def test_libaio_queue_init() -> None:
+    assert libaio.io_queue_init(0) == (-errno.EINVAL, None)
+    assert libaio.io_queue_init(-5) == (-errno.EINVAL, None)
+    ret, c = libaio.io_queue_init(4)
+    assert ret == 0 and isinstance(c, IOContext)
+    assert libaio.io_queue_release(c) == 0
+    assert libaio.io_queue_release(c) == -errno.EINVAL
+
+
+# ---------------------------------------------------------------------------------
+# io_destroy (§2.1, the seed)
+# ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("conv", CONVENTIONS)
+def test_destroy_twice_is_einval(conv: str) -> None:
+    c = io_setup(4)
+    io_destroy(c)
+    assert err(conv, "io_destroy", c) == errno.EINVAL
+    assert err(conv, "io_destroy", c.id) == errno.EINVAL
+
+
+@pytest.mark.parametrize("conv", CONVENTIONS)
+def test_destroy_invalid_raw_id_is_einval(conv: str) -> None:
+    assert err(conv, "io_destroy", 12345) == errno.EINVAL
+    assert err(conv, "io_destroy", 0) == errno.EINVAL
+
+
+def test_destroy_by_raw_id_marks_the_object(data_fd: int) -> None:
+    c = io_setup(4)
+    io_destroy(c.id)
+    assert c.closed
+    with pytest.raises(OSError) as info:
+        io_submit(c, [Iocb.pread(data_fd, bytearray(4), 0)])
+    assert info.value.errno == errno.EINVAL
+
+
+@pytest.mark.parametrize("conv", CONVENTIONS)
+def test_use_after_destroy_is_einval(conv: str, data_fd: int) -> None:
+    c = io_setup(4)
+    io_destroy(c)
+    assert err(conv, "io_submit", c, [Iocb.pread(data_fd, bytearray(4), 0)]) == errno.EINVAL
+    assert err(conv, "io_submit", c, []) == errno.EINVAL
+    assert err(conv, "io_getevents", c, 0, 1, 0) == errno.EINVAL
+    assert err(conv, "io_cancel", c, Iocb()) == errno.EINVAL
+
+
+def test_destroyed_context_never_reaches_a_reused_id(data_fd: int) -> None:
+    """The kernel hands the same id to the next io_setup: the old object must
+    refuse by itself instead of submitting into the new context."""
+    old = io_setup(4)
+    io_destroy(old)
+    new = io_setup(4)
+    try:
+        with pytest.raises(OSError) as info:
+            io_submit(old, [Iocb.pread(data_fd, bytearray(4), 0, data=1)])
+        assert info.value.errno == errno.EINVAL
+        assert io_getevents(new, 0, 4, 0) == []  # nothing leaked into the new one
+        with pytest.raises(OSError):
+            io_destroy(old)
+        assert not new.closed  # destroying the stale object did not kill the new one
+    finally:
+        io_destroy(new)
+
+
+def test_destroy_blocks_until_direct_reads_complete(direct_fd: int) -> None:
+    """Destroy with O_DIRECT reads in flight: when it returns every buffer holds
+    its data (it waited) and is never modified again."""
+    expected = pattern(1 << 20)
+    c = io_setup(256)
+    bufs = [xaio.aligned_buffer(4096) for _ in range(256)]
+    iocbs = [Iocb.pread(direct_fd, bufs[i], (i % 256) * 4096) for i in range(256)]
+    submitted = 0
+    while submitted < len(iocbs):
+        submitted += io_submit(c, iocbs[submitted:])
+    io_destroy(c)
+    snapshot = [bytes(b) for b in bufs]
+    for i, data in enumerate(snapshot):
+        assert data == expected[i * 4096 : (i + 1) * 4096], i
+    assert not any(x.in_flight for x in iocbs)  # pins released
+    time.sleep(0.05)
+    assert [bytes(b) for b in bufs] == snapshot
+
+
+def test_destroy_wakes_a_thread_blocked_in_getevents(pipe: tuple[int, int]) -> None:
+    c = io_setup(8)
+    r, _ = pipe
+    io_submit(c, [Iocb.poll(r, select.POLLIN)])  # something that never completes
+    result: list[BaseException | list[Any]] = []
+    entered = threading.Event()
+
+    def waiter() -> None:
+        entered.set()
+        try:
+            result.append(io_getevents(c, 1, 1, timeout=30))
+        except BaseException as e:
+            result.append(e)
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    entered.wait(5)
+    time.sleep(0.1)  # let it block in the kernel
+    t0 = time.monotonic()
+    io_destroy(c)  # cancels the poll, wakes the waiter
+    t.join(10)
+    assert not t.is_alive()
+    assert time.monotonic() - t0 < 10
+    (got,) = result
+    if isinstance(got, list):
+        # the cancelled poll's completion may be reaped before the wake-up
+        assert len(got) == 1
+    else:
+        assert isinstance(got, OSError) and got.errno == errno.EINVAL
+
+
+def test_aio_nr_returns_to_baseline() -> None:
+    base = aio_nr()
+    ctxs = [io_setup(64) for _ in range(5)]
+    assert aio_nr() >= base + 5 * 64
+    for c in ctxs:
+        io_destroy(c)
+    assert aio_nr() == base
+
+
+@pytest.mark.slow
+def test_ten_thousand_setup_destroy_cycles_never_eagain() -> None:
+    """Each context reserves 256 events: were they not returned, aio-max-nr
+    (65536 by default) would run out after a few hundred cycles.  io_destroy
+    waits for an RCU grace period, so the cycles run in 40 threads."""
+    base = aio_nr()
+    failures: list[BaseException] = []
+    per_thread, nthreads = 250, 40
+
+    def work() -> None:
+        try:
+            for _ in range(per_thread):
+                c = io_setup(256)
+                io_destroy(c)
+        except BaseException as e:
+            failures.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(nthreads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not failures, failures[:3]
+    assert aio_nr() == base
+
+
+def test_context_manager_destroys(data_fd: int) -> None:
+    with io_setup(4) as c:
+        buf = bytearray(5)
+        io_submit(c, [Iocb.pread(data_fd, buf, 0)])
+        wait_events(c, 1)
+    assert c.closed
+    with pytest.raises(OSError):
+        io_destroy(c)
+
+
+def test_garbage_collected_context_with_work_in_flight_warns_and_destroys(
+    pipe: tuple[int, int],
+) -> None:
+    base = aio_nr()
+    r, _ = pipe
+    c = io_setup(16)
+    io_submit(c, [Iocb.poll(r, select.POLLIN) for _ in range(3)])
+    assert aio_nr() > base
+    with pytest.warns(ResourceWarning, match="3 requests in flight"):
+        del c
+        gc.collect()
+    assert aio_nr() == base
+
+
+# ---------------------------------------------------------------------------------
+# io_submit (§2.3)
+# ---------------------------------------------------------------------------------
+
+
+def test_read_write_roundtrip(ctx: IOContext, data_fd: int) -> None:
+    out = b"X" * 100
+    buf = bytearray(100)
+    io_submit(ctx, [Iocb.pwrite(data_fd, out, 5000, data=1)])
+    (ev,) = wait_events(ctx, 1)
+    assert (ev.data, ev.res, ev.res2) == (1, 100, 0)
+    io_submit(ctx, [Iocb.pread(data_fd, buf, 5000, data=2)])
+    (ev,) = wait_events(ctx, 1)
+    assert ev.res == 100 and bytes(buf) == out
+
+
+def test_vectored_roundtrip(ctx: IOContext, data_fd: int) -> None:
+    io_submit(ctx, [Iocb.pwritev(data_fd, [b"ab", bytearray(b"cde"), memoryview(b"f")], 10)])
+    assert wait_events(ctx, 1)[0].res == 6
+    a, b = bytearray(4), bytearray(2)
+    io_submit(ctx, [Iocb.preadv(data_fd, [a, b], 10)])
+    assert wait_events(ctx, 1)[0].res == 6
+    assert (bytes(a), bytes(b)) == (b"abcd", b"ef")
+
+
+def test_fsync_and_fdsync(ctx: IOContext, data_fd: int) -> None:
+    io_submit(ctx, [Iocb.fsync(data_fd, data=1), Iocb.fdsync(data_fd, data=2)])
+    evs = wait_events(ctx, 2)
+    assert sorted((e.data, e.res) for e in evs) == [(1, 0), (2, 0)]
+
+
+def test_direct_io_with_aligned_buffer(ctx: IOContext, direct_fd: int) -> None:
+    buf = xaio.aligned_buffer(8192, file=direct_fd)
+    io_submit(ctx, [Iocb.pread(direct_fd, buf, 4096)])
+    assert wait_events(ctx, 1)[0].res == 8192
+    assert bytes(buf) == pattern(1 << 20)[4096 : 4096 + 8192]
+
+
+def test_direct_io_unaligned_buffer_is_einval_in_event(ctx: IOContext, direct_fd: int) -> None:
+    buf = xaio.aligned_buffer(4096 + 1)[1:]  # misaligned address
+    io_submit(ctx, [Iocb.pread(direct_fd, buf, 0)])
+    assert wait_events(ctx, 1)[0].res == -errno.EINVAL
+
+
+@pytest.mark.parametrize("conv", CONVENTIONS)
+def test_submit_empty_list(conv: str, ctx: IOContext) -> None:
+    assert {"linux": linux, "libaio": libaio}[conv].io_submit(ctx, []) == 0
+
+
+@pytest.mark.parametrize("conv", CONVENTIONS)
+def test_submit_bad_fd_is_ebadf(conv: str, ctx: IOContext, tmp_path: Path) -> None:
+    fd = os.open(tmp_path / "x", os.O_RDWR | os.O_CREAT)
+    os.close(fd)  # now closed
+    assert err(conv, "io_submit", ctx, [Iocb.pread(fd, bytearray(1), 0)]) == errno.EBADF
+    assert err(conv, "io_submit", ctx, [Iocb.pread(-1, bytearray(1), 0)]) == errno.EBADF
+
+
+@pytest.mark.parametrize("conv", CONVENTIONS)
+def test_submit_wrong_access_mode_is_ebadf(conv: str, ctx: IOContext, data_path: Path) -> None:
+    ro = os.open(data_path, os.O_RDONLY)
+    wo = os.open(data_path, os.O_WRONLY)
+    try:
+        assert err(conv, "io_submit", ctx, [Iocb.pwrite(ro, b"x", 0)]) == errno.EBADF
+        assert err(conv, "io_submit", ctx, [Iocb.pread(wo, bytearray(1), 0)]) == errno.EBADF
+    finally:
+        os.close(ro)
+        os.close(wo)
+
+
+@pytest.mark.parametrize("conv", CONVENTIONS)
+def test_submit_negative_offset_is_einval(conv: str, ctx: IOContext, data_fd: int) -> None:
+    assert err(conv, "io_submit", ctx, [Iocb.pread(data_fd, bytearray(1), -1)]) == errno.EINVAL
+
+
+@pytest.mark.parametrize("conv", CONVENTIONS)
+@pytest.mark.parametrize("opcode", [IOCB_CMD_NOOP, 4, 9, 100, 0xFFFF])
+def test_submit_unknown_opcode_is_einval(
+    conv: str, ctx: IOContext, data_fd: int, opcode: int
+) -> None:
+    x = Iocb()
+    x.aio_lio_opcode = opcode
+    x.aio_fildes = data_fd
+    assert err(conv, "io_submit", ctx, [x]) == errno.EINVAL
+
+
+@pytest.mark.parametrize("conv", CONVENTIONS)
+@pytest.mark.parametrize("opcode", [IOCB_CMD_FSYNC, IOCB_CMD_FDSYNC])
+@pytest.mark.parametrize("field", ["aio_buf", "aio_nbytes", "aio_offset", "aio_rw_flags"])
+def test_fsync_with_nonzero_field_is_einval(
+    conv: str, ctx: IOContext, data_fd: int, opcode: int, field: str
+) -> None:
+    x = Iocb.fsync(data_fd) if opcode == IOCB_CMD_FSYNC else Iocb.fdsync(data_fd)
+    value: Any = {"aio_buf": bytearray(8), "aio_nbytes": 8, "aio_offset": 8, "aio_rw_flags": 2}
+    setattr(x, field, value[field])
+    if field == "aio_buf":
+        x.aio_nbytes = 0
+    assert err(conv, "io_submit", ctx, [x]) == errno.EINVAL
+
+
+@pytest.mark.parametrize("conv", CONVENTIONS)
+@pytest.mark.parametrize(
+    "field,value",
+    [("aio_nbytes", 1), ("aio_offset", 1), ("aio_rw_flags", 2), ("aio_buf", 1 << 16)],
+)
+def test_poll_with_bad_field_is_einval(
+    conv: str, ctx: IOContext, pipe: tuple[int, int], field: str, value: int
+) -> None:
+    x = Iocb.poll(pipe[0], select.POLLIN)
+    setattr(x, field, value)
+    assert err(conv, "io_submit", ctx, [x]) == errno.EINVAL
+
+
+def test_poll_on_regular_file_completes_at_once_readable(ctx: IOContext, data_fd: int) -> None:
+    io_submit(ctx, [Iocb.poll(data_fd, select.POLLIN)])
+    (ev,) = wait_events(ctx, 1, timeout=1)
+    assert ev.res & select.POLLIN
+
+
+def test_poll_on_pipe_waits_for_data(ctx: IOContext, pipe: tuple[int, int]) -> None:
+    r, w = pipe
+    io_submit(ctx, [Iocb.poll(r, select.POLLIN, data=5)])
+    assert io_getevents(ctx, 1, 1, 0.05) == []
+    os.write(w, b"x")
+    (ev,) = wait_events(ctx, 1)
+    assert ev.data == 5 and ev.res & select.POLLIN
+
+
+@pytest.mark.parametrize("conv", CONVENTIONS)
+def test_unknown_rwf_flag_is_eopnotsupp(conv: str, ctx: IOContext, data_fd: int) -> None:
+    x = Iocb.pread(data_fd, bytearray(1), 0, rw_flags=1 << 30)
+    assert err(conv, "io_submit", ctx, [x]) == errno.EOPNOTSUPP
+
+
+@pytest.mark.parametrize("conv", CONVENTIONS)
+def test_resfd_not_an_eventfd_is_einval(conv: str, ctx: IOContext, data_fd: int) -> None:
+    x = Iocb.pread(data_fd, bytearray(1), 0, eventfd=data_fd)
+    assert err(conv, "io_submit", ctx, [x]) == errno.EINVAL
+
+
+def test_resfd_eventfd_counts_completions(ctx: IOContext, data_fd: int, eventfd: int) -> None:
+    io_submit(ctx, [Iocb.pread(data_fd, bytearray(8), i * 8, eventfd=eventfd) for i in range(3)])
+    deadline = time.monotonic() + 5
+    total = 0
+    while total < 3 and time.monotonic() < deadline:
+        select.select([eventfd], [], [], 1)
+        try:
+            total += os.eventfd_read(eventfd)
+        except BlockingIOError:
+            pass
+    assert total == 3
+    assert len(wait_events(ctx, 3)) == 3
+
+
+def test_libaio_set_eventfd(ctx: IOContext, data_fd: int, eventfd: int) -> None:
+    x = Iocb()
+    libaio.io_prep_pread(x, data_fd, bytearray(4), 4, 0)
+    libaio.io_set_eventfd(x, eventfd)
+    assert libaio.io_submit(ctx, [x]) == 1
+    select.select([eventfd], [], [], 5)
+    assert os.eventfd_read(eventfd) == 1
+    assert libaio.io_getevents(ctx, 1, 1)[0] == 1
+
+
+def test_ioprio_flag(ctx: IOContext, data_fd: int) -> None:
+    # IOPRIO_CLASS_BE (2) << 13 | level 4
+    x = Iocb.pread(data_fd, bytearray(4), 0, ioprio=(2 << 13) | 4)
+    assert x.aio_flags & linux.IOCB_FLAG_IOPRIO
+    io_submit(ctx, [x])
+    assert wait_events(ctx, 1)[0].res == 4
+
+
+@pytest.mark.parametrize("conv", CONVENTIONS)
+def test_ring_full_is_eagain(conv: str, pipe: tuple[int, int]) -> None:
+    c = io_setup(1)
+    try:
+        accepted = 0
+        for _ in range(10_000):
+            try:
+                io_submit(c, [Iocb.poll(pipe[0], select.POLLIN)])
+            except OSError as e:
+                assert e.errno == errno.EAGAIN
+                break
+            accepted += 1
+        else:
+            pytest.fail("the ring never filled")
+        assert accepted >= 1
+        assert err(conv, "io_submit", c, [Iocb.poll(pipe[0], select.POLLIN)]) == errno.EAGAIN
+    finally:
+        io_destroy(c)
+
+
+@pytest.mark.parametrize("conv", CONVENTIONS)
+def test_partial_submission(conv: str, ctx: IOContext, data_fd: int) -> None:
+    mod = {"linux": linux, "libaio": libaio}[conv]
+    good1 = Iocb.pread(data_fd, bytearray(4), 0, data=1)
+    bad = Iocb.pread(-1, bytearray(4), 0, data=2)
+    good2 = Iocb.pread(data_fd, bytearray(4), 0, data=3)
+    assert mod.io_submit(ctx, [good1, bad, good2]) == 1
+    assert good1.in_flight and not bad.in_flight and not good2.in_flight
+    (ev,) = wait_events(ctx, 1)
+    assert ev.obj is good1
+    assert io_getevents(ctx, 0, 4, 0.05) == []  # the others were never queued
+    # the first one failing: its error
+    assert err(conv, "io_submit", ctx, [bad, good2]) == errno.EBADF
+    assert not good2.in_flight
+
+
+def test_rwf_nowait_on_empty_pipe_is_eagain_in_event(ctx: IOContext, pipe: tuple[int, int]) -> None:
+    buf = bytearray(16)
+    io_submit(ctx, [Iocb.pread(pipe[0], buf, 0, rw_flags=RWF_NOWAIT)])
+    (ev,) = wait_events(ctx, 1)
+    assert ev.res == -errno.EAGAIN
+
+
+def test_rwf_nowait_socket(ctx: IOContext) -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        io_submit(ctx, [Iocb.pread(a.fileno(), bytearray(4), 0, rw_flags=RWF_NOWAIT)])
+        assert wait_events(ctx, 1)[0].res == -errno.EAGAIN
+
+
+# ---------------------------------------------------------------------------------
+# io_getevents (§2.4)
+# ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("conv", CONVENTIONS)
+def test_getevents_bad_counts_are_einval(conv: str, ctx: IOContext) -> None:
+    assert err(conv, "io_getevents", ctx, -1, 1, 0) == errno.EINVAL
+    assert err(conv, "io_getevents", ctx, 2, 1, 0) == errno.EINVAL
+
+
+def test_getevents_zero_zero_returns_at_once(ctx: IOContext) -> None:
+    t0 = time.monotonic()
+    assert io_getevents(ctx, 0, 0) == []
+    assert libaio.io_getevents(ctx, 0, 0) == (0, [])
+    assert time.monotonic() - t0 < 0.5
+
+
+def test_getevents_timeout_zero_and_short(ctx: IOContext, pipe: tuple[int, int]) -> None:
+    assert io_getevents(ctx, 1, 1, 0) == []
+    io_submit(ctx, [Iocb.poll(pipe[0], select.POLLIN)])
+    t0 = time.monotonic()
+    assert io_getevents(ctx, 1, 4, 0.1) == []  # fewer than min_nr on timeout
+    assert 0.08 <= time.monotonic() - t0 < 2
+
+
+def test_getevents_bad_timeout(ctx: IOContext) -> None:
+    with pytest.raises(ValueError):
+        io_getevents(ctx, 0, 1, -1)
+    with pytest.raises(ValueError):
+        io_getevents(ctx, 0, 1, float("nan"))
+    with pytest.raises(TypeError):
+        io_getevents(ctx, 0, 1, "1")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        io_getevents(ctx, 0.5, 1)  # type: ignore[arg-type]
+
+
+def test_getevents_in_completion_order_with_identity(ctx: IOContext) -> None:
+    pipes = [os.pipe() for _ in range(3)]
+    try:
+        polls = [Iocb.poll(r, select.POLLIN, data=i) for i, (r, _) in enumerate(pipes)]
+        io_submit(ctx, polls)
+        for i in (2, 0, 1):
+            os.write(pipes[i][1], b"x")
+            (ev,) = wait_events(ctx, 1)
+            assert ev.data == i and ev.obj is polls[i]
+    finally:
+        for r, w in pipes:
+            os.close(r)
+            os.close(w)
+
+
+def test_getevents_retries_after_signal(ctx: IOContext, pipe: tuple[int, int]) -> None:
+    """PEP 475: a signal whose handler returns does not end the wait early."""
+    got: list[int] = []
+    old = signal.signal(signal.SIGUSR1, lambda *a: got.append(1))
+    try:
+        io_submit(ctx, [Iocb.poll(pipe[0], select.POLLIN)])
+        main = threading.get_ident()
+        threading.Timer(0.05, signal.pthread_kill, (main, signal.SIGUSR1)).start()
+        threading.Timer(0.3, os.write, (pipe[1], b"x")).start()
+        t0 = time.monotonic()
+        assert len(io_getevents(ctx, 1, 1, timeout=5)) == 1
+        assert time.monotonic() - t0 >= 0.25
+        assert got == [1]
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+
+
+def test_pgetevents_sigmask(ctx: IOContext, pipe: tuple[int, int]) -> None:
+    got: list[int] = []
+    old = signal.signal(signal.SIGUSR1, lambda *a: got.append(1))
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    try:
+        io_submit(ctx, [Iocb.poll(pipe[0], select.POLLIN)])
+        main = threading.get_ident()
+        # SIGUSR1 kept blocked during the wait: times out normally
+        threading.Timer(0.05, signal.pthread_kill, (main, signal.SIGUSR1)).start()
+        assert io_pgetevents(ctx, 1, 1, 0.3, sigmask={signal.SIGUSR1}) == []
+        assert signal.SIGUSR1 in signal.sigpending()
+        # unblocked during the wait: the pending signal interrupts it at once
+        t0 = time.monotonic()
+        with pytest.raises(InterruptedError):
+            io_pgetevents(ctx, 1, 1, 5, sigmask=())
+        assert time.monotonic() - t0 < 2
+        assert libaio.io_pgetevents(ctx, 0, 1, 0, sigmask=[signal.SIGUSR1]) == (0, [])
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        signal.signal(signal.SIGUSR1, old)
+    assert got == [1]
+
+
+def test_pgetevents_bad_signal() -> None:
+    with io_setup(1) as c, pytest.raises(ValueError):
+        io_pgetevents(c, 0, 1, 0, sigmask=[0])
+
+
+# ---------------------------------------------------------------------------------
+# io_cancel (§2.5)
+# ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("conv", CONVENTIONS)
+def test_cancel_poll(conv: str, ctx: IOContext, pipe: tuple[int, int]) -> None:
+    p = Iocb.poll(pipe[0], select.POLLIN, data=42)
+    io_submit(ctx, [p])
+    if conv == "linux":
+        assert io_cancel(ctx, p) is None  # EINPROGRESS: the event goes to the ring
+    else:
+        assert libaio.io_cancel(ctx, p) == (-errno.EINPROGRESS, None)
+    (ev,) = wait_events(ctx, 1)
+    assert (ev.data, ev.obj, ev.res) == (42, p, 0)
+    assert err(conv, "io_cancel", ctx, p) == errno.EINVAL  # again
+
+
+@pytest.mark.parametrize("conv", CONVENTIONS)
+def test_cancel_regular_file_read_is_einval(conv: str, ctx: IOContext, direct_fd: int) -> None:
+    buf = xaio.aligned_buffer(1 << 20)
+    x = Iocb.pread(direct_fd, buf, 0)
+    io_submit(ctx, [x])
+    assert err(conv, "io_cancel", ctx, x) == errno.EINVAL
+    assert wait_events(ctx, 1)[0].res == 1 << 20
+
+
+@pytest.mark.parametrize("conv", CONVENTIONS)
+def test_cancel_never_submitted_is_einval(conv: str, ctx: IOContext, data_fd: int) -> None:
+    assert err(conv, "io_cancel", ctx, Iocb.pread(data_fd, bytearray(1), 0)) == errno.EINVAL
+
+
+# ---------------------------------------------------------------------------------
+# fork (§2.6)
+# ---------------------------------------------------------------------------------
+
+
+def _in_child(fn: Callable[[], int]) -> int:
+    """Run *fn* in a forked child; return its exit status (a crash is -signal)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 99
+        try:
+            code = fn()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def test_forked_child_gets_einval(ctx: IOContext, data_fd: int, pipe: tuple[int, int]) -> None:
+    r, w = pipe
+    p = Iocb.poll(r, select.POLLIN, data=7)
+    io_submit(ctx, [p])
+
+    def child() -> int:
+        codes = []
+        for call in (
+            lambda: io_submit(ctx, [Iocb.pread(data_fd, bytearray(4), 0)]),
+            lambda: io_getevents(ctx, 0, 1, 0),
+            lambda: io_cancel(ctx, p),
+            lambda: io_destroy(ctx),
+        ):
+            try:
+                call()
+                codes.append(0)
+            except OSError as e:
+                codes.append(e.errno)
+        ok = codes == [errno.EINVAL] * 4
+        ok = ok and libaio.io_getevents(ctx, 0, 1, 0) == (-errno.EINVAL, [])
+        # a fresh context works in the child
+        with io_setup(4) as c2:
+            buf = bytearray(4)
+            io_submit(c2, [Iocb.pread(data_fd, buf, 0)])
+            ok = ok and io_getevents(c2, 1, 1, 5)[0].res == 4
+        return 0 if ok else 1
+
+    assert _in_child(child) == 0
+    # the parent's request is untouched and still completes here
+    os.write(w, b"x")
+    (ev,) = wait_events(ctx, 1)
+    assert ev.obj is p and ev.data == 7
+
+
+# ---------------------------------------------------------------------------------
+# Buffer safety (§5)
+# ---------------------------------------------------------------------------------
+
+
+def test_nbytes_beyond_buffer_is_valueerror(ctx: IOContext, data_fd: int) -> None:
+    x = Iocb.pread(data_fd, bytearray(4), 0)
+    x.aio_nbytes = 5
+    with pytest.raises(ValueError):
+        io_submit(ctx, [x])
+    with pytest.raises(ValueError):
+        libaio.io_submit(ctx, [x])
+    v = Iocb.preadv(data_fd, [bytearray(4)], 0)
+    v.aio_nbytes = 2
+    with pytest.raises(ValueError):
+        io_submit(ctx, [v])
+    assert not x.in_flight and not v.in_flight
+
+
+def test_read_into_readonly_buffer_is_typeerror(ctx: IOContext, data_fd: int) -> None:
+    for buf in (b"abcd", memoryview(b"abcd"), memoryview(bytearray(4)).toreadonly()):
+        with pytest.raises(TypeError):
+            io_submit(ctx, [Iocb.pread(data_fd, buf, 0)])
+    with pytest.raises(TypeError):
+        io_submit(ctx, [Iocb.preadv(data_fd, [bytearray(1), b"x"], 0)])
+
+
+def test_raw_address_is_refused(ctx: IOContext, data_fd: int) -> None:
+    b = ctypes.create_string_buffer(16)
+    x = Iocb.pread(data_fd, ctypes.addressof(b), 0)
+    with pytest.raises(TypeError, match="raw addresses"):
+        io_submit(ctx, [x])
+    with pytest.raises(TypeError):
+        libaio.io_prep_pread(x, data_fd, ctypes.addressof(b), 16, 0)
+        libaio.io_submit(ctx, [x])
+
+
+def test_bad_types_before_any_syscall(ctx: IOContext, data_fd: int) -> None:
+    with pytest.raises(TypeError):
+        io_submit(ctx, ["not an iocb"])  # type: ignore[list-item]
+    with pytest.raises(TypeError):
+        io_submit("ctx", [])  # type: ignore[arg-type]
+    x = Iocb.pread(data_fd, bytearray(1), 0)
+    x.aio_offset = "0"
+    with pytest.raises(TypeError):
+        io_submit(ctx, [x])
+    x.aio_offset = 1 << 64
+    with pytest.raises(ValueError):
+        io_submit(ctx, [x])
+    with pytest.raises(TypeError):
+        io_submit(ctx, [Iocb.preadv(data_fd, [bytearray(1)], 0), Iocb.pread(data_fd, 3, 0)])
+    assert ctx.statistics()["in_flight"] == 0
+
+
+def test_in_flight_iocb_refuses_changes_and_resubmission(
+    ctx: IOContext, pipe: tuple[int, int]
+) -> None:
+    p = Iocb.poll(pipe[0], select.POLLIN)
+    io_submit(ctx, [p])
+    with pytest.raises(IocbInFlightError):
+        p.aio_fildes = 0
+    with pytest.raises(IocbInFlightError):
+        io_submit(ctx, [p])
+    p.callback = None  # not a kernel field: allowed
+    io_cancel(ctx, p)
+    wait_events(ctx, 1)
+    p.aio_data = 3  # reaped: mutable again
+    with pytest.raises(IocbInFlightError):
+        io_submit(ctx, [p, p])
+
+
+def test_resize_of_pinned_buffer_is_refused(ctx: IOContext, data_fd: int) -> None:
+    """A bytearray in flight cannot be resized (its memory would move) until
+    its event has been reaped."""
+    buf = bytearray(8)
+    io_submit(ctx, [Iocb.pread(data_fd, buf, 0)])
+    with pytest.raises(BufferError):
+        buf.extend(b"no")
+    wait_events(ctx, 1)
+    buf.extend(b"ok")  # reaped: released
+    assert len(buf) == 10
+
+
+def test_dropped_in_flight_requests_keep_their_buffers(ctx: IOContext, direct_fd: int) -> None:
+    expected = pattern(1 << 20)
+    n = 64
+
+    def submit_and_forget() -> None:
+        iocbs = [Iocb.pread(direct_fd, xaio.aligned_buffer(16384), i * 16384) for i in range(n)]
+        assert io_submit(ctx, iocbs) == n
+
+    submit_and_forget()
+    # every Python reference the caller had is gone; churn memory and collect
+    junk = [bytearray(16384) for _ in range(200)]
+    gc.collect()
+    events = wait_events(ctx, n)
+    del junk
+    for ev in events:
+        assert ev.obj is not None and ev.res == 16384
+        off = ev.obj.aio_offset
+        assert bytes(ev.obj.aio_buf) == expected[off : off + 16384]
+
+
+def test_dropped_pipe_poll_and_gc(ctx: IOContext, pipe: tuple[int, int]) -> None:
+    r, w = pipe
+    io_submit(ctx, [Iocb.poll(r, select.POLLIN, data=i) for i in range(5)])
+    gc.collect()
+    os.write(w, b"x")
+    assert sorted(e.data for e in wait_events(ctx, 5)) == list(range(5))
+
+
+# ---------------------------------------------------------------------------------
+# libaio helpers
+# ---------------------------------------------------------------------------------
+
+
+def test_prep_helpers_argument_order_and_reset(ctx: IOContext, data_fd: int) -> None:
+    x = Iocb()
+    x.aio_data = 99
+    x.aio_rw_flags = RWF_NOWAIT
+    buf = bytearray(10)
+    libaio.io_prep_pread(x, data_fd, buf, 6, 4096)
+    assert (x.aio_fildes, x.aio_buf, x.aio_nbytes, x.aio_offset) == (data_fd, buf, 6, 4096)
+    assert (x.aio_data, x.aio_rw_flags, x.aio_lio_opcode) == (0, 0, IOCB_CMD_PREAD)
+    assert libaio.io_submit(ctx, [x]) == 1
+    ret, (ev,) = libaio.io_getevents(ctx, 1, 1, 5)
+    assert ret == 1 and ev.res == 6 and bytes(buf[:6]) == pattern(8192)[4096:4102]
+
+    libaio.io_prep_pwrite(x, data_fd, b"hello", 5, 0)
+    libaio.io_submit(ctx, [x])
+    assert wait_events(ctx, 1)[0].res == 5
+    libaio.io_prep_pwritev(x, data_fd, [b"ab", b"cd", b"ef"], 2, 100)
+    libaio.io_submit(ctx, [x])
+    assert wait_events(ctx, 1)[0].res == 4
+    a, b = bytearray(2), bytearray(2)
+    libaio.io_prep_preadv2(x, data_fd, [a, b], 2, 100, 0)
+    libaio.io_submit(ctx, [x])
+    assert wait_events(ctx, 1)[0].res == 4 and a + b == b"abcd"
+    libaio.io_prep_pwritev2(x, data_fd, [b"zz"], 1, 100, linux.RWF_DSYNC)
+    libaio.io_submit(ctx, [x])
+    assert wait_events(ctx, 1)[0].res == 2
+    for prep, op in ((libaio.io_prep_fsync, IOCB_CMD_FSYNC), (libaio.io_prep_fdsync, 3)):
+        prep(x, data_fd)
+        assert x.aio_lio_opcode == op and x.aio_buf is None
+        libaio.io_submit(ctx, [x])
+        assert wait_events(ctx, 1)[0].res == 0
+    libaio.io_prep_poll(x, data_fd, select.POLLIN)
+    assert x.aio_lio_opcode == IOCB_CMD_POLL and x.aio_buf == select.POLLIN
+    libaio.io_submit(ctx, [x])
+    assert wait_events(ctx, 1)[0].res & select.POLLIN
+
+
+def test_queue_run_calls_callbacks(ctx: IOContext, data_fd: int) -> None:
+    calls: list[tuple[Any, ...]] = []
+    iocbs = []
+    for i in range(3):
+        x = Iocb()
+        libaio.io_prep_pread(x, data_fd, bytearray(8), 8, i * 8)
+        libaio.io_set_callback(x, lambda c, it, res, res2: calls.append((c, it, res, res2)))
+        iocbs.append(x)
+    plain = Iocb.pread(data_fd, bytearray(1), 0)  # no callback: consumed silently
+    assert libaio.io_submit(ctx, [*iocbs, plain]) == 4
+    deadline = time.monotonic() + 5
+    while len(calls) < 3 and time.monotonic() < deadline:
+        assert libaio.io_queue_run(ctx) == 0
+        time.sleep(0.001)
+    assert sorted(id(c[1]) for c in calls) == sorted(id(x) for x in iocbs)
+    assert all(c[0] is ctx and c[2] == 8 and c[3] == 0 for c in calls)
+    with pytest.raises(TypeError):
+        libaio.io_set_callback(Iocb(), 5)  # type: ignore[arg-type]
+    dead = io_setup(1)
+    io_destroy(dead)
+    assert libaio.io_queue_run(dead) == -errno.EINVAL
+
+
+# ---------------------------------------------------------------------------------
+# IOBatch: the lean path
+# ---------------------------------------------------------------------------------
+
+
+def test_batch_roundtrip_and_reuse(ctx: IOContext, direct_fd: int) -> None:
+    expected = pattern(1 << 20)
+    batch = IOBatch(ctx, 8)
+    bufs = [xaio.aligned_buffer(4096) for _ in range(8)]
+    for i in range(8):
+        batch.prep_pread(i, direct_fd, bufs[i], i * 4096)
+    assert batch.submit(range(8)) == 8  # type: ignore[arg-type]
+    assert batch.in_flight == 8
+    with pytest.raises(IocbInFlightError):
+        batch.prep_pread(0, direct_fd, bufs[0], 0)
+    seen: set[int] = set()
+    while len(seen) < 8:
+        n = batch.reap(1, timeout=5)
+        assert n >= 1
+        for k in range(n):
+            assert batch.done_res[k] == 4096
+            seen.add(batch.done_slots[k])
+    assert seen == set(range(8)) and batch.in_flight == 0
+    for i in range(8):
+        assert bytes(bufs[i]) == expected[i * 4096 : (i + 1) * 4096]
+    # reuse with new offsets, submitting a subset
+    for i in range(8):
+        batch.set_offset(i, (100 + i) * 4096)
+    assert batch.submit([3, 5]) == 2
+    got = 0
+    while got < 2:
+        got += batch.reap(2 - got, timeout=5)
+    assert bytes(bufs[3]) == expected[103 * 4096 : 104 * 4096]
+    batch.close()
+
+
+def test_batch_write_fsync_and_errors(ctx: IOContext, data_fd: int) -> None:
+    batch = IOBatch(ctx, 4)
+    batch.prep_pwrite(0, data_fd, b"batch!", 0)
+    batch.prep_fsync(1, data_fd, datasync=True)
+    batch.prep_pread(2, -1, bytearray(4), 0)  # refused by the kernel
+    assert batch.submit([0, 1, 2]) == 2  # partial
+    n = 0
+    while n < 2:
+        n += batch.reap(1, 5)
+    assert os.pread(data_fd, 6, 0) == b"batch!"
+    with pytest.raises(OSError) as info:
+        batch.submit([2])
+    assert info.value.errno == errno.EBADF
+    with pytest.raises(TypeError):
+        batch.prep_pread(3, data_fd, b"readonly", 0)
+    batch.close()
+
+
+def test_batch_kept_alive_by_context_and_destroy(direct_fd: int) -> None:
+    c = io_setup(64)
+    bufs = [xaio.aligned_buffer(65536) for _ in range(16)]
+    batch = IOBatch(c, 16)
+    for i in range(16):
+        batch.prep_pread(i, direct_fd, bufs[i], i * 65536)
+    batch.submit(list(range(16)))
+    with pytest.raises(IocbInFlightError):
+        batch.close()
+    del batch
+    gc.collect()  # the context keeps the batch (and its iocbs) alive
+    io_destroy(c)
+    expected = pattern(1 << 20)
+    for i in range(16):
+        assert bytes(bufs[i]) == expected[i * 65536 : (i + 1) * 65536]
+
+
+def test_batch_reap_after_destroy_is_einval() -> None:
+    c = io_setup(4)
+    batch = IOBatch(c, 2)
+    io_destroy(c)
+    with pytest.raises(OSError) as info:
+        batch.reap(1, 0)
+    assert info.value.errno == errno.EINVAL
+    with pytest.raises(OSError):
+        batch.submit([0])
+    batch.close()
+
+
+# ---------------------------------------------------------------------------------
+# aligned_buffer
+# ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("alignment", [None, 512, 4096, 1 << 16, 1 << 21])
+def test_aligned_buffer(alignment: int | None) -> None:
+    b = xaio.aligned_buffer(10000, alignment)
+    assert len(b) == 10000 and not b.readonly and bytes(b[:4]) == b"\0\0\0\0"
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(b))
+    assert addr % (alignment or mmap.PAGESIZE) == 0
+
+
+def test_aligned_buffer_follows_the_file(direct_fd: int, data_path: Path) -> None:
+    got = xaio.dio_alignment(direct_fd)
+    assert got == xaio.dio_alignment(data_path)
+    if got is not None:
+        mem, off = got
+        assert mem & (mem - 1) == 0 and off & (off - 1) == 0
+    b = xaio.aligned_buffer(4096, file=direct_fd)
+    assert ctypes.addressof(ctypes.c_char.from_buffer(b)) % (got[0] if got else 4096) == 0
+
+
+def test_aligned_buffer_bad_arguments() -> None:
+    with pytest.raises(ValueError):
+        xaio.aligned_buffer(-1)
+    with pytest.raises(ValueError):
+        xaio.aligned_buffer(10, 3)
+    with pytest.raises(ValueError):
+        xaio.aligned_buffer(10, 0)
+    with pytest.raises(TypeError):
+        xaio.aligned_buffer("10")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        xaio.aligned_buffer(10, 4.0)  # type: ignore[arg-type]
+    with pytest.raises(FileNotFoundError):
+        xaio.aligned_buffer(10, file="/nonexistent/x")
+    assert len(xaio.aligned_buffer(0)) == 0
+
+
+def test_no_resource_warnings_in_normal_use(data_fd: int) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with io_setup(2) as c:
+            io_submit(c, [Iocb.pread(data_fd, bytearray(1), 0)])
+            wait_events(c, 1)
+        gc.collect()
