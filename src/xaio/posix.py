@@ -1,0 +1,1103 @@
+"""POSIX asynchronous I/O: ``aiocb``, ``aio_*`` and ``lio_listio``, on any engine.
+
+Some facts about POSIX AIO on Linux, what glibc does, and what we do better
+---------------------------------------------------------------------------
+
+- The kernel has no POSIX AIO: glibc implements it in user space (librt,
+  ``sysdeps/pthread/aio_misc.c``) with a pool of helper threads that run
+  ``pread``/``pwrite``/``fsync``.  The pool is created on the first ``aio_*``
+  call; here too (importing xaio starts no thread).  Its size, the expected
+  number of requests and the idle time of a helper are set by ``aio_init``.
+- glibc queues requests *per file descriptor* and runs those of one fd one
+  after the other, so 32 reads of one file never overlap.  Here positional I/O
+  on regular files runs in parallel; only stream fds (pipes, sockets, FIFOs,
+  ttys) and ``O_APPEND`` fds are run one at a time in submission order, which
+  is what makes later requests on a blocked socket stay queued, and
+  cancellable (see :mod:`xaio.threads`).  ``aio_fsync`` completes after every
+  request queued before it on its fd.
+- ``aio_cancel`` (the seed): a request a helper has started cannot be
+  cancelled (``AIO_NOTCANCELED``; it completes normally later); a queued one
+  is removed, gets ``ECANCELED`` / -1, and **its notification still happens**
+  (signal, thread, ``aio_suspend`` waiters, the ``lio_listio`` it belongs to).
+  With a cb, the fd argument is ignored, as the seed says (glibc fails a
+  mismatch with EINVAL); a cb never submitted is EINVAL (glibc says
+  AIO_ALLDONE); a closed fd is EBADF, checked first.
+- After ``fork()`` glibc's child inherits a pool that does not exist (its
+  threads were not copied) and a request list that says they do: the seed's
+  caveat, the child cannot use AIO.  Here an ``os.register_at_fork`` hook
+  gives the child a fresh, empty state: the parent's requests are not
+  inherited (in the child their aiocbs look never submitted), the child's
+  first request starts its own pool, and the parent is unaffected.
+- Errors: a bad fd in ``aio_read``/``aio_write`` is not an immediate error
+  (glibc too): the request is queued and ``aio_error`` says EBADF.  An
+  out-of-range ``aio_reqprio`` is an immediate EINVAL; so are a bad
+  ``lio_listio`` mode and a bad ``aio_fsync`` op; ``aio_fsync`` on a closed
+  fd is an immediate EBADF.  ``aio_return`` a second time, or on a cb never
+  submitted, raises EINVAL (POSIX allows it; glibc returns a stale value).
+- ``SIGEV_SIGNAL`` is sent as glibc does, with ``rt_sigqueueinfo`` to the
+  process: ``si_code == SI_ASYNCIO`` (-4), ``si_pid``/``si_uid`` ours and the
+  value in ``si_value`` (Python's ``struct_siginfo`` shows its low 32 bits as
+  ``si_status``, which overlays it).  ``SIGEV_THREAD`` runs
+  ``sigev_notify_function(sigev_value)`` on a notifier thread; a new one is
+  started when all are busy, so a slow callback never delays another
+  notification or a completion (glibc starts a thread per notification).
+- All library threads block every signal, like glibc's helpers, so the
+  block-then-``sigwaitinfo`` pattern works in the application's threads.
+- Engines: by default the thread engine in ``complete_in_worker`` mode (the
+  worker that ran a request records its result and sends its notification
+  itself: one thread hand-off per request, not two).  ``aio_init(engine=e)``
+  runs the same API on any :class:`~xaio.engine.Engine` (io_uring can cancel
+  a running request: ``AIO_CANCELED`` then means it really was); a reaper
+  thread then delivers its completions.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import math
+import os
+import select
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+
+from xaio import _syscall
+from xaio._ops import CancelOutcome, OpCode, Operation
+from xaio.engine import Engine, EngineClosedError
+from xaio.threads import ThreadEngine, start_thread_blocking_signals
+
+__all__ = [
+    "aiocb",
+    "sigevent",
+    "aio_read",
+    "aio_write",
+    "aio_fsync",
+    "aio_error",
+    "aio_return",
+    "aio_cancel",
+    "aio_suspend",
+    "lio_listio",
+    "aio_init",
+    "AIO_CANCELED",
+    "AIO_NOTCANCELED",
+    "AIO_ALLDONE",
+    "LIO_READ",
+    "LIO_WRITE",
+    "LIO_NOP",
+    "LIO_WAIT",
+    "LIO_NOWAIT",
+    "SIGEV_SIGNAL",
+    "SIGEV_NONE",
+    "SIGEV_THREAD",
+    "AIO_PRIO_DELTA_MAX",
+    "SI_ASYNCIO",
+]
+
+# glibc's values (<aio.h>, <bits/sigevent-consts.h>, <bits/local_lim.h>).
+AIO_CANCELED: Final = 0
+AIO_NOTCANCELED: Final = 1
+AIO_ALLDONE: Final = 2
+LIO_READ: Final = 0
+LIO_WRITE: Final = 1
+LIO_NOP: Final = 2
+LIO_WAIT: Final = 0
+LIO_NOWAIT: Final = 1
+SIGEV_SIGNAL: Final = 0
+SIGEV_NONE: Final = 1
+SIGEV_THREAD: Final = 2
+AIO_PRIO_DELTA_MAX: Final = 20
+#: ``si_code`` of a signal sent for an asynchronous I/O completion.
+SI_ASYNCIO: Final = -4
+
+_NSIG = 65
+_INT64_MAX = 2**63 - 1
+_FD_MAX = 2**31 - 1
+
+# aiocb states
+_NEW = 0  # never submitted (or submitted in the parent before fork)
+_INPROGRESS = 1
+_DONE = 2  # result available
+_RETRIEVED = 3  # aio_return has taken it
+
+
+class sigevent:
+    """How a request (or a ``lio_listio`` list) announces its completion
+    (``sigevent(7)``).
+
+    Args:
+        sigev_notify: ``SIGEV_NONE``, ``SIGEV_SIGNAL`` or ``SIGEV_THREAD``.
+        sigev_signo: the signal queued for ``SIGEV_SIGNAL``.
+        sigev_value: an int sent with the signal (``si_value``); for
+            ``SIGEV_THREAD`` any object, passed to the function.
+        sigev_notify_function: for ``SIGEV_THREAD``, called as
+            ``sigev_notify_function(sigev_value)`` on a notifier thread.
+
+    The fields are checked when the sigevent is used (submission), where a
+    value no errno covers is a TypeError and an invalid one ``OSError(EINVAL)``.
+    """
+
+    __slots__ = ("sigev_notify", "sigev_signo", "sigev_value", "sigev_notify_function")
+
+    def __init__(
+        self,
+        sigev_notify: int = SIGEV_NONE,
+        sigev_signo: int = 0,
+        sigev_value: Any = 0,
+        sigev_notify_function: Callable[[Any], object] | None = None,
+    ) -> None:
+        self.sigev_notify = sigev_notify
+        self.sigev_signo = sigev_signo
+        self.sigev_value = sigev_value
+        self.sigev_notify_function = sigev_notify_function
+
+    def __repr__(self) -> str:
+        return (
+            f"sigevent(sigev_notify={self.sigev_notify!r}, sigev_signo={self.sigev_signo!r}, "
+            f"sigev_value={self.sigev_value!r}, "
+            f"sigev_notify_function={self.sigev_notify_function!r})"
+        )
+
+
+# A checked sigevent: (notify, signo, value, function); None for SIGEV_NONE.
+_Notice = tuple[int, int, Any, Any]
+
+
+class aiocb:
+    """An asynchronous I/O control block (``aio(7)``): what to do, and, once
+    submitted, the request's status (read it with :func:`aio_error` and
+    :func:`aio_return`).
+
+    Args:
+        aio_fildes: the file descriptor.
+        aio_offset: the file offset (ignored on stream fds and for O_APPEND
+            writes).
+        aio_buf: a bytes-like object (writable for a read); None only with
+            ``aio_nbytes`` 0.
+        aio_nbytes: bytes to transfer; None means ``len(aio_buf)``.
+        aio_reqprio: request priority decrease, ``0..AIO_PRIO_DELTA_MAX``.
+        aio_sigevent: a :class:`sigevent`, or None (``SIGEV_NONE``).
+        aio_lio_opcode: ``LIO_READ``, ``LIO_WRITE`` or ``LIO_NOP`` (only
+            :func:`lio_listio` looks at it).
+
+    The fields may be changed freely; they are read (and checked) at
+    submission.  Changing them while the request is in progress does not
+    affect it.  The buffer stays referenced until the request completes.
+    """
+
+    __slots__ = (
+        "aio_fildes",
+        "aio_offset",
+        "aio_buf",
+        "aio_nbytes",
+        "aio_reqprio",
+        "aio_sigevent",
+        "aio_lio_opcode",
+        "_state",
+        "_error",
+        "_return",
+        "_op",
+        "_fd",
+        "_waiters",
+        "_notice",
+        "_group",
+        "_engine",
+        "__weakref__",
+    )
+
+    def __init__(
+        self,
+        aio_fildes: int = -1,
+        aio_offset: int = 0,
+        aio_buf: Any = None,
+        aio_nbytes: int | None = None,
+        aio_reqprio: int = 0,
+        aio_sigevent: sigevent | None = None,
+        aio_lio_opcode: int = LIO_NOP,
+    ) -> None:
+        self.aio_fildes = aio_fildes
+        self.aio_offset = aio_offset
+        self.aio_buf = aio_buf
+        self.aio_nbytes = aio_nbytes
+        self.aio_reqprio = aio_reqprio
+        self.aio_sigevent = aio_sigevent
+        self.aio_lio_opcode = aio_lio_opcode
+        self._state = _NEW
+        self._error = 0
+        self._return = -1
+        self._op: Operation | None = None
+        self._fd = -1
+        self._waiters: list[_Waiter] | None = None
+        self._notice: _Notice | None = None
+        self._group: _Group | None = None
+        self._engine: Engine | None = None
+
+    def __repr__(self) -> str:
+        state = ("new", "in progress", "done", "retrieved")[self._state]
+        return (
+            f"<aiocb fd={self.aio_fildes!r} offset={self.aio_offset!r} "
+            f"nbytes={self.aio_nbytes!r} {state}>"
+        )
+
+
+class _Waiter:
+    """One ``aio_suspend`` (or internal) wait: a lock released once."""
+
+    __slots__ = ("lock", "woken")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.woken = False
+
+    def wake_locked(self) -> None:  # called with _state_lock held
+        if not self.woken:
+            self.woken = True
+            self.lock.release()
+
+
+class _Group:
+    """A ``lio_listio`` list: counts its requests down, then notifies."""
+
+    __slots__ = ("remaining", "failed", "notice", "waiter")
+
+    def __init__(self, remaining: int, notice: _Notice | None, waiter: _Waiter | None) -> None:
+        self.remaining = remaining
+        self.failed = False
+        self.notice = notice
+        self.waiter = waiter
+
+
+# --- process-wide state --------------------------------------------------------------
+# _state_lock guards every aiocb's status fields, _by_fd and the engine choice.
+
+_state_lock = threading.Lock()
+_by_fd: dict[int, dict[aiocb, None]] = {}
+_engine: Engine | None = None
+_engine_is_ours = False  # we created it (and close it)
+_config: dict[str, Any] = {"threads": 20, "num": 64, "idle_time": 1.0}
+_reaper: _Reaper | None = None
+
+
+def _get_engine() -> Engine:
+    global _engine, _engine_is_ours
+    eng = _engine
+    if eng is not None:
+        return eng
+    with _state_lock:
+        if _engine is None:
+            _engine = ThreadEngine(
+                _config["threads"],
+                _config["idle_time"],
+                num=_config["num"],
+                complete_in_worker=True,
+            )
+            _engine_is_ours = True
+        return _engine
+
+
+class _Reaper:
+    """Delivers the completions of an engine that does not complete
+    operations itself: waits on its ``fileno()`` and calls ``reap(0)``."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.stop_r, self.stop_w = os.pipe2(os.O_CLOEXEC)
+        self.thread = start_thread_blocking_signals(self._run, name="xaio-posix-reaper")
+
+    def _run(self) -> None:
+        poller = select.poll()
+        poller.register(self.engine.fileno(), select.POLLIN)
+        poller.register(self.stop_r, select.POLLIN)
+        while True:
+            events = poller.poll()
+            self.engine.reap(0)
+            if any(fd == self.stop_r for fd, _ in events):
+                return
+
+    def stop(self) -> None:
+        os.write(self.stop_w, b"x")
+        self.thread.join()
+        self.engine.reap(0)
+        os.close(self.stop_r)
+        os.close(self.stop_w)
+
+
+# --- notification --------------------------------------------------------------------
+
+
+class _Notifier:
+    """Runs ``SIGEV_THREAD`` functions on threads that block all signals.
+
+    A function is handed to an idle notifier thread, or to a new one when
+    all are busy: a slow function never delays another.  Idle threads exit
+    after the configured idle time."""
+
+    def __init__(self) -> None:
+        self.mutex = threading.Lock()
+        self.jobs: deque[tuple[Callable[[Any], object], Any]] = deque()
+        self.idle: list[threading.Lock] = []
+        self.threads: set[threading.Thread] = set()
+        self.busy = 0
+        self.stopping = False
+
+    def call(self, fn: Callable[[Any], object], value: Any) -> None:
+        with self.mutex:
+            self.jobs.append((fn, value))
+            if self.idle:
+                self.idle.pop().release()
+                return
+        t = start_thread_blocking_signals(self._run, name="xaio-posix-notify")
+        with self.mutex:
+            if t.is_alive():
+                self.threads.add(t)
+
+    def _run(self) -> None:
+        me = threading.Lock()
+        me.acquire()
+        while True:
+            with self.mutex:
+                job = self.jobs.popleft() if self.jobs else None
+                if job is None:
+                    if self.stopping:
+                        self.threads.discard(threading.current_thread())
+                        return
+                    self.idle.append(me)
+                    idle_time = float(_config["idle_time"])
+            if job is not None:
+                fn, value = job
+                try:
+                    fn(value)
+                except Exception as e:  # report it as an unhandled thread exception
+                    threading.excepthook(
+                        threading.ExceptHookArgs(
+                            (type(e), e, e.__traceback__, threading.current_thread())
+                        )
+                    )
+                del job, fn, value
+                continue
+            if me.acquire(timeout=idle_time):
+                continue
+            with self.mutex:
+                if me in self.idle:
+                    self.idle.remove(me)
+                    self.threads.discard(threading.current_thread())
+                    return
+            me.acquire()
+
+    def stop(self) -> None:
+        """Let every notifier thread finish its jobs and exit; join them."""
+        with self.mutex:
+            self.stopping = True
+            for w in self.idle:
+                w.release()
+            self.idle.clear()
+            threads = list(self.threads)
+        for t in threads:
+            t.join()
+
+
+_notifier: _Notifier | None = None
+_notifier_lock = threading.Lock()
+
+
+class _siginfo(ctypes.Structure):
+    """The 128-byte ``siginfo_t`` of x86-64/aarch64 for ``rt_sigqueueinfo``:
+    si_signo, si_errno, si_code, then (queued signals) si_pid, si_uid and the
+    8-byte si_value at offset 24."""
+
+    _fields_ = [
+        ("si_signo", ctypes.c_int),
+        ("si_errno", ctypes.c_int),
+        ("si_code", ctypes.c_int),
+        ("_pad0", ctypes.c_int),
+        ("si_pid", ctypes.c_int),
+        ("si_uid", ctypes.c_uint),
+        ("si_value", ctypes.c_uint64),
+        ("_rest", ctypes.c_byte * 96),
+    ]
+
+
+assert ctypes.sizeof(_siginfo) == 128
+
+
+def _notify(notice: _Notice) -> None:
+    """Send one notification (never raises for a failed signal: there is no
+    one to report it to; the request's own status is already recorded)."""
+    global _notifier
+    how, signo, value, fn = notice
+    if how == SIGEV_SIGNAL:
+        info = _siginfo()
+        info.si_signo = signo
+        info.si_code = SI_ASYNCIO
+        info.si_pid = os.getpid()
+        info.si_uid = os.getuid()
+        info.si_value = value & 0xFFFFFFFFFFFFFFFF
+        _syscall.rt_sigqueueinfo(os.getpid(), signo, ctypes.addressof(info))
+    elif how == SIGEV_THREAD:
+        n = _notifier
+        if n is None:
+            with _notifier_lock:
+                if _notifier is None:
+                    _notifier = _Notifier()
+                n = _notifier
+        n.call(fn, value)
+
+
+def _check_sigevent(sev: Any) -> _Notice | None:
+    if sev is None:
+        return None
+    if not isinstance(sev, sigevent):
+        raise TypeError(f"aio_sigevent must be a sigevent or None, not {type(sev).__name__!r}")
+    how = sev.sigev_notify
+    if not isinstance(how, int) or isinstance(how, bool):
+        raise TypeError(f"sigev_notify must be an int, not {type(how).__name__!r}")
+    if how == SIGEV_NONE:
+        return None
+    if how == SIGEV_SIGNAL:
+        signo, value = sev.sigev_signo, sev.sigev_value
+        if not isinstance(signo, int) or isinstance(signo, bool):
+            raise TypeError(f"sigev_signo must be an int, not {type(signo).__name__!r}")
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(
+                f"sigev_value must be an int for SIGEV_SIGNAL, not {type(value).__name__!r}"
+            )
+        if not 1 <= signo < _NSIG:
+            raise _syscall.oserror(errno.EINVAL, "sigev_signo out of range")
+        if not -(2**63) <= value < 2**64:
+            raise _syscall.oserror(errno.EINVAL, "sigev_value does not fit in a sigval")
+        return (how, signo, value, None)
+    if how == SIGEV_THREAD:
+        fn = sev.sigev_notify_function
+        if not callable(fn):
+            raise TypeError("sigev_notify_function must be callable for SIGEV_THREAD")
+        return (how, 0, sev.sigev_value, fn)
+    raise _syscall.oserror(errno.EINVAL, "unknown sigev_notify")
+
+
+# --- completion ----------------------------------------------------------------------
+
+
+def _on_done(op: Operation) -> None:
+    """An operation of ours finished (in a worker, the reaper, or a
+    cancelling thread): record the status, wake waiters, notify."""
+    cb: aiocb = op.context
+    res = op.result
+    assert res is not None
+    _finish(cb, res)
+
+
+def _finish(cb: aiocb, res: int) -> None:
+    with _state_lock:
+        if cb._state != _INPROGRESS:  # pragma: no cover - forked child, stale op
+            return
+        if res < 0:
+            cb._error = -res
+            cb._return = -1
+        else:
+            cb._error = 0
+            cb._return = res
+        cb._state = _DONE
+        cb._op = None
+        fdset = _by_fd.get(cb._fd)
+        if fdset is not None:
+            fdset.pop(cb, None)
+            if not fdset:
+                del _by_fd[cb._fd]
+        waiters = cb._waiters
+        if waiters is not None:
+            cb._waiters = None
+            for w in waiters:
+                w.wake_locked()
+        group = cb._group
+        group_notice = None
+        if group is not None:
+            cb._group = None
+            if res < 0:
+                group.failed = True
+            group.remaining -= 1
+            if not group.remaining:
+                if group.waiter is not None:
+                    group.waiter.wake_locked()
+                group_notice = group.notice
+        notice = cb._notice
+        cb._notice = None
+    if notice is not None:
+        _notify(notice)
+    if group_notice is not None:  # after the request's own notification
+        _notify(group_notice)
+
+
+# --- argument checks -----------------------------------------------------------------
+
+
+def _check_cb(cb: Any) -> aiocb:
+    if not isinstance(cb, aiocb):
+        raise TypeError(f"an aiocb is required, not {type(cb).__name__!r}")
+    return cb
+
+
+def _int_field(name: str, v: Any) -> int:
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise TypeError(f"{name} must be an int, not {type(v).__name__!r}")
+    return v
+
+
+_EMPTY = bytearray()
+
+
+def _buffer(cb: aiocb, writable: bool) -> Any:
+    buf = cb.aio_buf
+    nbytes = cb.aio_nbytes
+    if nbytes is not None:
+        _int_field("aio_nbytes", nbytes)
+        if nbytes < 0:
+            raise ValueError("aio_nbytes must be >= 0")
+    if buf is None:
+        if nbytes:
+            raise ValueError("aio_buf is None but aio_nbytes is not 0")
+        return _EMPTY
+    if nbytes is None:
+        return buf
+    try:
+        view = memoryview(buf)
+    except TypeError:
+        raise TypeError(
+            f"aio_buf must be a bytes-like object, not {type(buf).__name__!r}"
+        ) from None
+    if view.nbytes == nbytes:
+        view.release()
+        return buf
+    if nbytes > view.nbytes:
+        size = view.nbytes
+        view.release()
+        raise ValueError(f"aio_nbytes ({nbytes}) is larger than the buffer ({size} bytes)")
+    if view.ndim != 1 or view.itemsize != 1:
+        view = view.cast("B")
+    return view[:nbytes]
+
+
+def _fd_ok(fd: int) -> bool:
+    if not 0 <= fd <= _FD_MAX:
+        return False
+    try:
+        fcntl.fcntl(fd, fcntl.F_GETFL)
+    except OSError:
+        return False
+    return True
+
+
+# --- submission ----------------------------------------------------------------------
+
+
+def _prepare(cb: aiocb, opcode: OpCode, fd: int, check_prio: bool) -> tuple[Operation, int]:
+    """Check *cb* and build its Operation; returns (op, immediate -errno or 0)."""
+    rw = opcode is OpCode.READ or opcode is OpCode.WRITE
+    if rw:
+        offset = _int_field("aio_offset", cb.aio_offset)
+        prio = _int_field("aio_reqprio", cb.aio_reqprio)
+        if check_prio and not 0 <= prio <= AIO_PRIO_DELTA_MAX:
+            raise _syscall.oserror(errno.EINVAL, "aio_reqprio out of range")
+    notice = _check_sigevent(cb.aio_sigevent)
+    err = 0
+    if rw:
+        buf = _buffer(cb, writable=opcode is OpCode.READ)
+        if not 0 <= offset <= _INT64_MAX:
+            err = -errno.EINVAL
+        op = Operation(opcode, fd, (buf,), offset, on_done=_on_done, context=cb)
+    else:
+        op = Operation(opcode, fd, (), -1, on_done=_on_done, context=cb)
+    if not 0 <= fd <= _FD_MAX:
+        err = -errno.EBADF
+    cb._notice = notice
+    return op, err
+
+
+def _enqueue(items: list[tuple[aiocb, Operation, int]], group: _Group | None) -> None:
+    """Mark the cbs in progress and hand their operations to the engine;
+    complete at once those with an immediate error."""
+    eng = _get_engine()
+    with _state_lock:
+        for cb, op, _err in items:
+            if cb._state == _INPROGRESS:
+                for c, _, _ in items:
+                    if c is cb:
+                        break
+                    _unmark_locked(c)
+                raise _syscall.oserror(errno.EINVAL, "aiocb already in progress")
+            _mark_locked(cb, op, group, eng)
+    ops = [op for _, op, err in items if not err]
+    if ops:
+        try:
+            eng.submit(ops)
+        except EngineClosedError:
+            with _state_lock:
+                for cb, _, _ in items:
+                    _unmark_locked(cb)
+            raise _syscall.oserror(errno.EAGAIN, "the AIO engine is shutting down") from None
+    for _, op, err in items:
+        if err:
+            op.complete(err)
+
+
+def _mark_locked(cb: aiocb, op: Operation, group: _Group | None, eng: Engine) -> None:
+    cb._state = _INPROGRESS
+    cb._error = errno.EINPROGRESS
+    cb._return = -1
+    cb._op = op
+    cb._fd = op.fd
+    cb._group = group
+    cb._engine = eng
+    fdset = _by_fd.get(op.fd)
+    if fdset is None:
+        fdset = _by_fd[op.fd] = {}
+    fdset[cb] = None
+
+
+def _unmark_locked(cb: aiocb) -> None:
+    op = cb._op
+    cb._state = _NEW
+    cb._op = None
+    cb._group = None
+    cb._notice = None
+    fdset = _by_fd.get(cb._fd)
+    if fdset is not None:
+        fdset.pop(cb, None)
+        if not fdset:
+            del _by_fd[cb._fd]
+    if op is not None:
+        op.on_done = None
+        for p in op.pins:
+            p.release()
+
+
+def _submit_one(cb: Any, opcode: OpCode) -> None:
+    cb = _check_cb(cb)
+    if cb._state == _INPROGRESS:
+        raise _syscall.oserror(errno.EINVAL, "aiocb already in progress")
+    fd = _int_field("aio_fildes", cb.aio_fildes)
+    op, err = _prepare(cb, opcode, fd, True)
+    _enqueue([(cb, op, err)], None)
+
+
+def aio_read(cb: aiocb) -> None:
+    """Queue an asynchronous read of ``cb.aio_nbytes`` bytes from
+    ``cb.aio_fildes`` at ``cb.aio_offset`` into ``cb.aio_buf`` (``aio_read(3)``).
+
+    Returns at once.  A bad fd or a negative offset is reported later by
+    :func:`aio_error` (EBADF, EINVAL); ``aio_lio_opcode`` is ignored.
+
+    Raises:
+        OSError: EINVAL for ``aio_reqprio`` outside ``0..AIO_PRIO_DELTA_MAX``,
+            an invalid sigevent, or a cb already in progress.
+        TypeError: wrong field types, or a read-only buffer.
+        ValueError: ``aio_nbytes`` larger than the buffer (or negative).
+    """
+    _submit_one(cb, OpCode.READ)
+
+
+def aio_write(cb: aiocb) -> None:
+    """Queue an asynchronous write of ``cb.aio_nbytes`` bytes of ``cb.aio_buf``
+    to ``cb.aio_fildes`` at ``cb.aio_offset`` (at the end for an O_APPEND fd)
+    (``aio_write(3)``).  Errors as :func:`aio_read` (a read-only fd gives
+    EBADF through :func:`aio_error`).
+
+    Raises:
+        OSError: EINVAL (``aio_reqprio``, sigevent, cb in progress).
+        TypeError: wrong field types.
+        ValueError: ``aio_nbytes`` larger than the buffer (or negative).
+    """
+    _submit_one(cb, OpCode.WRITE)
+
+
+def aio_fsync(op: int, cb: aiocb) -> None:
+    """Queue an asynchronous ``fsync`` (``op == os.O_SYNC``) or
+    ``fdatasync`` (``os.O_DSYNC``) of ``cb.aio_fildes`` (``aio_fsync(3)``).
+
+    It completes only after every request queued before it on that fd has
+    completed.  ``aio_reqprio``, ``aio_buf``, ``aio_offset`` are ignored.
+
+    Raises:
+        OSError: EINVAL for another *op* (or a cb in progress, or an invalid
+            sigevent); EBADF if the fd is not open.
+        TypeError: wrong argument types.
+    """
+    if not isinstance(op, int) or isinstance(op, bool):
+        raise TypeError(f"op must be an int, not {type(op).__name__!r}")
+    cb = _check_cb(cb)
+    if op == os.O_SYNC:
+        code = OpCode.FSYNC
+    elif op == os.O_DSYNC:
+        code = OpCode.FDATASYNC
+    else:
+        raise _syscall.oserror(errno.EINVAL, "op must be O_SYNC or O_DSYNC")
+    fd = _int_field("aio_fildes", cb.aio_fildes)
+    if not _fd_ok(fd):
+        raise _syscall.oserror(errno.EBADF)
+    if cb._state == _INPROGRESS:
+        raise _syscall.oserror(errno.EINVAL, "aiocb already in progress")
+    operation, err = _prepare(cb, code, fd, False)
+    _enqueue([(cb, operation, err)], None)
+
+
+def aio_error(cb: aiocb) -> int:
+    """The error status of the request of *cb* (``aio_error(3)``).
+
+    Returns:
+        ``EINPROGRESS`` while it runs, 0 if it succeeded, ``ECANCELED`` if
+        it was cancelled, otherwise the errno it failed with.
+
+    Raises:
+        OSError: EINVAL if *cb* was never submitted.
+        TypeError: *cb* is not an aiocb.
+    """
+    cb = _check_cb(cb)
+    state = cb._state
+    if state == _INPROGRESS:
+        return errno.EINPROGRESS
+    if state == _NEW:
+        raise _syscall.oserror(errno.EINVAL, "aiocb was never submitted")
+    return cb._error
+
+
+def aio_return(cb: aiocb) -> int:
+    """The return status of the finished request of *cb*, once
+    (``aio_return(3)``).
+
+    Returns:
+        The bytes transferred (0 for ``aio_fsync``), or -1 if it failed
+        (see :func:`aio_error` for why).
+
+    Raises:
+        OSError: EINVAL if *cb* was never submitted or its status was already
+            retrieved; EINPROGRESS if the request has not finished.
+        TypeError: *cb* is not an aiocb.
+    """
+    cb = _check_cb(cb)
+    with _state_lock:
+        state = cb._state
+        if state == _DONE:
+            cb._state = _RETRIEVED
+            return cb._return
+    if state == _INPROGRESS:
+        raise _syscall.oserror(errno.EINPROGRESS, "the request is still in progress")
+    if state == _NEW:
+        raise _syscall.oserror(errno.EINVAL, "aiocb was never submitted")
+    raise _syscall.oserror(errno.EINVAL, "the return status was already retrieved")
+
+
+def aio_cancel(fd: int, cb: aiocb | None = None) -> int:
+    """Cancel the queued requests of *fd*, or just the request of *cb*
+    (``aio_cancel(3)``; with a cb the fd is otherwise ignored).
+
+    Cancelled requests get ``ECANCELED`` / -1 and their normal notification.
+    Requests already running are not cancelled by the thread engine: they
+    complete normally later.
+
+    Returns:
+        ``AIO_CANCELED`` if every request was cancelled, ``AIO_NOTCANCELED``
+        if at least one could not be (use :func:`aio_error` for the others),
+        ``AIO_ALLDONE`` if all had completed (or *fd* had none).
+
+    Raises:
+        OSError: EBADF if *fd* is not open (checked first); EINVAL if *cb*
+            was never submitted.
+        TypeError: wrong argument types.
+    """
+    if not isinstance(fd, int) or isinstance(fd, bool):
+        raise TypeError(f"fd must be an int, not {type(fd).__name__!r}")
+    if cb is not None:
+        _check_cb(cb)
+    if not _fd_ok(fd):
+        raise _syscall.oserror(errno.EBADF)
+    with _state_lock:
+        if cb is not None:
+            if cb._state == _NEW:
+                raise _syscall.oserror(errno.EINVAL, "aiocb was never submitted")
+            targets = [cb] if cb._state == _INPROGRESS else []
+        else:
+            targets = list(_by_fd.get(fd, ()))
+        work = [(c, c._op, c._engine) for c in targets]
+    result = AIO_ALLDONE
+    for c, op, eng in work:
+        if op is None or eng is None:
+            continue
+        outcome = eng.cancel(op)
+        if outcome is CancelOutcome.RUNNING:
+            result = AIO_NOTCANCELED
+        elif outcome is CancelOutcome.CANCELED:
+            if result == AIO_ALLDONE:
+                result = AIO_CANCELED
+            _wait_done(c)  # an engine without direct completion: let it land
+    return result
+
+
+def _wait_done(cb: aiocb) -> None:
+    with _state_lock:
+        if cb._state != _INPROGRESS:
+            return
+        w = _Waiter()
+        _add_waiter_locked(cb, w)
+    w.lock.acquire()
+
+
+def _add_waiter_locked(cb: aiocb, w: _Waiter) -> None:
+    if cb._waiters is None:
+        cb._waiters = [w]
+    else:
+        cb._waiters.append(w)
+
+
+def aio_suspend(cbs: Iterable[aiocb | None], timeout: float | None = None) -> None:
+    """Wait until at least one request of *cbs* is no longer in progress
+    (``aio_suspend(3)``).  None entries are ignored; a cb never submitted
+    counts as not in progress; an empty list returns at once.
+
+    Args:
+        cbs: aiocbs (or None).
+        timeout: seconds to wait at most; None waits for ever.
+
+    Raises:
+        OSError: EAGAIN if the timeout expired first; EINVAL for a negative
+            or NaN timeout.
+        TypeError: wrong argument types.
+    """
+    if timeout is not None:
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
+            raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__!r}")
+        if math.isnan(timeout) or timeout < 0:
+            raise _syscall.oserror(errno.EINVAL, "invalid timeout")
+    if isinstance(cbs, aiocb):
+        raise TypeError("aio_suspend takes a list of aiocbs")
+    pending: list[aiocb] = []
+    for cb in cbs:
+        if cb is None:
+            continue
+        if not isinstance(cb, aiocb):
+            raise TypeError(f"an aiocb or None is required, not {type(cb).__name__!r}")
+        if cb._state != _INPROGRESS:
+            return
+        pending.append(cb)
+    if not pending:
+        return
+    w = _Waiter()
+    with _state_lock:
+        for cb in pending:
+            if cb._state != _INPROGRESS:
+                break
+            _add_waiter_locked(cb, w)
+        else:
+            cb = None
+        if cb is not None:  # one finished meanwhile
+            _remove_waiter_locked(pending, w)
+            return
+    try:
+        if timeout is None:
+            got = w.lock.acquire()
+        else:
+            got = w.lock.acquire(timeout=min(timeout, threading.TIMEOUT_MAX))
+    finally:
+        with _state_lock:
+            _remove_waiter_locked(pending, w)
+    if not got:
+        raise _syscall.oserror(errno.EAGAIN)
+
+
+def _remove_waiter_locked(cbs: list[aiocb], w: _Waiter) -> None:
+    for cb in cbs:
+        ws = cb._waiters
+        if ws is not None:
+            try:
+                ws.remove(w)
+            except ValueError:
+                pass
+
+
+def lio_listio(mode: int, cbs: Iterable[aiocb | None], sig: sigevent | None = None) -> None:
+    """Submit a list of requests, each as its ``aio_lio_opcode`` says
+    (``LIO_READ``, ``LIO_WRITE``; ``LIO_NOP`` and None entries are skipped)
+    (``lio_listio(3)``).
+
+    Args:
+        mode: ``LIO_WAIT`` (return when all are done) or ``LIO_NOWAIT``
+            (return at once; *sig* is sent when all are done, after every
+            request's own notification).
+        cbs: the requests.
+        sig: the list's notification (ignored with ``LIO_WAIT``).
+
+    A bad ``aio_lio_opcode`` or a negative offset shows up as EINVAL from
+    :func:`aio_error` on that cb; so does an out-of-range ``aio_reqprio``
+    (the request is not queued, and the call raises EIO).
+
+    Raises:
+        OSError: EINVAL for a bad *mode* (or *sig*, or a cb in progress or
+            listed twice); EIO if, with ``LIO_WAIT``, any request failed
+            or, with either mode, a request could not be queued.
+        TypeError: wrong argument types (nothing is queued).
+        ValueError: a buffer shorter than ``aio_nbytes`` (nothing is queued).
+    """
+    if not isinstance(mode, int) or isinstance(mode, bool):
+        raise TypeError(f"mode must be an int, not {type(mode).__name__!r}")
+    if isinstance(cbs, aiocb):
+        raise TypeError("lio_listio takes a list of aiocbs")
+    entries = list(cbs)
+    if mode != LIO_WAIT and mode != LIO_NOWAIT:
+        raise _syscall.oserror(errno.EINVAL, "mode must be LIO_WAIT or LIO_NOWAIT")
+    list_notice = _check_sigevent(sig) if mode == LIO_NOWAIT else None
+    items: list[tuple[aiocb, Operation, int]] = []
+    seen: set[int] = set()
+    not_queued = False
+    try:
+        for cb in entries:
+            if cb is None:
+                continue
+            _check_cb(cb)
+            opc = _int_field("aio_lio_opcode", cb.aio_lio_opcode)
+            if opc == LIO_NOP:
+                continue
+            if id(cb) in seen or cb._state == _INPROGRESS:
+                raise _syscall.oserror(errno.EINVAL, "aiocb already in progress")
+            seen.add(id(cb))
+            fd = _int_field("aio_fildes", cb.aio_fildes)
+            if opc in (LIO_READ, LIO_WRITE):
+                prio = _int_field("aio_reqprio", cb.aio_reqprio)
+                code = OpCode.READ if opc == LIO_READ else OpCode.WRITE
+                op, err = _prepare(cb, code, fd, False)
+                if not 0 <= prio <= AIO_PRIO_DELTA_MAX:
+                    err = -errno.EINVAL
+                    not_queued = True
+            else:
+                _check_sigevent(cb.aio_sigevent)
+                op, err = _prepare(cb, OpCode.NOP, fd, False)
+                err = -errno.EINVAL
+            items.append((cb, op, err))
+    except BaseException:
+        for _, op, _ in items:
+            for p in op.pins:
+                p.release()
+        raise
+    waiter = _Waiter() if mode == LIO_WAIT else None
+    if not items:
+        if list_notice is not None:
+            _notify(list_notice)
+        return
+    group = _Group(len(items), list_notice, waiter)
+    _enqueue(items, group)
+    if waiter is not None:
+        waiter.lock.acquire()
+        if group.failed:
+            raise _syscall.oserror(errno.EIO)
+    elif not_queued:
+        raise _syscall.oserror(errno.EIO)
+
+
+def aio_init(
+    threads: int = 20, num: int = 64, idle_time: float = 1.0, engine: Engine | str | None = None
+) -> None:
+    """Tune POSIX AIO (``aio_init(3)``, a GNU extension) and choose its engine.
+
+    Args:
+        threads: maximum number of worker threads.
+        num: expected number of simultaneous requests (a sizing hint).
+        idle_time: seconds before an idle worker thread exits.
+        engine: None or ``"thread"`` for the thread engine, or an
+            :class:`~xaio.engine.Engine` instance (which stays the caller's
+            to close, after its requests are done).
+
+    Raises:
+        OSError: EBUSY when switching engines while requests are in progress.
+        TypeError, ValueError: bad argument types or values.
+    """
+    global _engine, _engine_is_ours, _reaper
+    _, _, _ = (
+        _int_field("threads", threads),
+        _int_field("num", num),
+        idle_time,
+    )
+    if not isinstance(idle_time, (int, float)) or isinstance(idle_time, bool):
+        raise TypeError(f"idle_time must be a number, not {type(idle_time).__name__!r}")
+    if threads < 1 or num < 1 or not idle_time >= 0 or math.isinf(idle_time):
+        raise ValueError("threads and num must be >= 1, idle_time a finite number >= 0")
+    if engine is not None and engine != "thread" and not isinstance(engine, Engine):
+        if isinstance(engine, str):
+            raise ValueError(f"unknown or unsupported engine {engine!r}")
+        raise TypeError(f"engine must be None, a name or an Engine, not {type(engine).__name__!r}")
+    with _state_lock:
+        _config.update(threads=threads, num=num, idle_time=float(idle_time))
+        cur = _engine
+        want_default = engine is None or engine == "thread"
+        same = (want_default and _engine_is_ours) or (cur is engine)
+        if cur is not None and not same and _by_fd:
+            raise _syscall.oserror(errno.EBUSY, "requests are in progress")
+        old, old_ours, old_reaper = cur, _engine_is_ours, _reaper
+        if not same:
+            _engine = None
+            _engine_is_ours = False
+            _reaper = None
+            if isinstance(engine, Engine):
+                _engine = engine
+                if not (isinstance(engine, ThreadEngine) and engine._direct):
+                    _reaper = _Reaper(engine)
+    if same:
+        if isinstance(cur, ThreadEngine) and _engine_is_ours:
+            cur.configure(threads, float(idle_time), num)
+        return
+    if old_reaper is not None:
+        old_reaper.stop()
+    if old is not None and old_ours:
+        old.close()
+
+
+def _shutdown() -> None:
+    """Stop every POSIX AIO thread and close our engine (for tests and
+    interpreter exit).  Requests still queued are cancelled; running ones are
+    waited for."""
+    global _engine, _engine_is_ours, _reaper, _notifier
+    with _state_lock:
+        eng, ours, reaper = _engine, _engine_is_ours, _reaper
+        _engine = None
+        _engine_is_ours = False
+        _reaper = None
+    if reaper is not None:
+        reaper.stop()
+    if eng is not None and ours:
+        eng.close()
+    n = _notifier
+    if n is not None:
+        n.stop()
+
+
+def _before_fork() -> None:
+    _state_lock.acquire()
+
+
+def _after_fork_parent() -> None:
+    _state_lock.release()
+
+
+def _after_fork_child() -> None:
+    global _state_lock, _engine, _engine_is_ours, _reaper, _notifier, _notifier_lock
+    _state_lock = threading.Lock()
+    _notifier_lock = threading.Lock()
+    for fdset in _by_fd.values():
+        for cb in fdset:
+            cb._state = _NEW
+            cb._op = None
+            cb._waiters = None
+            cb._group = None
+            cb._notice = None
+    _by_fd.clear()
+    eng = _engine
+    if isinstance(eng, ThreadEngine) and _engine_is_ours:
+        eng.forget_after_fork()
+    _engine = None
+    _engine_is_ours = False
+    _reaper = None
+    _notifier = None
+
+
+os.register_at_fork(
+    before=_before_fork, after_in_parent=_after_fork_parent, after_in_child=_after_fork_child
+)

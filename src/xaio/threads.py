@@ -1,0 +1,585 @@
+"""The thread engine: operations run by a pool of worker threads.
+
+Some facts about running I/O on threads (and what glibc's POSIX AIO does)
+-------------------------------------------------------------------------
+
+- A worker thread runs the plain system call (``preadv``, ``pwritev``,
+  ``fsync``, ...).  ctypes and the :mod:`os` module release the GIL around it,
+  so slow I/O (O_DIRECT, a cold page cache, a network file system) overlaps
+  across threads; page-cached I/O is bound by the GIL and by thread switches.
+- A running system call cannot be cancelled from another thread: the engine
+  cancels only what has not started (``CancelOutcome.RUNNING`` otherwise).  A
+  worker blocked on an empty pipe stays blocked until data (or EOF) arrives.
+- glibc (``sysdeps/pthread/aio_misc.c``) keeps one queue *per file
+  descriptor* and runs the requests of one fd strictly one after the other,
+  whatever they are: 32 ``aio_read`` calls on one regular file are 32
+  sequential ``pread`` calls in one thread.  That is only needed where the
+  *order* is observable: on stream fds (pipes, sockets, FIFOs, ttys, other
+  character devices) and for ``O_APPEND`` writes, where each transfer moves
+  the file position.  Here positional I/O on regular files and block devices
+  runs in parallel; stream and ``O_APPEND`` fds (and any operation using the
+  file position, ``offset < 0``) run one at a time in submission order; an
+  fsync starts only after every operation submitted before it on its fd has
+  completed (a per-fd barrier).
+- Thread hand-offs are what costs in Python (a switch is a GIL hand-over,
+  tens of microseconds under contention).  A worker that finishes an operation
+  takes the next one in the same critical section, without sleeping; idle
+  workers sleep on a private lock each, so waking exactly one is one
+  ``Lock.release``; and with ``complete_in_worker=True`` (used by
+  :mod:`xaio.posix`) the worker delivers the completion itself instead of
+  bouncing it through a reaper thread.
+- Workers are created on demand (the first ``submit``; constructing an
+  engine starts no thread), up to ``threads``; a worker idle for
+  ``idle_time`` seconds exits, as glibc's do (``aio_init``'s
+  ``aio_idle_time``).
+- The workers block every signal (they inherit the mask from the thread that
+  creates them, which blocks all signals around ``Thread.start``), like
+  glibc's helper threads: a process-directed signal then always reaches one of
+  the application's threads, and the block-then-``sigwaitinfo`` pattern works.
+- Completions (``reap`` mode) are signalled through an eventfd that is
+  readable while completions wait, so an event loop can sit on ``fileno()``.
+  The eventfd is written only when the completion queue goes from empty to
+  non-empty: one write per batch, not per operation.
+- ``os.preadv`` with a non-negative offset on a pipe or socket fails with
+  ESPIPE; glibc then falls back to ``read``, and so do we (the offset of a
+  POSIX request on a stream is ignored).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import select
+import signal
+import stat
+import threading
+import time
+import warnings
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from xaio._ops import CancelOutcome, OpCode, Operation, OpState
+from xaio.engine import Engine, EngineClosedError
+
+__all__ = ["ThreadEngine", "start_thread_blocking_signals"]
+
+_READS = (OpCode.READ, OpCode.READV)
+_WRITES = (OpCode.WRITE, OpCode.WRITEV)
+_SYNCS = (OpCode.FSYNC, OpCode.FDATASYNC)
+_ALL_SIGNALS = signal.valid_signals()
+
+
+def start_thread_blocking_signals(
+    target: Callable[..., object], args: tuple[Any, ...] = (), name: str | None = None
+) -> threading.Thread:
+    """Start a daemon thread running ``target(*args)`` with every signal blocked.
+
+    The new thread inherits the signal mask of its creator, so the mask is
+    set around ``Thread.start`` (there is no window in which the new thread
+    could take a signal meant for the application).
+
+    Returns:
+        The started thread.
+    """
+    t = threading.Thread(target=target, args=args, name=name, daemon=True)
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
+    try:
+        t.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    return t
+
+
+def _is_serial_fd(fd: int) -> bool:
+    """True if requests on *fd* must run one at a time in submission order:
+    stream fds (anything but a regular file or block device) and O_APPEND fds.
+    A bad fd is not serial: its requests fail with EBADF in the worker."""
+    try:
+        mode = os.fstat(fd).st_mode
+    except (OSError, OverflowError, ValueError):
+        return False
+    if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+        return True
+    try:
+        return bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND)
+    except OSError:  # pragma: no cover - closed between the two calls
+        return False
+
+
+class _Lane:
+    """The operations of one fd that are ready/running (``active``) or held
+    back for ordering (``held``, in submission order)."""
+
+    __slots__ = ("serial", "active", "held")
+
+    def __init__(self, serial: bool) -> None:
+        self.serial = serial
+        self.active = 0
+        self.held: deque[Operation] = deque()
+
+
+def _run(op: Operation) -> int:
+    """Run *op* in this thread; return its result (bytes, or -errno)."""
+    code = op.opcode
+    fd = op.fd
+    try:
+        if code in _READS:
+            if op.offset >= 0:
+                try:
+                    return os.preadv(fd, op.buffers, op.offset)
+                except OSError as e:
+                    if e.errno != errno.ESPIPE:
+                        raise
+            return os.readv(fd, op.buffers)
+        if code in _WRITES:
+            if op.offset >= 0:
+                try:
+                    return os.pwritev(fd, op.buffers, op.offset)
+                except OSError as e:
+                    if e.errno != errno.ESPIPE:
+                        raise
+            return os.writev(fd, op.buffers)
+        if code is OpCode.FSYNC:
+            os.fsync(fd)
+            return 0
+        if code is OpCode.FDATASYNC:
+            os.fdatasync(fd)
+            return 0
+        if code is OpCode.NOP:
+            return 0
+        if code is OpCode.POLL:
+            p = select.poll()
+            p.register(fd, op.flags)
+            for _, revents in p.poll():
+                return revents
+            return 0  # pragma: no cover - poll without timeout returns an event
+        return -errno.EINVAL
+    except OSError as e:
+        return -(e.errno or errno.EIO)
+    except (OverflowError, ValueError):
+        return -errno.EINVAL
+
+
+class ThreadEngine(Engine):
+    """Runs operations on a pool of worker threads (see the module essay).
+
+    Args:
+        threads: maximum number of worker threads (>= 1).
+        idle_time: seconds an idle worker waits for work before exiting.
+        num: expected number of simultaneous requests (a sizing hint, as
+            ``aio_init``'s ``aio_num``; reported by :meth:`statistics`).
+        complete_in_worker: if True the worker calls ``op.complete(res)``
+            itself (``on_done`` runs in the worker) and :meth:`reap` finds
+            nothing; if False (the Engine protocol) completions wait for
+            :meth:`reap` and the eventfd says when there are some.
+
+    Raises:
+        ValueError: ``threads < 1`` or a negative ``idle_time``.
+        TypeError: arguments of the wrong type.
+    """
+
+    name = "thread"
+
+    def __init__(
+        self,
+        threads: int = 20,
+        idle_time: float = 1.0,
+        *,
+        num: int = 64,
+        complete_in_worker: bool = False,
+    ) -> None:
+        self._closed = True  # until fully constructed (for __del__)
+        self._efd = -1
+        self._max_threads, self._idle_time, self._num = _check_config(threads, idle_time, num)
+        self._direct = bool(complete_in_worker)
+        self._mutex = threading.Lock()
+        self._ready: deque[Operation] = deque()
+        self._lanes: dict[int, _Lane] = {}
+        self._running: set[Operation] = set()
+        self._idle: list[threading.Lock] = []
+        self._threads: set[threading.Thread] = set()
+        self._nthreads = 0
+        self._no_threads = threading.Condition(self._mutex)
+        self._done: deque[tuple[Operation, int]] = deque()
+        self._signalled = False
+        self._submitted = 0
+        self._completed = 0
+        self._cancelled = 0
+        self._spawned = 0
+        self._efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._closed = False
+
+    # -- configuration ------------------------------------------------------------
+
+    def configure(
+        self, threads: int | None = None, idle_time: float | None = None, num: int | None = None
+    ) -> None:
+        """Change the pool limits (``aio_init``); running workers are kept."""
+        t, i, n = _check_config(
+            self._max_threads if threads is None else threads,
+            self._idle_time if idle_time is None else idle_time,
+            self._num if num is None else num,
+        )
+        with self._mutex:
+            self._max_threads, self._idle_time, self._num = t, i, n
+
+    # -- Engine protocol ----------------------------------------------------------
+
+    def submit(self, ops: Sequence[Operation]) -> int:
+        """Queue *ops* (QUEUED operations) for the workers; returns ``len(ops)``.
+
+        Raises:
+            EngineClosedError: the engine is closed (no operation was taken).
+        """
+        lanes = self._lanes
+        serial: dict[int, bool] = {}
+        for op in ops:
+            fd = op.fd
+            if fd not in lanes and fd not in serial:
+                serial[fd] = _is_serial_fd(fd)
+        with self._mutex:
+            if self._closed:
+                raise EngineClosedError("the thread engine is closed")
+            ready = self._ready
+            nready = 0
+            for op in ops:
+                fd = op.fd
+                lane = lanes.get(fd)
+                if lane is None:
+                    lane = lanes[fd] = _Lane(serial.get(fd, False))
+                if not lane.held and (
+                    lane.active == 0 or not (lane.serial or op.offset < 0 or op.opcode in _SYNCS)
+                ):
+                    lane.active += 1
+                    ready.append(op)
+                    nready += 1
+                else:
+                    lane.held.append(op)
+            self._submitted += len(ops)
+            spawn = self._wake_locked(nready) if nready else 0
+        for _ in range(spawn):
+            self._spawn()
+        return len(ops)
+
+    def cancel(self, op: Operation) -> CancelOutcome:
+        """Cancel *op* if no worker has started it.
+
+        Returns:
+            ``CANCELED`` (it completes with ``-ECANCELED``: at once in
+            ``complete_in_worker`` mode, else at the next :meth:`reap`),
+            ``RUNNING`` (a worker is running it; it completes normally) or
+            ``DONE`` (it had completed, or is unknown to this engine).
+        """
+        with self._mutex:
+            if op.state is OpState.DONE:
+                return CancelOutcome.DONE
+            if op in self._running:
+                return CancelOutcome.RUNNING
+            if op.state is OpState.CANCEL_REQUESTED:
+                return CancelOutcome.CANCELED  # cancelled already, not yet reaped
+            lane = self._lanes.get(op.fd)
+            if lane is None:
+                return CancelOutcome.DONE
+            if op in lane.held:
+                lane.held.remove(op)
+            else:
+                try:
+                    self._ready.remove(op)
+                except ValueError:
+                    return CancelOutcome.DONE  # finished, waiting to be reaped
+                lane.active -= 1
+            spawn = self._release_lane_locked(op.fd, lane)
+            op.state = OpState.CANCEL_REQUESTED
+            self._cancelled += 1
+            self._completed += 1
+            if not self._direct:
+                self._post_locked(op, -errno.ECANCELED)
+        for _ in range(spawn):
+            self._spawn()
+        if self._direct:
+            op.complete(-errno.ECANCELED)
+        return CancelOutcome.CANCELED
+
+    def reap(self, timeout: float | None = 0.0) -> int:
+        """Deliver waiting completions in this thread (``op.complete(res)``).
+
+        Args:
+            timeout: 0 never blocks; None waits for at least one completion;
+                a number waits at most that many seconds.
+
+        Returns:
+            The number of operations delivered (always 0 in
+            ``complete_in_worker`` mode, and once closed and drained).
+        """
+        n = self._deliver()
+        if n or timeout == 0 or self._direct:
+            return n
+        poller = select.poll()
+        poller.register(self._efd, select.POLLIN)
+        deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+        while True:
+            if self._closed and not self._done:
+                return 0
+            if deadline is None:
+                ms = 100  # re-check ``closed`` now and then
+            else:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return self._deliver()
+                ms = min(100, max(1, int(remaining * 1000 + 0.999)))
+            poller.poll(ms)
+            n = self._deliver()
+            if n:
+                return n
+
+    def fileno(self) -> int:
+        """The eventfd that is readable while completions wait for :meth:`reap`."""
+        if self._efd < 0:
+            raise ValueError("the thread engine is closed")
+        return self._efd
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Stop accepting, cancel what has not started, wait for the running
+        operations, deliver every completion, stop the workers, close the
+        eventfd.  Idempotent.  Waits for ever for an operation blocked in the
+        kernel (a read on an empty pipe): drain those first."""
+        cancelled: list[Operation] = []
+        with self._mutex:
+            if self._closed and self._efd < 0:
+                return
+            self._closed = True
+            for lane in self._lanes.values():
+                cancelled.extend(lane.held)
+                lane.held.clear()
+            while self._ready:
+                op = self._ready.popleft()
+                self._lanes[op.fd].active -= 1
+                cancelled.append(op)
+            for op in cancelled:
+                op.state = OpState.CANCEL_REQUESTED
+                self._cancelled += 1
+                self._completed += 1
+                if not self._direct:
+                    self._post_locked(op, -errno.ECANCELED)
+            for w in self._idle:
+                w.release()
+            self._idle.clear()
+            while self._nthreads:
+                self._no_threads.wait()
+            threads = list(self._threads)
+        if self._direct:
+            for op in cancelled:
+                op.complete(-errno.ECANCELED)
+        for t in threads:
+            t.join()
+        self._deliver()
+        with self._mutex:
+            self._lanes.clear()
+            efd, self._efd = self._efd, -1
+        if efd >= 0:
+            os.close(efd)
+
+    def statistics(self) -> dict[str, Any]:
+        """Counters: ``threads`` (alive), ``idle``, ``max_threads``, ``queued``
+        (waiting for a worker or for ordering), ``running``, ``submitted``,
+        ``completed``, ``cancelled``, ``spawned`` (threads started in total)."""
+        with self._mutex:
+            return {
+                "name": self.name,
+                "threads": self._nthreads,
+                "idle": len(self._idle),
+                "max_threads": self._max_threads,
+                "idle_time": self._idle_time,
+                "num": self._num,
+                "queued": len(self._ready) + sum(len(x.held) for x in self._lanes.values()),
+                "running": len(self._running),
+                "submitted": self._submitted,
+                "completed": self._completed,
+                "cancelled": self._cancelled,
+                "spawned": self._spawned,
+            }
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: drop everything (the workers do not exist here)
+        and close the eventfd, without touching the parent's requests."""
+        self._mutex = threading.Lock()
+        self._no_threads = threading.Condition(self._mutex)
+        self._ready.clear()
+        self._lanes.clear()
+        self._running.clear()
+        self._idle.clear()
+        self._threads.clear()
+        self._done.clear()
+        self._nthreads = 0
+        self._closed = True
+        if self._efd >= 0:
+            try:
+                os.close(self._efd)
+            finally:
+                self._efd = -1
+
+    def __del__(self) -> None:
+        if not self._closed:
+            warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=1)
+        if self._efd >= 0:
+            try:
+                os.close(self._efd)
+            except OSError:  # pragma: no cover
+                pass
+            self._efd = -1
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<ThreadEngine {state} threads={self._nthreads}/{self._max_threads}>"
+
+    # -- internals ----------------------------------------------------------------
+
+    def _wake_locked(self, n: int) -> int:
+        """Wake up to *n* idle workers; return how many threads to start."""
+        idle = self._idle
+        while n and idle:
+            idle.pop().release()
+            n -= 1
+        spawn = min(n, self._max_threads - self._nthreads)
+        if spawn > 0:
+            self._nthreads += spawn
+            return spawn
+        return 0
+
+    def _release_lane_locked(self, fd: int, lane: _Lane) -> int:
+        """Move held operations of *lane* that may now start to the ready
+        queue; drop the lane when empty.  Returns threads to start."""
+        held = lane.held
+        n = 0
+        while held:
+            head = held[0]
+            if lane.active and (lane.serial or head.offset < 0 or head.opcode in _SYNCS):
+                break
+            held.popleft()
+            lane.active += 1
+            self._ready.append(head)
+            n += 1
+        if not lane.active and not held:
+            del self._lanes[fd]
+        return self._wake_locked(n) if n else 0
+
+    def _post_locked(self, op: Operation, res: int) -> None:
+        self._done.append((op, res))
+        if not self._signalled:
+            self._signalled = True
+            os.eventfd_write(self._efd, 1)
+
+    def _deliver(self) -> int:
+        with self._mutex:
+            if not self._done:
+                return 0
+            items = list(self._done)
+            self._done.clear()
+            if self._signalled:
+                self._signalled = False
+                try:
+                    os.eventfd_read(self._efd)
+                except BlockingIOError:  # pragma: no cover
+                    pass
+        for op, res in items:
+            op.complete(res)
+        return len(items)
+
+    def _spawn(self) -> None:
+        try:
+            start_thread_blocking_signals(self._worker, name="xaio-thread-worker")
+        except BaseException:
+            with self._mutex:
+                self._nthreads -= 1
+                self._no_threads.notify_all()
+            raise
+        self._spawned += 1
+
+    def _worker(self) -> None:
+        me = threading.Lock()
+        me.acquire()
+        mutex = self._mutex
+        ready = self._ready
+        running = self._running
+        lanes = self._lanes
+        direct = self._direct
+        with mutex:
+            self._threads.add(threading.current_thread())
+        op: Operation | None = None
+        res = 0
+        while True:
+            # One critical section finishes the previous operation and takes
+            # the next one.
+            mutex.acquire()
+            spawn = 0
+            exiting = False
+            if op is not None:
+                self._completed += 1
+                running.discard(op)
+                lane = lanes[op.fd]
+                lane.active -= 1
+                if lane.held or not lane.active:
+                    spawn = self._release_lane_locked(op.fd, lane)
+                if not direct:
+                    self._post_locked(op, res)
+            if ready:
+                nxt: Operation | None = ready.popleft()
+                running.add(nxt)  # type: ignore[arg-type]
+                mutex.release()
+            else:
+                nxt = None
+                if self._closed:
+                    self._exit_locked()
+                    exiting = True
+                    mutex.release()
+                else:
+                    self._idle.append(me)
+                    idle_time = self._idle_time
+                    mutex.release()
+            for _ in range(spawn):
+                self._spawn()
+            if op is not None and direct:
+                op.complete(res)
+            op = None
+            if nxt is not None:
+                op = nxt
+                op.state = OpState.SUBMITTED
+                res = _run(op)
+                continue
+            if exiting:
+                return
+            if me.acquire(timeout=idle_time):
+                continue
+            with mutex:
+                if me in self._idle:  # nobody woke us: exit
+                    self._idle.remove(me)
+                    self._exit_locked()
+                    return
+            me.acquire()  # woken just as the wait timed out: consume it
+
+    def _exit_locked(self) -> None:
+        self._threads.discard(threading.current_thread())
+        self._nthreads -= 1
+        if not self._nthreads:
+            self._no_threads.notify_all()
+
+
+def _check_config(threads: int, idle_time: float, num: int) -> tuple[int, float, int]:
+    for name, v in (("threads", threads), ("num", num)):
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise TypeError(f"{name} must be an int, not {type(v).__name__!r}")
+    if not isinstance(idle_time, (int, float)) or isinstance(idle_time, bool):
+        raise TypeError(f"idle_time must be a number, not {type(idle_time).__name__!r}")
+    if threads < 1:
+        raise ValueError("threads must be >= 1")
+    if num < 1:
+        raise ValueError("num must be >= 1")
+    if not idle_time >= 0:
+        raise ValueError("idle_time must be >= 0")
+    return threads, float(idle_time), num

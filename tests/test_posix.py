@@ -1,0 +1,1069 @@
+"""POSIX AIO (xaio.posix): every statement of SPEC §3, with real files, pipes,
+sockets, signals and forks.
+
+Signals: each test that expects a signal blocks it in the main thread first
+(the library's threads block every signal), waits with ``sigtimedwait`` and
+drains what is left before restoring the mask.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import xaio.posix as P
+
+TIMEOUT = 10.0
+SIG = signal.SIGRTMIN + 3
+
+
+# --- helpers -------------------------------------------------------------------------
+
+
+def wait_until(pred: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+    """Poll a condition that has no event to wait on (bounded)."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.001)
+
+
+def wait_done(*cbs: P.aiocb, timeout: float = TIMEOUT) -> None:
+    """Wait until none of *cbs* is in progress."""
+    deadline = time.monotonic() + timeout
+    for cb in cbs:
+        while P.aio_error(cb) == errno.EINPROGRESS:
+            P.aio_suspend([cb], max(0.0, deadline - time.monotonic()))
+
+
+def engine_running() -> int:
+    eng = P._engine
+    return 0 if eng is None else int(eng.statistics()["running"])
+
+
+@contextlib.contextmanager
+def blocked(*sigs: int) -> Iterator[None]:
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        yield
+    finally:
+        for s in sigs:  # never leave a pending signal to kill the process
+            while signal.sigtimedwait([s], 0) is not None:
+                pass
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def next_signal(sig: int = SIG, timeout: float = TIMEOUT) -> Any:
+    info = signal.sigtimedwait([sig], timeout)
+    assert info is not None, "no signal arrived"
+    return info
+
+
+def no_signal(sig: int = SIG) -> bool:
+    return signal.sigtimedwait([sig], 0) is None
+
+
+def sigev(value: int) -> P.sigevent:
+    return P.sigevent(P.SIGEV_SIGNAL, SIG, value)
+
+
+def closed_fd(tmp_path: Path) -> int:
+    """An fd number that is not open (after the engine made its own fds)."""
+    P._get_engine()
+    fd = os.open(tmp_path, os.O_RDONLY)
+    os.close(fd)
+    return fd
+
+
+def open_fds() -> set[int]:
+    return {int(x) for x in os.listdir("/proc/self/fd")}
+
+
+@pytest.fixture(autouse=True)
+def clean_posix() -> Iterator[None]:
+    """Each test starts from a fresh POSIX AIO state and must leave no thread
+    and no fd behind."""
+    P._shutdown()
+    P.aio_init()
+    base_threads = threading.active_count()
+    base_fds = open_fds()
+    yield
+    P._shutdown()
+    P.aio_init()
+    assert threading.active_count() == base_threads
+    leaked = open_fds() - base_fds
+    assert not leaked, f"leaked fds {leaked}"
+
+
+@pytest.fixture
+def dgram() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A datagram socketpair whose sender is full: the next blocking send blocks."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            a.send(b"f" * 512, socket.MSG_DONTWAIT)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def drain(b: socket.socket, *cbs: P.aiocb) -> None:
+    """Receive on *b* until every cb is done."""
+    deadline = time.monotonic() + TIMEOUT
+    b.settimeout(0.01)
+    while any(P.aio_error(cb) == errno.EINPROGRESS for cb in cbs):
+        assert time.monotonic() < deadline
+        with contextlib.suppress(TimeoutError, BlockingIOError):
+            b.recv(65536)
+    b.settimeout(None)
+
+
+@pytest.fixture
+def tfile(tmp_path: Path) -> Iterator[int]:
+    fd = os.open(tmp_path / "f.bin", os.O_RDWR | os.O_CREAT, 0o600)
+    os.write(fd, bytes(range(256)) * 64)
+    yield fd
+    os.close(fd)
+
+
+# --- basics ----------------------------------------------------------------------------
+
+
+def test_constants_have_glibc_values() -> None:
+    assert (P.AIO_CANCELED, P.AIO_NOTCANCELED, P.AIO_ALLDONE) == (0, 1, 2)
+    assert (P.LIO_READ, P.LIO_WRITE, P.LIO_NOP) == (0, 1, 2)
+    assert (P.LIO_WAIT, P.LIO_NOWAIT) == (0, 1)
+    assert (P.SIGEV_SIGNAL, P.SIGEV_NONE, P.SIGEV_THREAD) == (0, 1, 2)
+    assert P.AIO_PRIO_DELTA_MAX == 20
+    assert P.SI_ASYNCIO == -4
+
+
+def test_defaults() -> None:
+    cb = P.aiocb()
+    assert (cb.aio_fildes, cb.aio_offset, cb.aio_buf, cb.aio_nbytes) == (-1, 0, None, None)
+    assert (cb.aio_reqprio, cb.aio_sigevent, cb.aio_lio_opcode) == (0, None, P.LIO_NOP)
+    sev = P.sigevent()
+    assert (sev.sigev_notify, sev.sigev_signo, sev.sigev_value) == (P.SIGEV_NONE, 0, 0)
+    assert sev.sigev_notify_function is None
+
+
+def test_import_starts_no_thread() -> None:
+    code = (
+        "import threading, xaio, xaio.posix, xaio.threads; "
+        "n = threading.active_count(); "
+        "cb = xaio.posix.aiocb(0, 0, bytearray(1)); "
+        "print(n, xaio.posix._engine is None)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert out.stdout.split() == ["1", "True"]
+
+
+def test_read_write_roundtrip(tfile: int) -> None:
+    w = P.aiocb(tfile, 100, b"hello, world")
+    P.aio_write(w)
+    wait_done(w)
+    assert P.aio_error(w) == 0
+    assert P.aio_return(w) == 12
+    buf = bytearray(20)
+    r = P.aiocb(tfile, 100, buf, 12)
+    P.aio_read(r)
+    wait_done(r)
+    assert P.aio_return(r) == 12
+    assert bytes(buf[:12]) == b"hello, world"
+    assert bytes(buf[12:]) == bytes(8)  # nbytes < len(buf): only nbytes touched
+
+
+def test_read_at_eof_returns_zero(tfile: int) -> None:
+    cb = P.aiocb(tfile, 10**9, bytearray(10))
+    P.aio_read(cb)
+    wait_done(cb)
+    assert (P.aio_error(cb), P.aio_return(cb)) == (0, 0)
+
+
+def test_zero_length_and_none_buffer(tfile: int) -> None:
+    cb = P.aiocb(tfile, 0, None, 0)
+    P.aio_read(cb)
+    wait_done(cb)
+    assert P.aio_return(cb) == 0
+
+
+# --- §3.2 aio_read / aio_write --------------------------------------------------------
+
+
+def test_aio_read_returns_at_once_on_empty_pipe(pipe: tuple[int, int]) -> None:
+    r, w = pipe
+    cb = P.aiocb(r, 0, bytearray(5))
+    P.aio_read(cb)
+    assert P.aio_error(cb) == errno.EINPROGRESS
+    with pytest.raises(OSError) as ei:
+        P.aio_return(cb)
+    assert ei.value.errno == errno.EINPROGRESS
+    os.write(w, b"abcde")
+    wait_done(cb)
+    assert P.aio_return(cb) == 5
+    assert bytes(cb.aio_buf) == b"abcde"
+
+
+def test_bad_fd_is_reported_by_aio_error_not_raised(tmp_path: Path) -> None:
+    fd = closed_fd(tmp_path)
+    for cb in (P.aiocb(fd, 0, bytearray(4)), P.aiocb(-1, 0, bytearray(4))):
+        P.aio_read(cb)
+        wait_done(cb)
+        assert P.aio_error(cb) == errno.EBADF
+        assert P.aio_return(cb) == -1
+    cb = P.aiocb(fd, 0, b"data")
+    P.aio_write(cb)
+    wait_done(cb)
+    assert P.aio_error(cb) == errno.EBADF
+
+
+def test_write_on_read_only_fd_is_ebadf_later(tmp_path: Path) -> None:
+    p = tmp_path / "ro"
+    p.write_bytes(b"x" * 10)
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        cb = P.aiocb(fd, 0, b"data")
+        P.aio_write(cb)
+        wait_done(cb)
+        assert (P.aio_error(cb), P.aio_return(cb)) == (errno.EBADF, -1)
+    finally:
+        os.close(fd)
+
+
+def test_negative_offset_is_einval_later(tfile: int) -> None:
+    cb = P.aiocb(tfile, -1, bytearray(4))
+    P.aio_read(cb)
+    wait_done(cb)
+    assert (P.aio_error(cb), P.aio_return(cb)) == (errno.EINVAL, -1)
+
+
+@pytest.mark.parametrize("prio", [-1, P.AIO_PRIO_DELTA_MAX + 1, 1000])
+def test_reqprio_out_of_range_is_immediate_einval(tfile: int, prio: int) -> None:
+    for fn, buf in ((P.aio_read, bytearray(4)), (P.aio_write, b"abcd")):
+        cb = P.aiocb(tfile, 0, buf, aio_reqprio=prio)
+        with pytest.raises(OSError) as ei:
+            fn(cb)
+        assert ei.value.errno == errno.EINVAL
+        with pytest.raises(OSError):  # not submitted
+            P.aio_error(cb)
+
+
+@pytest.mark.parametrize("prio", [0, P.AIO_PRIO_DELTA_MAX])
+def test_reqprio_in_range_is_accepted(tfile: int, prio: int) -> None:
+    cb = P.aiocb(tfile, 0, bytearray(4), aio_reqprio=prio)
+    P.aio_read(cb)
+    wait_done(cb)
+    assert P.aio_return(cb) == 4
+
+
+def test_lio_opcode_ignored_by_aio_read_write(tfile: int) -> None:
+    cb = P.aiocb(tfile, 0, bytearray(4), aio_lio_opcode=P.LIO_WRITE)
+    P.aio_read(cb)
+    wait_done(cb)
+    assert P.aio_return(cb) == 4
+    cb = P.aiocb(tfile, 0, b"zz", aio_lio_opcode=99)
+    P.aio_write(cb)
+    wait_done(cb)
+    assert P.aio_return(cb) == 2
+
+
+def test_type_and_buffer_errors(tfile: int) -> None:
+    with pytest.raises(TypeError):
+        P.aio_read("not an aiocb")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):  # read into a read-only buffer
+        P.aio_read(P.aiocb(tfile, 0, b"read-only"))
+    with pytest.raises(ValueError):  # nbytes larger than the buffer
+        P.aio_read(P.aiocb(tfile, 0, bytearray(4), 5))
+    with pytest.raises(ValueError):
+        P.aio_write(P.aiocb(tfile, 0, None, 3))
+    with pytest.raises(TypeError):
+        P.aio_write(P.aiocb(tfile, 0, "text"))
+    with pytest.raises(TypeError):
+        P.aio_write(P.aiocb("3", 0, b"x"))  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        P.aio_write(P.aiocb(tfile, 1.5, b"x"))  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        P.aio_write(P.aiocb(tfile, 0, b"x", aio_sigevent=5))  # type: ignore[arg-type]
+    with pytest.raises(OSError) as ei:
+        P.aio_write(P.aiocb(tfile, 0, b"x", aio_sigevent=P.sigevent(7)))
+    assert ei.value.errno == errno.EINVAL
+    with pytest.raises(OSError) as ei:
+        P.aio_write(P.aiocb(tfile, 0, b"x", aio_sigevent=P.sigevent(P.SIGEV_SIGNAL, 0)))
+    assert ei.value.errno == errno.EINVAL
+    with pytest.raises(TypeError):
+        P.aio_write(P.aiocb(tfile, 0, b"x", aio_sigevent=P.sigevent(P.SIGEV_THREAD)))
+
+
+def test_resubmitting_in_progress_cb_is_einval(pipe: tuple[int, int]) -> None:
+    r, w = pipe
+    cb = P.aiocb(r, 0, bytearray(1))
+    P.aio_read(cb)
+    with pytest.raises(OSError) as ei:
+        P.aio_read(cb)
+    assert ei.value.errno == errno.EINVAL
+    os.write(w, b"x")
+    wait_done(cb)
+    assert P.aio_return(cb) == 1
+
+
+# --- aio_error / aio_return -----------------------------------------------------------
+
+
+def test_error_and_return_on_never_submitted_cb() -> None:
+    cb = P.aiocb(0, 0, bytearray(1))
+    for fn in (P.aio_error, P.aio_return):
+        with pytest.raises(OSError) as ei:
+            fn(cb)
+        assert ei.value.errno == errno.EINVAL
+
+
+def test_return_only_once_then_resubmit(tfile: int) -> None:
+    cb = P.aiocb(tfile, 0, bytearray(8))
+    P.aio_read(cb)
+    wait_done(cb)
+    assert P.aio_return(cb) == 8
+    with pytest.raises(OSError) as ei:
+        P.aio_return(cb)
+    assert ei.value.errno == errno.EINVAL
+    assert P.aio_error(cb) == 0  # the error status stays readable
+    cb.aio_offset = 16
+    P.aio_read(cb)  # re-submission after retrieval
+    wait_done(cb)
+    assert P.aio_return(cb) == 8
+    assert bytes(cb.aio_buf) == bytes(range(16, 24))
+
+
+# --- aio_fsync -------------------------------------------------------------------------
+
+
+def test_fsync_and_fdatasync(tfile: int) -> None:
+    for op in (os.O_SYNC, os.O_DSYNC):
+        cb = P.aiocb(tfile, aio_reqprio=99)  # reqprio ignored
+        P.aio_fsync(op, cb)
+        wait_done(cb)
+        assert (P.aio_error(cb), P.aio_return(cb)) == (0, 0)
+
+
+def test_fsync_bad_fd_and_bad_op(tfile: int, tmp_path: Path) -> None:
+    fd = closed_fd(tmp_path)
+    for bad in (fd, -1, 2**40):
+        with pytest.raises(OSError) as ei:
+            P.aio_fsync(os.O_SYNC, P.aiocb(bad))
+        assert ei.value.errno == errno.EBADF
+    for op in (0, os.O_RDWR, os.O_SYNC | os.O_APPEND, -1):
+        with pytest.raises(OSError) as ei:
+            P.aio_fsync(op, P.aiocb(tfile))
+        assert ei.value.errno == errno.EINVAL
+    with pytest.raises(TypeError):
+        P.aio_fsync("sync", P.aiocb(tfile))  # type: ignore[arg-type]
+
+
+def test_fsync_waits_for_requests_queued_before_it(
+    dgram: tuple[socket.socket, socket.socket],
+) -> None:
+    a, b = dgram
+    w = P.aiocb(a.fileno(), 0, b"w" * 512)
+    P.aio_write(w)
+    wait_until(lambda: engine_running() == 1)
+    f = P.aiocb(a.fileno())
+    P.aio_fsync(os.O_SYNC, f)
+    # The fsync would finish at once (EINVAL: sockets cannot be synced), but
+    # the write queued before it is blocked, so the fsync must wait.
+    assert P.aio_error(f) == errno.EINPROGRESS
+    with pytest.raises(OSError) as ei:
+        P.aio_suspend([f], 0.05)
+    assert ei.value.errno == errno.EAGAIN
+    assert P.aio_error(f) == errno.EINPROGRESS
+    drain(b, w, f)
+    assert P.aio_return(w) == 512
+    assert P.aio_error(f) == errno.EINVAL
+
+
+# --- aio_suspend -----------------------------------------------------------------------
+
+
+def test_suspend_timeout_is_eagain(pipe: tuple[int, int]) -> None:
+    r, w = pipe
+    cb = P.aiocb(r, 0, bytearray(1))
+    P.aio_read(cb)
+    t0 = time.monotonic()
+    with pytest.raises(OSError) as ei:
+        P.aio_suspend([cb], 0.05)
+    assert ei.value.errno == errno.EAGAIN
+    assert time.monotonic() - t0 >= 0.04
+    with pytest.raises(OSError) as ei:
+        P.aio_suspend([None, cb, None], 0)
+    assert ei.value.errno == errno.EAGAIN
+    os.write(w, b"x")
+    wait_done(cb)
+
+
+def test_suspend_returns_at_once(tfile: int, pipe: tuple[int, int]) -> None:
+    r, w = pipe
+    P.aio_suspend([])
+    P.aio_suspend([None, None])
+    pending = P.aiocb(r, 0, bytearray(1))
+    P.aio_read(pending)
+    P.aio_suspend([pending, P.aiocb(tfile)])  # never submitted: not in progress
+    done = P.aiocb(tfile, 0, bytearray(1))
+    P.aio_read(done)
+    wait_done(done)
+    P.aio_suspend([pending, None, done])
+    P.aio_return(done)
+    P.aio_suspend([pending, done], 0)  # retrieved: still not in progress
+    os.write(w, b"x")
+    wait_done(pending)
+
+
+def test_suspend_wakes_on_completion(pipe: tuple[int, int]) -> None:
+    r, w = pipe
+    cbs = [P.aiocb(r, 0, bytearray(1)) for _ in range(3)]
+    for cb in cbs:
+        P.aio_read(cb)
+    result: list[BaseException | None] = []
+
+    def waiter() -> None:
+        try:
+            P.aio_suspend([None, *cbs[1:], cbs[0]], TIMEOUT)
+            result.append(None)
+        except BaseException as e:  # pragma: no cover
+            result.append(e)
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    os.write(w, b"1")
+    t.join(TIMEOUT)
+    assert result == [None]
+    os.write(w, b"23")
+    wait_done(*cbs)
+    # pipe reads are serialised: they complete in submission order
+    assert [bytes(cb.aio_buf) for cb in cbs] == [b"1", b"2", b"3"]
+
+
+def test_suspend_bad_arguments(pipe: tuple[int, int]) -> None:
+    with pytest.raises(TypeError):
+        P.aio_suspend([1])  # type: ignore[list-item]
+    with pytest.raises(TypeError):
+        P.aio_suspend(P.aiocb())  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        P.aio_suspend([], "1")  # type: ignore[arg-type]
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(OSError) as ei:
+            P.aio_suspend([], bad)
+        assert ei.value.errno == errno.EINVAL
+
+
+# --- §3.1 aio_cancel -------------------------------------------------------------------
+
+
+def test_cancel_all_on_blocked_socket(dgram: tuple[socket.socket, socket.socket]) -> None:
+    a, b = dgram
+    fd = a.fileno()
+    cbs = [P.aiocb(fd, 0, bytes([65 + i]) * 512, aio_sigevent=sigev(i)) for i in range(4)]
+    with blocked(SIG):
+        for cb in cbs:
+            P.aio_write(cb)
+        wait_until(lambda: engine_running() == 1)
+        assert P.aio_cancel(fd, None) == P.AIO_NOTCANCELED
+        assert P.aio_error(cbs[0]) == errno.EINPROGRESS  # the blocked one runs on
+        for cb in cbs[1:]:
+            assert P.aio_error(cb) == errno.ECANCELED
+            assert P.aio_return(cb) == -1
+        # the cancelled requests' notifications happened, in order
+        got = [next_signal().si_status for _ in range(3)]
+        assert got == [1, 2, 3]
+        assert no_signal()
+        drain(b, cbs[0])
+        info = next_signal()
+        assert (info.si_code, info.si_status) == (P.SI_ASYNCIO, 0)
+    assert P.aio_return(cbs[0]) == 512
+    assert P.aio_cancel(fd, None) == P.AIO_ALLDONE
+    assert P.aio_cancel(fd, cbs[0]) == P.AIO_ALLDONE
+
+
+def test_cancel_one_queued_request(dgram: tuple[socket.socket, socket.socket]) -> None:
+    a, b = dgram
+    fd = a.fileno()
+    cbs = [P.aiocb(fd, 0, bytes([65 + i]) * 512) for i in range(3)]
+    for cb in cbs:
+        P.aio_write(cb)
+    wait_until(lambda: engine_running() == 1)
+    assert P.aio_cancel(fd, cbs[1]) == P.AIO_CANCELED
+    assert P.aio_error(cbs[1]) == errno.ECANCELED
+    assert P.aio_error(cbs[0]) == errno.EINPROGRESS
+    assert P.aio_error(cbs[2]) == errno.EINPROGRESS
+    assert P.aio_cancel(fd, cbs[0]) == P.AIO_NOTCANCELED  # running
+    assert P.aio_cancel(fd, cbs[1]) == P.AIO_ALLDONE  # already cancelled
+    received = []
+    deadline = time.monotonic() + TIMEOUT
+    b.settimeout(0.01)
+    while P.aio_error(cbs[0]) == errno.EINPROGRESS or P.aio_error(cbs[2]) == errno.EINPROGRESS:
+        assert time.monotonic() < deadline
+        with contextlib.suppress(TimeoutError):
+            received.append(b.recv(65536)[:1])
+    assert P.aio_return(cbs[0]) == P.aio_return(cbs[2]) == 512
+    with contextlib.suppress(TimeoutError):
+        while True:
+            received.append(b.recv(65536)[:1])
+    assert b"B" not in received
+    assert received[-2:] == [b"A", b"C"]
+
+
+def test_cancel_with_cb_ignores_fd(dgram: tuple[socket.socket, socket.socket], tfile: int) -> None:
+    a, b = dgram
+    cbs = [P.aiocb(a.fileno(), 0, b"x" * 512) for _ in range(2)]
+    for cb in cbs:
+        P.aio_write(cb)
+    wait_until(lambda: engine_running() == 1)
+    assert P.aio_cancel(tfile, cbs[1]) == P.AIO_CANCELED  # another (open) fd
+    assert P.aio_error(cbs[1]) == errno.ECANCELED
+    drain(b, cbs[0])
+
+
+def test_cancel_errors(tfile: int, tmp_path: Path) -> None:
+    fd = closed_fd(tmp_path)
+    never = P.aiocb(tfile, 0, bytearray(1))
+    for bad in (fd, -1, 2**40):
+        for cb in (None, never):  # EBADF is checked first, with or without a cb
+            with pytest.raises(OSError) as ei:
+                P.aio_cancel(bad, cb)
+            assert ei.value.errno == errno.EBADF
+    with pytest.raises(OSError) as ei:
+        P.aio_cancel(tfile, never)
+    assert ei.value.errno == errno.EINVAL
+    with pytest.raises(TypeError):
+        P.aio_cancel("1")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        P.aio_cancel(tfile, 5)  # type: ignore[arg-type]
+
+
+def test_cancel_alldone(tfile: int) -> None:
+    assert P.aio_cancel(tfile) == P.AIO_ALLDONE  # nothing queued
+    cb = P.aiocb(tfile, 0, bytearray(4))
+    P.aio_read(cb)
+    wait_done(cb)
+    assert P.aio_cancel(tfile, cb) == P.AIO_ALLDONE
+    assert P.aio_cancel(tfile) == P.AIO_ALLDONE
+    assert P.aio_return(cb) == 4  # not modified by the cancel
+
+
+def test_cancel_wakes_suspend_and_thread_notification(
+    dgram: tuple[socket.socket, socket.socket],
+) -> None:
+    a, b = dgram
+    got: list[Any] = []
+    called = threading.Event()
+
+    def notify(value: Any) -> None:
+        got.append((value, threading.current_thread() is threading.main_thread()))
+        called.set()
+
+    w0 = P.aiocb(a.fileno(), 0, b"x" * 512)
+    w1 = P.aiocb(
+        a.fileno(), 0, b"y" * 512, aio_sigevent=P.sigevent(P.SIGEV_THREAD, 0, "v1", notify)
+    )
+    P.aio_write(w0)
+    P.aio_write(w1)
+    wait_until(lambda: engine_running() == 1)
+    woke: list[bool] = []
+    t = threading.Thread(target=lambda: (P.aio_suspend([w1], TIMEOUT), woke.append(True)))
+    t.start()
+    assert P.aio_cancel(a.fileno(), w1) == P.AIO_CANCELED
+    t.join(TIMEOUT)
+    assert woke == [True]
+    assert called.wait(TIMEOUT)
+    assert got == [("v1", False)]
+    drain(b, w0)
+
+
+def test_cancelled_request_makes_lio_wait_fail(
+    dgram: tuple[socket.socket, socket.socket],
+) -> None:
+    a, b = dgram
+    cbs = [P.aiocb(a.fileno(), 0, b"z" * 512, aio_lio_opcode=P.LIO_WRITE) for _ in range(2)]
+    err: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            P.lio_listio(P.LIO_WAIT, cbs)
+        except OSError as e:
+            err.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    wait_until(lambda: P.aio_error(cbs[1]) == errno.EINPROGRESS and engine_running() == 1)
+    assert P.aio_cancel(a.fileno(), cbs[1]) == P.AIO_CANCELED
+    drain(b, cbs[0])
+    t.join(TIMEOUT)
+    assert not t.is_alive()
+    assert len(err) == 1 and err[0].errno == errno.EIO
+    assert P.aio_return(cbs[0]) == 512
+    assert P.aio_error(cbs[1]) == errno.ECANCELED
+
+
+# --- lio_listio ------------------------------------------------------------------------
+
+
+def test_lio_wait_reads_and_writes(tfile: int) -> None:
+    bufs = [bytearray(16) for _ in range(8)]
+    reads = [P.aiocb(tfile, 16 * i, bufs[i], aio_lio_opcode=P.LIO_READ) for i in range(8)]
+    P.lio_listio(P.LIO_WAIT, [None, *reads, P.aiocb(aio_lio_opcode=P.LIO_NOP)])
+    for i, cb in enumerate(reads):
+        assert P.aio_return(cb) == 16
+        assert bytes(bufs[i]) == bytes(range(16 * i, 16 * i + 16))
+    w = P.aiocb(tfile, 5000, b"abc", aio_lio_opcode=P.LIO_WRITE)
+    P.lio_listio(P.LIO_WAIT, [w], sig=sigev(1))  # sig ignored with LIO_WAIT
+    assert P.aio_return(w) == 3
+    assert os.pread(tfile, 3, 5000) == b"abc"
+    P.lio_listio(P.LIO_WAIT, [])
+
+
+def test_lio_wait_dev_full_is_eio() -> None:
+    fd = os.open("/dev/full", os.O_WRONLY)
+    try:
+        ok = P.aiocb(fd, 0, bytearray(4), aio_lio_opcode=P.LIO_READ)  # /dev/full reads zeros
+        bad = P.aiocb(fd, 0, b"data", aio_lio_opcode=P.LIO_WRITE)
+        fdr = os.open("/dev/full", os.O_RDONLY)
+        try:
+            ok.aio_fildes = fdr
+            with pytest.raises(OSError) as ei:
+                P.lio_listio(P.LIO_WAIT, [ok, bad])
+            assert ei.value.errno == errno.EIO
+            assert (P.aio_error(bad), P.aio_return(bad)) == (errno.ENOSPC, -1)
+            assert (P.aio_error(ok), P.aio_return(ok)) == (0, 4)
+        finally:
+            os.close(fdr)
+    finally:
+        os.close(fd)
+
+
+def test_lio_nowait_notifications_in_order(tfile: int) -> None:
+    cbs = [
+        P.aiocb(tfile, i, bytearray(1), aio_lio_opcode=P.LIO_READ, aio_sigevent=sigev(i + 1))
+        for i in range(5)
+    ]
+    with blocked(SIG):
+        P.lio_listio(P.LIO_NOWAIT, cbs, sig=sigev(100))
+        values = [next_signal().si_status for _ in range(6)]
+        assert no_signal()
+    assert sorted(values[:5]) == [1, 2, 3, 4, 5]
+    assert values[5] == 100  # the list notification comes last
+    assert [P.aio_return(cb) for cb in cbs] == [1] * 5
+
+
+def test_lio_nowait_empty_list_notifies_at_once() -> None:
+    with blocked(SIG):
+        P.lio_listio(P.LIO_NOWAIT, [None, P.aiocb()], sig=sigev(7))
+        assert next_signal(timeout=1).si_status == 7
+        P.lio_listio(P.LIO_NOWAIT, [])  # no sig: nothing
+        assert no_signal()
+
+
+def test_lio_nowait_returns_at_once(pipe: tuple[int, int]) -> None:
+    r, w = pipe
+    cb = P.aiocb(r, 0, bytearray(2), aio_lio_opcode=P.LIO_READ)
+    P.lio_listio(P.LIO_NOWAIT, [cb])
+    assert P.aio_error(cb) == errno.EINPROGRESS
+    os.write(w, b"ok")
+    wait_done(cb)
+    assert P.aio_return(cb) == 2
+
+
+def test_lio_bad_opcode_and_mode(tfile: int) -> None:
+    bad = P.aiocb(tfile, 0, bytearray(1), aio_lio_opcode=42)
+    good = P.aiocb(tfile, 0, bytearray(1), aio_lio_opcode=P.LIO_READ)
+    P.lio_listio(P.LIO_NOWAIT, [bad, good])
+    wait_done(bad, good)
+    assert (P.aio_error(bad), P.aio_return(bad)) == (errno.EINVAL, -1)
+    assert P.aio_return(good) == 1
+    with pytest.raises(OSError) as ei:
+        P.lio_listio(P.LIO_WAIT, [P.aiocb(tfile, 0, bytearray(1), aio_lio_opcode=7)])
+    assert ei.value.errno == errno.EIO
+    for mode in (2, -1, 99):
+        with pytest.raises(OSError) as ei:
+            P.lio_listio(mode, [good])
+        assert ei.value.errno == errno.EINVAL
+    with pytest.raises(TypeError):
+        P.lio_listio(P.LIO_WAIT, [1])  # type: ignore[list-item]
+    with pytest.raises(TypeError):
+        P.lio_listio(P.LIO_WAIT, good)  # type: ignore[arg-type]
+
+
+def test_lio_reqprio_out_of_range(tfile: int) -> None:
+    bad = P.aiocb(tfile, 0, bytearray(1), aio_lio_opcode=P.LIO_READ, aio_reqprio=50)
+    good = P.aiocb(tfile, 0, bytearray(1), aio_lio_opcode=P.LIO_READ)
+    with pytest.raises(OSError) as ei:
+        P.lio_listio(P.LIO_NOWAIT, [good, bad])
+    assert ei.value.errno == errno.EIO
+    wait_done(good, bad)
+    assert P.aio_error(bad) == errno.EINVAL
+    assert P.aio_return(good) == 1
+
+
+def test_lio_type_error_queues_nothing(tfile: int) -> None:
+    good = P.aiocb(tfile, 0, bytearray(1), aio_lio_opcode=P.LIO_READ)
+    bad = P.aiocb(tfile, 0, b"ro", aio_lio_opcode=P.LIO_READ)
+    with pytest.raises(TypeError):
+        P.lio_listio(P.LIO_WAIT, [good, bad])
+    with pytest.raises(OSError):
+        P.aio_error(good)  # never submitted
+
+
+# --- notification ---------------------------------------------------------------------
+
+
+def test_sigev_signal_siginfo(tfile: int) -> None:
+    cb = P.aiocb(tfile, 0, bytearray(1), aio_sigevent=sigev(0x1234567))
+    with blocked(SIG):
+        P.aio_read(cb)
+        info = next_signal()
+        assert info.si_signo == SIG
+        assert info.si_code == P.SI_ASYNCIO
+        assert info.si_pid == os.getpid()
+        assert info.si_uid == os.getuid()
+        assert info.si_status == 0x1234567  # si_value's low 32 bits
+    assert P.aio_return(cb) == 1
+
+
+def test_sigev_thread_slow_callback_does_not_delay_others(tfile: int) -> None:
+    release = threading.Event()
+    fast_done = threading.Event()
+    seen: list[Any] = []
+
+    def slow(value: Any) -> None:
+        seen.append(value)
+        assert release.wait(TIMEOUT)
+
+    def fast(value: Any) -> None:
+        seen.append(value)
+        fast_done.set()
+
+    c1 = P.aiocb(tfile, 0, bytearray(1), aio_sigevent=P.sigevent(P.SIGEV_THREAD, 0, "s", slow))
+    P.aio_read(c1)
+    wait_until(lambda: "s" in seen)
+    c2 = P.aiocb(tfile, 0, bytearray(1), aio_sigevent=P.sigevent(P.SIGEV_THREAD, 0, "f", fast))
+    P.aio_read(c2)
+    assert fast_done.wait(TIMEOUT), "a slow SIGEV_THREAD callback delayed another"
+    # and completions are not delayed either
+    c3 = P.aiocb(tfile, 0, bytearray(1))
+    P.aio_read(c3)
+    wait_done(c3)
+    release.set()
+    assert seen == ["s", "f"]
+
+
+def test_library_threads_block_all_signals(tfile: int) -> None:
+    masks: list[set[int]] = []
+
+    def notify(_: Any) -> None:
+        masks.append(set(signal.pthread_sigmask(signal.SIG_BLOCK, [])))
+
+    cb = P.aiocb(tfile, 0, bytearray(1), aio_sigevent=P.sigevent(P.SIGEV_THREAD, 0, 0, notify))
+    P.aio_read(cb)
+    wait_until(lambda: bool(masks))
+    assert {signal.SIGUSR1, signal.SIGINT, signal.SIGTERM, SIG} <= masks[0]
+    for t in threading.enumerate():
+        if t.name.startswith("xaio-") and t.native_id is not None:
+            with contextlib.suppress(FileNotFoundError):
+                status = Path(f"/proc/self/task/{t.native_id}/status").read_text()
+                line = next(x for x in status.splitlines() if x.startswith("SigBlk"))
+                blk = int(line.split()[1], 16)
+                for s in (signal.SIGUSR1, signal.SIGINT, signal.SIGTERM, SIG):
+                    assert blk & (1 << (s - 1)), (t.name, s)
+
+
+# --- ordering --------------------------------------------------------------------------
+
+
+def test_append_writes_land_in_submission_order(tmp_path: Path) -> None:
+    fd = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        recs = [f"record {i:04d}\n".encode() for i in range(200)]
+        cbs = [P.aiocb(fd, 0, r) for r in recs]
+        for cb in cbs:
+            P.aio_write(cb)
+        wait_done(*cbs)
+        assert all(P.aio_return(cb) == 12 for cb in cbs)
+    finally:
+        os.close(fd)
+    assert (tmp_path / "log").read_bytes() == b"".join(recs)
+
+
+def test_pipe_writes_in_submission_order(pipe: tuple[int, int]) -> None:
+    r, w = pipe
+    chunks = [bytes([i % 256]) * 1000 for i in range(100)]  # 100 kB > pipe buffer
+    cbs = [P.aiocb(w, 0, c) for c in chunks]
+    for cb in cbs:
+        P.aio_write(cb)
+    out = bytearray()
+    while len(out) < 100_000:
+        out += os.read(r, 65536)
+    wait_done(*cbs)
+    assert bytes(out) == b"".join(chunks)
+
+
+def test_positional_io_on_regular_file_is_not_serialised(
+    tfile: int, pipe: tuple[int, int], dgram: tuple[socket.socket, socket.socket]
+) -> None:
+    # One worker is stuck on a socket; with threads=3 the other two take the
+    # file reads, which are all ready at once (not held behind each other).
+    P.aio_init(threads=3)
+    a, b = dgram
+    blocker = P.aiocb(a.fileno(), 0, b"q" * 512)
+    P.aio_write(blocker)
+    r, _w = pipe
+    reads = [P.aiocb(r, 0, bytearray(1)) for _ in range(2)]
+    for cb in reads:
+        P.aio_read(cb)
+    eng = P._engine
+    assert eng is not None
+    lanes = eng._lanes  # type: ignore[attr-defined]
+    assert lanes[a.fileno()].serial and lanes[r].serial
+    assert len(lanes[r].held) == 1  # stream: the second read waits for the first
+    cbs = [P.aiocb(tfile, i * 10, bytearray(10)) for i in range(20)]
+    for cb in cbs:
+        P.aio_read(cb)
+    wait_done(*cbs)
+    assert all(P.aio_return(cb) == 10 for cb in cbs)
+    os.write(_w, b"12")
+    drain(b, blocker, *reads)
+
+
+# --- threads, idle time, fork, concurrency ---------------------------------------------
+
+
+def test_aio_init_threads_and_idle_time(tfile: int) -> None:
+    base = threading.active_count()
+    P.aio_init(threads=2, num=8, idle_time=0.05)
+    cbs = [P.aiocb(tfile, i, bytearray(1)) for i in range(50)]
+    for cb in cbs:
+        P.aio_read(cb)
+    wait_done(*cbs)
+    eng = P._engine
+    assert eng is not None
+    st_ = eng.statistics()
+    assert st_["max_threads"] == 2 and st_["num"] == 8 and st_["spawned"] <= 2
+    assert threading.active_count() <= base + 2
+    wait_until(lambda: threading.active_count() == base, timeout=5)  # idle threads exit
+
+
+def test_aio_init_bad_arguments() -> None:
+    with pytest.raises(ValueError):
+        P.aio_init(threads=0)
+    with pytest.raises(ValueError):
+        P.aio_init(idle_time=-1)
+    with pytest.raises(TypeError):
+        P.aio_init(threads="2")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        P.aio_init(engine=3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        P.aio_init(engine="nonsense")
+
+
+def test_other_engine_through_reaper(tfile: int) -> None:
+    from xaio.threads import ThreadEngine
+
+    eng = ThreadEngine(threads=2)  # reap mode: posix needs its reaper thread
+    try:
+        P.aio_init(engine=eng)
+        cb = P.aiocb(tfile, 0, bytearray(3))
+        P.aio_read(cb)
+        wait_done(cb)
+        assert P.aio_return(cb) == 3
+        P.aio_init()  # back to the default engine
+    finally:
+        P._shutdown()
+        eng.close()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fork() with threads (3.12+)
+def test_forked_child_can_use_aio(tfile: int, pipe: tuple[int, int]) -> None:
+    r, w = pipe
+    parent_cb = P.aiocb(r, 0, bytearray(4))
+    P.aio_read(parent_cb)  # stays in progress across the fork
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            try:
+                P.aio_error(parent_cb)
+                code = 2  # the parent's request must not be inherited
+            except OSError as e:
+                if e.errno == errno.EINVAL:
+                    cb = P.aiocb(tfile, 0, bytearray(4))
+                    P.aio_read(cb)
+                    P.aio_suspend([cb], 5)
+                    if P.aio_error(cb) == 0 and bytes(cb.aio_buf) == bytes(range(4)):
+                        code = 0
+                    P._shutdown()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert P.aio_error(parent_cb) == errno.EINPROGRESS
+    os.write(w, b"data")
+    wait_done(parent_cb)
+    assert P.aio_return(parent_cb) == 4
+    assert bytes(parent_cb.aio_buf) == b"data"
+
+
+def test_random_submit_and_cancel_from_20_threads(
+    tfile: int, dgram: tuple[socket.socket, socket.socket]
+) -> None:
+    a, b = dgram
+    ends: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def notify(i: Any) -> None:
+        with lock:
+            ends[i] = ends.get(i, 0) + 1
+
+    all_cbs: list[P.aiocb] = []
+    errors: list[BaseException] = []
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            for k in range(40):
+                i = seed * 1000 + k
+                sev = P.sigevent(P.SIGEV_THREAD, 0, i, notify)
+                if rng.random() < 0.3:
+                    cb = P.aiocb(a.fileno(), 0, b"s" * 256, aio_sigevent=sev)
+                    P.aio_write(cb)
+                else:
+                    cb = P.aiocb(tfile, rng.randrange(16000), bytearray(64), aio_sigevent=sev)
+                    P.aio_read(cb)
+                with lock:
+                    all_cbs.append(cb)
+                r = rng.random()
+                if r < 0.3:
+                    P.aio_cancel(cb.aio_fildes, cb)
+                elif r < 0.4:
+                    P.aio_cancel(rng.choice([a.fileno(), tfile]))
+        except BaseException as e:  # pragma: no cover
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(TIMEOUT)
+    assert not errors
+    assert P.aio_cancel(a.fileno()) in (P.AIO_CANCELED, P.AIO_NOTCANCELED, P.AIO_ALLDONE)
+    drain(b, *all_cbs)
+    assert len(all_cbs) == 800
+    wait_until(lambda: len(ends) == 800)
+    assert set(ends.values()) == {1}
+    for cb in all_cbs:
+        e = P.aio_error(cb)
+        ret = P.aio_return(cb)
+        if e == 0:
+            assert ret in (64, 256)
+        else:
+            assert e == errno.ECANCELED and ret == -1
+
+
+# --- hypothesis: argument checking of the public entry points ------------------------
+
+_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True),
+    st.text(max_size=3),
+    st.binary(max_size=8),
+    st.builds(bytearray, st.binary(max_size=8)),
+    st.builds(lambda b: memoryview(b), st.binary(max_size=8)),
+    st.lists(st.integers(0, 3), max_size=2),
+)
+_ALLOWED = (TypeError, ValueError, OSError)
+
+
+def _settle(cbs: list[Any]) -> None:
+    for cb in cbs:
+        if isinstance(cb, P.aiocb) and cb._state == 1:
+            P.aio_suspend([cb], TIMEOUT)
+            assert P.aio_error(cb) != errno.EINPROGRESS
+
+
+@pytest.fixture(scope="module")
+def fuzz_fd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    p = tmp_path_factory.mktemp("fuzz") / "f"
+    p.write_bytes(b"x" * 100)
+    fd = os.open(p, os.O_RDWR)
+    yield fd
+    os.close(fd)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    fd_choice=st.sampled_from(["file", "bad", "neg", "huge", "str"]),
+    offset=_values,
+    buf=_values,
+    nbytes=_values,
+    prio=_values,
+    opcode=_values,
+    sev_kind=st.sampled_from(["none", "obj", "signal-bad", "thread-bad", "garbage"]),
+    which=st.sampled_from(["read", "write", "fsync", "cancel", "lio", "suspend", "init"]),
+    extra=_values,
+)
+def test_fuzz_argument_checking(
+    fuzz_fd: int,
+    fd_choice: str,
+    offset: Any,
+    buf: Any,
+    nbytes: Any,
+    prio: Any,
+    opcode: Any,
+    sev_kind: str,
+    which: str,
+    extra: Any,
+) -> None:
+    fd = {"file": fuzz_fd, "bad": 987654, "neg": -5, "huge": 2**40, "str": "3"}[fd_choice]
+    sev = {
+        "none": None,
+        "obj": P.sigevent(),
+        "signal-bad": P.sigevent(P.SIGEV_SIGNAL, 0, extra),
+        "thread-bad": P.sigevent(P.SIGEV_THREAD, 0, 0, extra),
+        "garbage": extra,
+    }[sev_kind]
+    cb = P.aiocb(fd, offset, buf, nbytes, prio, sev, opcode)
+    try:
+        if which == "read":
+            P.aio_read(cb)
+        elif which == "write":
+            P.aio_write(cb)
+        elif which == "fsync":
+            P.aio_fsync(extra, cb)
+        elif which == "cancel":
+            P.aio_cancel(fd, cb if extra is None else extra)
+        elif which == "lio":
+            P.lio_listio(extra if isinstance(extra, int) else P.LIO_NOWAIT, [cb, None])
+        elif which == "suspend":
+            P.aio_suspend([cb], extra)
+        else:
+            P.aio_init(extra, 64, 1.0)
+    except OSError as e:
+        assert e.errno in (errno.EINVAL, errno.EBADF, errno.EAGAIN, errno.EIO)
+    except _ALLOWED:
+        pass
+    _settle([cb])
