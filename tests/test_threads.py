@@ -1,0 +1,344 @@
+"""The thread engine (xaio.threads.ThreadEngine) against the Engine protocol:
+reap in the caller's thread, eventfd readiness, honest cancel, per-fd
+ordering, lazy and idle-exiting workers, close."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import gc
+import os
+import select
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from xaio._ops import CancelOutcome, OpCode, Operation, OpState
+from xaio.engine import EngineClosedError
+from xaio.threads import ThreadEngine
+
+TIMEOUT = 10.0
+
+
+def wait_until(pred: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.001)
+
+
+def reap_until(eng: ThreadEngine, ops: list[Operation], timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(op.done for op in ops):
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, "operations did not complete"
+        eng.reap(remaining)
+
+
+@pytest.fixture(autouse=True)
+def no_thread_leak() -> Iterator[None]:
+    base = threading.active_count()
+    yield
+    assert threading.active_count() == base
+
+
+@pytest.fixture
+def eng() -> Iterator[ThreadEngine]:
+    e = ThreadEngine(threads=4, idle_time=1.0)
+    yield e
+    e.close()
+
+
+@pytest.fixture
+def tfile(tmp_path: Path) -> Iterator[int]:
+    fd = os.open(tmp_path / "t.bin", os.O_RDWR | os.O_CREAT, 0o600)
+    os.write(fd, bytes(range(256)) * 16)
+    yield fd
+    os.close(fd)
+
+
+@pytest.fixture
+def full_dgram() -> Iterator[tuple[socket.socket, socket.socket]]:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            a.send(b"f" * 512, socket.MSG_DONTWAIT)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def test_constructing_starts_no_thread() -> None:
+    base = threading.active_count()
+    e = ThreadEngine()
+    assert threading.active_count() == base
+    assert e.name == "thread" and not e.closed
+    e.close()
+    assert e.closed
+
+
+def test_reap_in_callers_thread_and_eventfd(eng: ThreadEngine, tfile: int) -> None:
+    where: list[threading.Thread] = []
+    buf = bytearray(16)
+    op = Operation(
+        OpCode.READ, tfile, [buf], 32, on_done=lambda o: where.append(threading.current_thread())
+    )
+    assert eng.submit([op]) == 1
+    r, _, _ = select.select([eng.fileno()], [], [], TIMEOUT)
+    assert r == [eng.fileno()]  # readable while a completion waits
+    assert not op.done  # nothing is delivered before reap
+    assert eng.reap(0) == 1
+    assert op.done and op.result == 16 and op.value() == 16
+    assert bytes(buf) == bytes(range(32, 48))
+    assert where == [threading.current_thread()]
+    r, _, _ = select.select([eng.fileno()], [], [], 0)
+    assert r == []  # reap cleared it
+    assert eng.reap(0) == 0
+    assert eng.reap(0.01) == 0  # times out
+
+
+def test_all_opcodes(eng: ThreadEngine, tfile: int, tmp_path: Path) -> None:
+    a, b = bytearray(3), bytearray(5)
+    ops = [
+        Operation(OpCode.WRITE, tfile, [b"hello"], 1000),
+        Operation(OpCode.WRITEV, tfile, [b"ab", b"cd"], 2000),
+        Operation(OpCode.FSYNC, tfile),
+        Operation(OpCode.FDATASYNC, tfile),
+        Operation(OpCode.NOP, tfile),
+        Operation(OpCode.POLL, tfile, flags=select.POLLIN),
+    ]
+    eng.submit(ops)
+    reap_until(eng, ops)
+    assert [op.result for op in ops] == [5, 4, 0, 0, 0, select.POLLIN]
+    rv = Operation(OpCode.READV, tfile, [a, b], 2000)
+    eng.submit([rv])
+    reap_until(eng, [rv])
+    assert rv.result == 8 and bytes(a) == b"abc" and bytes(b)[:1] == b"d"
+
+
+def test_errors_become_negative_errno(eng: ThreadEngine, tmp_path: Path) -> None:
+    fd = os.open(tmp_path / "ro", os.O_RDONLY | os.O_CREAT)
+    try:
+        ops = [
+            Operation(OpCode.READ, 987654, [bytearray(1)], 0),
+            Operation(OpCode.WRITE, fd, [b"x"], 0),
+            Operation(OpCode.READ, fd, [bytearray(1)], 2**62),
+        ]
+        eng.submit(ops)
+        reap_until(eng, ops)
+        assert [op.result for op in ops] == [-errno.EBADF, -errno.EBADF, 0]
+        with pytest.raises(OSError) as ei:
+            ops[0].value()
+        assert ei.value.errno == errno.EBADF
+    finally:
+        os.close(fd)
+
+
+def test_stream_read_with_offset_falls_back_to_read(eng: ThreadEngine) -> None:
+    r, w = os.pipe()
+    try:
+        os.write(w, b"abc")
+        op = Operation(OpCode.READ, r, [bytearray(3)], 12345)  # offset ignored on a pipe
+        eng.submit([op])
+        reap_until(eng, [op])
+        assert op.result == 3
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_cancel_outcomes(
+    eng: ThreadEngine, full_dgram: tuple[socket.socket, socket.socket]
+) -> None:
+    a, b = full_dgram
+    ops = [Operation(OpCode.WRITE, a.fileno(), [bytes([65 + i]) * 512]) for i in range(3)]
+    eng.submit(ops)
+    wait_until(lambda: eng.statistics()["running"] == 1)
+    assert ops[0].state is OpState.SUBMITTED
+    assert eng.cancel(ops[0]) is CancelOutcome.RUNNING
+    assert eng.cancel(ops[1]) is CancelOutcome.CANCELED
+    assert eng.cancel(ops[1]) is CancelOutcome.CANCELED  # not yet reaped
+    assert not ops[1].done
+    assert eng.reap(0) == 1
+    assert ops[1].result == -errno.ECANCELED
+    assert eng.cancel(ops[1]) is CancelOutcome.DONE
+    assert eng.cancel(Operation(OpCode.NOP, 0)) is CancelOutcome.DONE  # unknown
+    b.settimeout(0.01)
+    deadline = time.monotonic() + TIMEOUT
+    while not (ops[0].done and ops[2].done):
+        assert time.monotonic() < deadline
+        with contextlib.suppress(TimeoutError):
+            b.recv(4096)
+        eng.reap(0)
+    assert ops[0].result == ops[2].result == 512
+    st = eng.statistics()
+    assert st["cancelled"] == 1 and st["completed"] == 3 and st["submitted"] == 3
+
+
+def test_fsync_is_a_barrier(
+    eng: ThreadEngine, full_dgram: tuple[socket.socket, socket.socket]
+) -> None:
+    a, b = full_dgram
+    w = Operation(OpCode.WRITE, a.fileno(), [b"w" * 512])
+    f = Operation(OpCode.FSYNC, a.fileno())
+    eng.submit([w, f])
+    wait_until(lambda: eng.statistics()["running"] == 1)
+    assert eng.reap(0.05) == 0
+    assert not f.done
+    b.settimeout(0.01)
+    deadline = time.monotonic() + TIMEOUT
+    while not f.done:
+        assert time.monotonic() < deadline
+        with contextlib.suppress(TimeoutError):
+            b.recv(4096)
+        eng.reap(0)
+    assert w.result == 512 and f.result == -errno.EINVAL
+
+
+def test_append_fd_is_serialised(eng: ThreadEngine, tmp_path: Path) -> None:
+    fd = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        recs = [f"{i:05d}\n".encode() for i in range(300)]
+        ops = [Operation(OpCode.WRITE, fd, [r], 0) for r in recs]
+        eng.submit(ops)
+        reap_until(eng, ops)
+    finally:
+        os.close(fd)
+    assert (tmp_path / "log").read_bytes() == b"".join(recs)
+
+
+def test_idle_workers_exit_and_max_threads(tfile: int) -> None:
+    base = threading.active_count()
+    e = ThreadEngine(threads=2, idle_time=0.02)
+    try:
+        ops = [Operation(OpCode.READ, tfile, [bytearray(8)], i) for i in range(100)]
+        e.submit(ops)
+        assert threading.active_count() <= base + 2
+        reap_until(e, ops)
+        assert e.statistics()["spawned"] <= 100
+        wait_until(lambda: e.statistics()["threads"] == 0, timeout=5)
+        wait_until(lambda: threading.active_count() == base, timeout=5)
+        more = [Operation(OpCode.READ, tfile, [bytearray(8)], 0)]
+        e.submit(more)  # a new worker is started for new work
+        reap_until(e, more)
+    finally:
+        e.close()
+
+
+def test_close_cancels_queued_and_refuses_more(
+    full_dgram: tuple[socket.socket, socket.socket],
+) -> None:
+    a, b = full_dgram
+    e = ThreadEngine(threads=1)
+    ops = [Operation(OpCode.WRITE, a.fileno(), [b"x" * 512]) for _ in range(3)]
+    e.submit(ops)
+    wait_until(lambda: e.statistics()["running"] == 1)
+    closer = threading.Thread(target=e.close)
+    closer.start()
+    wait_until(lambda: e.closed)
+    with pytest.raises(EngineClosedError):
+        e.submit([Operation(OpCode.NOP, 0)])
+    b.settimeout(0.01)
+    deadline = time.monotonic() + TIMEOUT
+    while closer.is_alive():  # close waits for the running write
+        assert time.monotonic() < deadline
+        with contextlib.suppress(TimeoutError):
+            b.recv(4096)
+        closer.join(0.01)
+    assert [op.result for op in ops] == [512, -errno.ECANCELED, -errno.ECANCELED]
+    with pytest.raises(ValueError):
+        e.fileno()
+    e.close()  # idempotent
+
+
+def test_complete_in_worker(tfile: int) -> None:
+    e = ThreadEngine(threads=2, complete_in_worker=True)
+    try:
+        done = threading.Event()
+        where: list[threading.Thread] = []
+
+        def on_done(op: Operation) -> None:
+            where.append(threading.current_thread())
+            done.set()
+
+        op = Operation(OpCode.READ, tfile, [bytearray(4)], 0, on_done=on_done)
+        e.submit([op])
+        assert done.wait(TIMEOUT)
+        assert op.result == 4
+        assert where[0] is not threading.current_thread()
+        assert e.reap(0) == 0
+    finally:
+        e.close()
+
+
+def test_configure_and_bad_arguments() -> None:
+    with pytest.raises(ValueError):
+        ThreadEngine(threads=0)
+    with pytest.raises(ValueError):
+        ThreadEngine(idle_time=-1)
+    with pytest.raises(TypeError):
+        ThreadEngine(threads=1.5)  # type: ignore[arg-type]
+    e = ThreadEngine()
+    e.configure(threads=3, idle_time=0.5, num=10)
+    st = e.statistics()
+    assert (st["max_threads"], st["idle_time"], st["num"]) == (3, 0.5, 10)
+    e.close()
+
+
+def test_unclosed_engine_warns() -> None:
+    e = ThreadEngine()
+    fd = e.fileno()
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        del e
+        gc.collect()
+    assert any(issubclass(x.category, ResourceWarning) for x in w)
+    with pytest.raises(OSError):
+        os.fstat(fd)  # the eventfd was closed (the number may be reused later)
+
+
+def test_many_threads_submit_and_cancel(tfile: int) -> None:
+    e = ThreadEngine(threads=8)
+    ends: list[int] = []
+    lock = threading.Lock()
+    all_ops: list[Operation] = []
+
+    def on_done(op: Operation) -> None:
+        with lock:
+            ends.append(id(op))
+
+    def worker() -> None:
+        for i in range(100):
+            op = Operation(OpCode.READ, tfile, [bytearray(16)], i, on_done=on_done)
+            with lock:
+                all_ops.append(op)
+            e.submit([op])
+            if i % 3 == 0:
+                e.cancel(op)
+
+    reaper_stop = threading.Event()
+
+    def reaper() -> None:
+        while not reaper_stop.is_set():
+            e.reap(0.01)
+
+    rt = threading.Thread(target=reaper)
+    rt.start()
+    ts = [threading.Thread(target=worker) for _ in range(10)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(TIMEOUT)
+    wait_until(lambda: len(ends) == 1000)
+    reaper_stop.set()
+    rt.join(TIMEOUT)
+    e.close()
+    assert len(set(ends)) == 1000
+    assert all(op.result in (16, -errno.ECANCELED) for op in all_ops)
