@@ -39,12 +39,29 @@ completion has been reaped, whatever happened to the cancel.
 from __future__ import annotations
 
 import abc
+import errno
+import fcntl
+import os
+import select
+import stat
+import time
+import warnings
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from xaio._ops import CancelOutcome, Operation
+from xaio._ops import CancelOutcome, OpCode, Operation
 
-__all__ = ["Engine", "EngineClosedError", "CancelOutcome", "ENGINE_NAMES"]
+__all__ = [
+    "Engine",
+    "EngineClosedError",
+    "CancelOutcome",
+    "ENGINE_NAMES",
+    "RoutedEngine",
+    "create_engine",
+    "fallback_reasons",
+    "is_direct_regular",
+    "probe",
+]
 
 #: Engine names, best first: the order :func:`open_engine` tries them.
 ENGINE_NAMES: tuple[str, ...] = ("uring", "linux", "thread")
@@ -96,4 +113,211 @@ class Engine(abc.ABC):
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------------
+# Which engines work here, and making one
+# ---------------------------------------------------------------------------------
+
+
+def _read_proc(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _explain_linux(err: int) -> str:
+    name = errno.errorcode.get(err, str(err))
+    if err == errno.ENOSYS:
+        return "ENOSYS: this kernel has no Linux AIO (CONFIG_AIO=n)"
+    if err == errno.EAGAIN:
+        return (
+            f"EAGAIN: fs.aio-max-nr exhausted (aio-nr={_read_proc('/proc/sys/fs/aio-nr')}, "
+            f"aio-max-nr={_read_proc('/proc/sys/fs/aio-max-nr')})"
+        )
+    if err == errno.EPERM:
+        return "EPERM: io_setup refused (seccomp or a container policy)"
+    return f"{name}: {os.strerror(err)}"
+
+
+def _linux_reason() -> str | None:
+    from xaio import linux
+
+    try:
+        ctx = linux.io_setup(1)
+    except OSError as e:
+        return _explain_linux(e.errno or 0)
+    linux.io_destroy(ctx)
+    return None
+
+
+def _uring_reason() -> str | None:
+    from xaio import uring
+
+    return uring.unavailable_reason()
+
+
+def probe() -> dict[str, str | None]:
+    """Which engines work on this machine.
+
+    Returns:
+        ``{"uring": ..., "linux": ..., "thread": ...}``: None for an engine
+        that works here, else a short reason naming the errno or the setting
+        (``"EPERM: kernel.io_uring_disabled=2"``).  Each call probes afresh
+        (the Linux AIO probe costs an ``io_destroy``: tens of milliseconds).
+    """
+    return {"uring": _uring_reason(), "linux": _linux_reason(), "thread": None}
+
+
+#: Why the last :func:`create_engine` fell back, engine name -> reason.
+fallback_reasons: dict[str, str] = {}
+
+
+def create_engine(name: str | None = None, **options: Any) -> Engine:
+    """Make an engine.
+
+    Args:
+        name: ``"uring"``, ``"linux"`` or ``"thread"``; None means the
+            ``XAIO_ENGINE`` environment variable if set, else the best that
+            works here (uring, then linux, then thread).  ``"linux"`` runs
+            O_DIRECT regular files and polls on Linux AIO and everything else
+            on threads (so ``io_submit`` never blocks).
+        options: passed to the engine's constructor (``entries``/``capacity``,
+            ``threads``...).
+
+    Raises:
+        ValueError: unknown engine name.
+        OSError: the named engine does not work here (with the reason).
+    """
+    if name is None:
+        env = os.environ.get("XAIO_ENGINE", "").strip()
+        name = env or None
+    if name is not None:
+        if name not in ENGINE_NAMES:
+            raise ValueError(f"unknown engine {name!r}: expected one of {', '.join(ENGINE_NAMES)}")
+        return _make(name, options)
+    fallback_reasons.clear()
+    for candidate in ENGINE_NAMES:
+        try:
+            return _make(candidate, options)
+        except OSError as e:
+            fallback_reasons[candidate] = str(e.strerror or e)
+    raise AssertionError("the thread engine cannot fail")  # pragma: no cover
+
+
+def _make(name: str, options: dict[str, Any]) -> Engine:
+    if name == "uring":
+        from xaio.uring import UringEngine
+
+        return UringEngine(**options)
+    if name == "linux":
+        return RoutedEngine(**options)
+    from xaio.threads import ThreadEngine
+
+    return ThreadEngine(**options)
+
+
+def is_direct_regular(fd: int) -> bool:
+    """True if *fd* is a regular file or block device opened with O_DIRECT:
+    the only kind Linux AIO runs without blocking in ``io_submit``."""
+    try:
+        st = os.fstat(fd)
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    except OSError:
+        return False
+    return bool(flags & os.O_DIRECT) and (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode))
+
+
+class RoutedEngine(Engine):
+    """The ``linux`` engine: Linux AIO where it is truly asynchronous
+    (O_DIRECT regular files, polls), the thread engine for the rest.
+
+    ``fileno()`` is an epoll fd watching both engines' eventfds.
+    """
+
+    name = "linux"
+
+    def __init__(self, capacity: int = 256, threads: int = 8) -> None:
+        from xaio.linux import LinuxAioEngine
+        from xaio.threads import ThreadEngine
+
+        self._closed = True
+        self._aio = LinuxAioEngine(capacity)
+        try:
+            self._threads: Engine = ThreadEngine(threads)
+        except BaseException:
+            self._aio.close()
+            raise
+        self._epoll = select.epoll()
+        self._epoll.register(self._aio.fileno(), select.EPOLLIN)
+        self._epoll.register(self._threads.fileno(), select.EPOLLIN)
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def fileno(self) -> int:
+        return self._epoll.fileno()
+
+    def submit(self, ops: Sequence[Operation]) -> int:
+        if self._closed:
+            raise EngineClosedError("engine is closed")
+        aio: list[Operation] = []
+        threaded: list[Operation] = []
+        for op in ops:
+            if op.opcode == OpCode.POLL or (
+                op.opcode != OpCode.NOP and op.offset >= 0 and is_direct_regular(op.fd)
+            ):
+                aio.append(op)
+            else:
+                threaded.append(op)
+        if aio:
+            self._aio.submit(aio)
+        if threaded:
+            self._threads.submit(threaded)
+        return len(ops)
+
+    def cancel(self, op: Operation) -> CancelOutcome:
+        if self._aio.owns(op):
+            return self._aio.cancel(op)
+        return self._threads.cancel(op)
+
+    def reap(self, timeout: float | None = 0.0) -> int:
+        n = self._aio.reap(0) + self._threads.reap(0)
+        if n or timeout == 0:
+            return n
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not n:
+            left = -1.0 if deadline is None else max(deadline - time.monotonic(), 0.0)
+            self._epoll.poll(left)
+            n = self._aio.reap(0) + self._threads.reap(0)
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+        return n
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._aio.close()
+        finally:
+            self._threads.close()
+            self._epoll.close()
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "aio": self._aio.statistics(),
+            "threads": self._threads.statistics(),
+        }
+
+    def __del__(self) -> None:
+        if getattr(self, "_closed", True):
+            return
+        warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2)
         self.close()

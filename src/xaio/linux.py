@@ -50,9 +50,11 @@ io_cancel(2), io_destroy(2), aio(7).
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import errno
 import os
+import select
 import struct
 import threading
 import time
@@ -67,6 +69,7 @@ from xaio._abi.aio import (
     AIO_RING_INCOMPAT_FEATURES,
     AIO_RING_MAGIC,
     IO_EVENT_STRUCT,
+    IOCB_STRUCT,
     IOCB_CMD_FDSYNC,
     IOCB_CMD_FSYNC,
     IOCB_CMD_NOOP,
@@ -90,7 +93,9 @@ from xaio._abi.aio import (
     iovec,
 )
 from xaio._buffers import Pin, pin, pin_many
+from xaio._ops import CancelOutcome, InFlight, OpCode, Operation, OpState
 from xaio._syscall import Timespec, check, oserror, timespec_from_seconds
+from xaio.engine import Engine, EngineClosedError
 
 __all__ = [
     "IOContext",
@@ -98,6 +103,7 @@ __all__ = [
     "IOEvent",
     "IOBatch",
     "IocbInFlightError",
+    "LinuxAioEngine",
     "io_setup",
     "io_destroy",
     "io_submit",
@@ -1269,3 +1275,307 @@ class IOBatch:
 
     def __repr__(self) -> str:
         return f"<IOBatch capacity={self.capacity} in_flight={self._nbusy} ctx={self.ctx!r}>"
+
+
+# ---------------------------------------------------------------------------------
+# LinuxAioEngine: the Engine protocol over one context
+# ---------------------------------------------------------------------------------
+
+_ENGINE_OPCODES = {
+    OpCode.READ: IOCB_CMD_PREAD,
+    OpCode.WRITE: IOCB_CMD_PWRITE,
+    OpCode.READV: IOCB_CMD_PREADV,
+    OpCode.WRITEV: IOCB_CMD_PWRITEV,
+    OpCode.FSYNC: IOCB_CMD_FSYNC,
+    OpCode.FDATASYNC: IOCB_CMD_FDSYNC,
+    OpCode.POLL: IOCB_CMD_POLL,
+}
+
+
+class LinuxAioEngine(Engine):
+    """The :class:`~xaio.engine.Engine` protocol on one Linux AIO context.
+
+    Every request signals one eventfd (``IOCB_FLAG_RESFD``): :meth:`fileno`.
+    Requests beyond *capacity* wait in a backlog and are submitted as slots
+    free up.  Only polls can be cancelled once submitted (the kernel cannot
+    cancel a read or write); a cancelled poll completes with ``-ECANCELED``.
+
+    Only give it what Linux AIO does asynchronously: O_DIRECT regular files
+    and polls.  Anything else makes ``io_submit`` do the I/O itself and block;
+    :func:`xaio.engine.create_engine` routes such requests to threads.
+    """
+
+    name = "linux"
+
+    def __init__(self, capacity: int = 256) -> None:
+        if not isinstance(capacity, int) or capacity <= 0:
+            raise ValueError("capacity must be a positive int")
+        self.capacity = capacity
+        self._ctx = io_setup(capacity)
+        self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._iocbs = (iocb * capacity)()
+        self._base = ctypes.addressof(self._iocbs)
+        self._mem = memoryview(self._iocbs).cast("B")
+        self._ptrs = (ctypes.c_void_p * capacity)()
+        self._events = (io_event * capacity)()
+        self._iovecs: list[Any] = [None] * capacity
+        self._inflight = InFlight()
+        self._backlog: collections.deque[Operation] = collections.deque()
+        self._ready: list[tuple[Operation, int]] = []
+        self._lock = threading.RLock()
+        self._closed = False
+        self._pid = os.getpid()
+        self._stats = {"submitted": 0, "completed": 0, "syscalls_submit": 0, "cancelled": 0}
+
+    # -- protocol -------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def fileno(self) -> int:
+        return self._efd
+
+    def submit(self, ops: Sequence[Operation]) -> int:
+        with self._lock:
+            if self._closed:
+                raise EngineClosedError("engine is closed")
+            self._check_pid()
+            for op in ops:
+                if op.state is not OpState.QUEUED:
+                    raise ValueError(f"{op!r} was submitted already")
+                if op.opcode != OpCode.NOP and op.opcode not in _ENGINE_OPCODES:
+                    raise ValueError(f"the linux engine cannot run {op.opcode.name}")
+            for op in ops:
+                if op.opcode == OpCode.NOP:
+                    op.mark_submitted()
+                    self._post(op, 0)
+                else:
+                    self._backlog.append(op)
+            self._flush()
+        return len(ops)
+
+    def owns(self, op: Operation) -> bool:
+        """True if *op* was given to this engine and has not been delivered."""
+        with self._lock:
+            if op.state is OpState.QUEUED:
+                return op in self._backlog
+            return self._inflight.get(op.key) is op or any(o is op for o, _ in self._ready)
+
+    def _post(self, op: Operation, res: int) -> None:
+        """Complete *op* with *res* at the next reap (lock held)."""
+        self._ready.append((op, res))
+        os.eventfd_write(self._efd, 1)
+
+    def _check_pid(self) -> None:
+        if os.getpid() != self._pid:
+            raise oserror(errno.EINVAL)
+
+    def _flush(self) -> None:
+        """Move backlog operations into free slots and submit them (lock held)."""
+        backlog = self._backlog
+        if not backlog:
+            return
+        inflight = self._inflight
+        batch: list[Operation] = []
+        while backlog and len(inflight) < self.capacity:
+            op = backlog.popleft()
+            key = inflight.add(op)
+            self._fill(key, op)
+            op.mark_submitted()
+            batch.append(op)
+        if not batch:
+            return
+        ptrs = self._ptrs
+        base = self._base
+        for i, op in enumerate(batch):
+            ptrs[i] = base + op.key * _IOCB_SIZE
+        i = 0
+        n = len(batch)
+        ptrs_addr = ctypes.addressof(ptrs)
+        while i < n:
+            ret = _syscall.io_submit(self._ctx.id, n - i, ptrs_addr + i * 8)
+            self._stats["syscalls_submit"] += 1
+            if ret > 0:
+                i += ret
+                self._stats["submitted"] += ret
+                continue
+            if ret == -errno.EAGAIN:
+                # ring full (events not reaped yet): keep the rest for later
+                for op in reversed(batch[i:]):
+                    self._iovecs[op.key] = None
+                    inflight.discard_unsubmitted(op.key)
+                    op.state = OpState.QUEUED
+                    backlog.appendleft(op)
+                break
+            # the request at i was refused: it completes with the error
+            bad = batch[i]
+            self._iovecs[bad.key] = None
+            inflight.discard_unsubmitted(bad.key)
+            self._post(bad, ret)
+            i += 1
+
+    def _fill(self, key: int, op: Operation) -> None:
+        opcode = _ENGINE_OPCODES.get(op.opcode)
+        if opcode is None:
+            raise ValueError(f"the linux engine cannot run {op.opcode.name}")
+        pins = op.pins
+        if op.opcode in (OpCode.READV, OpCode.WRITEV):
+            vec = (iovec * max(len(pins), 1))()
+            for i, p in enumerate(pins):
+                vec[i].iov_base = p.address
+                vec[i].iov_len = p.nbytes
+            self._iovecs[key] = vec
+            address, nbytes = ctypes.addressof(vec), len(pins)
+        elif pins:
+            address, nbytes = pins[0].address, pins[0].nbytes
+        elif op.opcode == OpCode.POLL:
+            address, nbytes = op.flags, 0
+        else:
+            address = nbytes = 0
+        offset = op.offset if op.opcode not in (OpCode.FSYNC, OpCode.FDATASYNC, OpCode.POLL) else 0
+        rw_flags = op.flags if op.opcode != OpCode.POLL else 0
+        IOCB_STRUCT.pack_into(
+            self._mem,
+            key * _IOCB_SIZE,
+            key,  # aio_data
+            0,
+            rw_flags,
+            opcode,
+            0,
+            op.fd & _U32,
+            address,
+            nbytes,
+            offset,
+            0,
+            IOCB_FLAG_RESFD,
+            self._efd,
+        )
+
+    def cancel(self, op: Operation) -> CancelOutcome:
+        with self._lock:
+            if op.state is OpState.DONE or any(o is op for o, _ in self._ready):
+                return CancelOutcome.DONE
+            if op.state is OpState.QUEUED:
+                try:
+                    self._backlog.remove(op)
+                except ValueError:
+                    return CancelOutcome.DONE
+                op.mark_submitted()
+                self._post(op, -errno.ECANCELED)
+                self._stats["cancelled"] += 1
+                return CancelOutcome.CANCELED
+            if op.state is OpState.CANCEL_REQUESTED:
+                return CancelOutcome.CANCELED
+            if self._inflight.get(op.key) is not op:
+                return CancelOutcome.DONE
+            result = io_event()
+            ret = _syscall.io_cancel(
+                self._ctx.id, self._base + op.key * _IOCB_SIZE, ctypes.addressof(result)
+            )
+            if ret in (0, -errno.EINPROGRESS):
+                op.request_cancel()
+                self._stats["cancelled"] += 1
+                if ret == 0:  # old kernels hand the event back at once
+                    self._iovecs[op.key] = None
+                    self._inflight.discard_unsubmitted(op.key)
+                    self._post(op, -errno.ECANCELED)
+                return CancelOutcome.CANCELED
+            return CancelOutcome.RUNNING
+
+    def reap(self, timeout: float | None = 0.0) -> int:
+        timeout = _check_timeout(timeout)
+        count = self._reap_now()
+        if count or timeout == 0:
+            return count
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not count:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            # every completion adds to the eventfd, and so do local completions
+            select.select([self._efd], [], [], left)
+            count = self._reap_now()
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+        return count
+
+    def _reap_now(self) -> int:
+        """Deliver what is ready without blocking."""
+        with self._lock:
+            self._check_pid()
+            ready, self._ready = self._ready, []
+        # Clear the eventfd *before* reading the ring: a completion that lands
+        # after the read will make it readable again.
+        try:
+            os.eventfd_read(self._efd)
+        except BlockingIOError:
+            pass
+        n = 0
+        if len(self._inflight):
+            while True:
+                n = _syscall.io_getevents(
+                    self._ctx.id, 0, self.capacity, ctypes.addressof(self._events), 0
+                )
+                if n != -errno.EINTR:
+                    break
+            if n < 0:
+                raise oserror(-n)
+        done: list[tuple[Operation, int]] = []
+        if n:
+            events = self._events
+            base = self._base
+            with self._lock:
+                for i in range(n):
+                    ev = events[i]
+                    key = (ev.obj - base) >> _IOCB_SHIFT
+                    op = self._inflight.discard_unsubmitted(key)
+                    res = ev.res
+                    if op.state is OpState.CANCEL_REQUESTED and op.opcode == OpCode.POLL:
+                        res = -errno.ECANCELED  # a cancelled poll reports 0
+                    self._iovecs[key] = None
+                    done.append((op, res))
+                self._flush()  # slots are free again: the backlog moves up
+        for op, res in ready:
+            op.complete(res)
+        for op, res in done:
+            op.complete(res)
+        total = len(ready) + len(done)
+        self._stats["completed"] += total
+        return total
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if os.getpid() != self._pid:  # a forked child: the kernel objects are not ours
+            os.close(self._efd)
+            return
+        for op in list(self._inflight):
+            if op.opcode == OpCode.POLL and op.state is OpState.SUBMITTED:
+                self.cancel(op)
+        with self._lock:
+            backlog, self._backlog = list(self._backlog), collections.deque()
+            for op in backlog:
+                op.mark_submitted()
+                self._post(op, -errno.ECANCELED)
+        # Reads and writes cannot be cancelled: wait for them (rule 1).
+        while len(self._inflight) or self._ready:
+            self.reap(timeout=None)
+        io_destroy(self._ctx)
+        os.close(self._efd)
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "in_flight": len(self._inflight),
+            "backlog": len(self._backlog),
+            **self._stats,
+        }
+
+    def __del__(self) -> None:
+        if getattr(self, "_closed", True):
+            return
+        warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2)
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<LinuxAioEngine capacity={self.capacity} {'closed' if self._closed else 'open'}>"

@@ -1,0 +1,98 @@
+"""Shared helpers for the benchmark scripts: test files, fio runs, tables.
+
+The machines are shared and noisy: every script runs the contenders in the
+same process run, alternating round by round, and reports medians and ratios,
+never absolute numbers compared across runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+BLOCK = 4096
+
+
+def make_file(size: int, directory: str | None = None) -> Path:
+    """A file of *size* bytes of non-zero data (written once, then fsynced)."""
+    fd, name = tempfile.mkstemp(prefix="xaio-bench-", suffix=".dat", dir=directory)
+    chunk = os.urandom(1 << 20)
+    try:
+        left = size
+        while left > 0:
+            n = os.write(fd, chunk[: min(left, len(chunk))])
+            left -= n
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return Path(name)
+
+
+def drop_cache(path: Path) -> None:
+    """Ask the kernel to forget *path*'s cached pages (best effort)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def have_fio() -> bool:
+    return shutil.which("fio") is not None
+
+
+def fio_iops(
+    path: Path,
+    *,
+    engine: str,
+    iodepth: int,
+    seconds: float,
+    direct: bool,
+    rw: str = "randread",
+    bs: int = BLOCK,
+    extra: Sequence[str] = (),
+) -> float:
+    """Run one fio job on *path* and return its read IOPS."""
+    cmd = [
+        "fio",
+        "--name=xaio-peer",
+        f"--filename={path}",
+        f"--ioengine={engine}",
+        f"--iodepth={iodepth}",
+        f"--rw={rw}",
+        f"--bs={bs}",
+        f"--direct={int(direct)}",
+        f"--runtime={seconds}",
+        "--time_based=1",
+        "--ramp_time=0",
+        "--norandommap=1",
+        "--randrepeat=0",
+        "--group_reporting=1",
+        "--output-format=json",
+        *extra,
+    ]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    data = json.loads(out[out.index("{") :])
+    return float(data["jobs"][0]["read"]["iops"])
+
+
+def median(xs: Sequence[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub-flavoured Markdown table."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = []
+    for k, row in enumerate(cells):
+        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
+        if k == 0:
+            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)

@@ -1,0 +1,303 @@
+"""The Engine contract, run against every engine (like CPython's test_selectors).
+
+Each engine must: run every opcode, deliver each operation exactly once in
+``reap``, signal ``fileno()``, say honestly what a cancel did, keep buffers
+pinned until the completion is reaped, close with work in flight, refuse work
+after close, and survive fork.
+"""
+
+from __future__ import annotations
+
+import errno
+import gc
+import os
+import select
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import xaio
+from xaio._ops import CancelOutcome, OpCode, Operation, OpState
+from xaio.engine import ENGINE_NAMES, Engine, EngineClosedError, create_engine, probe
+
+from .conftest import pattern
+
+_PROBE = probe()
+
+
+@pytest.fixture(params=ENGINE_NAMES)
+def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
+    name = request.param
+    if _PROBE[name] is not None:
+        pytest.skip(f"{name} engine unavailable here: {_PROBE[name]}")
+    eng = create_engine(name)
+    assert eng.name == name
+    yield eng
+    eng.close()
+
+
+def run(eng: Engine, ops: list[Operation], timeout: float = 10.0) -> list[int]:
+    """Submit *ops*, reap until all are done, return their results."""
+    eng.submit(ops)
+    deadline = time.monotonic() + timeout
+    while not all(op.done for op in ops):
+        assert time.monotonic() < deadline, f"not done: {[o for o in ops if not o.done]}"
+        eng.reap(timeout=0.5)
+    return [op.result for op in ops]  # type: ignore[misc]
+
+
+def test_every_opcode_on_a_regular_file(engine: Engine, data_fd: int) -> None:
+    a, b = bytearray(3), bytearray(4)
+    ops = [
+        Operation(OpCode.WRITE, data_fd, [b"hello"], 0),
+        Operation(OpCode.WRITEV, data_fd, [b"ab", b"cd"], 100),
+        Operation(OpCode.FSYNC, data_fd),
+        Operation(OpCode.FDATASYNC, data_fd),
+        Operation(OpCode.NOP, -1),
+    ]
+    assert run(engine, ops) == [5, 4, 0, 0, 0]
+    buf = bytearray(5)
+    ops = [
+        Operation(OpCode.READ, data_fd, [buf], 0),
+        Operation(OpCode.READV, data_fd, [a, b], 99),
+    ]
+    assert run(engine, ops) == [5, 7]
+    assert buf == b"hello" and a + b == pattern(100)[99:100] + b"abcd" + pattern(200)[104:106]
+
+
+def test_direct_io_batch(engine: Engine, direct_fd: int) -> None:
+    expected = pattern(1 << 20)
+    bufs = [xaio.aligned_buffer(4096) for _ in range(100)]
+    ops = [Operation(OpCode.READ, direct_fd, [bufs[i]], (i * 7 % 256) * 4096) for i in range(100)]
+    assert run(engine, ops) == [4096] * 100
+    for i, op in enumerate(ops):
+        assert bytes(bufs[i]) == expected[op.offset : op.offset + 4096]
+
+
+def test_errors_come_back_as_negative_errno(engine: Engine, tmp_path: Path) -> None:
+    ro = os.open(tmp_path / "ro", os.O_RDONLY | os.O_CREAT)
+    try:
+        ops = [
+            Operation(OpCode.READ, 99999, [bytearray(1)], 0),
+            Operation(OpCode.WRITE, ro, [b"x"], 0),
+        ]
+        assert run(engine, ops) == [-errno.EBADF, -errno.EBADF]
+        with pytest.raises(OSError) as info:
+            ops[0].value()
+        assert info.value.errno == errno.EBADF
+    finally:
+        os.close(ro)
+
+
+def test_reap_timeouts(engine: Engine) -> None:
+    assert engine.reap(0) == 0
+    t0 = time.monotonic()
+    assert engine.reap(0.1) == 0
+    assert time.monotonic() - t0 < 2
+
+
+def test_fileno_becomes_readable(engine: Engine, pipe: tuple[int, int]) -> None:
+    r, w = pipe
+    op = Operation(OpCode.POLL, r, flags=select.POLLIN)
+    engine.submit([op])
+    engine.reap(0)
+    assert select.select([engine.fileno()], [], [], 0.05)[0] == [] or not op.done
+    os.write(w, b"x")
+    assert select.select([engine.fileno()], [], [], 5)[0] == [engine.fileno()]
+    deadline = time.monotonic() + 5
+    while not op.done and time.monotonic() < deadline:
+        engine.reap(0.5)
+    assert op.done and op.result is not None and op.result & select.POLLIN
+
+
+def test_each_operation_completes_exactly_once(engine: Engine, data_fd: int) -> None:
+    calls: dict[int, int] = {}
+
+    def done(op: Operation) -> None:
+        calls[id(op)] = calls.get(id(op), 0) + 1
+
+    ops = [
+        Operation(OpCode.READ, data_fd, [bytearray(512)], i * 512, on_done=done) for i in range(300)
+    ]
+    run(engine, ops)
+    assert sorted(calls.values()) == [1] * 300
+
+
+def test_cancel_pending_poll(engine: Engine, pipe: tuple[int, int]) -> None:
+    r, _ = pipe
+    op = Operation(OpCode.POLL, r, flags=select.POLLIN)
+    engine.submit([op])
+    time.sleep(0.05)
+    outcome = engine.cancel(op)
+    if engine.name == "thread":
+        # a worker is blocked in poll(): the thread engine cannot stop it
+        assert outcome in (CancelOutcome.RUNNING, CancelOutcome.CANCELED)
+        if outcome is CancelOutcome.RUNNING:
+            os.write(pipe[1], b"x")
+    else:
+        assert outcome is CancelOutcome.CANCELED
+    deadline = time.monotonic() + 5
+    while not op.done and time.monotonic() < deadline:
+        engine.reap(0.5)
+    assert op.done
+    if outcome is CancelOutcome.CANCELED:
+        assert op.result == -errno.ECANCELED
+    assert engine.cancel(op) is CancelOutcome.DONE
+
+
+def test_cancel_done_operation(engine: Engine, data_fd: int) -> None:
+    op = Operation(OpCode.READ, data_fd, [bytearray(4)], 0)
+    run(engine, [op])
+    assert engine.cancel(op) is CancelOutcome.DONE
+
+
+def test_cancel_outcome_is_honest_for_running_reads(engine: Engine, direct_fd: int) -> None:
+    bufs = [xaio.aligned_buffer(65536) for _ in range(16)]
+    ops = [Operation(OpCode.READ, direct_fd, [bufs[i]], i * 65536) for i in range(16)]
+    engine.submit(ops)
+    outcomes = [engine.cancel(op) for op in ops]
+    deadline = time.monotonic() + 10
+    while not all(op.done for op in ops):
+        assert time.monotonic() < deadline
+        engine.reap(0.5)
+    for op, outcome in zip(ops, outcomes):
+        if outcome is CancelOutcome.CANCELED:
+            assert op.result in (-errno.ECANCELED, -errno.EINTR)
+        elif outcome is CancelOutcome.RUNNING:
+            assert op.result == 65536
+        else:
+            assert op.result == 65536
+
+
+def test_buffers_pinned_until_reaped(engine: Engine, direct_fd: int) -> None:
+    expected = pattern(1 << 20)
+    results: list[tuple[int, bytes]] = []
+
+    def keep(op: Operation) -> None:
+        results.append((op.offset, bytes(op.buffers[0])))
+
+    def submit_and_forget() -> None:
+        ops = [
+            Operation(OpCode.READ, direct_fd, [xaio.aligned_buffer(16384)], i * 16384, on_done=keep)
+            for i in range(32)
+        ]
+        engine.submit(ops)
+
+    submit_and_forget()
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while len(results) < 32:
+        assert time.monotonic() < deadline
+        engine.reap(0.5)
+    for off, data in results:
+        assert data == expected[off : off + 16384]
+
+
+def test_bytearray_cannot_be_resized_while_in_flight(engine: Engine, pipe: tuple[int, int]) -> None:
+    r, w = pipe
+    buf = bytearray(4)
+    op = Operation(OpCode.READ, r, [buf], -1)
+    if engine.name == "linux":
+        pytest.skip("the linux engine runs pipe reads on threads; covered there")
+    engine.submit([op])
+    with pytest.raises(BufferError):
+        buf.extend(b"x")
+    os.write(w, b"data")
+    while not op.done:
+        engine.reap(1)
+    assert op.result == 4 and buf == b"data"
+    buf.extend(b"!")
+
+
+def test_submit_after_close_is_refused(engine: Engine, data_fd: int) -> None:
+    engine.close()
+    assert engine.closed
+    with pytest.raises(EngineClosedError):
+        engine.submit([Operation(OpCode.READ, data_fd, [bytearray(1)], 0)])
+    engine.close()  # idempotent
+
+
+def test_close_with_work_in_flight(engine: Engine, pipe: tuple[int, int]) -> None:
+    r, w = pipe
+    done: list[int] = []
+    op = Operation(OpCode.READ, r, [bytearray(8)], -1, on_done=lambda o: done.append(o.result))
+    poll = Operation(OpCode.POLL, r, flags=select.POLLIN)
+    engine.submit([op, poll])
+    time.sleep(0.05)
+    # a blocked pipe read cannot be stopped on every engine: data arrives later
+    t = threading.Timer(0.3, os.write, (w, b"late"))
+    t.start()
+    t0 = time.monotonic()
+    engine.close()
+    t.join()
+    assert time.monotonic() - t0 < 10
+    assert op.done and poll.done
+    assert op.result in (4, -errno.ECANCELED, -errno.EINTR)
+    assert len(done) == 1
+
+
+def test_states(engine: Engine, data_fd: int) -> None:
+    op = Operation(OpCode.READ, data_fd, [bytearray(4)], 0)
+    assert op.state is OpState.QUEUED
+    run(engine, [op])
+    assert op.state is OpState.DONE
+    assert all(p._holder is None and p._pybuf is None for p in op.pins)  # released
+
+
+def test_fork_child_makes_its_own_engine(engine: Engine, data_fd: int) -> None:
+    op = Operation(OpCode.READ, data_fd, [bytearray(4)], 0)
+    run(engine, [op])
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            try:
+                engine.submit([Operation(OpCode.READ, data_fd, [bytearray(4)], 0)])
+                engine.reap(0.2)
+            except (OSError, EngineClosedError):
+                pass
+            child = create_engine(engine.name)
+            buf = bytearray(4)
+            o = Operation(OpCode.READ, data_fd, [buf], 0)
+            child.submit([o])
+            deadline = time.monotonic() + 5
+            while not o.done and time.monotonic() < deadline:
+                child.reap(0.5)
+            child.close()
+            code = 0 if o.result == 4 and bytes(buf) == pattern(4) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    # the parent's engine still works
+    buf = bytearray(4)
+    assert run(engine, [Operation(OpCode.READ, data_fd, [buf], 0)]) == [4]
+
+
+def test_create_engine_choice_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError):
+        create_engine("nope")
+    monkeypatch.setenv("XAIO_ENGINE", "thread")
+    eng = create_engine()
+    try:
+        assert eng.name == "thread"
+    finally:
+        eng.close()
+    monkeypatch.delenv("XAIO_ENGINE")
+    eng = create_engine()
+    try:
+        best = next(n for n in ENGINE_NAMES if _PROBE[n] is None)
+        assert eng.name == best
+    finally:
+        eng.close()
+
+
+def test_probe_shape() -> None:
+    p = probe()
+    assert set(p) == {"uring", "linux", "thread"}
+    assert p["thread"] is None
+    for v in p.values():
+        assert v is None or (isinstance(v, str) and ":" in v)
