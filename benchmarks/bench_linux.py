@@ -20,10 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import BLOCK, fio_iops, have_fio, make_file, median, table  # noqa: E402
-
-import xaio  # noqa: E402
-from xaio.linux import IOBatch, io_destroy, io_setup  # noqa: E402
+import xaio
+from _common import BLOCK, fio_iops, have_fio, make_file, median, table
+from xaio.linux import IOBatch, io_destroy, io_setup
 
 
 def parse_size(text: str) -> int:

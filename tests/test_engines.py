@@ -163,7 +163,7 @@ def test_cancel_outcome_is_honest_for_running_reads(engine: Engine, direct_fd: i
     while not all(op.done for op in ops):
         assert time.monotonic() < deadline
         engine.reap(0.5)
-    for op, outcome in zip(ops, outcomes):
+    for op, outcome in zip(ops, outcomes, strict=True):
         if outcome is CancelOutcome.CANCELED:
             assert op.result in (-errno.ECANCELED, -errno.EINTR)
         elif outcome is CancelOutcome.RUNNING:
