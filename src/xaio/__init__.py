@@ -1,9 +1,12 @@
 """xaio: asynchronous I/O for Python, done properly.
 
-Layers (see docs/architecture.md):
+The layers, lowest first (see docs/architecture.md):
 
 - :mod:`xaio.linux` — Linux native AIO (``io_setup`` ... ``io_destroy``), raising OSError;
 - :mod:`xaio.libaio` — the same in libaio's convention (negated errno returned);
+- :mod:`xaio.uring` — io_uring driven from pure Python;
+- :mod:`xaio.engine` — the engines (uring, linux, thread), ``probe()``, ``create_engine()``;
+- :mod:`xaio.posix` — POSIX AIO (``aio_read`` ...), re-exported here;
 - :func:`aligned_buffer` — memory aligned for O_DIRECT.
 
 Importing xaio starts no thread and makes no system call.
@@ -12,7 +15,60 @@ Importing xaio starts no thread and makes no system call.
 from __future__ import annotations
 
 from xaio._memory import aligned_buffer, dio_alignment
+from xaio.posix import (
+    AIO_ALLDONE,
+    AIO_CANCELED,
+    AIO_NOTCANCELED,
+    AIO_PRIO_DELTA_MAX,
+    LIO_NOP,
+    LIO_NOWAIT,
+    LIO_READ,
+    LIO_WAIT,
+    LIO_WRITE,
+    SIGEV_NONE,
+    SIGEV_SIGNAL,
+    SIGEV_THREAD,
+    aio_cancel,
+    aio_error,
+    aio_fsync,
+    aio_init,
+    aio_read,
+    aio_return,
+    aio_suspend,
+    aio_write,
+    aiocb,
+    lio_listio,
+    sigevent,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "aligned_buffer", "dio_alignment"]
+__all__ = [
+    "__version__",
+    "aligned_buffer",
+    "dio_alignment",
+    # POSIX AIO
+    "aiocb",
+    "sigevent",
+    "aio_read",
+    "aio_write",
+    "aio_fsync",
+    "aio_error",
+    "aio_return",
+    "aio_cancel",
+    "aio_suspend",
+    "lio_listio",
+    "aio_init",
+    "AIO_CANCELED",
+    "AIO_NOTCANCELED",
+    "AIO_ALLDONE",
+    "LIO_READ",
+    "LIO_WRITE",
+    "LIO_NOP",
+    "LIO_WAIT",
+    "LIO_NOWAIT",
+    "SIGEV_SIGNAL",
+    "SIGEV_NONE",
+    "SIGEV_THREAD",
+    "AIO_PRIO_DELTA_MAX",
+]
