@@ -1,0 +1,146 @@
+"""The sans-I/O core (xaio._ops, xaio._buffers) driven by fake completions.
+
+Includes the orderings that are hard to produce for real: the cancel's own
+completion before the target's, a completion racing a cancel request.
+"""
+
+from __future__ import annotations
+
+import errno
+import gc
+
+import pytest
+
+from xaio._buffers import buffer_length, pin, pin_many
+from xaio._ops import InFlight, OpCode, Operation, OpState, decode_result
+
+
+def test_lifecycle_submit_complete_releases_buffers() -> None:
+    buf = bytearray(8)
+    seen: list[Operation] = []
+    op = Operation(OpCode.READ, 3, [buf], 0, on_done=seen.append)
+    assert op.state is OpState.QUEUED and op.nbytes == 8
+    with pytest.raises(BufferError):
+        buf.append(1)  # pinned from construction
+    table = InFlight()
+    key = table.add(op)
+    op.mark_submitted()
+    assert key in table and table.get(key) is op
+    table.complete(key, 8)
+    assert op.state is OpState.DONE and op.result == 8 and op.value() == 8
+    assert seen == [op] and key not in table and len(table) == 0
+    buf.append(1)  # released
+
+
+def test_cancel_cqe_before_target_cqe_keeps_buffer_until_target() -> None:
+    """io_uring posts two completions for a cancelled request; whichever comes
+    first, only the target's releases the buffer."""
+    buf = bytearray(4)
+    table = InFlight()
+    op = Operation(OpCode.READ, 3, [buf], 0)
+    key = table.add(op)
+    op.mark_submitted()
+    assert op.request_cancel() is True
+    assert op.state is OpState.CANCEL_REQUESTED
+    assert op.request_cancel() is False  # asking twice sends nothing more
+    # the cancel's own completion (0 = found) arrives first: nothing changes
+    assert table.get(key) is op
+    with pytest.raises(BufferError):
+        buf.append(0)
+    table.complete(key, -errno.ECANCELED)
+    with pytest.raises(OSError) as info:
+        op.value()
+    assert info.value.errno == errno.ECANCELED
+    buf.append(0)
+
+
+def test_completion_racing_cancel() -> None:
+    """The target completes normally just before the cancel is requested."""
+    table = InFlight()
+    op = Operation(OpCode.READ, 3, [bytearray(4)], 0)
+    key = table.add(op)
+    op.mark_submitted()
+    table.complete(key, 4)
+    assert op.request_cancel() is False  # already done: nothing to ask the kernel
+    assert op.result == 4
+
+
+def test_completing_twice_is_a_bug() -> None:
+    table = InFlight()
+    op = Operation(OpCode.NOP, -1)
+    key = table.add(op)
+    table.complete(key, 0)
+    with pytest.raises(KeyError):
+        table.complete(key, 0)
+    with pytest.raises(RuntimeError):
+        op.complete(0)
+
+
+def test_keys_are_small_and_reused() -> None:
+    table = InFlight()
+    ops = [Operation(OpCode.NOP, -1) for _ in range(10)]
+    keys = [table.add(o) for o in ops]
+    assert sorted(keys) == list(range(10))
+    table.complete(keys[3], 0)
+    again = Operation(OpCode.NOP, -1)
+    assert table.add(again) == keys[3]
+    with pytest.raises(RuntimeError):
+        table.add(again)
+
+
+def test_discard_unsubmitted_and_cancel_all_queued() -> None:
+    table = InFlight()
+    a, b = Operation(OpCode.NOP, -1), Operation(OpCode.NOP, -1)
+    ka, _ = table.add(a), table.add(b)
+    assert table.discard_unsubmitted(ka) is a and a.key == -1
+    done = table.cancel_all_queued()
+    assert done == [b] and b.result == -errno.ECANCELED and len(table) == 0
+
+
+def test_submit_twice_refused() -> None:
+    op = Operation(OpCode.NOP, -1)
+    op.mark_submitted()
+    with pytest.raises(RuntimeError):
+        op.mark_submitted()
+
+
+def test_value_before_done() -> None:
+    with pytest.raises(RuntimeError):
+        Operation(OpCode.NOP, -1).value()
+
+
+def test_decode_result() -> None:
+    assert decode_result(5) == 5
+    with pytest.raises(FileNotFoundError):
+        decode_result(-errno.ENOENT)
+
+
+def test_read_needs_writable_buffers() -> None:
+    with pytest.raises(TypeError):
+        Operation(OpCode.READ, 3, [b"ro"], 0)
+    keep = bytearray(2)
+    with pytest.raises(TypeError):
+        Operation(OpCode.READV, 3, [keep, b"ro"], 0)
+    keep.append(0)  # the first pin was released when the second failed
+    Operation(OpCode.WRITE, 3, [b"ro is fine"], 0).complete(0)
+
+
+def test_pins() -> None:
+    p = pin(memoryview(b"hello world")[6:], writable=False)
+    assert p.nbytes == 5 and p.readonly
+    p.release()
+    p.release()
+    with pytest.raises(TypeError):
+        pin(42, writable=False)
+    with pytest.raises(ValueError):
+        pin(memoryview(bytearray(10))[::2], writable=True)
+    pins = pin_many([bytearray(1), bytearray(2)], writable=True)
+    assert [x.nbytes for x in pins] == [1, 2]
+    assert buffer_length(bytearray(7)) == 7
+    with pytest.raises(TypeError):
+        buffer_length("str")
+    # a dropped Pin releases its export
+    b = bytearray(3)
+    pin(b, writable=True)
+    gc.collect()
+    b.append(1)
