@@ -610,7 +610,7 @@ def test_cancelled_request_makes_lio_wait_fail(
 
     t = threading.Thread(target=run)
     t.start()
-    wait_until(lambda: P.aio_error(cbs[1]) == errno.EINPROGRESS and engine_running() == 1)
+    wait_until(lambda: cbs[1]._state == P._INPROGRESS and engine_running() == 1)
     assert P.aio_cancel(a.fileno(), cbs[1]) == P.AIO_CANCELED
     drain(b, cbs[0])
     t.join(TIMEOUT)
@@ -1067,3 +1067,58 @@ def test_fuzz_argument_checking(
     except _ALLOWED:
         pass
     _settle([cb])
+
+
+# --- the page-cache fast path ---------------------------------------------------------
+
+
+def inline_count() -> int:
+    eng = P._engine
+    assert eng is not None
+    return int(eng.statistics()["inline"])
+
+
+def test_cached_read_completes_at_once(tfile: int) -> None:
+    os.pread(tfile, 4096, 0)  # in the page cache
+    warm = P.aiocb(tfile, 0, bytearray(1))
+    P.aio_read(warm)
+    wait_done(warm)
+    before = inline_count()
+    buf = bytearray(100)
+    cb = P.aiocb(tfile, 10, buf)
+    with blocked(SIG):
+        cb.aio_sigevent = sigev(5)
+        P.aio_read(cb)
+        assert P.aio_error(cb) == 0  # RWF_NOWAIT read done inline
+        assert next_signal().si_status == 5  # and notified all the same
+    assert inline_count() == before + 1
+    assert P.aio_return(cb) == 100
+    assert bytes(buf) == bytes(range(10, 110))
+    with pytest.raises(OSError):
+        P.aio_return(cb)
+
+
+def test_no_inline_read_for_direct_or_append(tmp_path: Path) -> None:
+    p = tmp_path / "d"
+    p.write_bytes(bytes(range(256)) * 64)
+    P._get_engine()
+    try:
+        dfd = os.open(p, os.O_RDONLY | os.O_DIRECT)
+    except OSError as e:  # pragma: no cover
+        pytest.skip(f"O_DIRECT not supported here: {e}")
+    afd = os.open(p, os.O_RDWR | os.O_APPEND)
+    try:
+        import xaio
+
+        buf = xaio.aligned_buffer(4096)
+        before = inline_count()
+        cbs = [P.aiocb(dfd, 4096, buf), P.aiocb(afd, 0, bytearray(16))]
+        for cb in cbs:
+            P.aio_read(cb)
+        wait_done(*cbs)
+        assert inline_count() == before
+        assert P.aio_return(cbs[0]) == 4096 and bytes(buf[:4]) == bytes(range(4))
+        assert P.aio_return(cbs[1]) == 16
+    finally:
+        os.close(dfd)
+        os.close(afd)

@@ -682,6 +682,40 @@ def _submit_one(cb: Any, opcode: OpCode) -> None:
     _enqueue([(cb, op, err)], None)
 
 
+def _read_inline(cb: aiocb, eng: ThreadEngine) -> bool:
+    """The page-cache fast path of aio_read: done at once, or False."""
+    if cb._state == _INPROGRESS or cb.aio_nbytes is not None:
+        return False
+    fd, off, prio, buf = cb.aio_fildes, cb.aio_offset, cb.aio_reqprio, cb.aio_buf
+    if type(fd) is not int or type(off) is not int or type(prio) is not int:
+        return False
+    if not (0 <= prio <= AIO_PRIO_DELTA_MAX and 0 <= off <= _INT64_MAX):
+        return False
+    tb = type(buf)
+    if tb is bytearray:
+        n = len(buf)
+    elif tb is memoryview and not buf.readonly and buf.format == "B" and buf.c_contiguous:
+        n = buf.nbytes
+    else:
+        return False
+    if not n:
+        return False
+    sev = cb.aio_sigevent
+    notice = None if sev is None else _check_sigevent(sev)
+    if eng.read_nowait(fd, buf, off, n) is None:
+        return False
+    cb._error = 0
+    cb._return = n
+    cb._op = None
+    cb._fd = fd
+    cb._group = None
+    cb._notice = None
+    cb._state = _DONE
+    if notice is not None:
+        _notify(notice)
+    return True
+
+
 def aio_read(cb: aiocb) -> None:
     """Queue an asynchronous read of ``cb.aio_nbytes`` bytes from
     ``cb.aio_fildes`` at ``cb.aio_offset`` into ``cb.aio_buf`` (``aio_read(3)``).
@@ -695,6 +729,9 @@ def aio_read(cb: aiocb) -> None:
         TypeError: wrong field types, or a read-only buffer.
         ValueError: ``aio_nbytes`` larger than the buffer (or negative).
     """
+    eng = _engine
+    if type(eng) is ThreadEngine and type(cb) is aiocb and _read_inline(cb, eng):
+        return
     _submit_one(cb, OpCode.READ)
 
 
@@ -753,7 +790,8 @@ def aio_error(cb: aiocb) -> int:
         OSError: EINVAL if *cb* was never submitted.
         TypeError: *cb* is not an aiocb.
     """
-    cb = _check_cb(cb)
+    if type(cb) is not aiocb:
+        cb = _check_cb(cb)
     state = cb._state
     if state == _INPROGRESS:
         return errno.EINPROGRESS
@@ -775,7 +813,8 @@ def aio_return(cb: aiocb) -> int:
             retrieved; EINPROGRESS if the request has not finished.
         TypeError: *cb* is not an aiocb.
     """
-    cb = _check_cb(cb)
+    if type(cb) is not aiocb:
+        cb = _check_cb(cb)
     with _state_lock:
         state = cb._state
         if state == _DONE:

@@ -69,6 +69,8 @@ _READS = (OpCode.READ, OpCode.READV)
 _WRITES = (OpCode.WRITE, OpCode.WRITEV)
 _SYNCS = (OpCode.FSYNC, OpCode.FDATASYNC)
 _ALL_SIGNALS = signal.valid_signals()
+_RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
+_NO_INLINE_FLAGS = os.O_APPEND | getattr(os, "O_DIRECT", 0)
 
 
 def start_thread_blocking_signals(
@@ -208,6 +210,8 @@ class ThreadEngine(Engine):
         self._completed = 0
         self._cancelled = 0
         self._spawned = 0
+        self._inline = 0
+        self._flag_cache: dict[int, list[Any]] = {}
         self._efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._closed = False
 
@@ -302,6 +306,58 @@ class ThreadEngine(Engine):
             op.complete(-errno.ECANCELED)
         return CancelOutcome.CANCELED
 
+    def read_nowait(self, fd: int, buffer: Any, offset: int, nbytes: int) -> int | None:
+        """Try a read that the page cache can satisfy at once, in this thread.
+
+        ``preadv2(RWF_NOWAIT)`` copies from the page cache and fails with
+        EAGAIN instead of waiting for the disk (io_uring makes the same
+        attempt before punting to a worker).  It is only tried on fds where
+        it cannot block or reorder anything: not O_DIRECT (a NOWAIT direct
+        read still waits for the device), not O_APPEND, and no ordered
+        (stream) work queued on the fd.
+
+        Args:
+            fd: the file descriptor.
+            buffer: a writable buffer of *nbytes* bytes.
+            offset: the file offset (>= 0).
+            nbytes: the bytes wanted.
+
+        Returns:
+            *nbytes* when the whole read was done here; None when the caller
+            must submit the operation as usual (nothing is reported here:
+            errors, short reads and EOF all go the normal way).
+        """
+        if _RWF_NOWAIT is None or self._closed:
+            return None
+        lane = self._lanes.get(fd)
+        if lane is not None and lane.serial:
+            return None
+        # The fd's flags are cached and re-checked every 64 reads: a stale
+        # entry (fd closed and the number reused for an O_DIRECT file) can
+        # only make a few reads wait for the device in this thread; the data
+        # is right either way (O_APPEND does not affect reads).
+        cache = self._flag_cache
+        entry = cache.get(fd)
+        try:
+            if entry is None or entry[1] <= 0:
+                entry = cache[fd] = [
+                    not (fcntl.fcntl(fd, fcntl.F_GETFL) & _NO_INLINE_FLAGS),
+                    64,
+                ]
+                if len(cache) > 1024:
+                    cache.clear()
+            entry[1] -= 1
+            if not entry[0]:
+                return None
+            n: int = os.preadv(fd, (buffer,), offset, _RWF_NOWAIT)
+        except (OSError, OverflowError, ValueError):
+            cache.pop(fd, None)
+            return None
+        if n != nbytes:
+            return None
+        self._inline += 1
+        return n
+
     def reap(self, timeout: float | None = 0.0) -> int:
         """Deliver waiting completions in this thread (``op.complete(res)``).
 
@@ -388,7 +444,8 @@ class ThreadEngine(Engine):
     def statistics(self) -> dict[str, Any]:
         """Counters: ``threads`` (alive), ``idle``, ``max_threads``, ``queued``
         (waiting for a worker or for ordering), ``running``, ``submitted``,
-        ``completed``, ``cancelled``, ``spawned`` (threads started in total)."""
+        ``completed``, ``cancelled``, ``spawned`` (threads started in total),
+        ``inline`` (reads done at once by :meth:`read_nowait`)."""
         with self._mutex:
             return {
                 "name": self.name,
@@ -403,6 +460,7 @@ class ThreadEngine(Engine):
                 "completed": self._completed,
                 "cancelled": self._cancelled,
                 "spawned": self._spawned,
+                "inline": self._inline,
             }
 
     def forget_after_fork(self) -> None:
