@@ -464,6 +464,42 @@ def test_sync_cancel(ring: Ring, pipe: tuple[int, int]) -> None:
     assert take(ring, 1) == {6: (-errno.ECANCELED, 0)}
 
 
+def test_sync_cancel_of_a_running_read_says_so(ring: Ring, tmp_path: Path) -> None:
+    size = 64 << 20
+    path = tmp_path / "big"
+    path.write_bytes(os.urandom(1 << 20) * 64)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        big = bytearray(size)
+        os.preadv(fd, [big], 0)  # page-cached: the copy itself takes a few ms
+        ring.prep_read(fd, big, 0, user_data=1, sqe_flags=abi.IOSQE_ASYNC)
+        ring.submit()
+        ret = ring.sync_cancel(1)
+        ((res, _),) = take(ring, 1).values()
+        if ret in (-errno.ETIME, -errno.EALREADY):  # running in an io-wq worker
+            assert res == size
+        elif ret == 0:  # still queued for a worker: really cancelled
+            assert res == -errno.ECANCELED
+        else:  # already finished
+            assert ret == -errno.ENOENT and res == size
+    finally:
+        os.close(fd)
+
+
+def test_closing_the_fd_does_not_cancel(ring: Ring) -> None:
+    r, w = os.pipe()
+    try:
+        buf = bytearray(3)
+        ring.prep_read(r, buf, -1, user_data=1)
+        ring.submit()
+        os.close(r)
+        assert ring.wait_cqe(timeout=0.05) is None  # still pending
+        os.write(w, b"abc")
+        assert take(ring, 1) == {1: (3, 0)} and buf == b"abc"
+    finally:
+        os.close(w)
+
+
 # --- register ------------------------------------------------------------------------
 
 
@@ -656,6 +692,28 @@ def test_engine_every_opcode(engine: UringEngine, data_fd: int, pipe: tuple[int,
     assert reads[0].result == 100 and out[:10] == b"0123456789"
     assert reads[1].result == 7 and a + b == b"abcdefg"
     assert reads[0].value() == 100
+
+
+def test_engine_is_an_engine(engine: UringEngine) -> None:
+    from xaio.engine import Engine
+
+    assert isinstance(engine, Engine) and engine.name == "uring"
+    assert not engine.closed and engine.fileno() >= 0
+    assert engine.ring.opcode_supported(abi.IORING_OP_READ)
+
+
+def test_engine_bad_arguments_take_nothing(engine: UringEngine) -> None:
+    good = Operation(OpCode.NOP, -1)
+    for bad in (
+        Operation(OpCode.READ, "3", [bytearray(1)], 0),  # type: ignore[arg-type]
+        Operation(OpCode.READ, 3, [bytearray(1)], 0.5),  # type: ignore[arg-type]
+        Operation(OpCode.READ, 1 << 40, [bytearray(1)], 0),
+        Operation(OpCode.WRITE, 3, [], 0),
+    ):
+        with pytest.raises((TypeError, ValueError)):
+            engine.submit([good, bad])
+        assert good.state is OpState.QUEUED
+    assert engine.statistics()["in_flight"] == 0
 
 
 def test_engine_errors_never_raise(engine: UringEngine) -> None:

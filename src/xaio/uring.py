@@ -1574,6 +1574,11 @@ class UringEngine(Engine):
         for op in ops:  # validate first: all or nothing
             if op.state is not _QUEUED:
                 raise RuntimeError(f"cannot submit an operation in state {op.state.name}")
+            fd, offset = op.fd, op.offset
+            if not isinstance(fd, int) or not isinstance(offset, int):
+                raise TypeError("fd and offset must be ints")
+            if not -0x80000000 <= fd <= 0x7FFFFFFF:
+                raise ValueError(f"fd out of range: {fd}")
             code = op.opcode
             if code is _READ or code is _WRITE:
                 if len(op.pins) != 1:
@@ -1610,7 +1615,7 @@ class UringEngine(Engine):
                         op.offset & _U64,
                         p.address,
                         p.nbytes,
-                        op.flags,
+                        op.flags & _U32,
                         key,
                         0,
                         0,
@@ -1631,7 +1636,7 @@ class UringEngine(Engine):
                         op.offset & _U64,
                         ctypes.addressof(iovs),
                         len(op.pins),
-                        op.flags,
+                        op.flags & _U32,
                         key,
                         0,
                         0,
@@ -1785,6 +1790,7 @@ class UringEngine(Engine):
                 else:
                     return _outcome(ret)
             ring = self._ring
+            self._cancel_results.pop(key, None)  # a stale answer from a timed-out wait
             ring.prep_cancel(key, user_data=_CANCEL_TAG | key)
             ring.submit()
         return self._wait_cancel_result(key)
