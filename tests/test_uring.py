@@ -716,6 +716,17 @@ def test_engine_bad_arguments_take_nothing(engine: UringEngine) -> None:
     assert engine.statistics()["in_flight"] == 0
 
 
+def test_engine_batch_larger_than_both_rings() -> None:
+    with UringEngine(4) as eng:  # SQ 4, CQ 8: refills the SQ and overflows the CQ
+        ops = [Operation(OpCode.NOP, -1) for _ in range(300)]
+        enters = eng.statistics()["ring"]["enter"]
+        assert eng.submit(ops) == 300
+        assert eng.statistics()["ring"]["enter"] - enters <= 300 // 4 + 1
+        _reap_until(eng, ops)
+        assert all(op.result == 0 for op in ops)
+        assert eng.statistics()["in_flight"] == 0
+
+
 def test_engine_errors_never_raise(engine: UringEngine) -> None:
     op = Operation(OpCode.READ, 12345, [bytearray(4)], 0)
     engine.submit([op])

@@ -33,7 +33,12 @@ an empty pipe posts the cancel's CQE first and the target's ``-ECANCELED``
 right after (both inside the same ``io_uring_enter``).  Only the target's CQE
 releases its buffers.  A synchronous cancel is given a zero timeout: when the
 request is running the kernel reports ``-ETIME`` (after rechecking once), which
-the engine reports as :attr:`CancelOutcome.RUNNING`.
+the engine reports as :attr:`CancelOutcome.RUNNING`; probed here with a 64 MiB
+page-cached read forced into an io-wq worker (``IOSQE_ASYNC``): ``-ETIME``, and
+the target then completes with its full byte count.  A read pending on a pipe
+or socket (armed on poll, even with ``IOSQE_ASYNC``) is always cancellable: 0,
+then ``-ECANCELED``.  Closing an fd cancels nothing: a read pending on a pipe
+whose read end was closed still completes when data arrives.
 
 *Memory ordering.*  Without SQPOLL (we never set it by default: it costs a core
 on a small machine) the kernel reads the SQ tail and the SQEs only inside
