@@ -507,7 +507,12 @@ _live: weakref.WeakValueDictionary[int, IOContext] = weakref.WeakValueDictionary
 _live_lock = threading.Lock()
 
 
+#: Incremented in every forked child (os.getpid() is a system call; this is not).
+_fork_generation = [0]
+
+
 def _after_fork_in_child() -> None:
+    _fork_generation[0] += 1
     # Contexts are not inherited: the child must never use, read or destroy them.
     for ctx in list(_live.values()):
         ctx._forked_away()
@@ -1324,7 +1329,7 @@ class LinuxAioEngine(Engine):
         self._ready: list[tuple[Operation, int]] = []
         self._lock = threading.RLock()
         self._closed = False
-        self._pid = os.getpid()
+        self._generation = _fork_generation[0]
         self._stats = {"submitted": 0, "completed": 0, "syscalls_submit": 0, "cancelled": 0}
 
     # -- protocol -------------------------------------------------------------------
@@ -1367,7 +1372,7 @@ class LinuxAioEngine(Engine):
         os.eventfd_write(self._efd, 1)
 
     def _check_pid(self) -> None:
-        if os.getpid() != self._pid:
+        if _fork_generation[0] != self._generation:
             raise oserror(errno.EINVAL)
 
     def _flush(self) -> None:
@@ -1546,7 +1551,7 @@ class LinuxAioEngine(Engine):
             if self._closed:
                 return
             self._closed = True
-        if os.getpid() != self._pid:  # a forked child: the kernel objects are not ours
+        if _fork_generation[0] != self._generation:  # a forked child: not ours
             os.close(self._efd)
             return
         for op in list(self._inflight):
