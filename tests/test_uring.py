@@ -727,6 +727,49 @@ def test_engine_batch_larger_than_both_rings() -> None:
         assert eng.statistics()["in_flight"] == 0
 
 
+def test_engine_callback_error_loses_and_repeats_nothing(engine: UringEngine) -> None:
+    seen: list[Operation] = []
+
+    def boom(op: Operation) -> None:
+        seen.append(op)
+        raise ZeroDivisionError
+
+    ops = [Operation(OpCode.NOP, -1, on_done=boom if i == 1 else seen.append) for i in range(4)]
+    engine.submit(ops)
+    with pytest.raises(ZeroDivisionError):
+        engine.reap(T)
+    _reap_until(engine, ops)
+    assert sorted(map(id, seen)) == sorted(map(id, ops))  # each exactly once
+    assert engine.statistics()["in_flight"] == 0
+
+
+def test_engine_blocked_reaper_woken_by_other_threads_submit(
+    engine: UringEngine, pipe: tuple[int, int]
+) -> None:
+    got: list[int] = []
+    t = threading.Thread(target=lambda: got.append(engine.reap(T)))
+    t.start()
+    op = Operation(OpCode.NOP, -1)
+    engine.submit([op])
+    t.join(T)
+    assert not t.is_alive() and got == [1] and op.result == 0
+
+
+def test_engine_reap_survives_signals(engine: UringEngine) -> None:
+    import signal
+
+    hits: list[int] = []
+    old = signal.signal(signal.SIGALRM, lambda s, f: hits.append(s))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.02)
+        t0 = time.monotonic()
+        assert engine.reap(0.15) == 0
+        assert time.monotonic() - t0 >= 0.14 and hits == [signal.SIGALRM]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
 def test_engine_errors_never_raise(engine: UringEngine) -> None:
     op = Operation(OpCode.READ, 12345, [bytearray(4)], 0)
     engine.submit([op])

@@ -1683,22 +1683,32 @@ class UringEngine(Engine):
             self._counts["eventfd_reads"] += 1
 
     def _deliver(self, cqes: list[Completion]) -> int:
-        """Complete the operations whose CQEs are in *cqes* (under the lock)."""
+        """Complete the operations whose CQEs are in *cqes* (under the lock).
+
+        Each CQE leaves *cqes* as it is handled, so if an ``on_done`` callback
+        raises, the exception propagates and the rest are delivered by the
+        next reap -- never twice."""
         n = 0
-        complete = self._inflight.complete
+        i = 0
+        inflight = self._inflight
+        complete = inflight.complete
+        get = inflight.get
         vecs = self._vecs
-        for ud, res, _fl in cqes:
-            if ud < _TAG:
-                if vecs:
-                    vecs.pop(ud, None)
-                try:
+        try:
+            for ud, res, _fl in cqes:
+                i += 1
+                if ud < _TAG:
+                    if get(ud) is None:  # not ours (e.g. posted by a forked child)
+                        continue
+                    if vecs:
+                        vecs.pop(ud, None)
+                    n += 1
                     complete(ud, res)
-                except KeyError:  # not ours (e.g. posted by a forked child): ignore
-                    continue
-                n += 1
-            elif ud & _CANCEL_TAG == _CANCEL_TAG:
-                self._cancel_results[ud & ~_CANCEL_TAG] = res
-        cqes.clear()
+                elif ud & _CANCEL_TAG == _CANCEL_TAG:
+                    self._cancel_results[ud & ~_CANCEL_TAG] = res
+        finally:
+            del cqes[:i]
+            self._counts["completed"] += n
         return n
 
     def _reap_nowait(self) -> int:
@@ -1714,21 +1724,19 @@ class UringEngine(Engine):
             ring = self._ring
             if ring._closed:
                 return 0
-            if ring._cq32[ring._cq_ktail] == ring._cq_head and not self._stash:
+            batch = self._batch  # not empty only if an on_done raised last time
+            if ring._cq32[ring._cq_ktail] == ring._cq_head and not self._stash and not batch:
                 self._drain_eventfd()
                 if (
                     ring._cq32[ring._cq_ktail] == ring._cq_head
                     and not ring._sq32[ring._sq_kflags] & abi.IORING_SQ_CQ_OVERFLOW
                 ):
                     return 0
-            batch = self._batch
             if self._stash:
                 batch.extend(self._stash)
                 self._stash.clear()
             ring.peek_batch(batch)
-            n = self._deliver(batch)
-            self._counts["completed"] += n
-            return n
+            return self._deliver(batch)
 
     def reap(self, timeout: float | None = 0.0) -> int:
         """Deliver finished operations (``InFlight.complete``, which runs their
