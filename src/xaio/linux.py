@@ -536,6 +536,7 @@ class IOContext:
     __slots__ = (
         "id",
         "nr_events",
+        "_ring_nr",
         "_inflight",
         "_lock",
         "_unmap_lock",
@@ -550,6 +551,9 @@ class IOContext:
     def __init__(self, ctx_id: int, nr_events: int) -> None:
         self.id = ctx_id
         self.nr_events = nr_events
+        # The ring's real size (the kernel rounds nr_events up); fresh from
+        # io_setup, so the ring is certainly mapped.
+        self._ring_nr = _syscall.aio_ring_at(ctx_id).nr if _USER_RING else 1 << 20
         self._inflight: dict[int, Iocb] = {}
         self._lock = threading.Lock()
         # Held while the ring may be unmapped (io_destroy) and while IOBatch
@@ -781,8 +785,8 @@ def _getevents(
         return -errno.EINVAL, []
     if nr < 0 or min_nr < 0 or min_nr > nr:
         return -errno.EINVAL, []
-    if nr > 1 << 20:
-        nr = 1 << 20  # more than any ring can hold
+    if nr > ctx._ring_nr:
+        nr = max(ctx._ring_nr, min_nr)  # the ring never holds more than this
     events = (io_event * max(nr, 1))()
     ev_addr = ctypes.addressof(events)
     deadline = None if timeout is None else time.monotonic() + timeout
