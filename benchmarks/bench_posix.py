@@ -10,7 +10,10 @@ cache, one opened with O_DIRECT (buffers from ``xaio.aligned_buffer``).
 
 Run::
 
-    .venv/bin/python benchmarks/bench_posix.py [--rounds 5] [--seconds 1.0]
+    .venv/bin/python benchmarks/bench_posix.py [--rounds 5] [--seconds 1.0] [--dir DIR]
+
+``--no-inline`` turns off the RWF_NOWAIT page-cache fast path of the thread
+engine, to measure the worker-thread path alone.
 """
 
 from __future__ import annotations
@@ -232,12 +235,22 @@ def main() -> None:
     ap.add_argument("--direct-mib", type=int, default=256)
     ap.add_argument("--dir", default=None, help="directory for the test files (not tmpfs)")
     ap.add_argument("--only", choices=["cached", "direct"], default=None)
+    ap.add_argument(
+        "--no-inline",
+        action="store_true",
+        help="disable the RWF_NOWAIT page-cache fast path (every read goes to a worker)",
+    )
     args = ap.parse_args()
+    if args.no_inline:
+        import xaio.threads
+
+        xaio.threads._RWF_NOWAIT = None
     lib = _load_glibc()
     rows = []
     print(
         f"python {platform.python_version()}, {os.cpu_count()} cpus, "
         f"depth {args.depth}, 4 KiB random reads, {args.rounds} rounds of {args.seconds}s"
+        + (", no inline fast path" if args.no_inline else "")
     )
     if args.only in (None, "cached"):
         path = make_file(args.cached_mib << 20, args.dir)

@@ -60,6 +60,7 @@ import math
 import os
 import select
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Final
@@ -274,6 +275,10 @@ class _Group:
 # _state_lock guards every aiocb's status fields, _by_fd and the engine choice.
 
 _state_lock = threading.Lock()
+#: Threads in aio_suspend: every completion wakes them all (they re-check
+#: their own lists).  Registering once per wait instead of once per listed
+#: aiocb keeps aio_suspend O(1) in bookkeeping for long lists.
+_suspenders: list[_Waiter] = []
 _by_fd: dict[int, dict[aiocb, None]] = {}
 _engine: Engine | None = None
 _engine_is_ours = False  # we created it (and close it)
@@ -511,22 +516,31 @@ def _finish(cb: aiocb, res: int) -> None:
             cb._waiters = None
             for w in waiters:
                 w.wake_locked()
+        if _suspenders:
+            for w in _suspenders:
+                w.wake_locked()
+            _suspenders.clear()
         group = cb._group
-        group_notice = None
-        if group is not None:
-            cb._group = None
-            if res < 0:
-                group.failed = True
-            group.remaining -= 1
-            if not group.remaining:
-                if group.waiter is not None:
-                    group.waiter.wake_locked()
-                group_notice = group.notice
+        cb._group = None
         notice = cb._notice
         cb._notice = None
     if notice is not None:
         _notify(notice)
-    if group_notice is not None:  # after the request's own notification
+    if group is None:
+        return
+    # The list is counted down only after this request's own notification
+    # was sent, so the list notification (sent by whichever request is
+    # last) always comes after every request's.
+    group_notice = None
+    with _state_lock:
+        if res < 0:
+            group.failed = True
+        group.remaining -= 1
+        if not group.remaining:
+            if group.waiter is not None:
+                group.waiter.wake_locked()
+            group_notice = group.notice
+    if group_notice is not None:
         _notify(group_notice)
 
 
@@ -914,44 +928,41 @@ def aio_suspend(cbs: Iterable[aiocb | None], timeout: float | None = None) -> No
     for cb in cbs:
         if cb is None:
             continue
-        if not isinstance(cb, aiocb):
+        if type(cb) is not aiocb and not isinstance(cb, aiocb):
             raise TypeError(f"an aiocb or None is required, not {type(cb).__name__!r}")
         if cb._state != _INPROGRESS:
             return
         pending.append(cb)
     if not pending:
         return
-    w = _Waiter()
-    with _state_lock:
-        for cb in pending:
-            if cb._state != _INPROGRESS:
-                break
-            _add_waiter_locked(cb, w)
-        else:
-            cb = None
-        if cb is not None:  # one finished meanwhile
-            _remove_waiter_locked(pending, w)
-            return
-    try:
-        if timeout is None:
-            got = w.lock.acquire()
-        else:
-            got = w.lock.acquire(timeout=min(timeout, threading.TIMEOUT_MAX))
-    finally:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        # Register, then re-check under the lock that completions take: a
+        # completion either happened before (seen here) or will wake us.
+        w = _Waiter()
         with _state_lock:
-            _remove_waiter_locked(pending, w)
-    if not got:
-        raise _syscall.oserror(errno.EAGAIN)
-
-
-def _remove_waiter_locked(cbs: list[aiocb], w: _Waiter) -> None:
-    for cb in cbs:
-        ws = cb._waiters
-        if ws is not None:
-            try:
-                ws.remove(w)
-            except ValueError:
-                pass
+            for cb in pending:
+                if cb._state != _INPROGRESS:
+                    return
+            _suspenders.append(w)
+        try:
+            if deadline is None:
+                got = w.lock.acquire()
+            else:
+                remaining = deadline - time.monotonic()
+                got = remaining > 0 and w.lock.acquire(
+                    timeout=min(remaining, threading.TIMEOUT_MAX)
+                )
+        finally:
+            if not w.woken:
+                with _state_lock:
+                    if not w.woken:
+                        _suspenders.remove(w)
+        if not got:
+            for cb in pending:
+                if cb._state != _INPROGRESS:
+                    return
+            raise _syscall.oserror(errno.EAGAIN)
 
 
 def lio_listio(mode: int, cbs: Iterable[aiocb | None], sig: sigevent | None = None) -> None:
@@ -1128,6 +1139,7 @@ def _after_fork_child() -> None:
             cb._group = None
             cb._notice = None
     _by_fd.clear()
+    _suspenders.clear()
     eng = _engine
     if isinstance(eng, ThreadEngine) and _engine_is_ours:
         eng.forget_after_fork()

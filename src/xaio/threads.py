@@ -203,6 +203,7 @@ class ThreadEngine(Engine):
         self._idle: list[threading.Lock] = []
         self._threads: set[threading.Thread] = set()
         self._nthreads = 0
+        self._waking = 0  # workers woken (or started) not yet at the ready queue
         self._no_threads = threading.Condition(self._mutex)
         self._done: deque[tuple[Operation, int]] = deque()
         self._signalled = False
@@ -425,6 +426,7 @@ class ThreadEngine(Engine):
                     self._post_locked(op, -errno.ECANCELED)
             for w in self._idle:
                 w.release()
+                self._waking += 1
             self._idle.clear()
             while self._nthreads:
                 self._no_threads.wait()
@@ -475,6 +477,7 @@ class ThreadEngine(Engine):
         self._threads.clear()
         self._done.clear()
         self._nthreads = 0
+        self._waking = 0
         self._closed = True
         if self._efd >= 0:
             try:
@@ -499,14 +502,23 @@ class ThreadEngine(Engine):
     # -- internals ----------------------------------------------------------------
 
     def _wake_locked(self, n: int) -> int:
-        """Wake up to *n* idle workers; return how many threads to start."""
+        """Make sure the ready queue has enough workers coming for it: wake
+        idle workers, then ask for new threads, but only for the ready
+        operations no worker has been woken for yet (a worker woken for
+        nothing is two useless thread switches).  Returns how many threads
+        the caller must start (after releasing the mutex)."""
+        need = len(self._ready) - self._waking
+        if need <= 0:
+            return 0
         idle = self._idle
-        while n and idle:
+        while need and idle:
             idle.pop().release()
-            n -= 1
-        spawn = min(n, self._max_threads - self._nthreads)
+            self._waking += 1
+            need -= 1
+        spawn = min(need, self._max_threads - self._nthreads)
         if spawn > 0:
             self._nthreads += spawn
+            self._waking += spawn
             return spawn
         return 0
 
@@ -555,6 +567,7 @@ class ThreadEngine(Engine):
         except BaseException:
             with self._mutex:
                 self._nthreads -= 1
+                self._waking -= 1
                 self._no_threads.notify_all()
             raise
         self._spawned += 1
@@ -571,12 +584,16 @@ class ThreadEngine(Engine):
             self._threads.add(threading.current_thread())
         op: Operation | None = None
         res = 0
+        woken = True  # a new thread counts as woken for the ready queue
         while True:
             # One critical section finishes the previous operation and takes
             # the next one.
             mutex.acquire()
             spawn = 0
             exiting = False
+            if woken:
+                woken = False
+                self._waking -= 1
             if op is not None:
                 self._completed += 1
                 running.discard(op)
@@ -613,6 +630,7 @@ class ThreadEngine(Engine):
             if exiting:
                 return
             if me.acquire(timeout=idle_time):
+                woken = True
                 continue
             with mutex:
                 if me in self._idle:  # nobody woke us: exit
@@ -620,6 +638,7 @@ class ThreadEngine(Engine):
                     self._exit_locked()
                     return
             me.acquire()  # woken just as the wait timed out: consume it
+            woken = True
 
     def _exit_locked(self) -> None:
         self._threads.discard(threading.current_thread())
