@@ -1,0 +1,145 @@
+"""Hypothesis fuzzing of the io_uring entry points: what the kernel does must
+match os.pread/os.pwrite, and bad arguments must fail before the kernel with
+TypeError/ValueError (or come back as -errno), never crash or leak."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from xaio import uring
+from xaio._ops import OpCode, Operation
+from xaio.uring import Ring, UringEngine
+
+REASON = uring.unavailable_reason()
+pytestmark = pytest.mark.skipif(REASON is not None, reason=f"io_uring unavailable: {REASON}")
+
+SIZE = 1 << 16
+FUZZ = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Ring, UringEngine, int]]:
+    path: Path = tmp_path_factory.mktemp("fuzz") / "f"
+    path.write_bytes(os.urandom(SIZE))
+    fd = os.open(path, os.O_RDWR)
+    ring = Ring(16)
+    eng = UringEngine(16)
+    yield ring, eng, fd
+    ring.close()
+    eng.close()
+    os.close(fd)
+
+
+@FUZZ
+@given(
+    offset=st.integers(min_value=0, max_value=SIZE + 100),
+    length=st.integers(min_value=0, max_value=5000),
+    data=st.binary(max_size=3000),
+)
+def test_ring_read_write_match_os(
+    shared: tuple[Ring, UringEngine, int], offset: int, length: int, data: bytes
+) -> None:
+    ring, _, fd = shared
+    ring.prep_write(fd, data, offset, user_data=1)
+    ring.submit()
+    got = ring.wait_cqe(timeout=5)
+    assert got == (1, len(data), 0)
+    buf = bytearray(length)
+    ring.prep_read(fd, buf, offset, user_data=2)
+    ring.submit()
+    cqe = ring.wait_cqe(timeout=5)
+    assert cqe is not None
+    expected = os.pread(fd, length, offset)
+    assert cqe[1] == len(expected) and bytes(buf[: cqe[1]]) == expected
+
+
+@FUZZ
+@given(
+    fd=st.one_of(st.integers(min_value=-(2**31), max_value=2**31 - 1), st.just(10**6)),
+    offset=st.integers(min_value=-(2**63), max_value=2**64 - 1),
+)
+def test_ring_any_fd_and_offset_is_an_answer_not_a_crash(
+    shared: tuple[Ring, UringEngine, int], fd: int, offset: int
+) -> None:
+    ring, _, _ = shared
+    try:
+        os.fstat(fd)
+        fd = -1  # an open fd: reading it could consume someone's data or block
+    except (OSError, OverflowError):
+        pass
+    ring.prep_read(fd, bytearray(8), offset, user_data=3)
+    ring.submit()
+    cqe = ring.wait_cqe(timeout=5)
+    assert cqe is not None and cqe[0] == 3
+    assert cqe[1] < 0 and -cqe[1] in (errno.EBADF, errno.EINVAL, errno.ESPIPE)
+
+
+@FUZZ
+@given(
+    buf=st.one_of(
+        st.binary(max_size=8),
+        st.integers(),
+        st.text(max_size=4),
+        st.none(),
+        st.lists(st.integers(), max_size=3),
+    )
+)
+def test_ring_read_refuses_non_writable_buffers_before_the_kernel(
+    shared: tuple[Ring, UringEngine, int], buf: object
+) -> None:
+    ring, _, fd = shared
+    before = ring.sq_ready()
+    with pytest.raises(TypeError):
+        ring.prep_read(fd, buf, 0)
+    assert ring.sq_ready() == before
+
+
+@FUZZ
+@given(
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from([OpCode.READ, OpCode.WRITE, OpCode.READV, OpCode.NOP]),
+            st.integers(min_value=-1, max_value=SIZE),
+            st.integers(min_value=0, max_value=600),
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_engine_batches_complete_each_op_once(
+    shared: tuple[Ring, UringEngine, int], ops: list[tuple[OpCode, int, int]]
+) -> None:
+    _, eng, fd = shared
+    done: list[Operation] = []
+    batch = []
+    for code, offset, n in ops:
+        if code is OpCode.READV:
+            bufs = [bytearray(n // 2), bytearray(n - n // 2)]
+        elif code is OpCode.WRITE:
+            bufs = [bytes(n)]
+        elif code is OpCode.READ:
+            bufs = [bytearray(n)]
+        else:
+            bufs = []
+        batch.append(Operation(code, fd, bufs, offset, on_done=done.append))
+    eng.submit(batch)
+    for _ in range(200):
+        if len(done) == len(batch):
+            break
+        eng.reap(0.05)
+    assert sorted(map(id, done)) == sorted(map(id, batch))
+    for op in batch:
+        assert op.result is not None
+        if op.opcode is OpCode.NOP:
+            assert op.result == 0
+        else:
+            assert 0 <= op.result <= op.nbytes or op.result == -errno.EINVAL
