@@ -976,6 +976,8 @@ def io_cancel(ctx: IOContext, iocb: Iocb) -> IOEvent | None:
 # ---------------------------------------------------------------------------------
 
 _U32_PAIR = struct.Struct("<II")
+_I64 = struct.Struct("<q")
+_IOCB_OFFSET_AT = iocb.aio_offset.offset
 _U32_ONE = struct.Struct("<I")
 _IOCB_SIZE = 64
 _IOCB_SHIFT = 6
@@ -1020,6 +1022,8 @@ class IOBatch:
         "_ts_addr",
         "_pack_into",
         "_unpack_from",
+        "_mem",
+        "_events_mem",
     )
 
     def __init__(self, ctx: IOContext, capacity: int) -> None:
@@ -1032,11 +1036,13 @@ class IOBatch:
         self.capacity = capacity
         self._iocbs = (iocb * capacity)()
         self._base = ctypes.addressof(self._iocbs)
+        self._mem = memoryview(self._iocbs).cast("B")
         self._addrs = [self._base + i * _IOCB_SIZE for i in range(capacity)]
         self._ptrs = (ctypes.c_void_p * capacity)()
         self._ptrs_addr = ctypes.addressof(self._ptrs)
         self._events = (io_event * capacity)()
         self._events_addr = ctypes.addressof(self._events)
+        self._events_mem = memoryview(self._events).cast("B")
         self._bufs: list[Any] = [None] * capacity
         self._pins: list[Pin | None] = [None] * capacity
         self._busy = [False] * capacity
@@ -1125,7 +1131,7 @@ class IOBatch:
         """Change only the file offset of a prepared, idle slot."""
         if self._busy[slot]:
             raise IocbInFlightError(f"slot {slot} is in flight")
-        self._iocbs[slot].aio_offset = offset
+        _I64.pack_into(self._mem, slot * _IOCB_SIZE + _IOCB_OFFSET_AT, offset)
 
     def set_eventfd(self, slot: int, fd: int | None) -> None:
         """Signal eventfd *fd* when *slot* completes (None: stop doing so)."""
@@ -1219,16 +1225,17 @@ class IOBatch:
             if n:
                 return n
             raise oserror(-ret)
-        events = self._events
+        mem = self._events_mem
+        unpack = self._unpack_from
         base = self._base
         busy = self._busy
         done_slots = self.done_slots
         done_res = self.done_res
         for i in range(n, n + ret):
-            ev = events[i]
-            s = (ev.obj - base) >> _IOCB_SHIFT
+            _, obj, res, _ = unpack(mem, i * 32)
+            s = (obj - base) >> _IOCB_SHIFT
             done_slots[i] = s
-            done_res[i] = ev.res
+            done_res[i] = res
             busy[s] = False
         self._nbusy -= ret
         return n + ret
