@@ -1122,3 +1122,22 @@ def test_no_inline_read_for_direct_or_append(tmp_path: Path) -> None:
     finally:
         os.close(dfd)
         os.close(afd)
+
+
+def test_aio_init_engine_switch_busy(pipe: tuple[int, int]) -> None:
+    from xaio.threads import ThreadEngine
+
+    r, w = pipe
+    cb = P.aiocb(r, 0, bytearray(1))
+    P.aio_read(cb)
+    eng = ThreadEngine(threads=1)
+    try:
+        with pytest.raises(OSError) as ei:
+            P.aio_init(engine=eng)  # requests in progress on the current engine
+        assert ei.value.errno == errno.EBUSY
+        P.aio_init(threads=4, engine="thread")  # same engine: just tuning
+        os.write(w, b"x")
+        wait_done(cb)
+        assert P.aio_return(cb) == 1
+    finally:
+        eng.close()

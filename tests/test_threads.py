@@ -342,3 +342,24 @@ def test_many_threads_submit_and_cancel(tfile: int) -> None:
     e.close()
     assert len(set(ends)) == 1000
     assert all(op.result in (16, -errno.ECANCELED) for op in all_ops)
+
+
+def test_read_nowait(eng: ThreadEngine, tfile: int, tmp_path: Path) -> None:
+    os.pread(tfile, 4096, 0)  # cached
+    buf = bytearray(8)
+    assert eng.read_nowait(tfile, buf, 16, 8) == 8
+    assert bytes(buf) == bytes(range(16, 24))
+    assert eng.read_nowait(tfile, buf, 10**9, 8) is None  # EOF: short, left to a worker
+    assert eng.read_nowait(987654, buf, 0, 8) is None  # errors too
+    r, w = os.pipe()
+    afd = os.open(tmp_path / "t.bin", os.O_RDWR | os.O_APPEND)
+    try:
+        os.write(w, b"x" * 8)
+        assert eng.read_nowait(r, buf, 0, 8) is None  # a stream
+        assert eng.read_nowait(afd, buf, 0, 8) is None  # O_APPEND
+    finally:
+        for fd in (r, w, afd):
+            os.close(fd)
+    assert eng.statistics()["inline"] == 1
+    assert threading.active_count() >= 1  # and no worker was needed
+    assert eng.statistics()["spawned"] == 0
