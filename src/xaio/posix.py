@@ -318,6 +318,8 @@ class _Reaper:
         poller.register(self.stop_r, select.POLLIN)
         while True:
             events = poller.poll()
+            if self.engine.closed:  # closed under us: nothing more will come
+                return
             self.engine.reap(0)
             if any(fd == self.stop_r for fd, _ in events):
                 return
