@@ -648,6 +648,20 @@ def test_close_with_pending_read_returns_and_releases(pipe: tuple[int, int]) -> 
     assert resizable(buf)
 
 
+def test_unclosed_ring_closes_even_when_the_warning_is_an_error() -> None:
+    import warnings
+
+    r = Ring(4)
+    fd = r.fd
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        with pytest.raises(ResourceWarning):
+            r.__del__()  # what the garbage collector calls; the warning raises
+    assert r.closed
+    with pytest.raises(OSError):
+        os.fstat(fd)
+
+
 def test_unclosed_ring_warns() -> None:
     r = Ring(4)
     with pytest.warns(ResourceWarning):

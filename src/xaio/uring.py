@@ -1435,12 +1435,15 @@ class Ring:
     def __del__(self) -> None:
         if getattr(self, "_closed", True):
             return
-        if self._generation == _fork_generation[0]:
-            warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self, stacklevel=2)
         try:
-            self.close()
-        except Exception:  # pragma: no cover - interpreter shutdown
-            pass
+            if self._generation == _fork_generation[0]:
+                # may raise (warnings as errors): the finally still closes
+                warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self, stacklevel=2)
+        finally:
+            try:
+                self.close()
+            except Exception:  # pragma: no cover - interpreter shutdown
+                pass
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"fd={self.fd} sq={self.sq_entries}"
@@ -1547,6 +1550,11 @@ class UringEngine(Engine):
 
     def fileno(self) -> int:
         """The eventfd registered with the ring: readable while completions wait.
+
+        The kernel signals it for every CQE posted.  :meth:`reap` clears it
+        only when it finds the CQ empty (then looks again), so a reap that
+        delivered may leave one spurious wake-up behind; the next reap returns
+        0 and clears it.  No wake-up is ever lost.
 
         Raises:
             EngineClosedError: the engine is closed.
@@ -1904,12 +1912,15 @@ class UringEngine(Engine):
     def __del__(self) -> None:
         if getattr(self, "_closed", True):
             return
-        if self._generation == _fork_generation[0]:
-            warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self, stacklevel=2)
         try:
-            self.close()
-        except Exception:  # pragma: no cover - interpreter shutdown
-            pass
+            if self._generation == _fork_generation[0]:
+                # may raise (warnings as errors): the finally still closes
+                warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self, stacklevel=2)
+        finally:
+            try:
+                self.close()
+            except Exception:  # pragma: no cover - interpreter shutdown
+                pass
 
     def __repr__(self) -> str:
         return f"<xaio.uring.UringEngine {'closed' if self._closed else 'open'}>"
