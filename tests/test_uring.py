@@ -905,6 +905,31 @@ def test_engine_close_cancels_and_releases(pipe: tuple[int, int]) -> None:
     assert eng.reap(0) == 0
 
 
+def test_engine_close_drains_everything_even_if_a_callback_raises() -> None:
+    eng = UringEngine(8)
+    pipes = [os.pipe() for _ in range(3)]
+    try:
+        bufs = [bytearray(1) for _ in pipes]
+
+        def boom(op: Operation) -> None:
+            raise ZeroDivisionError
+
+        ops = [
+            Operation(OpCode.READ, r, [b], on_done=boom)
+            for (r, _), b in zip(pipes, bufs, strict=True)
+        ]
+        eng.submit(ops)
+        with pytest.raises(ZeroDivisionError):
+            eng.close()
+        assert eng.closed and all(op.result == -errno.ECANCELED for op in ops)
+        assert all(resizable(b) for b in bufs)
+        eng.close()  # idempotent, nothing left
+    finally:
+        for r, w in pipes:
+            os.close(r)
+            os.close(w)
+
+
 def test_engine_close_wakes_a_blocked_reaper() -> None:
     eng = UringEngine(8)
     result: list[int] = []

@@ -1872,23 +1872,35 @@ class UringEngine(Engine):
                         os.close(self._efd)
 
     def _drain(self, timeout: float = 10.0) -> None:
+        """Cancel everything and deliver every completion.  An ``on_done`` that
+        raises does not stop the drain: the first such exception is re-raised
+        once every operation has been reaped."""
         ring = self._ring
         deadline = time.monotonic() + timeout
         inflight = self._inflight
+        error: BaseException | None = None
+
+        def reap_now() -> None:
+            nonlocal error
+            while True:
+                try:
+                    self._reap_nowait()
+                    return
+                except Exception as e:  # an on_done raised: keep draining
+                    error = error or e
+
         while len(inflight):
             with self._lock:
                 try:
-                    ring.sync_cancel(
-                        flags=abi.IORING_ASYNC_CANCEL_ANY | abi.IORING_ASYNC_CANCEL_ALL
-                    )
+                    ring.sync_cancel(flags=_CANCEL_ANY_ALL)
                 except OSError:
                     ring.prep_cancel_all(user_data=_WAKE)
                     ring.submit()
-            self._reap_nowait()
+            reap_now()
             if not len(inflight) or time.monotonic() > deadline:
                 break
             ring._enter_wait(0, 1, 0.1)
-            self._reap_nowait()
+            reap_now()
         if len(inflight):  # pragma: no cover - a request the kernel could not stop
             _graveyard.append(list(inflight))
             warnings.warn(
@@ -1897,6 +1909,8 @@ class UringEngine(Engine):
                 ResourceWarning,
                 stacklevel=3,
             )
+        if error is not None:
+            raise error
 
     def statistics(self) -> dict[str, Any]:
         """Counters: submitted, completed, cancel, eventfd_reads, in_flight,
