@@ -99,6 +99,35 @@ def test_setup_reports_features_and_sizes(ring: Ring) -> None:
     assert stat.S_ISREG(os.fstat(ring.fileno()).st_mode) is False
 
 
+def test_sqpoll_on_request(data_fd: int) -> None:
+    try:
+        r = Ring(4, abi.IORING_SETUP_SQPOLL, sq_thread_idle=1)
+    except PermissionError as e:  # pragma: no cover - old kernels: CAP_SYS_ADMIN
+        pytest.skip(f"SQPOLL not permitted: {e}")
+    with r:
+        assert r.flags & abi.IORING_SETUP_SQPOLL
+        bufs = [bytearray(8) for _ in range(10)]
+        for i, b in enumerate(bufs):  # more than the SQ holds: waits for room
+            r.prep_read(data_fd, b, i * 4096, user_data=i)
+        r.submit()
+        got = take(r, 10)
+        assert all(got[i] == (8, 0) for i in range(10))
+        assert all(b == pattern(10 * 4096)[i * 4096 : i * 4096 + 8] for i, b in enumerate(bufs))
+        deadline = time.monotonic() + T
+        while not r._sq32[r._sq_kflags] & abi.IORING_SQ_NEED_WAKEUP:  # idle after 1 ms
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        r.prep_nop(user_data=99)  # the thread sleeps: submit must wake it
+        r.submit_and_wait(1, timeout=T)
+        assert take(r, 1) == {99: (0, 0)}
+    eng = UringEngine(4, setup_flags=abi.IORING_SETUP_SQPOLL)
+    with eng:
+        ops = [Operation(OpCode.NOP, -1) for _ in range(20)]
+        eng.submit(ops)
+        _reap_until(eng, ops)
+        assert all(op.result == 0 for op in ops)
+
+
 def test_setup_bad_arguments() -> None:
     with pytest.raises(ValueError):
         Ring(0)

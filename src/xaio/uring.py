@@ -315,6 +315,7 @@ class Ring:
         flags: int = 0,
         *,
         cq_entries: int | None = None,
+        sq_thread_idle: int | None = None,
         _setup: SetupFunction | None = None,
     ) -> None:
         """Create a ring.
@@ -325,6 +326,8 @@ class Ring:
                 added when the kernel knows it (Linux 5.18), so a bad SQE never
                 stops the rest of a batch; SQPOLL is never added.
             cq_entries: CQ size (``IORING_SETUP_CQSIZE``); default twice ``entries``.
+            sq_thread_idle: with ``IORING_SETUP_SQPOLL``, milliseconds the
+                kernel's SQ thread polls before it sleeps (kernel default 1000).
             _setup: private test hook replacing the ``io_uring_setup`` syscall.
 
         Raises:
@@ -351,6 +354,8 @@ class Ring:
             if cq_entries is not None:
                 params.flags |= abi.IORING_SETUP_CQSIZE
                 params.cq_entries = cq_entries
+            if sq_thread_idle is not None:
+                params.sq_thread_idle = sq_thread_idle
             fd = setup(entries, ctypes.addressof(params))
             if fd == -errno.EINVAL and extra:
                 extra = 0  # a kernel older than SUBMIT_ALL: try without it
@@ -376,6 +381,7 @@ class Ring:
         self.features: int = params.features
         self.flags: int = params.flags
         self.sq_entries: int = params.sq_entries
+        self._sqpoll = bool(params.flags & abi.IORING_SETUP_SQPOLL)
         self.cq_entries: int = params.cq_entries
         self._generation = _fork_generation[0]
         self._pid = os.getpid()
@@ -547,11 +553,20 @@ class Ring:
         """A free SQE slot, submitting what is queued first if the SQ is full."""
         idx = self.get_sqe()
         if idx < 0:
-            self.submit()
+            self._make_room()
             idx = self.get_sqe()
-            if idx < 0:  # pragma: no cover - the kernel always consumes with SUBMIT_ALL
-                raise oserror(errno.EBUSY)
         return idx
+
+    def _make_room(self) -> None:
+        """Submit what is queued; with SQPOLL, wait until the SQ thread has
+        taken at least one SQE (``IORING_ENTER_SQ_WAIT``)."""
+        self.submit()
+        while self.sq_space_left() == 0:
+            if not self._sqpoll:  # pragma: no cover - SUBMIT_ALL consumes everything
+                raise oserror(errno.EBUSY)
+            ret = self._enter(0, 0, abi.IORING_ENTER_SQ_WAIT)
+            if ret < 0:
+                raise oserror(-ret)
 
     def _prep_rw(
         self,
@@ -1076,6 +1091,8 @@ class Ring:
                 EINVAL in a forked child.
         """
         self._check()
+        if self._sqpoll:
+            return self._submit_sqpoll()
         n = self._publish()
         if not n:
             return 0
@@ -1089,6 +1106,23 @@ class Ring:
             # backpressure: let the kernel flush the overflow list, then retry
             self._enter(0, 0, abi.IORING_ENTER_GETEVENTS)
         raise oserror(-ret)
+
+    def _submit_sqpoll(self) -> int:
+        """SQPOLL: the kernel thread reads the tail and the SQEs concurrently.
+        The fence before publishing orders the SQE writes before the tail store
+        (a no-op need on x86-64, needed on arm64); the fence after it orders
+        the tail store before the load of the flags -- a store->load order
+        that even x86-64 does not keep without a locked instruction (liburing's
+        io_uring_smp_mb()).  Then wake the thread if it sleeps."""
+        _fence()
+        n = self._publish()
+        _fence()
+        if self._sq32[self._sq_kflags] & abi.IORING_SQ_NEED_WAKEUP:
+            ret = self._enter(0, 0, abi.IORING_ENTER_SQ_WAKEUP)
+            if ret < 0:
+                raise oserror(-ret)
+        self._stats["submitted"] += n
+        return n
 
     def submit_and_wait(self, wait_nr: int = 1, timeout: float | None = None) -> int:
         """Submit what is prepared and wait until *wait_nr* CQEs are ready
@@ -1106,6 +1140,12 @@ class Ring:
             OSError: as :meth:`submit`.
         """
         self._check()
+        if self._sqpoll:
+            n = self._submit_sqpoll()
+            ret = self._enter_wait(0, wait_nr, timeout)
+            if ret < 0 and ret not in (-errno.ETIME, -errno.EBUSY, -errno.EAGAIN):
+                raise oserror(-ret)
+            return n
         n = self._publish()
         ret = self._enter_wait(n, wait_nr, timeout)
         if ret == -errno.ETIME:
@@ -1611,7 +1651,7 @@ class UringEngine(Engine):
             for op in ops:
                 tail = ring._sqe_tail
                 if (tail - sq32[khead]) & _U32 >= n_sq:
-                    ring.submit()
+                    ring._make_room()
                 ring._sqe_tail = (tail + 1) & _U32
                 key = add(op)
                 code = op.opcode
@@ -1675,9 +1715,13 @@ class UringEngine(Engine):
                     )  # fmt: skip
                 op.state = _SUBMITTED
             # publish the tail and enter once (Ring.submit, inlined)
-            tail = ring._sqe_tail
-            sq32[ring._sq_ktail] = tail
-            pending = (tail - sq32[khead]) & _U32
+            if ring._sqpoll:
+                ring.submit()
+                pending = 0
+            else:
+                tail = ring._sqe_tail
+                sq32[ring._sq_ktail] = tail
+                pending = (tail - sq32[khead]) & _U32
             if pending:
                 ring._stats["enter"] += 1
                 ret = _io_uring_enter(ring.fd, pending, 0, 0, 0, 0)
