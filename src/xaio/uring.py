@@ -58,7 +58,11 @@ ordering.  On arm64 they are not, so there :meth:`Ring.peek_batch` puts a full
 fence (the acquire and release of a :class:`threading.Lock`, i.e. an atomic
 read-modify-write with acquire and a store-release, which together order the
 preceding tail load before the following CQE loads, and the CQE loads before
-the head store) at exactly those two points.
+the head store) at exactly those two points.  SQPOLL (only on request) changes
+the SQ side: a kernel thread reads the tail concurrently, so
+:meth:`Ring._submit_sqpoll` fences before the tail store and again between it
+and the load of ``IORING_SQ_NEED_WAKEUP`` -- a store->load order that even
+x86-64 keeps only with a locked instruction (liburing's ``io_uring_smp_mb``).
 
 *Unavailable.*  ``io_uring_setup`` fails with ``ENOSYS`` when the kernel lacks
 io_uring (or a seccomp filter says so), and with ``EPERM`` when
