@@ -77,10 +77,13 @@ xaio also requires ``IORING_FEAT_NODROP`` and ``IORING_FEAT_EXT_ARG`` (Linux
 the kernel queues them internally and sets ``IORING_SQ_CQ_OVERFLOW`` in the SQ
 flags; an ``io_uring_enter(IORING_ENTER_GETEVENTS)`` moves them into the CQ as
 it drains.  :meth:`Ring.peek_batch` does that flush when it sees the flag.
+Measured here: a ring with a 2-entry CQ given 64 NOPs keeps 62 in the kernel's
+list and hands all of them over, in order, as the CQ is drained.
 ``io_uring_enter`` may answer ``EBUSY`` or ``EAGAIN`` (overflow not flushable,
-out of memory): the SQEs stay in the ring, we reap and try again.  ``EINTR`` is
-retried after running the signal handlers (PEP 475), with what remains of a
-timeout.
+out of memory): :meth:`Ring.submit` lets the kernel flush its overflow list
+(``GETEVENTS``) and tries again a few times before reporting it; unconsumed
+SQEs stay queued for the next submit.  ``EINTR`` is retried after running the
+signal handlers (PEP 475), with what remains of a timeout.
 
 *Fork.*  The child inherits the ring fd (and the mapping dups Python's mmap
 holds), and the kernel does *not* stop it from using the parent's ring: probed
