@@ -1,0 +1,1117 @@
+"""The job runner behind ``xaio bench``: a small fio written on xaio.
+
+How a run works, and why it is measured the way it is
+=====================================================
+
+*The job.*  A :class:`Job` says what fio's options say: the pattern
+(``read``, ``write``, ``randread``, ``randwrite``, ``randrw`` with
+``rwmixread``), the block size, the file size, how many requests to keep in
+flight (``iodepth``), O_DIRECT or not, how long (``runtime`` seconds or a
+``number`` of requests) and ``fsync`` every N writes.  The offsets and the
+read/write choice of each request come from precomputed arrays (a seeded
+``random.Random``), so generating the workload costs one index per request.
+
+*The APIs.*  ``sync`` drives an :class:`~xaio.engine.Engine` directly: *iodepth*
+:class:`~xaio._ops.Operation` objects and their aligned buffers are made once
+and re-armed after each completion (the loop allocates nothing per request);
+``posix`` keeps *iodepth* ``aiocb`` in flight with ``aio_read``/``aio_write``
+and waits in ``aio_suspend``; ``asyncio`` runs *iodepth* tasks awaiting
+``xaio``'s coroutines, when the async layer is installed.
+
+*Latency.*  ``time.perf_counter_ns()`` when a request is submitted, and once
+per reaped batch when completions are delivered (every request of a batch was
+complete when the batch was reaped: that is when the program could know it,
+which is also where fio takes its completion time).  Samples go into
+``array('q')`` buffers that grow by doubling, so a sample costs a store.
+
+*CPU.*  ``resource.getrusage(RUSAGE_SELF)`` before and after the timed loop:
+user and system seconds of the whole process, worker threads included, as a
+percentage of one core over the wall-clock time (fio's ``usr_cpu``/``sys_cpu``).
+
+*IOPS over time.*  Every tick (100 ms) the loop notes how many requests have
+completed; the progress callback is called at the same moment.
+
+*fio.*  :func:`run_fio` runs the same job with fio on the same file and reads
+its JSON, so the CLI can show both side by side.  Counterparts: ``uring`` ->
+``io_uring``, ``linux`` -> ``libaio``, ``thread`` -> ``psync`` with
+``numjobs=iodepth``, and the ``posix`` API -> ``posixaio``.
+
+Nothing here prints: the CLI renders :class:`Result` objects.
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import json
+import os
+import random
+import resource
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from xaio._memory import aligned_buffer, dio_alignment
+from xaio._ops import OpCode, Operation, OpState
+from xaio.engine import ENGINE_NAMES, Engine, create_engine
+
+__all__ = [
+    "API_NAMES",
+    "BenchError",
+    "Job",
+    "LatencyStats",
+    "Progress",
+    "RW_MODES",
+    "Result",
+    "fio_available",
+    "format_size",
+    "latency_stats",
+    "parse_size",
+    "prepare_file",
+    "run",
+    "run_fio",
+]
+
+#: The access patterns, as fio names them.
+RW_MODES: tuple[str, ...] = ("read", "write", "randread", "randwrite", "randrw")
+#: The APIs a run can go through.
+API_NAMES: tuple[str, ...] = ("sync", "asyncio", "posix")
+
+_TICK_NS = 100_000_000  # progress and IOPS-over-time resolution: 100 ms
+_PATTERN_LEN = 1 << 16  # precomputed offsets / directions, indexed modulo this
+
+#: ``progress(fraction_done, requests_done, seconds_elapsed)``
+Progress = Callable[[float, int, float], None]
+
+
+class BenchError(Exception):
+    """A problem to report to the user in one line (bad job, failed I/O)."""
+
+
+# ---------------------------------------------------------------------------------
+# Sizes
+# ---------------------------------------------------------------------------------
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """A size as fio writes it: ``4096``, ``4k``, ``64M``, ``1GiB``, ``1g``.
+
+    Suffixes are powers of 1024 (fio's default ``kb_base``); ``B``, ``iB``
+    and case are ignored.
+
+    Raises:
+        ValueError: not a size (the message says what was expected).
+    """
+    t = text.strip().upper()
+    for suffix in ("IB", "B"):
+        if t.endswith(suffix) and len(t) > len(suffix):
+            t = t[: -len(suffix)]
+            break
+    unit = ""
+    if t and t[-1] in _UNITS:
+        unit, t = t[-1], t[:-1]
+    try:
+        value = float(t)
+    except ValueError:
+        raise ValueError(f"invalid size {text!r} (expected e.g. 4096, 4k, 64M, 1G)") from None
+    size = value * _UNITS[unit]
+    if size != size or size in (float("inf"), float("-inf")) or size != int(size):
+        raise ValueError(f"invalid size {text!r}: not a whole number of bytes")
+    return int(size)
+
+
+def format_size(n: float) -> str:
+    """``4096`` -> ``"4 KiB"``, ``67108864`` -> ``"64 MiB"``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            if unit == "B" or n == int(n):
+                return f"{int(n)} {unit}"
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# ---------------------------------------------------------------------------------
+# The job and its results
+# ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Job:
+    """What to run (fio's vocabulary).  :meth:`check` validates it."""
+
+    rw: str = "randread"
+    bs: int = 4096
+    size: int = 64 << 20
+    iodepth: int = 32
+    direct: bool = False
+    runtime: float | None = 3.0
+    number: int | None = None
+    fsync: int = 0
+    rwmixread: int = 50
+    seed: int = 1234
+
+    def check(self) -> None:
+        """Raise :class:`BenchError` for an impossible job."""
+        if self.rw not in RW_MODES:
+            raise BenchError(f"unknown --rw {self.rw!r} (expected one of {', '.join(RW_MODES)})")
+        if self.bs <= 0:
+            raise BenchError(f"--bs must be positive, not {self.bs}")
+        if self.size <= 0:
+            raise BenchError(f"--size must be positive, not {self.size}")
+        if self.bs > self.size:
+            raise BenchError(
+                f"--bs {format_size(self.bs)} is larger than --size {format_size(self.size)}"
+            )
+        if self.bs > 1 << 30:
+            raise BenchError(f"--bs {format_size(self.bs)} is too large (at most 1 GiB)")
+        if not 1 <= self.iodepth <= 4096:
+            raise BenchError(f"--iodepth must be between 1 and 4096, not {self.iodepth}")
+        if self.iodepth * self.bs > 4 << 30:
+            raise BenchError("--iodepth x --bs is more than 4 GiB of buffers")
+        if self.runtime is not None and not (0 < self.runtime <= 86400):
+            raise BenchError(f"--runtime must be between 0 and 86400 seconds, not {self.runtime}")
+        if self.number is not None and self.number <= 0:
+            raise BenchError(f"--number must be positive, not {self.number}")
+        if self.runtime is None and self.number is None:
+            raise BenchError("give --runtime or --number")
+        if self.fsync < 0:
+            raise BenchError(f"--fsync must be >= 0, not {self.fsync}")
+        if not 0 <= self.rwmixread <= 100:
+            raise BenchError(f"--rwmixread must be between 0 and 100, not {self.rwmixread}")
+
+    @property
+    def blocks(self) -> int:
+        """How many *bs* blocks the file holds."""
+        return self.size // self.bs
+
+    @property
+    def writes(self) -> bool:
+        """True if the job writes."""
+        return self.rw in ("write", "randwrite") or (self.rw == "randrw" and self.rwmixread < 100)
+
+    def describe(self) -> str:
+        """One line, fio-like: ``randread bs=4 KiB size=64 MiB iodepth=32 buffered 3s``."""
+        parts = [self.rw]
+        if self.rw == "randrw":
+            parts.append(f"rwmixread={self.rwmixread}")
+        parts += [
+            f"bs={format_size(self.bs)}",
+            f"size={format_size(self.size)}",
+            f"iodepth={self.iodepth}",
+            "direct" if self.direct else "buffered",
+        ]
+        if self.number is not None:
+            parts.append(f"number={self.number}")
+        else:
+            parts.append(f"runtime={self.runtime:g}s")
+        if self.fsync:
+            parts.append(f"fsync={self.fsync}")
+        return " ".join(parts)
+
+    def to_json(self) -> dict[str, Any]:
+        """The job as a JSON-able dict."""
+        return {
+            "rw": self.rw,
+            "bs": self.bs,
+            "size": self.size,
+            "iodepth": self.iodepth,
+            "direct": self.direct,
+            "runtime": self.runtime,
+            "number": self.number,
+            "fsync": self.fsync,
+            "rwmixread": self.rwmixread,
+        }
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Completion latency of one direction, in nanoseconds."""
+
+    count: int
+    min: int
+    mean: float
+    p50: int
+    p99: int
+    p999: int
+    max: int
+
+    def to_json(self) -> dict[str, Any]:
+        """As a dict (keys ``min``, ``mean``, ``p50``, ``p99``, ``p99_9``, ``max``)."""
+        return {
+            "count": self.count,
+            "min": self.min,
+            "mean": round(self.mean, 1),
+            "p50": self.p50,
+            "p99": self.p99,
+            "p99_9": self.p999,
+            "max": self.max,
+        }
+
+
+def latency_stats(samples: Sequence[int]) -> LatencyStats | None:
+    """Min, mean, p50/p99/p99.9 (nearest rank) and max of *samples*; None if empty."""
+    n = len(samples)
+    if not n:
+        return None
+    s = sorted(samples)
+
+    def rank(p: float) -> int:
+        return s[min(n - 1, max(0, int(p * n + 0.5) - 1))]
+
+    return LatencyStats(n, s[0], sum(s) / n, rank(0.50), rank(0.99), rank(0.999), s[-1])
+
+
+@dataclass
+class Result:
+    """What one run measured."""
+
+    engine: str
+    api: str
+    tool: str = "xaio"
+    note: str = ""
+    seconds: float = 0.0
+    reads: int = 0
+    writes: int = 0
+    fsyncs: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    lat_read: LatencyStats | None = None
+    lat_write: LatencyStats | None = None
+    cpu_user: float = 0.0
+    cpu_sys: float = 0.0
+    #: (seconds since start, IOPS during the tick that ended then)
+    timeline: list[tuple[float, float]] = field(default_factory=list)
+    #: raw latency samples in ns (reads then writes), for plots; not in JSON
+    samples: array.array[int] = field(default_factory=lambda: array.array("q"), repr=False)
+
+    @property
+    def label(self) -> str:
+        """``"uring/sync"``, ``"fio io_uring"``..."""
+        if self.tool == "xaio":
+            return f"{self.engine}/{self.api}"
+        return f"{self.tool} {self.engine}"
+
+    @property
+    def ops(self) -> int:
+        """Reads plus writes (fsyncs are not counted, as in fio)."""
+        return self.reads + self.writes
+
+    @property
+    def iops(self) -> float:
+        """Requests per second."""
+        return self.ops / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def mib_s(self) -> float:
+        """MiB per second, both directions."""
+        b = self.bytes_read + self.bytes_written
+        return b / self.seconds / (1 << 20) if self.seconds > 0 else 0.0
+
+    @property
+    def latency(self) -> LatencyStats | None:
+        """The latency of the dominant direction (reads if any)."""
+        if self.lat_read is not None and (self.lat_write is None or self.reads >= self.writes):
+            return self.lat_read
+        return self.lat_write
+
+    @property
+    def cpu_percent(self) -> float:
+        """User + system CPU time as a percentage of one core."""
+        return 100.0 * (self.cpu_user + self.cpu_sys) / self.seconds if self.seconds > 0 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """As a JSON-able dict (the schema the CLI's ``--json`` documents)."""
+
+        def side(ops: int, nbytes: int, lat: LatencyStats | None) -> dict[str, Any]:
+            secs = self.seconds or float("inf")
+            return {
+                "ops": ops,
+                "bytes": nbytes,
+                "iops": round(ops / secs, 1),
+                "mib_s": round(nbytes / secs / (1 << 20), 2),
+                "lat_ns": None if lat is None else lat.to_json(),
+            }
+
+        return {
+            "tool": self.tool,
+            "engine": self.engine,
+            "api": self.api,
+            "note": self.note,
+            "seconds": round(self.seconds, 4),
+            "ops": self.ops,
+            "iops": round(self.iops, 1),
+            "mib_s": round(self.mib_s, 2),
+            "fsyncs": self.fsyncs,
+            "read": side(self.reads, self.bytes_read, self.lat_read),
+            "write": side(self.writes, self.bytes_written, self.lat_write),
+            "cpu": {
+                "user_s": round(self.cpu_user, 4),
+                "sys_s": round(self.cpu_sys, 4),
+                "percent": round(self.cpu_percent, 1),
+            },
+            "timeline": [[round(t, 3), round(v, 1)] for t, v in self.timeline],
+        }
+
+
+# ---------------------------------------------------------------------------------
+# The file
+# ---------------------------------------------------------------------------------
+
+
+def prepare_file(
+    job: Job,
+    path: str | None,
+    directory: str | None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[str, bool]:
+    """Find or make the file the job runs on.
+
+    With *path* None, a temporary file of ``job.size`` bytes is created in
+    *directory* (default: the system temporary directory) and filled with
+    random data; the caller must remove it (the second item says so).  An
+    existing *path* must hold at least ``job.size`` bytes; a missing one is
+    created and filled like the temporary file (and kept).
+
+    Raises:
+        BenchError: the path is unusable (with the reason).
+    """
+    if path is not None:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            st = None
+        except OSError as e:
+            raise BenchError(f"cannot use --file {path}: {e.strerror}") from None
+        if st is not None:
+            size = _file_size(path)
+            if size < job.size:
+                raise BenchError(
+                    f"--file {path} holds {format_size(size)}, less than --size "
+                    f"{format_size(job.size)}"
+                )
+            if not os.access(path, os.W_OK if job.writes else os.R_OK):
+                raise BenchError(f"cannot use --file {path}: permission denied")
+            return path, False
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise BenchError(f"cannot create --file {path}: {e.strerror}") from None
+        _fill(fd, path, job, progress, remove=True)
+        return path, False
+    directory = directory or tempfile.gettempdir()
+    try:
+        fd, name = tempfile.mkstemp(prefix="xaio-bench-", suffix=".dat", dir=directory)
+    except OSError as e:
+        raise BenchError(f"cannot create a file in {directory}: {e.strerror}") from None
+    _fill(fd, name, job, progress, remove=True)
+    return name, True
+
+
+def _file_size(path: str) -> int:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)  # also right for block devices
+    finally:
+        os.close(fd)
+
+
+def _fill(
+    fd: int, name: str, job: Job, progress: Callable[[int, int], None] | None, remove: bool
+) -> None:
+    """Write *job.size* random bytes to *fd* and close it; on any failure
+    (including Ctrl-C) the file is removed."""
+    try:
+        chunk = os.urandom(min(job.size, 1 << 20))
+        done = 0
+        while done < job.size:
+            done += os.write(fd, chunk[: min(len(chunk), job.size - done)])
+            if progress is not None:
+                progress(done, job.size)
+        if job.direct:
+            os.fdatasync(fd)  # O_DIRECT reads would flush the dirty pages anyway
+    except BaseException as e:
+        os.close(fd)
+        if remove:
+            _unlink_quietly(name)
+        if isinstance(e, OSError):
+            raise BenchError(f"cannot fill {name}: {e.strerror}") from None
+        raise
+    os.close(fd)
+
+
+def _unlink_quietly(name: str) -> None:
+    try:
+        os.unlink(name)
+    except OSError:
+        pass
+
+
+def _open_for(job: Job, path: str) -> int:
+    flags = (os.O_RDWR if job.writes else os.O_RDONLY) | os.O_CLOEXEC
+    if job.direct:
+        flags |= os.O_DIRECT
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        if e.errno == errno.EINVAL and job.direct:
+            raise BenchError(f"{path}: this file system does not support O_DIRECT") from None
+        raise BenchError(f"cannot open {path}: {e.strerror}") from None
+    if job.direct:
+        align = dio_alignment(fd)
+        if align is not None and job.bs % align[1]:
+            os.close(fd)
+            raise BenchError(
+                f"--bs {job.bs} is not a multiple of {align[1]}, the O_DIRECT alignment of {path}"
+            )
+    return fd
+
+
+# ---------------------------------------------------------------------------------
+# The workload and the recorder shared by the runners
+# ---------------------------------------------------------------------------------
+
+
+class _Pattern:
+    """Offsets and directions (1 = write) for request number *k*."""
+
+    def __init__(self, job: Job) -> None:
+        rng = random.Random(job.seed)
+        blocks = job.blocks
+        bs = job.bs
+        n = _PATTERN_LEN
+        if job.rw.startswith("rand"):
+            self.offsets = array.array("q", (rng.randrange(blocks) * bs for _ in range(n)))
+        else:
+            self.offsets = array.array("q", ((k % blocks) * bs for k in range(n)))
+        self.sequential_wrap = not job.rw.startswith("rand") and blocks > n
+        self.blocks = blocks
+        self.bs = bs
+        if job.rw in ("read", "randread"):
+            self.writes = bytes(n)
+        elif job.rw in ("write", "randwrite"):
+            self.writes = b"\x01" * n
+        else:
+            self.writes = bytes(0 if rng.randrange(100) < job.rwmixread else 1 for _ in range(n))
+
+    def offset(self, k: int) -> int:
+        """Offset of request *k*."""
+        if self.sequential_wrap:
+            return (k % self.blocks) * self.bs
+        return self.offsets[k & (_PATTERN_LEN - 1)]
+
+    def is_write(self, k: int) -> bool:
+        """Whether request *k* writes."""
+        return self.writes[k & (_PATTERN_LEN - 1)] == 1
+
+
+class _Samples:
+    """A growable ``array('q')`` written by index (a store per sample)."""
+
+    __slots__ = ("data", "n")
+
+    def __init__(self, capacity: int) -> None:
+        self.data = array.array("q", bytes(8 * max(capacity, 16)))
+        self.n = 0
+
+    def add(self, value: int) -> None:
+        n = self.n
+        data = self.data
+        if n == len(data):
+            data.extend(array.array("q", bytes(8 * n)))
+        data[n] = value
+        self.n = n + 1
+
+    def values(self) -> array.array[int]:
+        return self.data[: self.n]
+
+
+class _Clock:
+    """Deadline, ticks, progress and the IOPS timeline for one run."""
+
+    def __init__(self, job: Job, progress: Progress | None) -> None:
+        self.job = job
+        self.progress = progress
+        self.t0 = time.perf_counter_ns()
+        self.deadline = None if job.runtime is None else self.t0 + int(job.runtime * 1_000_000_000)
+        self.next_tick = self.t0 + _TICK_NS
+        self.last_tick = self.t0
+        self.last_done = 0
+        self.timeline: list[tuple[float, float]] = []
+        self.ru0 = resource.getrusage(resource.RUSAGE_SELF)
+
+    def tick(self, now: int, done: int) -> bool:
+        """Called when *now* passed :attr:`next_tick`; True when time is up."""
+        span = now - self.last_tick
+        if span > 0:
+            self.timeline.append(((now - self.t0) / 1e9, (done - self.last_done) * 1e9 / span))
+        self.last_tick = now
+        self.last_done = done
+        self.next_tick = now + _TICK_NS
+        if self.progress is not None:
+            self.progress(self.fraction(now, done), done, (now - self.t0) / 1e9)
+        return self.deadline is not None and now >= self.deadline
+
+    def fraction(self, now: int, done: int) -> float:
+        """How much of the job is done (0..1)."""
+        if self.job.number is not None:
+            return min(1.0, done / self.job.number)
+        assert self.deadline is not None
+        return min(1.0, (now - self.t0) / (self.deadline - self.t0))
+
+    def finish(self, result: Result, done: int) -> None:
+        """Fill the elapsed time, CPU use and timeline of *result*."""
+        now = time.perf_counter_ns()
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        if now - self.last_tick > _TICK_NS // 10 and done > self.last_done:
+            self.timeline.append(
+                ((now - self.t0) / 1e9, (done - self.last_done) * 1e9 / (now - self.last_tick))
+            )
+        result.seconds = (now - self.t0) / 1e9
+        result.cpu_user = ru.ru_utime - self.ru0.ru_utime
+        result.cpu_sys = ru.ru_stime - self.ru0.ru_stime
+        result.timeline = self.timeline
+        if self.progress is not None:
+            self.progress(1.0, done, result.seconds)
+
+
+def _fail(engine: str, is_write: bool, offset: int, res: int, bs: int) -> BenchError:
+    what = "write" if is_write else "read"
+    if res < 0:
+        return BenchError(f"{engine}: {what} at offset {offset} failed: {os.strerror(-res)}")
+    return BenchError(f"{engine}: short {what} at offset {offset}: {res} of {bs} bytes")
+
+
+def _collect(result: Result, lat_r: _Samples, lat_w: _Samples, bs: int) -> None:
+    result.bytes_read = result.reads * bs
+    result.bytes_written = result.writes * bs
+    r, w = lat_r.values(), lat_w.values()
+    result.lat_read = latency_stats(r)
+    result.lat_write = latency_stats(w)
+    result.samples = r + w
+
+
+def _make_buffers(job: Job, fd: int) -> list[memoryview]:
+    bufs = [aligned_buffer(job.bs, file=fd if job.direct else None) for _ in range(job.iodepth)]
+    if job.writes:
+        junk = os.urandom(job.bs)
+        for b in bufs:
+            b[:] = junk
+    return bufs
+
+
+def _expected_samples(job: Job) -> int:
+    if job.number is not None:
+        return job.number
+    return min(1 << 20, int((job.runtime or 1) * 200_000))
+
+
+# ---------------------------------------------------------------------------------
+# API sync: an Engine, driven directly
+# ---------------------------------------------------------------------------------
+
+
+def _run_sync(job: Job, path: str, engine: Engine, progress: Progress | None) -> Result:
+    fd = _open_for(job, path)
+    try:
+        return _sync_loop(job, fd, engine, progress)
+    finally:
+        os.close(fd)
+
+
+def _sync_loop(job: Job, fd: int, engine: Engine, progress: Progress | None) -> Result:
+    depth = job.iodepth
+    bs = job.bs
+    pat = _Pattern(job)
+    bufs = _make_buffers(job, fd)
+    done_ops: list[Operation] = []
+    on_done = done_ops.append
+    ops = [
+        Operation(OpCode.READ, fd, (b,), 0, on_done=on_done, context=i) for i, b in enumerate(bufs)
+    ]
+    # Re-arming an Operation: _ops releases its pins on completion, but the
+    # buffers are ours for the whole run (``keep`` holds a second export of
+    # each), so the same Pin objects -- same address, same length -- are
+    # handed back to it; engines read only ``address`` and ``nbytes``.
+    pins = [op.pins for op in ops]
+    keep = [p for op in ops for p in _repin(op)]
+    start = array.array("q", bytes(8 * depth))
+    lat_r = _Samples(_expected_samples(job))
+    lat_w = _Samples(64 if not job.writes else _expected_samples(job))
+    result = Result(engine=engine.name, api="sync")
+    fsync_op: list[Operation | None] = [None]
+    fsync_pending = [False]
+    fsync_error: list[int] = []
+    number = job.number
+    k = 0  # requests issued
+    writes_issued = 0
+    try:
+        read_code, write_code, queued = OpCode.READ, OpCode.WRITE, OpState.QUEUED
+        perf = time.perf_counter_ns
+        offset_of, writes = pat.offset, pat.writes
+        mask = _PATTERN_LEN - 1
+        first: list[Operation] = []
+        for op in ops:
+            if number is not None and k >= number:
+                break
+            op.opcode = write_code if writes[k & mask] else read_code
+            op.offset = offset_of(k)
+            writes_issued += writes[k & mask]
+            k += 1
+            first.append(op)
+        clock = _Clock(job, progress)
+        now = perf()
+        for op in first:
+            start[op.context] = now
+        in_flight = len(first)
+        engine.submit(first)
+        stopping = False
+        done = 0
+        again: list[Operation] = []
+
+        def fsync_done(op: Operation) -> None:  # no raising inside reap: checked below
+            result.fsyncs += 1
+            fsync_op[0] = None
+            if op.result is not None and op.result < 0:
+                fsync_error.append(op.result)
+
+        while in_flight or fsync_op[0] is not None:
+            engine.reap(None)
+            now = perf()
+            for op in done_ops:
+                slot = op.context
+                res = op.result
+                if res != bs:
+                    raise _fail(engine.name, op.opcode is write_code, op.offset, res or 0, bs)
+                if op.opcode is write_code:
+                    lat_w.add(now - start[slot])
+                    result.writes += 1
+                else:
+                    lat_r.add(now - start[slot])
+                    result.reads += 1
+                done += 1
+                if stopping or (number is not None and k >= number):
+                    in_flight -= 1
+                    continue
+                w = writes[k & mask]
+                op.opcode = write_code if w else read_code
+                op.offset = offset_of(k)
+                op.state = queued
+                op.result = None
+                op.key = -1
+                op.pins = pins[slot]
+                op.on_done = on_done
+                start[slot] = now
+                k += 1
+                if w:
+                    writes_issued += 1
+                    if job.fsync and writes_issued % job.fsync == 0:
+                        fsync_pending[0] = True
+                again.append(op)
+            done_ops.clear()
+            if fsync_error:
+                raise BenchError(f"{engine.name}: fsync failed: {os.strerror(-fsync_error[0])}")
+            if fsync_pending[0] and fsync_op[0] is None:
+                fsync_pending[0] = False
+                fop = Operation(OpCode.FSYNC, fd, on_done=fsync_done)
+                fsync_op[0] = fop
+                again.append(fop)
+            if again:
+                engine.submit(again)
+                again.clear()
+            if now >= clock.next_tick and clock.tick(now, done):
+                stopping = True
+        clock.finish(result, done)
+        _collect(result, lat_r, lat_w, bs)
+        return result
+    finally:
+        # On an error or Ctrl-C requests may still be in flight: close() drains
+        # them before the caller closes the fd and before our buffers go.
+        engine.close()
+        for p in keep:
+            p.release()
+
+
+def _repin(op: Operation) -> list[Any]:
+    from xaio._buffers import pin
+
+    return [pin(b, writable=True) for b in op.buffers]
+
+
+# ---------------------------------------------------------------------------------
+# API posix: aio_read / aio_write / aio_suspend
+# ---------------------------------------------------------------------------------
+
+
+def _run_posix(job: Job, path: str, engine: Engine | None, progress: Progress | None) -> Result:
+    from xaio import posix
+
+    fd = _open_for(job, path)
+    try:
+        posix.aio_init(engine=engine if engine is not None else "thread")
+        try:
+            return _posix_loop(job, fd, engine.name if engine is not None else "thread", progress)
+        finally:
+            posix.aio_init(engine=None)
+    finally:
+        os.close(fd)
+
+
+def _posix_loop(job: Job, fd: int, engine_name: str, progress: Progress | None) -> Result:
+    from xaio import posix
+
+    depth = job.iodepth
+    bs = job.bs
+    pat = _Pattern(job)
+    bufs = _make_buffers(job, fd)
+    cbs = [posix.aiocb(fd, 0, b) for b in bufs]
+    is_write = [False] * depth
+    active: list[posix.aiocb | None] = [None] * depth
+    start = array.array("q", bytes(8 * depth))
+    lat_r = _Samples(_expected_samples(job))
+    lat_w = _Samples(64 if not job.writes else _expected_samples(job))
+    result = Result(engine=engine_name, api="posix")
+    number = job.number
+    k = 0
+    writes_issued = 0
+    perf = time.perf_counter_ns
+    clock = _Clock(job, progress)
+    in_flight = 0
+    fsync_cb: posix.aiocb | None = None
+    try:
+
+        def issue(slot: int, now: int) -> None:
+            nonlocal k, writes_issued, in_flight, fsync_cb
+            cb = cbs[slot]
+            cb.aio_offset = pat.offset(k)
+            w = pat.is_write(k)
+            is_write[slot] = w
+            k += 1
+            start[slot] = now
+            if w:
+                posix.aio_write(cb)
+                writes_issued += 1
+                if job.fsync and writes_issued % job.fsync == 0 and fsync_cb is None:
+                    fsync_cb = posix.aiocb(fd)
+                    posix.aio_fsync(os.O_SYNC, fsync_cb)
+            else:
+                posix.aio_read(cb)
+            active[slot] = cb
+            in_flight += 1
+
+        now = perf()
+        for slot in range(depth):
+            if number is not None and k >= number:
+                break
+            issue(slot, now)
+        stopping = False
+        done = 0
+        while in_flight or fsync_cb is not None:
+            waiting: list[posix.aiocb | None] = [*active, fsync_cb]
+            posix.aio_suspend(waiting)
+            now = perf()
+            if fsync_cb is not None and posix.aio_error(fsync_cb) != errno.EINPROGRESS:
+                err = posix.aio_error(fsync_cb)
+                posix.aio_return(fsync_cb)
+                fsync_cb = None
+                result.fsyncs += 1
+                if err:
+                    raise BenchError(f"{engine_name}: aio_fsync failed: {os.strerror(err)}")
+            for slot in range(depth):
+                cb = active[slot]
+                if cb is None or posix.aio_error(cb) == errno.EINPROGRESS:
+                    continue
+                err = posix.aio_error(cb)
+                res = posix.aio_return(cb)
+                active[slot] = None
+                in_flight -= 1
+                if err or res != bs:
+                    raise _fail(
+                        engine_name, is_write[slot], cb.aio_offset, -err if err else res, bs
+                    )
+                if is_write[slot]:
+                    lat_w.add(now - start[slot])
+                    result.writes += 1
+                else:
+                    lat_r.add(now - start[slot])
+                    result.reads += 1
+                done += 1
+                if not stopping and (number is None or k < number):
+                    issue(slot, now)
+            if now >= clock.next_tick and clock.tick(now, done):
+                stopping = True
+        clock.finish(result, done)
+        _collect(result, lat_r, lat_w, bs)
+        return result
+    finally:
+        pending = [cb for cb in (*active, fsync_cb) if cb is not None]
+        if pending:  # an error or Ctrl-C: let the kernel finish with our buffers
+            for cb in pending:
+                posix.aio_cancel(fd, cb)
+            while any(posix.aio_error(cb) == errno.EINPROGRESS for cb in pending):
+                posix.aio_suspend(pending, 1.0)
+
+
+# ---------------------------------------------------------------------------------
+# API asyncio: xaio's coroutines
+# ---------------------------------------------------------------------------------
+
+
+def asyncio_unavailable_reason() -> str | None:
+    """None if xaio's asyncio layer is installed, else why ``--api asyncio`` cannot run."""
+    import xaio
+
+    if not hasattr(xaio, "open_engine"):
+        return "the asyncio layer (xaio.open_engine) is not part of this xaio yet"
+    return None
+
+
+def _run_asyncio(job: Job, path: str, engine_name: str | None, progress: Progress | None) -> Result:
+    import asyncio
+
+    import xaio
+
+    reason = asyncio_unavailable_reason()
+    if reason is not None:
+        raise BenchError(f"--api asyncio: {reason}")
+    fd = _open_for(job, path)
+    try:
+        return asyncio.run(_asyncio_main(job, fd, engine_name, progress, xaio))
+    finally:
+        os.close(fd)
+
+
+async def _asyncio_main(
+    job: Job, fd: int, engine_name: str | None, progress: Progress | None, xaio: Any
+) -> Result:
+    import asyncio
+
+    bs = job.bs
+    pat = _Pattern(job)
+    bufs = _make_buffers(job, fd)
+    lat_r = _Samples(_expected_samples(job))
+    lat_w = _Samples(64 if not job.writes else _expected_samples(job))
+    number = job.number
+    perf = time.perf_counter_ns
+    state = {"k": 0, "done": 0, "stop": False, "writes": 0}
+    async with xaio.open_engine(engine_name) as eng:
+        result = Result(engine=str(getattr(eng, "name", engine_name or "default")), api="asyncio")
+        clock = _Clock(job, progress)
+
+        async def worker(buf: memoryview) -> None:
+            while not state["stop"] and (number is None or state["k"] < number):
+                k = state["k"]
+                state["k"] = k + 1
+                off = pat.offset(k)
+                t = perf()
+                if pat.is_write(k):
+                    n = await eng.pwrite(fd, buf, off)
+                    if n != bs:
+                        raise _fail(result.engine, True, off, n, bs)
+                    lat_w.add(perf() - t)
+                    result.writes += 1
+                    state["writes"] += 1
+                    if job.fsync and state["writes"] % job.fsync == 0:
+                        await eng.fsync(fd)
+                        result.fsyncs += 1
+                else:
+                    n = await eng.preadinto(fd, buf, off)
+                    if n != bs:
+                        raise _fail(result.engine, False, off, n, bs)
+                    lat_r.add(perf() - t)
+                    result.reads += 1
+                state["done"] += 1
+
+        async def ticker() -> None:
+            while True:
+                await asyncio.sleep(_TICK_NS / 1e9)
+                if clock.tick(perf(), int(state["done"])):
+                    state["stop"] = True
+
+        tick_task = asyncio.ensure_future(ticker())
+        try:
+            await asyncio.gather(*(worker(b) for b in bufs))
+        finally:
+            tick_task.cancel()
+            try:
+                await tick_task
+            except asyncio.CancelledError:
+                pass
+        clock.finish(result, int(state["done"]))
+    _collect(result, lat_r, lat_w, bs)
+    return result
+
+
+# ---------------------------------------------------------------------------------
+# Running one (engine, API) pair
+# ---------------------------------------------------------------------------------
+
+
+def engine_note(name: str, job: Job) -> str:
+    """What the ``linux`` engine really does for this job, if not AIO."""
+    if name == "linux" and not job.direct:
+        return "buffered I/O: the linux engine runs it on threads (AIO needs O_DIRECT)"
+    return ""
+
+
+def run(
+    job: Job,
+    path: str,
+    engine: str | None,
+    api: str,
+    progress: Progress | None = None,
+) -> Result:
+    """Run *job* on *path* through *engine* (None: the default) and *api*.
+
+    Raises:
+        BenchError: the engine is unavailable, the API is missing, or I/O failed.
+    """
+    if api == "asyncio":
+        res = _run_asyncio(job, path, engine, progress)
+        res.note = engine_note(res.engine, job)
+        return res
+    if api == "posix" and engine in (None, "thread"):
+        res = _run_posix(job, path, None, progress)
+        return res
+    try:
+        eng = create_engine(engine, **_engine_options(engine, job))
+    except OSError as e:
+        raise BenchError(f"engine {engine}: {e.strerror or e}") from None
+    with eng:
+        if api == "posix":
+            res = _run_posix(job, path, eng, progress)
+        else:
+            res = _run_sync(job, path, eng, progress)
+    res.note = engine_note(res.engine, job)
+    return res
+
+
+def _engine_options(engine: str | None, job: Job) -> dict[str, Any]:
+    if engine is None:
+        return {}
+    if engine == "uring":
+        return {"entries": max(8, 1 << (job.iodepth + 1).bit_length())}
+    if engine == "linux":
+        return {"capacity": max(job.iodepth + 1, 8), "threads": min(max(job.iodepth, 1), 64)}
+    return {"threads": min(max(job.iodepth, 1), 64)}
+
+
+def available_engines() -> list[tuple[str, str | None]]:
+    """``[(name, None or why it does not work)]`` for every engine, best first."""
+    from xaio.engine import probe
+
+    reasons = probe()
+    return [(name, reasons.get(name)) for name in ENGINE_NAMES]
+
+
+# ---------------------------------------------------------------------------------
+# fio
+# ---------------------------------------------------------------------------------
+
+
+def fio_available() -> str | None:
+    """The path of fio, or None."""
+    return shutil.which("fio")
+
+
+def fio_counterpart(engine: str, api: str) -> tuple[str, int]:
+    """fio's ``ioengine`` and ``numjobs`` for an xaio (engine, API) pair."""
+    if api == "posix":
+        return "posixaio", 1
+    return {"uring": ("io_uring", 1), "linux": ("libaio", 1)}.get(engine, ("psync", 0))
+
+
+def run_fio(job: Job, path: str, engine: str, api: str, timeout: float | None = None) -> Result:
+    """Run *job* with fio on *path*, as the counterpart of xaio's (engine, api).
+
+    Raises:
+        BenchError: fio is missing, failed, or printed something unreadable.
+    """
+    fio = fio_available()
+    if fio is None:
+        raise BenchError("--compare fio: fio is not installed")
+    ioengine, numjobs = fio_counterpart(engine, api)
+    depth = job.iodepth
+    if numjobs == 0:  # a synchronous engine: one job per request in flight
+        numjobs, depth = job.iodepth, 1
+    cmd = [
+        fio,
+        "--name=xaio-compare",
+        f"--filename={path}",
+        f"--ioengine={ioengine}",
+        f"--rw={job.rw}",
+        f"--bs={job.bs}",
+        f"--size={job.size}",
+        f"--iodepth={depth}",
+        f"--numjobs={numjobs}",
+        f"--direct={int(job.direct)}",
+        f"--randseed={job.seed}",
+        "--norandommap=1",
+        "--group_reporting=1",
+        "--thread=1",
+        "--output-format=json",
+    ]
+    if job.rw == "randrw":
+        cmd.append(f"--rwmixread={job.rwmixread}")
+    if job.fsync:
+        cmd.append(f"--fsync={job.fsync}")
+    if job.number is not None:
+        cmd.append(f"--number_ios={-(-job.number // numjobs)}")
+        cmd.append(f"--io_size={job.number * job.bs * 2}")
+    else:
+        cmd += [f"--runtime={job.runtime}", "--time_based=1"]
+    if timeout is None:
+        timeout = (job.runtime or 60) * 3 + 30
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"fio did not finish within {timeout:.0f}s") from None
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["(no message)"])[-1]
+        raise BenchError(f"fio failed ({ioengine}): {last}")
+    try:
+        data = json.loads(proc.stdout[proc.stdout.index("{") :])
+        j = data["jobs"][0]
+    except (ValueError, KeyError, IndexError):
+        raise BenchError("fio printed JSON that could not be read") from None
+    return _fio_result(j, ioengine, api, numjobs)
+
+
+def _fio_result(j: dict[str, Any], ioengine: str, api: str, numjobs: int) -> Result:
+    res = Result(engine=ioengine, api=api, tool="fio")
+    if numjobs > 1:
+        res.note = f"numjobs={numjobs}"
+    res.seconds = max(float(j.get("job_runtime", j["elapsed"] * 1000)) / 1000.0, 1e-9)
+    for side in ("read", "write"):
+        d = j[side]
+        ops = int(d.get("total_ios", 0))
+        lat = None
+        if ops:
+            clat = d.get("clat_ns", {})
+            pct = clat.get("percentile", {})
+            total = d.get("lat_ns", clat)
+            lat = LatencyStats(
+                count=ops,
+                min=int(total.get("min", 0)),
+                mean=float(total.get("mean", 0.0)),
+                p50=int(pct.get("50.000000", 0)),
+                p99=int(pct.get("99.000000", 0)),
+                p999=int(pct.get("99.900000", 0)),
+                max=int(total.get("max", 0)),
+            )
+        if side == "read":
+            res.reads, res.bytes_read, res.lat_read = ops, int(d.get("io_bytes", 0)), lat
+        else:
+            res.writes, res.bytes_written, res.lat_write = ops, int(d.get("io_bytes", 0)), lat
+    # fio's usr_cpu/sys_cpu are percentages of one CPU over the job's runtime
+    # (averaged over the jobs of a group: times numjobs for the whole group)
+    res.cpu_user = float(j.get("usr_cpu", 0.0)) / 100.0 * res.seconds * numjobs
+    res.cpu_sys = float(j.get("sys_cpu", 0.0)) / 100.0 * res.seconds * numjobs
+    res.fsyncs = int(j.get("sync", {}).get("total_ios", 0))
+    return res
