@@ -1,0 +1,546 @@
+"""The ``xaio`` command, run as a user runs it: ``python -m xaio ...`` in a subprocess.
+
+Sizes and runtimes are small (every run well under a few seconds); each
+subprocess has a timeout.  Temporary bench files go to ``tmp_path`` (with
+``--directory``) so that the tests can check they are gone afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from xaio import _cp
+from xaio._bench import Job, latency_stats, parse_size
+from xaio.engine import probe
+
+TIMEOUT = 60
+
+
+def xaio(*args: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m xaio ARGS`` and capture its output."""
+    env = {**os.environ, "NO_COLOR": "1"}
+    env.pop("XAIO_ENGINE", None)
+    return subprocess.run(
+        [sys.executable, "-m", "xaio", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
+    """Assert *proc* failed with exactly one line on stderr, no traceback."""
+    assert proc.returncode != 0, proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("xaio"), lines[0]
+    return lines[0]
+
+
+WORKING = [name for name, reason in probe().items() if reason is None]
+
+
+def supports_direct(directory: Path) -> bool:
+    p = directory / ".direct-probe"
+    p.write_bytes(b"\0" * 4096)
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_DIRECT)
+    except OSError:
+        return False
+    else:
+        os.close(fd)
+        return True
+    finally:
+        p.unlink()
+
+
+# ---------------------------------------------------------------------------------
+# pure helpers
+# ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("4096", 4096), ("4k", 4096), ("4K", 4096), ("64M", 64 << 20), ("1GiB", 1 << 30),
+     ("1g", 1 << 30), ("512B", 512), ("1.5k", 1536)],
+)  # fmt: skip
+def test_parse_size(text: str, value: int) -> None:
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "k", "1x", "abc", "1.1", "nan", "4 kk"])
+def test_parse_size_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_size(text)
+
+
+def test_latency_stats_nearest_rank() -> None:
+    s = latency_stats(list(range(1, 1001)))
+    assert s is not None
+    assert (s.min, s.p50, s.p99, s.p999, s.max) == (1, 500, 990, 999, 1000)
+    assert latency_stats([]) is None
+
+
+def test_job_default_is_the_readme_job() -> None:
+    job = Job()
+    job.check()
+    assert (job.rw, job.bs, job.size, job.iodepth, job.runtime) == (
+        "randread",
+        4096,
+        64 << 20,
+        32,
+        3.0,
+    )
+
+
+# ---------------------------------------------------------------------------------
+# the command as a whole
+# ---------------------------------------------------------------------------------
+
+
+def test_help_lists_the_commands() -> None:
+    proc = xaio("--help")
+    assert proc.returncode == 0
+    for cmd in ("bench", "info", "cp"):
+        assert cmd in proc.stdout
+
+
+def test_no_command_shows_help_and_fails() -> None:
+    proc = xaio()
+    assert proc.returncode == 2
+    assert "bench" in proc.stdout
+
+
+def test_version() -> None:
+    import xaio as lib
+
+    proc = xaio("--version")
+    assert proc.returncode == 0
+    assert proc.stdout.strip() == f"xaio {lib.__version__}"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["frobnicate"],
+        ["bench", "--bogus"],
+        ["bench", "--bs", "0"],
+        ["bench", "--bs", "4x"],
+        ["bench", "--size", "-1M"],
+        ["bench", "--bs", "1M", "--size", "4k"],
+        ["bench", "--iodepth", "0"],
+        ["bench", "--iodepth", "lots"],
+        ["bench", "--rw", "sideways"],
+        ["bench", "--runtime", "-1"],
+        ["bench", "--runtime", "1", "--number", "5"],
+        ["bench", "--rwmixread", "101", "--rw", "randrw"],
+        ["bench", "--engine", "warp"],
+        ["bench", "--file", "/nonexistent-dir/xaio.dat"],
+        ["bench", "--directory", "/nonexistent-dir"],
+        ["info", "/nonexistent-path"],
+        ["cp", "/nonexistent-src", "/tmp/never-created"],
+        ["cp", "/", "/tmp/never-created"],
+        ["cp", "--bs", "0", "/etc/hostname", "/tmp/never-created"],
+        ["cp", "--iodepth", "-3", "/etc/hostname", "/tmp/never-created"],
+        ["cp", "onlyone"],
+    ],
+)
+def test_bad_input_is_one_line_and_nonzero(args: list[str]) -> None:
+    proc = xaio(*args)
+    one_line_error(proc)
+    assert proc.returncode in (1, 2)
+    assert not os.path.exists("/tmp/never-created")
+
+
+# ---------------------------------------------------------------------------------
+# xaio bench
+# ---------------------------------------------------------------------------------
+
+
+def bench_json(tmp_path: Path, *args: str) -> dict[str, object]:
+    proc = xaio("bench", "--json", "--directory", str(tmp_path), *args)
+    assert proc.returncode == 0, proc.stderr
+    assert list(tmp_path.iterdir()) == [], "temporary file left behind"
+    doc = json.loads(proc.stdout)
+    assert isinstance(doc, dict)
+    return doc
+
+
+def check_latency(lat: dict[str, float]) -> None:
+    assert set(lat) == {"count", "min", "mean", "p50", "p99", "p99_9", "max"}
+    assert 0 < lat["min"] <= lat["p50"] <= lat["p99"] <= lat["p99_9"] <= lat["max"]
+    assert lat["min"] <= lat["mean"] <= lat["max"]
+
+
+def check_result(r: dict[str, object], *, reads: int | None = None) -> None:
+    assert set(r) >= {"tool", "engine", "api", "seconds", "ops", "iops", "mib_s", "fsyncs",
+                      "read", "write", "cpu", "timeline", "ratio"}  # fmt: skip
+    read = r["read"]
+    assert isinstance(read, dict)
+    assert set(read) == {"ops", "bytes", "iops", "mib_s", "lat_ns"}
+    if reads is not None:
+        assert read["ops"] == reads
+    if read["ops"]:
+        check_latency(read["lat_ns"])
+    cpu = r["cpu"]
+    assert isinstance(cpu, dict) and set(cpu) == {"user_s", "sys_s", "percent"}
+    assert isinstance(r["seconds"], float) and r["seconds"] > 0
+
+
+def test_bench_default_table(tmp_path: Path) -> None:
+    proc = xaio("bench", "--runtime", "0.3", "--size", "2M", "--directory", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "randread bs=4 KiB size=2 MiB iodepth=32" in out
+    for col in ("IOPS", "MiB/s", "p50", "p99", "p99.9", "max", "CPU"):
+        assert col in out
+    assert "\x1b[" not in out  # plain text when not a terminal
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_json_schema_all_engines(tmp_path: Path) -> None:
+    doc = bench_json(tmp_path, "--engine", "all", "--number", "3000", "--size", "1M")
+    assert set(doc) == {"xaio_version", "python", "kernel", "job", "results", "skipped"}
+    job = doc["job"]
+    assert isinstance(job, dict)
+    assert job["rw"] == "randread" and job["bs"] == 4096 and job["number"] == 3000
+    results = doc["results"]
+    assert isinstance(results, list)
+    assert [r["engine"] for r in results] == WORKING
+    for r in results:
+        check_result(r, reads=3000)
+        assert r["api"] == "sync" and r["tool"] == "xaio"
+        assert r["read"]["bytes"] == 3000 * 4096
+        assert r["ratio"]["kind"] == "vs best"
+    skipped = doc["skipped"]
+    assert isinstance(skipped, list)
+    assert {s["engine"] for s in skipped} == {"uring", "linux", "thread"} - set(WORKING)
+    assert all(s["reason"] for s in skipped)
+
+
+@pytest.mark.parametrize("engine", WORKING)
+def test_bench_posix_api(tmp_path: Path, engine: str) -> None:
+    doc = bench_json(tmp_path, "--api", "posix", "--engine", engine, "--number", "500",
+                     "--size", "1M", "--iodepth", "8")  # fmt: skip
+    (r,) = doc["results"]  # type: ignore[misc]
+    check_result(r, reads=500)
+    assert r["api"] == "posix" and r["engine"] == engine
+
+
+def test_bench_randrw_fsync_on_kept_file(tmp_path: Path) -> None:
+    path = tmp_path / "job.dat"
+    proc = xaio("bench", "--json", "--rw", "randrw", "--rwmixread", "70", "--fsync", "16",
+                "--number", "2000", "--size", "1M", "--file", str(path))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert path.stat().st_size == 1 << 20  # --file is created, filled and kept
+    (r,) = json.loads(proc.stdout)["results"]
+    check_result(r)
+    reads, writes = r["read"]["ops"], r["write"]["ops"]
+    assert reads + writes == 2000
+    assert 0.55 < reads / 2000 < 0.85
+    check_latency(r["write"]["lat_ns"])
+    assert r["fsyncs"] >= 1
+    # a second run reuses the existing file (its size by default)
+    proc = xaio("bench", "--json", "--rw", "read", "--bs", "64k", "--number", "32",
+                "--file", str(path))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["job"]["size"] == 1 << 20
+
+
+def test_bench_write_direct(tmp_path: Path) -> None:
+    if not supports_direct(tmp_path):
+        pytest.skip(f"no O_DIRECT on the file system of {tmp_path}")
+    doc = bench_json(tmp_path, "--rw", "randwrite", "--direct", "--number", "300",
+                     "--size", "1M", "--iodepth", "4")  # fmt: skip
+    (r,) = doc["results"]  # type: ignore[misc]
+    assert r["write"]["ops"] == 300 and r["read"]["ops"] == 0
+
+
+def test_bench_output_file_and_plot(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    work = tmp_path / "work"
+    work.mkdir()
+    out, png = tmp_path / "report.json", tmp_path / "plot.png"
+    proc = xaio("bench", "--json", "--output", str(out), "--plot", str(png), "--runtime", "0.3",
+                "--size", "1M", "--directory", str(work))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""
+    doc = json.loads(out.read_text())
+    assert doc["results"][0]["timeline"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list(work.iterdir()) == []
+
+
+@pytest.mark.skipif(shutil.which("fio") is None, reason="fio is not installed")
+def test_bench_compare_fio(tmp_path: Path) -> None:
+    doc = bench_json(tmp_path, "--compare", "fio", "--runtime", "0.3", "--size", "1M",
+                     "--iodepth", "4")  # fmt: skip
+    xa, fio = doc["results"]  # type: ignore[misc]
+    assert xa["tool"] == "xaio" and fio["tool"] == "fio"
+    check_result(fio)
+    assert xa["ratio"]["kind"] == "xaio/fio"
+    assert xa["ratio"]["value"] == pytest.approx(xa["iops"] / fio["iops"], rel=0.02)
+
+
+def test_bench_asyncio_api(tmp_path: Path) -> None:
+    import xaio as lib
+
+    proc = xaio("bench", "--api", "asyncio", "--number", "200", "--size", "1M",
+                "--directory", str(tmp_path), "--json")  # fmt: skip
+    if not hasattr(lib, "open_engine"):
+        line = one_line_error(proc)
+        assert "asyncio" in line
+    else:
+        assert proc.returncode == 0, proc.stderr
+        check_result(json.loads(proc.stdout)["results"][0], reads=200)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_explicit_unavailable_engine_says_why(tmp_path: Path) -> None:
+    broken = [n for n, r in probe().items() if r is not None]
+    if not broken:
+        pytest.skip("every engine works on this machine")
+    line = one_line_error(xaio("bench", "--engine", broken[0], "--directory", str(tmp_path)))
+    assert broken[0] in line
+
+
+def test_bench_direct_misaligned_bs_removes_file(tmp_path: Path) -> None:
+    if not supports_direct(tmp_path):
+        pytest.skip(f"no O_DIRECT on the file system of {tmp_path}")
+    line = one_line_error(
+        xaio("bench", "--direct", "--bs", "100", "--size", "1M", "--directory", str(tmp_path))
+    )
+    assert "alignment" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+@contextlib.contextmanager
+def running_bench(tmp_path: Path, *args: str) -> Iterator[subprocess.Popen[str]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xaio", "bench", "--runtime", "30", "--size", "4M",
+         "--directory", str(tmp_path), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=TIMEOUT)
+
+
+def wait_for_file(directory: Path, proc: subprocess.Popen[str], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(directory.iterdir()):
+        assert proc.poll() is None, "bench exited early"
+        assert time.monotonic() < deadline, "no temporary file appeared"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize(("api", "sig", "status", "word"), [
+    ("sync", signal.SIGINT, 130, "interrupted"),
+    ("posix", signal.SIGINT, 130, "interrupted"),
+    ("sync", signal.SIGTERM, 143, "terminated"),
+])  # fmt: skip
+def test_bench_signal_exits_cleanly(
+    tmp_path: Path, api: str, sig: signal.Signals, status: int, word: str
+) -> None:
+    with running_bench(tmp_path, "--api", api, "--engine", "thread") as proc:
+        wait_for_file(tmp_path, proc)
+        time.sleep(0.7)  # well into the timed loop
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == status, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines() == [f"xaio bench: error: {word}"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_sigint_while_filling(tmp_path: Path) -> None:
+    with running_bench(tmp_path, "--size", "4G") as proc:
+        wait_for_file(tmp_path, proc)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------
+# xaio info
+# ---------------------------------------------------------------------------------
+
+
+def test_info_text(tmp_path: Path) -> None:
+    proc = xaio("info", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    for word in ("kernel", "engine uring", "engine linux", "engine thread", "aio-max-nr",
+                 "io_uring_disabled", "O_DIRECT", "python"):  # fmt: skip
+        assert word in proc.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_info_json_schema(tmp_path: Path) -> None:
+    proc = xaio("info", "--json", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert set(info) == {"xaio", "python", "kernel", "engines", "default_engine", "asyncio",
+                         "io_uring", "aio", "o_direct", "optional"}  # fmt: skip
+    assert info["kernel"]["release"] == os.uname().release
+    assert info["python"]["version"] == ".".join(map(str, sys.version_info[:3]))
+    engines = info["engines"]
+    assert set(engines) == {"uring", "linux", "thread"}
+    for name, e in engines.items():
+        assert e["works"] == (name in WORKING)
+        assert (e["reason"] is None) == e["works"]
+    assert engines["thread"]["works"]
+    assert info["default_engine"] == WORKING[0]
+    uring = info["io_uring"]
+    if engines["uring"]["works"]:
+        assert {"read", "write", "readv", "fsync", "async_cancel"} <= set(uring["opcodes"])
+    with open("/proc/sys/fs/aio-max-nr") as f:
+        assert info["aio"]["aio_max_nr"] == int(f.read())
+    d = info["o_direct"]
+    assert d["path"] == str(tmp_path)
+    if supports_direct(tmp_path):
+        assert d["offset"] >= 1 and d["memory"] >= 1
+
+
+# ---------------------------------------------------------------------------------
+# xaio cp
+# ---------------------------------------------------------------------------------
+
+
+def make_src(path: Path, size: int) -> bytes:
+    data = os.urandom(size)
+    path.write_bytes(data)
+    path.chmod(0o640)
+    return data
+
+
+@pytest.mark.parametrize("engine", WORKING)
+def test_cp_larger_than_its_buffers_byte_for_byte(tmp_path: Path, engine: str) -> None:
+    src, dst = tmp_path / "src.bin", tmp_path / "dst.bin"
+    data = make_src(src, (3 << 20) + 12345)  # 49 chunks of 64 KiB and a tail
+    proc = xaio("cp", "--bs", "64k", "--iodepth", "4", "--engine", engine, "--verify",
+                str(src), str(dst))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "verified" in proc.stdout
+    assert dst.read_bytes() == data
+    assert stat.S_IMODE(dst.stat().st_mode) == 0o640
+
+
+def test_cp_direct(tmp_path: Path) -> None:
+    if not supports_direct(tmp_path):
+        pytest.skip(f"no O_DIRECT on the file system of {tmp_path}")
+    src, dst = tmp_path / "src.bin", tmp_path / "dst.bin"
+    data = make_src(src, (1 << 20) + 777)  # unaligned tail: written rounded up, then cut
+    proc = xaio("cp", "--direct", "--bs", "128k", "--verify", "--json", str(src), str(dst))
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["direct"] is True and summary["bytes"] == len(data) and summary["verified"]
+    assert dst.read_bytes() == data
+
+
+def test_cp_into_directory_and_over_existing(tmp_path: Path) -> None:
+    src = tmp_path / "src.bin"
+    data = make_src(src, 100_000)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "src.bin").write_bytes(b"x" * 1_000_000)  # longer: must be truncated
+    proc = xaio("cp", "-q", str(src), str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""
+    assert (out / "src.bin").read_bytes() == data
+
+
+def test_cp_empty_file(tmp_path: Path) -> None:
+    src, dst = tmp_path / "empty", tmp_path / "copy"
+    src.write_bytes(b"")
+    proc = xaio("cp", "--verify", str(src), str(dst))
+    assert proc.returncode == 0, proc.stderr
+    assert dst.read_bytes() == b""
+
+
+def test_cp_to_dev_full(tmp_path: Path) -> None:
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    src = tmp_path / "src.bin"
+    make_src(src, 1 << 20)
+    line = one_line_error(xaio("cp", str(src), "/dev/full"))
+    assert "No space left on device" in line
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs (root only; skipped where mounting is not allowed)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+                          capture_output=True, text=True, timeout=10, check=False)  # fmt: skip
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {proc.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True, timeout=10, check=False)
+
+
+def test_cp_full_disk_removes_partial_copy(tmp_path: Path, small_tmpfs: Path) -> None:
+    src = tmp_path / "src.bin"
+    make_src(src, 3 << 20)
+    dst = small_tmpfs / "dst.bin"
+    line = one_line_error(xaio("cp", str(src), str(dst)))
+    assert "No space left on device" in line
+    assert not dst.exists()
+
+
+def test_cp_same_file_refused(tmp_path: Path) -> None:
+    src = tmp_path / "src.bin"
+    data = make_src(src, 5000)
+    line = one_line_error(xaio("cp", str(src), str(tmp_path)))
+    assert "same file" in line
+    assert src.read_bytes() == data
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
+def test_cp_unreadable_source(tmp_path: Path) -> None:
+    src = tmp_path / "secret"
+    make_src(src, 100)
+    src.chmod(0)
+    line = one_line_error(xaio("cp", str(src), str(tmp_path / "copy")))
+    assert "Permission denied" in line
+    assert not (tmp_path / "copy").exists()
+
+
+def test_verify_reports_first_difference(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    data = os.urandom(3 << 20)
+    a.write_bytes(data)
+    changed = bytearray(data)
+    changed[2_500_000] ^= 0xFF
+    b.write_bytes(bytes(changed))
+    with pytest.raises(_cp.CopyError, match="at offset 2500000"):
+        _cp.verify(str(a), str(b))
+    b.write_bytes(data[:-1])
+    with pytest.raises(_cp.CopyError, match="bytes"):
+        _cp.verify(str(a), str(b))
