@@ -49,6 +49,8 @@ _GetBuffer.restype = ctypes.c_int
 _ReleaseBuffer = ctypes.pythonapi.PyBuffer_Release
 _ReleaseBuffer.argtypes = [ctypes.POINTER(_Py_buffer)]
 _ReleaseBuffer.restype = None
+_c_char_from_buffer = ctypes.c_char.from_buffer
+_addressof = ctypes.addressof
 
 
 class Pin:
@@ -61,8 +63,21 @@ class Pin:
     nbytes: int
     readonly: bool
     obj: object
+    _holder: Any
+    _pybuf: _Py_buffer | None
 
     def __init__(self, obj: object, writable: bool) -> None:
+        if type(obj) is bytearray and obj:
+            # Fast path for the most common buffer (~1 us instead of ~3): a
+            # one-char ctypes export of the bytearray holds it exactly as the
+            # general path does (no resize, no free while it lives).
+            self.obj = obj
+            self.nbytes = len(obj)
+            self.readonly = False
+            self._pybuf = None
+            self._holder = _c_char_from_buffer(obj)
+            self.address = _addressof(self._holder)
+            return
         try:
             view = memoryview(obj)  # type: ignore[arg-type]
         except TypeError:
@@ -75,7 +90,7 @@ class Pin:
         self.obj = obj
         self.nbytes = view.nbytes
         self.readonly = view.readonly
-        self._pybuf: _Py_buffer | None = None
+        self._pybuf = None
         if view.readonly:
             if writable:
                 view.release()
@@ -87,7 +102,7 @@ class Pin:
             pybuf = _Py_buffer()
             _GetBuffer(obj, ctypes.byref(pybuf), _PyBUF_SIMPLE)
             self._pybuf = pybuf
-            self._holder: Any = None
+            self._holder = None
             self.address = pybuf.buf or 0
         else:
             if view.ndim != 1 or view.format != "B":

@@ -30,7 +30,7 @@ import os
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from xaio._abi import SYS
+from xaio._abi import ARCH, SYS
 from xaio._abi.aio import aio_ring
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "io_uring_setup",
     "io_uring_enter",
     "io_uring_register",
+    "io_uring_enter_fast",
     "statx",
     "rt_sigqueueinfo",
     "rt_tgsigqueueinfo",
@@ -165,6 +166,36 @@ io_uring_setup = _make("io_uring_setup", 2)
 io_uring_enter = _make("io_uring_enter", 6)
 # int io_uring_register(unsigned fd, unsigned opcode, void *arg, unsigned nr_args)
 io_uring_register = _make("io_uring_register", 4)
+
+
+def _make_fast_enter() -> Callable[..., int]:
+    """io_uring_enter without argtypes on x86-64: argtype conversion of seven
+    c_long costs ~1.5 us, more than the syscall.  The small int arguments
+    travel as C ints, which libffi sign-extends into their 64-bit registers
+    (the kernel reads them as u32 anyway); argp and argsz (the 7th argument of
+    syscall(2), on the stack) as c_void_p / c_size_t objects."""
+    number = SYS.get("io_uring_enter")
+    if _libc is None or number is None or ARCH != "x86_64":
+        return io_uring_enter
+    raw = ctypes.CDLL(_libc_name, use_errno=True).syscall
+    raw.restype = ctypes.c_long
+    get_errno, void_p, size_t = ctypes.get_errno, ctypes.c_void_p, ctypes.c_size_t
+    zero = size_t(0)
+
+    def io_uring_enter_fast(
+        fd: int, to_submit: int, min_complete: int, flags: int, argp: int = 0, argsz: int = 0
+    ) -> int:
+        if argp:
+            ret: int = raw(number, fd, to_submit, min_complete, flags, void_p(argp), size_t(argsz))
+        else:
+            ret = raw(number, fd, to_submit, min_complete, flags, 0, zero)
+        return -get_errno() if ret == -1 else ret
+
+    return io_uring_enter_fast
+
+
+#: Same contract as io_uring_enter (ret or -errno), about twice as cheap on x86-64.
+io_uring_enter_fast = _make_fast_enter()
 
 # --- misc ------------------------------------------------------------------------
 # int statx(int dirfd, const char *path, int flags, unsigned mask, struct statx *buf)
