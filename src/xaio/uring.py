@@ -123,7 +123,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from xaio import _syscall
-from xaio._abi import syscall_number as _syscall_number
 from xaio._abi import uring as abi
 from xaio._abi.aio import iovec
 from xaio._buffers import Pin, pin, pin_many
@@ -169,38 +168,10 @@ def _fence() -> None:
 
 
 # --- io_uring_enter on the hot path --------------------------------------------------
-# _syscall.io_uring_enter declares seven c_long argtypes; converting them costs
-# ~1.5 us a call here, more than the syscall itself.  On x86-64 we call
-# syscall(2) without argtypes: libffi passes each small Python int as a C int
-# sign-extended into its 64-bit register, which is what the kernel reads for
-# these u32 arguments; the pointer and size of the EXT_ARG argument are passed
-# as c_void_p / c_size_t objects.  The result convention is the same (ret or -errno), and
-# errors still become OSError only through _syscall.check/oserror.
-_NR_ENTER = _syscall_number("io_uring_enter")
-if _NEEDS_FENCE or _NR_ENTER is None:  # pragma: no cover - not x86-64
-    _io_uring_enter: Callable[..., int] = _syscall.io_uring_enter
-else:
-    _raw_syscall = ctypes.CDLL(None, use_errno=True).syscall
-    _raw_syscall.restype = ctypes.c_long
-    _get_errno = ctypes.get_errno
-
-    _zero_size = ctypes.c_size_t(0)
-    _c_void_p, _c_size_t = ctypes.c_void_p, ctypes.c_size_t
-
-    def _io_uring_enter(
-        fd: int, to_submit: int, min_complete: int, flags: int, arg: int, argsz: int
-    ) -> int:
-        """io_uring_enter(2) -> ret or -errno (x86-64 fast path).  *argsz*, the
-        seventh argument of syscall(2), travels on the stack, where a C int
-        would leave the upper half of its slot undefined: it is always passed
-        as a size_t object."""
-        if arg:
-            ret: int = _raw_syscall(
-                _NR_ENTER, fd, to_submit, min_complete, flags, _c_void_p(arg), _c_size_t(argsz)
-            )
-        else:
-            ret = _raw_syscall(_NR_ENTER, fd, to_submit, min_complete, flags, 0, _zero_size)
-        return -_get_errno() if ret == -1 else ret
+# _syscall.io_uring_enter_fast skips ctypes' argtype conversion on x86-64 (it
+# costs more than the syscall itself); same ret-or--errno convention, and errors
+# still become OSError only through _syscall.check/oserror.
+_io_uring_enter: Callable[..., int] = _syscall.io_uring_enter_fast
 
 
 # --- fork detection ------------------------------------------------------------------
