@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -172,7 +173,7 @@ def test_bad_input_is_one_line_and_nonzero(args: list[str]) -> None:
 # ---------------------------------------------------------------------------------
 
 
-def bench_json(tmp_path: Path, *args: str) -> dict[str, object]:
+def bench_json(tmp_path: Path, *args: str) -> dict[str, Any]:
     proc = xaio("bench", "--json", "--directory", str(tmp_path), *args)
     assert proc.returncode == 0, proc.stderr
     assert list(tmp_path.iterdir()) == [], "temporary file left behind"
@@ -181,13 +182,13 @@ def bench_json(tmp_path: Path, *args: str) -> dict[str, object]:
     return doc
 
 
-def check_latency(lat: dict[str, float]) -> None:
+def check_latency(lat: dict[str, Any]) -> None:
     assert set(lat) == {"count", "min", "mean", "p50", "p99", "p99_9", "max"}
     assert 0 < lat["min"] <= lat["p50"] <= lat["p99"] <= lat["p99_9"] <= lat["max"]
     assert lat["min"] <= lat["mean"] <= lat["max"]
 
 
-def check_result(r: dict[str, object], *, reads: int | None = None) -> None:
+def check_result(r: dict[str, Any], *, reads: int | None = None) -> None:
     assert set(r) >= {"tool", "engine", "api", "seconds", "ops", "iops", "mib_s", "fsyncs",
                       "read", "write", "cpu", "timeline", "ratio"}  # fmt: skip
     read = r["read"]
@@ -237,7 +238,7 @@ def test_bench_json_schema_all_engines(tmp_path: Path) -> None:
 def test_bench_posix_api(tmp_path: Path, engine: str) -> None:
     doc = bench_json(tmp_path, "--api", "posix", "--engine", engine, "--number", "500",
                      "--size", "1M", "--iodepth", "8")  # fmt: skip
-    (r,) = doc["results"]  # type: ignore[misc]
+    (r,) = doc["results"]
     check_result(r, reads=500)
     assert r["api"] == "posix" and r["engine"] == engine
 
@@ -267,7 +268,7 @@ def test_bench_write_direct(tmp_path: Path) -> None:
         pytest.skip(f"no O_DIRECT on the file system of {tmp_path}")
     doc = bench_json(tmp_path, "--rw", "randwrite", "--direct", "--number", "300",
                      "--size", "1M", "--iodepth", "4")  # fmt: skip
-    (r,) = doc["results"]  # type: ignore[misc]
+    (r,) = doc["results"]
     assert r["write"]["ops"] == 300 and r["read"]["ops"] == 0
 
 
@@ -290,7 +291,7 @@ def test_bench_output_file_and_plot(tmp_path: Path) -> None:
 def test_bench_compare_fio(tmp_path: Path) -> None:
     doc = bench_json(tmp_path, "--compare", "fio", "--runtime", "0.3", "--size", "1M",
                      "--iodepth", "4")  # fmt: skip
-    xa, fio = doc["results"]  # type: ignore[misc]
+    xa, fio = doc["results"]
     assert xa["tool"] == "xaio" and fio["tool"] == "fio"
     check_result(fio)
     assert xa["ratio"]["kind"] == "xaio/fio"
@@ -366,7 +367,7 @@ def test_bench_signal_exits_cleanly(
         wait_for_file(tmp_path, proc)
         time.sleep(0.7)  # well into the timed loop
         proc.send_signal(sig)
-        out, err = proc.communicate(timeout=TIMEOUT)
+        _, err = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == status, err
     assert "Traceback" not in err
     assert err.strip().splitlines() == [f"xaio bench: error: {word}"]

@@ -900,7 +900,11 @@ async def _asyncio_main(
     number = job.number
     perf = time.perf_counter_ns
     state = {"k": 0, "done": 0, "stop": False, "writes": 0}
-    async with xaio.open_engine(engine_name) as eng:
+    try:
+        aeng = xaio.open_engine(engine_name, **_engine_options(engine_name, job))
+    except OSError as e:
+        raise BenchError(f"engine {engine_name}: {e.strerror or e}") from None
+    async with aeng as eng:
         result = Result(engine=str(getattr(eng, "name", engine_name or "default")), api="asyncio")
         clock = _Clock(job, progress)
 
@@ -1065,7 +1069,7 @@ def run_fio(job: Job, path: str, engine: str, api: str, timeout: float | None = 
         cmd.append(f"--number_ios={-(-job.number // numjobs)}")
         cmd.append(f"--io_size={job.number * job.bs * 2}")
     else:
-        cmd += [f"--runtime={job.runtime}", "--time_based=1"]
+        cmd += [f"--runtime={max(1, round((job.runtime or 1) * 1000))}ms", "--time_based=1"]
     if timeout is None:
         timeout = (job.runtime or 60) * 3 + 30
     try:

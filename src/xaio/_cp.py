@@ -26,6 +26,16 @@ drained (``Engine.close``) before the files are closed; a destination the copy
 created is removed.  A destination that existed is left as ``cp`` leaves it.
 Only regular files and block devices are copied (their size is known).
 
+*Engine.*  :func:`auto_engine` picks the thread engine for a buffered copy
+and the default engine (io_uring where it works) for an O_DIRECT one.
+Measured here (Linux 6.18, ext4 on virtio, 512 MiB, cold source cache, four
+alternating rounds): buffered, 16 threads copied in 0.36-0.64 s where
+io_uring took 0.51-1.30 s (4 MiB requests) or 1.09-2.03 s (1 MiB requests):
+ext4 has no asynchronous buffered writes, so io_uring hands every write to an
+io-wq worker, and io-wq runs the buffered writes of one file one at a time.
+With O_DIRECT the device is the limit and the engines are within noise of
+each other.
+
 *Mode.*  A regular destination gets the source's permission bits
 (``st_mode & 0o7777``), whatever the umask.
 """
@@ -45,7 +55,7 @@ from xaio._memory import aligned_buffer, dio_alignment
 from xaio._ops import OpCode, Operation
 from xaio.engine import Engine, create_engine
 
-__all__ = ["CopyError", "CopyStats", "copy", "source_size", "verify"]
+__all__ = ["CopyError", "CopyStats", "auto_engine", "copy", "source_size", "verify"]
 
 _PROGRESS_NS = 100_000_000
 
@@ -80,6 +90,13 @@ class CopyStats:
             "bs": self.bs,
             "iodepth": self.iodepth,
         }
+
+
+def auto_engine(direct: bool) -> str | None:
+    """The engine ``xaio cp`` uses by default: ``"thread"`` for a buffered
+    copy, None (the best engine here) for an O_DIRECT one (see the module
+    documentation for the measurements)."""
+    return None if direct else "thread"
 
 
 def _why(e: OSError) -> str:
@@ -152,8 +169,8 @@ def copy(
     src: str,
     dst: str,
     *,
-    bs: int = 1 << 20,
-    iodepth: int = 8,
+    bs: int = 4 << 20,
+    iodepth: int = 4,
     direct: bool = False,
     engine: str | None = None,
     progress: Callable[[int], None] | None = None,

@@ -188,11 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("src", metavar="SRC")
     c.add_argument("dst", metavar="DST")
-    c.add_argument("--bs", type=_size, default=1 << 20, help="request size (default 1M)")
-    c.add_argument("--iodepth", type=_positive_int, default=8, help="requests in flight (8)")
+    c.add_argument("--bs", type=_size, default=4 << 20, help="request size (default 4M)")
+    c.add_argument("--iodepth", type=_positive_int, default=4, help="requests in flight (4)")
     c.add_argument("--direct", action="store_true", help="O_DIRECT on both files")
     c.add_argument(
-        "--engine", default="auto", choices=("auto", "uring", "linux", "thread"), help="engine"
+        "--engine",
+        default="auto",
+        choices=("auto", "uring", "linux", "thread"),
+        help="engine (auto: threads for buffered copies, the best engine with --direct)",
     )
     c.add_argument("--verify", action="store_true", help="compare the copy byte for byte")
     c.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no summary")
@@ -839,7 +842,7 @@ def cmd_cp(args: argparse.Namespace, ui: UI) -> int:
             bs=args.bs,
             iodepth=args.iodepth,
             direct=args.direct,
-            engine=None if args.engine == "auto" else args.engine,
+            engine=_cp.auto_engine(args.direct) if args.engine == "auto" else args.engine,
             progress=lambda done: upd(done, format_size(done)),
         )
     if args.verify:
