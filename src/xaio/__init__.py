@@ -7,13 +7,34 @@ The layers, lowest first (see docs/architecture.md):
 - :mod:`xaio.uring` — io_uring driven from pure Python;
 - :mod:`xaio.engine` — the engines (uring, linux, thread), ``probe()``, ``create_engine()``;
 - :mod:`xaio.posix` — POSIX AIO (``aio_read`` ...), re-exported here;
-- :func:`aligned_buffer` — memory aligned for O_DIRECT.
+- :func:`aligned_buffer` — memory aligned for O_DIRECT;
+- the async layer (:mod:`xaio._async`): ``await xaio.pread(fd, n, offset)`` and the other
+  os-like coroutines, :func:`open` (async file objects), :func:`open_engine`, and
+  :mod:`xaio.os` (async ``stat``, ``rename``, ``mkdir``...), for asyncio, trio and anyio.
 
 Importing xaio starts no thread and makes no system call.
 """
 
 from __future__ import annotations
 
+from xaio import os
+from xaio._async import (
+    AsyncEngine,
+    AsyncFile,
+    AsyncTextFile,
+    fdatasync,
+    fsync,
+    open,
+    open_engine,
+    pread,
+    preadinto,
+    preadv,
+    pwrite,
+    pwritev,
+    read,
+    readinto,
+    write,
+)
 from xaio._memory import aligned_buffer, dio_alignment
 from xaio.posix import (
     AIO_ALLDONE,
@@ -71,4 +92,21 @@ __all__ = [
     "SIGEV_NONE",
     "SIGEV_THREAD",
     "AIO_PRIO_DELTA_MAX",
+    # the async layer
+    "pread",
+    "preadinto",
+    "pwrite",
+    "preadv",
+    "pwritev",
+    "fsync",
+    "fdatasync",
+    "read",
+    "readinto",
+    "write",
+    "open",
+    "open_engine",
+    "os",
+    "AsyncEngine",
+    "AsyncFile",
+    "AsyncTextFile",
 ]

@@ -1,0 +1,47 @@
+"""The async layer: asyncio / trio / anyio coroutines, async files, engines per loop.
+
+- :mod:`._loop` -- the per-loop engine drivers (how completions wake a loop,
+  batching, cancellation, the default engine's lifetime);
+- :mod:`._io` -- ``pread``, ``pwrite``... and :func:`open_engine`;
+- :mod:`._file` -- :func:`open` and the async file objects;
+- :mod:`._meta` -- path operations on io_uring for :mod:`xaio.os`.
+"""
+
+from __future__ import annotations
+
+from xaio._async._file import AsyncFile, AsyncTextFile, OpenContext, open
+from xaio._async._io import (
+    AsyncEngine,
+    fdatasync,
+    fsync,
+    open_engine,
+    pread,
+    preadinto,
+    preadv,
+    pwrite,
+    pwritev,
+    read,
+    readinto,
+    write,
+)
+from xaio._async._loop import InvalidArgument
+
+__all__ = [
+    "AsyncEngine",
+    "AsyncFile",
+    "AsyncTextFile",
+    "InvalidArgument",
+    "OpenContext",
+    "fdatasync",
+    "fsync",
+    "open",
+    "open_engine",
+    "pread",
+    "preadinto",
+    "preadv",
+    "pwrite",
+    "pwritev",
+    "read",
+    "readinto",
+    "write",
+]

@@ -1,0 +1,1137 @@
+"""Per-event-loop engine drivers: how completions reach asyncio and trio.
+
+Some facts this module rests on
+===============================
+
+*One reader per engine.*  Every engine has an fd (``Engine.fileno()``) that is
+readable while completions wait.  A :class:`Driver` ties one engine to one
+running event loop: on asyncio it is registered with ``loop.add_reader``; on
+trio a system task sits in ``trio.lowlevel.wait_readable``.  The callback runs
+``engine.reap(0)``, which calls each finished operation's ``on_done`` in the
+loop's thread; ``on_done`` wakes the one waiting task.  There is one Future (or
+one trio ``reschedule``) per request, created only when the request did not
+complete at once, and no per-request closure: ``on_done`` is a bound method
+made once per driver, and the waiter travels in ``Operation.context``.
+
+*Reap right after submit.*  io_uring performs a page-cached read inside the
+``io_uring_enter`` that submits it, so a ``reap(0)`` right after the submit
+finds the completion already in the completion queue, without a system call.
+A request that completes that way resolves without touching the event loop at
+all (the awaiting coroutine does not even yield).  To stay fair to other tasks
+the driver yields to the loop once every :data:`_STREAK` such immediate
+results (before submitting the next request, so a cancellation delivered at
+that yield never abandons a finished transfer).
+
+*Batching under load.*  While requests of this driver are in the kernel, new
+ones are queued and handed over together by one ``engine.submit`` scheduled
+with ``loop.call_soon``: the tasks woken by one batch of completions run in one
+loop iteration, so their next requests reach the kernel in one system call.
+With nothing in flight a request is submitted at once (lowest latency).
+
+*Cancellation really cancels.*  When the task awaiting a request is cancelled,
+the driver calls ``engine.cancel(op)`` and then keeps waiting -- through
+further cancellations -- until the operation's completion has been reaped
+(io_uring may still be copying into the buffer after a "successful" cancel;
+the thread engine cannot stop a running ``pread``).  Only then does
+``CancelledError`` (or ``trio.Cancelled``) leave the coroutine, so when the
+caller sees it the buffer is free and no late write can land in it.
+
+*Lifetime of the default engine.*  ``xaio.pread(...)`` with no explicit engine
+uses the running loop's default driver, made on first use.  asyncio has no
+"loop closed" hook, so the driver registers a tiny sentinel async generator
+with the loop (``sys.set_asyncgen_hooks`` is the loop's while it runs):
+``loop.shutdown_asyncgens()`` -- which ``asyncio.run``, ``uvloop.run`` and
+``anyio.run`` all call before closing the loop -- closes it, and its
+``finally`` closes the driver and its engine.  The table of drivers is a
+``WeakKeyDictionary`` keyed by loop, and a ``weakref.finalize`` on the loop
+closes the engine if the loop is dropped without that shutdown.  Nothing in
+the driver refers back to the loop, so nothing keeps a dead loop (or its
+engine, its ring, its Linux AIO context) alive.  On trio the driver lives in a
+``trio.lowlevel.RunVar`` and its system task closes it when ``trio.run`` ends.
+
+*Fork.*  A forked child must not touch its parent's engines (an io_uring CQ is
+shared with the parent; an AIO context is not inherited).  After a fork the
+child forgets every driver -- the objects are parked, never used or closed --
+and makes fresh ones on first use.
+
+*Never block the loop.*  Stream fds (pipes, sockets, ttys) never go to an
+engine: :meth:`Driver.read` / :meth:`Driver.write` try the transfer with
+``RWF_NOWAIT`` (which fails with EAGAIN instead of sleeping) and otherwise wait
+for readiness in the event loop.  A cancelled wait has consumed nothing, so a
+cancelled read never loses data.  Regular files go to the engine, which never
+blocks the submitting thread (io_uring punts cold reads to its workers; the
+``linux`` engine sends buffered files to threads).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import os
+import stat
+import sys
+import threading
+import weakref
+from collections.abc import AsyncGenerator, Callable, Sequence
+from typing import Any, TypeVar
+
+from xaio._ops import OpCode, Operation, OpState, decode_result
+from xaio._syscall import oserror
+from xaio.engine import Engine, EngineClosedError, create_engine
+
+__all__ = [
+    "Driver",
+    "AsyncioDriver",
+    "TrioDriver",
+    "current_driver",
+    "current_library",
+    "InvalidArgument",
+    "check_fd",
+    "check_count",
+    "check_offset",
+]
+
+T = TypeVar("T")
+
+_DONE = OpState.DONE
+_READ, _WRITE, _READV, _WRITEV = OpCode.READ, OpCode.WRITE, OpCode.READV, OpCode.WRITEV
+_RWF_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
+_NO_INLINE_FLAGS = os.O_APPEND | getattr(os, "O_DIRECT", 0)
+_INT_MAX = 0x7FFFFFFF
+_OFF_MAX = (1 << 63) - 1
+#: Immediate completions in a row after which a request yields to the loop once.
+_STREAK = 32
+#: Most bytes one read(2)/write(2) moves on Linux (MAX_RW_COUNT).
+MAX_RW_COUNT = 0x7FFFF000
+
+
+class InvalidArgument(OSError, ValueError):
+    """A value the kernel would refuse with ``EINVAL`` (a negative offset...),
+    refused before any system call.  Both an ``OSError`` with ``errno ==
+    EINVAL`` (what ``os.pread`` raises) and a ``ValueError``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EINVAL, message)
+
+
+# ---------------------------------------------------------------------------------
+# argument checking (before anything reaches the kernel)
+# ---------------------------------------------------------------------------------
+
+
+def check_fd(fd: Any) -> int:
+    """Return *fd* as an int.
+
+    Raises:
+        TypeError: *fd* is not an integer.
+        OSError: ``EBADF`` for a negative fd or one beyond ``INT_MAX``.
+    """
+    if type(fd) is not int:
+        if isinstance(fd, bool) or not isinstance(fd, int):
+            raise TypeError(f"fd must be an int, not {type(fd).__name__!r}")
+        fd = int(fd)
+    if fd < 0 or fd > _INT_MAX:
+        raise oserror(errno.EBADF)
+    return int(fd)
+
+
+def check_count(n: Any, name: str = "n") -> int:
+    """Return the byte count *n* as an int.
+
+    Raises:
+        TypeError: not an integer.
+        ValueError: negative.
+    """
+    if type(n) is not int:
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"{name} must be an int, not {type(n).__name__!r}")
+        n = int(n)
+    if n < 0:
+        raise ValueError(f"{name} must be >= 0, not {n}")
+    return int(n)
+
+
+def check_offset(offset: Any) -> int:
+    """Return the file offset *offset* as an int.
+
+    Raises:
+        TypeError: not an integer.
+        InvalidArgument: negative or beyond 2**63-1 (EINVAL, also a ValueError).
+    """
+    if type(offset) is not int:
+        if isinstance(offset, bool) or not isinstance(offset, int):
+            raise TypeError(f"offset must be an int, not {type(offset).__name__!r}")
+        offset = int(offset)
+    if offset < 0 or offset > _OFF_MAX:
+        raise InvalidArgument(f"offset must be in [0, 2**63-1], not {offset}")
+    return int(offset)
+
+
+def check_flags(flags: Any) -> int:
+    """Return the ``RWF_*`` flags as an int (TypeError/ValueError if not a u32)."""
+    if type(flags) is not int:
+        if isinstance(flags, bool) or not isinstance(flags, int):
+            raise TypeError(f"flags must be an int, not {type(flags).__name__!r}")
+        flags = int(flags)
+    if flags < 0 or flags > 0xFFFFFFFF:
+        raise ValueError(f"flags must be a 32-bit unsigned int, not {flags}")
+    return int(flags)
+
+
+def check_buffers(buffers: Any) -> tuple[Any, ...]:
+    """Return the buffers of a vectored call as a tuple (TypeError if not a sequence)."""
+    if isinstance(buffers, (bytes, bytearray, memoryview, str)) or not hasattr(buffers, "__iter__"):
+        raise TypeError(f"buffers must be a sequence of buffers, not {type(buffers).__name__!r}")
+    return tuple(buffers)
+
+
+def _is_stream(fd: int) -> bool:
+    """True for fds without a file position (pipes, sockets, FIFOs, ttys)."""
+    try:
+        os.lseek(fd, 0, os.SEEK_CUR)
+    except OSError as e:
+        if e.errno == errno.ESPIPE:
+            return True
+        raise
+    return False
+
+
+# ---------------------------------------------------------------------------------
+# the driver
+# ---------------------------------------------------------------------------------
+
+
+class Driver:
+    """One engine bound to one running event loop (see the module essay).
+
+    The coroutine methods mirror the :mod:`os` functions; the public
+    ``xaio.pread`` & co call them on the running loop's default driver, an
+    ``xaio.open_engine()`` object on its own.  Subclasses implement the waits
+    for one event-loop library.
+    """
+
+    library: str = ""
+
+    def __init__(self, engine: Engine, *, owns_engine: bool = True) -> None:
+        self.engine = engine
+        self.owns_engine = owns_engine
+        self.closed = False
+        self._inflight = 0  # submitted (or queued here) and not yet completed
+        self._queue: list[Operation] = []
+        self._flush_pending = False
+        self._streak = 0
+        self._uring = engine.name == "uring"
+        read_nowait = getattr(engine, "read_nowait", None)
+        self._thread_nowait: Callable[[int, Any, int, int], int | None] | None = read_nowait
+        self._inline_cache: dict[int, list[Any]] = {}
+        self._on_done = self._make_on_done()
+        self._meta: Any = None  # xaio.os's io_uring Ring (_meta.MetaRing), made on demand
+        self._meta_failed = False
+
+    # -- backend hooks -------------------------------------------------------------
+
+    def _make_on_done(self) -> Callable[[Operation], None]:
+        raise NotImplementedError
+
+    def _schedule_flush(self) -> None:
+        raise NotImplementedError
+
+    async def _wait(self, op: Operation) -> None:
+        """Wait until *op* completed; on cancellation cancel it in the kernel and
+        wait for its completion before re-raising."""
+        raise NotImplementedError
+
+    async def _yield(self) -> None:
+        raise NotImplementedError
+
+    async def wait_readable(self, fd: int) -> None:
+        raise NotImplementedError
+
+    async def wait_writable(self, fd: int) -> None:
+        raise NotImplementedError
+
+    async def run_in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` in a worker thread; if cancelled, wait for it to
+        finish before re-raising (the call cannot be stopped)."""
+        raise NotImplementedError
+
+    def check_loop(self) -> None:
+        """Raise RuntimeError if called outside the loop this driver belongs to."""
+
+    def watch(self, fd: int, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback()`` in the loop whenever *fd* is readable; returns
+        the function that stops it."""
+        raise NotImplementedError
+
+    # -- submission ------------------------------------------------------------------
+
+    def _start(self, op: Operation) -> None:
+        """Hand *op* to the engine now (nothing in flight: lowest latency, and a
+        reap right after so an inline completion resolves at once), or queue it
+        for this iteration's batch (requests in flight: one syscall per batch)."""
+        if self.closed:
+            raise EngineClosedError("the engine is closed")
+        self._inflight += 1
+        if self._inflight > 1 and self._uring:
+            self._queue.append(op)
+            if not self._flush_pending:
+                self._flush_pending = True
+                self._schedule_flush()
+            return
+        engine = self.engine
+        try:
+            engine.submit((op,))
+        except BaseException:
+            self._inflight -= 1
+            raise
+        if self._uring:
+            engine.reap(0)
+
+    def _flush(self) -> None:
+        """Submit the queued batch (one engine.submit) and reap right after."""
+        self._flush_pending = False
+        queue = self._queue
+        if not queue or self.closed:
+            return
+        self._queue = []
+        try:
+            self.engine.submit(queue)
+        except Exception as e:  # the engine refused the batch: fail each request
+            err = e.errno if isinstance(e, OSError) and e.errno else errno.EIO
+            for op in queue:
+                if op.state is OpState.QUEUED:
+                    op.complete(-err)
+            return
+        self.engine.reap(0)
+
+    def _unqueue(self, op: Operation) -> bool:
+        """Take *op* back if it is still in this driver's queue (then it is
+        completed here with -ECANCELED); True if it was."""
+        try:
+            self._queue.remove(op)
+        except ValueError:
+            return False
+        op.complete(-errno.ECANCELED)
+        return True
+
+    def _cancel_in_engine(self, op: Operation) -> None:
+        if op.state is _DONE or self._unqueue(op):
+            return
+        if op.opcode is OpCode.NOP and self._meta is not None and self._meta.cancel(op):
+            return
+        try:
+            self.engine.cancel(op)
+        except (OSError, RuntimeError):
+            pass  # not cancellable: it completes normally and we wait for it
+
+    def on_readable(self) -> None:
+        """The engine's fd is readable: deliver its completions."""
+        if not self.closed:
+            self.engine.reap(0)
+
+    async def _fair(self) -> None:
+        """Before a transfer that may complete at once: yield to the loop once
+        every :data:`_STREAK` times (trio: a checkpoint every time)."""
+        if self._streak >= _STREAK:
+            self._streak = 0
+            await self._yield()
+        self._streak += 1
+
+    async def _run(self, op: Operation) -> int:
+        """Start *op*, wait for it, return its decoded result."""
+        if self._streak >= _STREAK:
+            self._streak = 0
+            await self._yield()
+        self._start(op)
+        if op.state is not _DONE:
+            self._streak = 0
+            await self._wait(op)
+        else:
+            self._streak += 1
+        res = op.result
+        if res is None or res < 0:
+            return decode_result(res if res is not None else -errno.EIO)
+        return res
+
+    def _try_inline_read(self, fd: int, buf: Any, offset: int, n: int) -> int | None:
+        """The thread-based engines: try the read from the page cache in this
+        thread (``preadv2(RWF_NOWAIT)``), as io_uring does before punting."""
+        nowait = self._thread_nowait
+        if nowait is not None:
+            return nowait(fd, buf, offset, n)
+        if not _RWF_NOWAIT:
+            return None
+        cache = self._inline_cache
+        entry = cache.get(fd)
+        try:
+            if entry is None or entry[1] <= 0:
+                entry = cache[fd] = [
+                    not (fcntl.fcntl(fd, fcntl.F_GETFL) & _NO_INLINE_FLAGS),
+                    64,
+                ]
+                if len(cache) > 1024:
+                    cache.clear()
+            entry[1] -= 1
+            if not entry[0]:
+                return None
+            got: int = os.preadv(fd, (buf,), offset, _RWF_NOWAIT)
+        except (OSError, OverflowError, ValueError):
+            cache.pop(fd, None)
+            return None
+        return got if got == n else None
+
+    def _positional(self, fd: int) -> None:
+        """Positional I/O on a stream fd: ESPIPE, as os.pread says (checked for
+        the thread-based engines, where such a read would park a worker thread
+        in a blocking syscall; io_uring reads a stream asynchronously)."""
+        if not self._uring and _is_stream(fd):
+            raise oserror(errno.ESPIPE)
+
+    # -- the os-like coroutines ---------------------------------------------------------
+
+    async def pread(self, fd: int, n: int, offset: int) -> bytes:
+        """Read at most *n* bytes at *offset* (pread(2), ``os.pread``).
+
+        Returns:
+            The bytes read (shorter at end of file; empty at or past it).
+
+        Raises:
+            TypeError, ValueError, InvalidArgument: bad arguments (before any syscall).
+            OSError: what the kernel reports (``EBADF``, ``EISDIR``, ``ESPIPE``...).
+        """
+        fd = check_fd(fd)
+        n = check_count(n)
+        offset = check_offset(offset)
+        if n == 0:
+            return b""
+        n = min(n, MAX_RW_COUNT)
+        buf = bytearray(n)
+        if not self._uring:
+            self._positional(fd)
+            await self._fair()
+            got = self._try_inline_read(fd, buf, offset, n)
+            if got is not None:
+                return bytes(buf)
+        res = await self._run(Operation(_READ, fd, (buf,), offset, on_done=self._on_done))
+        if res == n:
+            return bytes(buf)
+        return bytes(memoryview(buf)[:res])
+
+    async def preadinto(self, fd: int, buf: Any, offset: int) -> int:
+        """Read into the writable buffer *buf* at *offset* (``os.preadv`` with one buffer).
+
+        Returns:
+            Bytes read.
+
+        Raises:
+            TypeError: *buf* is not a writable bytes-like object.
+            ValueError: *buf* is not contiguous; bad offset.
+            OSError: what the kernel reports.
+        """
+        fd = check_fd(fd)
+        offset = check_offset(offset)
+        op = Operation(_READ, fd, (buf,), offset, on_done=self._on_done)
+        n = op.pins[0].nbytes
+        if n == 0:
+            op.complete(0)
+            return 0
+        if not self._uring:
+            try:
+                self._positional(fd)
+            except BaseException:
+                op.complete(-errno.ESPIPE)
+                raise
+            try:
+                await self._fair()
+            except BaseException:
+                op.complete(-errno.ECANCELED)
+                raise
+            got = self._try_inline_read(fd, buf, offset, n)
+            if got is not None:
+                op.complete(got)
+                return got
+        return await self._run(op)
+
+    async def pwrite(self, fd: int, data: Any, offset: int) -> int:
+        """Write the bytes-like *data* at *offset* (pwrite(2), ``os.pwrite``).
+
+        Returns:
+            Bytes written (may be short, as the system call's).
+
+        Raises:
+            TypeError: *data* is not bytes-like.
+            OSError: what the kernel reports (``EBADF`` on a read-only fd...).
+        """
+        fd = check_fd(fd)
+        offset = check_offset(offset)
+        op = Operation(_WRITE, fd, (data,), offset, on_done=self._on_done)
+        if not self._uring:
+            try:
+                self._positional(fd)
+            except BaseException:
+                op.complete(-errno.ESPIPE)
+                raise
+        return await self._run(op)
+
+    async def preadv(self, fd: int, buffers: Sequence[Any], offset: int, flags: int = 0) -> int:
+        """Read into a sequence of writable buffers at *offset* (preadv2(2), ``os.preadv``).
+
+        Args:
+            flags: ``os.RWF_*`` flags (``RWF_HIPRI``, ``RWF_NOWAIT``).
+
+        Returns:
+            Total bytes read.
+        """
+        fd = check_fd(fd)
+        offset = check_offset(offset)
+        flags = check_flags(flags)
+        bufs = check_buffers(buffers)
+        op = Operation(_READV, fd, bufs, offset, flags, on_done=self._on_done)
+        if not self._uring:
+            try:
+                self._positional(fd)
+            except BaseException:
+                op.complete(-errno.ESPIPE)
+                raise
+        return await self._run(op)
+
+    async def pwritev(self, fd: int, buffers: Sequence[Any], offset: int, flags: int = 0) -> int:
+        """Write a sequence of buffers at *offset* (pwritev2(2), ``os.pwritev``).
+
+        Args:
+            flags: ``os.RWF_*`` flags (``RWF_DSYNC``, ``RWF_SYNC``, ``RWF_APPEND``...).
+
+        Returns:
+            Total bytes written.
+        """
+        fd = check_fd(fd)
+        offset = check_offset(offset)
+        flags = check_flags(flags)
+        bufs = check_buffers(buffers)
+        op = Operation(_WRITEV, fd, bufs, offset, flags, on_done=self._on_done)
+        if not self._uring:
+            try:
+                self._positional(fd)
+            except BaseException:
+                op.complete(-errno.ESPIPE)
+                raise
+        return await self._run(op)
+
+    async def fsync(self, fd: int) -> None:
+        """Flush *fd*'s data and metadata to storage (fsync(2), ``os.fsync``)."""
+        fd = check_fd(fd)
+        await self._run(Operation(OpCode.FSYNC, fd, on_done=self._on_done))
+
+    async def fdatasync(self, fd: int) -> None:
+        """Flush *fd*'s data to storage (fdatasync(2), ``os.fdatasync``)."""
+        fd = check_fd(fd)
+        await self._run(Operation(OpCode.FDATASYNC, fd, on_done=self._on_done))
+
+    async def _file_rw(self, opcode: OpCode, fd: int, buf: Any) -> int:
+        """A read/write at the file position, through the engine (regular files)."""
+        return await self._run(Operation(opcode, fd, (buf,), -1, on_done=self._on_done))
+
+    async def readinto(self, fd: int, buf: Any) -> int:
+        """Read from a stream fd (or at a regular file's position) into *buf*.
+
+        Never blocks the loop and never parks a thread: the transfer is tried
+        with ``RWF_NOWAIT`` and otherwise waits for readiness in the event
+        loop.  A cancelled call has consumed nothing from the fd.
+
+        Returns:
+            Bytes read (0 at end of file).
+        """
+        fd = check_fd(fd)
+        with memoryview(buf) as mv:
+            if mv.readonly:
+                raise TypeError(
+                    f"a writable buffer is required, not a read-only {type(buf).__name__!r}"
+                )
+            if not mv.c_contiguous:
+                raise ValueError("buffer must be C-contiguous")
+            n = mv.nbytes
+        if n == 0:
+            return 0
+        bufs = (buf,)
+        nowait = _RWF_NOWAIT
+        await self._fair()  # a cancellation here consumes nothing
+        while True:
+            try:
+                if nowait:
+                    got: int = os.preadv(fd, bufs, -1, nowait)
+                else:
+                    got = os.readv(fd, bufs)
+                return got
+            except BlockingIOError:
+                pass
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL) or not nowait:
+                    raise
+                # RWF_NOWAIT unsupported here (a tty...): non-blocking fds and
+                # regular files read directly; others after readiness.
+                if not _is_stream(fd):
+                    return await self._file_rw(_READ, fd, buf)
+                if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK:
+                    nowait = 0
+                    continue
+                await self._wait_readable_or_direct(fd)
+                return int(os.readv(fd, bufs))
+            if not _is_stream(fd):  # a regular file not in the page cache
+                return await self._file_rw(_READ, fd, buf)
+            await self._wait_readable_or_direct(fd)
+
+    async def read(self, fd: int, n: int) -> bytes:
+        """Read at most *n* bytes from a stream fd (read(2), ``os.read``).
+
+        See :meth:`readinto`.  Returns b"" at end of file.
+        """
+        fd = check_fd(fd)
+        n = check_count(n)
+        if n == 0:
+            return b""
+        buf = bytearray(min(n, MAX_RW_COUNT))
+        got = await self.readinto(fd, buf)
+        del buf[got:]
+        return bytes(buf)
+
+    async def write(self, fd: int, data: Any) -> int:
+        """Write *data* to a stream fd (write(2), ``os.write``).
+
+        Tried with ``RWF_NOWAIT``; waits for writability in the event loop
+        otherwise.  Like ``os.write`` it may write less than all of *data*.
+        A cancelled call has written nothing.
+
+        Returns:
+            Bytes written.
+        """
+        fd = check_fd(fd)
+        with memoryview(data) as mv:
+            if not mv.c_contiguous:
+                raise ValueError("buffer must be C-contiguous")
+            n = mv.nbytes
+        bufs = (data,)
+        nowait = _RWF_NOWAIT
+        await self._fair()  # a cancellation here writes nothing
+        while True:
+            try:
+                if nowait:
+                    done: int = os.pwritev(fd, bufs, -1, nowait)
+                else:
+                    done = os.writev(fd, bufs)
+                if done or n == 0:
+                    return done
+            except BlockingIOError:
+                pass
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL) or not nowait:
+                    raise
+                if not _is_stream(fd):
+                    return await self._file_rw(_WRITE, fd, data)
+                if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK:
+                    nowait = 0
+                    continue
+                await self._wait_writable_or_direct(fd)
+                return int(os.writev(fd, bufs))
+            if not _is_stream(fd):
+                return await self._file_rw(_WRITE, fd, data)
+            await self._wait_writable_or_direct(fd)
+
+    async def _wait_readable_or_direct(self, fd: int) -> None:
+        try:
+            await self.wait_readable(fd)
+        except PermissionError:  # epoll refuses it (/dev/null...): it never blocks
+            return
+
+    async def _wait_writable_or_direct(self, fd: int) -> None:
+        try:
+            await self.wait_writable(fd)
+        except PermissionError:
+            return
+
+    # -- closing --------------------------------------------------------------------
+
+    def _close_meta(self) -> None:
+        meta, self._meta = self._meta, None
+        if meta is not None:
+            meta.close()
+
+    def close(self) -> None:
+        """Close the engine (if this driver owns it); idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        queue, self._queue = self._queue, []
+        for op in queue:
+            if op.state is OpState.QUEUED:
+                op.complete(-errno.ECANCELED)
+        try:
+            self._close_meta()
+        finally:
+            if self.owns_engine:
+                self.engine.close()
+
+
+# ---------------------------------------------------------------------------------
+# asyncio (and uvloop, and anyio on asyncio)
+# ---------------------------------------------------------------------------------
+
+
+class AsyncioDriver(Driver):
+    """A driver for an asyncio event loop (any implementation with ``add_reader``)."""
+
+    library = "asyncio"
+
+    def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop, **kw: Any) -> None:
+        super().__init__(engine, **kw)
+        self._loop_ref = weakref.ref(loop)
+        self._fd = engine.fileno()
+        self._waiters: dict[tuple[int, bool], list[asyncio.Future[None]]] = {}
+        loop.add_reader(self._fd, self.on_readable)
+        self._reader = True
+
+    def _make_on_done(self) -> Callable[[Operation], None]:
+        def on_done(op: Operation) -> None:
+            self._inflight -= 1
+            fut = op.context
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
+        return on_done
+
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        return asyncio.get_running_loop()
+
+    def check_loop(self) -> None:
+        if self._loop_ref() is not asyncio._get_running_loop():
+            raise RuntimeError("this xaio engine belongs to another event loop")
+
+    def _schedule_flush(self) -> None:
+        asyncio.get_running_loop().call_soon(self._flush)
+
+    async def _wait(self, op: Operation) -> None:
+        fut = asyncio.get_running_loop().create_future()
+        op.context = fut
+        try:
+            await fut
+        except asyncio.CancelledError:
+            await self._cancel_and_wait(op)
+            raise
+
+    async def _cancel_and_wait(self, op: Operation) -> None:
+        self._cancel_in_engine(op)
+        loop = asyncio.get_running_loop()
+        while op.state is not _DONE:
+            fut = loop.create_future()
+            op.context = fut
+            try:
+                await fut
+            except asyncio.CancelledError:
+                continue  # cancelled again: keep waiting for the kernel
+
+    async def _yield(self) -> None:
+        await asyncio.sleep(0)
+
+    async def _wait_ready(self, fd: int, write: bool) -> None:
+        loop = asyncio.get_running_loop()
+        key = (fd, write)
+        waiters = self._waiters.get(key)
+        fut: asyncio.Future[None] = loop.create_future()
+        if waiters is None:
+            waiters = self._waiters[key] = []
+            add = loop.add_writer if write else loop.add_reader
+            try:
+                add(fd, self._ready, key)
+            except OSError:
+                del self._waiters[key]
+                raise
+        waiters.append(fut)
+        try:
+            await fut
+        finally:
+            if not fut.done():
+                fut.cancel()
+            try:
+                waiters.remove(fut)
+            except ValueError:
+                pass
+            if not waiters and self._waiters.get(key) is waiters:
+                del self._waiters[key]
+                (loop.remove_writer if write else loop.remove_reader)(fd)
+
+    def _ready(self, key: tuple[int, bool]) -> None:
+        for fut in self._waiters.get(key, ()):
+            if not fut.done():
+                fut.set_result(None)
+
+    async def wait_readable(self, fd: int) -> None:
+        """Wait until *fd* is readable (``loop.add_reader``); several tasks may wait."""
+        await self._wait_ready(fd, False)
+
+    async def wait_writable(self, fd: int) -> None:
+        """Wait until *fd* is writable (``loop.add_writer``)."""
+        await self._wait_ready(fd, True)
+
+    async def run_in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(None, fn, *args)
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            while not fut.done():
+                try:
+                    await asyncio.shield(fut)
+                except asyncio.CancelledError:
+                    continue
+                except BaseException:
+                    break
+            raise
+
+    def watch(self, fd: int, callback: Callable[[], None]) -> Callable[[], None]:
+        loop = asyncio.get_running_loop()
+        loop.add_reader(fd, callback)
+        ref = self._loop_ref
+
+        def unwatch() -> None:
+            lp = ref()
+            if lp is not None and not lp.is_closed():
+                lp.remove_reader(fd)
+
+        return unwatch
+
+    def detach_reader(self) -> None:
+        if not self._reader:
+            return
+        self._reader = False
+        loop = self._loop_ref()
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.remove_reader(self._fd)
+            except (RuntimeError, ValueError, OSError):  # pragma: no cover
+                pass
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.detach_reader()
+        super().close()
+
+
+# ---------------------------------------------------------------------------------
+# trio (and anyio on trio)
+# ---------------------------------------------------------------------------------
+
+
+class _TrioCancel:
+    """The waiter of an operation whose task trio asked to cancel."""
+
+    __slots__ = ("task", "raise_cancel")
+
+    def __init__(self, task: Any, raise_cancel: Callable[[], Any]) -> None:
+        self.task = task
+        self.raise_cancel = raise_cancel
+
+
+class TrioDriver(Driver):
+    """A driver for one ``trio.run``: a system task waits on the engine's fd."""
+
+    library = "trio"
+
+    def __init__(self, engine: Engine, **kw: Any) -> None:
+        import outcome
+        import trio
+
+        self._trio = trio
+        self._lowlevel = trio.lowlevel
+        self._outcome = outcome
+        super().__init__(engine, **kw)
+        self._fd = engine.fileno()
+        self._token = trio.lowlevel.current_trio_token()
+        self._stopped = trio.Event()
+        trio.lowlevel.spawn_system_task(self._reader, name="xaio engine reader")
+
+    def check_loop(self) -> None:
+        try:
+            token = self._lowlevel.current_trio_token()
+        except RuntimeError:
+            token = None
+        if token is not self._token:
+            raise RuntimeError("this xaio engine belongs to another trio run")
+
+    def _make_on_done(self) -> Callable[[Operation], None]:
+        reschedule = self._lowlevel.reschedule
+        capture = self._outcome.capture
+
+        def on_done(op: Operation) -> None:
+            self._inflight -= 1
+            w = op.context
+            if w is None:
+                return
+            op.context = None
+            if type(w) is _TrioCancel:
+                reschedule(w.task, capture(w.raise_cancel))
+            else:
+                reschedule(w)
+
+        return on_done
+
+    async def _reader(self) -> None:
+        wait_readable = self._lowlevel.wait_readable
+        try:
+            while not self.closed:
+                await wait_readable(self._fd)
+                self.on_readable()
+        except self._trio.ClosedResourceError:
+            pass  # close() called notify_closing: stop reading
+        finally:
+            self._stopped.set()
+            if self.owns_engine:
+                self.close()
+
+    def watch(self, fd: int, callback: Callable[[], None]) -> Callable[[], None]:
+        ll = self._lowlevel
+        state = {"on": True}
+
+        async def watcher() -> None:
+            try:
+                while state["on"]:
+                    await ll.wait_readable(fd)
+                    if state["on"]:
+                        callback()
+            except (self._trio.ClosedResourceError, self._trio.Cancelled):
+                pass
+
+        ll.spawn_system_task(watcher, name="xaio path-operation reader")
+
+        def unwatch() -> None:
+            state["on"] = False
+            try:
+                ll.notify_closing(fd)
+            except RuntimeError:
+                pass
+
+        return unwatch
+
+    def _schedule_flush(self) -> None:
+        # trio has no call_soon: the flush runs at the next checkpoint of the
+        # submitting task (see _run), which is immediately, so flush now.
+        self._flush()
+
+    async def _run(self, op: Operation) -> int:
+        ll = self._lowlevel
+        await ll.checkpoint_if_cancelled()
+        self._start(op)
+        if op.state is not _DONE:
+            await self._wait(op)
+        else:
+            await ll.cancel_shielded_checkpoint()
+        res = op.result
+        if res is None or res < 0:
+            return decode_result(res if res is not None else -errno.EIO)
+        return res
+
+    async def _wait(self, op: Operation) -> None:
+        ll = self._lowlevel
+        task = ll.current_task()
+        op.context = task
+
+        def abort(raise_cancel: Callable[[], Any]) -> Any:
+            op.context = _TrioCancel(task, raise_cancel)
+            self._cancel_in_engine(op)
+            return ll.Abort.FAILED
+
+        await ll.wait_task_rescheduled(abort)
+
+    async def _yield(self) -> None:
+        await self._lowlevel.checkpoint()
+
+    async def _fair(self) -> None:
+        await self._lowlevel.checkpoint()
+
+    async def wait_readable(self, fd: int) -> None:
+        """Wait until *fd* is readable (``trio.lowlevel.wait_readable``)."""
+        await self._lowlevel.wait_readable(fd)
+
+    async def wait_writable(self, fd: int) -> None:
+        """Wait until *fd* is writable (``trio.lowlevel.wait_writable``)."""
+        await self._lowlevel.wait_writable(fd)
+
+    async def run_in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._trio.to_thread.run_sync(fn, *args)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            self._lowlevel.notify_closing(self._fd)
+        except (RuntimeError, OSError):
+            pass
+        super().close()
+
+
+# ---------------------------------------------------------------------------------
+# which library is running, and the default driver of each loop
+# ---------------------------------------------------------------------------------
+
+_asyncio_drivers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncioDriver] = (
+    weakref.WeakKeyDictionary()
+)
+_trio_runvar: Any = None
+_lock = threading.Lock()
+#: Drivers inherited through fork(): never used or closed in the child.
+_forked_away: list[Any] = []
+
+
+def _after_fork_in_child() -> None:
+    global _trio_runvar
+    parked = list(_asyncio_drivers.values())
+    for drv in parked:
+        fin = getattr(drv, "_finalizer", None)
+        if fin is not None:
+            fin.detach()
+    _forked_away.append(parked)
+    _asyncio_drivers.clear()
+    _trio_runvar = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def current_library() -> str:
+    """The async library running in this thread: ``"asyncio"`` or ``"trio"``.
+
+    Uses sniffio when it is installed (it also knows trio's guest mode and
+    anyio), else looks for a running asyncio loop, then a running trio run.
+
+    Raises:
+        RuntimeError: no supported async library is running here.
+    """
+    sniffio = sys.modules.get("sniffio")
+    if sniffio is not None:
+        name = sniffio.thread_local.name or sniffio.current_async_library_cvar.get()
+        if name:
+            if name not in ("asyncio", "trio"):
+                raise RuntimeError(f"xaio does not support the async library {name!r}")
+            return str(name)
+    if asyncio._get_running_loop() is not None:
+        return "asyncio"
+    trio = sys.modules.get("trio")
+    if trio is not None:
+        try:
+            trio.lowlevel.current_task()
+        except RuntimeError:
+            pass
+        else:
+            return "trio"
+    raise RuntimeError("xaio's coroutines must run inside asyncio or trio")
+
+
+async def _sentinel(driver: AsyncioDriver) -> AsyncGenerator[None, None]:
+    """Registered with the loop's async generator hooks; closed by
+    ``loop.shutdown_asyncgens()``, it closes the default driver."""
+    try:
+        yield
+    finally:
+        _forget(driver)
+
+
+def _forget(driver: AsyncioDriver) -> None:
+    loop = driver._loop_ref()
+    if loop is not None and _asyncio_drivers.get(loop) is driver:
+        del _asyncio_drivers[loop]
+    fin = getattr(driver, "_finalizer", None)
+    if fin is not None:
+        fin.detach()
+    driver.close()
+
+
+def _close_unreached(driver: AsyncioDriver) -> None:
+    """The loop was garbage collected without shutting down its async
+    generators: close the sentinel (synchronously) and the driver."""
+    agen = getattr(driver, "_agen", None)
+    driver._agen = None  # type: ignore[attr-defined]
+    driver._reader = False  # the loop, and its selector, are gone
+    if agen is not None:
+        try:
+            agen.aclose().send(None)
+        except StopIteration:
+            pass
+        except Exception:  # pragma: no cover
+            pass
+    driver.close()
+
+
+def _new_asyncio_driver(loop: asyncio.AbstractEventLoop) -> AsyncioDriver:
+    driver = AsyncioDriver(create_engine(), loop)
+    agen = _sentinel(driver)
+    # Start the sentinel with no hooks installed (so it keeps no reference to
+    # the loop's finalizer hook, i.e. to the loop), then register it with the
+    # loop through the loop's own firstiter hook.
+    firstiter, finalizer = sys.get_asyncgen_hooks()
+    sys.set_asyncgen_hooks(None, None)
+    try:
+        agen.asend(None).send(None)
+    except StopIteration:
+        pass
+    finally:
+        sys.set_asyncgen_hooks(firstiter, finalizer)
+    if firstiter is not None:
+        firstiter(agen)
+    driver._agen = agen  # type: ignore[attr-defined]
+    driver._finalizer = weakref.finalize(loop, _close_unreached, driver)  # type: ignore[attr-defined]
+    return driver
+
+
+def current_driver() -> Driver:
+    """The running loop's default driver (made, with a default engine, on first use).
+
+    Raises:
+        RuntimeError: not inside asyncio or trio.
+        OSError: no engine could be made (e.g. out of file descriptors).
+    """
+    sniffio = sys.modules.get("sniffio")
+    lib = None
+    if sniffio is not None:
+        lib = sniffio.thread_local.name or sniffio.current_async_library_cvar.get()
+    if lib is None or lib == "asyncio":
+        loop = asyncio._get_running_loop()
+        if loop is not None:
+            drv = _asyncio_drivers.get(loop)
+            if drv is None or drv.closed:
+                drv = _asyncio_drivers[loop] = _new_asyncio_driver(loop)
+            return drv
+    if current_library() == "trio":
+        return _current_trio_driver()
+    raise RuntimeError("xaio's coroutines must run inside asyncio or trio")  # pragma: no cover
+
+
+def _current_trio_driver() -> TrioDriver:
+    global _trio_runvar
+    import trio
+
+    if _trio_runvar is None:
+        with _lock:
+            if _trio_runvar is None:
+                _trio_runvar = trio.lowlevel.RunVar("xaio_driver")
+    try:
+        drv: TrioDriver = _trio_runvar.get()
+    except LookupError:
+        drv = TrioDriver(create_engine())
+        _trio_runvar.set(drv)
+        return drv
+    if drv.closed:
+        raise EngineClosedError("the trio run's xaio engine is closed (the run is ending)")
+    return drv
+
+
+def make_driver(engine: Engine) -> Driver:
+    """A driver for *engine* on the running loop (the engine stays the caller's)."""
+    if current_library() == "trio":
+        return TrioDriver(engine, owns_engine=False)
+    return AsyncioDriver(engine, asyncio.get_running_loop(), owns_engine=False)
+
+
+def is_regular(fd: int) -> bool:
+    """True for regular files and block devices."""
+    mode = os.fstat(fd).st_mode
+    return stat.S_ISREG(mode) or stat.S_ISBLK(mode)

@@ -1,0 +1,52 @@
+"""Helpers for the async-layer tests: run a coroutine function under each
+event-loop library, and which engines work here."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from xaio.engine import probe
+
+LIBS = ["asyncio", "uvloop", "trio", "anyio-asyncio", "anyio-trio"]
+ENGINES = ["uring", "linux", "thread"]
+
+
+@functools.lru_cache(maxsize=1)
+def engine_reasons() -> dict[str, str | None]:
+    return probe()
+
+
+def skip_unavailable(engine: str) -> None:
+    reason = engine_reasons().get(engine)
+    if reason is not None:
+        pytest.skip(f"engine {engine} unavailable here: {reason}")
+
+
+def run(lib: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    """Run ``fn(*args)`` to completion under *lib* (a fresh loop / trio run)."""
+    if lib == "asyncio":
+        return asyncio.run(fn(*args))  # type: ignore[arg-type]
+    if lib == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        return uvloop.run(fn(*args))
+    if lib == "trio":
+        trio = pytest.importorskip("trio")
+        return trio.run(fn, *args)
+    anyio = pytest.importorskip("anyio")
+    backend = lib.split("-", 1)[1]
+    return anyio.run(fn, *args, backend=backend)
+
+
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def aio_nr() -> int:
+    with open("/proc/sys/fs/aio-nr") as f:
+        return int(f.read())
