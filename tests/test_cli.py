@@ -153,6 +153,8 @@ def test_version() -> None:
         ["bench", "--engine", "warp"],
         ["bench", "--file", "/nonexistent-dir/xaio.dat"],
         ["bench", "--directory", "/nonexistent-dir"],
+        ["bench", "--file", "/", "--number", "10"],
+        ["bench", "--file", "/etc/hostname", "--size", "1G"],
         ["info", "/nonexistent-path"],
         ["cp", "/nonexistent-src", "/tmp/never-created"],
         ["cp", "/", "/tmp/never-created"],
@@ -220,6 +222,7 @@ def test_bench_json_schema_all_engines(tmp_path: Path) -> None:
     job = doc["job"]
     assert isinstance(job, dict)
     assert job["rw"] == "randread" and job["bs"] == 4096 and job["number"] == 3000
+    assert job["temporary"] is True and job["file"].startswith(str(tmp_path))
     results = doc["results"]
     assert isinstance(results, list)
     assert [r["engine"] for r in results] == WORKING
@@ -531,6 +534,34 @@ def test_cp_unreadable_source(tmp_path: Path) -> None:
     line = one_line_error(xaio("cp", str(src), str(tmp_path / "copy")))
     assert "Permission denied" in line
     assert not (tmp_path / "copy").exists()
+
+
+def test_cp_sigint_removes_partial_copy(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src.bin", tmp_path / "dst.bin"
+    make_src(src, 64 << 20)
+    # 4 KiB requests one at a time: slow enough to be interrupted mid-copy
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xaio", "cp", "--bs", "4k", "--iodepth", "1", "--engine",
+         "thread", str(src), str(dst)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while not dst.exists() or dst.stat().st_blocks == 0:
+            assert proc.poll() is None, "cp finished before it could be interrupted"
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == ["xaio cp: error: interrupted"]
+    assert not dst.exists()
 
 
 def test_verify_reports_first_difference(tmp_path: Path) -> None:

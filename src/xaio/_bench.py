@@ -48,6 +48,7 @@ import os
 import random
 import resource
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -68,6 +69,7 @@ __all__ = [
     "RW_MODES",
     "Result",
     "fio_available",
+    "file_size",
     "format_size",
     "latency_stats",
     "parse_size",
@@ -390,7 +392,9 @@ def prepare_file(
         except OSError as e:
             raise BenchError(f"cannot use --file {path}: {e.strerror}") from None
         if st is not None:
-            size = _file_size(path)
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+                raise BenchError(f"--file {path} is not a regular file or block device")
+            size = file_size(path)
             if size < job.size:
                 raise BenchError(
                     f"--file {path} holds {format_size(size)}, less than --size "
@@ -414,7 +418,8 @@ def prepare_file(
     return name, True
 
 
-def _file_size(path: str) -> int:
+def file_size(path: str) -> int:
+    """The size of a regular file or block device (``lseek(SEEK_END)``)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         return os.lseek(fd, 0, os.SEEK_END)  # also right for block devices

@@ -191,29 +191,27 @@ def copy(
         if direct and e.errno == errno.EINVAL:
             raise CopyError(f"{src}: this file system does not support O_DIRECT") from None
         raise CopyError(f"cannot open {src}: {_why(e)}") from None
-    created = False
     dfd = -1
+    existed = os.path.lexists(dst)
     try:
-        existed = os.path.lexists(dst)
         try:
             dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | dflag, 0o600)
         except OSError as e:
             if direct and e.errno == errno.EINVAL:
                 raise CopyError(f"{dst}: this file system does not support O_DIRECT") from None
             raise CopyError(f"cannot create {dst}: {_why(e)}") from None
-        created = not existed
-        try:
-            return _copy_fds(src, dst, sfd, dfd, size, src_mode, bs, iodepth, direct, engine,
-                             progress)  # fmt: skip
-        except BaseException:
-            if created:
-                os.close(dfd)
-                dfd = -1
-                try:
-                    os.unlink(dst)
-                except OSError:
-                    pass
-            raise
+        return _copy_fds(src, dst, sfd, dfd, size, src_mode, bs, iodepth, direct, engine,
+                         progress)  # fmt: skip
+    except BaseException:
+        # an error or Ctrl-C: a destination this copy created does not stay half-written
+        if dfd >= 0 and not existed:
+            os.close(dfd)
+            dfd = -1
+            try:
+                os.unlink(dst)
+            except OSError:
+                pass
+        raise
     finally:
         os.close(sfd)
         if dfd >= 0:

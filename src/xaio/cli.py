@@ -357,16 +357,25 @@ def fmt_count(x: float) -> str:
 
 
 def _job_from(args: argparse.Namespace) -> Job:
+    """The job the options describe.  Without ``--size``: the size of an
+    existing ``--file``, else 64 MiB.  Without ``--runtime``/``--number``: 3 s."""
+    from xaio._bench import file_size
+
     runtime: float | None = args.runtime
     if args.number is None and runtime is None:
         runtime = 3.0
-    size = args.size
-    if size is None:
-        size = None if args.file is not None else 64 << 20
-    job = Job(
+    size: int | None = args.size
+    if size is None and args.file is not None:
+        try:
+            size = file_size(args.file)
+        except FileNotFoundError:
+            size = None
+        except OSError as e:
+            raise CLIError(f"cannot use --file {args.file}: {e.strerror}") from None
+    return Job(
         rw=args.rw,
         bs=args.bs,
-        size=size if size is not None else max(args.bs, 1),
+        size=64 << 20 if size is None else size,
         iodepth=args.iodepth,
         direct=args.direct,
         runtime=runtime,
@@ -374,7 +383,6 @@ def _job_from(args: argparse.Namespace) -> Job:
         fsync=args.fsync,
         rwmixread=args.rwmixread,
     )
-    return job
 
 
 def _runs_for(args: argparse.Namespace) -> tuple[list[str | None], list[tuple[str, str]]]:
@@ -397,17 +405,7 @@ def cmd_bench(args: argparse.Namespace, ui: UI) -> int:
     from xaio import _bench
 
     job = _job_from(args)
-    if args.file is not None and args.size is None:
-        try:
-            size = _bench._file_size(args.file)
-        except FileNotFoundError:
-            size = 64 << 20
-        except OSError as e:
-            raise CLIError(f"cannot use --file {args.file}: {e.strerror}") from None
-        job = Job(**{**job.__dict__, "size": size})
     job.check()
-    if job.blocks * job.bs < job.bs:
-        raise CLIError("--size holds no complete block")
     if args.api == "asyncio":
         reason = _bench.asyncio_unavailable_reason()
         if reason is not None:
@@ -440,17 +438,16 @@ def cmd_bench(args: argparse.Namespace, ui: UI) -> int:
             if temporary:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
-        where = f"{path} (temporary, removed)" if temporary else path
         if human:
             report_ui.print(f"[bold]xaio bench[/bold]: {job.describe()}")
-            report_ui.print(f"file: {where}")
+            report_ui.print(f"file: {path}" + (" (temporary, removed)" if temporary else ""))
             _print_results(report_ui, results, args.compare == "fio")
             for name, reason in skipped:
                 report_ui.print(f"[dim]skipped {name}: {reason}[/dim]")
             for note in sorted({r.note for r in results if r.note and r.tool == "xaio"}):
                 report_ui.print(f"[dim]note: {note}[/dim]")
         else:
-            doc = _bench_json(job, where, results, skipped, args)
+            doc = _bench_json(job, path, temporary, results, skipped, args)
             text = json.dumps(doc, indent=2)
             print(text, file=report_ui.out)
         if args.plot is not None:
@@ -550,7 +547,8 @@ def _print_results(ui: UI, results: Sequence[Result], compare_fio: bool) -> None
 
 def _bench_json(
     job: Job,
-    where: str,
+    path: str,
+    temporary: bool,
     results: Sequence[Result],
     skipped: Sequence[tuple[str, str]],
     args: argparse.Namespace,
@@ -567,7 +565,7 @@ def _bench_json(
         "xaio_version": __version__,
         "python": platform.python_version(),
         "kernel": platform.release(),
-        "job": {**job.to_json(), "file": where},
+        "job": {**job.to_json(), "file": path, "temporary": temporary},
         "results": runs,
         "skipped": [{"engine": n, "reason": r} for n, r in skipped],
     }
