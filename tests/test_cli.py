@@ -114,6 +114,16 @@ def test_job_default_is_the_readme_job() -> None:
 # ---------------------------------------------------------------------------------
 
 
+def test_rich_is_imported_lazily() -> None:
+    code = (
+        "import sys, xaio, xaio.cli; "
+        "assert 'rich' not in sys.modules and 'matplotlib' not in sys.modules"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=TIMEOUT, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_help_lists_the_commands() -> None:
     proc = xaio("--help")
     assert proc.returncode == 0
@@ -384,6 +394,66 @@ def test_bench_sigint_while_filling(tmp_path: Path) -> None:
         _, err = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def run_in_pty(argv: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run *argv* with a pseudo-terminal as stdout and stderr; (status, output)."""
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
+                                env=env)  # fmt: skip
+    finally:
+        os.close(slave)
+    chunks = []
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(master)
+        status = proc.wait(timeout=TIMEOUT)
+    return status, b"".join(chunks).decode(errors="replace")
+
+
+def tty_env() -> dict[str, str]:
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"}
+    env.pop("NO_COLOR", None)
+    return env
+
+
+def test_bench_on_a_terminal_uses_rich(tmp_path: Path) -> None:
+    pytest.importorskip("rich")
+    status, out = run_in_pty(
+        [sys.executable, "-m", "xaio", "bench", "--runtime", "0.5", "--size", "1M",
+         "--directory", str(tmp_path)],
+        tty_env(),
+    )  # fmt: skip
+    assert status == 0, out
+    assert "\x1b[" in out  # styled
+    assert "IOPS" in out and "p99.9" in out
+    assert "\u2501" in out or "\u2500" in out  # a rich table (box drawing)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_on_a_terminal_without_rich_is_plain(tmp_path: Path) -> None:
+    code = "import sys; sys.modules['rich'] = None; from xaio.cli import main; sys.exit(main())"
+    status, out = run_in_pty(
+        [sys.executable, "-c", code, "bench", "--runtime", "0.3", "--size", "1M",
+         "--directory", str(tmp_path)],
+        tty_env(),
+    )  # fmt: skip
+    assert status == 0, out
+    assert "\x1b[" not in out
+    assert "IOPS" in out and "p99.9" in out
     assert list(tmp_path.iterdir()) == []
 
 

@@ -188,8 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("src", metavar="SRC")
     c.add_argument("dst", metavar="DST")
-    c.add_argument("--bs", type=_size, default=4 << 20, help="request size (default 4M)")
-    c.add_argument("--iodepth", type=_positive_int, default=4, help="requests in flight (4)")
+    c.add_argument(
+        "--bs", type=_size, default=None, help="request size (default 4M, 8M with --direct)"
+    )
+    c.add_argument(
+        "--iodepth", type=_positive_int, default=None,
+        help="requests in flight (default 4, 8 with --direct)",
+    )  # fmt: skip
     c.add_argument("--direct", action="store_true", help="O_DIRECT on both files")
     c.add_argument(
         "--engine",
@@ -827,6 +832,11 @@ def cmd_cp(args: argparse.Namespace, ui: UI) -> int:
     """``xaio cp SRC DST``."""
     from xaio import _cp
 
+    # defaults measured in benchmarks/cp.md: O_DIRECT wants a deeper queue of larger requests
+    if args.bs is None:
+        args.bs = 8 << 20 if args.direct else 4 << 20
+    if args.iodepth is None:
+        args.iodepth = 8 if args.direct else 4
     if args.bs <= 0 or args.bs > 1 << 30:
         raise CLIError(f"--bs must be between 1 byte and 1 GiB, not {args.bs}")
     if not 1 <= args.iodepth <= 1024:
