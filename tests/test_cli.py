@@ -588,6 +588,22 @@ def test_cp_full_disk_removes_partial_copy(tmp_path: Path, small_tmpfs: Path) ->
     assert not dst.exists()
 
 
+def test_bench_refuses_a_file_larger_than_the_disk(small_tmpfs: Path) -> None:
+    line = one_line_error(xaio("bench", "--size", "4M", "--directory", str(small_tmpfs)))
+    assert "not enough space" in line
+    assert list(small_tmpfs.iterdir()) == []
+
+
+def test_bench_full_disk_while_filling_removes_the_file(small_tmpfs: Path) -> None:
+    # fill the tmpfs behind the free-space check's back: the 700 KiB job no longer fits
+    (small_tmpfs / "hog").write_bytes(b"\0" * (600 << 10))
+    proc = xaio("bench", "--file", str(small_tmpfs / "job.dat"), "--size", "700k",
+                "--number", "10")  # fmt: skip
+    line = one_line_error(proc)
+    assert "No space left on device" in line
+    assert sorted(p.name for p in small_tmpfs.iterdir()) == ["hog"]
+
+
 def test_cp_same_file_refused(tmp_path: Path) -> None:
     src = tmp_path / "src.bin"
     data = make_src(src, 5000)

@@ -411,6 +411,16 @@ def prepare_file(
         return path, False
     directory = directory or tempfile.gettempdir()
     try:
+        vfs = os.statvfs(directory)
+    except OSError as e:
+        raise BenchError(f"cannot use --directory {directory}: {e.strerror}") from None
+    free = vfs.f_bavail * vfs.f_frsize
+    if free < job.size:
+        raise BenchError(
+            f"not enough space in {directory} for a {format_size(job.size)} file "
+            f"({format_size(free)} free): use --directory or a smaller --size"
+        )
+    try:
         fd, name = tempfile.mkstemp(prefix="xaio-bench-", suffix=".dat", dir=directory)
     except OSError as e:
         raise BenchError(f"cannot create a file in {directory}: {e.strerror}") from None
