@@ -144,3 +144,39 @@ def test_pins() -> None:
     pin(b, writable=True)
     gc.collect()
     b.append(1)
+
+
+def test_reusable_operation_keeps_pins_and_rearms() -> None:
+    buf = bytearray(8)
+    seen: list[Operation] = []
+    op = Operation(OpCode.READ, 3, [buf], 0, reusable=True, on_done=seen.append)
+    with pytest.raises(RuntimeError):
+        op.rearm()  # not done yet
+    table = InFlight()
+    table.complete(table.add(op), 8)
+    with pytest.raises(BufferError):
+        buf.append(0)  # still pinned: reusable
+    address = op.pins[0].address
+    op.rearm(OpCode.WRITE, 4096, seen.append)
+    assert (op.state, op.opcode, op.offset, op.result) == (OpState.QUEUED, OpCode.WRITE, 4096, None)
+    assert op.pins[0].address == address
+    with pytest.raises(RuntimeError):
+        op.release()  # queued again
+    table.complete(table.add(op), 8)
+    assert seen == [op, op]
+    op.release()
+    op.release()
+    buf.append(0)
+
+
+def test_rearm_plain_operation_repins_and_checks_writability() -> None:
+    op = Operation(OpCode.WRITE, 3, [b"readonly"], 0)
+    op.complete(8)
+    with pytest.raises(TypeError):
+        op.rearm(OpCode.READ)
+    op.rearm(OpCode.WRITE, 8)
+    assert op.state is OpState.QUEUED and op.pins[0].nbytes == 8
+    ro = Operation(OpCode.WRITE, 3, [b"ro"], 0, reusable=True)
+    ro.complete(2)
+    with pytest.raises(TypeError):
+        ro.rearm(OpCode.READ)

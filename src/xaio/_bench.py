@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from xaio._memory import aligned_buffer, dio_alignment
-from xaio._ops import OpCode, Operation, OpState
+from xaio._ops import OpCode, Operation
 from xaio.engine import ENGINE_NAMES, Engine, create_engine
 
 __all__ = [
@@ -647,15 +647,12 @@ def _sync_loop(job: Job, fd: int, engine: Engine, progress: Progress | None) -> 
     bufs = _make_buffers(job, fd)
     done_ops: list[Operation] = []
     on_done = done_ops.append
+    # Reusable operations keep their buffers pinned between requests: each
+    # finished one is re-armed (Operation.rearm) for the next, no pinning.
     ops = [
-        Operation(OpCode.READ, fd, (b,), 0, on_done=on_done, context=i) for i, b in enumerate(bufs)
+        Operation(OpCode.READ, fd, (b,), 0, on_done=on_done, context=i, reusable=True)
+        for i, b in enumerate(bufs)
     ]
-    # Re-arming an Operation: _ops releases its pins on completion, but the
-    # buffers are ours for the whole run (``keep`` holds a second export of
-    # each), so the same Pin objects -- same address, same length -- are
-    # handed back to it; engines read only ``address`` and ``nbytes``.
-    pins = [op.pins for op in ops]
-    keep = [p for op in ops for p in _repin(op)]
     start = array.array("q", bytes(8 * depth))
     lat_r = _Samples(_expected_samples(job))
     lat_w = _Samples(64 if not job.writes else _expected_samples(job))
@@ -667,7 +664,7 @@ def _sync_loop(job: Job, fd: int, engine: Engine, progress: Progress | None) -> 
     k = 0  # requests issued
     writes_issued = 0
     try:
-        read_code, write_code, queued = OpCode.READ, OpCode.WRITE, OpState.QUEUED
+        read_code, write_code = OpCode.READ, OpCode.WRITE
         perf = time.perf_counter_ns
         offset_of, writes = pat.offset, pat.writes
         mask = _PATTERN_LEN - 1
@@ -715,13 +712,7 @@ def _sync_loop(job: Job, fd: int, engine: Engine, progress: Progress | None) -> 
                     in_flight -= 1
                     continue
                 w = writes[k & mask]
-                op.opcode = write_code if w else read_code
-                op.offset = offset_of(k)
-                op.state = queued
-                op.result = None
-                op.key = -1
-                op.pins = pins[slot]
-                op.on_done = on_done
+                op.rearm(write_code if w else read_code, offset_of(k), on_done)
                 start[slot] = now
                 k += 1
                 if w:
@@ -749,14 +740,9 @@ def _sync_loop(job: Job, fd: int, engine: Engine, progress: Progress | None) -> 
         # On an error or Ctrl-C requests may still be in flight: close() drains
         # them before the caller closes the fd and before our buffers go.
         engine.close()
-        for p in keep:
-            p.release()
-
-
-def _repin(op: Operation) -> list[Any]:
-    from xaio._buffers import pin
-
-    return [pin(b, writable=True) for b in op.buffers]
+        for op in ops:
+            if op.done:
+                op.release()
 
 
 # ---------------------------------------------------------------------------------

@@ -68,10 +68,16 @@ class Operation:
 
     Buffers are pinned on construction (``pin``): an operation holds its
     memory from the moment it exists until :meth:`complete` releases it.
+
+    A *reusable* operation keeps its pins after completing, so that the hot
+    path of a benchmark or a file object can :meth:`rearm` it for the next
+    request on the same buffers without pinning again; its buffers are given
+    back by :meth:`release` (or when the operation is garbage collected).
     """
 
     __slots__ = (
         "opcode",
+        "reusable",
         "fd",
         "buffers",
         "offset",
@@ -94,8 +100,10 @@ class Operation:
         *,
         on_done: Callable[[Operation], None] | None = None,
         context: Any = None,
+        reusable: bool = False,
     ) -> None:
         self.opcode = opcode
+        self.reusable = reusable
         self.fd = fd
         self.buffers = tuple(buffers)
         self.offset = offset
@@ -138,12 +146,52 @@ class Operation:
             raise RuntimeError("operation completed twice")
         self.state = OpState.DONE
         self.result = result
-        for p in self.pins:
-            p.release()
+        if not self.reusable:
+            for p in self.pins:
+                p.release()
         cb = self.on_done
         if cb is not None:
             self.on_done = None
             cb(self)
+
+    def rearm(
+        self,
+        opcode: OpCode | None = None,
+        offset: int | None = None,
+        on_done: Callable[[Operation], None] | None = None,
+    ) -> None:
+        """Make a completed operation QUEUED again, on the same fd and buffers,
+        optionally with another opcode (read <-> write), offset and callback.
+
+        Raises:
+            RuntimeError: it is not DONE (it may still be in flight).
+            TypeError: a read on a read-only buffer.
+        """
+        if self.state is not OpState.DONE:
+            raise RuntimeError(f"cannot rearm an operation in state {self.state.name}")
+        code = self.opcode if opcode is None else opcode
+        if not self.reusable:
+            self.pins = pin_many(self.buffers, writable=code in _READS)
+        elif code in _READS and any(p.readonly for p in self.pins):
+            raise TypeError("a writable buffer is required for a read")
+        self.opcode = code
+        if offset is not None:
+            self.offset = offset
+        self.on_done = on_done
+        self.state = OpState.QUEUED
+        self.result = None
+        self.key = -1
+
+    def release(self) -> None:
+        """Give the buffers of a reusable, completed operation back (idempotent).
+
+        Raises:
+            RuntimeError: the operation is still queued or in flight.
+        """
+        if self.state is not OpState.DONE:
+            raise RuntimeError("cannot release the buffers of an operation in flight")
+        for p in self.pins:
+            p.release()
 
     @property
     def done(self) -> bool:
