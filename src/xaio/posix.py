@@ -53,12 +53,12 @@ Some facts about POSIX AIO on Linux, what glibc does, and what we do better
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import errno
 import fcntl
 import math
 import os
-import select
 import threading
 import time
 from collections import deque
@@ -66,9 +66,13 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from xaio import _syscall
-from xaio._ops import CancelOutcome, OpCode, Operation
-from xaio.engine import Engine, EngineClosedError
-from xaio.threads import ThreadEngine, start_thread_blocking_signals
+from xaio._ops import CancelOutcome, OpCode, Operation, OpState
+from xaio.engine import Engine, EngineClosedError, create_engine, probe
+from xaio.threads import (
+    ThreadEngine,
+    _is_serial_fd,  # the same rule as the thread engine's
+    start_thread_blocking_signals,
+)
 
 __all__ = [
     "aiocb",
@@ -205,6 +209,9 @@ class aiocb:
         "_notice",
         "_group",
         "_engine",
+        "_lane",
+        "_held",
+        "_transit",
         "__weakref__",
     )
 
@@ -234,6 +241,9 @@ class aiocb:
         self._notice: _Notice | None = None
         self._group: _Group | None = None
         self._engine: Engine | None = None
+        self._lane: _Lane | None = None  # its fd's lane (engines that do not order)
+        self._held = False  # held back in its lane, not yet given to the engine
+        self._transit: Operation | None = None  # being handed to the engine
 
     def __repr__(self) -> str:
         state = ("new", "in progress", "done", "retrieved")[self._state]
@@ -271,65 +281,143 @@ class _Group:
         self.waiter = waiter
 
 
+class _Lane:
+    """The requests of one fd on an engine that does not order them itself
+    (io_uring, Linux AIO): how many the engine has (``active``) and those
+    held back for ordering (``held``, in submission order).  The same rule as
+    the thread engine's: on a stream or O_APPEND fd one request at a time; an
+    fsync only once every request before it has completed; nothing overtakes
+    a held request."""
+
+    __slots__ = ("serial", "active", "held")
+
+    def __init__(self, serial: bool) -> None:
+        self.serial = serial
+        self.active = 0
+        self.held: deque[aiocb] = deque()
+
+
+_SYNCS = (OpCode.FSYNC, OpCode.FDATASYNC)
+
+
 # --- process-wide state --------------------------------------------------------------
-# _state_lock guards every aiocb's status fields, _by_fd and the engine choice.
+# _state_lock guards every aiocb's status fields, _by_fd, _lanes and the engine
+# choice.  Lock order: an engine's own lock (held while it runs on_done) may be
+# held when _state_lock is taken, never the other way round: nothing calls into
+# an engine with _state_lock held.
 
 _state_lock = threading.Lock()
 #: Threads in aio_suspend: every completion wakes them all (they re-check
 #: their own lists).  Registering once per wait instead of once per listed
 #: aiocb keeps aio_suspend O(1) in bookkeeping for long lists.
 _suspenders: list[_Waiter] = []
+#: aio_cancel calls waiting for a request to be handed to its engine.
+_transit_waiters: list[_Waiter] = []
 _by_fd: dict[int, dict[aiocb, None]] = {}
+_lanes: dict[int, _Lane] = {}
 _engine: Engine | None = None
 _engine_is_ours = False  # we created it (and close it)
+#: What aio_init asked for: an engine name, or the caller's Engine.
+_choice: str | Engine = "thread"
 _config: dict[str, Any] = {"threads": 20, "num": 64, "idle_time": 1.0}
 _reaper: _Reaper | None = None
+#: Engines inherited from the parent in a forked child, to be closed there.
+_orphans: list[Engine] = []
+
+#: Engine names aio_init accepts.
+_ENGINE_NAMES: Final = ("thread", "uring", "linux")
+
+
+def _make_engine(name: str) -> Engine:
+    """A new engine of that name, configured from ``_config``.
+
+    Raises:
+        OSError: the engine does not work here; the message gives the reason
+            :func:`xaio.engine.probe` finds (ENOSYS, EPERM and its cause...).
+    """
+    if name == "thread":
+        return ThreadEngine(
+            _config["threads"],
+            _config["idle_time"],
+            num=_config["num"],
+            complete_in_worker=True,
+        )
+    options: dict[str, Any] = {"threads": _config["threads"]} if name == "linux" else {}
+    try:
+        return create_engine(name, **options)
+    except OSError as e:
+        reason = probe().get(name) or e.strerror or str(e)
+        raise _syscall.oserror(
+            e.errno or errno.ENOSYS, f"the {name!r} engine is unavailable: {reason}"
+        ) from e
+
+
+def _install_locked(eng: Engine, ours: bool) -> None:
+    """Make *eng* the engine (``_state_lock`` held); start a reaper thread
+    unless the engine completes operations itself."""
+    global _engine, _engine_is_ours, _reaper
+    _engine = eng
+    _engine_is_ours = ours
+    _reaper = None
+    if not (isinstance(eng, ThreadEngine) and eng._direct):
+        _reaper = _Reaper(eng)
 
 
 def _get_engine() -> Engine:
-    global _engine, _engine_is_ours
     eng = _engine
     if eng is not None:
         return eng
+    _close_orphans()
     with _state_lock:
         if _engine is None:
-            _engine = ThreadEngine(
-                _config["threads"],
-                _config["idle_time"],
-                num=_config["num"],
-                complete_in_worker=True,
-            )
-            _engine_is_ours = True
+            choice = _choice
+            if isinstance(choice, Engine):  # pragma: no cover - installed by aio_init
+                _install_locked(choice, False)
+            else:
+                _install_locked(_make_engine(choice), True)
+        assert _engine is not None
         return _engine
+
+
+def _close_orphans() -> None:
+    """Close the engines a forked child inherited (fds and mappings only)."""
+    while _orphans:
+        _orphans.pop().close()
 
 
 class _Reaper:
     """Delivers the completions of an engine that does not complete
-    operations itself: waits on its ``fileno()`` and calls ``reap(0)``."""
+    operations itself: blocks in ``engine.reap(None)`` (for io_uring, in
+    ``io_uring_enter`` waiting for a CQE), so each completion is recorded and
+    notified by this thread as soon as the kernel posts it."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.stop_r, self.stop_w = os.pipe2(os.O_CLOEXEC)
+        self.stopping = False
         self.thread = start_thread_blocking_signals(self._run, name="xaio-posix-reaper")
 
     def _run(self) -> None:
-        poller = select.poll()
-        poller.register(self.engine.fileno(), select.POLLIN)
-        poller.register(self.stop_r, select.POLLIN)
-        while True:
-            events = poller.poll()
-            if self.engine.closed:  # closed under us: nothing more will come
-                return
-            self.engine.reap(0)
-            if any(fd == self.stop_r for fd, _ in events):
-                return
+        eng = self.engine
+        while not self.stopping and not eng.closed:
+            try:
+                eng.reap(None)
+            except (EngineClosedError, OSError, ValueError):
+                if eng.closed:  # closed under us: nothing more will come
+                    return
+                raise
 
     def stop(self) -> None:
-        os.write(self.stop_w, b"x")
+        """Make the thread return and join it (a no-operation request wakes
+        it up), then deliver what is left."""
+        self.stopping = True
+        eng = self.engine
+        try:
+            eng.submit([Operation(OpCode.NOP, -1)])
+        except EngineClosedError:
+            pass  # closed: the reaper returns by itself
         self.thread.join()
-        self.engine.reap(0)
-        os.close(self.stop_r)
-        os.close(self.stop_w)
+        if not eng.closed:
+            eng.reap(0)
 
 
 # --- notification --------------------------------------------------------------------
@@ -513,6 +601,12 @@ def _finish(cb: aiocb, res: int) -> None:
             fdset.pop(cb, None)
             if not fdset:
                 del _by_fd[cb._fd]
+        lane = cb._lane
+        released: list[aiocb] | None = None
+        if lane is not None:
+            cb._lane = None
+            lane.active -= 1
+            released = _lane_release_locked(cb._fd, lane)
         waiters = cb._waiters
         if waiters is not None:
             cb._waiters = None
@@ -526,6 +620,8 @@ def _finish(cb: aiocb, res: int) -> None:
         cb._group = None
         notice = cb._notice
         cb._notice = None
+    if released:
+        _hand_over(released)
     if notice is not None:
         _notify(notice)
     if group is None:
@@ -632,9 +728,17 @@ def _prepare(cb: aiocb, opcode: OpCode, fd: int, check_prio: bool) -> tuple[Oper
 
 
 def _enqueue(items: list[tuple[aiocb, Operation, int]], group: _Group | None) -> None:
-    """Mark the cbs in progress and hand their operations to the engine;
-    complete at once those with an immediate error."""
+    """Mark the cbs in progress and hand their operations to the engine (or
+    hold them back in their lanes); complete at once those with an
+    immediate error."""
     eng = _get_engine()
+    laned = not isinstance(eng, ThreadEngine)  # the thread engine orders by itself
+    serial: dict[int, bool] = {}
+    if laned:
+        for _, op, err in items:
+            fd = op.fd
+            if not err and fd not in _lanes and fd not in serial:
+                serial[fd] = _is_serial_fd(fd)
     with _state_lock:
         for cb, op, _err in items:
             if cb._state == _INPROGRESS:
@@ -644,7 +748,14 @@ def _enqueue(items: list[tuple[aiocb, Operation, int]], group: _Group | None) ->
                     _unmark_locked(c)
                 raise _syscall.oserror(errno.EINVAL, "aiocb already in progress")
             _mark_locked(cb, op, group, eng)
-    ops = [op for _, op, err in items if not err]
+        if laned:
+            ops = []
+            for cb, op, err in items:
+                if not err and _lane_admit_locked(cb, op, serial):
+                    cb._transit = op
+                    ops.append(op)
+        else:
+            ops = [op for _, op, err in items if not err]
     if ops:
         try:
             eng.submit(ops)
@@ -652,10 +763,100 @@ def _enqueue(items: list[tuple[aiocb, Operation, int]], group: _Group | None) ->
             with _state_lock:
                 for cb, _, _ in items:
                     _unmark_locked(cb)
+                _wake_transit_locked()
             raise _syscall.oserror(errno.EAGAIN, "the AIO engine is shutting down") from None
+        if laned:
+            _end_transit(ops)
     for _, op, err in items:
         if err:
             op.complete(err)
+
+
+def _lane_admit_locked(cb: aiocb, op: Operation, serial: dict[int, bool]) -> bool:
+    """Enter *cb* in its fd's lane; True if it may go to the engine now,
+    False if it is held back (``_state_lock`` held)."""
+    fd = op.fd
+    lane = _lanes.get(fd)
+    if lane is None:
+        s = serial.get(fd)
+        lane = _lanes[fd] = _Lane(_is_serial_fd(fd) if s is None else s)
+    cb._lane = lane
+    if not lane.held and (lane.active == 0 or not (lane.serial or op.opcode in _SYNCS)):
+        lane.active += 1
+        return True
+    lane.held.append(cb)
+    cb._held = True
+    return False
+
+
+def _lane_release_locked(fd: int, lane: _Lane) -> list[aiocb] | None:
+    """Take the held requests of *lane* that may start now (marked in
+    transit; the caller hands them over with :func:`_hand_over`); drop the
+    lane once empty (``_state_lock`` held)."""
+    held = lane.held
+    out: list[aiocb] | None = None
+    while held:
+        head = held[0]
+        op = head._op
+        assert op is not None
+        if lane.active and (lane.serial or op.opcode in _SYNCS):
+            break
+        held.popleft()
+        head._held = False
+        head._transit = op
+        lane.active += 1
+        if out is None:
+            out = [head]
+        else:
+            out.append(head)
+    if not lane.active and not held and _lanes.get(fd) is lane:
+        del _lanes[fd]
+    return out
+
+
+def _hand_over(cbs: list[aiocb]) -> None:
+    """Give released requests to their engine (no lock held).  If the
+    engine was closed under us, they and everything held behind them are
+    cancelled."""
+    ops = [cb._op for cb in cbs]
+    eng = cbs[0]._engine
+    assert eng is not None
+    try:
+        eng.submit(ops)  # type: ignore[arg-type]
+    except EngineClosedError:
+        doomed: list[Operation] = []
+        with _state_lock:
+            for cb in cbs:
+                lane = cb._lane
+                if lane is not None:
+                    for h in lane.held:
+                        h._held = False
+                        h._lane = None
+                        doomed.append(h._op)  # type: ignore[arg-type]
+                    lane.held.clear()
+            _wake_transit_locked()
+        for op in [*ops, *doomed]:
+            if op is not None and op.state is not OpState.DONE:
+                op.complete(-errno.ECANCELED)
+        return
+    _end_transit(ops)  # type: ignore[arg-type]
+
+
+def _end_transit(ops: list[Operation]) -> None:
+    """The engine has *ops* now: an aio_cancel may ask it to cancel them."""
+    with _state_lock:
+        for op in ops:
+            cb: aiocb = op.context
+            if cb._transit is op:
+                cb._transit = None
+        if _transit_waiters:
+            _wake_transit_locked()
+
+
+def _wake_transit_locked() -> None:
+    for w in _transit_waiters:
+        w.wake_locked()
+    _transit_waiters.clear()
 
 
 def _mark_locked(cb: aiocb, op: Operation, group: _Group | None, eng: Engine) -> None:
@@ -678,11 +879,22 @@ def _unmark_locked(cb: aiocb) -> None:
     cb._op = None
     cb._group = None
     cb._notice = None
+    cb._transit = None
     fdset = _by_fd.get(cb._fd)
     if fdset is not None:
         fdset.pop(cb, None)
         if not fdset:
             del _by_fd[cb._fd]
+    lane = cb._lane
+    if lane is not None:
+        cb._lane = None
+        if cb._held:
+            cb._held = False
+            lane.held.remove(cb)
+        else:
+            lane.active -= 1
+        if not lane.active and not lane.held and _lanes.get(cb._fd) is lane:
+            del _lanes[cb._fd]
     if op is not None:
         op.on_done = None
         for p in op.pins:
@@ -847,9 +1059,12 @@ def aio_cancel(fd: int, cb: aiocb | None = None) -> int:
     """Cancel the queued requests of *fd*, or just the request of *cb*
     (``aio_cancel(3)``; with a cb the fd is otherwise ignored).
 
-    Cancelled requests get ``ECANCELED`` / -1 and their normal notification.
-    Requests already running are not cancelled by the thread engine: they
-    complete normally later.
+    Cancelled requests get ``ECANCELED`` / -1 and their normal notification
+    (sent before this returns).  A request the thread engine has started is
+    not cancelled: it completes normally later.  On io_uring a started
+    request is cancelled too where the kernel can stop it (a read or write
+    waiting on a pipe or socket); one it cannot stop (regular-file I/O
+    already running) completes normally later.
 
     Returns:
         ``AIO_CANCELED`` if every request was cancelled, ``AIO_NOTCANCELED``
@@ -867,6 +1082,8 @@ def aio_cancel(fd: int, cb: aiocb | None = None) -> int:
         _check_cb(cb)
     if not _fd_ok(fd):
         raise _syscall.oserror(errno.EBADF)
+    held: list[Operation] = []
+    released: list[aiocb] = []
     with _state_lock:
         if cb is not None:
             if cb._state == _NEW:
@@ -874,24 +1091,74 @@ def aio_cancel(fd: int, cb: aiocb | None = None) -> int:
             targets = [cb] if cb._state == _INPROGRESS else []
         else:
             targets = list(_by_fd.get(fd, ()))
-        work = [(c, c._op, c._engine) for c in targets]
+        # Requests held back in their lane never reached the engine: take
+        # them out first (all of them before any running one is cancelled,
+        # so cancelling a running one releases nothing we are cancelling).
+        work: list[tuple[aiocb, Operation, Engine]] = []
+        for c in targets:
+            op, eng = c._op, c._engine
+            if op is None or eng is None:  # pragma: no cover - defensive
+                continue
+            lane = c._lane
+            if c._held and lane is not None:
+                lane.held.remove(c)
+                c._held = False
+                c._lane = None
+                held.append(op)
+                more = _lane_release_locked(c._fd, lane)
+                if more:
+                    released.extend(more)
+            else:
+                work.append((c, op, eng))
     result = AIO_ALLDONE
+    for op in held:
+        op.complete(-errno.ECANCELED)
+        result = AIO_CANCELED
+    if released:
+        _hand_over(released)
     for c, op, eng in work:
-        if op is None or eng is None:
-            continue
-        outcome = eng.cancel(op)
+        outcome = _cancel_submitted(c, op, eng)
         if outcome is CancelOutcome.RUNNING:
             result = AIO_NOTCANCELED
-        elif outcome is CancelOutcome.CANCELED:
-            if result == AIO_ALLDONE:
-                result = AIO_CANCELED
-            _wait_done(c)  # an engine without direct completion: let it land
+        elif outcome is CancelOutcome.CANCELED and result == AIO_ALLDONE:
+            result = AIO_CANCELED
     return result
 
 
-def _wait_done(cb: aiocb) -> None:
+def _cancel_submitted(cb: aiocb, op: Operation, eng: Engine) -> CancelOutcome:
+    """Ask the engine to cancel *op* (the request of *cb*) and say honestly
+    what became of it; a cancelled one has been recorded and notified when
+    this returns."""
+    if isinstance(eng, ThreadEngine):
+        outcome = eng.cancel(op)
+        if outcome is CancelOutcome.CANCELED:
+            _wait_done(cb, op)  # a reap-mode engine: let the completion land
+        return outcome
+    # Laned: wait until the request is really in the engine's hands.
+    while True:
+        with _state_lock:
+            if cb._op is not op:
+                return CancelOutcome.DONE
+            if cb._transit is not op:
+                break
+            w = _Waiter()
+            _transit_waiters.append(w)
+        w.lock.acquire()
+    outcome = eng.cancel(op)
+    if outcome is CancelOutcome.RUNNING:
+        return outcome
+    # CANCELED or DONE: its completion is posted; wait until it is recorded,
+    # so that aio_error no longer says EINPROGRESS when we return.
+    _wait_done(cb, op)
+    if outcome is CancelOutcome.CANCELED and op.result != -errno.ECANCELED:
+        return CancelOutcome.DONE  # it finished in that very instant
+    return outcome
+
+
+def _wait_done(cb: aiocb, op: Operation) -> None:
+    """Wait until the completion of *op* (the request of *cb*) is recorded."""
     with _state_lock:
-        if cb._state != _INPROGRESS:
+        if cb._op is not op:
             return
         w = _Waiter()
         _add_waiter_locked(cb, w)
@@ -1054,71 +1321,125 @@ def aio_init(
         threads: maximum number of worker threads.
         num: expected number of simultaneous requests (a sizing hint).
         idle_time: seconds before an idle worker thread exits.
-        engine: None or ``"thread"`` for the thread engine, or an
-            :class:`~xaio.engine.Engine` instance (which stays the caller's
-            to close, after its requests are done).
+        engine: None or ``"thread"`` for the thread engine (the default),
+            ``"uring"`` for io_uring (which also cancels requests blocked on
+            pipes and sockets), ``"linux"`` for Linux AIO on O_DIRECT files
+            and threads for the rest; an engine made by name is created now,
+            owned by this module and closed when another engine is chosen,
+            at exit, or (in a forked child) replaced by a fresh one.  Or an
+            :class:`~xaio.engine.Engine` instance, which stays the caller's to
+            close, after its requests are done.
 
     Raises:
-        OSError: EBUSY when switching engines while requests are in progress.
-        TypeError, ValueError: bad argument types or values.
+        OSError: EBUSY when switching engines while requests are in progress;
+            the errno (ENOSYS, EPERM...) and the reason from
+            :func:`xaio.engine.probe` when the named engine does not work here.
+        TypeError, ValueError: bad argument types or values (an unknown
+            engine name is a ValueError).
     """
-    global _engine, _engine_is_ours, _reaper
-    _, _, _ = (
-        _int_field("threads", threads),
-        _int_field("num", num),
-        idle_time,
-    )
+    global _choice
+    _int_field("threads", threads)
+    _int_field("num", num)
     if not isinstance(idle_time, (int, float)) or isinstance(idle_time, bool):
         raise TypeError(f"idle_time must be a number, not {type(idle_time).__name__!r}")
     if threads < 1 or num < 1 or not idle_time >= 0 or math.isinf(idle_time):
         raise ValueError("threads and num must be >= 1, idle_time a finite number >= 0")
-    if engine is not None and engine != "thread" and not isinstance(engine, Engine):
-        if isinstance(engine, str):
-            raise ValueError(f"unknown or unsupported engine {engine!r}")
+    want: str | Engine
+    if engine is None:
+        want = "thread"
+    elif isinstance(engine, str):
+        if engine not in _ENGINE_NAMES:
+            raise ValueError(
+                f"unknown engine {engine!r}: expected one of {', '.join(_ENGINE_NAMES)}"
+            )
+        want = engine
+    elif isinstance(engine, Engine):
+        want = engine
+    else:
         raise TypeError(f"engine must be None, a name or an Engine, not {type(engine).__name__!r}")
     with _state_lock:
         _config.update(threads=threads, num=num, idle_time=float(idle_time))
         cur = _engine
-        want_default = engine is None or engine == "thread"
-        same = (want_default and _engine_is_ours) or (cur is engine)
-        if cur is not None and not same and _by_fd:
+        same = _choice is want if isinstance(want, Engine) else _choice == want
+        if not same and cur is not None and _by_fd:
             raise _syscall.oserror(errno.EBUSY, "requests are in progress")
-        old, old_ours, old_reaper = cur, _engine_is_ours, _reaper
-        if not same:
-            _engine = None
-            _engine_is_ours = False
-            _reaper = None
-            if isinstance(engine, Engine):
-                _engine = engine
-                if not (isinstance(engine, ThreadEngine) and engine._direct):
-                    _reaper = _Reaper(engine)
     if same:
         if isinstance(cur, ThreadEngine) and _engine_is_ours:
             cur.configure(threads, float(idle_time), num)
         return
-    if old_reaper is not None:
-        old_reaper.stop()
-    if old is not None and old_ours:
-        old.close()
-
-
-def _shutdown() -> None:
-    """Stop every POSIX AIO thread and close our engine (for tests and
-    interpreter exit).  Requests still queued are cancelled; running ones are
-    waited for."""
-    global _engine, _engine_is_ours, _reaper, _notifier
+    new = _make_engine(want) if isinstance(want, str) and want != "thread" else None
     with _state_lock:
-        eng, ours, reaper = _engine, _engine_is_ours, _reaper
-        _engine = None
-        _engine_is_ours = False
-        _reaper = None
+        if _engine is not cur or (cur is not None and _by_fd):  # raced with another call
+            busy = True
+        else:
+            busy = False
+            old, old_ours, old_reaper = _engine, _engine_is_ours, _reaper
+            _choice = want
+            if isinstance(want, Engine):
+                _install_locked(want, False)
+            elif new is not None:
+                _install_locked(new, True)
+            else:
+                _uninstall_locked()  # the thread engine starts on first use
+    if busy:
+        if new is not None:
+            new.close()
+        raise _syscall.oserror(errno.EBUSY, "requests are in progress")
+    _retire(old, old_ours, old_reaper)
+
+
+def _uninstall_locked() -> None:
+    global _engine, _engine_is_ours, _reaper
+    _engine = None
+    _engine_is_ours = False
+    _reaper = None
+
+
+def _retire(eng: Engine | None, ours: bool, reaper: _Reaper | None) -> None:
+    """Stop an engine that is no longer the current one: its reaper thread,
+    and, if we made it, the engine itself."""
     if reaper is not None:
         reaper.stop()
     if eng is not None and ours:
         eng.close()
+
+
+def _shutdown() -> None:
+    """Stop every POSIX AIO thread and close our engine (for tests and
+    interpreter exit).  Requests still queued are cancelled (with their
+    notifications); running ones are waited for (io_uring cancels those it
+    can).  The engine choice is kept: the next request starts afresh."""
+    global _notifier
+    held: list[Operation] = []
+    with _state_lock:
+        eng, ours, reaper = _engine, _engine_is_ours, _reaper
+        _uninstall_locked()
+        for lane in _lanes.values():
+            for c in lane.held:
+                c._held = False
+                c._lane = None
+                held.append(c._op)  # type: ignore[arg-type]
+            lane.held.clear()
+    for op in held:
+        op.complete(-errno.ECANCELED)
+    _retire(eng, ours, reaper)
+    _close_orphans()
     n = _notifier
     if n is not None:
         n.stop()
+
+
+def _at_exit() -> None:
+    """At interpreter exit, close an io_uring engine we own (cancelling what
+    is in flight: this cannot block for ever).  The thread engine is left to
+    die with the process, as glibc's helpers do: a worker blocked on an empty
+    pipe would never let a close finish."""
+    eng = _engine
+    if _engine_is_ours and eng is not None and eng.name == "uring":
+        _shutdown()
+
+
+atexit.register(_at_exit)
 
 
 def _before_fork() -> None:
@@ -1130,7 +1451,7 @@ def _after_fork_parent() -> None:
 
 
 def _after_fork_child() -> None:
-    global _state_lock, _engine, _engine_is_ours, _reaper, _notifier, _notifier_lock
+    global _state_lock, _engine, _engine_is_ours, _reaper, _notifier, _notifier_lock, _choice
     _state_lock = threading.Lock()
     _notifier_lock = threading.Lock()
     for fdset in _by_fd.values():
@@ -1140,11 +1461,26 @@ def _after_fork_child() -> None:
             cb._waiters = None
             cb._group = None
             cb._notice = None
+            cb._lane = None
+            cb._held = False
+            cb._transit = None
     _by_fd.clear()
+    _lanes.clear()
     _suspenders.clear()
+    _transit_waiters.clear()
     eng = _engine
-    if isinstance(eng, ThreadEngine) and _engine_is_ours:
-        eng.forget_after_fork()
+    if eng is not None and _engine_is_ours:
+        if isinstance(eng, ThreadEngine):
+            eng.forget_after_fork()
+        elif eng.name == "uring":
+            # Closed on first use here (it then only drops the child's copies
+            # of the ring fd and mappings): not now, as xaio.uring's own fork
+            # hook, which tells the engine it is in a child, may not have run
+            # yet, and the parent's reaper may have held the engine's lock.
+            _orphans.append(eng)
+        # a "linux" engine is dropped: its threads and AIO context are the parent's
+    if isinstance(_choice, Engine):
+        _choice = "thread"  # the caller's engine belongs to the parent
     _engine = None
     _engine_is_ours = False
     _reaper = None
