@@ -642,7 +642,12 @@ def test_cancel_wakes_suspend_and_thread_notification(
     P.aio_write(w1)
     wait_until(lambda: engine_running() == 1)
     woke: list[bool] = []
-    t = threading.Thread(target=lambda: (P.aio_suspend([w1], TIMEOUT), woke.append(True)))
+
+    def suspend() -> None:
+        P.aio_suspend([w1], TIMEOUT)
+        woke.append(True)
+
+    t = threading.Thread(target=suspend)
     t.start()
     assert P.aio_cancel(a.fileno(), w1) == P.AIO_CANCELED
     t.join(TIMEOUT)
@@ -658,7 +663,7 @@ def test_cancelled_request_makes_lio_wait_fail(
 ) -> None:
     a, b = dgram
     cbs = [P.aiocb(a.fileno(), 0, b"z" * 512, aio_lio_opcode=P.LIO_WRITE) for _ in range(2)]
-    err: list[BaseException] = []
+    err: list[OSError] = []
 
     def run() -> None:
         try:
@@ -984,7 +989,8 @@ def test_forked_child_can_use_aio(tfile: int, pipe: tuple[int, int], engine: str
                     cb = P.aiocb(tfile, 0, bytearray(4))
                     P.aio_read(cb)
                     P.aio_suspend([cb], 5)
-                    fresh = P._engine is not parent_engine and P._engine.name == engine
+                    eng = P._engine
+                    fresh = eng is not parent_engine and eng is not None and eng.name == engine
                     if P.aio_error(cb) == 0 and bytes(cb.aio_buf) == bytes(range(4)):
                         code = 0 if fresh else 3
                     P._shutdown()
@@ -1113,7 +1119,7 @@ def test_fuzz_argument_checking(
     which: str,
     extra: Any,
 ) -> None:
-    fd = {"file": fuzz_fd, "bad": 987654, "neg": -5, "huge": 2**40, "str": "3"}[fd_choice]
+    fd: Any = {"file": fuzz_fd, "bad": 987654, "neg": -5, "huge": 2**40, "str": "3"}[fd_choice]
     sev = {
         "none": None,
         "obj": P.sigevent(),
