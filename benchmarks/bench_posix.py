@@ -1,19 +1,22 @@
 """xaio.posix against glibc's own POSIX AIO, in the same run.
 
-Both sides run the same loop: keep ``--depth`` (32) 4 KiB ``aio_read``
-requests outstanding at random aligned offsets, ``aio_suspend`` on the list,
-then ``aio_error``/``aio_return`` each finished request and resubmit it.
-glibc's functions are called through ctypes with a ``struct aiocb`` matching
-its x86-64 layout.  Rounds alternate (xaio, glibc, xaio, ...) on the same
-file; the table shows median ops/s and the ratio.  Two files: one in the page
-cache, one opened with O_DIRECT (buffers from ``xaio.aligned_buffer``).
+Three contenders run the same loop -- xaio.posix on the thread engine (the
+default), xaio.posix on io_uring (``aio_init(engine="uring")``) and glibc:
+keep ``--depth`` (32) 4 KiB ``aio_read`` requests outstanding at random
+aligned offsets, ``aio_suspend`` on the list, then ``aio_error`` /
+``aio_return`` each finished request and resubmit it.  glibc's functions are
+called through ctypes with a ``struct aiocb`` matching its x86-64 layout.
+Rounds alternate (thread, uring, glibc, thread, ...) on the same file; the
+table shows median ops/s and the ratios.  Two files: one in the page cache,
+one opened with O_DIRECT (buffers from ``xaio.aligned_buffer``).
 
 Run::
 
     .venv/bin/python benchmarks/bench_posix.py [--rounds 5] [--seconds 1.0] [--dir DIR]
 
 ``--no-inline`` turns off the RWF_NOWAIT page-cache fast path of the thread
-engine, to measure the worker-thread path alone.
+engine, to measure the worker-thread path alone; ``--no-uring`` drops the
+io_uring column.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Any
 
 import xaio
 import xaio.posix as P
+from xaio.engine import probe
 
 BLOCK = 4096
 
@@ -204,26 +208,47 @@ def bench(
     seconds: float,
     lib: Any,
     before_round: Callable[[], None],
-) -> tuple[str, float, float]:
+    uring: bool,
+) -> tuple[str, float, float | None, float]:
     rng = random.Random(42)
     offsets = [rng.randrange(file_size // BLOCK) * BLOCK for _ in range(1 << 16)]
     bufs = [xaio.aligned_buffer(BLOCK) for _ in range(depth)]
     addrs = [ctypes.addressof(ctypes.c_char.from_buffer(b)) for b in bufs]
     xs: list[float] = []
+    us: list[float] = []
     gs: list[float] = []
+
+    def on(engine: str) -> None:
+        if engine != current[0]:
+            P.aio_init(engine=engine)
+            current[0] = engine
+
+    current = ["thread"]
+    P.aio_init()
     run_xaio(fd, bufs, offsets, 0.2)  # warm-up: start threads, fill caches
+    if uring:
+        on("uring")
+        run_xaio(fd, bufs, offsets, 0.2)
     run_glibc(lib, fd, addrs, offsets, 0.2)
     for _ in range(rounds):
         before_round()
+        on("thread")
         xs.append(run_xaio(fd, bufs, offsets, seconds))
+        if uring:
+            before_round()
+            on("uring")
+            us.append(run_xaio(fd, bufs, offsets, seconds))
         before_round()
         gs.append(run_glibc(lib, fd, addrs, offsets, seconds))
+    on("thread")
     x, g = statistics.median(xs), statistics.median(gs)
+    u = statistics.median(us) if us else None
     print(
-        f"  {label}: xaio {[round(v) for v in xs]}  glibc {[round(v) for v in gs]}",
+        f"  {label}: xaio/thread {[round(v) for v in xs]}  "
+        f"xaio/uring {[round(v) for v in us]}  glibc {[round(v) for v in gs]}",
         flush=True,
     )
-    return label, x, g
+    return label, x, u, g
 
 
 def main() -> None:
@@ -240,12 +265,17 @@ def main() -> None:
         action="store_true",
         help="disable the RWF_NOWAIT page-cache fast path (every read goes to a worker)",
     )
+    ap.add_argument("--no-uring", action="store_true", help="skip the xaio-on-io_uring column")
     args = ap.parse_args()
     if args.no_inline:
         import xaio.threads
 
         xaio.threads._RWF_NOWAIT = None
     lib = _load_glibc()
+    reason = None if args.no_uring else probe()["uring"]
+    uring = not args.no_uring and reason is None
+    if reason is not None:
+        print(f"  io_uring unavailable, no uring column: {reason}")
     rows = []
     print(
         f"python {platform.python_version()}, {os.cpu_count()} cpus, "
@@ -270,6 +300,7 @@ def main() -> None:
                         args.seconds,
                         lib,
                         lambda: None,
+                        uring,
                     )
                 )
             finally:
@@ -295,6 +326,7 @@ def main() -> None:
                             args.seconds,
                             lib,
                             lambda: None,
+                            uring,
                         )
                     )
                 finally:
@@ -302,10 +334,16 @@ def main() -> None:
         finally:
             path.unlink()
     print()
-    print("| file | xaio.posix ops/s | glibc POSIX AIO ops/s | xaio / glibc |")
-    print("|---|---:|---:|---:|")
-    for label, x, g in rows:
-        print(f"| {label} | {x:,.0f} | {g:,.0f} | {x / g:.2f} |")
+    print(
+        "| file | xaio.posix thread ops/s | xaio.posix uring ops/s | glibc POSIX AIO ops/s "
+        "| thread / glibc | uring / glibc | uring / thread |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for label, x, u, g in rows:
+        us_ = "n/a" if u is None else f"{u:,.0f}"
+        ug = "n/a" if u is None else f"{u / g:.2f}"
+        ux = "n/a" if u is None else f"{u / x:.2f}"
+        print(f"| {label} | {x:,.0f} | {us_} | {g:,.0f} | {x / g:.2f} | {ug} | {ux} |")
 
 
 if __name__ == "__main__":

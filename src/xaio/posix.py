@@ -767,6 +767,9 @@ def _enqueue(items: list[tuple[aiocb, Operation, int]], group: _Group | None) ->
             raise _syscall.oserror(errno.EAGAIN, "the AIO engine is shutting down") from None
         if laned:
             _end_transit(ops)
+            # Collect what completed inside the submitting io_uring_enter
+            # (page-cached reads): recorded here, with no hand-off to the reaper.
+            eng.reap(0)
     for _, op, err in items:
         if err:
             op.complete(err)
@@ -1204,6 +1207,12 @@ def aio_suspend(cbs: Iterable[aiocb | None], timeout: float | None = None) -> No
         pending.append(cb)
     if not pending:
         return
+    eng = _engine
+    if eng is not None and not isinstance(eng, ThreadEngine):
+        eng.reap(0)  # deliver what the kernel has posted ourselves, no hand-off
+        for cb in pending:
+            if cb._state != _INPROGRESS:
+                return
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         # Register, then re-check under the lock that completions take: a
