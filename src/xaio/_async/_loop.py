@@ -97,6 +97,7 @@ T = TypeVar("T")
 _DONE = OpState.DONE
 _READ, _WRITE, _READV, _WRITEV = OpCode.READ, OpCode.WRITE, OpCode.READV, OpCode.WRITEV
 _RWF_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
+_preadv = os.preadv
 _NO_INLINE_FLAGS = os.O_APPEND | getattr(os, "O_DIRECT", 0)
 _INT_MAX = 0x7FFFFFFF
 _OFF_MAX = (1 << 63) - 1
@@ -104,6 +105,8 @@ _OFF_MAX = (1 << 63) - 1
 _STREAK = 32
 #: Most bytes one read(2)/write(2) moves on Linux (MAX_RW_COUNT).
 MAX_RW_COUNT = 0x7FFFF000
+#: Largest pread tried inline on the hot path (bigger ones too, after the checks).
+_INLINE_MAX = 1 << 20
 
 
 class InvalidArgument(OSError, ValueError):
@@ -222,9 +225,9 @@ class Driver:
         self._flush_pending = False
         self._streak = 0
         self._uring = engine.name == "uring"
-        read_nowait = getattr(engine, "read_nowait", None)
-        self._thread_nowait: Callable[[int, Any, int, int], int | None] | None = read_nowait
-        self._inline_cache: dict[int, list[Any]] = {}
+        #: asyncio: inline completions need no checkpoint (see _fair); trio: False
+        self._inline = True
+        self._inline_cache: dict[int, int] = {}
         self._on_done = self._make_on_done()
         self._meta: Any = None  # xaio.os's io_uring Ring (_meta.MetaRing), made on demand
         self._meta_failed = False
@@ -354,30 +357,50 @@ class Driver:
             return decode_result(res if res is not None else -errno.EIO)
         return res
 
-    def _try_inline_read(self, fd: int, buf: Any, offset: int, n: int) -> int | None:
-        """The thread-based engines: try the read from the page cache in this
-        thread (``preadv2(RWF_NOWAIT)``), as io_uring does before punting."""
-        nowait = self._thread_nowait
-        if nowait is not None:
-            return nowait(fd, buf, offset, n)
-        if not _RWF_NOWAIT:
-            return None
+    def _inline_ok(self, fd: int) -> bool:
+        """May a read on *fd* be tried with ``RWF_NOWAIT`` in this thread?
+
+        Not on O_DIRECT fds (a NOWAIT direct read still waits for the device)
+        nor O_APPEND ones.  The answer is cached per fd and re-checked every
+        64 reads: a stale entry (the fd closed and its number reused) can only
+        make a few reads take the engine path or wait for a device in this
+        thread; the data is right either way."""
         cache = self._inline_cache
-        entry = cache.get(fd)
+        left = cache.get(fd, 0)
+        if left > 0:
+            cache[fd] = left - 1
+            return True
+        if left < 0:
+            cache[fd] = left + 1
+            return False
+        if len(cache) > 1024:
+            cache.clear()
         try:
-            if entry is None or entry[1] <= 0:
-                entry = cache[fd] = [
-                    not (fcntl.fcntl(fd, fcntl.F_GETFL) & _NO_INLINE_FLAGS),
-                    64,
-                ]
-                if len(cache) > 1024:
-                    cache.clear()
-            entry[1] -= 1
-            if not entry[0]:
-                return None
-            got: int = os.preadv(fd, (buf,), offset, _RWF_NOWAIT)
+            ok = _RWF_NOWAIT and not fcntl.fcntl(fd, fcntl.F_GETFL) & _NO_INLINE_FLAGS
         except (OSError, OverflowError, ValueError):
-            cache.pop(fd, None)
+            ok = False
+        cache[fd] = 63 if ok else -63
+        return bool(ok)
+
+    def _try_inline_read(self, fd: int, bufs: tuple[Any, ...], offset: int, n: int) -> int | None:
+        """Try the read from the page cache in this thread (``preadv2`` with
+        ``RWF_NOWAIT``, which fails with EAGAIN instead of waiting for the
+        device): exactly the attempt io_uring makes inline before punting a
+        read to a worker, without the ring's per-request cost.
+
+        Returns:
+            *n* when the whole read was done here; None when the caller must
+            go through the engine (EAGAIN, a short read, any error: the engine
+            path reports errors and end of file).
+        """
+        if not self._inline_ok(fd):
+            return None
+        try:
+            got: int = _preadv(fd, bufs, offset, _RWF_NOWAIT)
+        except BlockingIOError:
+            return None
+        except (OSError, OverflowError, ValueError, TypeError, BufferError):
+            self._inline_cache[fd] = -63
             return None
         return got if got == n else None
 
@@ -400,19 +423,44 @@ class Driver:
             TypeError, ValueError, InvalidArgument: bad arguments (before any syscall).
             OSError: what the kernel reports (``EBADF``, ``EISDIR``, ``ESPIPE``...).
         """
+        # The hot path: a page-cache hit, done here without a Future (asyncio).
+        if (
+            self._inline
+            and type(fd) is int
+            and type(n) is int
+            and type(offset) is int
+            and 0 < n <= _INLINE_MAX
+            and 0 <= fd <= _INT_MAX
+            and 0 <= offset <= _OFF_MAX
+            and self._streak < _STREAK
+            and self._inline_ok(fd)
+        ):
+            buf = bytearray(n)
+            try:
+                got = _preadv(fd, (buf,), offset, _RWF_NOWAIT)
+            except OSError:
+                got = -1
+            if got == n:
+                self._streak += 1
+                return bytes(buf)
+            return await self._pread(fd, n, offset, buf)
+        return await self._pread(fd, check_count(n), offset, None)
+
+    async def _pread(self, fd: int, n: int, offset: int, buf: bytearray | None) -> bytes:
         fd = check_fd(fd)
-        n = check_count(n)
         offset = check_offset(offset)
         if n == 0:
             return b""
-        n = min(n, MAX_RW_COUNT)
-        buf = bytearray(n)
-        if not self._uring:
-            self._positional(fd)
+        if buf is None:
+            n = min(n, MAX_RW_COUNT)
+            buf = bytearray(n)
+            if not self._uring:
+                self._positional(fd)
             await self._fair()
-            got = self._try_inline_read(fd, buf, offset, n)
-            if got is not None:
+            if self._try_inline_read(fd, (buf,), offset, n) is not None:
                 return bytes(buf)
+        elif not self._uring:
+            self._positional(fd)
         res = await self._run(Operation(_READ, fd, (buf,), offset, on_done=self._on_done))
         if res == n:
             return bytes(buf)
@@ -429,6 +477,25 @@ class Driver:
             ValueError: *buf* is not contiguous; bad offset.
             OSError: what the kernel reports.
         """
+        if (
+            self._inline
+            and type(fd) is int
+            and type(offset) is int
+            and 0 <= fd <= _INT_MAX
+            and 0 <= offset <= _OFF_MAX
+            and self._streak < _STREAK
+            and (type(buf) is bytearray or type(buf) is memoryview)
+            and self._inline_ok(fd)
+        ):
+            n = buf.nbytes if isinstance(buf, memoryview) else len(buf)
+            if n:
+                try:
+                    got = _preadv(fd, (buf,), offset, _RWF_NOWAIT)
+                except (OSError, TypeError, ValueError, BufferError):
+                    got = -1
+                if got == n:
+                    self._streak += 1
+                    return got
         fd = check_fd(fd)
         offset = check_offset(offset)
         op = Operation(_READ, fd, (buf,), offset, on_done=self._on_done)
@@ -436,21 +503,17 @@ class Driver:
         if n == 0:
             op.complete(0)
             return 0
-        if not self._uring:
-            try:
+        try:
+            if not self._uring:
                 self._positional(fd)
-            except BaseException:
-                op.complete(-errno.ESPIPE)
-                raise
-            try:
-                await self._fair()
-            except BaseException:
-                op.complete(-errno.ECANCELED)
-                raise
-            got = self._try_inline_read(fd, buf, offset, n)
-            if got is not None:
-                op.complete(got)
-                return got
+            await self._fair()
+        except BaseException:
+            op.complete(-errno.ECANCELED)
+            raise
+        inline = self._try_inline_read(fd, (buf,), offset, n)
+        if inline is not None:
+            op.complete(inline)
+            return inline
         return await self._run(op)
 
     async def pwrite(self, fd: int, data: Any, offset: int) -> int:
@@ -488,12 +551,18 @@ class Driver:
         flags = check_flags(flags)
         bufs = check_buffers(buffers)
         op = Operation(_READV, fd, bufs, offset, flags, on_done=self._on_done)
-        if not self._uring:
-            try:
+        try:
+            if not self._uring:
                 self._positional(fd)
-            except BaseException:
-                op.complete(-errno.ESPIPE)
-                raise
+            await self._fair()
+        except BaseException:
+            op.complete(-errno.ECANCELED)
+            raise
+        if not flags:
+            n = op.nbytes
+            if n and self._try_inline_read(fd, bufs, offset, n) is not None:
+                op.complete(n)
+                return n
         return await self._run(op)
 
     async def pwritev(self, fd: int, buffers: Sequence[Any], offset: int, flags: int = 0) -> int:
@@ -845,6 +914,7 @@ class TrioDriver(Driver):
         self._lowlevel = trio.lowlevel
         self._outcome = outcome
         super().__init__(engine, **kw)
+        self._inline = False  # trio: every call is a checkpoint (see _fair)
         self._fd = engine.fileno()
         self._token = trio.lowlevel.current_trio_token()
         self._stopped = trio.Event()
@@ -991,6 +1061,7 @@ def _after_fork_in_child() -> None:
             fin.detach()
     _forked_away.append(parked)
     _asyncio_drivers.clear()
+    _last[0] = _last[1] = None
     _trio_runvar = None
 
 
@@ -1082,6 +1153,12 @@ def _new_asyncio_driver(loop: asyncio.AbstractEventLoop) -> AsyncioDriver:
     return driver
 
 
+#: The last default driver handed out, for a quick check (the loop weakly).
+_last: list[Any] = [None, None]
+_modules = sys.modules
+_get_running_loop = asyncio._get_running_loop
+
+
 def current_driver() -> Driver:
     """The running loop's default driver (made, with a default engine, on first use).
 
@@ -1089,17 +1166,21 @@ def current_driver() -> Driver:
         RuntimeError: not inside asyncio or trio.
         OSError: no engine could be made (e.g. out of file descriptors).
     """
-    sniffio = sys.modules.get("sniffio")
+    sniffio = _modules.get("sniffio")
     lib = None
     if sniffio is not None:
         lib = sniffio.thread_local.name or sniffio.current_async_library_cvar.get()
     if lib is None or lib == "asyncio":
-        loop = asyncio._get_running_loop()
+        loop = _get_running_loop()
         if loop is not None:
-            drv = _asyncio_drivers.get(loop)
-            if drv is None or drv.closed:
-                drv = _asyncio_drivers[loop] = _new_asyncio_driver(loop)
-            return drv
+            ref, drv = _last
+            if ref is not None and ref() is loop and not drv.closed:
+                return drv  # type: ignore[no-any-return]
+            adrv = _asyncio_drivers.get(loop)
+            if adrv is None or adrv.closed:
+                adrv = _asyncio_drivers[loop] = _new_asyncio_driver(loop)
+            _last[0], _last[1] = adrv._loop_ref, adrv
+            return adrv
     if current_library() == "trio":
         return _current_trio_driver()
     raise RuntimeError("xaio's coroutines must run inside asyncio or trio")  # pragma: no cover
