@@ -156,6 +156,39 @@ def test_held_pipe_reads_stay_queued_behind_the_running_one(pipe: tuple[int, int
     assert r not in P._lanes
 
 
+@pytest.mark.usefixtures("uring")
+def test_request_outlives_the_thread_that_queued_it(pipe: tuple[int, int]) -> None:
+    """io_uring cancels a waiting request when the thread that submitted it
+    exits: xaio.posix must not let that happen to a POSIX request (queued
+    by a short-lived thread, or released from a lane by one)."""
+    r, w = pipe
+    cbs = [P.aiocb(r, 0, bytearray(1)) for _ in range(3)]
+
+    def submit_and_exit() -> None:
+        for cb in cbs:
+            P.aio_read(cb)
+
+    t = threading.Thread(target=submit_and_exit)
+    t.start()
+    t.join(TIMEOUT)
+    assert not t.is_alive()
+    wait_until(lambda: engine_running() == 1)
+
+    def release_and_exit() -> None:  # reaps cbs[0], so releases cbs[1] here
+        with contextlib.suppress(OSError):
+            P.aio_suspend(cbs, TIMEOUT)
+
+    os.write(w, b"a")
+    t = threading.Thread(target=release_and_exit)
+    t.start()
+    t.join(TIMEOUT)
+    wait_done(cbs[0])
+    os.write(w, b"bc")
+    wait_done(*cbs)
+    assert [P.aio_error(cb) for cb in cbs] == [0, 0, 0]
+    assert [bytes(cb.aio_buf) for cb in cbs] == [b"a", b"b", b"c"]
+
+
 # --- the datagram socket: one write blocked in progress, later ones queued ------------
 
 

@@ -45,10 +45,25 @@ Some facts about POSIX AIO on Linux, what glibc does, and what we do better
   block-then-``sigwaitinfo`` pattern works in the application's threads.
 - Engines: by default the thread engine in ``complete_in_worker`` mode (the
   worker that ran a request records its result and sends its notification
-  itself: one thread hand-off per request, not two).  ``aio_init(engine=e)``
-  runs the same API on any :class:`~xaio.engine.Engine` (io_uring can cancel
-  a running request: ``AIO_CANCELED`` then means it really was); a reaper
-  thread then delivers its completions.
+  itself: one thread hand-off per request, not two).  ``aio_init(engine=
+  "uring")`` (or ``"linux"``, or any :class:`~xaio.engine.Engine` instance)
+  runs the same API there; a reaper thread blocks in ``engine.reap(None)``
+  and records and notifies each completion as the kernel posts it.  An
+  engine made by name is ours: closed when another is chosen, at exit (an
+  io_uring one), and replaced by a fresh one in a forked child (the parent's
+  ring is closed there on first use, which only drops the child's copies).
+- io_uring does not order requests on one fd, so for every engine but the
+  thread engine (which does it itself) posix keeps *lanes*: per fd, the
+  requests the engine has and those held back, with the thread engine's rule
+  (a stream or O_APPEND fd one at a time in submission order; an fsync only
+  after every request before it; positional I/O on regular files in
+  parallel).  A held request never reached the kernel: cancelling it is
+  immediate.  A request the engine has can be cancelled where the kernel can
+  (a read or write pending on a pipe or socket); ``AIO_CANCELED`` is then
+  returned only if its completion really said ``ECANCELED`` -- it is recorded
+  and notified before ``aio_cancel`` returns.  A request in transit to the
+  engine (taken from a lane, not yet submitted) is waited for, so a cancel
+  never misses it.
 """
 
 from __future__ import annotations
@@ -385,15 +400,38 @@ def _close_orphans() -> None:
         _orphans.pop().close()
 
 
+def _submitter(eng: Engine) -> _Reaper | None:
+    """The reaper that must submit for this thread, or None to submit here.
+
+    io_uring ties a request to the thread that submitted it: when that
+    thread exits, a request still waiting (a read on an empty pipe, a write
+    on a full socket) completes with ECANCELED.  A POSIX AIO request must
+    outlive the thread that queued it, so on io_uring only the main thread
+    (which lives as long as the process) and the reaper thread submit; any
+    other thread hands its requests to the reaper."""
+    if eng.name != "uring":
+        return None
+    reaper = _reaper
+    if reaper is None or reaper.engine is not eng:  # pragma: no cover - being replaced
+        return None
+    t = threading.current_thread()
+    if t is reaper.thread or t is threading.main_thread():
+        return None
+    return reaper
+
+
 class _Reaper:
     """Delivers the completions of an engine that does not complete
     operations itself: blocks in ``engine.reap(None)`` (for io_uring, in
     ``io_uring_enter`` waiting for a CQE), so each completion is recorded and
-    notified by this thread as soon as the kernel posts it."""
+    notified by this thread as soon as the kernel posts it.  On io_uring it
+    also submits the requests of short-lived threads (see :func:`_submitter`)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.stopping = False
+        self.lock = threading.Lock()
+        self.pending: list[aiocb] = []
         self.thread = start_thread_blocking_signals(self._run, name="xaio-posix-reaper")
 
     def _run(self) -> None:
@@ -403,8 +441,34 @@ class _Reaper:
                 eng.reap(None)
             except (EngineClosedError, OSError, ValueError):
                 if eng.closed:  # closed under us: nothing more will come
-                    return
+                    break
                 raise
+            self._submit_pending()
+        self._submit_pending()
+
+    def defer(self, cbs: list[aiocb]) -> None:
+        """Have this thread submit *cbs* (in transit, not yet submitted)."""
+        with self.lock:
+            wake = not self.pending
+            self.pending.extend(cbs)
+        if wake:
+            # A no-operation request completes at once and wakes the reaper.
+            # Whoever reaps it submits what is pending: the reaper, or the
+            # main thread (the only other thread that reaps io_uring here).
+            nop = Operation(OpCode.NOP, -1, on_done=self._woken)
+            try:
+                self.engine.submit([nop])
+            except EngineClosedError:
+                self._submit_pending()
+
+    def _woken(self, op: Operation) -> None:
+        self._submit_pending()
+
+    def _submit_pending(self) -> None:
+        with self.lock:
+            cbs, self.pending = self.pending, []
+        if cbs:
+            _submit_released(cbs)
 
     def stop(self) -> None:
         """Make the thread return and join it (a no-operation request wakes
@@ -416,6 +480,7 @@ class _Reaper:
         except EngineClosedError:
             pass  # closed: the reaper returns by itself
         self.thread.join()
+        self._submit_pending()
         if not eng.closed:
             eng.reap(0)
 
@@ -756,6 +821,11 @@ def _enqueue(items: list[tuple[aiocb, Operation, int]], group: _Group | None) ->
                     ops.append(op)
         else:
             ops = [op for _, op, err in items if not err]
+    if ops and laned:
+        reaper = _submitter(eng)
+        if reaper is not None:
+            reaper.defer([op.context for op in ops])
+            ops = []
     if ops:
         try:
             eng.submit(ops)
@@ -818,9 +888,20 @@ def _lane_release_locked(fd: int, lane: _Lane) -> list[aiocb] | None:
 
 
 def _hand_over(cbs: list[aiocb]) -> None:
-    """Give released requests to their engine (no lock held).  If the
-    engine was closed under us, they and everything held behind them are
-    cancelled."""
+    """Give released requests (in transit) to their engine, from this thread
+    or through the reaper (no lock held)."""
+    eng = cbs[0]._engine
+    assert eng is not None
+    reaper = _submitter(eng)
+    if reaper is not None:
+        reaper.defer(cbs)
+    else:
+        _submit_released(cbs)
+
+
+def _submit_released(cbs: list[aiocb]) -> None:
+    """Submit requests in transit.  If the engine was closed under us, they
+    and everything held behind them are cancelled."""
     ops = [cb._op for cb in cbs]
     eng = cbs[0]._engine
     assert eng is not None
@@ -1208,8 +1289,10 @@ def aio_suspend(cbs: Iterable[aiocb | None], timeout: float | None = None) -> No
     if not pending:
         return
     eng = _engine
-    if eng is not None and not isinstance(eng, ThreadEngine):
-        eng.reap(0)  # deliver what the kernel has posted ourselves, no hand-off
+    if eng is not None and not isinstance(eng, ThreadEngine) and _submitter(eng) is None:
+        # Deliver what the kernel has posted ourselves, no hand-off (not in a
+        # short-lived thread on io_uring: it could not submit what that releases).
+        eng.reap(0)
         for cb in pending:
             if cb._state != _INPROGRESS:
                 return
