@@ -384,6 +384,8 @@ def main() -> None:
             if "aiofiles" in cached:
                 lag_cands["aiofiles"] = cached["aiofiles"]
             lag_cands["os.pread+executor"] = executor_peer()
+            if args.only:
+                lag_cands = {k: v for k, v in lag_cands.items() if args.only in k}
             for name, fac in lag_cands.items():
                 p50, p99, mx, rate = ticker_lag(fac, path, args.seconds * 2)
                 lag_rows.append([name, f"{p50:.3f}", f"{p99:.3f}", f"{mx:.3f}", f"{rate:,.0f}"])

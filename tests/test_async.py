@@ -743,3 +743,44 @@ def test_pipe_read_does_not_block_other_tasks(lib: str) -> None:
 
 def _unused(x: Any) -> None:  # pragma: no cover - keeps imports honest for linters
     del x
+
+
+def _submitted(stats: dict[str, Any]) -> int:
+    total = int(stats.get("submitted", 0))
+    for k in ("aio", "threads"):
+        sub = stats.get(k)
+        if isinstance(sub, dict):
+            total += int(sub.get("submitted", 0))
+    return total
+
+
+def test_page_cache_hits_skip_the_engine_and_cold_reads_use_it(
+    engine_name: str, tmp_path: Path
+) -> None:
+    """Cached reads are served inline (no engine request); a cold read goes to
+    the engine with the right data, and once cached is inline again."""
+    p = tmp_path / "cold"
+    data = pattern(1 << 20)
+    p.write_bytes(data)
+
+    async def main() -> None:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            eng = current_driver().engine
+            os.pread(fd, 4096, 0)  # cached
+            before = _submitted(eng.statistics())
+            for _ in range(10):
+                assert await xaio.pread(fd, 4096, 0) == data[:4096]
+            assert _submitted(eng.statistics()) == before
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            got = await xaio.pread(fd, 4096, 512 * 1024)
+            assert got == data[512 * 1024 : 516 * 1024]
+            cold_submitted = _submitted(eng.statistics())
+            for i in range(20):  # now cached: inline again (cachestat says so)
+                assert await xaio.pread(fd, 4096, 512 * 1024) == got
+            assert _submitted(eng.statistics()) - cold_submitted <= 1
+        finally:
+            os.close(fd)
+
+    asyncio.run(main())

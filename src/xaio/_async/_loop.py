@@ -103,6 +103,10 @@ _INT_MAX = 0x7FFFFFFF
 _OFF_MAX = (1 << 63) - 1
 #: Immediate completions in a row after which a request yields to the loop once.
 _STREAK = 32
+#: Most tasks woken by completions per loop iteration (asyncio): the rest wait
+#: for the next iteration, so one burst of completions cannot hold the loop
+#: for longer than this many task steps (timers and other tasks run between).
+_WAKE_BUDGET = 16
 #: Most bytes one read(2)/write(2) moves on Linux (MAX_RW_COUNT).
 MAX_RW_COUNT = 0x7FFFF000
 #: Largest pread tried inline on the hot path (bigger ones too, after the checks).
@@ -189,6 +193,60 @@ def check_buffers(buffers: Any) -> tuple[Any, ...]:
     return tuple(buffers)
 
 
+class _CacheStat:
+    """``cachestat(2)`` (Linux 6.5, syscall 451 on every architecture): how
+    much of a file range is in the page cache, without reading or readahead."""
+
+    def __init__(self) -> None:
+        import ctypes
+
+        class _Range(ctypes.Structure):
+            _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
+
+        class _Stat(ctypes.Structure):
+            _fields_ = [(name, ctypes.c_uint64) for name in ("cache", "dirty", "wb", "ev", "rev")]
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        self._call = libc.syscall
+        self._call.restype = ctypes.c_long
+        self._range = _Range()
+        self._stat = _Stat()
+        self._args = (ctypes.c_void_p(ctypes.addressof(self._range)),
+                      ctypes.c_void_p(ctypes.addressof(self._stat)))  # fmt: skip
+        self._works: bool | None = None
+
+    @property
+    def works(self) -> bool:
+        """True if this kernel has cachestat (probed once, on first use)."""
+        if self._works is None:
+            self._works = self._probe()
+        return self._works
+
+    def _probe(self) -> bool:
+        try:
+            fd = os.open("/proc/self/exe", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            self._range.off, self._range.len = 0, 1
+            return int(self._call(451, fd, *self._args, 0)) == 0
+        finally:
+            os.close(fd)
+
+    def cached(self, fd: int, offset: int, n: int) -> bool:
+        """True if every page of ``[offset, offset + n)`` is in the page cache."""
+        r = self._range
+        first = offset >> 12
+        r.off = first << 12
+        r.len = ((offset + n + 4095) >> 12 << 12) - r.off
+        if self._call(451, fd, *self._args, 0) != 0:
+            return False
+        return bool(self._stat.cache >= r.len >> 12)
+
+
+_cachestat = _CacheStat()
+
+
 def _is_stream(fd: int) -> bool:
     """True for fds without a file position (pipes, sockets, FIFOs, ttys)."""
     try:
@@ -228,6 +286,8 @@ class Driver:
         #: asyncio: inline completions need no checkpoint (see _fair); trio: False
         self._inline = True
         self._inline_cache: dict[int, int] = {}
+        #: cold fds (recent misses): hits still needed to be warm (< 0: skips left)
+        self._cold: dict[int, int] = {}
         self._on_done = self._make_on_done()
         self._meta: Any = None  # xaio.os's io_uring Ring (_meta.MetaRing), made on demand
         self._meta_failed = False
@@ -358,18 +418,19 @@ class Driver:
         return res
 
     def _inline_ok(self, fd: int) -> bool:
-        """May a read on *fd* be tried with ``RWF_NOWAIT`` in this thread?
+        """May a read on *fd* be tried with ``RWF_NOWAIT`` straight away?
 
         Not on O_DIRECT fds (a NOWAIT direct read still waits for the device)
-        nor O_APPEND ones.  The answer is cached per fd and re-checked every
-        64 reads: a stale entry (the fd closed and its number reused) can only
-        make a few reads take the engine path or wait for a device in this
-        thread; the data is right either way."""
+        nor O_APPEND ones, nor on fds whose last attempts missed the page cache
+        (*cold* fds: see :meth:`_missed`).  The flags are cached per fd and
+        re-checked every 64 reads: a stale entry (the fd closed and its number
+        reused) can only make a few reads take the engine path or wait for a
+        device in this thread; the data is right either way."""
         cache = self._inline_cache
         left = cache.get(fd, 0)
         if left > 0:
             cache[fd] = left - 1
-            return True
+            return fd not in self._cold
         if left < 0:
             cache[fd] = left + 1
             return False
@@ -380,7 +441,22 @@ class Driver:
         except (OSError, OverflowError, ValueError):
             ok = False
         cache[fd] = 63 if ok else -63
-        return bool(ok)
+        return bool(ok) and fd not in self._cold
+
+    def _missed(self, fd: int) -> None:
+        """A ``RWF_NOWAIT`` attempt on *fd* missed the page cache.
+
+        A miss is not free: it starts the readahead from this thread, which
+        costs tens of microseconds and can sleep for milliseconds when the
+        device queue is full.  So the fd turns *cold*: its reads first ask
+        ``cachestat(2)`` (Linux 6.5: a look at the page cache, no I/O, ~1.5 us)
+        and try inline only when the whole range is cached; after 8 such hits
+        in a row it is warm again.  Without cachestat a cold fd skips the next
+        64 inline attempts instead."""
+        cold = self._cold
+        if len(cold) > 1024:
+            cold.clear()
+        cold[fd] = 8 if _cachestat.works else -64
 
     def _try_inline_read(self, fd: int, bufs: tuple[Any, ...], offset: int, n: int) -> int | None:
         """Try the read from the page cache in this thread (``preadv2`` with
@@ -393,16 +469,45 @@ class Driver:
             go through the engine (EAGAIN, a short read, any error: the engine
             path reports errors and end of file).
         """
-        if not self._inline_ok(fd):
+        cold = self._cold.get(fd)
+        if cold is not None:
+            if cold < 0:  # no cachestat: skip a few attempts
+                if cold == -1:
+                    del self._cold[fd]
+                else:
+                    self._cold[fd] = cold + 1
+                return None
+            if not self._inline_ok_flags(fd) or not _cachestat.cached(fd, offset, n):
+                self._cold[fd] = 8
+                return None
+        elif not self._inline_ok(fd):
             return None
         try:
             got: int = _preadv(fd, bufs, offset, _RWF_NOWAIT)
         except BlockingIOError:
+            self._missed(fd)
             return None
         except (OSError, OverflowError, ValueError, TypeError, BufferError):
             self._inline_cache[fd] = -63
             return None
-        return got if got == n else None
+        if got != n:
+            self._missed(fd)
+            return None
+        if cold is not None:
+            if cold <= 1:
+                del self._cold[fd]
+            else:
+                self._cold[fd] = cold - 1
+        return got
+
+    def _inline_ok_flags(self, fd: int) -> bool:
+        """The flags part of :meth:`_inline_ok` (ignoring coldness)."""
+        cold = self._cold.pop(fd, None)
+        try:
+            return self._inline_ok(fd)
+        finally:
+            if cold is not None:
+                self._cold[fd] = cold
 
     def _positional(self, fd: int) -> None:
         """Positional I/O on a stream fd: ESPIPE, as os.pread says (checked for
@@ -443,6 +548,7 @@ class Driver:
             if got == n:
                 self._streak += 1
                 return bytes(buf)
+            self._missed(fd)
             return await self._pread(fd, n, offset, buf)
         return await self._pread(fd, check_count(n), offset, None)
 
@@ -459,8 +565,11 @@ class Driver:
             await self._fair()
             if self._try_inline_read(fd, (buf,), offset, n) is not None:
                 return bytes(buf)
-        elif not self._uring:
-            self._positional(fd)
+        else:
+            if not self._uring:
+                self._positional(fd)
+            if fd in self._cold and self._try_inline_read(fd, (buf,), offset, n) is not None:
+                return bytes(buf)
         res = await self._run(Operation(_READ, fd, (buf,), offset, on_done=self._on_done))
         if res == n:
             return bytes(buf)
@@ -496,6 +605,7 @@ class Driver:
                 if got == n:
                     self._streak += 1
                     return got
+                self._missed(fd)
         fd = check_fd(fd)
         offset = check_offset(offset)
         op = Operation(_READ, fd, (buf,), offset, on_done=self._on_done)
@@ -756,17 +866,53 @@ class AsyncioDriver(Driver):
         self._loop_ref = weakref.ref(loop)
         self._fd = engine.fileno()
         self._waiters: dict[tuple[int, bool], list[asyncio.Future[None]]] = {}
+        self._woken = 0  # tasks woken in this loop iteration
+        self._deferred: list[asyncio.Future[None]] = []
+        self._release_pending = False
         loop.add_reader(self._fd, self.on_readable)
         self._reader = True
 
     def _make_on_done(self) -> Callable[[Operation], None]:
+        budget = _WAKE_BUDGET
+
         def on_done(op: Operation) -> None:
             self._inflight -= 1
             fut = op.context
-            if fut is not None and not fut.done():
-                fut.set_result(None)
+            if fut is None:
+                return
+            if self._woken < budget:
+                if not self._woken and not self._release_pending:
+                    self._release_pending = True
+                    asyncio.get_running_loop().call_soon(self._release)
+                self._woken += 1
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                self._deferred.append(fut)
 
         return on_done
+
+    def _release(self) -> None:
+        """Once per loop iteration while completions are being delivered: wake
+        the tasks deferred by the budget (at most :data:`_WAKE_BUDGET`)."""
+        deferred = self._deferred
+        self._woken = 0
+        if not deferred:
+            self._release_pending = False
+            return
+        take = deferred[:_WAKE_BUDGET]
+        del deferred[:_WAKE_BUDGET]
+        self._woken = len(take)
+        for fut in take:
+            if not fut.done():
+                fut.set_result(None)
+        asyncio.get_running_loop().call_soon(self._release)
+
+    def _wake_all(self) -> None:
+        deferred, self._deferred = self._deferred, []
+        for fut in deferred:
+            if not fut.done():
+                fut.set_result(None)
 
     def _loop(self) -> asyncio.AbstractEventLoop:
         return asyncio.get_running_loop()
@@ -883,7 +1029,10 @@ class AsyncioDriver(Driver):
         if self.closed:
             return
         self.detach_reader()
-        super().close()
+        try:
+            super().close()
+        finally:
+            self._wake_all()
 
 
 # ---------------------------------------------------------------------------------
