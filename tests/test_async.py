@@ -777,7 +777,7 @@ def test_page_cache_hits_skip_the_engine_and_cold_reads_use_it(
             got = await xaio.pread(fd, 4096, 512 * 1024)
             assert got == data[512 * 1024 : 516 * 1024]
             cold_submitted = _submitted(eng.statistics())
-            for i in range(20):  # now cached: inline again (cachestat says so)
+            for _ in range(20):  # now cached: inline again (cachestat says so)
                 assert await xaio.pread(fd, 4096, 512 * 1024) == got
             assert _submitted(eng.statistics()) - cold_submitted <= 1
         finally:
