@@ -987,3 +987,31 @@ def test_engine_statistics(engine: UringEngine) -> None:
     s = engine.statistics()
     assert s["name"] == "uring" and s["submitted"] == 5 and s["completed"] == 5
     assert s["in_flight"] == 0 and s["sync_cancel"] is True
+
+
+def test_kernel_cancels_waiting_requests_of_an_exited_submitter() -> None:
+    """A documented io_uring fact (see the module essay): a request still
+    waiting when the thread that submitted it exits is cancelled by the kernel,
+    and its buffer stays pinned until that completion is reaped."""
+    from xaio._ops import OpCode, Operation
+    from xaio.uring import UringEngine
+
+    eng = UringEngine(8)
+    r, w = os.pipe()
+    try:
+        buf = bytearray(4)
+        op = Operation(OpCode.READ, r, [buf], -1)
+        t = threading.Thread(target=eng.submit, args=([op],))
+        t.start()
+        t.join(5)
+        os.write(w, b"data")
+        deadline = time.monotonic() + 5
+        while not op.done and time.monotonic() < deadline:
+            eng.reap(0.5)
+        assert op.result == -errno.ECANCELED
+        assert os.read(r, 4) == b"data"  # nothing was consumed
+        buf.append(0)  # released once reaped
+    finally:
+        eng.close()
+        os.close(r)
+        os.close(w)

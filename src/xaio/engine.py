@@ -30,7 +30,10 @@ The protocol (:class:`Engine`) is deliberately small:
   ``ResourceWarning``) when an unclosed engine is garbage collected.
 
 Threads: ``submit`` and ``cancel`` may be called from any thread while one
-thread is inside ``reap``.
+thread is inside ``reap``.  One kernel fact limits this on io_uring: a request
+still waiting (on a pipe, a socket, a poll) when the thread that submitted it
+exits is cancelled by the kernel (it completes with ``-ECANCELED``), so submit
+from threads that outlive their requests.
 
 Rule 1 holds in every engine: an operation's buffers stay pinned until its
 completion has been reaped, whatever happened to the cancel.
