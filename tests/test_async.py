@@ -784,3 +784,51 @@ def test_page_cache_hits_skip_the_engine_and_cold_reads_use_it(
             os.close(fd)
 
     asyncio.run(main())
+
+
+def test_cancel_waits_for_the_kernel_uring_pipe() -> None:
+    """On io_uring a positional read of a pipe is a real in-kernel request
+    (the offset is ignored): cancelling the task cancels it in the kernel,
+    and the buffer is released when CancelledError arrives."""
+    skip_unavailable("uring")
+
+    async def main() -> None:
+        eng = xaio.open_engine("uring")
+        r, w = os.pipe()
+        try:
+            buf = bytearray(16)
+            task = asyncio.ensure_future(eng.preadinto(r, buf, 0))
+            await asyncio.sleep(0.01)
+            assert eng.statistics()["in_flight"] == 1
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert eng.statistics()["in_flight"] == 0
+            buf.extend(b"x")  # not pinned any more
+            os.write(w, b"next")
+            assert await xaio.read(r, 10) == b"next"  # nothing was swallowed
+        finally:
+            await eng.aclose()
+            os.close(r)
+            os.close(w)
+
+    asyncio.run(main())
+
+
+def test_xaio_os_cancelled_call_completes_first(lib: str, tmp_path: Path) -> None:
+    """A cancelled xaio.os call has either happened or not when the
+    cancellation arrives: never still running."""
+
+    async def main() -> None:
+        for i in range(20):
+            d = tmp_path / f"d{i}"
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                await xaio.os.mkdir(d)
+            # whatever happened, it is finished: the directory exists or not, stably
+            existed = d.exists()
+            await anyio.sleep(0.001)
+            assert d.exists() == existed
+        assert await xaio.os.listdir(tmp_path) is not None
+
+    run(lib, main)

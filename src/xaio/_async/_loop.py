@@ -110,6 +110,8 @@ __all__ = [
 T = TypeVar("T")
 
 _DONE = OpState.DONE
+_get_running_loop = asyncio._get_running_loop
+_running_loop = asyncio.get_running_loop
 _READ, _WRITE, _READV, _WRITEV = OpCode.READ, OpCode.WRITE, OpCode.READV, OpCode.WRITEV
 _RWF_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
 _preadv = os.preadv
@@ -632,14 +634,17 @@ class Driver:
         try:
             if not self._uring:
                 self._positional(fd)
-            await self._fair()
+            # (O_DIRECT fds on asyncio go straight to the engine)
+            if not self._inline or fd in self._cold or self._inline_ok(fd):
+                await self._fair()
+                inline = self._try_inline_read(fd, (buf,), offset, n)
+                if inline is not None:
+                    op.complete(inline)
+                    return inline
         except BaseException:
-            op.complete(-errno.ECANCELED)
+            if op.state is OpState.QUEUED:
+                op.complete(-errno.ECANCELED)
             raise
-        inline = self._try_inline_read(fd, (buf,), offset, n)
-        if inline is not None:
-            op.complete(inline)
-            return inline
         return await self._run(op)
 
     async def pwrite(self, fd: int, data: Any, offset: int) -> int:
@@ -948,6 +953,29 @@ class AsyncioDriver(Driver):
         except asyncio.CancelledError:
             await self._cancel_and_wait(op)
             raise
+
+    async def _run(self, op: Operation) -> int:
+        """Start *op*, wait for it (one Future, made only if it did not
+        complete at once), return its decoded result."""
+        if self._streak >= _STREAK:
+            self._streak = 0
+            await asyncio.sleep(0)
+        self._start(op)
+        if op.state is not _DONE:
+            self._streak = 0
+            fut = _running_loop().create_future()
+            op.context = fut
+            try:
+                await fut
+            except asyncio.CancelledError:
+                await self._cancel_and_wait(op)
+                raise
+        else:
+            self._streak += 1
+        res = op.result
+        if res is None or res < 0:
+            return decode_result(res if res is not None else -errno.EIO)
+        return res
 
     async def _cancel_and_wait(self, op: Operation) -> None:
         self._cancel_in_engine(op)
@@ -1321,7 +1349,6 @@ def _new_asyncio_driver(loop: asyncio.AbstractEventLoop) -> AsyncioDriver:
 #: The last default driver handed out, for a quick check (the loop weakly).
 _last: list[Any] = [None, None]
 _modules = sys.modules
-_get_running_loop = asyncio._get_running_loop
 
 
 def current_driver() -> Driver:
