@@ -48,5 +48,12 @@ def open_fds() -> set[str]:
 
 
 def aio_nr() -> int:
+    """System-wide count of AIO events reserved (other processes change it too)."""
     with open("/proc/sys/fs/aio-nr") as f:
         return int(f.read())
+
+
+def own_aio_rings() -> int:
+    """Linux AIO contexts of this process: each maps its ring as ``/[aio]``."""
+    with open("/proc/self/maps") as f:
+        return sum(1 for line in f if "/[aio]" in line)
