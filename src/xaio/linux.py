@@ -786,7 +786,11 @@ def _getevents(
     if nr < 0 or min_nr < 0 or min_nr > nr:
         return -errno.EINVAL, []
     if nr > ctx._ring_nr:
-        nr = max(ctx._ring_nr, min_nr)  # the ring never holds more than this
+        # The ring never holds more events than this: a larger array would
+        # only waste memory (and waiting for more than can ever be waiting
+        # would never end, so min_nr is capped too).
+        nr = ctx._ring_nr
+        min_nr = min(min_nr, nr)
     events = (io_event * max(nr, 1))()
     ev_addr = ctypes.addressof(events)
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -975,6 +979,8 @@ def io_cancel(ctx: IOContext, iocb: Iocb) -> IOEvent | None:
 # IOBatch: the lean path
 # ---------------------------------------------------------------------------------
 
+_FAST_SUBMIT = _syscall.fast_syscall("io_submit")
+_FAST_GETEVENTS = _syscall.fast_syscall("io_getevents")
 _U32_PAIR = struct.Struct("<II")
 _I64 = struct.Struct("<q")
 _IOCB_OFFSET_AT = iocb.aio_offset.offset
@@ -1024,6 +1030,12 @@ class IOBatch:
         "_unpack_from",
         "_mem",
         "_events_mem",
+        "_cid",
+        "_cptrs",
+        "_cevents",
+        "_cts",
+        "_io_submit",
+        "_io_getevents",
     )
 
     def __init__(self, ctx: IOContext, capacity: int) -> None:
@@ -1067,6 +1079,13 @@ class IOBatch:
                 self._ring = memoryview(raw).cast("B")
         self._unpack_from = IO_EVENT_STRUCT.unpack_from
         self._pack_into = _U32_ONE.pack_into
+        # Arguments of the hot syscalls, made once (see _syscall.fast_syscall).
+        self._cid = ctypes.c_void_p(ctx.id)
+        self._cptrs = ctypes.c_void_p(self._ptrs_addr)
+        self._cevents = ctypes.c_void_p(self._events_addr)
+        self._cts = ctypes.c_void_p(self._ts_addr)
+        self._io_submit = _FAST_SUBMIT
+        self._io_getevents = _FAST_GETEVENTS
         with ctx._lock:
             ctx._batches.add(self)
 
@@ -1174,7 +1193,7 @@ class IOBatch:
                 raise IocbInFlightError(f"slot {s} is in flight")
             busy[s] = True
             ptrs[i] = addrs[s]
-        ret = _syscall.io_submit(ctx.id, n, self._ptrs_addr)
+        ret = self._io_submit(self._cid, n, self._cptrs)
         accepted = ret if ret > 0 else 0
         if accepted < n:
             for s in slots[accepted:]:
@@ -1207,16 +1226,15 @@ class IOBatch:
         want = min_nr - n
         while True:
             if timeout is None:
-                ts_addr = 0
+                cts = None
             else:
                 timespec_from_seconds(timeout, self._ts)
-                ts_addr = self._ts_addr
+                cts = self._cts
             if ctx._destroyed or ctx._foreign:
                 ret = -errno.EINVAL
             else:
-                ret = _syscall.io_getevents(
-                    ctx.id, want, cap - n, self._events_addr + n * 32, ts_addr
-                )
+                cev = self._cevents if not n else ctypes.c_void_p(self._events_addr + n * 32)
+                ret = self._io_getevents(self._cid, want, cap - n, cev, cts)
             if ret == -errno.EINTR:
                 _syscall.run_signal_handlers()
                 continue
@@ -1334,6 +1352,9 @@ class LinuxAioEngine(Engine):
         self._mem = memoryview(self._iocbs).cast("B")
         self._ptrs = (ctypes.c_void_p * capacity)()
         self._events = (io_event * capacity)()
+        self._cid = ctypes.c_void_p(self._ctx.id)
+        self._cptrs = ctypes.c_void_p(ctypes.addressof(self._ptrs))
+        self._cevents = ctypes.c_void_p(ctypes.addressof(self._events))
         self._iovecs: list[Any] = [None] * capacity
         self._inflight = InFlight()
         self._backlog: collections.deque[Operation] = collections.deque()
@@ -1409,7 +1430,9 @@ class LinuxAioEngine(Engine):
         n = len(batch)
         ptrs_addr = ctypes.addressof(ptrs)
         while i < n:
-            ret = _syscall.io_submit(self._ctx.id, n - i, ptrs_addr + i * 8)
+            ret = _FAST_SUBMIT(
+                self._cid, n - i, self._cptrs if not i else ctypes.c_void_p(ptrs_addr + i * 8)
+            )
             self._stats["syscalls_submit"] += 1
             if ret > 0:
                 i += ret
@@ -1527,9 +1550,7 @@ class LinuxAioEngine(Engine):
         n = 0
         if len(self._inflight):
             while True:
-                n = _syscall.io_getevents(
-                    self._ctx.id, 0, self.capacity, ctypes.addressof(self._events), 0
-                )
+                n = _FAST_GETEVENTS(self._cid, 0, self.capacity, self._cevents, None)
                 if n != -errno.EINTR:
                     break
             if n < 0:
