@@ -921,6 +921,9 @@ def io_getevents(
             back), ``0`` to poll, None to wait for *min_nr*.  Interrupted
             waits are retried with what is left (PEP 475).
 
+    *nr* and *min_nr* are capped at the size of the context's ring: no more
+    events than that can ever be waiting.
+
     Corresponds to io_getevents(2).
 
     Raises:
