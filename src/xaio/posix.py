@@ -820,7 +820,13 @@ def _enqueue(items: list[tuple[aiocb, Operation, int]], group: _Group | None) ->
                     cb._transit = op
                     ops.append(op)
         else:
-            ops = [op for _, op, err in items if not err]
+            # In transit until the engine has them: an aio_cancel arriving
+            # now waits for the hand-over instead of finding nothing.
+            ops = []
+            for cb, op, err in items:
+                if not err:
+                    cb._transit = op
+                    ops.append(op)
     if ops and laned:
         reaper = _submitter(eng)
         if reaper is not None:
@@ -835,8 +841,8 @@ def _enqueue(items: list[tuple[aiocb, Operation, int]], group: _Group | None) ->
                     _unmark_locked(cb)
                 _wake_transit_locked()
             raise _syscall.oserror(errno.EAGAIN, "the AIO engine is shutting down") from None
+        _end_transit(ops)
         if laned:
-            _end_transit(ops)
             # Collect what completed inside the submitting io_uring_enter
             # (page-cached reads): recorded here, with no hand-off to the reaper.
             eng.reap(0)
@@ -1213,12 +1219,7 @@ def _cancel_submitted(cb: aiocb, op: Operation, eng: Engine) -> CancelOutcome:
     """Ask the engine to cancel *op* (the request of *cb*) and say honestly
     what became of it; a cancelled one has been recorded and notified when
     this returns."""
-    if isinstance(eng, ThreadEngine):
-        outcome = eng.cancel(op)
-        if outcome is CancelOutcome.CANCELED:
-            _wait_done(cb, op)  # a reap-mode engine: let the completion land
-        return outcome
-    # Laned: wait until the request is really in the engine's hands.
+    # Wait until the request is really in the engine's hands.
     while True:
         with _state_lock:
             if cb._op is not op:
@@ -1229,6 +1230,10 @@ def _cancel_submitted(cb: aiocb, op: Operation, eng: Engine) -> CancelOutcome:
             _transit_waiters.append(w)
         w.lock.acquire()
     outcome = eng.cancel(op)
+    if isinstance(eng, ThreadEngine):
+        if outcome is CancelOutcome.CANCELED:
+            _wait_done(cb, op)  # a reap-mode engine: let the completion land
+        return outcome
     if outcome is CancelOutcome.RUNNING:
         return outcome
     # CANCELED or DONE: its completion is posted; wait until it is recorded,
