@@ -276,6 +276,10 @@ def main() -> None:
                 ratio = f"{v / fio_best:.2f}x" if fio_best == fio_best else "-"
                 rows.append([d, label, f"{v:,.0f}", ratio])
         print(table(["depth", "path", "ops/s", "vs best fio"], rows))
+        print("\nper round (ops/s):")
+        for (st, label, d), xs in results.items():
+            if st == suite:
+                print(f"  depth {d:>3} {label:<20} " + ", ".join(f"{x:,.0f}" for x in xs))
 
 
 if __name__ == "__main__":

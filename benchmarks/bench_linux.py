@@ -115,6 +115,9 @@ def main() -> None:
         "rounds (median IOPS)"
     )
     print(table(["depth", "xaio.linux IOBatch", "fio libaio", "xaio / fio"], rows))
+    print("\nper round (IOPS):")
+    for (tool, d), xs in results.items():
+        print(f"  depth {d:>3} {tool:<5} " + ", ".join(f"{x:,.0f}" for x in xs))
 
 
 if __name__ == "__main__":
