@@ -25,9 +25,12 @@ event loop (the coroutine does not even yield).  A miss is not free:
 microseconds and sometimes milliseconds when the device queue is full; so an
 fd that misses turns *cold* and asks ``cachestat(2)`` (Linux 6.5: page-cache
 residency, no I/O) before trying inline again.  O_DIRECT and O_APPEND fds
-always use the engine.  To stay fair to other tasks the driver yields to the
-loop once every :data:`_STREAK` immediate results (before the transfer, so a
-cancellation delivered at that yield has not consumed anything).
+always use the engine.  To stay fair to other tasks the driver looks at the
+clock every :data:`_STREAK` immediate results and yields to the loop once its
+tasks have run for :data:`_SLICE` without yielding -- a time slice shared by
+all the tasks of the loop, so 64 tasks reading cached data hold the loop for
+about a millisecond, not 64 times their own share.  The yield comes before the
+transfer, so a cancellation delivered there has consumed nothing.
 
 *Reap right after submit.*  io_uring also completes some requests inside the
 ``io_uring_enter`` that submits them, so the driver calls ``reap(0)`` right
@@ -87,10 +90,12 @@ import os
 import stat
 import sys
 import threading
+import time
 import weakref
 from collections.abc import AsyncGenerator, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
+from xaio._memory import PAGE_SIZE
 from xaio._ops import OpCode, Operation, OpState, decode_result
 from xaio._syscall import oserror
 from xaio.engine import Engine, EngineClosedError, create_engine
@@ -118,8 +123,11 @@ _preadv = os.preadv
 _NO_INLINE_FLAGS = os.O_APPEND | getattr(os, "O_DIRECT", 0)
 _INT_MAX = 0x7FFFFFFF
 _OFF_MAX = (1 << 63) - 1
-#: Immediate completions in a row after which a request yields to the loop once.
-_STREAK = 32
+#: Immediate completions between two looks at the clock (see _fair).
+_STREAK = 16
+#: Seconds of immediate completions after which the driver yields to the loop.
+_SLICE = 0.0005
+_perf = time.perf_counter
 #: Most tasks woken by completions per loop iteration (asyncio): the rest wait
 #: for the next iteration, so one burst of completions cannot hold the loop
 #: for longer than this many task steps (timers and other tasks run between).
@@ -212,7 +220,10 @@ def check_buffers(buffers: Any) -> tuple[Any, ...]:
 
 class _CacheStat:
     """``cachestat(2)`` (Linux 6.5, syscall 451 on every architecture): how
-    much of a file range is in the page cache, without reading or readahead."""
+    much of a file range is in the page cache, without reading or readahead.
+    One per driver (its argument structs are reused: not thread-safe)."""
+
+    _works: ClassVar[bool | None] = None
 
     def __init__(self) -> None:
         import ctypes
@@ -230,14 +241,14 @@ class _CacheStat:
         self._stat = _Stat()
         self._args = (ctypes.c_void_p(ctypes.addressof(self._range)),
                       ctypes.c_void_p(ctypes.addressof(self._stat)))  # fmt: skip
-        self._works: bool | None = None
 
     @property
     def works(self) -> bool:
-        """True if this kernel has cachestat (probed once, on first use)."""
-        if self._works is None:
-            self._works = self._probe()
-        return self._works
+        """True if this kernel has cachestat (probed once per process, on first use)."""
+        works = _CacheStat._works
+        if works is None:
+            works = _CacheStat._works = self._probe()
+        return works
 
     def _probe(self) -> bool:
         try:
@@ -246,22 +257,22 @@ class _CacheStat:
             return False
         try:
             self._range.off, self._range.len = 0, 1
-            return int(self._call(451, fd, *self._args, 0)) == 0
+            return int(self._call(_NR_CACHESTAT, fd, *self._args, 0)) == 0
         finally:
             os.close(fd)
 
     def cached(self, fd: int, offset: int, n: int) -> bool:
         """True if every page of ``[offset, offset + n)`` is in the page cache."""
         r = self._range
-        first = offset >> 12
-        r.off = first << 12
-        r.len = ((offset + n + 4095) >> 12 << 12) - r.off
-        if self._call(451, fd, *self._args, 0) != 0:
+        first = offset // PAGE_SIZE
+        r.off = first * PAGE_SIZE
+        r.len = (offset + n + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE - r.off
+        if self._call(_NR_CACHESTAT, fd, *self._args, 0) != 0:
             return False
-        return bool(self._stat.cache >= r.len >> 12)
+        return bool(self._stat.cache >= r.len // PAGE_SIZE)
 
 
-_cachestat = _CacheStat()
+_NR_CACHESTAT = 451  # the same on every architecture (numbers >= 424 are unified)
 
 
 def _is_stream(fd: int) -> bool:
@@ -299,12 +310,15 @@ class Driver:
         self._queue: list[Operation] = []
         self._flush_pending = False
         self._streak = 0
+        self._slice_start = 0.0
+        self._exhausted = False
         self._uring = engine.name == "uring"
         #: asyncio: inline completions need no checkpoint (see _fair); trio: False
         self._inline = True
         self._inline_cache: dict[int, int] = {}
         #: cold fds (recent misses): hits still needed to be warm (< 0: skips left)
         self._cold: dict[int, int] = {}
+        self._cachestat: _CacheStat | None = None
         self._on_done = self._make_on_done()
         self._meta: Any = None  # xaio.os's io_uring Ring (_meta.MetaRing), made on demand
         self._meta_failed = False
@@ -412,21 +426,37 @@ class Driver:
             self.engine.reap(0)
 
     async def _fair(self) -> None:
-        """Before a transfer that may complete at once: yield to the loop once
-        every :data:`_STREAK` times (trio: a checkpoint every time)."""
-        if self._streak >= _STREAK:
-            self._streak = 0
-            await self._yield()
+        """Before a transfer that may complete at once: every :data:`_STREAK`
+        calls, look at the clock; once this driver's tasks have run for
+        :data:`_SLICE` in this loop iteration, every task yields before its
+        next transfer until the next iteration starts a new slice (trio: a
+        checkpoint every time)."""
         self._streak += 1
+        if self._streak < _STREAK:
+            return
+        if not self._exhausted:
+            if _perf() - self._slice_start <= _SLICE:
+                self._streak = 0
+                return
+            self._exhausted = True
+            self._new_slice_soon()
+        await self._yield()
+
+    def _new_slice_soon(self) -> None:
+        """Arrange for :meth:`_new_slice` to run first thing in the next iteration."""
+        self._new_slice()
+
+    def _new_slice(self) -> None:
+        self._exhausted = False
+        self._streak = 0
+        self._slice_start = _perf()
 
     async def _run(self, op: Operation) -> int:
         """Start *op*, wait for it, return its decoded result."""
         if self._streak >= _STREAK:
-            self._streak = 0
-            await self._yield()
+            await self._fair()
         self._start(op)
         if op.state is not _DONE:
-            self._streak = 0
             await self._wait(op)
         else:
             self._streak += 1
@@ -474,7 +504,9 @@ class Driver:
         cold = self._cold
         if len(cold) > 1024:
             cold.clear()
-        cold[fd] = 8 if _cachestat.works else -64
+        if self._cachestat is None:
+            self._cachestat = _CacheStat()
+        cold[fd] = 8 if self._cachestat.works else -64
 
     def _try_inline_read(self, fd: int, bufs: tuple[Any, ...], offset: int, n: int) -> int | None:
         """Try the read from the page cache in this thread (``preadv2`` with
@@ -495,7 +527,8 @@ class Driver:
                 else:
                     self._cold[fd] = cold + 1
                 return None
-            if not self._inline_ok_flags(fd) or not _cachestat.cached(fd, offset, n):
+            cs = self._cachestat
+            if cs is None or not self._inline_ok_flags(fd) or not cs.cached(fd, offset, n):
                 self._cold[fd] = 8
                 return None
         elif not self._inline_ok(fd):
@@ -945,6 +978,10 @@ class AsyncioDriver(Driver):
     def _schedule_flush(self) -> None:
         asyncio.get_running_loop().call_soon(self._flush)
 
+    def _new_slice_soon(self) -> None:
+        # queued before the yielding task's own wake-up, so it runs first
+        asyncio.get_running_loop().call_soon(self._new_slice)
+
     async def _wait(self, op: Operation) -> None:
         fut = asyncio.get_running_loop().create_future()
         op.context = fut
@@ -958,11 +995,9 @@ class AsyncioDriver(Driver):
         """Start *op*, wait for it (one Future, made only if it did not
         complete at once), return its decoded result."""
         if self._streak >= _STREAK:
-            self._streak = 0
-            await asyncio.sleep(0)
+            await self._fair()
         self._start(op)
         if op.state is not _DONE:
-            self._streak = 0
             fut = _running_loop().create_future()
             op.context = fut
             try:
