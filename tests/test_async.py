@@ -14,6 +14,7 @@ import gc
 import io
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -852,5 +853,46 @@ def test_xaio_os_cancelled_call_completes_first(lib: str, tmp_path: Path) -> Non
             await anyio.sleep(0.001)
             assert d.exists() == existed
         assert await xaio.os.listdir(tmp_path) is not None
+
+    run(lib, main)
+
+
+def test_cached_reads_do_not_starve_other_tasks(lib: str, data_path: Path) -> None:
+    """Page-cache hits complete without yielding, but the driver's time slice
+    makes the readers yield: a ticker keeps running while 16 tasks read."""
+
+    async def main() -> None:
+        fd = os.open(data_path, os.O_RDONLY)
+        os.pread(fd, 1 << 20, 0)
+        stop = False
+        gaps: list[float] = []
+
+        expected = pattern(1 << 20)
+
+        async def reader(k: int) -> None:
+            off = k * 4096
+            want = expected[off : off + 4096]
+            while not stop:
+                assert await xaio.pread(fd, 4096, off) == want
+
+        async def ticker() -> None:
+            nonlocal stop
+            last = time.perf_counter()
+            for _ in range(50):
+                await anyio.sleep(0)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+            stop = True
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for k in range(16):
+                    tg.start_soon(reader, k)
+                tg.start_soon(ticker)
+        finally:
+            os.close(fd)
+        assert len(gaps) == 50
+        assert max(gaps) < 0.1, max(gaps)  # starvation would be seconds
 
     run(lib, main)
