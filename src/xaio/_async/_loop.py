@@ -25,12 +25,19 @@ event loop (the coroutine does not even yield).  A miss is not free:
 microseconds and sometimes milliseconds when the device queue is full; so an
 fd that misses turns *cold* and asks ``cachestat(2)`` (Linux 6.5: page-cache
 residency, no I/O) before trying inline again.  O_DIRECT and O_APPEND fds
-always use the engine.  To stay fair to other tasks the driver looks at the
-clock every :data:`_STREAK` immediate results and yields to the loop once its
-tasks have run for :data:`_SLICE` without yielding -- a time slice shared by
-all the tasks of the loop, so 64 tasks reading cached data hold the loop for
-about a millisecond, not 64 times their own share.  The yield comes before the
-transfer, so a cancellation delivered there has consumed nothing.
+always use the engine.
+
+*Fairness.*  A coroutine whose awaits never suspend would starve every other
+task and timer of the loop.  The driver looks at the clock every
+:data:`_STREAK` immediate results; once its tasks have run for :data:`_SLICE`
+in this loop iteration (a slice shared by all of them), the slice is
+exhausted: each task that comes for another transfer parks in a FIFO, and one
+parked task per iteration is released (round robin) with a fresh slice.  So
+64 tasks reading cached data hold the loop for about half a millisecond per
+iteration, and the loop does not pay for resuming 64 tasks just to suspend
+them again.  The parking comes before the transfer, so a cancellation
+delivered there has consumed nothing.  On trio every call is a checkpoint
+instead (trio's own convention).
 
 *Reap right after submit.*  io_uring also completes some requests inside the
 ``io_uring_enter`` that submits them, so the driver calls ``reap(0)`` right
