@@ -896,3 +896,30 @@ def test_cached_reads_do_not_starve_other_tasks(lib: str, data_path: Path) -> No
         assert max(gaps) < 0.1, max(gaps)  # starvation would be seconds
 
     run(lib, main)
+
+
+def test_fifo_file_objects(lib: str, engine_name: str, tmp_path: Path) -> None:
+    """Opening a FIFO waits for the other end without blocking the loop; the
+    file objects stream through it; a cancelled read loses nothing."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+
+    async def main() -> None:
+        got: list[bytes] = []
+
+        async def reader() -> None:
+            async with xaio.open(fifo, "rb") as f:
+                assert not f.seekable()
+                with anyio.move_on_after(0.05):
+                    await f.read(100)  # nothing yet: cancelled, consumed nothing
+                got.append(await f.readline())
+                got.append(await f.read())
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reader)
+            async with xaio.open(fifo, "wb") as w:
+                await anyio.sleep(0.1)
+                await w.write(b"first line\nthe rest")
+        assert got == [b"first line\n", b"the rest"]
+
+    run(lib, main)

@@ -47,6 +47,7 @@ import io
 import locale
 import os
 import stat
+import warnings
 from collections.abc import AsyncIterator, Callable, Generator, Iterable
 from types import TracebackType
 from typing import Any, Union
@@ -701,8 +702,6 @@ class AsyncFile:
     def __del__(self) -> None:
         if getattr(self, "_closed", True):
             return
-        import warnings
-
         warnings.warn(f"unclosed file {self!r}", ResourceWarning, stacklevel=2)
         self._closed = True
         if self._closefd:
@@ -1167,8 +1166,6 @@ def _validate(
         if newline is not None:
             raise ValueError("binary mode doesn't take a newline argument")
         if buffering == 1:
-            import warnings
-
             warnings.warn(
                 "line buffering (buffering=1) isn't supported in binary mode, "
                 "the default buffer size will be used",
