@@ -1327,7 +1327,7 @@ _forked_away: list[Any] = []
 
 
 def _after_fork_in_child() -> None:
-    global _trio_runvar
+    global _trio_runvar, _last
     parked = list(_asyncio_drivers.values())
     for drv in parked:
         fin = getattr(drv, "_finalizer", None)
@@ -1335,7 +1335,7 @@ def _after_fork_in_child() -> None:
             fin.detach()
     _forked_away.append(parked)
     _asyncio_drivers.clear()
-    _last[0] = _last[1] = None
+    _last = (None, None)
     _trio_runvar = None
 
 
@@ -1428,7 +1428,7 @@ def _new_asyncio_driver(loop: asyncio.AbstractEventLoop) -> AsyncioDriver:
 
 
 #: The last default driver handed out, for a quick check (the loop weakly).
-_last: list[Any] = [None, None]
+_last: tuple[Any, Any] = (None, None)  # replaced whole: readers see a consistent pair
 _modules = sys.modules
 
 
@@ -1439,6 +1439,7 @@ def current_driver() -> Driver:
         RuntimeError: not inside asyncio or trio.
         OSError: no engine could be made (e.g. out of file descriptors).
     """
+    global _last
     sniffio = _modules.get("sniffio")
     lib = None
     if sniffio is not None:
@@ -1452,7 +1453,7 @@ def current_driver() -> Driver:
             adrv = _asyncio_drivers.get(loop)
             if adrv is None or adrv.closed:
                 adrv = _asyncio_drivers[loop] = _new_asyncio_driver(loop)
-            _last[0], _last[1] = adrv._loop_ref, adrv
+            _last = (adrv._loop_ref, adrv)
             return adrv
     if current_library() == "trio":
         return _current_trio_driver()
