@@ -923,3 +923,39 @@ def test_fifo_file_objects(lib: str, engine_name: str, tmp_path: Path) -> None:
         assert got == [b"first line\n", b"the rest"]
 
     run(lib, main)
+
+
+def test_loops_in_several_threads(data_path: Path) -> None:
+    """Each thread's loop gets its own default engine; all close with their loop."""
+    import threading
+
+    expected = pattern(1 << 20)
+    fds_before = open_fds()
+    errors: list[BaseException] = []
+
+    async def work(seed: int) -> None:
+        fd = os.open(data_path, os.O_RDONLY)
+        try:
+            for i in range(300):
+                off = ((seed * 7919 + i * 104729) % 250) * 4096
+                assert await xaio.pread(fd, 4096, off) == expected[off : off + 4096]
+                if i % 50 == 0:
+                    await asyncio.sleep(0)
+        finally:
+            os.close(fd)
+
+    def thread_main(seed: int) -> None:
+        try:
+            asyncio.run(work(seed))
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=thread_main, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    gc.collect()
+    extra = {fd: _fd_target(fd) for fd in open_fds() - fds_before}
+    assert not extra
