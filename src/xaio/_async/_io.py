@@ -140,7 +140,9 @@ async def read(fd: int, n: int) -> bytes:
     The read never blocks the event loop and never parks a thread: it is tried
     with ``RWF_NOWAIT`` and otherwise waits for readiness in the event loop.
     A cancelled ``read`` has consumed nothing from the fd: the data that
-    arrives afterwards is there for the next read.
+    arrives afterwards is there for the next read.  (On trio, as with
+    ``trio.lowlevel.wait_readable``, only one task at a time may wait for the
+    same fd; on asyncio several may.)
 
     Returns:
         The bytes read; ``b""`` at end of file.
