@@ -172,7 +172,7 @@ class Operation:
         code = self.opcode if opcode is None else opcode
         if not self.reusable:
             self.pins = pin_many(self.buffers, writable=code in _READS)
-        elif code in _READS and any(p.readonly for p in self.pins):
+        elif code is not self.opcode and code in _READS and any(p.readonly for p in self.pins):
             raise TypeError("a writable buffer is required for a read")
         self.opcode = code
         if offset is not None:
