@@ -993,3 +993,25 @@ def test_no_resource_warnings_in_normal_use(data_fd: int) -> None:
             io_submit(c, [Iocb.pread(data_fd, bytearray(1), 0)])
             wait_events(c, 1)
         gc.collect()
+
+
+def test_batch_chunked_submission_and_duplicate_slots(ctx: IOContext, direct_fd: int) -> None:
+    expected = pattern(1 << 20)
+    batch = IOBatch(ctx, 10)
+    bufs = [xaio.aligned_buffer(4096) for _ in range(10)]
+    for i in range(10):
+        batch.prep_pread(i, direct_fd, bufs[i], i * 4096)
+    with pytest.raises(IocbInFlightError):
+        batch.submit([1, 2, 1])  # listed twice: nothing submitted
+    assert batch.in_flight == 0 and not any(batch.is_busy(i) for i in range(10))
+    assert batch.submit(list(range(10)), chunk=3) == 10  # 4 io_submit calls
+    got = 0
+    while got < 10:
+        got += batch.reap(1, timeout=5)
+    assert [bytes(b) for b in bufs] == [expected[i * 4096 : (i + 1) * 4096] for i in range(10)]
+    batch.prep_pread(9, -1, bufs[9], 0)  # refused by the kernel: partial, in chunks too
+    assert batch.submit([0, 1, 9, 2], chunk=2) == 2
+    assert not batch.is_busy(9) and not batch.is_busy(2)
+    while batch.in_flight:
+        batch.reap(1, timeout=5)
+    batch.close()
