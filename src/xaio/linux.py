@@ -43,6 +43,12 @@ on them.
   the parent's completions, so the child never touches it.
 * ``IOCB_FLAG_RESFD`` makes each completion add 1 to an eventfd: that is how an
   event loop learns that events are waiting.
+* ``io_submit`` of more than 2 requests *plugs* the block queue: the device
+  sees them only when the call returns.  A virtio disk tends to complete a
+  batch all at once, so resubmitting a whole reaped batch in one call keeps the
+  device idle for as long as the kernel takes to prepare it (~5 us a request
+  here); submitting in chunks of 4 (``IOBatch.submit(chunk=4)``, and the
+  engine) measured 20% more IOPS at depth 32.
 
 Man pages: io_setup(2), io_submit(2), io_getevents(2), io_pgetevents(2),
 io_cancel(2), io_destroy(2), aio(7).
