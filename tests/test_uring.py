@@ -1001,12 +1001,25 @@ def test_kernel_cancels_waiting_requests_of_an_exited_submitter() -> None:
     try:
         buf = bytearray(4)
         op = Operation(OpCode.READ, r, [buf], -1)
-        t = threading.Thread(target=eng.submit, args=([op],))
+        tids: list[int] = []
+
+        def submit_and_exit() -> None:
+            tids.append(threading.get_native_id())
+            eng.submit([op])
+
+        t = threading.Thread(target=submit_and_exit)
         t.start()
         t.join(5)
-        os.write(w, b"data")
+        # join() returns before the kernel has finished the thread's exit: wait
+        # until its task is gone from /proc
         deadline = time.monotonic() + 5
-        while not op.done and time.monotonic() < deadline:
+        while os.path.exists(f"/proc/self/task/{tids[0]}"):
+            assert time.monotonic() < deadline, "the thread never exited"
+            time.sleep(0.001)
+        # the request still waits; when data arrives, the kernel finds its
+        # submitter gone and cancels it instead of consuming the data
+        os.write(w, b"data")
+        while not op.done and time.monotonic() < deadline + 5:
             eng.reap(0.5)
         assert op.result == -errno.ECANCELED
         assert os.read(r, 4) == b"data"  # nothing was consumed

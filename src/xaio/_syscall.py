@@ -55,6 +55,7 @@ __all__ = [
     "rt_sigqueueinfo",
     "rt_tgsigqueueinfo",
     "available",
+    "read_proc",
 ]
 
 _libc_name = ctypes.util.find_library("c") or "libc.so.6"
@@ -252,3 +253,13 @@ def aio_ring_at(ctx_id: int) -> aio_ring:
 
     Only valid while the context is alive and in the process that created it."""
     return aio_ring.from_address(ctx_id)
+
+
+def read_proc(path: str) -> str | None:
+    """The stripped text of a /proc or /sys file, or None if it cannot be read
+    (a setting this kernel does not have, a sandbox that hides it)."""
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None

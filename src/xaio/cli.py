@@ -57,6 +57,7 @@ from xaio._bench import (
     parse_size,
 )
 from xaio._cp import CopyError
+from xaio._syscall import read_proc as _read_proc
 
 __all__ = ["main", "build_parser", "CLIError"]
 
@@ -633,14 +634,6 @@ def _plot(results: Sequence[Result], job: Job, path: str) -> None:
 # ---------------------------------------------------------------------------------
 # xaio info
 # ---------------------------------------------------------------------------------
-
-
-def _read_proc(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
 
 
 def _int_or_none(text: str | None) -> int | None:

@@ -31,9 +31,9 @@ The protocol (:class:`Engine`) is deliberately small:
 
 Threads: ``submit`` and ``cancel`` may be called from any thread while one
 thread is inside ``reap``.  One kernel fact limits this on io_uring: a request
-still waiting (on a pipe, a socket, a poll) when the thread that submitted it
-exits is cancelled by the kernel (it completes with ``-ECANCELED``), so submit
-from threads that outlive their requests.
+still waiting (on a pipe, a socket, a poll) after the thread that submitted it
+has exited is cancelled by the kernel when it would run (it completes with
+``-ECANCELED``), so submit from threads that outlive their requests.
 
 Rule 1 holds in every engine: an operation's buffers stay pinned until its
 completion has been reaped, whatever happened to the cancel.
@@ -53,6 +53,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from xaio._ops import CancelOutcome, OpCode, Operation
+from xaio._syscall import read_proc as _read_proc
 
 __all__ = [
     "Engine",
@@ -122,14 +123,6 @@ class Engine(abc.ABC):
 # ---------------------------------------------------------------------------------
 # Which engines work here, and making one
 # ---------------------------------------------------------------------------------
-
-
-def _read_proc(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
 
 
 def _explain_linux(err: int) -> str:

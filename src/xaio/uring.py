@@ -98,15 +98,15 @@ child's copies of the fd and mappings, which does not disturb the parent
 (closing an io_uring fd cancels nothing: the ring lives until its last
 reference goes).
 
-*Requests belong to the thread that submitted them.*  When a thread exits,
-the kernel cancels the io_uring requests it submitted that are still waiting
-(a read pending on a pipe or socket, a poll, a timeout): they complete with
-``-ECANCELED`` although nobody asked (probed here: a pipe read submitted by a
-short-lived thread, data written after the thread ended, result -125).
-Regular-file I/O already under way still completes.  So submit from threads
-that outlive their requests -- an event loop's thread, the main thread, a
-reaper -- and never from a throw-away worker; :mod:`xaio.posix` hands requests
-from other threads to its reaper for this reason.
+*Requests belong to the thread that submitted them.*  A request still waiting
+(a read pending on a pipe or socket, a poll) when the thread that submitted it
+has exited is cancelled by the kernel as soon as it would run -- e.g. when the
+data arrives: it completes with ``-ECANCELED`` although nobody asked, and the
+data stays in the pipe (probed here, and tested).  Regular-file I/O already
+under way still completes.  So submit from threads that outlive their requests
+-- an event loop's thread, the main thread, a reaper -- and never from a
+throw-away worker; :mod:`xaio.posix` hands requests from other threads to its
+reaper for this reason.
 
 *Closing with work in flight.*  Closing the ring fd makes the kernel cancel and
 reap in the background, and it may still be writing into our buffers after
@@ -225,11 +225,7 @@ SetupFunction = Callable[[int, int], int]
 
 
 def _read_sysctl(name: str) -> str | None:
-    try:
-        with open(f"/proc/sys/{name.replace('.', '/')}") as f:
-            return f.read().strip()
-    except OSError:
-        return None
+    return _syscall.read_proc(f"/proc/sys/{name.replace('.', '/')}")
 
 
 def _explain(err: int) -> str:
