@@ -187,19 +187,6 @@ class AsyncFile:
         got = await self._raw_readinto_at(mv, offset)
         return bytes(buf) if got == n else bytes(mv[:got])
 
-    async def _raw_write_at(self, data: memoryview, offset: int) -> int:
-        """Write all of *data* at *offset* (appending files: at the end)."""
-        if self._direct:
-            return await self._dio_write(data, offset)
-        done = 0
-        total = len(data)
-        while done < total:
-            n = await self._op(OpCode.WRITE, data[done:], offset + done)
-            if n == 0:
-                raise oserror(errno.EIO)
-            done += n
-        return done
-
     # -- O_DIRECT -------------------------------------------------------------------
 
     def _bounce(self, size: int) -> tuple[memoryview, memoryview]:

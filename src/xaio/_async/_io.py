@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
-from xaio._async._loop import Driver, current_driver, current_library, make_driver
+from xaio._async._loop import Driver, current_driver, make_driver
 from xaio.engine import Engine, EngineClosedError, create_engine
 
 __all__ = [
@@ -322,7 +322,3 @@ def open_engine(name: str | None = None, **options: Any) -> AsyncEngine:
         OSError: the named engine does not work here (the message says why).
     """
     return AsyncEngine(create_engine(name, **options))
-
-
-def _library() -> str:
-    return current_library()

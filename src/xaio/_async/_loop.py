@@ -95,7 +95,6 @@ import collections
 import errno
 import fcntl
 import os
-import stat
 import sys
 import threading
 import time
@@ -984,9 +983,6 @@ class AsyncioDriver(Driver):
             if not fut.done():
                 fut.set_result(None)
 
-    def _loop(self) -> asyncio.AbstractEventLoop:
-        return asyncio.get_running_loop()
-
     def check_loop(self) -> None:
         if self._loop_ref() is not asyncio._get_running_loop():
             raise RuntimeError("this xaio engine belongs to another event loop")
@@ -1484,9 +1480,3 @@ def make_driver(engine: Engine) -> Driver:
     if current_library() == "trio":
         return TrioDriver(engine, owns_engine=False)
     return AsyncioDriver(engine, asyncio.get_running_loop(), owns_engine=False)
-
-
-def is_regular(fd: int) -> bool:
-    """True for regular files and block devices."""
-    mode = os.fstat(fd).st_mode
-    return stat.S_ISREG(mode) or stat.S_ISBLK(mode)
