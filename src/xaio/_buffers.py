@@ -23,7 +23,9 @@ import ctypes
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["Pin", "pin", "pin_many", "buffer_length"]
+from xaio._abi.aio import iovec
+
+__all__ = ["Pin", "pin", "pin_many", "buffer_length", "iovec_array"]
 
 
 class _Py_buffer(ctypes.Structure):
@@ -164,3 +166,14 @@ def buffer_length(obj: object) -> int:
             return view.nbytes
     except TypeError:
         raise TypeError(f"a bytes-like object is required, not {type(obj).__name__!r}") from None
+
+
+def iovec_array(pins: Sequence[Pin]) -> Any:
+    """A ctypes ``struct iovec[len(pins)]`` describing *pins* (at least one
+    element, so that its address is valid even for an empty list).  Keep it
+    alive as long as the kernel may read it: until the request completes."""
+    iovs = (iovec * max(len(pins), 1))()
+    for i, p in enumerate(pins):
+        iovs[i].iov_base = p.address
+        iovs[i].iov_len = p.nbytes
+    return iovs

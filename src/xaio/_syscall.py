@@ -56,6 +56,7 @@ __all__ = [
     "rt_tgsigqueueinfo",
     "available",
     "read_proc",
+    "drain_eventfd",
 ]
 
 _libc_name = ctypes.util.find_library("c") or "libc.so.6"
@@ -263,3 +264,26 @@ def read_proc(path: str) -> str | None:
             return f.read().strip()
     except OSError:
         return None
+
+
+if _libc is not None:
+    _c_read = _libc.read
+    _c_read.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
+    _c_read.restype = ctypes.c_ssize_t
+# The counter read is discarded: one scratch buffer serves every caller.
+_drain_buf = ctypes.create_string_buffer(8)
+_drain_addr = ctypes.addressof(_drain_buf)
+
+
+def drain_eventfd(fd: int) -> bool:
+    """Reset a non-blocking eventfd's counter; True if it was non-zero.
+
+    ``read(2)`` through ctypes: no exception for the common empty case, where
+    ``os.eventfd_read`` raises BlockingIOError (a cost on every reap)."""
+    if _libc is None:  # pragma: no cover
+        try:
+            os.eventfd_read(fd)
+        except BlockingIOError:
+            return False
+        return True
+    return bool(_c_read(fd, _drain_addr, 8) == 8)

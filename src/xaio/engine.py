@@ -264,13 +264,20 @@ class RoutedEngine(Engine):
             raise EngineClosedError("engine is closed")
         aio: list[Operation] = []
         threaded: list[Operation] = []
+        direct: dict[int, bool] = {}  # one fstat + fcntl per fd per batch, not per op
         for op in ops:
-            if op.opcode == OpCode.POLL or (
-                op.opcode != OpCode.NOP and op.offset >= 0 and is_direct_regular(op.fd)
-            ):
+            if op.opcode == OpCode.POLL:
                 aio.append(op)
-            else:
-                threaded.append(op)
+                continue
+            if op.opcode != OpCode.NOP and op.offset >= 0:
+                fd = op.fd
+                is_direct = direct.get(fd)
+                if is_direct is None:
+                    is_direct = direct[fd] = is_direct_regular(fd)
+                if is_direct:
+                    aio.append(op)
+                    continue
+            threaded.append(op)
         if aio:
             self._aio.submit(aio)
         if threaded:

@@ -96,9 +96,8 @@ from xaio._abi.aio import (
     RWF_SYNC,
     io_event,
     iocb,
-    iovec,
 )
-from xaio._buffers import Pin, pin, pin_many
+from xaio._buffers import Pin, iovec_array, pin, pin_many
 from xaio._ops import CancelOutcome, InFlight, OpCode, Operation, OpState
 from xaio._syscall import Timespec, check, oserror, timespec_from_seconds
 from xaio.engine import Engine, EngineClosedError
@@ -424,10 +423,7 @@ class Iocb:
                     f"aio_nbytes={count} is more than the {len(buffers)} buffers given"
                 )
             pins = tuple(pin_many(buffers[:count], writable=opcode == IOCB_CMD_PREADV))
-            iovecs = (iovec * max(count, 1))()
-            for i, p in enumerate(pins):
-                iovecs[i].iov_base = p.address
-                iovecs[i].iov_len = p.nbytes
+            iovecs = iovec_array(pins)
             address = ctypes.addressof(iovecs)
             nbytes = count
         elif buf is None:
@@ -1497,10 +1493,7 @@ class LinuxAioEngine(Engine):
             raise ValueError(f"the linux engine cannot run {op.opcode.name}")
         pins = op.pins
         if op.opcode in (OpCode.READV, OpCode.WRITEV):
-            vec = (iovec * max(len(pins), 1))()
-            for i, p in enumerate(pins):
-                vec[i].iov_base = p.address
-                vec[i].iov_len = p.nbytes
+            vec = iovec_array(pins)
             self._iovecs[key] = vec
             address, nbytes = ctypes.addressof(vec), len(pins)
         elif pins:
@@ -1581,10 +1574,7 @@ class LinuxAioEngine(Engine):
             ready, self._ready = self._ready, []
         # Clear the eventfd *before* reading the ring: a completion that lands
         # after the read will make it readable again.
-        try:
-            os.eventfd_read(self._efd)
-        except BlockingIOError:
-            pass
+        _syscall.drain_eventfd(self._efd)
         n = 0
         if len(self._inflight):
             while True:

@@ -134,8 +134,7 @@ from typing import Any, ClassVar
 
 from xaio import _syscall
 from xaio._abi import uring as abi
-from xaio._abi.aio import iovec
-from xaio._buffers import Pin, pin, pin_many
+from xaio._buffers import Pin, iovec_array, pin, pin_many
 from xaio._ops import CancelOutcome, InFlight, OpCode, Operation, OpState
 from xaio._syscall import check, oserror
 from xaio.engine import Engine, EngineClosedError
@@ -645,11 +644,7 @@ class Ring:
     def _iovecs(pins: Sequence[Pin]) -> Any:
         if len(pins) > _IOV_MAX:
             raise ValueError(f"at most {_IOV_MAX} buffers, not {len(pins)}")
-        iovs = (iovec * max(len(pins), 1))()
-        for i, p in enumerate(pins):
-            iovs[i].iov_base = p.address
-            iovs[i].iov_len = p.nbytes
-        return iovs
+        return iovec_array(pins)
 
     # --- prep helpers (liburing names, os argument order) ---------------------------
 
@@ -1497,11 +1492,6 @@ _READ, _WRITE, _READV, _WRITEV = OpCode.READ, OpCode.WRITE, OpCode.READV, OpCode
 _FSYNC, _FDATASYNC, _POLL, _NOP = OpCode.FSYNC, OpCode.FDATASYNC, OpCode.POLL, OpCode.NOP
 _SUBMITTED, _QUEUED, _DONE = OpState.SUBMITTED, OpState.QUEUED, OpState.DONE
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_c_read = _libc.read
-_c_read.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
-_c_read.restype = ctypes.c_ssize_t
-
 
 class UringEngine(Engine):
     """The :class:`~xaio.engine.Engine` protocol over a :class:`Ring`.
@@ -1562,8 +1552,6 @@ class UringEngine(Engine):
         self._waiting = 0
         self._generation = _fork_generation[0]
         self._pid = os.getpid()
-        self._efd_buf = ctypes.create_string_buffer(8)
-        self._efd_addr = ctypes.addressof(self._efd_buf)
         self._counts = {"submitted": 0, "completed": 0, "cancel": 0, "eventfd_reads": 0}
         self._closed = False
 
@@ -1725,7 +1713,7 @@ class UringEngine(Engine):
         return len(ops)
 
     def _drain_eventfd(self) -> None:
-        if _c_read(self._efd, self._efd_addr, 8) == 8:
+        if _syscall.drain_eventfd(self._efd):
             self._counts["eventfd_reads"] += 1
 
     def _deliver(self, cqes: list[Completion]) -> int:
