@@ -63,8 +63,35 @@ def engine_running() -> int:
     return int(st_["running"] if "running" in st_ else st_["in_flight"])
 
 
+def _threads_accepting(sigs: tuple[int, ...]) -> list[str]:
+    """Other threads of this process that do not block all of *sigs* (read
+    from /proc): a process-directed signal could be delivered to them."""
+    me = threading.get_native_id()
+    found = []
+    for task in Path("/proc/self/task").iterdir():
+        if int(task.name) == me:
+            continue
+        with contextlib.suppress(FileNotFoundError, StopIteration):
+            status = (task / "status").read_text()
+            blk = int(next(x for x in status.splitlines() if x.startswith("SigBlk")).split()[1], 16)
+            if any(not blk & (1 << (s - 1)) for s in sigs):
+                found.append(next(x for x in status.splitlines() if x.startswith("Name")))
+    return found
+
+
 @contextlib.contextmanager
 def blocked(*sigs: int) -> Iterator[None]:
+    """Block *sigs* here, so that the tests collect them with sigtimedwait.
+
+    The signals xaio queues are process-directed: a thread of another
+    library that does not block them (trio keeps idle worker threads for 10 s
+    after the async tests) would take one and be killed by it.  So first wait
+    until no such thread is left, as an application blocks signals before it
+    starts its threads."""
+    deadline = time.monotonic() + 30
+    while others := _threads_accepting(sigs):
+        assert time.monotonic() < deadline, f"threads that accept {sigs}: {others}"
+        time.sleep(0.05)
     old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
     try:
         yield
@@ -107,12 +134,14 @@ def clean_posix() -> Iterator[None]:
     and no fd behind."""
     P._shutdown()
     P.aio_init()
-    base_threads = threading.active_count()
+    base_threads = set(threading.enumerate())
     base_fds = open_fds()
     yield
     P._shutdown()
     P.aio_init()
-    assert threading.active_count() == base_threads
+    # threads of other libraries may end meanwhile; none may be left over
+    left = set(threading.enumerate()) - base_threads
+    assert not left, f"threads left behind: {left}"
     leaked = open_fds() - base_fds
     assert not leaked, f"leaked fds {leaked}"
 
