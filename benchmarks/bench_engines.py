@@ -7,13 +7,17 @@ Usage::
 
 Two tables:
 
-* O_DIRECT: ``xaio.linux.IOBatch`` (kernel AIO, lean path), ``xaio.uring.Ring``
-  (io_uring, lean path), the ``uring`` engine through the Engine protocol
-  (``xaio.engine.create_engine("uring")``: Operation records, pinning, reap), and
-  fio's ``libaio`` and ``io_uring`` engines with batched submission
+* O_DIRECT: ``xaio.linux.IOBatch`` (kernel AIO, lean path),
+  ``xaio.uring.UringBatch`` (io_uring, lean path: slot SQE images, registered
+  buffers), the ``uring`` engine through the Engine protocol
+  (``xaio.engine.create_engine("uring")``: Operation records, pinning, reap)
+  driven two ways -- re-arm and resubmit everything after each reap, or
+  resubmit from the ``on_done`` callback -- and fio's ``libaio`` and
+  ``io_uring`` engines with batched submission
   (``--iodepth_batch_submit=DEPTH --iodepth_batch_complete_min=1``).
-* page-cached: the same xaio paths plus the ``linux`` and ``thread`` engines,
-  and fio's ``psync`` / ``io_uring``.
+* page-cached: the same xaio paths plus ``xaio.uring.Ring`` (prep helpers,
+  one pin per request), the ``linux`` and ``thread`` engines, and fio's
+  ``psync`` / ``io_uring``.
 
 Every round runs every contender once per depth, alternating; the tables show
 the median over the rounds and each contender's ratio to the best fio engine.
@@ -37,7 +41,12 @@ from bench_linux import parse_size, xaio_iops
 from xaio._ops import OpCode, Operation
 from xaio.engine import create_engine, probe
 from xaio.linux import IOBatch, io_destroy, io_setup
-from xaio.uring import Ring
+from xaio.uring import Ring, UringBatch
+
+#: UringBatch.submit chunk: the block layer plugs a submission of more than two
+#: requests until io_uring_enter returns, so handing a reaped batch over in
+#: groups lets the device start on the first ones sooner (benchmarks/README.md).
+URING_CHUNK = 8
 
 
 def _offsets(fd: int, depth: int) -> list[int]:
@@ -89,6 +98,85 @@ def ring_iops(path: Path, depth: int, seconds: float, direct: bool) -> float:
         return done / elapsed
     finally:
         ring.close()
+        os.close(fd)
+
+
+def uring_batch_iops(path: Path, depth: int, seconds: float, direct: bool) -> float:
+    """io_uring through xaio.uring.UringBatch: set_offset + submit, reap."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECT if direct else 0))
+    offsets = _offsets(fd, depth)
+    bufs = _buffers(depth, direct)
+    batch = UringBatch(depth)
+    try:
+        for s in range(depth):
+            batch.prep_pread(s, fd, bufs[s], offsets[s])
+        batch.submit(list(range(depth)), URING_CHUNK)
+        k = depth
+        done = 0
+        set_offset = batch.set_offset
+        reap = batch.reap
+        submit = batch.submit
+        done_slots = batch.done_slots
+        done_res = batch.done_res
+        t0 = time.perf_counter()
+        deadline = t0 + seconds
+        while True:
+            n = reap(1, None)
+            slots = done_slots[:n]
+            for i in range(n):
+                if done_res[i] != BLOCK:
+                    raise OSError(-done_res[i], os.strerror(-done_res[i]))
+                set_offset(slots[i], offsets[k & 0xFFFF])
+                k += 1
+            done += n
+            if (done & 0x3FF) < n and time.perf_counter() >= deadline:
+                break
+            submit(slots, URING_CHUNK)
+        return done / (time.perf_counter() - t0)
+    finally:
+        batch.close()
+        os.close(fd)
+
+
+def engine_callback_iops(name: str, path: Path, depth: int, seconds: float, direct: bool) -> float:
+    """Through the Engine protocol, each operation re-armed and resubmitted by
+    its own ``on_done`` (the uring engine hands such submissions to the kernel
+    in small groups while it delivers the rest)."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECT if direct else 0))
+    offsets = _offsets(fd, depth)
+    bufs = _buffers(depth, direct)
+    eng = create_engine(name)
+    state = {"k": depth, "done": 0, "running": True}
+
+    def on_done(op: Operation) -> None:
+        if op.result != BLOCK:
+            raise OSError(-(op.result or 0), "read failed")
+        state["done"] += 1
+        if state["running"]:
+            k = state["k"]
+            state["k"] = k + 1
+            op.rearm(None, offsets[k & 0xFFFF], on_done)
+            eng.submit((op,))
+
+    ops = [
+        Operation(OpCode.READ, fd, (bufs[s],), offsets[s], on_done=on_done, reusable=True)
+        for s in range(depth)
+    ]
+    try:
+        eng.submit(ops)
+        t0 = time.perf_counter()
+        deadline = t0 + seconds
+        reap = eng.reap
+        while time.perf_counter() < deadline:
+            reap(None)
+        elapsed = time.perf_counter() - t0
+        state["running"] = False
+        return state["done"] / elapsed
+    finally:
+        eng.close()
+        for op in ops:
+            if op.done:
+                op.release()
         os.close(fd)
 
 
@@ -203,10 +291,15 @@ def main() -> None:
         "xaio.linux IOBatch": lambda d: iobatch_cached_iops(cpath, d, s),
     }
     if works["uring"] is None:
-        direct["xaio.uring Ring"] = lambda d: ring_iops(path, d, s, True)
+        direct["xaio.uring UringBatch"] = lambda d: uring_batch_iops(path, d, s, True)
         direct["uring engine"] = lambda d: engine_iops("uring", path, d, s, True)
+        direct["uring engine, on_done"] = lambda d: engine_callback_iops("uring", path, d, s, True)
+        cached["xaio.uring UringBatch"] = lambda d: uring_batch_iops(cpath, d, s, False)
         cached["xaio.uring Ring"] = lambda d: ring_iops(cpath, d, s, False)
         cached["uring engine"] = lambda d: engine_iops("uring", cpath, d, s, False)
+        cached["uring engine, on_done"] = lambda d: engine_callback_iops(
+            "uring", cpath, d, s, False
+        )
     cached["linux engine"] = lambda d: engine_iops("linux", cpath, d, s, False)
     cached["thread engine"] = lambda d: engine_iops("thread", cpath, d, s, False)
     if fio:
@@ -269,17 +362,35 @@ def main() -> None:
                 ),
                 default=float("nan"),
             )
+            # the best fio engine of each round, for paired ratios (the disk's
+            # speed drifts between rounds more than between neighbours)
+            fio_rounds = [
+                results[(suite, lb, d)]
+                for lb in contenders
+                if lb.startswith("fio") and (suite, lb, d) in results
+            ]
+            best_per_round = [max(xs) for xs in zip(*fio_rounds, strict=True)] if fio_rounds else []
             for label in contenders:
                 if (suite, label, d) not in results:
                     continue
-                v = median(results[(suite, label, d)])
+                xs = results[(suite, label, d)]
+                v = median(xs)
                 ratio = f"{v / fio_best:.2f}x" if fio_best == fio_best else "-"
-                rows.append([d, label, f"{v:,.0f}", ratio])
-        print(table(["depth", "path", "ops/s", "vs best fio"], rows))
+                paired = (
+                    f"{median([x / b for x, b in zip(xs, best_per_round, strict=True)]):.2f}x"
+                    if len(best_per_round) == len(xs)
+                    else "-"
+                )
+                rows.append([d, label, f"{v:,.0f}", ratio, paired])
+        print(table(["depth", "path", "ops/s", "vs best fio", "paired"], rows))
+        print(
+            "(vs best fio: ratio of medians; paired: median over rounds of the "
+            "ratio to that round's best fio engine)"
+        )
         print("\nper round (ops/s):")
         for (st, label, d), xs in results.items():
             if st == suite:
-                print(f"  depth {d:>3} {label:<20} " + ", ".join(f"{x:,.0f}" for x in xs))
+                print(f"  depth {d:>3} {label:<22} " + ", ".join(f"{x:,.0f}" for x in xs))
 
 
 if __name__ == "__main__":

@@ -64,6 +64,21 @@ the SQ side: a kernel thread reads the tail concurrently, so
 and the load of ``IORING_SQ_NEED_WAKEUP`` -- a store->load order that even
 x86-64 keeps only with a locked instruction (liburing's ``io_uring_smp_mb``).
 
+*Two paths.*  :class:`UringEngine` takes :class:`~xaio._ops.Operation` records
+(any opcode, any buffer, from any thread) and builds an SQE for each;
+:class:`UringBatch` is the lean path for a fixed set of requests: every slot
+keeps a ready-made SQE image whose offset alone changes, its buffer is
+registered with the ring (``READ_FIXED``: the kernel skips pinning the pages
+per request, ~0.8 us of system time per 4 KiB O_DIRECT read here), and
+completions are read from the CQ straight into two preallocated lists.  The
+block layer plugs a submission of more than two requests until the syscall
+returns, and this machine's virtio disk completes a batch almost together, so
+how a reaped batch is handed back matters: ``UringBatch.submit(slots, chunk)``
+enters once per *chunk* SQEs, and the engine hands submissions made by
+``on_done`` callbacks over in groups of four while it delivers the rest
+(``_DEFER_FLUSH``).  One enter per request costs a virtio kick each (~20 us
+of system time per read, measured).
+
 *Unavailable.*  ``io_uring_setup`` fails with ``ENOSYS`` when the kernel lacks
 io_uring (or a seccomp filter says so), and with ``EPERM`` when
 ``kernel.io_uring_disabled`` is 2 (or 1 and the process is not in
@@ -126,6 +141,7 @@ import errno
 import mmap
 import os
 import platform
+import struct
 import threading
 import time
 import warnings
@@ -134,6 +150,7 @@ from typing import Any, ClassVar
 
 from xaio import _syscall
 from xaio._abi import uring as abi
+from xaio._abi.aio import iovec
 from xaio._buffers import Pin, iovec_array, pin, pin_many
 from xaio._ops import CancelOutcome, InFlight, OpCode, Operation, OpState
 from xaio._syscall import check, oserror
@@ -141,6 +158,8 @@ from xaio.engine import Engine, EngineClosedError
 
 __all__ = [
     "Ring",
+    "UringBatch",
+    "SlotInFlightError",
     "UringEngine",
     "Completion",
     "unavailable_reason",
@@ -188,6 +207,16 @@ _io_uring_enter: Callable[..., int] = _syscall.io_uring_enter_fast
 #: one enter for the whole batch (O_DIRECT, depth 32/64), and page-cached reads,
 #: which complete inside the enter, only pay more syscalls.  So: one enter.
 _SUBMIT_CHUNK = 0
+
+#: While UringEngine.reap delivers completions, submissions made by the
+#: ``on_done`` callbacks are held in the SQ and handed over every this many
+#: SQEs (and whatever is left when the delivery ends).  One enter per request
+#: costs a virtio kick per request (~20 us of system time per 4 KiB O_DIRECT
+#: read here, against ~6 us batched); one enter for the whole batch leaves the
+#: device idle while Python delivers and re-arms the rest (the device completes
+#: a batch almost together).  Four keeps the device fed and the kicks few:
+#: see benchmarks/README.md (issue 4).
+_DEFER_FLUSH = 4
 
 
 # --- fork detection ------------------------------------------------------------------
@@ -376,7 +405,7 @@ class Ring:
         self._generation = _fork_generation[0]
         self._pid = os.getpid()
         self._probe: frozenset[int] | None = None
-        self._fixed_buffers: list[Pin] = []
+        self._fixed_buffers: list[Pin | None] = []
         self._eventfd: int | None = None
         self._files_registered = False
         # the EXT_ARG wait argument, preallocated
@@ -776,6 +805,8 @@ class Ring:
         if not 0 <= buf_index < len(self._fixed_buffers):
             raise ValueError(f"no registered buffer with index {buf_index}")
         reg = self._fixed_buffers[buf_index]
+        if reg is None:
+            raise ValueError(f"registered buffer slot {buf_index} is empty")
         if not (reg.address <= p.address and p.address + p.nbytes <= reg.address + reg.nbytes):
             raise ValueError(f"buffer does not lie inside registered buffer {buf_index}")
         return p
@@ -1326,7 +1357,57 @@ class Ring:
             for p in pins:
                 p.release()
             raise oserror(-ret)
-        self._fixed_buffers = pins
+        self._fixed_buffers = list(pins)
+
+    def register_buffers_sparse(self, nr: int) -> None:
+        """Register a table of *nr* empty fixed-buffer slots, to be filled with
+        :meth:`register_buffers_update` (io_uring_register_buffers_sparse(3),
+        Linux 5.19).
+
+        Raises:
+            ValueError: *nr* is not positive.
+            OSError: EBUSY if buffers are registered already, EINVAL on an old kernel...
+        """
+        if nr <= 0:
+            raise ValueError("nr must be > 0")
+        reg = abi.io_uring_rsrc_register(nr=nr, flags=abi.IORING_RSRC_REGISTER_SPARSE)
+        check(
+            self._register(abi.IORING_REGISTER_BUFFERS2, ctypes.addressof(reg), ctypes.sizeof(reg))
+        )
+        self._fixed_buffers = [None] * nr
+
+    def register_buffers_update(self, offset: int, buffers: Sequence[Any]) -> None:
+        """Replace the registered buffers from slot *offset* on with *buffers*
+        (writable; None empties a slot) (io_uring_register_buffers_update_tag(3),
+        Linux 5.13).  Requests in flight on a replaced buffer keep it.
+
+        Raises:
+            ValueError: the slots lie outside the registered table.
+            TypeError: a buffer is not writable.
+            OSError: ENOMEM (RLIMIT_MEMLOCK), EFAULT (memory that cannot be pinned)...
+        """
+        if offset < 0 or offset + len(buffers) > len(self._fixed_buffers):
+            raise ValueError("slots outside the registered buffer table")
+        pins = [None if b is None else pin(b, writable=True) for b in buffers]
+        iovs = (iovec * len(pins))()
+        for i, p in enumerate(pins):
+            if p is not None:
+                iovs[i].iov_base = p.address
+                iovs[i].iov_len = p.nbytes
+        upd = abi.io_uring_rsrc_update2(offset=offset, data=ctypes.addressof(iovs), nr=len(pins))
+        ret = self._register(
+            abi.IORING_REGISTER_BUFFERS_UPDATE, ctypes.addressof(upd), ctypes.sizeof(upd)
+        )
+        if ret < 0:
+            for p in pins:
+                if p is not None:
+                    p.release()
+            raise oserror(-ret)
+        for i, p in enumerate(pins):
+            old = self._fixed_buffers[offset + i]
+            if old is not None:
+                old.release()
+            self._fixed_buffers[offset + i] = p
 
     def unregister_buffers(self) -> None:
         """io_uring_unregister_buffers(3); the buffers are unpinned (requests in
@@ -1338,7 +1419,8 @@ class Ring:
         check(self._register(abi.IORING_UNREGISTER_BUFFERS, 0, 0))
         pins, self._fixed_buffers = self._fixed_buffers, []
         for p in pins:
-            p.release()
+            if p is not None:
+                p.release()
 
     def probe(self) -> frozenset[int]:
         """The ``IORING_OP_*`` opcodes this kernel supports
@@ -1443,7 +1525,8 @@ class Ring:
             finally:
                 self._closed = True
                 for p in self._fixed_buffers:
-                    p.release()
+                    if p is not None:
+                        p.release()
                 self._fixed_buffers = []
         self._closed = True
         self._keep = {}
@@ -1491,6 +1574,387 @@ _CANCEL_ANY_ALL = abi.IORING_ASYNC_CANCEL_ANY | abi.IORING_ASYNC_CANCEL_ALL
 _READ, _WRITE, _READV, _WRITEV = OpCode.READ, OpCode.WRITE, OpCode.READV, OpCode.WRITEV
 _FSYNC, _FDATASYNC, _POLL, _NOP = OpCode.FSYNC, OpCode.FDATASYNC, OpCode.POLL, OpCode.NOP
 _SUBMITTED, _QUEUED, _DONE = OpState.SUBMITTED, OpState.QUEUED, OpState.DONE
+
+
+class SlotInFlightError(RuntimeError):
+    """A :class:`UringBatch` slot was re-prepared or re-submitted while in flight."""
+
+
+_OFFSET_AT = 8  # byte offset of ``off`` in struct io_uring_sqe
+_SET_OFFSET = struct.Struct("<Q").pack_into
+
+
+class UringBatch:
+    """Preallocated request slots on a private ring: the io_uring lean path.
+
+    The io_uring counterpart of :class:`xaio.linux.IOBatch`, with the same
+    vocabulary.  Each of the *capacity* slots keeps a ready-made 64-byte SQE
+    image; preparing a slot (:meth:`prep_pread`...) pins its buffer once,
+    :meth:`set_offset` patches only the offset, and :meth:`submit` copies the
+    images of the given slots into the SQ (one C-level copy each, ``user_data``
+    = the slot) and enters the kernel.  :meth:`reap` reads CQEs straight from
+    the mapped CQ into the preallocated lists :attr:`done_slots` /
+    :attr:`done_res`, making a system call only to wait.  Python's cost per
+    request is about a third of the :class:`UringEngine` path, which builds an
+    SQE from an :class:`~xaio._ops.Operation` each time (benchmarks/README.md).
+
+    Buffers: a slot's buffer stays pinned from :meth:`prep_pread` until the
+    slot is re-prepared with another buffer or the batch is closed; the ring
+    also holds it while the slot is in flight, so closing (or garbage
+    collecting) the batch with requests in flight cancels them and waits for
+    their completions before anything is released.
+
+    Not thread-safe: one thread submits and reaps.  A slot is busy from
+    :meth:`submit` until :meth:`reap` returns it; the batch refuses to
+    re-prepare or re-submit a busy slot (:class:`SlotInFlightError`).
+    Corresponds to io_uring_prep_read(3)/io_uring_prep_write(3),
+    io_uring_submit(3) and io_uring_peek_batch_cqe(3) on a ring of its own.
+    """
+
+    __slots__ = (
+        "capacity",
+        "done_slots",
+        "done_res",
+        "_ring",
+        "_images",
+        "_pins",
+        "_bufs",
+        "_busy",
+        "_nbusy",
+        "_closed",
+        "_fixed",
+        "_registered",
+        "_ready",
+    )
+
+    def __init__(self, capacity: int, *, fixed_buffers: bool = True, setup_flags: int = 0) -> None:
+        """Create the ring (SQ of at least *capacity* entries, CQ twice that).
+
+        Args:
+            capacity: number of slots, 1..32768.
+            fixed_buffers: register each slot's buffer with the ring (slot =
+                buffer index) and use ``READ_FIXED``/``WRITE_FIXED``, which
+                spares the kernel pinning the pages on every request (~0.8 us
+                of system time per 4 KiB O_DIRECT read here).  A buffer the
+                kernel will not register (read-only memory, ``RLIMIT_MEMLOCK``
+                exhausted, a kernel before 5.19) is used unregistered.
+            setup_flags: extra ``IORING_SETUP_*`` flags for the ring.
+
+        Raises:
+            TypeError, ValueError: a bad *capacity*.
+            OSError: io_uring is unavailable (ENOSYS/EPERM with the cause).
+        """
+        self._closed = True
+        if isinstance(capacity, bool) or not isinstance(capacity, int):
+            raise TypeError("capacity must be an int")
+        if not 0 < capacity <= 32768:
+            raise ValueError("capacity must be between 1 and 32768")
+        self.capacity = capacity
+        self._ring = Ring(capacity, setup_flags)
+        self._images = [bytearray(_SQE_SIZE) for _ in range(capacity)]
+        self._pins: list[Pin | None] = [None] * capacity
+        self._bufs: list[Any] = [None] * capacity
+        self._busy = [False] * capacity
+        self._nbusy = 0
+        #: After :meth:`reap`: the slots that completed and their results
+        #: (bytes, or -errno), in the first n entries.
+        self.done_slots: list[int] = [0] * capacity
+        self.done_res: list[int] = [0] * capacity
+        self._registered = [False] * capacity
+        self._ready = [False] * capacity
+        self._fixed = bool(fixed_buffers)
+        if self._fixed:
+            try:
+                self._ring.register_buffers_sparse(capacity)
+            except OSError:  # before Linux 5.19, or no locked memory left
+                self._fixed = False
+        self._closed = False
+
+    @property
+    def fixed_buffers(self) -> bool:
+        """True if the batch registers its slots' buffers with the ring."""
+        return self._fixed
+
+    def is_registered(self, slot: int) -> bool:
+        """True if *slot*'s buffer is registered (its requests use ``*_FIXED``)."""
+        return self._registered[slot]
+
+    @property
+    def ring(self) -> Ring:
+        """The batch's own :class:`Ring` (statistics, probing)."""
+        return self._ring
+
+    @property
+    def in_flight(self) -> int:
+        """Number of slots submitted and not yet reaped."""
+        return self._nbusy
+
+    def is_busy(self, slot: int) -> bool:
+        return self._busy[slot]
+
+    # -- preparing slots --------------------------------------------------------------
+    def _check_slot(self, slot: int) -> None:
+        if self._closed:
+            raise ValueError("the batch is closed")
+        if isinstance(slot, bool) or not isinstance(slot, int):
+            raise TypeError("slot must be an int")
+        if not 0 <= slot < self.capacity:
+            raise IndexError(f"slot {slot} out of range 0..{self.capacity - 1}")
+        if self._busy[slot]:
+            raise SlotInFlightError(f"slot {slot} is in flight")
+
+    def _prep(
+        self, slot: int, opcode: int, fd: int, buf: Any, offset: int, op_flags: int, ioprio: int
+    ) -> None:
+        self._check_slot(slot)
+        if isinstance(fd, bool) or not isinstance(fd, int) or not isinstance(offset, int):
+            raise TypeError("fd and offset must be ints")
+        if not 0 <= fd <= 0x7FFFFFFF:
+            raise ValueError(f"bad fd: {fd}")
+        if not -1 <= offset < 1 << 63:
+            raise ValueError(f"bad offset: {offset}")
+        if buf is None:
+            address = nbytes = 0
+            self._unpin(slot)
+        elif buf is self._bufs[slot] and self._pins[slot] is not None:
+            p = self._pins[slot]
+            assert p is not None
+            if opcode == abi.IORING_OP_READ and p.readonly:
+                raise TypeError("a writable buffer is required for a read")
+            address, nbytes = p.address, p.nbytes
+        else:
+            p = pin(buf, writable=opcode == abi.IORING_OP_READ)
+            self._unpin(slot)
+            self._pins[slot] = p
+            self._bufs[slot] = buf
+            address, nbytes = p.address, p.nbytes
+            if self._fixed:
+                try:
+                    self._ring.register_buffers_update(slot, [buf])
+                except (OSError, TypeError):  # read-only or unpinnable memory
+                    pass
+                else:
+                    self._registered[slot] = True
+        buf_index = 0
+        if self._registered[slot]:
+            if opcode == abi.IORING_OP_READ:
+                opcode, buf_index = abi.IORING_OP_READ_FIXED, slot
+            elif opcode == abi.IORING_OP_WRITE:
+                opcode, buf_index = abi.IORING_OP_WRITE_FIXED, slot
+        _pack_sqe(
+            self._images[slot], 0, opcode, 0, ioprio, fd, offset & _U64, address, nbytes,
+            op_flags & _U32, slot, buf_index, 0, 0, 0, 0,
+        )  # fmt: skip
+        self._ready[slot] = True
+
+    def _unpin(self, slot: int) -> None:
+        old = self._pins[slot]
+        if old is not None:
+            old.release()
+        self._pins[slot] = None
+        self._bufs[slot] = None
+        if self._registered[slot]:
+            self._registered[slot] = False
+            if not self._ring.closed:
+                self._ring.register_buffers_update(slot, [None])
+
+    def prep_pread(self, slot: int, fd: int, buf: Any, offset: int, *, rw_flags: int = 0) -> None:
+        """Make *slot* a read of ``len(buf)`` bytes of *fd* at *offset*
+        (-1: the file position) with ``RWF_*`` *rw_flags*.
+
+        Raises:
+            SlotInFlightError: the slot is in flight.
+            TypeError: *buf* is read-only or not a buffer.
+            IndexError, ValueError: a bad slot, fd or offset; the batch is closed.
+        """
+        self._prep(slot, abi.IORING_OP_READ, fd, buf, offset, rw_flags, 0)
+
+    def prep_pwrite(self, slot: int, fd: int, buf: Any, offset: int, *, rw_flags: int = 0) -> None:
+        """Make *slot* a write of *buf* to *fd* at *offset* (as :meth:`prep_pread`)."""
+        self._prep(slot, abi.IORING_OP_WRITE, fd, buf, offset, rw_flags, 0)
+
+    def prep_fsync(self, slot: int, fd: int, *, datasync: bool = False) -> None:
+        """Make *slot* an fsync (or fdatasync) of *fd*."""
+        flags = abi.IORING_FSYNC_DATASYNC if datasync else 0
+        self._prep(slot, abi.IORING_OP_FSYNC, fd, None, 0, flags, 0)
+
+    def set_offset(self, slot: int, offset: int) -> None:
+        """Change only the file offset of a prepared, idle slot.
+
+        Raises:
+            SlotInFlightError: the slot is in flight.
+            IndexError: a bad slot.
+        """
+        if slot < 0 or self._busy[slot]:
+            self._check_slot(slot)
+        _SET_OFFSET(self._images[slot], _OFFSET_AT, offset & _U64)
+
+    # -- submitting and reaping ---------------------------------------------------
+    def submit(self, slots: Sequence[int], chunk: int = 0) -> int:
+        """Hand the prepared *slots* to the kernel.
+
+        Args:
+            slots: slot numbers, each idle and prepared (at most *capacity*).
+            chunk: 0 enters the kernel once for all of them; N > 0 once per N
+                SQEs (the block layer plugs a submission of more than 2
+                requests until the call ends: see :data:`_SUBMIT_CHUNK`).
+
+        Returns:
+            ``len(slots)``: the kernel takes every SQE (per-request errors
+            come back as completions with -errno).
+
+        Raises:
+            SlotInFlightError: a slot is in flight or listed twice (nothing
+                was submitted).
+            ValueError: a slot that is not prepared or out of range; the
+                batch is closed; more slots than it holds (nothing was submitted).
+            OSError: EINVAL in a forked child; the kernel's error (the slots
+                stay busy until reaped: the SQEs are queued).
+        """
+        if self._closed:
+            raise ValueError("the batch is closed")
+        ring = self._ring
+        ring._check()
+        n = len(slots)
+        if n > self.capacity:
+            raise ValueError("more slots than the batch holds")
+        busy = self._busy
+        ready = self._ready
+        cap = self.capacity
+        for i, s in enumerate(slots):
+            if not (0 <= s < cap and ready[s]) or busy[s]:
+                in_flight = isinstance(s, int) and 0 <= s < cap and busy[s]
+                for t in slots[:i]:
+                    busy[t] = False
+                if in_flight:
+                    raise SlotInFlightError(f"slot {s} is in flight (or listed twice)")
+                raise ValueError(f"slot {s!r} is not a prepared slot of this batch")
+            busy[s] = True
+        sqes = ring._sqes
+        images = self._images
+        keep = ring._keep
+        pins = self._pins
+        mask = ring._sq_mask
+        tail = ring._sqe_tail
+        for s in slots:
+            o = (tail & mask) << 6
+            sqes[o : o + 64] = images[s]
+            keep[s] = pins[s]
+            tail = (tail + 1) & _U32
+        ring._sqe_tail = tail
+        ring._sq32[ring._sq_ktail] = tail
+        self._nbusy += n
+        fd = ring.fd
+        step = chunk if chunk > 0 else n
+        left = n
+        while left:
+            ring._stats["enter"] += 1
+            ret = _io_uring_enter(fd, left if left < step else step, 0, 0, 0, 0)
+            if ret <= 0:  # EINTR, EBUSY/EAGAIN backpressure...: the careful path
+                ring.submit()
+                break
+            left -= ret
+        ring._stats["submitted"] += n
+        return n
+
+    def reap(self, min_nr: int = 1, timeout: float | None = None) -> int:
+        """Collect completions: wait for at least *min_nr* (*timeout* seconds
+        at most; None waits), take as many as are there.
+
+        Returns:
+            n: ``done_slots[:n]`` and ``done_res[:n]`` are the completed slots
+            and their results (bytes transferred or -errno); fewer than
+            *min_nr* only on timeout.
+
+        Raises:
+            ValueError: *min_nr* larger than what is in flight (it would wait
+                for ever); the batch is closed.
+            OSError: EINVAL in a forked child; the kernel's error.
+        """
+        if self._closed:
+            raise ValueError("the batch is closed")
+        if min_nr > self._nbusy:
+            raise ValueError(f"min_nr={min_nr} but only {self._nbusy} slots are in flight")
+        ring = self._ring
+        ring._check()
+        n = self._take(0)
+        if n >= min_nr:
+            return n
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while n < min_nr:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            ret = ring._enter_wait(0, min_nr - n, left)
+            if ret < 0 and ret not in (-errno.ETIME, -errno.EBUSY, -errno.EAGAIN):
+                raise oserror(-ret)
+            n = self._take(n)
+            if ret == -errno.ETIME:
+                break
+        return n
+
+    def _take(self, n: int) -> int:
+        """Move the CQEs waiting in the CQ into done_slots/done_res from index *n*."""
+        ring = self._ring
+        cq32 = ring._cq32
+        head = ring._cq_head
+        tail = cq32[ring._cq_ktail]
+        if head == tail:
+            if not ring._sq32[ring._sq_kflags] & abi.IORING_SQ_CQ_OVERFLOW:
+                return n
+            ring._stats["overflow_flush"] += 1
+            ring._enter(0, 0, abi.IORING_ENTER_GETEVENTS)
+            tail = cq32[ring._cq_ktail]
+        if _NEEDS_FENCE:
+            _fence()  # acquire: the tail load before the CQE loads
+        mm = ring._cq_mm
+        base = ring._cqes
+        mask = ring._cq_mask
+        busy = self._busy
+        keep = ring._keep
+        done_slots = self.done_slots
+        done_res = self.done_res
+        start = n
+        while head != tail:
+            ud, res, _fl = _unpack_cqe(mm, base + ((head & mask) << 4))
+            head = (head + 1) & _U32
+            if ud >= self.capacity or not busy[ud]:  # pragma: no cover - not ours
+                continue
+            busy[ud] = False
+            del keep[ud]
+            done_slots[n] = ud
+            done_res[n] = res
+            n += 1
+        if _NEEDS_FENCE:
+            _fence()  # release: the CQE loads before the head store
+        cq32[ring._cq_khead] = head
+        ring._cq_head = head
+        self._nbusy -= n - start
+        ring._stats["reaped"] += n - start
+        return n
+
+    # -- closing ------------------------------------------------------------------
+    def close(self) -> None:
+        """Cancel what is in flight, wait for its completions, release every
+        buffer and close the ring.  Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._ring.close()  # cancels and drains what the ring holds (ours)
+        finally:
+            for s in range(self.capacity):
+                self._unpin(s)
+            self._busy = [False] * self.capacity
+            self._nbusy = 0
+
+    def __enter__(self) -> UringBatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"in_flight={self._nbusy}"
+        return f"<xaio.uring.UringBatch capacity={self.capacity} {state}>"
 
 
 class UringEngine(Engine):
@@ -1549,6 +2013,7 @@ class UringEngine(Engine):
         self._stash: list[Completion] = []
         self._batch: list[Completion] = []
         self._sync_cancel = True
+        self._delivering = False
         self._waiting = 0
         self._generation = _fork_generation[0]
         self._pid = os.getpid()
@@ -1693,24 +2158,40 @@ class UringEngine(Engine):
                         0, 0, 0, 0, key, 0, 0, 0, 0, 0,
                     )  # fmt: skip
                 op.state = _SUBMITTED
+            self._counts["submitted"] += len(ops)
             # publish the tail and enter once (Ring.submit, inlined)
             if ring._sqpoll:
                 ring.submit()
-                pending = 0
-            else:
-                tail = ring._sqe_tail
-                sq32[ring._sq_ktail] = tail
-                pending = (tail - sq32[khead]) & _U32
-            chunk = _SUBMIT_CHUNK or pending
-            while pending:
-                ring._stats["enter"] += 1
-                ret = _io_uring_enter(ring.fd, min(pending, chunk), 0, 0, 0, 0)
-                if ret <= 0:  # EINTR, EBUSY/EAGAIN backpressure...: the careful path
-                    ring.submit()
-                    break
-                pending -= ret
-            self._counts["submitted"] += len(ops)
+                return len(ops)
+            tail = ring._sqe_tail
+            sq32[ring._sq_ktail] = tail
+            pending = (tail - sq32[khead]) & _U32
+            if self._delivering and pending < _DEFER_FLUSH:
+                return len(ops)  # on_done submitting: _deliver hands it over
+            self._enter_pending(pending)
         return len(ops)
+
+    def _enter_pending(self, pending: int) -> None:
+        """Hand the *pending* published SQEs to the kernel (under the lock)."""
+        ring = self._ring
+        chunk = _SUBMIT_CHUNK or pending
+        while pending:
+            ring._stats["enter"] += 1
+            ret = _io_uring_enter(ring.fd, min(pending, chunk), 0, 0, 0, 0)
+            if ret <= 0:  # EINTR, EBUSY/EAGAIN backpressure...: the careful path
+                ring.submit()
+                return
+            pending -= ret
+
+    def _flush_deferred(self) -> None:
+        """Hand over SQEs an ``on_done`` submitted during delivery (under the lock)."""
+        ring = self._ring
+        if ring._closed or ring._sqpoll:
+            return
+        sq32 = ring._sq32
+        pending = (sq32[ring._sq_ktail] - sq32[ring._sq_khead]) & _U32
+        if pending:
+            self._enter_pending(pending)
 
     def _drain_eventfd(self) -> None:
         if _syscall.drain_eventfd(self._efd):
@@ -1721,13 +2202,19 @@ class UringEngine(Engine):
 
         Each CQE leaves *cqes* as it is handled, so if an ``on_done`` callback
         raises, the exception propagates and the rest are delivered by the
-        next reap -- never twice."""
+        next reap -- never twice.
+
+        Submissions made by the callbacks are handed to the kernel in groups
+        of ``_DEFER_FLUSH`` and, at the latest, before this returns (see
+        ``_DEFER_FLUSH``)."""
         n = 0
         i = 0
         inflight = self._inflight
         complete = inflight.complete
         get = inflight.get
         vecs = self._vecs
+        outer = self._delivering
+        self._delivering = True
         try:
             for ud, res, _fl in cqes:
                 i += 1
@@ -1743,6 +2230,9 @@ class UringEngine(Engine):
         finally:
             del cqes[:i]
             self._counts["completed"] += n
+            self._delivering = outer
+            if not outer:
+                self._flush_deferred()
         return n
 
     def _reap_nowait(self) -> int:
@@ -1791,6 +2281,9 @@ class UringEngine(Engine):
         if n or (timeout is not None and timeout <= 0) or self._closed:
             return n
         deadline = None if timeout is None else time.monotonic() + timeout
+        if self._delivering:  # an on_done waiting: hand over what it submitted
+            with self._lock:
+                self._flush_deferred()
         with self._reap_lock:
             while not self._closed:
                 left = None if deadline is None else deadline - time.monotonic()
@@ -1827,6 +2320,8 @@ class UringEngine(Engine):
                 return CancelOutcome.DONE
             op.request_cancel()
             self._counts["cancel"] += 1
+            if self._delivering:  # the kernel must hold the request to cancel it
+                self._flush_deferred()
             if self._sync_cancel:
                 try:
                     ret = self._ring.sync_cancel(key)

@@ -165,6 +165,31 @@ class io_uring_rsrc_update(ctypes.Structure):
     ]
 
 
+class io_uring_rsrc_register(ctypes.Structure):
+    """``struct io_uring_rsrc_register`` (``IORING_REGISTER_BUFFERS2``/``FILES2``)."""
+
+    _fields_ = [
+        ("nr", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("resv2", ctypes.c_uint64),
+        ("data", ctypes.c_uint64),
+        ("tags", ctypes.c_uint64),
+    ]
+
+
+class io_uring_rsrc_update2(ctypes.Structure):
+    """``struct io_uring_rsrc_update2`` (``IORING_REGISTER_BUFFERS_UPDATE``)."""
+
+    _fields_ = [
+        ("offset", ctypes.c_uint32),
+        ("resv", ctypes.c_uint32),
+        ("data", ctypes.c_uint64),
+        ("tags", ctypes.c_uint64),
+        ("nr", ctypes.c_uint32),
+        ("resv2", ctypes.c_uint32),
+    ]
+
+
 #: struct io_uring_sqe as a :mod:`struct` format, written whole with pack_into:
 #: opcode, flags, ioprio, fd, off, addr, len, op_flags, user_data, buf_index,
 #: personality, splice_fd_in/file_index, addr3, pad.
@@ -358,6 +383,7 @@ IORING_REGISTER_SYNC_CANCEL = 24
 IORING_REGISTER_FILE_ALLOC_RANGE = 25
 
 IORING_REGISTER_FILES_SKIP = -2
+IORING_RSRC_REGISTER_SPARSE = 1 << 0
 IO_URING_OP_SUPPORTED = 1 << 0
 
 __all__ = [
@@ -372,6 +398,8 @@ __all__ = [
     "io_uring_getevents_arg",
     "io_uring_sync_cancel_reg",
     "io_uring_rsrc_update",
+    "io_uring_rsrc_register",
+    "io_uring_rsrc_update2",
     "SQE_STRUCT",
     "CQE_STRUCT",
     "ABI_HEADERS",
@@ -398,6 +426,8 @@ ABI_STRUCTS: dict[str, type[ctypes.Structure]] = {
     "struct io_uring_getevents_arg": io_uring_getevents_arg,
     "struct io_uring_sync_cancel_reg": io_uring_sync_cancel_reg,
     "struct io_uring_rsrc_update": io_uring_rsrc_update,
+    "struct io_uring_rsrc_register": io_uring_rsrc_register,
+    "struct io_uring_rsrc_update2": io_uring_rsrc_update2,
 }
 ABI_CONSTANTS: dict[str, int] = {
     name: globals()[name] for name in __all__ if name.startswith(("IORING_", "IOSQE_", "IO_URING_"))
