@@ -39,7 +39,7 @@ import xaio
 from _common import BLOCK, fio_iops, have_fio, make_file, median, table
 from bench_linux import parse_size, xaio_iops
 from xaio._ops import OpCode, Operation
-from xaio.engine import create_engine, probe
+from xaio.engine import Engine, create_engine, probe
 from xaio.linux import IOBatch, io_destroy, io_setup
 from xaio.uring import Ring, UringBatch
 
@@ -101,16 +101,23 @@ def ring_iops(path: Path, depth: int, seconds: float, direct: bool) -> float:
         os.close(fd)
 
 
-def uring_batch_iops(path: Path, depth: int, seconds: float, direct: bool) -> float:
+def uring_batch_iops(
+    path: Path,
+    depth: int,
+    seconds: float,
+    direct: bool,
+    chunk: int = URING_CHUNK,
+    fixed_buffers: bool = True,
+) -> float:
     """io_uring through xaio.uring.UringBatch: set_offset + submit, reap."""
     fd = os.open(path, os.O_RDONLY | (os.O_DIRECT if direct else 0))
     offsets = _offsets(fd, depth)
     bufs = _buffers(depth, direct)
-    batch = UringBatch(depth)
+    batch = UringBatch(depth, fixed_buffers=fixed_buffers)
     try:
         for s in range(depth):
             batch.prep_pread(s, fd, bufs[s], offsets[s])
-        batch.submit(list(range(depth)), URING_CHUNK)
+        batch.submit(list(range(depth)), chunk)
         k = depth
         done = 0
         set_offset = batch.set_offset
@@ -131,21 +138,23 @@ def uring_batch_iops(path: Path, depth: int, seconds: float, direct: bool) -> fl
             done += n
             if (done & 0x3FF) < n and time.perf_counter() >= deadline:
                 break
-            submit(slots, URING_CHUNK)
+            submit(slots, chunk)
         return done / (time.perf_counter() - t0)
     finally:
         batch.close()
         os.close(fd)
 
 
-def engine_callback_iops(name: str, path: Path, depth: int, seconds: float, direct: bool) -> float:
+def engine_callback_iops(
+    name: str | Callable[[], Engine], path: Path, depth: int, seconds: float, direct: bool
+) -> float:
     """Through the Engine protocol, each operation re-armed and resubmitted by
     its own ``on_done`` (the uring engine hands such submissions to the kernel
     in small groups while it delivers the rest)."""
     fd = os.open(path, os.O_RDONLY | (os.O_DIRECT if direct else 0))
     offsets = _offsets(fd, depth)
     bufs = _buffers(depth, direct)
-    eng = create_engine(name)
+    eng = create_engine(name) if isinstance(name, str) else name()
     state = {"k": depth, "done": 0, "running": True}
 
     def on_done(op: Operation) -> None:
@@ -180,12 +189,14 @@ def engine_callback_iops(name: str, path: Path, depth: int, seconds: float, dire
         os.close(fd)
 
 
-def engine_iops(name: str, path: Path, depth: int, seconds: float, direct: bool) -> float:
+def engine_iops(
+    name: str | Callable[[], Engine], path: Path, depth: int, seconds: float, direct: bool
+) -> float:
     """Through the Engine protocol: reusable Operations re-armed per request."""
     fd = os.open(path, os.O_RDONLY | (os.O_DIRECT if direct else 0))
     offsets = _offsets(fd, depth)
     bufs = _buffers(depth, direct)
-    eng = create_engine(name)
+    eng = create_engine(name) if isinstance(name, str) else name()
     finished: list[Operation] = []
     on_done: Callable[[Operation], None] = finished.append
     try:
