@@ -143,3 +143,82 @@ def test_engine_batches_complete_each_op_once(
             assert op.result == 0
         else:
             assert 0 <= op.result <= op.nbytes or op.result == -errno.EINVAL
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["prep", "offset", "offset", "submit", "submit", "reap"]),
+            st.integers(min_value=0, max_value=4),  # slot (4 is out of range)
+            st.integers(min_value=0, max_value=SIZE + 100),  # offset
+            st.integers(min_value=1, max_value=3000),  # length
+        ),
+        min_size=4,
+        max_size=40,
+    ),
+    fixed=st.booleans(),
+)
+def test_uring_batch_random_sequences(
+    shared: tuple[Ring, UringEngine, int],
+    steps: list[tuple[str, int, int, int]],
+    fixed: bool,
+) -> None:
+    """Any sequence of prep / set_offset / submit / reap on a UringBatch
+    either is refused up front (slot state) or reads what os.pread reads, and
+    every submitted slot comes back exactly once."""
+    _, _, fd = shared
+    with uring.UringBatch(4, fixed_buffers=fixed) as batch:
+        bufs: dict[int, bytearray] = {}
+        offsets: dict[int, int] = {}
+        busy: set[int] = set()
+
+        def check_done(n: int) -> None:
+            for i in range(n):
+                s, res = batch.done_slots[i], batch.done_res[i]
+                assert s in busy
+                busy.discard(s)
+                want = os.pread(fd, len(bufs[s]), offsets[s])
+                assert res == len(want) and bytes(bufs[s][:res]) == want
+
+        for op, slot, offset, length in steps:
+            in_range = slot < 4
+            if op == "prep":
+                if not in_range:
+                    with pytest.raises(IndexError):
+                        batch.prep_pread(slot, fd, bytearray(length), offset)
+                elif slot in busy:
+                    with pytest.raises(uring.SlotInFlightError):
+                        batch.prep_pread(slot, fd, bytearray(length), offset)
+                else:
+                    bufs[slot] = bytearray(length)
+                    offsets[slot] = offset
+                    batch.prep_pread(slot, fd, bufs[slot], offset)
+            elif op == "offset":
+                if in_range and slot in bufs and slot not in busy:
+                    batch.set_offset(slot, offset)
+                    offsets[slot] = offset
+                elif in_range and slot in busy:
+                    with pytest.raises(uring.SlotInFlightError):
+                        batch.set_offset(slot, offset)
+            elif op == "submit":
+                if not in_range or slot not in bufs:
+                    with pytest.raises(ValueError):
+                        batch.submit([slot])
+                elif slot in busy:
+                    with pytest.raises(uring.SlotInFlightError):
+                        batch.submit([slot])
+                else:
+                    assert batch.submit([slot], chunk=offset % 3) == 1
+                    busy.add(slot)
+            else:
+                if len(busy) < 1:
+                    with pytest.raises(ValueError):
+                        batch.reap(1, timeout=5)
+                else:
+                    check_done(batch.reap(1, timeout=5))
+            assert batch.in_flight == len(busy)
+        while busy:
+            check_done(batch.reap(1, timeout=5))
