@@ -9,8 +9,9 @@ Contenders (the first one is the reference of the paired ratios):
 
     fio-libaio, fio-io_uring       fio with batched submission
     iobatch[:CHUNK]                xaio.linux.IOBatch, io_submit per CHUNK (4)
-    uringbatch[:CHUNK[:plain]]     xaio.uring.UringBatch, enter per CHUNK (8);
-                                   "plain": without registered buffers
+    uringbatch[:CHUNK[:MODE]]      xaio.uring.UringBatch, enter per CHUNK (8);
+                                   MODE "plain": without registered buffers,
+                                   "sqpoll": with IORING_SETUP_SQPOLL
     engine[:FLAG+FLAG...]          the uring engine, resubmitting after reap;
                                    FLAGs: coop, taskrun, defer, sqpoll (setup flags)
     engine-on_done[:DEFER]         the uring engine, resubmitting from on_done;
@@ -69,7 +70,8 @@ def contender(spec: str, path: Path, depth: int, seconds: float) -> Callable[[],
         chunk_s, _, mode = arg.partition(":")
         chunk = int(chunk_s or 8)
         fixed = mode != "plain"
-        return lambda: uring_batch_iops(path, depth, seconds, True, chunk, fixed)
+        flags = abi.IORING_SETUP_SQPOLL if mode == "sqpoll" else 0
+        return lambda: uring_batch_iops(path, depth, seconds, True, chunk, fixed, flags)
     if name == "engine":
         flags = 0
         for f in filter(None, arg.split("+")):

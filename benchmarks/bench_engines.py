@@ -108,12 +108,13 @@ def uring_batch_iops(
     direct: bool,
     chunk: int = URING_CHUNK,
     fixed_buffers: bool = True,
+    setup_flags: int = 0,
 ) -> float:
     """io_uring through xaio.uring.UringBatch: set_offset + submit, reap."""
     fd = os.open(path, os.O_RDONLY | (os.O_DIRECT if direct else 0))
     offsets = _offsets(fd, depth)
     bufs = _buffers(depth, direct)
-    batch = UringBatch(depth, fixed_buffers=fixed_buffers)
+    batch = UringBatch(depth, fixed_buffers=fixed_buffers, setup_flags=setup_flags)
     try:
         for s in range(depth):
             batch.prep_pread(s, fd, bufs[s], offsets[s])

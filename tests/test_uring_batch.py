@@ -330,3 +330,19 @@ def test_ring_sparse_buffer_table(data_fd: int) -> None:
             r.register_buffers_sparse(0)
     finally:
         r.close()
+
+
+def test_sqpoll_ring_wakes_its_thread(data_fd: int) -> None:
+    """With IORING_SETUP_SQPOLL the kernel's thread takes the SQEs; once it
+    has gone to sleep (1 s idle by default) submit must wake it."""
+    from xaio._abi import uring as abi
+
+    with UringBatch(2, setup_flags=abi.IORING_SETUP_SQPOLL) as b:
+        buf = bytearray(32)
+        b.prep_pread(0, data_fd, buf, 4096)
+        for i in range(2):
+            if i:
+                time.sleep(1.2)  # the SQ thread sleeps now
+            b.submit([0])
+            assert reap_all(b, 1) == {0: 32}
+            assert bytes(buf) == EXPECTED[4096 : 4096 + 32]

@@ -1842,8 +1842,11 @@ class UringBatch:
             keep[s] = pins[s]
             tail = (tail + 1) & _U32
         ring._sqe_tail = tail
-        ring._sq32[ring._sq_ktail] = tail
         self._nbusy += n
+        if ring._sqpoll:  # the kernel's thread takes them: fence, publish, wake it
+            ring._submit_sqpoll()
+            return n
+        ring._sq32[ring._sq_ktail] = tail
         fd = ring.fd
         step = chunk if chunk > 0 else n
         left = n
