@@ -1949,6 +1949,19 @@ class UringBatch:
             self._busy = [False] * self.capacity
             self._nbusy = 0
 
+    def __del__(self) -> None:
+        if getattr(self, "_closed", True):
+            return
+        try:
+            if self._ring._generation == _fork_generation[0]:
+                # may raise (warnings as errors): the finally still closes
+                warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self, stacklevel=2)
+        finally:
+            try:
+                self.close()
+            except Exception:  # pragma: no cover - interpreter shutdown
+                pass
+
     def __enter__(self) -> UringBatch:
         return self
 
