@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import gc
 import os
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -346,3 +347,37 @@ def test_sqpoll_ring_wakes_its_thread(data_fd: int) -> None:
             b.submit([0])
             assert reap_all(b, 1) == {0: 32}
             assert bytes(buf) == EXPECTED[4096 : 4096 + 32]
+
+
+def test_engine_on_done_may_reap_blocking(data_fd: int, pipe: tuple[int, int]) -> None:
+    """An on_done that submits and then waits for its own request with a
+    blocking reap, while the outer reap is itself blocking: the deferred
+    submission is handed over first and the nested wait neither deadlocks nor
+    delivers anything twice."""
+    r, w = pipe
+    eng = UringEngine(16)
+    try:
+        seen: list[str] = []
+        inner_buf = bytearray(16)
+
+        def inner(op: Operation) -> None:
+            seen.append(f"inner {op.result}")
+
+        def outer(op: Operation) -> None:
+            seen.append(f"outer {op.result}")
+            nxt = Operation(OpCode.READ, data_fd, (inner_buf,), 8192, on_done=inner)
+            eng.submit([nxt])
+            while nxt.state is not OpState.DONE:
+                eng.reap(T)
+
+        eng.submit([Operation(OpCode.READ, r, (bytearray(4),), -1, on_done=outer)])
+        t = threading.Timer(0.2, os.write, (w, b"ping"))
+        t.start()
+        try:
+            assert eng.reap(T) >= 1  # blocks in io_uring_enter until the pipe read completes
+        finally:
+            t.join()
+        assert seen == ["outer 4", "inner 16"]
+        assert bytes(inner_buf) == EXPECTED[8192 : 8192 + 16]
+    finally:
+        eng.close()

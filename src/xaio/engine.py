@@ -22,7 +22,10 @@ The protocol (:class:`Engine`) is deliberately small:
   complete normally, later) or ``DONE`` (it had completed already).
 - ``reap(timeout)`` delivers finished operations (``op.complete(res)``, which
   runs ``op.on_done``) in the calling thread; ``timeout=0`` never blocks,
-  ``None`` waits for at least one.  Returns how many were delivered.
+  ``None`` waits for at least one.  Returns how many were delivered.  An
+  ``on_done`` may submit, cancel and reap again (also blocking); one that
+  raises makes ``reap`` raise, and the completions not yet delivered come
+  with the next ``reap`` -- none is lost or delivered twice (contract tests).
 - ``fileno()`` is an eventfd that is readable while completions are waiting
   (``reap`` clears it), for event loops.
 - ``close()`` stops accepting, cancels what it can, waits for the rest, then

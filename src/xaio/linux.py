@@ -1598,11 +1598,18 @@ class LinuxAioEngine(Engine):
                     self._iovecs[key] = None
                     done.append((op, res))
                 self._flush()  # slots are free again: the backlog moves up
-        for op, res in ready:
-            op.complete(res)
-        for op, res in done:
-            op.complete(res)
-        total = len(ready) + len(done)
+        items = ready + done
+        i = 0
+        try:
+            for op, res in items:
+                i += 1
+                op.complete(res)
+        finally:
+            if i < len(items):  # an on_done raised: the rest go first next time
+                with self._lock:
+                    self._ready[:0] = items[i:]
+                    os.eventfd_write(self._efd, 1)
+        total = len(items)
         self._stats["completed"] += total
         return total
 

@@ -557,8 +557,18 @@ class ThreadEngine(Engine):
                     os.eventfd_read(self._efd)
                 except BlockingIOError:  # pragma: no cover
                     pass
-        for op, res in items:
-            op.complete(res)
+        i = 0
+        try:
+            for op, res in items:
+                i += 1
+                op.complete(res)
+        finally:
+            if i < len(items):  # an on_done raised: the rest go first next time
+                with self._mutex:
+                    self._done.extendleft(reversed(items[i:]))
+                    if not self._signalled:
+                        self._signalled = True
+                        os.eventfd_write(self._efd, 1)
         return len(items)
 
     def _spawn(self) -> None:

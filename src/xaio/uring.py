@@ -1991,8 +1991,9 @@ class UringEngine(Engine):
 
     Threads: ``submit`` and ``cancel`` may be called from any thread while one
     thread reaps; ``on_done`` callbacks run in the reaping thread, under the
-    engine's (re-entrant) lock, so they may submit but must not wait for
-    another thread that uses this engine.
+    engine's (re-entrant) locks, so they may submit, cancel and reap again
+    (also blocking), but must not wait for another thread that uses this
+    engine.
     """
 
     name: ClassVar[str] = "uring"
@@ -2022,7 +2023,7 @@ class UringEngine(Engine):
             os.close(self._efd)
             raise
         self._lock = threading.RLock()
-        self._reap_lock = threading.Lock()
+        self._reap_lock = threading.RLock()  # an on_done may reap (blocking) again
         self._inflight = InFlight()
         self._vecs: dict[int, Any] = {}
         self._cancel_results: dict[int, int] = {}
@@ -2216,9 +2217,11 @@ class UringEngine(Engine):
     def _deliver(self, cqes: list[Completion]) -> int:
         """Complete the operations whose CQEs are in *cqes* (under the lock).
 
-        Each CQE leaves *cqes* as it is handled, so if an ``on_done`` callback
-        raises, the exception propagates and the rest are delivered by the
-        next reap -- never twice.
+        *cqes* belongs to this call alone: a callback that reaps again
+        (re-entrantly) starts from a fresh list and never sees these CQEs, whose
+        keys may by then name new operations.  If an ``on_done`` callback
+        raises, the exception propagates and the CQEs not yet handled go back
+        to ``self._batch``, to be delivered by the next reap -- never twice.
 
         Submissions made by the callbacks are handed to the kernel in groups
         of ``_DEFER_FLUSH`` and, at the latest, before this returns (see
@@ -2245,6 +2248,8 @@ class UringEngine(Engine):
                     self._cancel_results[ud & ~_CANCEL_TAG] = res
         finally:
             del cqes[:i]
+            if cqes:  # an on_done raised: the rest go first next time
+                self._batch[:0] = cqes
             self._counts["completed"] += n
             self._delivering = outer
             if not outer:
@@ -2264,7 +2269,8 @@ class UringEngine(Engine):
             ring = self._ring
             if ring._closed:
                 return 0
-            batch = self._batch  # not empty only if an on_done raised last time
+            # not empty only if an on_done raised last time; ours alone from here
+            batch, self._batch = self._batch, []
             if ring._cq32[ring._cq_ktail] == ring._cq_head and not self._stash and not batch:
                 self._drain_eventfd()
                 if (
