@@ -8,10 +8,14 @@ Usage::
 Contenders (the first one is the reference of the paired ratios):
 
     fio-libaio, fio-io_uring       fio with batched submission
-    iobatch[:CHUNK]                xaio.linux.IOBatch, io_submit per CHUNK (4)
-    uringbatch[:CHUNK[:MODE]]      xaio.uring.UringBatch, enter per CHUNK (8);
-                                   MODE "plain": without registered buffers,
-                                   "sqpoll": with IORING_SETUP_SQPOLL
+    iobatch[:CHUNK[:MAXREAP]]      xaio.linux.IOBatch, io_submit per CHUNK (4),
+                                   reaping at most MAXREAP at a time (0: all,
+                                   the default here)
+    uringbatch[:CHUNK[:MODE[:MAXREAP]]]
+                                   xaio.uring.UringBatch, enter per CHUNK (8);
+                                   MODE "fixed" (default), "plain": without
+                                   registered buffers, "sqpoll": with SQPOLL;
+                                   MAXREAP as for iobatch (default 0: all)
     engine[:FLAG+FLAG...]          the uring engine, resubmitting after reap;
                                    FLAGs: coop, taskrun, defer, sqpoll (setup flags)
     engine-on_done[:DEFER]         the uring engine, resubmitting from on_done;
@@ -64,14 +68,18 @@ def contender(spec: str, path: Path, depth: int, seconds: float) -> Callable[[],
             path, engine=engine, iodepth=depth, seconds=seconds, direct=True, extra=batch
         )
     if name == "iobatch":
-        chunk = int(arg or 4)
-        return lambda: xaio_iops(path, depth, seconds, chunk)
+        chunk_s, _, most = arg.partition(":")
+        chunk = int(chunk_s or 4)
+        reap_max = int(most or 0)
+        return lambda: xaio_iops(path, depth, seconds, chunk, reap_max)
     if name == "uringbatch":
-        chunk_s, _, mode = arg.partition(":")
+        chunk_s, _, rest = arg.partition(":")
+        mode, _, most = rest.partition(":")
         chunk = int(chunk_s or 8)
         fixed = mode != "plain"
         flags = abi.IORING_SETUP_SQPOLL if mode == "sqpoll" else 0
-        return lambda: uring_batch_iops(path, depth, seconds, True, chunk, fixed, flags)
+        reap_max = int(most or 0)
+        return lambda: uring_batch_iops(path, depth, seconds, True, chunk, fixed, flags, reap_max)
     if name == "engine":
         flags = 0
         for f in filter(None, arg.split("+")):

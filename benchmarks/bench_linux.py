@@ -33,9 +33,11 @@ def parse_size(text: str) -> int:
     return int(text)
 
 
-def xaio_iops(path: Path, depth: int, seconds: float, chunk: int = 4) -> float:
+def xaio_iops(path: Path, depth: int, seconds: float, chunk: int = 4, reap_max: int = 0) -> float:
     """Keep *depth* random 4 KiB O_DIRECT reads in flight for *seconds*,
-    resubmitting each reaped batch with one io_submit per *chunk* requests."""
+    resubmitting each reaped batch with one io_submit per *chunk* requests,
+    reaping at most *reap_max* completions at a time (0: all that are there;
+    8 measured best: the device starts on the first ones sooner)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
     blocks = os.fstat(fd).st_size // BLOCK
     rng = random.Random(1234 + depth)
@@ -59,7 +61,7 @@ def xaio_iops(path: Path, depth: int, seconds: float, chunk: int = 4) -> float:
         t0 = time.perf_counter()
         deadline = t0 + seconds
         while True:
-            n = reap(1, None)
+            n = reap(1, None, reap_max)
             slots = done_slots[:n]
             for i in range(n):
                 if done_res[i] != BLOCK:

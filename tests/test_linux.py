@@ -935,6 +935,26 @@ def test_batch_kept_alive_by_context_and_destroy(direct_fd: int) -> None:
         assert bytes(bufs[i]) == expected[i * 65536 : (i + 1) * 65536]
 
 
+def test_batch_reap_at_most_max_nr(ctx: IOContext, data_fd: int) -> None:
+    batch = IOBatch(ctx, 8)
+    bufs = [bytearray(512) for _ in range(8)]
+    for i in range(8):
+        batch.prep_pread(i, data_fd, bufs[i], i * 512)
+    assert batch.submit(list(range(8))) == 8  # buffered: done inside io_submit
+    assert batch.reap(1, 5, max_nr=3) == 3
+    assert batch.in_flight == 5
+    first = set(batch.done_slots[:3])
+    got: set[int] = set()
+    while len(got) < 5:
+        n = batch.reap(1, 5, max_nr=2)
+        assert 1 <= n <= 2
+        got |= set(batch.done_slots[:n])
+    assert first | got == set(range(8)) and not first & got
+    with pytest.raises(ValueError):
+        batch.reap(3, 5, max_nr=2)
+    batch.close()
+
+
 def test_batch_reap_after_destroy_is_einval() -> None:
     c = io_setup(4)
     batch = IOBatch(c, 2)

@@ -381,3 +381,20 @@ def test_engine_on_done_may_reap_blocking(data_fd: int, pipe: tuple[int, int]) -
         assert bytes(inner_buf) == EXPECTED[8192 : 8192 + 16]
     finally:
         eng.close()
+
+
+def test_reap_at_most_max_nr(batch: UringBatch, data_fd: int) -> None:
+    bufs = [bytearray(512) for _ in range(8)]
+    for i in range(8):
+        batch.prep_pread(i, data_fd, bufs[i], i * 512)
+    batch.submit(list(range(8)))
+    time.sleep(0.05)  # page-cached: all 8 are in the CQ
+    assert batch.reap(1, timeout=T, max_nr=3) == 3
+    assert batch.in_flight == 5
+    first = set(batch.done_slots[:3])
+    rest = reap_all(batch, 5)
+    assert first | set(rest) == set(range(8)) and not first & set(rest)
+    batch.submit([0, 1])
+    with pytest.raises(ValueError):
+        batch.reap(2, timeout=T, max_nr=1)  # max_nr below min_nr
+    reap_all(batch, 2)

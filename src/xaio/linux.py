@@ -1234,20 +1234,28 @@ class IOBatch:
             raise oserror(-ret)
         return done
 
-    def reap(self, min_nr: int = 1, timeout: float | None = None) -> int:
+    def reap(self, min_nr: int = 1, timeout: float | None = None, max_nr: int = 0) -> int:
         """Collect completions: wait for at least *min_nr* (``timeout``
-        seconds at most; None waits), take as many as are there.
+        seconds at most; None waits), take as many as are there -- at most
+        *max_nr* if it is > 0 (the rest wait for the next reap; io_getevents'
+        *nr*).  Taking a few at a time lets a caller resubmit them while the
+        device still has the others.
 
         Returns n: ``done_slots[:n]`` and ``done_res[:n]`` are the completed
         slots and their results (bytes transferred or ``-errno``).
 
         Raises:
+            ValueError: *max_nr* below *min_nr*.
             OSError: ``EINVAL`` if the context was destroyed.
         """
         ctx = self.ctx
         n = 0
         ring = self._ring
         cap = self.capacity
+        if max_nr > 0:
+            if max_nr < min_nr:
+                raise ValueError("max_nr must be >= min_nr")
+            cap = min(cap, max_nr)
         if ring is not None:
             with ctx._unmap_lock:  # io_destroy unmaps the ring: never read a dead one
                 if not (ctx._destroyed or ctx._foreign):

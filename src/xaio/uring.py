@@ -1860,9 +1860,10 @@ class UringBatch:
         ring._stats["submitted"] += n
         return n
 
-    def reap(self, min_nr: int = 1, timeout: float | None = None) -> int:
+    def reap(self, min_nr: int = 1, timeout: float | None = None, max_nr: int = 0) -> int:
         """Collect completions: wait for at least *min_nr* (*timeout* seconds
-        at most; None waits), take as many as are there.
+        at most; None waits), take as many as are there -- at most *max_nr*
+        if it is > 0 (the rest stay in the CQ for the next reap).
 
         Returns:
             n: ``done_slots[:n]`` and ``done_res[:n]`` are the completed slots
@@ -1871,16 +1872,21 @@ class UringBatch:
 
         Raises:
             ValueError: *min_nr* larger than what is in flight (it would wait
-                for ever); the batch is closed.
+                for ever) or than *max_nr*; the batch is closed.
             OSError: EINVAL in a forked child; the kernel's error.
         """
         if self._closed:
             raise ValueError("the batch is closed")
         if min_nr > self._nbusy:
             raise ValueError(f"min_nr={min_nr} but only {self._nbusy} slots are in flight")
+        limit = self.capacity
+        if max_nr > 0:
+            if max_nr < min_nr:
+                raise ValueError("max_nr must be >= min_nr")
+            limit = max_nr
         ring = self._ring
         ring._check()
-        n = self._take(0)
+        n = self._take(0, limit)
         if n >= min_nr:
             return n
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -1889,13 +1895,14 @@ class UringBatch:
             ret = ring._enter_wait(0, min_nr - n, left)
             if ret < 0 and ret not in (-errno.ETIME, -errno.EBUSY, -errno.EAGAIN):
                 raise oserror(-ret)
-            n = self._take(n)
+            n = self._take(n, limit)
             if ret == -errno.ETIME:
                 break
         return n
 
-    def _take(self, n: int) -> int:
-        """Move the CQEs waiting in the CQ into done_slots/done_res from index *n*."""
+    def _take(self, n: int, limit: int) -> int:
+        """Move the CQEs waiting in the CQ into done_slots/done_res from index
+        *n*, until *limit* entries are filled."""
         ring = self._ring
         cq32 = ring._cq32
         head = ring._cq_head
@@ -1916,7 +1923,7 @@ class UringBatch:
         done_slots = self.done_slots
         done_res = self.done_res
         start = n
-        while head != tail:
+        while head != tail and n < limit:
             ud, res, _fl = _unpack_cqe(mm, base + ((head & mask) << 4))
             head = (head + 1) & _U32
             if ud >= self.capacity or not busy[ud]:  # pragma: no cover - not ours
