@@ -16,8 +16,11 @@ Contenders (the first one is the reference of the paired ratios):
                                    MODE "fixed" (default), "plain": without
                                    registered buffers, "sqpoll": with SQPOLL;
                                    MAXREAP as for iobatch (default 0: all)
-    engine[:FLAG+FLAG...]          the uring engine, resubmitting after reap;
-                                   FLAGs: coop, taskrun, defer, sqpoll (setup flags)
+    engine[:FLAG+FLAG...[:MAXREAP]]
+                                   the uring engine, resubmitting after reap;
+                                   FLAGs: coop, taskrun, defer, sqpoll (setup
+                                   flags); MAXREAP: reap(max_n=...) (default
+                                   0 here: all)
     engine-on_done[:DEFER]         the uring engine, resubmitting from on_done;
                                    DEFER overrides uring._DEFER_FLUSH
 
@@ -81,14 +84,16 @@ def contender(spec: str, path: Path, depth: int, seconds: float) -> Callable[[],
         reap_max = int(most or 0)
         return lambda: uring_batch_iops(path, depth, seconds, True, chunk, fixed, flags, reap_max)
     if name == "engine":
+        flag_s, _, most = arg.partition(":")
         flags = 0
-        for f in filter(None, arg.split("+")):
+        for f in filter(None, flag_s.split("+")):
             flags |= _FLAGS[f]
+        reap_max = int(most or 0)
 
         def make() -> Engine:
             return uring.UringEngine(max(2 * depth, 8), setup_flags=flags)
 
-        return lambda: engine_iops(make, path, depth, seconds, True)
+        return lambda: engine_iops(make, path, depth, seconds, True, reap_max)
     if name == "engine-on_done":
         defer = int(arg) if arg else uring._DEFER_FLUSH
 

@@ -206,6 +206,37 @@ def test_an_on_done_may_submit_and_wait(engine: Engine, data_fd: int) -> None:
         assert bytes(bufs[i]) == pattern(1 << 20)[4096 * (10 + i) : 4096 * (10 + i) + 16]
 
 
+@pytest.mark.parametrize("direct", [False, True], ids=["buffered", "O_DIRECT"])
+def test_reap_at_most_max_n(engine: Engine, data_path: Path, direct: bool) -> None:
+    """reap(max_n=N) delivers at most N; the rest wait for the next reap and
+    the engine's fd stays readable meanwhile."""
+    try:
+        fd = os.open(data_path, os.O_RDONLY | (os.O_DIRECT if direct else 0))
+    except OSError as e:
+        pytest.skip(f"O_DIRECT not supported here: {e}")
+    try:
+        ops = [Operation(OpCode.READ, fd, [xaio.aligned_buffer(4096)], i * 4096) for i in range(10)]
+        engine.submit(ops)
+        deadline = time.monotonic() + 10
+        delivered = 0
+        sizes = []
+        while delivered < 10:
+            assert time.monotonic() < deadline
+            if delivered == 0:
+                time.sleep(0.2)  # let all ten finish: the first reap must stop at 3
+            n = engine.reap(timeout=0.5, max_n=3)
+            assert n <= 3
+            if n and delivered + n < 10:
+                readable, _, _ = select.select([engine.fileno()], [], [], 2.0)
+                assert readable, "completions wait but the fd is not readable"
+            delivered += n
+            sizes.append(n)
+        assert sizes[0] == 3
+        assert sum(op.done for op in ops) == 10 and all(op.result == 4096 for op in ops)
+    finally:
+        os.close(fd)
+
+
 def test_cancel_pending_poll(engine: Engine, pipe: tuple[int, int]) -> None:
     r, _ = pipe
     op = Operation(OpCode.POLL, r, flags=select.POLLIN)

@@ -20,9 +20,10 @@ The protocol (:class:`Engine`) is deliberately small:
 - ``cancel(op)`` says honestly what happened: :class:`CancelOutcome`
   ``CANCELED`` (it will complete with ``-ECANCELED``), ``RUNNING`` (it will
   complete normally, later) or ``DONE`` (it had completed already).
-- ``reap(timeout)`` delivers finished operations (``op.complete(res)``, which
-  runs ``op.on_done``) in the calling thread; ``timeout=0`` never blocks,
-  ``None`` waits for at least one.  Returns how many were delivered.  An
+- ``reap(timeout, *, max_n=0)`` delivers finished operations
+  (``op.complete(res)``, which runs ``op.on_done``) in the calling thread --
+  at most *max_n* if > 0, the rest at the next reap; ``timeout=0`` never
+  blocks, ``None`` waits for at least one.  Returns how many were delivered.  An
   ``on_done`` may submit, cancel and reap again (also blocking); one that
   raises makes ``reap`` raise, and the completions not yet delivered come
   with the next ``reap`` -- none is lost or delivered twice (contract tests).
@@ -96,8 +97,9 @@ class Engine(abc.ABC):
         """Try to cancel *op*; say honestly what happened."""
 
     @abc.abstractmethod
-    def reap(self, timeout: float | None = 0.0) -> int:
-        """Deliver finished operations in this thread; return how many."""
+    def reap(self, timeout: float | None = 0.0, *, max_n: int = 0) -> int:
+        """Deliver finished operations in this thread (at most *max_n* if >
+        0); return how many."""
 
     @abc.abstractmethod
     def fileno(self) -> int:
@@ -292,15 +294,21 @@ class RoutedEngine(Engine):
             return self._aio.cancel(op)
         return self._threads.cancel(op)
 
-    def reap(self, timeout: float | None = 0.0) -> int:
-        n = self._aio.reap(0) + self._threads.reap(0)
+    def _reap_both(self, max_n: int) -> int:
+        n = self._aio.reap(0, max_n=max_n)
+        if max_n > 0 and n >= max_n:
+            return n
+        return n + self._threads.reap(0, max_n=max_n - n if max_n > 0 else 0)
+
+    def reap(self, timeout: float | None = 0.0, *, max_n: int = 0) -> int:
+        n = self._reap_both(max_n)
         if n or timeout == 0:
             return n
         deadline = None if timeout is None else time.monotonic() + timeout
         while not n:
             left = -1.0 if deadline is None else max(deadline - time.monotonic(), 0.0)
             self._epoll.poll(left)
-            n = self._aio.reap(0) + self._threads.reap(0)
+            n = self._reap_both(max_n)
             if deadline is not None and time.monotonic() >= deadline:
                 break
         return n

@@ -1560,9 +1560,9 @@ class LinuxAioEngine(Engine):
                 return CancelOutcome.CANCELED
             return CancelOutcome.RUNNING
 
-    def reap(self, timeout: float | None = 0.0) -> int:
+    def reap(self, timeout: float | None = 0.0, *, max_n: int = 0) -> int:
         timeout = _check_timeout(timeout)
-        count = self._reap_now()
+        count = self._reap_now(max_n)
         if count or timeout == 0:
             return count
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -1570,23 +1570,26 @@ class LinuxAioEngine(Engine):
             left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             # every completion adds to the eventfd, and so do local completions
             select.select([self._efd], [], [], left)
-            count = self._reap_now()
+            count = self._reap_now(max_n)
             if deadline is not None and time.monotonic() >= deadline:
                 break
         return count
 
-    def _reap_now(self) -> int:
-        """Deliver what is ready without blocking."""
+    def _reap_now(self, max_n: int = 0) -> int:
+        """Deliver what is ready without blocking (at most *max_n* if > 0)."""
+        limit = max_n if max_n > 0 else self.capacity + (1 << 30)
         with self._lock:
             self._check_pid()
-            ready, self._ready = self._ready, []
+            ready, self._ready = self._ready[:limit], self._ready[limit:]
+            more = bool(self._ready)
         # Clear the eventfd *before* reading the ring: a completion that lands
         # after the read will make it readable again.
         _syscall.drain_eventfd(self._efd)
         n = 0
-        if len(self._inflight):
+        want = min(self.capacity, limit - len(ready))
+        if want > 0 and len(self._inflight):
             while True:
-                n = _FAST_GETEVENTS(self._cid, 0, self.capacity, self._cevents, None)
+                n = _FAST_GETEVENTS(self._cid, 0, want, self._cevents, None)
                 if n != -errno.EINTR:
                     break
             if n < 0:
@@ -1606,6 +1609,8 @@ class LinuxAioEngine(Engine):
                     self._iovecs[key] = None
                     done.append((op, res))
                 self._flush()  # slots are free again: the backlog moves up
+        if more or (max_n > 0 and n == want):  # some may wait still: stay readable
+            os.eventfd_write(self._efd, 1)
         items = ready + done
         i = 0
         try:

@@ -359,18 +359,19 @@ class ThreadEngine(Engine):
         self._inline += 1
         return n
 
-    def reap(self, timeout: float | None = 0.0) -> int:
+    def reap(self, timeout: float | None = 0.0, *, max_n: int = 0) -> int:
         """Deliver waiting completions in this thread (``op.complete(res)``).
 
         Args:
             timeout: 0 never blocks; None waits for at least one completion;
                 a number waits at most that many seconds.
+            max_n: deliver at most this many (0: all that are waiting).
 
         Returns:
             The number of operations delivered (always 0 in
             ``complete_in_worker`` mode, and once closed and drained).
         """
-        n = self._deliver()
+        n = self._deliver(max_n)
         if n or timeout == 0 or self._direct:
             return n
         poller = select.poll()
@@ -384,10 +385,10 @@ class ThreadEngine(Engine):
             else:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    return self._deliver()
+                    return self._deliver(max_n)
                 ms = min(100, max(1, int(remaining * 1000 + 0.999)))
             poller.poll(ms)
-            n = self._deliver()
+            n = self._deliver(max_n)
             if n:
                 return n
 
@@ -545,13 +546,17 @@ class ThreadEngine(Engine):
             self._signalled = True
             os.eventfd_write(self._efd, 1)
 
-    def _deliver(self) -> int:
+    def _deliver(self, max_n: int = 0) -> int:
         with self._mutex:
-            if not self._done:
+            done = self._done
+            if not done:
                 return 0
-            items = list(self._done)
-            self._done.clear()
-            if self._signalled:
+            if 0 < max_n < len(done):  # the rest stay signalled for the next reap
+                items = [done.popleft() for _ in range(max_n)]
+            else:
+                items = list(done)
+                done.clear()
+            if self._signalled and not done:
                 self._signalled = False
                 try:
                     os.eventfd_read(self._efd)

@@ -77,7 +77,11 @@ how a reaped batch is handed back matters: ``UringBatch.submit(slots, chunk)``
 enters once per *chunk* SQEs, and the engine hands submissions made by
 ``on_done`` callbacks over in groups of four while it delivers the rest
 (``_DEFER_FLUSH``).  One enter per request costs a virtio kick each (~20 us
-of system time per read, measured).
+of system time per read, measured).  Taking a few completions at a time
+(``UringBatch.reap(max_nr=8)``, ``UringEngine.reap(max_n=16)``) and
+resubmitting them before taking the rest lets the device start on them while
+Python handles the others: in alternating runs against fio at depth 64 that
+moved the engine from 0.82x to 1.01x and the batch from 0.89x to 0.94x.
 
 *Unavailable.*  ``io_uring_setup`` fails with ``ENOSYS`` when the kernel lacks
 io_uring (or a seccomp filter says so), and with ``EPERM`` when
@@ -2263,8 +2267,9 @@ class UringEngine(Engine):
                 self._flush_deferred()
         return n
 
-    def _reap_nowait(self) -> int:
-        """Deliver what is in the CQ (and the stash).
+    def _reap_nowait(self, max_n: int = 0) -> int:
+        """Deliver what is in the CQ (and the stash), at most *max_n* CQEs
+        from the CQ if > 0.
 
         The eventfd is cleared only when the CQ is found empty, and the CQ is
         looked at again right after: a CQE posted after that look signals the
@@ -2288,16 +2293,19 @@ class UringEngine(Engine):
             if self._stash:
                 batch.extend(self._stash)
                 self._stash.clear()
-            ring.peek_batch(batch)
+            ring.peek_batch(batch, max_n)
             return self._deliver(batch)
 
-    def reap(self, timeout: float | None = 0.0) -> int:
+    def reap(self, timeout: float | None = 0.0, *, max_n: int = 0) -> int:
         """Deliver finished operations (``InFlight.complete``, which runs their
         ``on_done``) in this thread.
 
         Args:
             timeout: 0 never blocks (a peek of the CQ, no syscall when
                 completions are there); None waits for at least one; else seconds.
+            max_n: deliver at most this many CQEs' worth (0: all that are
+                there); the rest stay in the CQ for the next reap, so a caller
+                can resubmit the first ones while the device has the others.
 
         Returns:
             How many operations were delivered.
@@ -2306,7 +2314,7 @@ class UringEngine(Engine):
             OSError: EINVAL in a forked child; the kernel's error.
         """
         self._check_process()
-        n = self._reap_nowait()
+        n = self._reap_nowait(max_n)
         if n or (timeout is not None and timeout <= 0) or self._closed:
             return n
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -2321,7 +2329,7 @@ class UringEngine(Engine):
                 ret = self._ring._enter_wait(0, 1, left)
                 if ret < 0 and ret not in (-errno.ETIME, -errno.EBUSY, -errno.EAGAIN):
                     raise oserror(-ret)
-                n = self._reap_nowait()
+                n = self._reap_nowait(max_n)
                 if n:
                     return n
         return 0
