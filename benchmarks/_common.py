@@ -13,8 +13,10 @@ import shutil
 import statistics
 import subprocess
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 BLOCK = 4096
 
@@ -32,6 +34,53 @@ def make_file(size: int, directory: str | None = None) -> Path:
     finally:
         os.close(fd)
     return Path(name)
+
+
+def drive_batch(
+    batch: Any,
+    fd: int,
+    bufs: Sequence[Any],
+    offsets: Sequence[int],
+    seconds: float,
+    chunk: int,
+    reap_max: int,
+) -> float:
+    """Keep every slot of *batch* (an ``xaio.linux.IOBatch`` or an
+    ``xaio.uring.UringBatch``: the same vocabulary) reading ``BLOCK`` bytes of
+    *fd* into its buffer at the next of *offsets* (a power-of-two count) for
+    *seconds*: reap at most *reap_max* completions (0: all there are), give
+    those slots new offsets, resubmit them with one kernel call per *chunk*.
+    Waits for what is still in flight at the end; returns reads per second."""
+    depth = len(bufs)
+    mask = len(offsets) - 1
+    for s in range(depth):
+        batch.prep_pread(s, fd, bufs[s], offsets[s])
+    batch.submit(list(range(depth)), chunk)
+    k = depth
+    done = 0
+    set_offset = batch.set_offset
+    reap = batch.reap
+    submit = batch.submit
+    done_slots = batch.done_slots
+    done_res = batch.done_res
+    t0 = time.perf_counter()
+    deadline = t0 + seconds
+    while True:
+        n = reap(1, None, reap_max)
+        slots = done_slots[:n]
+        for i in range(n):
+            if done_res[i] != BLOCK:
+                raise OSError(-done_res[i], os.strerror(-done_res[i]))
+            set_offset(slots[i], offsets[k & mask])
+            k += 1
+        done += n
+        if (done & 0x3FF) < n and time.perf_counter() >= deadline:
+            break
+        submit(slots, chunk)
+    elapsed = time.perf_counter() - t0
+    while batch.in_flight:
+        batch.reap(1, None)
+    return done / elapsed
 
 
 def drop_cache(path: Path) -> None:

@@ -36,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import xaio
-from _common import BLOCK, fio_iops, have_fio, make_file, median, table
+from _common import BLOCK, drive_batch, fio_iops, have_fio, make_file, median, table
 from bench_linux import parse_size, xaio_iops
 from xaio._ops import OpCode, Operation
 from xaio.engine import Engine, create_engine, probe
@@ -120,37 +120,13 @@ def uring_batch_iops(
     setup_flags: int = 0,
     reap_max: int = REAP_MAX,
 ) -> float:
-    """io_uring through xaio.uring.UringBatch: set_offset + submit, reap."""
+    """io_uring through xaio.uring.UringBatch (see _common.drive_batch)."""
     fd = os.open(path, os.O_RDONLY | (os.O_DIRECT if direct else 0))
-    offsets = _offsets(fd, depth)
-    bufs = _buffers(depth, direct)
     batch = UringBatch(depth, fixed_buffers=fixed_buffers, setup_flags=setup_flags)
     try:
-        for s in range(depth):
-            batch.prep_pread(s, fd, bufs[s], offsets[s])
-        batch.submit(list(range(depth)), chunk)
-        k = depth
-        done = 0
-        set_offset = batch.set_offset
-        reap = batch.reap
-        submit = batch.submit
-        done_slots = batch.done_slots
-        done_res = batch.done_res
-        t0 = time.perf_counter()
-        deadline = t0 + seconds
-        while True:
-            n = reap(1, None, reap_max)
-            slots = done_slots[:n]
-            for i in range(n):
-                if done_res[i] != BLOCK:
-                    raise OSError(-done_res[i], os.strerror(-done_res[i]))
-                set_offset(slots[i], offsets[k & 0xFFFF])
-                k += 1
-            done += n
-            if (done & 0x3FF) < n and time.perf_counter() >= deadline:
-                break
-            submit(slots, chunk)
-        return done / (time.perf_counter() - t0)
+        return drive_batch(
+            batch, fd, _buffers(depth, direct), _offsets(fd, depth), seconds, chunk, reap_max
+        )
     finally:
         batch.close()
         os.close(fd)

@@ -15,13 +15,12 @@ import argparse
 import os
 import random
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import xaio
-from _common import BLOCK, fio_iops, have_fio, make_file, median, table
+from _common import BLOCK, drive_batch, fio_iops, have_fio, make_file, median, table
 from xaio.linux import IOBatch, io_destroy, io_setup
 
 
@@ -33,52 +32,23 @@ def parse_size(text: str) -> int:
     return int(text)
 
 
-def xaio_iops(path: Path, depth: int, seconds: float, chunk: int = 4, reap_max: int = 0) -> float:
-    """Keep *depth* random 4 KiB O_DIRECT reads in flight for *seconds*,
-    resubmitting each reaped batch with one io_submit per *chunk* requests,
+def xaio_iops(path: Path, depth: int, seconds: float, chunk: int = 4, reap_max: int = 8) -> float:
+    """Keep *depth* random 4 KiB O_DIRECT reads in flight for *seconds* through
+    ``IOBatch``, resubmitting with one io_submit per *chunk* requests and
     reaping at most *reap_max* completions at a time (0: all that are there;
     8 measured best: the device starts on the first ones sooner)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
     blocks = os.fstat(fd).st_size // BLOCK
     rng = random.Random(1234 + depth)
     offsets = [rng.randrange(blocks) * BLOCK for _ in range(1 << 16)]
-    mask = len(offsets) - 1
     ctx = io_setup(max(depth, 1) * 2)
     batch = IOBatch(ctx, depth)
     bufs = [xaio.aligned_buffer(BLOCK) for _ in range(depth)]
     try:
-        k = 0
-        for s in range(depth):
-            batch.prep_pread(s, fd, bufs[s], offsets[k & mask])
-            k += 1
-        batch.submit(list(range(depth)))
-        done = 0
-        set_offset = batch.set_offset
-        reap = batch.reap
-        submit = batch.submit
-        done_slots = batch.done_slots
-        done_res = batch.done_res
-        t0 = time.perf_counter()
-        deadline = t0 + seconds
-        while True:
-            n = reap(1, None, reap_max)
-            slots = done_slots[:n]
-            for i in range(n):
-                if done_res[i] != BLOCK:
-                    raise OSError(-done_res[i], os.strerror(-done_res[i]))
-                set_offset(slots[i], offsets[k & mask])
-                k += 1
-            done += n
-            if (done & 0x3FF) < n and time.perf_counter() >= deadline:
-                break
-            submit(slots, chunk)  # chunks of 4 by default: see IOBatch.submit
-        elapsed = time.perf_counter() - t0
-        while batch.in_flight:
-            batch.reap(1, None)
-        batch.close()
-        return done / elapsed
+        return drive_batch(batch, fd, bufs, offsets, seconds, chunk, reap_max)
     finally:
-        io_destroy(ctx)
+        io_destroy(ctx)  # completes anything an error left in flight
+        batch.close()
         os.close(fd)
 
 

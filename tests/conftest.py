@@ -21,6 +21,16 @@ def pattern(size: int, seed: int = 0) -> bytes:
     return bytes(out[:size])
 
 
+def resizable(b: bytearray) -> bool:
+    """False while *b* is pinned (an export exists), True once released."""
+    try:
+        b.append(0)
+    except BufferError:
+        return False
+    b.pop()
+    return True
+
+
 @pytest.fixture
 def data_path(tmp_path: Path) -> Path:
     """A 1 MiB file of known content."""

@@ -24,7 +24,7 @@ from xaio._ops import CancelOutcome, OpCode, Operation, OpState
 from xaio.engine import EngineClosedError
 from xaio.uring import AT_FDCWD, STATX_SIZE, Ring, UringEngine
 
-from .conftest import pattern
+from .conftest import pattern, resizable
 
 REASON = uring.unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"io_uring unavailable: {REASON}")
@@ -51,16 +51,6 @@ def take(r: Ring, n: int) -> dict[int, tuple[int, int]]:
     got = r.wait_cqes(n, timeout=T)
     assert len(got) == n, got
     return {ud: (res, fl) for ud, res, fl in got}
-
-
-def resizable(b: bytearray) -> bool:
-    """False while *b* is pinned (an export exists), True once released."""
-    try:
-        b.append(0)
-    except BufferError:
-        return False
-    b.pop()
-    return True
 
 
 # --- unavailability ------------------------------------------------------------------

@@ -18,7 +18,7 @@ from xaio import uring
 from xaio._ops import OpCode, Operation, OpState
 from xaio.uring import SlotInFlightError, UringBatch, UringEngine
 
-from .conftest import pattern
+from .conftest import pattern, resizable
 
 REASON = uring.unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"io_uring unavailable: {REASON}")
@@ -48,15 +48,6 @@ def assert_settled(bufs: list[memoryview]) -> None:
         assert data in (EXPECTED[i << 16 : (i + 1) << 16], bytes(1 << 16)), i
     time.sleep(0.05)
     assert [bytes(b) for b in bufs] == snap
-
-
-def resizable(b: bytearray) -> bool:
-    try:
-        b.append(0)
-    except BufferError:
-        return False
-    del b[-1]
-    return True
 
 
 @pytest.fixture(params=[True, False], ids=["fixed", "plain"])

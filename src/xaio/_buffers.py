@@ -168,12 +168,14 @@ def buffer_length(obj: object) -> int:
         raise TypeError(f"a bytes-like object is required, not {type(obj).__name__!r}") from None
 
 
-def iovec_array(pins: Sequence[Pin]) -> Any:
+def iovec_array(pins: Sequence[Pin | None]) -> Any:
     """A ctypes ``struct iovec[len(pins)]`` describing *pins* (at least one
-    element, so that its address is valid even for an empty list).  Keep it
-    alive as long as the kernel may read it: until the request completes."""
+    element, so that its address is valid even for an empty list; None leaves
+    an entry zero -- an empty slot of a sparse buffer table).  Keep it alive as
+    long as the kernel may read it: until the request completes."""
     iovs = (iovec * max(len(pins), 1))()
     for i, p in enumerate(pins):
-        iovs[i].iov_base = p.address
-        iovs[i].iov_len = p.nbytes
+        if p is not None:
+            iovs[i].iov_base = p.address
+            iovs[i].iov_len = p.nbytes
     return iovs

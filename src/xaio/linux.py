@@ -1577,16 +1577,18 @@ class LinuxAioEngine(Engine):
 
     def _reap_now(self, max_n: int = 0) -> int:
         """Deliver what is ready without blocking (at most *max_n* if > 0)."""
-        limit = max_n if max_n > 0 else self.capacity + (1 << 30)
         with self._lock:
             self._check_pid()
-            ready, self._ready = self._ready[:limit], self._ready[limit:]
+            if 0 < max_n < len(self._ready):
+                ready, self._ready = self._ready[:max_n], self._ready[max_n:]
+            else:
+                ready, self._ready = self._ready, []
             more = bool(self._ready)
         # Clear the eventfd *before* reading the ring: a completion that lands
         # after the read will make it readable again.
         _syscall.drain_eventfd(self._efd)
         n = 0
-        want = min(self.capacity, limit - len(ready))
+        want = self.capacity if max_n <= 0 else min(self.capacity, max_n - len(ready))
         if want > 0 and len(self._inflight):
             while True:
                 n = _FAST_GETEVENTS(self._cid, 0, want, self._cevents, None)

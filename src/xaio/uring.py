@@ -154,7 +154,6 @@ from typing import Any, ClassVar
 
 from xaio import _syscall
 from xaio._abi import uring as abi
-from xaio._abi.aio import iovec
 from xaio._buffers import Pin, iovec_array, pin, pin_many
 from xaio._ops import CancelOutcome, InFlight, OpCode, Operation, OpState
 from xaio._syscall import check, oserror
@@ -579,6 +578,22 @@ class Ring:
             self._make_room()
             idx = self.get_sqe()
         return idx
+
+    def _enter_pending(self, pending: int, chunk: int) -> None:
+        """Hand *pending* published SQEs to the kernel, at most *chunk* per
+        io_uring_enter (0: all in one); on EINTR or EBUSY/EAGAIN backpressure
+        fall back to :meth:`submit`, which retries carefully.  The hot path of
+        ``UringEngine.submit`` and ``UringBatch.submit`` (no SQPOLL)."""
+        step = chunk or pending
+        fd = self.fd
+        stats = self._stats
+        while pending:
+            stats["enter"] += 1
+            ret = _io_uring_enter(fd, pending if pending < step else step, 0, 0, 0, 0)
+            if ret <= 0:
+                self.submit()
+                return
+            pending -= ret
 
     def _make_room(self) -> None:
         """Submit what is queued; with SQPOLL, wait until the SQ thread has
@@ -1393,11 +1408,7 @@ class Ring:
         if offset < 0 or offset + len(buffers) > len(self._fixed_buffers):
             raise ValueError("slots outside the registered buffer table")
         pins = [None if b is None else pin(b, writable=True) for b in buffers]
-        iovs = (iovec * len(pins))()
-        for i, p in enumerate(pins):
-            if p is not None:
-                iovs[i].iov_base = p.address
-                iovs[i].iov_len = p.nbytes
+        iovs = iovec_array(pins)
         upd = abi.io_uring_rsrc_update2(offset=offset, data=ctypes.addressof(iovs), nr=len(pins))
         ret = self._register(
             abi.IORING_REGISTER_BUFFERS_UPDATE, ctypes.addressof(upd), ctypes.sizeof(upd)
@@ -1627,7 +1638,6 @@ class UringBatch:
         "_nbusy",
         "_closed",
         "_fixed",
-        "_registered",
         "_ready",
     )
 
@@ -1664,7 +1674,6 @@ class UringBatch:
         #: (bytes, or -errno), in the first n entries.
         self.done_slots: list[int] = [0] * capacity
         self.done_res: list[int] = [0] * capacity
-        self._registered = [False] * capacity
         self._ready = [False] * capacity
         self._fixed = bool(fixed_buffers)
         if self._fixed:
@@ -1680,8 +1689,10 @@ class UringBatch:
         return self._fixed
 
     def is_registered(self, slot: int) -> bool:
-        """True if *slot*'s buffer is registered (its requests use ``*_FIXED``)."""
-        return self._registered[slot]
+        """True if *slot*'s buffer is registered (its requests use ``*_FIXED``):
+        the ring's table (slot = buffer index) holds it."""
+        table = self._ring._fixed_buffers
+        return slot < len(table) and table[slot] is not None
 
     @property
     def ring(self) -> Ring:
@@ -1737,10 +1748,8 @@ class UringBatch:
                     self._ring.register_buffers_update(slot, [buf])
                 except (OSError, TypeError):  # read-only or unpinnable memory
                     pass
-                else:
-                    self._registered[slot] = True
         buf_index = 0
-        if self._registered[slot]:
+        if self.is_registered(slot):
             if opcode == abi.IORING_OP_READ:
                 opcode, buf_index = abi.IORING_OP_READ_FIXED, slot
             elif opcode == abi.IORING_OP_WRITE:
@@ -1757,10 +1766,8 @@ class UringBatch:
             old.release()
         self._pins[slot] = None
         self._bufs[slot] = None
-        if self._registered[slot]:
-            self._registered[slot] = False
-            if not self._ring.closed:
-                self._ring.register_buffers_update(slot, [None])
+        if self.is_registered(slot):
+            self._ring.register_buffers_update(slot, [None])
 
     def prep_pread(self, slot: int, fd: int, buf: Any, offset: int, *, rw_flags: int = 0) -> None:
         """Make *slot* a read of ``len(buf)`` bytes of *fd* at *offset*
@@ -1851,16 +1858,7 @@ class UringBatch:
             ring._submit_sqpoll()
             return n
         ring._sq32[ring._sq_ktail] = tail
-        fd = ring.fd
-        step = chunk if chunk > 0 else n
-        left = n
-        while left:
-            ring._stats["enter"] += 1
-            ret = _io_uring_enter(fd, left if left < step else step, 0, 0, 0, 0)
-            if ret <= 0:  # EINTR, EBUSY/EAGAIN backpressure...: the careful path
-                ring.submit()
-                break
-            left -= ret
+        ring._enter_pending(n, chunk if chunk > 0 else 0)
         ring._stats["submitted"] += n
         return n
 
@@ -1906,7 +1904,11 @@ class UringBatch:
 
     def _take(self, n: int, limit: int) -> int:
         """Move the CQEs waiting in the CQ into done_slots/done_res from index
-        *n*, until *limit* entries are filled."""
+        *n*, until *limit* entries are filled.  The same ring protocol as
+        ``Ring.peek_batch`` (overflow flush, fences, head store), in one pass
+        straight into the lists: going through ``peek_batch`` (a tuple list,
+        then its hold-table pass, then ours) gave 1-27% fewer page-cached
+        reads per second on this path in three alternating runs."""
         ring = self._ring
         cq32 = ring._cq32
         head = ring._cq_head
@@ -2196,20 +2198,8 @@ class UringEngine(Engine):
             pending = (tail - sq32[khead]) & _U32
             if self._delivering and pending < _DEFER_FLUSH:
                 return len(ops)  # on_done submitting: _deliver hands it over
-            self._enter_pending(pending)
+            ring._enter_pending(pending, _SUBMIT_CHUNK)
         return len(ops)
-
-    def _enter_pending(self, pending: int) -> None:
-        """Hand the *pending* published SQEs to the kernel (under the lock)."""
-        ring = self._ring
-        chunk = _SUBMIT_CHUNK or pending
-        while pending:
-            ring._stats["enter"] += 1
-            ret = _io_uring_enter(ring.fd, min(pending, chunk), 0, 0, 0, 0)
-            if ret <= 0:  # EINTR, EBUSY/EAGAIN backpressure...: the careful path
-                ring.submit()
-                return
-            pending -= ret
 
     def _flush_deferred(self) -> None:
         """Hand over SQEs an ``on_done`` submitted during delivery (under the lock)."""
@@ -2219,7 +2209,7 @@ class UringEngine(Engine):
         sq32 = ring._sq32
         pending = (sq32[ring._sq_ktail] - sq32[ring._sq_khead]) & _U32
         if pending:
-            self._enter_pending(pending)
+            ring._enter_pending(pending, _SUBMIT_CHUNK)
 
     def _drain_eventfd(self) -> None:
         if _syscall.drain_eventfd(self._efd):
