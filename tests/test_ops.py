@@ -6,8 +6,11 @@ completion before the target's, a completion racing a cancel request.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import gc
+import mmap
+import tempfile
 
 import pytest
 
@@ -144,6 +147,36 @@ def test_pins() -> None:
     pin(b, writable=True)
     gc.collect()
     b.append(1)
+
+
+def test_read_only_pin_holds_and_gives_back_its_export() -> None:
+    """A read-only export (PyObject_GetBuffer) keeps a read-only mmap from
+    closing while the Pin lives, and is given back by release() and by
+    dropping the Pin; a writable export blocks a bytearray's resize alike."""
+    with tempfile.TemporaryFile() as f:
+        f.write(b"abcdef")
+        f.flush()
+        m = mmap.mmap(f.fileno(), 6, access=mmap.ACCESS_READ)
+        p = pin(m, writable=False)
+        assert p.readonly and p.nbytes == 6
+        assert ctypes.string_at(p.address, 6) == b"abcdef"
+        with pytest.raises(BufferError):
+            m.close()
+        p.release()
+        p.release()
+        m.close()  # released
+        m = mmap.mmap(f.fileno(), 6, access=mmap.ACCESS_READ)
+        p = pin(m, writable=False)
+        with pytest.raises(BufferError):
+            m.close()
+        del p  # no reference cycle: the export goes with the Pin
+        m.close()
+    b = bytearray(3)
+    w = pin(b, writable=True)
+    with pytest.raises(BufferError):
+        b.append(0)
+    del w
+    b.append(0)
 
 
 def test_reusable_operation_keeps_pins_and_rearms() -> None:

@@ -61,6 +61,8 @@ class CancelOutcome(enum.IntEnum):
 
 _READS = frozenset({OpCode.READ, OpCode.READV})
 _WRITES = frozenset({OpCode.WRITE, OpCode.WRITEV})
+_READ, _READV, _WRITE, _WRITEV = OpCode.READ, OpCode.READV, OpCode.WRITE, OpCode.WRITEV
+_QUEUED, _DONE = OpState.QUEUED, OpState.DONE
 
 
 class Operation:
@@ -105,18 +107,21 @@ class Operation:
         self.opcode = opcode
         self.reusable = reusable
         self.fd = fd
-        self.buffers = tuple(buffers)
+        self.buffers = bufs = buffers if type(buffers) is tuple else tuple(buffers)
         self.offset = offset
         self.flags = flags
-        self.state = OpState.QUEUED
+        self.state = _QUEUED
         self.result: int | None = None
         self.key = -1
         self.on_done = on_done
         self.context = context
-        if opcode in _READS:
-            self.pins: list[Pin] = pin_many(self.buffers, writable=True)
-        elif opcode in _WRITES:
-            self.pins = pin_many(self.buffers, writable=False)
+        # identity tests: an IntEnum member's hash is a Python-level call
+        if opcode is _READ or opcode is _READV:
+            self.pins: list[Pin] = (
+                [Pin(bufs[0], True)] if len(bufs) == 1 else pin_many(bufs, writable=True)
+            )
+        elif opcode is _WRITE or opcode is _WRITEV:
+            self.pins = [Pin(bufs[0], False)] if len(bufs) == 1 else pin_many(bufs, writable=False)
         else:
             self.pins = []
 
@@ -142,9 +147,9 @@ class Operation:
     def complete(self, result: int) -> None:
         """Record the final result (bytes, or -errno), release the buffers and
         run the ``on_done`` callback.  Completing twice is a bug: RuntimeError."""
-        if self.state is OpState.DONE:
+        if self.state is _DONE:
             raise RuntimeError("operation completed twice")
-        self.state = OpState.DONE
+        self.state = _DONE
         self.result = result
         if not self.reusable:
             for p in self.pins:
