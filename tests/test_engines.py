@@ -412,3 +412,23 @@ def test_probe_shape() -> None:
     assert p["thread"] is None
     for v in p.values():
         assert v is None or (isinstance(v, str) and ":" in v)
+
+
+def test_submit_refuses_a_bad_batch_and_takes_nothing(
+    engine: Engine, data_fd: int, direct_fd: int
+) -> None:
+    """An operation listed twice, or one not QUEUED, fails the whole batch with
+    RuntimeError before any operation was taken (then the good ones still go)."""
+    buf = xaio.aligned_buffer(4096)
+    a = Operation(OpCode.READ, direct_fd, [buf], 0)
+    b = Operation(OpCode.READ, data_fd, [bytearray(10)], 0)
+    with pytest.raises(RuntimeError, match="twice"):
+        engine.submit([a, b, a])
+    done = Operation(OpCode.NOP, -1)
+    done.complete(0)
+    with pytest.raises(RuntimeError, match="DONE"):
+        engine.submit([a, b, done])
+    assert a.state is OpState.QUEUED and b.state is OpState.QUEUED
+    assert run(engine, [a, b]) == [4096, 10]
+    with pytest.raises(RuntimeError):
+        engine.submit([b])  # done now

@@ -149,12 +149,9 @@ class Pin:
             self.address = ctypes.addressof(array)
 
     def release(self) -> None:
-        """Give the buffer back to Python (idempotent)."""
-        holder = self._holder
-        if holder is not None:
-            self._holder = None
-            if type(holder) is _ReadOnlyExport:
-                holder.release()
+        """Give the buffer back to Python (idempotent): the holder goes, and
+        with it the export (nothing else refers to a holder)."""
+        self._holder = None
 
     def __repr__(self) -> str:
         return f"<Pin {type(self.obj).__name__} {self.nbytes} bytes at {self.address:#x}>"

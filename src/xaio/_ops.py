@@ -28,7 +28,15 @@ from typing import Any
 from xaio._buffers import Pin, pin_many
 from xaio._syscall import oserror
 
-__all__ = ["OpCode", "OpState", "Operation", "InFlight", "decode_result", "CancelOutcome"]
+__all__ = [
+    "OpCode",
+    "OpState",
+    "Operation",
+    "InFlight",
+    "decode_result",
+    "check_batch",
+    "CancelOutcome",
+]
 
 
 class OpCode(enum.IntEnum):
@@ -153,7 +161,7 @@ class Operation:
         self.result = result
         if not self.reusable:
             for p in self.pins:
-                p.release()
+                p._holder = None  # Pin.release, inlined: the export goes with it
         cb = self.on_done
         if cb is not None:
             self.on_done = None
@@ -220,6 +228,20 @@ def decode_result(res: int) -> int:
     if res < 0:
         raise oserror(-res)
     return res
+
+
+def check_batch(ops: Sequence[Operation]) -> None:
+    """What every engine's ``submit`` checks before it takes anything: each
+    operation is QUEUED and none appears twice in the batch.
+
+    Raises:
+        RuntimeError: an operation is submitted, done, or listed twice.
+    """
+    for op in ops:
+        if op.state is not _QUEUED:
+            raise RuntimeError(f"cannot submit an operation in state {op.state.name}")
+    if len(ops) > 1 and len({id(op) for op in ops}) != len(ops):
+        raise RuntimeError("the same operation appears twice in one batch")
 
 
 class InFlight:

@@ -56,7 +56,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from xaio._ops import CancelOutcome, OpCode, Operation
+from xaio._ops import CancelOutcome, OpCode, Operation, check_batch
 from xaio._syscall import read_proc as _read_proc
 
 __all__ = [
@@ -90,6 +90,8 @@ class Engine(abc.ABC):
 
         Raises:
             EngineClosedError: the engine is closed (no operation was taken).
+            RuntimeError: an operation is not QUEUED or is listed twice
+                (:func:`xaio._ops.check_batch`; no operation was taken).
         """
 
     @abc.abstractmethod
@@ -267,6 +269,7 @@ class RoutedEngine(Engine):
     def submit(self, ops: Sequence[Operation]) -> int:
         if self._closed:
             raise EngineClosedError("engine is closed")
+        check_batch(ops)  # before either engine takes anything
         aio: list[Operation] = []
         threaded: list[Operation] = []
         direct: dict[int, bool] = {}  # one fstat + fcntl per fd per batch, not per op

@@ -98,7 +98,7 @@ from xaio._abi.aio import (
     iocb,
 )
 from xaio._buffers import Pin, iovec_array, pin, pin_many
-from xaio._ops import CancelOutcome, InFlight, OpCode, Operation, OpState
+from xaio._ops import CancelOutcome, InFlight, OpCode, Operation, OpState, check_batch
 from xaio._syscall import Timespec, check, oserror, timespec_from_seconds
 from xaio.engine import Engine, EngineClosedError
 
@@ -1416,9 +1416,8 @@ class LinuxAioEngine(Engine):
             if self._closed:
                 raise EngineClosedError("engine is closed")
             self._check_pid()
+            check_batch(ops)
             for op in ops:
-                if op.state is not OpState.QUEUED:
-                    raise ValueError(f"{op!r} was submitted already")
                 if op.opcode != OpCode.NOP and op.opcode not in _ENGINE_OPCODES:
                     raise ValueError(f"the linux engine cannot run {op.opcode.name}")
             for op in ops:

@@ -60,7 +60,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from xaio._ops import CancelOutcome, OpCode, Operation, OpState
+from xaio._ops import CancelOutcome, OpCode, Operation, OpState, check_batch
 from xaio.engine import Engine, EngineClosedError
 
 __all__ = ["ThreadEngine", "start_thread_blocking_signals"]
@@ -237,7 +237,10 @@ class ThreadEngine(Engine):
 
         Raises:
             EngineClosedError: the engine is closed (no operation was taken).
+            RuntimeError: an operation is not QUEUED or is listed twice
+                (nothing was taken).
         """
+        check_batch(ops)
         lanes = self._lanes
         serial: dict[int, bool] = {}
         for op in ops:

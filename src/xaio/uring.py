@@ -155,7 +155,7 @@ from typing import Any, ClassVar
 from xaio import _syscall
 from xaio._abi import uring as abi
 from xaio._buffers import Pin, iovec_array, pin, pin_many
-from xaio._ops import CancelOutcome, InFlight, OpCode, Operation, OpState
+from xaio._ops import CancelOutcome, InFlight, OpCode, Operation, OpState, check_batch
 from xaio._syscall import check, oserror
 from xaio.engine import Engine, EngineClosedError
 
@@ -1589,6 +1589,7 @@ _CANCEL_ANY_ALL = abi.IORING_ASYNC_CANCEL_ANY | abi.IORING_ASYNC_CANCEL_ALL
 _READ, _WRITE, _READV, _WRITEV = OpCode.READ, OpCode.WRITE, OpCode.READV, OpCode.WRITEV
 _FSYNC, _FDATASYNC, _POLL, _NOP = OpCode.FSYNC, OpCode.FDATASYNC, OpCode.POLL, OpCode.NOP
 _SUBMITTED, _QUEUED, _DONE = OpState.SUBMITTED, OpState.QUEUED, OpState.DONE
+_OP_READ, _OP_WRITE = abi.IORING_OP_READ, abi.IORING_OP_WRITE
 
 
 class SlotInFlightError(RuntimeError):
@@ -2101,8 +2102,10 @@ class UringEngine(Engine):
         for op in ops:  # validate first: all or nothing
             if op.state is not _QUEUED:
                 raise RuntimeError(f"cannot submit an operation in state {op.state.name}")
-            fd, offset = op.fd, op.offset
-            if not isinstance(fd, int) or not isinstance(offset, int):
+            fd = op.fd
+            if (type(fd) is not int or type(op.offset) is not int) and not (
+                isinstance(fd, int) and isinstance(op.offset, int)
+            ):
                 raise TypeError("fd and offset must be ints")
             if not -0x80000000 <= fd <= 0x7FFFFFFF:
                 raise ValueError(f"fd out of range: {fd}")
@@ -2112,22 +2115,36 @@ class UringEngine(Engine):
                     raise ValueError(f"{code.name} takes exactly one buffer")
             elif (code is _READV or code is _WRITEV) and len(op.pins) > _IOV_MAX:
                 raise ValueError(f"at most {_IOV_MAX} buffers")
+        if len(ops) > 1 and len({id(op) for op in ops}) != len(ops):
+            check_batch(ops)  # raises: an operation listed twice
         with self._lock:
             if self._closed:
                 raise EngineClosedError("engine is closed")
             ring = self._ring
             sqes = ring._sqes
-            add = self._inflight.add
+            inflight = self._inflight
+            table = inflight._ops
+            free = inflight._free
             sq32 = ring._sq32
             khead = ring._sq_khead
             n_sq = ring._sq_n
             mask = ring._sq_mask
+            # room for the whole batch: no per-request look at the kernel's head
+            roomy = len(ops) <= n_sq - ((ring._sqe_tail - sq32[khead]) & _U32)
             for op in ops:
                 tail = ring._sqe_tail
-                if (tail - sq32[khead]) & _U32 >= n_sq:
+                if not roomy and (tail - sq32[khead]) & _U32 >= n_sq:
                     ring._make_room()
                 ring._sqe_tail = (tail + 1) & _U32
-                key = add(op)
+                # InFlight.add, inlined (the state check above rules out a
+                # second entry for the same operation)
+                if free:
+                    key = free.pop()
+                else:
+                    key = inflight._next
+                    inflight._next = key + 1
+                op.key = key
+                table[key] = op
                 code = op.opcode
                 fd = op.fd
                 if code is _READ or code is _WRITE:
@@ -2135,7 +2152,7 @@ class UringEngine(Engine):
                     _pack_sqe(
                         sqes,
                         (tail & mask) << 6,
-                        abi.IORING_OP_READ if code is _READ else abi.IORING_OP_WRITE,
+                        _OP_READ if code is _READ else _OP_WRITE,
                         0,
                         0,
                         fd,
@@ -2230,8 +2247,8 @@ class UringEngine(Engine):
         n = 0
         i = 0
         inflight = self._inflight
-        complete = inflight.complete
-        get = inflight.get
+        table = inflight._ops  # InFlight.complete, inlined
+        free = inflight._free
         vecs = self._vecs
         outer = self._delivering
         self._delivering = True
@@ -2239,12 +2256,14 @@ class UringEngine(Engine):
             for ud, res, _fl in cqes:
                 i += 1
                 if ud < _TAG:
-                    if get(ud) is None:  # not ours (e.g. posted by a forked child)
+                    op = table.pop(ud, None)
+                    if op is None:  # not ours (e.g. posted by a forked child)
                         continue
+                    free.append(ud)
                     if vecs:
                         vecs.pop(ud, None)
                     n += 1
-                    complete(ud, res)
+                    op.complete(res)
                 elif ud & _CANCEL_TAG == _CANCEL_TAG:
                     self._cancel_results[ud & ~_CANCEL_TAG] = res
         finally:
