@@ -959,3 +959,53 @@ def test_loops_in_several_threads(data_path: Path) -> None:
     gc.collect()
     extra = {fd: _fd_target(fd) for fd in open_fds() - fds_before}
     assert not extra
+
+
+@pytest.mark.parametrize("name", ["uring", "linux", "thread"])
+def test_tasks_woken_together_submit_together(
+    name: str, data_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eight tasks whose reads completed while the loop was busy are woken by
+    one reap; their next reads reach the engine in one submit -- not the first
+    alone because nothing was in flight at that moment (which, on a fast device,
+    locks the driver into one request per system call)."""
+    if xaio.engine.probe()[name] is not None:
+        pytest.skip(f"{name} engine unavailable here")
+    monkeypatch.setenv("XAIO_ENGINE", name)
+    try:
+        fd = os.open(data_path, os.O_RDONLY | os.O_DIRECT)
+    except OSError as e:
+        pytest.skip(f"O_DIRECT unsupported here: {e}")
+    expected = pattern(1 << 20)
+
+    async def main() -> list[int]:
+        drv = current_driver()
+        assert drv.engine.name == name
+        sizes: list[int] = []
+        real_submit = drv.engine.submit
+
+        def submit(ops: Any) -> int:
+            sizes.append(len(ops))
+            return real_submit(ops)
+
+        drv.engine.submit = submit  # type: ignore[method-assign]
+        bufs = [xaio.aligned_buffer(4096) for _ in range(8)]
+
+        async def worker(i: int) -> None:
+            for off in (i, i + 8):
+                assert await xaio.preadinto(fd, bufs[i], off * 4096) == 4096
+                assert bytes(bufs[i]) == expected[off * 4096 : (off + 1) * 4096]
+
+        tasks = [asyncio.create_task(worker(i)) for i in range(8)]
+        while sum(sizes) < 8:  # the first eight reads are in the engine
+            await asyncio.sleep(0)
+        time.sleep(0.3)  # keep the loop busy until all eight have completed
+        await asyncio.gather(*tasks)
+        return sizes
+
+    try:
+        sizes = asyncio.run(main())
+    finally:
+        os.close(fd)
+    assert sum(sizes) == 16
+    assert sizes[-1] == 8, sizes  # the second round: one batch

@@ -44,11 +44,18 @@ instead (trio's own convention).
 after each submit: such a completion is found in the completion queue without
 a system call and resolves without an event-loop round trip.
 
-*Batching under load.*  While requests of this driver are in the kernel, new
-ones are queued and handed over together by one ``engine.submit`` scheduled
-with ``loop.call_soon``: the tasks woken by one batch of completions run in one
+*Batching under load.*  While requests of this driver are in the kernel, or
+tasks woken by its completions have yet to run, new requests are queued and
+handed over together by one ``engine.submit`` scheduled with
+``loop.call_soon``: the tasks woken by one batch of completions run in one
 loop iteration, so their next requests reach the kernel in one system call.
-With nothing in flight a request is submitted at once (lowest latency).  At
+Only a request made with nothing in flight and nobody about to run is
+submitted at once (lowest latency, e.g. at concurrency 1).  The second
+condition matters: a fast device can finish everything before the loop gets
+round to the woken tasks, and if the first of them submitted alone (nothing in
+flight), the device would then complete it alone, and so on -- a convoy of
+one-request system calls (measured: 4 requests per ``io_uring_enter`` and ~45 us
+of CPU per O_DIRECT read at 64 tasks, against 32-64 and ~24 us with it).  At
 most :data:`_WAKE_BUDGET` tasks are woken per loop iteration (the others in the
 next ones), so a burst of completions cannot hold the loop -- and every timer
 and other task of it -- for long.
@@ -139,8 +146,13 @@ _SLICE_WAKE = 1
 _perf = time.perf_counter
 #: Most tasks woken by completions per loop iteration (asyncio): the rest wait
 #: for the next iteration, so one burst of completions cannot hold the loop
-#: for longer than this many task steps (timers and other tasks run between).
-_WAKE_BUDGET = 16
+#: for longer than this many task steps (timers and other tasks run between;
+#: ~1 ms at 64 O_DIRECT readers here).  64 rather than 16: 64 readers then go
+#: round in one iteration and one io_uring_enter, ~3 us less CPU per read (of
+#: ~26, on a loop device), and the 1 ms ticker's p99 during 64 cold reads did
+#: not move (4.9-5.4 ms against 4.3-6.9 ms at 16, 4 alternating runs: this
+#: machine's noise; see benchmarks/async.md).
+_WAKE_BUDGET = 64
 #: Most bytes one read(2)/write(2) moves on Linux (MAX_RW_COUNT).
 MAX_RW_COUNT = 0x7FFFF000
 #: Largest pread tried inline on the hot path (bigger ones too, after the checks).
@@ -316,6 +328,9 @@ class Driver:
         self.owns_engine = owns_engine
         self.closed = False
         self._inflight = 0  # submitted (or queued here) and not yet completed
+        #: tasks woken by a completion that have not resumed yet (asyncio): while
+        #: there are any, a new request waits for this iteration's batch
+        self._wakeups = 0
         self._queue: list[Operation] = []
         self._flush_pending = False
         self._streak = 0
@@ -376,7 +391,7 @@ class Driver:
         if self.closed:
             raise EngineClosedError("the engine is closed")
         self._inflight += 1
-        if self._inflight > 1:
+        if self._inflight > 1 or self._wakeups:
             self._queue.append(op)
             if not self._flush_pending:
                 self._flush_pending = True
@@ -962,6 +977,7 @@ class AsyncioDriver(Driver):
                 self._woken += 1
                 if not fut.done():
                     fut.set_result(None)
+                    self._wakeups += 1
             else:
                 self._deferred.append(fut)
 
@@ -981,6 +997,7 @@ class AsyncioDriver(Driver):
         for fut in take:
             if not fut.done():
                 fut.set_result(None)
+                self._wakeups += 1
         asyncio.get_running_loop().call_soon(self._release)
 
     def _wake_all(self) -> None:
@@ -1056,8 +1073,11 @@ class AsyncioDriver(Driver):
             try:
                 await fut
             except asyncio.CancelledError:
+                self._resumed(fut)
                 await self._cancel_and_wait(op)
                 raise
+            if self._wakeups:
+                self._wakeups -= 1
         else:
             self._streak += 1
         res = op.result
@@ -1074,7 +1094,15 @@ class AsyncioDriver(Driver):
             try:
                 await fut
             except asyncio.CancelledError:
+                self._resumed(fut)
                 continue  # cancelled again: keep waiting for the kernel
+            self._resumed(fut)
+
+    def _resumed(self, fut: asyncio.Future[None]) -> None:
+        """A task that awaited *fut* runs again: if a completion woke it, it
+        no longer counts as about to run (see ``_wakeups``)."""
+        if self._wakeups and fut.done() and not fut.cancelled():
+            self._wakeups -= 1
 
     async def _yield(self) -> None:
         await asyncio.sleep(0)
