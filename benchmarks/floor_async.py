@@ -1,0 +1,172 @@
+"""How fast can *any* Python asyncio layer read O_DIRECT blocks here?
+
+A floor for ``bench_async.py``'s O_DIRECT column: 64 tasks read random 4 KiB
+blocks through the least an asyncio layer over io_uring can do in Python --
+one :class:`xaio.uring.Ring`, its eventfd in ``loop.add_reader``, one SQE
+(``Ring.prep_read``, which pins the buffer) and one Future per read, one
+``io_uring_enter`` per loop iteration, every completion delivered in the
+reader callback.  No argument checks, no page-cache attempt, no fairness, no
+cancellation, no engine protocol: not a usable library, a measuring stick.
+
+It alternates, round after round, with ``await xaio.preadinto`` (the default
+engine, 64 tasks, same file) and fio's io_uring engine at iodepth 64, and
+prints ops/s, the CPU time of the loop thread per read, and each one's paired
+ratio to fio::
+
+    python benchmarks/floor_async.py [--rounds 5] [--seconds 2] [--size-mb 512] [--dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import xaio
+from _common import fio_iops, have_fio, make_file
+from xaio.uring import Ring
+
+BLOCK = 4096
+TASKS = 64
+
+Reader = Callable[[memoryview, int], Awaitable[int]]
+
+
+async def _drive(read: Reader, nblocks: int, seconds: float) -> tuple[float, float]:
+    """64 tasks reading random blocks; returns (reads/s, CPU us per read)."""
+    done = 0
+    stop = False
+
+    async def worker(w: int) -> None:
+        nonlocal done
+        buf = xaio.aligned_buffer(BLOCK)
+        rnd = random.Random(w)
+        while not stop:
+            if await read(buf, rnd.randrange(nblocks) * BLOCK) != BLOCK:
+                raise OSError("short read")
+            done += 1
+
+    tasks = [asyncio.ensure_future(worker(w)) for w in range(TASKS)]
+    await asyncio.sleep(0.2)  # warm up
+    d0, t0, c0 = done, time.perf_counter(), time.thread_time()
+    await asyncio.sleep(seconds)
+    d1, t1, c1 = done, time.perf_counter(), time.thread_time()
+    stop = True
+    await asyncio.gather(*tasks)
+    n = d1 - d0
+    return n / (t1 - t0), (c1 - c0) / n * 1e6
+
+
+def floor_run(path: Path, seconds: float) -> tuple[float, float]:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    nblocks = os.fstat(fd).st_size // BLOCK
+
+    async def main() -> tuple[float, float]:
+        loop = asyncio.get_running_loop()
+        ring = Ring(256)
+        efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        ring.register_eventfd(efd)
+        waiters: dict[int, asyncio.Future[int]] = {}
+        free = list(range(1024))
+        flush_pending = False
+        out: list[tuple[int, int, int]] = []
+
+        def flush() -> None:
+            nonlocal flush_pending
+            flush_pending = False
+            ring.submit()
+
+        def on_readable() -> None:
+            try:
+                os.read(efd, 8)
+            except BlockingIOError:
+                pass
+            out.clear()
+            ring.peek_batch(out)
+            for ud, res, _fl in out:
+                free.append(ud)
+                waiters.pop(ud).set_result(res)
+
+        async def read(buf: memoryview, offset: int) -> int:
+            nonlocal flush_pending
+            key = free.pop()
+            ring.prep_read(fd, buf, offset, user_data=key)
+            fut = loop.create_future()
+            waiters[key] = fut
+            if not flush_pending:
+                flush_pending = True
+                loop.call_soon(flush)
+            return await fut
+
+        loop.add_reader(efd, on_readable)
+        try:
+            return await _drive(read, nblocks, seconds)
+        finally:
+            loop.remove_reader(efd)
+            ring.close()
+            os.close(efd)
+
+    try:
+        return asyncio.run(main())
+    finally:
+        os.close(fd)
+
+
+def xaio_run(path: Path, seconds: float) -> tuple[float, float]:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    nblocks = os.fstat(fd).st_size // BLOCK
+
+    async def read(buf: memoryview, offset: int) -> int:
+        return await xaio.preadinto(fd, buf, offset)
+
+    try:
+        return asyncio.run(_drive(read, nblocks, seconds))
+    finally:
+        os.close(fd)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--size-mb", type=int, default=512)
+    ap.add_argument("--dir", default=None, help="where to create the test file (not tmpfs)")
+    args = ap.parse_args()
+    path = make_file(args.size_mb << 20, args.dir)
+    rates: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
+    try:
+        for r in range(args.rounds):
+            for name, fn in (("floor (Ring + Futures)", floor_run), ("xaio.preadinto", xaio_run)):
+                rate, us = fn(path, args.seconds)
+                rates.setdefault(name, []).append(rate)
+                cpu.setdefault(name, []).append(us)
+            if have_fio():
+                rates.setdefault("fio io_uring", []).append(
+                    fio_iops(
+                        path, engine="io_uring", iodepth=TASKS, seconds=args.seconds, direct=True
+                    )
+                )
+            print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+    finally:
+        path.unlink()
+    fio = rates.get("fio io_uring")
+    print(f"O_DIRECT 4 KiB random reads, {TASKS} tasks / iodepth {TASKS}, {args.rounds} rounds")
+    print("| path | median ops/s | CPU us per read | paired ratio to fio |")
+    print("|------|--------------|-----------------|---------------------|")
+    for name, xs in rates.items():
+        us = f"{statistics.median(cpu[name]):.1f}" if name in cpu else ""
+        paired = (
+            f"{statistics.median(a / b for a, b in zip(xs, fio, strict=True)):.2f}x" if fio else ""
+        )
+        print(f"| {name} | {statistics.median(xs):,.0f} | {us} | {paired} |")
+
+
+if __name__ == "__main__":
+    main()
