@@ -9,7 +9,8 @@ reader callback.  No argument checks, no page-cache attempt, no fairness, no
 cancellation, no engine protocol: not a usable library, a measuring stick.
 
 It alternates, round after round, with ``await xaio.preadinto`` (the default
-engine, 64 tasks, same file) and fio's io_uring engine at iodepth 64, and
+engine, 64 tasks, same file; under asyncio, and under trio when it is
+installed) and fio's io_uring engine at iodepth 64, and
 prints ops/s, the CPU time of the loop thread per read, and each one's paired
 ratio to fio::
 
@@ -131,6 +132,43 @@ def xaio_run(path: Path, seconds: float) -> tuple[float, float]:
         os.close(fd)
 
 
+def xaio_trio_run(path: Path, seconds: float) -> tuple[float, float]:
+    """``xaio.preadinto`` under trio, 64 tasks (skipped without trio)."""
+    import trio
+
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    nblocks = os.fstat(fd).st_size // BLOCK
+
+    async def main() -> tuple[float, float]:
+        done = 0
+        stop = False
+
+        async def worker(w: int) -> None:
+            nonlocal done
+            buf = xaio.aligned_buffer(BLOCK)
+            rnd = random.Random(w)
+            while not stop:
+                if await xaio.preadinto(fd, buf, rnd.randrange(nblocks) * BLOCK) != BLOCK:
+                    raise OSError("short read")
+                done += 1
+
+        async with trio.open_nursery() as nursery:
+            for w in range(TASKS):
+                nursery.start_soon(worker, w)
+            await trio.sleep(0.2)
+            d0, t0, c0 = done, time.perf_counter(), time.thread_time()
+            await trio.sleep(seconds)
+            d1, t1, c1 = done, time.perf_counter(), time.thread_time()
+            stop = True
+        n = d1 - d0
+        return n / (t1 - t0), (c1 - c0) / n * 1e6
+
+    try:
+        return trio.run(main)
+    finally:
+        os.close(fd)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
@@ -139,11 +177,21 @@ def main() -> None:
     ap.add_argument("--dir", default=None, help="where to create the test file (not tmpfs)")
     args = ap.parse_args()
     path = make_file(args.size_mb << 20, args.dir)
+    contenders: list[tuple[str, Callable[[Path, float], tuple[float, float]]]] = [
+        ("floor (Ring + Futures)", floor_run),
+        ("xaio.preadinto", xaio_run),
+    ]
+    try:
+        import trio  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        contenders.append(("xaio.preadinto, trio", xaio_trio_run))
     rates: dict[str, list[float]] = {}
     cpu: dict[str, list[float]] = {}
     try:
         for r in range(args.rounds):
-            for name, fn in (("floor (Ring + Futures)", floor_run), ("xaio.preadinto", xaio_run)):
+            for name, fn in contenders:
                 rate, us = fn(path, args.seconds)
                 rates.setdefault(name, []).append(rate)
                 cpu.setdefault(name, []).append(us)
