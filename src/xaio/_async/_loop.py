@@ -1065,8 +1065,10 @@ class AsyncioDriver(Driver):
         try:
             await fut
         except asyncio.CancelledError:
+            self._resumed(fut)
             await self._cancel_and_wait(op)
             raise
+        self._resumed(fut)
 
     async def _run(self, op: Operation) -> int:
         """Start *op*, wait for it (one Future, made only if it did not
