@@ -1062,3 +1062,56 @@ def test_trio_flusher_reads_and_ends_with_the_driver(data_path: Path) -> None:
         trio.run(main)
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("library", ["asyncio", "trio"])
+def test_wakeup_count_returns_to_zero(library: str, data_path: Path) -> None:
+    """The driver's count of woken-but-not-resumed tasks (which makes new
+    requests wait for the batch) is back to 0 once everything has run: after
+    engine reads, path operations (xaio.os, the meta ring) and a cancelled
+    read -- a leak would delay every later request by a loop iteration."""
+    try:
+        fd = os.open(data_path, os.O_RDONLY | os.O_DIRECT)
+    except OSError as e:
+        pytest.skip(f"O_DIRECT unsupported here: {e}")
+    r, w = os.pipe()
+
+    async def body(sleep: Any, cancel_after: Any) -> int:
+        drv = current_driver()
+        bufs = [xaio.aligned_buffer(4096) for _ in range(16)]
+        for _ in range(3):
+            for i in range(16):
+                assert await xaio.preadinto(fd, bufs[i], i * 4096) == 4096
+        for _ in range(5):
+            assert (await xaio.os.stat(data_path)).st_size == 1 << 20
+        await cancel_after(0.05, xaio.read(r, 10))  # a pipe read, cancelled
+        await sleep(0.05)
+        return int(drv._wakeups)
+
+    async def asyncio_main() -> int:
+        async def cancel_after(t: float, coro: Any) -> None:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(coro, t)
+
+        return await body(asyncio.sleep, cancel_after)
+
+    async def trio_main() -> int:
+        import trio
+
+        async def cancel_after(t: float, coro: Any) -> None:
+            with trio.move_on_after(t):
+                await coro
+
+        return await body(trio.sleep, cancel_after)
+
+    try:
+        if library == "asyncio":
+            assert asyncio.run(asyncio_main()) == 0
+        else:
+            import trio
+
+            assert trio.run(trio_main) == 0
+    finally:
+        os.close(fd)
+        os.close(r)
+        os.close(w)
