@@ -334,8 +334,9 @@ class Driver:
         self.owns_engine = owns_engine
         self.closed = False
         self._inflight = 0  # submitted (or queued here) and not yet completed
-        #: tasks woken by a completion that have not resumed yet (asyncio): while
-        #: there are any, a new request waits for this iteration's batch
+        #: tasks woken by a completion that have not resumed yet (counted by
+        #: each library's on_done and waits): while there are any, a new request
+        #: waits for this iteration's batch (see "Batching under load")
         self._wakeups = 0
         self._queue: list[Operation] = []
         self._flush_pending = False
