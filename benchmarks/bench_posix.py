@@ -15,8 +15,8 @@ Run::
     .venv/bin/python benchmarks/bench_posix.py [--rounds 5] [--seconds 1.0] [--dir DIR]
 
 ``--no-inline`` turns off the RWF_NOWAIT page-cache fast path of the thread
-engine, to measure the worker-thread path alone; ``--no-uring`` drops the
-io_uring column.
+and uring engines, to measure the worker-thread and ring paths alone;
+``--no-uring`` drops the io_uring column.
 """
 
 from __future__ import annotations
@@ -263,14 +263,14 @@ def main() -> None:
     ap.add_argument(
         "--no-inline",
         action="store_true",
-        help="disable the RWF_NOWAIT page-cache fast path (every read goes to a worker)",
+        help="disable the RWF_NOWAIT page-cache fast path (reads go to workers or the ring)",
     )
     ap.add_argument("--no-uring", action="store_true", help="skip the xaio-on-io_uring column")
     args = ap.parse_args()
     if args.no_inline:
-        import xaio.threads
+        import xaio._inline
 
-        xaio.threads._RWF_NOWAIT = None
+        xaio._inline._RWF_NOWAIT = None
     lib = _load_glibc()
     reason = None if args.no_uring else probe()["uring"]
     uring = not args.no_uring and reason is None

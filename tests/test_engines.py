@@ -432,3 +432,43 @@ def test_submit_refuses_a_bad_batch_and_takes_nothing(
     assert run(engine, [a, b]) == [4096, 10]
     with pytest.raises(RuntimeError):
         engine.submit([b])  # done now
+
+
+def test_read_nowait(engine: Engine, data_fd: int, tmp_path: Path) -> None:
+    """The page-cache fast path of the engines that have one (thread, uring):
+    a cached read is done at once; end of file, errors, streams, O_APPEND and
+    O_DIRECT fds are left to the normal path; a closed engine declines."""
+    read_nowait = getattr(engine, "read_nowait", None)
+    if read_nowait is None:
+        pytest.skip(f"the {engine.name} engine has no page-cache fast path")
+    os.pread(data_fd, 4096, 0)  # cached
+    expected = pattern(1 << 20)
+    buf = bytearray(8)
+    before = engine.statistics()["inline"]
+    assert read_nowait(data_fd, buf, 16, 8) == 8
+    assert bytes(buf) == expected[16:24]
+    assert read_nowait(data_fd, buf, 10**9, 8) is None  # EOF: short, left to the engine
+    assert read_nowait(987654, buf, 0, 8) is None  # errors too
+    r, w = os.pipe()
+    afd = os.open(tmp_path / "t.bin", os.O_RDWR | os.O_CREAT | os.O_APPEND)
+    os.write(afd, b"y" * 8)
+    try:
+        os.write(w, b"x" * 8)
+        assert read_nowait(r, buf, 0, 8) is None  # a stream
+        assert os.read(r, 8) == b"x" * 8  # untouched
+        assert read_nowait(afd, buf, 0, 8) is None  # O_APPEND
+    finally:
+        for fd in (r, w, afd):
+            os.close(fd)
+    try:
+        dfd = os.open(tmp_path / "t.bin", os.O_RDONLY | os.O_DIRECT)
+    except OSError:  # pragma: no cover
+        pass
+    else:
+        try:
+            assert read_nowait(dfd, xaio.aligned_buffer(4096), 0, 8) is None  # O_DIRECT
+        finally:
+            os.close(dfd)
+    assert engine.statistics()["inline"] == before + 1
+    engine.close()
+    assert read_nowait(data_fd, buf, 16, 8) is None

@@ -454,3 +454,50 @@ def test_exit_with_a_request_in_flight_closes_the_ring() -> None:
     assert out.returncode == 0, out.stderr
     assert out.stderr == ""
     assert out.stdout.split() == ["closed", "True", str(errno.ECANCELED)]
+
+
+def test_cached_read_completes_at_once_on_uring(uring: None, tfile: int, tmp_path: Any) -> None:
+    """On the uring engine too, aio_read of page-cached data is done in the
+    caller's thread (preadv2(RWF_NOWAIT)): complete and notified when aio_read
+    returns, counted by the engine, no ring round trip; an O_DIRECT read and a
+    pipe read still go through the ring."""
+    os.pread(tfile, 4096, 0)  # in the page cache
+    eng = P._get_engine()
+    assert eng.name == "uring"
+    before = eng.statistics()["inline"]
+    submitted = eng.statistics()["submitted"]
+    buf = bytearray(100)
+    cb = P.aiocb(tfile, 10, buf)
+    with blocked(SIG):
+        cb.aio_sigevent = sigev(6)
+        P.aio_read(cb)
+        assert P.aio_error(cb) == 0  # done inline
+        assert next_signal().si_status == 6  # and notified all the same
+    assert P.aio_return(cb) == 100 and bytes(buf) == bytes(range(10, 110))
+    assert P.aio_cancel(tfile, cb) == P.AIO_ALLDONE
+    stats = eng.statistics()
+    assert stats["inline"] == before + 1 and stats["submitted"] == submitted
+
+    import xaio
+
+    p = tmp_path / "direct"
+    p.write_bytes(bytes(range(256)) * 16)
+    try:
+        dfd = os.open(p, os.O_RDONLY | os.O_DIRECT)
+    except OSError as e:  # pragma: no cover
+        pytest.skip(f"O_DIRECT not supported here: {e}")
+    r, w = os.pipe()
+    try:
+        dbuf = xaio.aligned_buffer(4096)
+        dcb = P.aiocb(dfd, 0, dbuf)
+        pcb = P.aiocb(r, 0, bytearray(4))
+        P.aio_read(dcb)
+        P.aio_read(pcb)
+        os.write(w, b"pipe")
+        wait_done(dcb, pcb)
+        assert P.aio_return(dcb) == 4096 and bytes(dbuf[:4]) == bytes(range(4))
+        assert P.aio_return(pcb) == 4
+        assert eng.statistics()["inline"] == before + 1  # neither was inline
+    finally:
+        for fd in (dfd, r, w):
+            os.close(fd)

@@ -54,10 +54,13 @@ import stat
 import time
 import warnings
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from xaio._ops import CancelOutcome, OpCode, Operation, check_batch
 from xaio._syscall import read_proc as _read_proc
+
+if TYPE_CHECKING:
+    from xaio.threads import ThreadEngine
 
 __all__ = [
     "Engine",
@@ -250,7 +253,7 @@ class RoutedEngine(Engine):
         self._closed = True
         self._aio = LinuxAioEngine(capacity)
         try:
-            self._threads: Engine = ThreadEngine(threads)
+            self._threads: ThreadEngine = ThreadEngine(threads)
         except BaseException:
             self._aio.close()
             raise
@@ -326,11 +329,20 @@ class RoutedEngine(Engine):
             self._threads.close()
             self._epoll.close()
 
+    def read_nowait(self, fd: int, buffer: Any, offset: int, nbytes: int) -> int | None:
+        """The thread engine's page-cache fast path (buffered files are its
+        part; O_DIRECT fds are never read inline): *nbytes*, or None."""
+        if self._closed:
+            return None
+        return self._threads.read_nowait(fd, buffer, offset, nbytes)
+
     def statistics(self) -> dict[str, Any]:
+        threads = self._threads.statistics()
         return {
             "name": self.name,
+            "inline": threads["inline"],
             "aio": self._aio.statistics(),
-            "threads": self._threads.statistics(),
+            "threads": threads,
         }
 
     def __del__(self) -> None:

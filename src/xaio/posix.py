@@ -64,6 +64,11 @@ Some facts about POSIX AIO on Linux, what glibc does, and what we do better
   and notified before ``aio_cancel`` returns.  A request in transit to the
   engine (taken from a lane, not yet submitted) is waited for, so a cancel
   never misses it.
+- Page-cache hits skip the engine: ``aio_read`` first asks the engine's
+  ``read_nowait`` (thread, uring and linux engines: ``preadv2(RWF_NOWAIT)``
+  in the caller's thread, never on O_DIRECT, O_APPEND or stream fds, see
+  :mod:`xaio._inline`).  A hit is complete -- recorded and notified -- when
+  ``aio_read`` returns, with no thread hand-off and no ring round trip.
 """
 
 from __future__ import annotations
@@ -1000,8 +1005,9 @@ def _submit_one(cb: Any, opcode: OpCode) -> None:
     _enqueue([(cb, op, err)], None)
 
 
-def _read_inline(cb: aiocb, eng: ThreadEngine) -> bool:
-    """The page-cache fast path of aio_read: done at once, or False."""
+def _read_inline(cb: aiocb, read_nowait: Callable[[int, Any, int, int], int | None]) -> bool:
+    """The page-cache fast path of aio_read: done at once, or False
+    (*read_nowait* is the engine's: the thread and uring engines have one)."""
     if cb._state == _INPROGRESS or cb.aio_nbytes is not None:
         return False
     fd, off, prio, buf = cb.aio_fildes, cb.aio_offset, cb.aio_reqprio, cb.aio_buf
@@ -1020,7 +1026,7 @@ def _read_inline(cb: aiocb, eng: ThreadEngine) -> bool:
         return False
     sev = cb.aio_sigevent
     notice = None if sev is None else _check_sigevent(sev)
-    if eng.read_nowait(fd, buf, off, n) is None:
+    if read_nowait(fd, buf, off, n) is None:
         return False
     cb._error = 0
     cb._return = n
@@ -1047,8 +1053,8 @@ def aio_read(cb: aiocb) -> None:
         TypeError: wrong field types, or a read-only buffer.
         ValueError: ``aio_nbytes`` larger than the buffer (or negative).
     """
-    eng = _engine
-    if type(eng) is ThreadEngine and type(cb) is aiocb and _read_inline(cb, eng):
+    read_nowait = getattr(_engine, "read_nowait", None)
+    if read_nowait is not None and type(cb) is aiocb and _read_inline(cb, read_nowait):
         return
     _submit_one(cb, OpCode.READ)
 

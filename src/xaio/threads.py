@@ -60,6 +60,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from xaio._inline import NowaitReader
 from xaio._ops import CancelOutcome, OpCode, Operation, OpState, check_batch
 from xaio.engine import Engine, EngineClosedError
 
@@ -69,8 +70,6 @@ _READS = (OpCode.READ, OpCode.READV)
 _WRITES = (OpCode.WRITE, OpCode.WRITEV)
 _SYNCS = (OpCode.FSYNC, OpCode.FDATASYNC)
 _ALL_SIGNALS = signal.valid_signals()
-_RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
-_NO_INLINE_FLAGS = os.O_APPEND | getattr(os, "O_DIRECT", 0)
 
 
 def start_thread_blocking_signals(
@@ -211,8 +210,7 @@ class ThreadEngine(Engine):
         self._completed = 0
         self._cancelled = 0
         self._spawned = 0
-        self._inline = 0
-        self._flag_cache: dict[int, list[Any]] = {}
+        self._nowait = NowaitReader()
         self._efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._closed = False
 
@@ -311,14 +309,10 @@ class ThreadEngine(Engine):
         return CancelOutcome.CANCELED
 
     def read_nowait(self, fd: int, buffer: Any, offset: int, nbytes: int) -> int | None:
-        """Try a read that the page cache can satisfy at once, in this thread.
-
-        ``preadv2(RWF_NOWAIT)`` copies from the page cache and fails with
-        EAGAIN instead of waiting for the disk (io_uring makes the same
-        attempt before punting to a worker).  It is only tried on fds where
-        it cannot block or reorder anything: not O_DIRECT (a NOWAIT direct
-        read still waits for the device), not O_APPEND, and no ordered
-        (stream) work queued on the fd.
+        """Try a read that the page cache can satisfy at once, in this thread
+        (:class:`xaio._inline.NowaitReader`: ``preadv2(RWF_NOWAIT)``, not on
+        O_DIRECT or O_APPEND fds), unless ordered (stream) work is queued on
+        the fd.
 
         Args:
             fd: the file descriptor.
@@ -331,36 +325,12 @@ class ThreadEngine(Engine):
             must submit the operation as usual (nothing is reported here:
             errors, short reads and EOF all go the normal way).
         """
-        if _RWF_NOWAIT is None or self._closed:
+        if self._closed:
             return None
         lane = self._lanes.get(fd)
         if lane is not None and lane.serial:
             return None
-        # The fd's flags are cached and re-checked every 64 reads: a stale
-        # entry (fd closed and the number reused for an O_DIRECT file) can
-        # only make a few reads wait for the device in this thread; the data
-        # is right either way (O_APPEND does not affect reads).
-        cache = self._flag_cache
-        entry = cache.get(fd)
-        try:
-            if entry is None or entry[1] <= 0:
-                entry = cache[fd] = [
-                    not (fcntl.fcntl(fd, fcntl.F_GETFL) & _NO_INLINE_FLAGS),
-                    64,
-                ]
-                if len(cache) > 1024:
-                    cache.clear()
-            entry[1] -= 1
-            if not entry[0]:
-                return None
-            n: int = os.preadv(fd, (buffer,), offset, _RWF_NOWAIT)
-        except (OSError, OverflowError, ValueError):
-            cache.pop(fd, None)
-            return None
-        if n != nbytes:
-            return None
-        self._inline += 1
-        return n
+        return self._nowait.read(fd, buffer, offset, nbytes)
 
     def reap(self, timeout: float | None = 0.0, *, max_n: int = 0) -> int:
         """Deliver waiting completions in this thread (``op.complete(res)``).
@@ -466,7 +436,7 @@ class ThreadEngine(Engine):
                 "completed": self._completed,
                 "cancelled": self._cancelled,
                 "spawned": self._spawned,
-                "inline": self._inline,
+                "inline": self._nowait.count,
             }
 
     def forget_after_fork(self) -> None:

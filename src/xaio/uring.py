@@ -155,6 +155,7 @@ from typing import Any, ClassVar
 from xaio import _syscall
 from xaio._abi import uring as abi
 from xaio._buffers import Pin, iovec_array, pin, pin_many
+from xaio._inline import NowaitReader
 from xaio._ops import CancelOutcome, InFlight, OpCode, Operation, OpState, check_batch
 from xaio._syscall import check, oserror
 from xaio.engine import Engine, EngineClosedError
@@ -2049,6 +2050,7 @@ class UringEngine(Engine):
         self._generation = _fork_generation[0]
         self._pid = os.getpid()
         self._counts = {"submitted": 0, "completed": 0, "cancel": 0, "eventfd_reads": 0}
+        self._nowait = NowaitReader()
         self._closed = False
 
     # --- protocol ---------------------------------------------------------------
@@ -2479,12 +2481,29 @@ class UringEngine(Engine):
         if error is not None:
             raise error
 
+    def read_nowait(self, fd: int, buffer: Any, offset: int, nbytes: int) -> int | None:
+        """Try a read that the page cache can satisfy at once, in this thread,
+        without the ring (:class:`xaio._inline.NowaitReader`:
+        ``preadv2(RWF_NOWAIT)``, the attempt io_uring would make inline, minus
+        the ring's round trip and the wake-up of a reaping thread; not on
+        O_DIRECT or O_APPEND fds, never on streams).
+
+        Returns:
+            *nbytes* when the whole read was done here; None when the caller
+            must submit the operation as usual (nothing is reported here:
+            errors, short reads and EOF all go the normal way).
+        """
+        if self._closed:
+            return None
+        return self._nowait.read(fd, buffer, offset, nbytes)
+
     def statistics(self) -> dict[str, Any]:
         """Counters: submitted, completed, cancel, eventfd_reads, in_flight,
-        and the ring's (``ring``)."""
+        inline (reads done by :meth:`read_nowait`), and the ring's (``ring``)."""
         return {
             "name": self.name,
             **self._counts,
+            "inline": self._nowait.count,
             "in_flight": len(self._inflight),
             "sync_cancel": self._sync_cancel,
             "ring": self._ring.statistics(),
