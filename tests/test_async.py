@@ -1115,3 +1115,81 @@ def test_wakeup_count_returns_to_zero(library: str, data_path: Path) -> None:
         os.close(fd)
         os.close(r)
         os.close(w)
+
+
+def test_requests_the_driver_completes_itself_leave_no_trace(data_path: Path) -> None:
+    """Requests completed by the driver without the engine (served from the
+    page cache on a cold fd, zero-length, cancelled while parked before the
+    engine) neither count in its in-flight total nor keep their buffer pinned
+    -- not even while the cancelled task, and its traceback, are still alive."""
+    from xaio._async import _loop
+
+    try:
+        dfd = os.open(data_path, os.O_RDONLY | os.O_DIRECT)
+    except OSError as e:
+        pytest.skip(f"O_DIRECT unsupported here: {e}")
+    fd = os.open(data_path, os.O_RDONLY)
+    expected = pattern(1 << 20)
+
+    async def main() -> None:
+        drv = current_driver()
+        os.pread(fd, 8192, 0)  # cached
+        drv._missed(fd)  # cold: inline reads go through an Operation
+        buf = bytearray(4096)
+        for _ in range(3):
+            assert await xaio.preadinto(fd, buf, 0) == 4096
+        assert bytes(buf) == expected[:4096]
+        assert await xaio.preadinto(fd, bytearray(0), 0) == 0
+        assert await xaio.pread(fd, 0, 0) == b""
+        assert await xaio.preadv(fd, [bytearray(4), bytearray(4)], 0) == 8
+        assert drv._inflight == 0
+        # parked by the fairness slice before reaching the engine, then cancelled
+        drv._streak = _loop._STREAK
+        drv._exhausted = True
+        pinned = bytearray(4096)
+        task = asyncio.ensure_future(xaio.preadinto(dfd, pinned, 0))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        pinned.extend(b"x")  # not pinned by the abandoned request (BufferError if it were)
+        assert drv._inflight == 0
+        del task
+
+    try:
+        asyncio.run(main())
+    finally:
+        os.close(fd)
+        os.close(dfd)
+
+
+def test_trio_request_cancelled_before_the_engine_is_not_pinned(data_path: Path) -> None:
+    """trio: a request whose task was already cancelled never reaches the
+    engine and gives its buffer back at once, even while the Cancelled
+    exception (and the frames of its traceback) are kept."""
+    import trio
+
+    try:
+        dfd = os.open(data_path, os.O_RDONLY | os.O_DIRECT)
+    except OSError as e:
+        pytest.skip(f"O_DIRECT unsupported here: {e}")
+
+    async def main() -> None:
+        drv = current_driver()
+        pinned = bytearray(4096)
+        kept: list[BaseException] = []
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            try:
+                await xaio.preadinto(dfd, pinned, 0)
+            except trio.Cancelled as e:
+                kept.append(e)
+                raise
+        assert kept and scope.cancelled_caught
+        pinned.extend(b"x")  # BufferError if the request still held it
+        assert drv._inflight == 0
+
+    try:
+        trio.run(main)
+    finally:
+        os.close(dfd)

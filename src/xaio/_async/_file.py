@@ -160,7 +160,7 @@ class AsyncFile:
         """One engine operation on this file; on cancellation the partial
         result is available as ``self._last`` (the op was waited for)."""
         drv = self._drv()
-        op = Operation(opcode, self._fd, (buf,), offset, on_done=drv._on_done)
+        op = Operation(opcode, self._fd, (buf,), offset)  # drv._run attaches on_done
         self._last = op
         res = await drv._run(op)
         self._last = None

@@ -134,6 +134,16 @@ __all__ = [
 
 T = TypeVar("T")
 
+
+def _abandon(op: Operation) -> None:
+    """*op* never reached the engine (cancelled before, the engine closed or
+    refusing it): give its buffers back now.  It is not counted in the
+    driver's ``_inflight`` yet, so no ``on_done`` runs."""
+    if op.state is OpState.QUEUED:
+        op.on_done = None
+        op.complete(-errno.ECANCELED)
+
+
 _DONE = OpState.DONE
 _get_running_loop = asyncio._get_running_loop
 _running_loop = asyncio.get_running_loop
@@ -397,6 +407,11 @@ class Driver:
         for this iteration's batch (requests in flight: one syscall per batch)."""
         if self.closed:
             raise EngineClosedError("the engine is closed")
+        # From here the request counts in _inflight, and its completion (by the
+        # engine, or by _unqueue) takes it out again through on_done.  Before
+        # this point the driver may complete it itself (served inline, zero
+        # length, abandoned) without touching the count.
+        op.on_done = self._on_done
         self._inflight += 1
         if self._inflight > 1 or self._wakeups:
             self._queue.append(op)
@@ -409,6 +424,7 @@ class Driver:
             engine.submit((op,))
         except BaseException:
             self._inflight -= 1
+            op.on_done = None
             raise
         if self._uring:
             engine.reap(0)
@@ -484,9 +500,13 @@ class Driver:
 
     async def _run(self, op: Operation) -> int:
         """Start *op*, wait for it, return its decoded result."""
-        if self._streak >= _STREAK:
-            await self._fair()
-        self._start(op)
+        try:
+            if self._streak >= _STREAK:
+                await self._fair()
+            self._start(op)
+        except BaseException:
+            _abandon(op)
+            raise
         if op.state is not _DONE:
             await self._wait(op)
         else:
@@ -656,7 +676,7 @@ class Driver:
                 self._positional(fd)
             if fd in self._cold and self._try_inline_read(fd, (buf,), offset, n) is not None:
                 return bytes(buf)
-        res = await self._run(Operation(_READ, fd, (buf,), offset, on_done=self._on_done))
+        res = await self._run(Operation(_READ, fd, (buf,), offset))
         if res == n:
             return bytes(buf)
         return bytes(memoryview(buf)[:res])
@@ -701,7 +721,7 @@ class Driver:
                         self._streak += 1
                         return got
                     self._missed(fd)
-        op = Operation(_READ, fd, (buf,), offset, on_done=self._on_done)
+        op = Operation(_READ, fd, (buf,), offset)
         n = op.pins[0].nbytes
         if n == 0:
             op.complete(0)
@@ -734,7 +754,7 @@ class Driver:
         """
         fd = check_fd(fd)
         offset = check_offset(offset)
-        op = Operation(_WRITE, fd, (data,), offset, on_done=self._on_done)
+        op = Operation(_WRITE, fd, (data,), offset)
         if not self._uring:
             try:
                 self._positional(fd)
@@ -756,7 +776,7 @@ class Driver:
         offset = check_offset(offset)
         flags = check_flags(flags)
         bufs = check_buffers(buffers)
-        op = Operation(_READV, fd, bufs, offset, flags, on_done=self._on_done)
+        op = Operation(_READV, fd, bufs, offset, flags)
         n = op.nbytes
         inline = bool(not flags and n and (fd in self._cold or self._inline_ok(fd)))
         try:
@@ -785,7 +805,7 @@ class Driver:
         offset = check_offset(offset)
         flags = check_flags(flags)
         bufs = check_buffers(buffers)
-        op = Operation(_WRITEV, fd, bufs, offset, flags, on_done=self._on_done)
+        op = Operation(_WRITEV, fd, bufs, offset, flags)
         if not self._uring:
             try:
                 self._positional(fd)
@@ -797,16 +817,16 @@ class Driver:
     async def fsync(self, fd: int) -> None:
         """Flush *fd*'s data and metadata to storage (fsync(2), ``os.fsync``)."""
         fd = check_fd(fd)
-        await self._run(Operation(OpCode.FSYNC, fd, on_done=self._on_done))
+        await self._run(Operation(OpCode.FSYNC, fd))
 
     async def fdatasync(self, fd: int) -> None:
         """Flush *fd*'s data to storage (fdatasync(2), ``os.fdatasync``)."""
         fd = check_fd(fd)
-        await self._run(Operation(OpCode.FDATASYNC, fd, on_done=self._on_done))
+        await self._run(Operation(OpCode.FDATASYNC, fd))
 
     async def _file_rw(self, opcode: OpCode, fd: int, buf: Any) -> int:
         """A read/write at the file position, through the engine (regular files)."""
-        return await self._run(Operation(opcode, fd, (buf,), -1, on_done=self._on_done))
+        return await self._run(Operation(opcode, fd, (buf,), -1))
 
     async def readinto(self, fd: int, buf: Any) -> int:
         """Read from a stream fd (or at a regular file's position) into *buf*.
@@ -1074,9 +1094,13 @@ class AsyncioDriver(Driver):
     async def _run(self, op: Operation) -> int:
         """Start *op*, wait for it (one Future, made only if it did not
         complete at once), return its decoded result."""
-        if self._streak >= _STREAK:
-            await self._fair()
-        self._start(op)
+        try:
+            if self._streak >= _STREAK:
+                await self._fair()  # a cancellation here: nothing was started
+            self._start(op)
+        except BaseException:
+            _abandon(op)
+            raise
         if op.state is not _DONE:
             fut = _running_loop().create_future()
             op.context = fut
@@ -1339,8 +1363,12 @@ class TrioDriver(Driver):
 
     async def _run(self, op: Operation) -> int:
         ll = self._lowlevel
-        await ll.checkpoint_if_cancelled()
-        self._start(op)
+        try:
+            await ll.checkpoint_if_cancelled()
+            self._start(op)
+        except BaseException:
+            _abandon(op)
+            raise
         if op.state is not _DONE:
             await self._wait(op)
         else:
