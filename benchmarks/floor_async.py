@@ -39,29 +39,45 @@ TASKS = 64
 Reader = Callable[[memoryview, int], Awaitable[int]]
 
 
-async def _drive(read: Reader, nblocks: int, seconds: float) -> tuple[float, float]:
-    """64 tasks reading random blocks; returns (reads/s, CPU us per read)."""
-    done = 0
-    stop = False
+class _Readers:
+    """``TASKS`` workers reading random blocks through *read* and counting;
+    the async library in use starts them and sleeps through :meth:`measure`."""
 
-    async def worker(w: int) -> None:
-        nonlocal done
+    def __init__(self, read: Reader, nblocks: int) -> None:
+        self.read = read
+        self.nblocks = nblocks
+        self.done = 0
+        self.stop = False
+
+    async def worker(self, w: int) -> None:
         buf = xaio.aligned_buffer(BLOCK)
         rnd = random.Random(w)
-        while not stop:
-            if await read(buf, rnd.randrange(nblocks) * BLOCK) != BLOCK:
+        while not self.stop:
+            if await self.read(buf, rnd.randrange(self.nblocks) * BLOCK) != BLOCK:
                 raise OSError("short read")
-            done += 1
+            self.done += 1
 
-    tasks = [asyncio.ensure_future(worker(w)) for w in range(TASKS)]
-    await asyncio.sleep(0.2)  # warm up
-    d0, t0, c0 = done, time.perf_counter(), time.thread_time()
-    await asyncio.sleep(seconds)
-    d1, t1, c1 = done, time.perf_counter(), time.thread_time()
-    stop = True
+    async def measure(
+        self, sleep: Callable[[float], Awaitable[None]], seconds: float
+    ) -> tuple[float, float]:
+        """Warm up, measure for *seconds*, stop the workers; returns (reads/s,
+        CPU us per read of this thread)."""
+        await sleep(0.2)
+        d0, t0, c0 = self.done, time.perf_counter(), time.thread_time()
+        await sleep(seconds)
+        d1, t1, c1 = self.done, time.perf_counter(), time.thread_time()
+        self.stop = True
+        n = d1 - d0
+        return n / (t1 - t0), (c1 - c0) / n * 1e6
+
+
+async def _drive(read: Reader, nblocks: int, seconds: float) -> tuple[float, float]:
+    """``TASKS`` asyncio tasks reading random blocks; returns (reads/s, CPU us per read)."""
+    readers = _Readers(read, nblocks)
+    tasks = [asyncio.ensure_future(readers.worker(w)) for w in range(TASKS)]
+    result = await readers.measure(asyncio.sleep, seconds)
     await asyncio.gather(*tasks)
-    n = d1 - d0
-    return n / (t1 - t0), (c1 - c0) / n * 1e6
+    return result
 
 
 def floor_run(path: Path, seconds: float) -> tuple[float, float]:
@@ -139,29 +155,15 @@ def xaio_trio_run(path: Path, seconds: float) -> tuple[float, float]:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
     nblocks = os.fstat(fd).st_size // BLOCK
 
+    async def read(buf: memoryview, offset: int) -> int:
+        return await xaio.preadinto(fd, buf, offset)
+
     async def main() -> tuple[float, float]:
-        done = 0
-        stop = False
-
-        async def worker(w: int) -> None:
-            nonlocal done
-            buf = xaio.aligned_buffer(BLOCK)
-            rnd = random.Random(w)
-            while not stop:
-                if await xaio.preadinto(fd, buf, rnd.randrange(nblocks) * BLOCK) != BLOCK:
-                    raise OSError("short read")
-                done += 1
-
+        readers = _Readers(read, nblocks)
         async with trio.open_nursery() as nursery:
             for w in range(TASKS):
-                nursery.start_soon(worker, w)
-            await trio.sleep(0.2)
-            d0, t0, c0 = done, time.perf_counter(), time.thread_time()
-            await trio.sleep(seconds)
-            d1, t1, c1 = done, time.perf_counter(), time.thread_time()
-            stop = True
-        n = d1 - d0
-        return n / (t1 - t0), (c1 - c0) / n * 1e6
+                nursery.start_soon(readers.worker, w)
+            return await readers.measure(trio.sleep, seconds)
 
     try:
         return trio.run(main)
@@ -209,11 +211,11 @@ def main() -> None:
     print("| path | median ops/s | CPU us per read | paired ratio to fio |")
     print("|------|--------------|-----------------|---------------------|")
     for name, xs in rates.items():
-        us = f"{statistics.median(cpu[name]):.1f}" if name in cpu else ""
+        cpu_us = f"{statistics.median(cpu[name]):.1f}" if name in cpu else ""
         paired = (
             f"{statistics.median(a / b for a, b in zip(xs, fio, strict=True)):.2f}x" if fio else ""
         )
-        print(f"| {name} | {statistics.median(xs):,.0f} | {us} | {paired} |")
+        print(f"| {name} | {statistics.median(xs):,.0f} | {cpu_us} | {paired} |")
 
 
 if __name__ == "__main__":

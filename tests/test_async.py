@@ -963,7 +963,7 @@ def test_loops_in_several_threads(data_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["uring", "linux", "thread"])
 def test_tasks_woken_together_submit_together(
-    name: str, data_path: Path, monkeypatch: pytest.MonkeyPatch
+    name: str, direct_fd: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Eight tasks whose reads completed while the loop was busy are woken by
     one reap; their next reads reach the engine in one submit -- not the first
@@ -975,10 +975,7 @@ def test_tasks_woken_together_submit_together(
     if xaio.engine.probe()[name] is not None:
         pytest.skip(f"{name} engine unavailable here")
     monkeypatch.setenv("XAIO_ENGINE", name)
-    try:
-        fd = os.open(data_path, os.O_RDONLY | os.O_DIRECT)
-    except OSError as e:
-        pytest.skip(f"O_DIRECT unsupported here: {e}")
+    fd = direct_fd
     expected = pattern(1 << 20)
     sizes: list[int] = []
 
@@ -1005,10 +1002,7 @@ def test_tasks_woken_together_submit_together(
         time.sleep(0.3)  # keep the loop busy until all eight have completed
         await asyncio.gather(*tasks)
 
-    try:
-        asyncio.run(main())
-    finally:
-        os.close(fd)
+    asyncio.run(main())
     assert sum(sizes) == 16
     assert sizes[-1] == 8, sizes  # the second round: one batch
 
@@ -1028,17 +1022,14 @@ def _trio_task_names() -> list[str]:
     return names
 
 
-def test_trio_flusher_reads_and_ends_with_the_driver(data_path: Path) -> None:
+def test_trio_flusher_reads_and_ends_with_the_driver(direct_fd: int) -> None:
     """On trio a system task hands queued requests over (trio has no
     call_soon): 32 concurrent O_DIRECT reads through it return the right data,
     and it ends when the driver closes (no task left behind)."""
     import trio
 
     expected = pattern(1 << 20)
-    try:
-        fd = os.open(data_path, os.O_RDONLY | os.O_DIRECT)
-    except OSError as e:
-        pytest.skip(f"O_DIRECT unsupported here: {e}")
+    fd = direct_fd
 
     async def main() -> None:
         drv = current_driver()
@@ -1058,22 +1049,16 @@ def test_trio_flusher_reads_and_ends_with_the_driver(data_path: Path) -> None:
         assert "xaio engine flusher" not in _trio_task_names()
         assert "xaio engine reader" not in _trio_task_names()
 
-    try:
-        trio.run(main)
-    finally:
-        os.close(fd)
+    trio.run(main)
 
 
 @pytest.mark.parametrize("library", ["asyncio", "trio"])
-def test_wakeup_count_returns_to_zero(library: str, data_path: Path) -> None:
+def test_wakeup_count_returns_to_zero(library: str, data_path: Path, direct_fd: int) -> None:
     """The driver's count of woken-but-not-resumed tasks (which makes new
     requests wait for the batch) is back to 0 once everything has run: after
     engine reads, path operations (xaio.os, the meta ring) and a cancelled
     read -- a leak would delay every later request by a loop iteration."""
-    try:
-        fd = os.open(data_path, os.O_RDONLY | os.O_DIRECT)
-    except OSError as e:
-        pytest.skip(f"O_DIRECT unsupported here: {e}")
+    fd = direct_fd
     r, w = os.pipe()
 
     async def body(sleep: Any, cancel_after: Any) -> int:
@@ -1112,23 +1097,18 @@ def test_wakeup_count_returns_to_zero(library: str, data_path: Path) -> None:
 
             assert trio.run(trio_main) == 0
     finally:
-        os.close(fd)
         os.close(r)
         os.close(w)
 
 
-def test_requests_the_driver_completes_itself_leave_no_trace(data_path: Path) -> None:
+def test_requests_the_driver_completes_itself_leave_no_trace(data_fd: int, direct_fd: int) -> None:
     """Requests completed by the driver without the engine (served from the
     page cache on a cold fd, zero-length, cancelled while parked before the
     engine) neither count in its in-flight total nor keep their buffer pinned
     -- not even while the cancelled task, and its traceback, are still alive."""
     from xaio._async import _loop
 
-    try:
-        dfd = os.open(data_path, os.O_RDONLY | os.O_DIRECT)
-    except OSError as e:
-        pytest.skip(f"O_DIRECT unsupported here: {e}")
-    fd = os.open(data_path, os.O_RDONLY)
+    fd, dfd = data_fd, direct_fd
     expected = pattern(1 << 20)
 
     async def main() -> None:
@@ -1156,23 +1136,16 @@ def test_requests_the_driver_completes_itself_leave_no_trace(data_path: Path) ->
         assert drv._inflight == 0
         del task
 
-    try:
-        asyncio.run(main())
-    finally:
-        os.close(fd)
-        os.close(dfd)
+    asyncio.run(main())
 
 
-def test_trio_request_cancelled_before_the_engine_is_not_pinned(data_path: Path) -> None:
+def test_trio_request_cancelled_before_the_engine_is_not_pinned(direct_fd: int) -> None:
     """trio: a request whose task was already cancelled never reaches the
     engine and gives its buffer back at once, even while the Cancelled
     exception (and the frames of its traceback) are kept."""
     import trio
 
-    try:
-        dfd = os.open(data_path, os.O_RDONLY | os.O_DIRECT)
-    except OSError as e:
-        pytest.skip(f"O_DIRECT unsupported here: {e}")
+    dfd = direct_fd
 
     async def main() -> None:
         drv = current_driver()
@@ -1189,7 +1162,4 @@ def test_trio_request_cancelled_before_the_engine_is_not_pinned(data_path: Path)
         pinned.extend(b"x")  # BufferError if the request still held it
         assert drv._inflight == 0
 
-    try:
-        trio.run(main)
-    finally:
-        os.close(dfd)
+    trio.run(main)

@@ -48,6 +48,29 @@ class NowaitReader:
         self._flags: dict[int, list[Any]] = {}  # fd -> [may read inline, reads left]
         self.count = 0
 
+    def flags_ok(self, fd: int) -> bool:
+        """May reads on *fd* be tried inline at all (not O_DIRECT, not
+        O_APPEND, a valid fd, RWF_NOWAIT known)?  Cached, as described above."""
+        cache = self._flags
+        entry = cache.get(fd)
+        if entry is None or entry[1] <= 0:
+            if len(cache) > 1024:
+                cache.clear()
+            try:
+                ok = _RWF_NOWAIT is not None and not (
+                    fcntl.fcntl(fd, fcntl.F_GETFL) & _NO_INLINE_FLAGS
+                )
+            except (OSError, OverflowError, ValueError):
+                ok = False
+            entry = cache[fd] = [ok, _RECHECK]
+        entry[1] -= 1
+        return bool(entry[0])
+
+    def decline(self, fd: int) -> None:
+        """An inline read on *fd* failed (not with EAGAIN): do not try again
+        before the flags are looked at anew."""
+        self._flags[fd] = [False, _RECHECK]
+
     def read(self, fd: int, buffer: Any, offset: int, nbytes: int) -> int | None:
         """Read *nbytes* at *offset* into *buffer* if the page cache has them all.
 
@@ -55,24 +78,12 @@ class NowaitReader:
             *nbytes* when the whole read was done here; None when the caller
             must submit the request as usual (nothing is reported here).
         """
-        if _RWF_NOWAIT is None:
+        if not self.flags_ok(fd):
             return None
-        cache = self._flags
-        entry = cache.get(fd)
         try:
-            if entry is None or entry[1] <= 0:
-                entry = cache[fd] = [
-                    not (fcntl.fcntl(fd, fcntl.F_GETFL) & _NO_INLINE_FLAGS),
-                    _RECHECK,
-                ]
-                if len(cache) > 1024:
-                    cache.clear()
-            entry[1] -= 1
-            if not entry[0]:
-                return None
-            n: int = os.preadv(fd, (buffer,), offset, _RWF_NOWAIT)
+            n: int = os.preadv(fd, (buffer,), offset, _RWF_NOWAIT)  # type: ignore[arg-type]
         except (OSError, OverflowError, ValueError):
-            cache.pop(fd, None)
+            self._flags.pop(fd, None)
             return None
         if n != nbytes:
             return None

@@ -2095,15 +2095,14 @@ class UringEngine(Engine):
 
         Raises:
             EngineClosedError: the engine is closed (nothing was taken).
-            RuntimeError: an operation is not QUEUED.
+            RuntimeError: an operation is not QUEUED, or is listed twice.
             ValueError: READ/WRITE without exactly one buffer, READV/WRITEV with
                 more than 1024 (nothing was taken).
             OSError: EINVAL in a forked child; the kernel refused the whole batch.
         """
         self._check_process()
-        for op in ops:  # validate first: all or nothing
-            if op.state is not _QUEUED:
-                raise RuntimeError(f"cannot submit an operation in state {op.state.name}")
+        check_batch(ops)  # validate first: all or nothing
+        for op in ops:
             fd = op.fd
             if (type(fd) is not int or type(op.offset) is not int) and not (
                 isinstance(fd, int) and isinstance(op.offset, int)
@@ -2117,8 +2116,6 @@ class UringEngine(Engine):
                     raise ValueError(f"{code.name} takes exactly one buffer")
             elif (code is _READV or code is _WRITEV) and len(op.pins) > _IOV_MAX:
                 raise ValueError(f"at most {_IOV_MAX} buffers")
-        if len(ops) > 1 and len({id(op) for op in ops}) != len(ops):
-            check_batch(ops)  # raises: an operation listed twice
         with self._lock:
             if self._closed:
                 raise EngineClosedError("engine is closed")
@@ -2138,8 +2135,8 @@ class UringEngine(Engine):
                 if not roomy and (tail - sq32[khead]) & _U32 >= n_sq:
                     ring._make_room()
                 ring._sqe_tail = (tail + 1) & _U32
-                # InFlight.add, inlined (the state check above rules out a
-                # second entry for the same operation)
+                # InFlight.add, inlined (check_batch ruled out a second entry
+                # for the same operation)
                 if free:
                     key = free.pop()
                 else:

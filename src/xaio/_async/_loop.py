@@ -115,6 +115,7 @@ import weakref
 from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any, ClassVar, TypeVar
 
+from xaio._inline import NowaitReader
 from xaio._memory import PAGE_SIZE
 from xaio._ops import OpCode, Operation, OpState, decode_result
 from xaio._syscall import oserror
@@ -150,7 +151,6 @@ _running_loop = asyncio.get_running_loop
 _READ, _WRITE, _READV, _WRITEV = OpCode.READ, OpCode.WRITE, OpCode.READV, OpCode.WRITEV
 _RWF_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
 _preadv = os.preadv
-_NO_INLINE_FLAGS = os.O_APPEND | getattr(os, "O_DIRECT", 0)
 _INT_MAX = 0x7FFFFFFF
 _OFF_MAX = (1 << 63) - 1
 #: Immediate completions between two looks at the clock (see _fair).
@@ -356,7 +356,7 @@ class Driver:
         self._uring = engine.name == "uring"
         #: asyncio: inline completions need no checkpoint (see _fair); trio: False
         self._inline = True
-        self._inline_cache: dict[int, int] = {}
+        self._nowait = NowaitReader()  # its flag cache: may an fd be read inline?
         #: cold fds (recent misses): hits still needed to be warm (< 0: skips left)
         self._cold: dict[int, int] = {}
         self._cachestat: _CacheStat | None = None
@@ -499,48 +499,18 @@ class Driver:
         self._slice_start = _perf()
 
     async def _run(self, op: Operation) -> int:
-        """Start *op*, wait for it, return its decoded result."""
-        try:
-            if self._streak >= _STREAK:
-                await self._fair()
-            self._start(op)
-        except BaseException:
-            _abandon(op)
-            raise
-        if op.state is not _DONE:
-            await self._wait(op)
-        else:
-            self._streak += 1
-        res = op.result
-        if res is None or res < 0:
-            return decode_result(res if res is not None else -errno.EIO)
-        return res
+        """Start *op* (:meth:`_start`; if that or the checkpoint before it
+        fails, :func:`_abandon` it), wait for it, return its decoded result."""
+        raise NotImplementedError
 
     def _inline_ok(self, fd: int) -> bool:
         """May a read on *fd* be tried with ``RWF_NOWAIT`` straight away?
 
         Not on O_DIRECT fds (a NOWAIT direct read still waits for the device)
-        nor O_APPEND ones, nor on fds whose last attempts missed the page cache
-        (*cold* fds: see :meth:`_missed`).  The flags are cached per fd and
-        re-checked every 64 reads: a stale entry (the fd closed and its number
-        reused) can only make a few reads take the engine path or wait for a
-        device in this thread; the data is right either way."""
-        cache = self._inline_cache
-        left = cache.get(fd, 0)
-        if left > 0:
-            cache[fd] = left - 1
-            return fd not in self._cold
-        if left < 0:
-            cache[fd] = left + 1
-            return False
-        if len(cache) > 1024:
-            cache.clear()
-        try:
-            ok = _RWF_NOWAIT and not fcntl.fcntl(fd, fcntl.F_GETFL) & _NO_INLINE_FLAGS
-        except (OSError, OverflowError, ValueError):
-            ok = False
-        cache[fd] = 63 if ok else -63
-        return bool(ok) and fd not in self._cold
+        nor O_APPEND ones (:meth:`xaio._inline.NowaitReader.flags_ok`, whose
+        cache is looked at again every 64 reads), nor on fds whose last
+        attempts missed the page cache (*cold* fds: see :meth:`_missed`)."""
+        return self._nowait.flags_ok(fd) and fd not in self._cold
 
     def _missed(self, fd: int) -> None:
         """A ``RWF_NOWAIT`` attempt on *fd* missed the page cache.
@@ -563,7 +533,8 @@ class Driver:
         """Try the read from the page cache in this thread (``preadv2`` with
         ``RWF_NOWAIT``, which fails with EAGAIN instead of waiting for the
         device): exactly the attempt io_uring makes inline before punting a
-        read to a worker, without the ring's per-request cost.
+        read to a worker, without the ring's per-request cost.  For a cold fd
+        or one :meth:`_inline_ok` accepted (the callers ask first).
 
         Returns:
             *n* when the whole read was done here; None when the caller must
@@ -579,18 +550,16 @@ class Driver:
                     self._cold[fd] = cold + 1
                 return None
             cs = self._cachestat
-            if cs is None or not self._inline_ok_flags(fd) or not cs.cached(fd, offset, n):
+            if cs is None or not self._nowait.flags_ok(fd) or not cs.cached(fd, offset, n):
                 self._cold[fd] = 8
                 return None
-        elif not self._inline_ok(fd):
-            return None
         try:
             got: int = _preadv(fd, bufs, offset, _RWF_NOWAIT)
         except BlockingIOError:
             self._missed(fd)
             return None
         except (OSError, OverflowError, ValueError, TypeError, BufferError):
-            self._inline_cache[fd] = -63
+            self._nowait.decline(fd)
             return None
         if got != n:
             self._missed(fd)
@@ -601,15 +570,6 @@ class Driver:
             else:
                 self._cold[fd] = cold - 1
         return got
-
-    def _inline_ok_flags(self, fd: int) -> bool:
-        """The flags part of :meth:`_inline_ok` (ignoring coldness)."""
-        cold = self._cold.pop(fd, None)
-        try:
-            return self._inline_ok(fd)
-        finally:
-            if cold is not None:
-                self._cold[fd] = cold
 
     def _positional(self, fd: int) -> None:
         """Positional I/O on a stream fd: ESPIPE, as os.pread says (checked for
@@ -737,8 +697,7 @@ class Driver:
                     op.complete(inline)
                     return inline
         except BaseException:
-            if op.state is OpState.QUEUED:
-                op.complete(-errno.ECANCELED)
+            _abandon(op)
             raise
         return await self._run(op)
 
@@ -785,7 +744,7 @@ class Driver:
             if inline:  # (see _pread)
                 await self._fair()
         except BaseException:
-            op.complete(-errno.ECANCELED)
+            _abandon(op)
             raise
         if inline and self._try_inline_read(fd, bufs, offset, n) is not None:
             op.complete(n)
