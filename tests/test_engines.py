@@ -434,6 +434,46 @@ def test_submit_refuses_a_bad_batch_and_takes_nothing(
         engine.submit([b])  # done now
 
 
+_BAD_FIELDS = {
+    "fd not an int": (lambda fd: Operation(OpCode.READ, "3", [bytearray(4)], 0), TypeError),  # type: ignore[arg-type]
+    "fd out of range": (lambda fd: Operation(OpCode.READ, 1 << 40, [bytearray(4)], 0), ValueError),
+    "offset not an int": (lambda fd: Operation(OpCode.READ, fd, [bytearray(4)], 1.5), TypeError),  # type: ignore[arg-type]
+    "flags not an int": (lambda fd: Operation(OpCode.READ, fd, [bytearray(4)], 0, "x"), TypeError),  # type: ignore[arg-type]
+    "READ with two buffers": (
+        lambda fd: Operation(OpCode.READ, fd, [bytearray(4), bytearray(4)], 0),
+        ValueError,
+    ),
+    "WRITE with no buffer": (lambda fd: Operation(OpCode.WRITE, fd, [], 0), ValueError),
+    "READV with 1025 buffers": (
+        lambda fd: Operation(OpCode.READV, fd, [bytearray(1) for _ in range(1025)], 0),
+        ValueError,
+    ),
+    "fsync on a str fd": (lambda fd: Operation(OpCode.FSYNC, "x"), TypeError),  # type: ignore[arg-type]
+}
+
+
+@pytest.mark.parametrize("case", sorted(_BAD_FIELDS))
+def test_submit_refuses_bad_fields_and_takes_nothing(
+    engine: Engine, data_fd: int, case: str
+) -> None:
+    """A malformed operation anywhere in a batch fails the whole batch with
+    TypeError/ValueError before any operation was taken; the engine is then
+    as before (the good ones still go, the bad one can be fixed and sent)."""
+    make, error = _BAD_FIELDS[case]
+    bad = make(data_fd)
+    good = [Operation(OpCode.READ, data_fd, [bytearray(8)], 8 * i) for i in range(3)]
+    with pytest.raises(error):
+        engine.submit([good[0], good[1], bad, good[2]])
+    for op in [*good, bad]:
+        assert op.state is OpState.QUEUED and op.key == -1
+    assert not engine.statistics().get("in_flight", 0)
+    expected = pattern(1 << 20)
+    assert run(engine, good) == [8, 8, 8]
+    assert [bytes(op.buffers[0]) for op in good] == [expected[8 * i : 8 * i + 8] for i in range(3)]
+    more = [Operation(OpCode.READ, data_fd, [bytearray(4)], 4 * i) for i in range(50)]
+    assert run(engine, more) == [4] * 50  # the engine's queue is intact
+
+
 def test_read_nowait(engine: Engine, data_fd: int, tmp_path: Path) -> None:
     """The page-cache fast path of the engines that have one (thread, uring):
     a cached read is done at once; end of file, errors, streams, O_APPEND and

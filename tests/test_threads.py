@@ -363,3 +363,31 @@ def test_read_nowait(eng: ThreadEngine, tfile: int, tmp_path: Path) -> None:
     assert eng.statistics()["inline"] == 1
     assert threading.active_count() >= 1  # and no worker was needed
     assert eng.statistics()["spawned"] == 0
+
+
+def test_a_field_spoiled_after_submit_fails_the_operation_not_the_worker(
+    data_fd: int,
+) -> None:
+    """submit vets the fields (check_batch), but they are plain attributes: one
+    changed to garbage before a worker runs the operation completes it with
+    -EINVAL; the worker lives on and runs the next one."""
+    with ThreadEngine(1) as eng:
+        r, w = os.pipe()
+        try:
+            blocker = Operation(OpCode.READ, r, [bytearray(1)], -1)  # holds the one worker
+            spoiled = Operation(OpCode.READ, data_fd, [bytearray(4)], 0)
+            eng.submit([blocker, spoiled])
+            spoiled.offset = "later"  # type: ignore[assignment]
+            os.write(w, b"!")
+            after = Operation(OpCode.READ, data_fd, [bytearray(4)], 0)
+            eng.submit([after])
+            deadline = time.monotonic() + 10
+            while not (blocker.done and spoiled.done and after.done):
+                assert time.monotonic() < deadline
+                eng.reap(0.5)
+        finally:
+            os.close(r)
+            os.close(w)
+    assert blocker.result == 1
+    assert spoiled.result == -errno.EINVAL
+    assert after.result == 4

@@ -70,6 +70,9 @@ class CancelOutcome(enum.IntEnum):
 _READS = frozenset({OpCode.READ, OpCode.READV})
 _WRITES = frozenset({OpCode.WRITE, OpCode.WRITEV})
 _READ, _READV, _WRITE, _WRITEV = OpCode.READ, OpCode.READV, OpCode.WRITE, OpCode.WRITEV
+_FSYNC, _FDATASYNC, _POLL, _NOP = OpCode.FSYNC, OpCode.FDATASYNC, OpCode.POLL, OpCode.NOP
+#: The most buffers one READV/WRITEV takes (the kernel's UIO_MAXIOV).
+IOV_MAX = 1024
 _QUEUED, _DONE = OpState.QUEUED, OpState.DONE
 
 
@@ -180,7 +183,7 @@ class Operation:
             RuntimeError: it is not DONE (it may still be in flight).
             TypeError: a read on a read-only buffer.
         """
-        if self.state is not OpState.DONE:
+        if self.state is not _DONE:
             raise RuntimeError(f"cannot rearm an operation in state {self.state.name}")
         code = self.opcode if opcode is None else opcode
         if not self.reusable:
@@ -191,7 +194,7 @@ class Operation:
         if offset is not None:
             self.offset = offset
         self.on_done = on_done
-        self.state = OpState.QUEUED
+        self.state = _QUEUED
         self.result = None
         self.key = -1
 
@@ -232,16 +235,44 @@ def decode_result(res: int) -> int:
 
 def check_batch(ops: Sequence[Operation]) -> None:
     """What every engine's ``submit`` checks before it takes anything: each
-    operation is QUEUED and none appears twice in the batch.
+    operation is QUEUED, none appears twice in the batch, and the fields its
+    opcode uses are well formed -- an int ``fd`` in C ``int`` range (all but
+    NOP), an int ``flags`` (reads, writes, POLL), an int ``offset`` (reads and
+    writes), exactly one buffer for READ/WRITE and at most 1024 for
+    READV/WRITEV.
 
     Raises:
         RuntimeError: an operation is submitted, done, or listed twice.
+        TypeError: an fd, offset or flags that is not an int.
+        ValueError: an fd out of range, or a wrong number of buffers.
     """
     for op in ops:
         if op.state is not _QUEUED:
             raise RuntimeError(f"cannot submit an operation in state {op.state.name}")
-    if len(ops) > 1 and len({id(op) for op in ops}) != len(ops):
+    if len(ops) > 1 and len(set(map(id, ops))) != len(ops):
         raise RuntimeError("the same operation appears twice in one batch")
+    for op in ops:
+        code = op.opcode
+        if code is _NOP:
+            continue  # no fd, offset, flags or buffers
+        fd = op.fd
+        if not isinstance(fd, int):
+            raise TypeError(f"fd must be an int, not {type(fd).__name__}")
+        if not -0x80000000 <= fd <= 0x7FFFFFFF:
+            raise ValueError(f"fd out of range: {fd}")
+        if code is _FSYNC or code is _FDATASYNC:
+            continue
+        if not isinstance(op.flags, int):
+            raise TypeError(f"flags must be an int, not {type(op.flags).__name__}")
+        if code is _POLL:
+            continue
+        if not isinstance(op.offset, int):
+            raise TypeError(f"offset must be an int, not {type(op.offset).__name__}")
+        if code is _READ or code is _WRITE:
+            if len(op.pins) != 1:
+                raise ValueError(f"{code.name} takes exactly one buffer, not {len(op.pins)}")
+        elif len(op.pins) > IOV_MAX:
+            raise ValueError(f"{code.name} takes at most {IOV_MAX} buffers, not {len(op.pins)}")
 
 
 class InFlight:

@@ -159,7 +159,8 @@ def _run(op: Operation) -> int:
         return -errno.EINVAL
     except OSError as e:
         return -(e.errno or errno.EIO)
-    except (OverflowError, ValueError):
+    except (OverflowError, ValueError, TypeError):
+        # fields changed after submit (check_batch vetted them): never kill a worker
         return -errno.EINVAL
 
 
