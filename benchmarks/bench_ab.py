@@ -19,8 +19,9 @@ Contenders (the first one is the reference of the paired ratios):
     engine[:FLAG+FLAG...[:MAXREAP]]
                                    the uring engine, resubmitting after reap;
                                    FLAGs: coop, taskrun, defer, sqpoll (setup
-                                   flags); MAXREAP: reap(max_n=...) (default
-                                   0 here: all)
+                                   flags), fixed (Engine.register_buffers);
+                                   MAXREAP: reap(max_n=...) (default 0 here:
+                                   all)
     engine-on_done[:DEFER]         the uring engine, resubmitting from on_done;
                                    DEFER overrides uring._DEFER_FLUSH
 
@@ -86,14 +87,18 @@ def contender(spec: str, path: Path, depth: int, seconds: float) -> Callable[[],
     if name == "engine":
         flag_s, _, most = arg.partition(":")
         flags = 0
+        register = False
         for f in filter(None, flag_s.split("+")):
-            flags |= _FLAGS[f]
+            if f == "fixed":
+                register = True
+            else:
+                flags |= _FLAGS[f]
         reap_max = int(most or 0)
 
         def make() -> Engine:
             return uring.UringEngine(max(2 * depth, 8), setup_flags=flags)
 
-        return lambda: engine_iops(make, path, depth, seconds, True, reap_max)
+        return lambda: engine_iops(make, path, depth, seconds, True, reap_max, register)
     if name == "engine-on_done":
         defer = int(arg) if arg else uring._DEFER_FLUSH
 

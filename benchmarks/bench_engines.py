@@ -11,7 +11,8 @@ Two tables:
   ``xaio.uring.UringBatch`` (io_uring, lean path: slot SQE images, registered
   buffers), the ``uring`` engine through the Engine protocol
   (``xaio.engine.create_engine("uring")``: Operation records, pinning, reap)
-  driven two ways -- re-arm and resubmit everything after each reap, or
+  driven two ways -- re-arm and resubmit everything after each reap (also
+  with the buffers registered through ``Engine.register_buffers``), or
   resubmit from the ``on_done`` callback -- and fio's ``libaio`` and
   ``io_uring`` engines with batched submission
   (``--iodepth_batch_submit=DEPTH --iodepth_batch_complete_min=1``).
@@ -183,13 +184,18 @@ def engine_iops(
     seconds: float,
     direct: bool,
     reap_max: int = ENGINE_REAP_MAX,
+    register: bool = False,
 ) -> float:
     """Through the Engine protocol: reusable Operations re-armed per request,
-    at most *reap_max* delivered per reap (0: all that are there)."""
+    at most *reap_max* delivered per reap (0: all that are there); with
+    *register*, the buffers are offered to ``Engine.register_buffers`` first
+    (io_uring's fixed buffers)."""
     fd = os.open(path, os.O_RDONLY | (os.O_DIRECT if direct else 0))
     offsets = _offsets(fd, depth)
     bufs = _buffers(depth, direct)
     eng = create_engine(name) if isinstance(name, str) else name()
+    if register and not eng.register_buffers(bufs):
+        raise SystemExit(f"the {eng.name} engine cannot register buffers")
     finished: list[Operation] = []
     on_done: Callable[[Operation], None] = finished.append
     try:
@@ -297,6 +303,9 @@ def main() -> None:
     if works["uring"] is None:
         direct["xaio.uring UringBatch"] = lambda d: uring_batch_iops(path, d, s, True)
         direct["uring engine"] = lambda d: engine_iops("uring", path, d, s, True)
+        direct["uring engine, registered"] = lambda d: engine_iops(
+            "uring", path, d, s, True, register=True
+        )
         direct["uring engine, on_done"] = lambda d: engine_callback_iops("uring", path, d, s, True)
         cached["xaio.uring UringBatch"] = lambda d: uring_batch_iops(cpath, d, s, False)
         cached["xaio.uring Ring"] = lambda d: ring_iops(cpath, d, s, False)

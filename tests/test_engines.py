@@ -474,6 +474,46 @@ def test_submit_refuses_bad_fields_and_takes_nothing(
     assert run(engine, more) == [4] * 50  # the engine's queue is intact
 
 
+def test_register_buffers(engine: Engine, data_fd: int, direct_fd: int) -> None:
+    """Engine.register_buffers is a hint every engine takes: io_uring pins
+    the buffers as fixed buffers (reads and writes on them use READ_FIXED /
+    WRITE_FIXED), the others say False; I/O on any buffer works either way."""
+    with pytest.raises(ValueError):
+        engine.register_buffers([])
+    arena = xaio.aligned_buffer(3 * 4096)
+    small = bytearray(256)
+    registered = engine.register_buffers([arena, small])
+    assert registered is (engine.name == "uring")
+    expected = pattern(1 << 20)
+    view = memoryview(arena)
+    other = xaio.aligned_buffer(4096)
+    ops = [
+        Operation(OpCode.READ, direct_fd, [view[:4096]], 0),  # starts at a registered buffer
+        Operation(OpCode.READ, direct_fd, [view[8192:]], 4096),  # inside one
+        Operation(OpCode.READ, data_fd, [memoryview(small)[:100]], 5),
+        Operation(OpCode.READ, direct_fd, [other], 8192),  # not registered
+    ]
+    assert run(engine, ops) == [4096, 4096, 100, 4096]
+    assert bytes(view[:4096]) == expected[:4096]
+    assert bytes(view[8192:]) == expected[4096:8192]
+    assert bytes(small[:100]) == expected[5:105]
+    assert bytes(other) == expected[8192:12288]
+    if registered:
+        assert engine.statistics()["fixed"] == 3
+    view[4096:8192] = b"w" * 4096
+    assert run(engine, [Operation(OpCode.WRITE, direct_fd, [view[4096:8192]], 4096)]) == [4096]
+    assert os.pread(data_fd, 4096, 4096) == b"w" * 4096
+    engine.unregister_buffers()
+    engine.unregister_buffers()  # nothing left: no error
+    if registered:
+        assert engine.statistics()["fixed"] == 4
+    assert run(engine, [Operation(OpCode.READ, direct_fd, [view[:4096]], 0)]) == [4096]
+    if registered:
+        assert engine.statistics()["fixed"] == 4  # plain I/O after unregistering
+    del view
+    ops.clear()
+
+
 def test_read_nowait(engine: Engine, data_fd: int, tmp_path: Path) -> None:
     """The page-cache fast path of the engines that have one (thread, uring):
     a cached read is done at once; end of file, errors, streams, O_APPEND and

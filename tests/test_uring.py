@@ -749,6 +749,73 @@ def test_engine_bad_arguments_take_nothing(engine: UringEngine) -> None:
     assert engine.statistics()["in_flight"] == 0
 
 
+def test_engine_bad_batch_larger_than_the_sq_takes_nothing(data_fd: int) -> None:
+    """A batch with no room in the SQ is checked before any SQE is written
+    (its SQEs reach the kernel midway, so nothing could be taken back)."""
+    with UringEngine(4) as eng:
+        good = [Operation(OpCode.READ, data_fd, [bytearray(4)], 4 * i) for i in range(9)]
+        bad = Operation(OpCode.READ, data_fd, [bytearray(4)], "0")  # type: ignore[arg-type]
+        enters = eng.statistics()["ring"]["enter"]
+        with pytest.raises(TypeError, match="offset"):
+            eng.submit([*good, bad])
+        assert eng.statistics()["ring"]["enter"] == enters
+        assert all(op.state is OpState.QUEUED for op in good)
+        assert eng.submit(good) == 9
+        _reap_until(eng, good)
+        assert [op.result for op in good] == [4] * 9
+
+
+def test_engine_bad_operation_midway_is_taken_back(engine: UringEngine, data_fd: int) -> None:
+    """The one-pass submit writes SQEs as it checks: a bad operation after
+    good ones takes those back (keys freed, SQ tail restored), so the next
+    batch's SQEs are the only ones the kernel sees."""
+    good = [Operation(OpCode.READV, data_fd, [bytearray(3), bytearray(5)], 0) for _ in range(5)]
+    dup = [*good[:3], good[1]]
+    with pytest.raises(RuntimeError, match="twice"):
+        engine.submit(dup)
+    assert engine.ring.sq_ready() == 0 and engine.statistics()["in_flight"] == 0
+    assert all(op.key == -1 and op.state is OpState.QUEUED for op in good)
+    assert engine.submit(good) == 5
+    _reap_until(engine, good)
+    assert [op.result for op in good] == [8] * 5
+    assert engine.statistics()["submitted"] == 5
+
+
+def test_engine_register_buffers_edges(engine: UringEngine, pipe: tuple[int, int]) -> None:
+    """Registered buffers: a read-only one is refused, a second registration is
+    EBUSY, a buffer that starts at a registered one but is longer is sent as a
+    plain read, a read in flight survives unregistering, and close gives the
+    memory back."""
+    with pytest.raises(TypeError):
+        engine.register_buffers([b"read-only"])
+    mem = bytearray(8192)
+    view = memoryview(mem)
+    assert engine.register_buffers([view[:4096]])
+    with pytest.raises(OSError) as e:
+        engine.register_buffers([bytearray(10)])
+    assert e.value.errno == errno.EBUSY
+    r, w = pipe
+    os.write(w, b"x" * 8192)
+    longer = Operation(OpCode.READ, r, [view], -1)  # 8 KiB from the 4 KiB buffer's start
+    engine.submit([longer])
+    _reap_until(engine, [longer])
+    assert longer.result == 8192 and engine.statistics()["fixed"] == 0
+    inner = Operation(OpCode.READ, r, [view[100:200]], -1)  # blocks: the pipe is empty
+    engine.submit([inner])
+    assert engine.statistics()["fixed"] == 1
+    engine.unregister_buffers()
+    os.write(w, b"hello")
+    _reap_until(engine, [inner])
+    assert inner.result == 5 and mem[100:105] == b"hello"
+    assert engine.register_buffers([mem])  # registering again after unregistering
+    del view, longer, inner
+    engine.close()
+    with pytest.raises(EngineClosedError):
+        engine.register_buffers([bytearray(1)])
+    engine.unregister_buffers()  # closed: nothing to undo
+    assert resizable(mem)
+
+
 def test_engine_batch_larger_than_both_rings() -> None:
     with UringEngine(4) as eng:  # SQ 4, CQ 8: refills the SQ and overflows the CQ
         ops = [Operation(OpCode.NOP, -1) for _ in range(300)]

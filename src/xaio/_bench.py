@@ -653,6 +653,10 @@ def _sync_loop(job: Job, fd: int, engine: Engine, progress: Progress | None) -> 
         Operation(OpCode.READ, fd, (b,), 0, on_done=on_done, context=i, reusable=True)
         for i, b in enumerate(bufs)
     ]
+    try:  # io_uring: fixed buffers, no page pinning per request (until close)
+        engine.register_buffers(bufs)
+    except OSError:
+        pass  # e.g. RLIMIT_MEMLOCK: plain requests work the same
     start = array.array("q", bytes(8 * depth))
     lat_r = _Samples(_expected_samples(job))
     lat_w = _Samples(64 if not job.writes else _expected_samples(job))

@@ -292,6 +292,10 @@ def _pump(
 ) -> None:
     """The copy loop: read into a free slot, write what was read, repeat."""
     bufs = [aligned_buffer(bs, align if direct and align > 1 else None) for _ in range(depth)]
+    try:  # io_uring: fixed buffers, no page pinning per request (until close)
+        eng.register_buffers(bufs)
+    except OSError:
+        pass  # e.g. RLIMIT_MEMLOCK: plain requests work the same
     done: list[Operation] = []
     on_done = done.append
     next_off = 0

@@ -91,10 +91,13 @@ class Engine(abc.ABC):
     def submit(self, ops: Sequence[Operation]) -> int:
         """Hand a batch of QUEUED operations to the engine; returns len(ops).
 
-        Raises:
-            EngineClosedError: the engine is closed (no operation was taken).
-            RuntimeError: an operation is not QUEUED or is listed twice
-                (:func:`xaio._ops.check_batch`; no operation was taken).
+        Raises (no operation was taken):
+            EngineClosedError: the engine is closed.
+            RuntimeError: an operation is not QUEUED or is listed twice.
+            TypeError: an fd, offset or flags that is not an int.
+            ValueError: an fd out of range; READ/WRITE without exactly one
+                buffer, READV/WRITEV with more than 1024
+                (:func:`xaio._ops.check_batch` has the rules).
         """
 
     @abc.abstractmethod
@@ -122,6 +125,31 @@ class Engine(abc.ABC):
     def statistics(self) -> dict[str, Any]:
         """Counters for debugging and benchmarks (engine-specific keys)."""
         return {"name": self.name}
+
+    def register_buffers(self, buffers: Sequence[Any]) -> bool:
+        """Offer *buffers* as the memory most requests will use, so that an
+        engine that can pin them once does so (io_uring's fixed buffers); a
+        request on (part of) one of them then skips the kernel's per-request
+        page pinning.  Any buffer still works for any request either way.
+
+        Returns:
+            True if this engine registered them; False if it has no such
+            thing (the Linux AIO and thread engines, which ignore them).
+
+        Raises:
+            ValueError: an empty sequence.
+            TypeError, OSError: from an engine that registers (see
+                :meth:`xaio.uring.UringEngine.register_buffers`): a read-only
+                buffer, or the kernel's refusal (``RLIMIT_MEMLOCK``...).
+        """
+        if not buffers:
+            raise ValueError("no buffers to register")
+        return False
+
+    def unregister_buffers(self) -> None:
+        """Undo :meth:`register_buffers` (nothing if none are registered);
+        requests in flight keep their memory."""
+        return None  # engines without registered buffers have nothing to undo
 
     def __enter__(self) -> Engine:
         return self

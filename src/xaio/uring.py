@@ -140,6 +140,7 @@ io_uring_prep_read(3) and the other liburing prep pages, liburing's
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import errno
 import mmap
@@ -156,7 +157,15 @@ from xaio import _syscall
 from xaio._abi import uring as abi
 from xaio._buffers import Pin, iovec_array, pin, pin_many
 from xaio._inline import NowaitReader
-from xaio._ops import CancelOutcome, InFlight, OpCode, Operation, OpState, check_batch
+from xaio._ops import (
+    IOV_MAX,
+    CancelOutcome,
+    InFlight,
+    OpCode,
+    Operation,
+    OpState,
+    check_batch,
+)
 from xaio._syscall import check, oserror
 from xaio.engine import Engine, EngineClosedError
 
@@ -182,10 +191,11 @@ _U32 = 0xFFFFFFFF
 _U64 = 0xFFFFFFFFFFFFFFFF
 _SQE_SIZE = 64
 _CQE_SIZE = 16
-_IOV_MAX = 1024
+_IOV_MAX = IOV_MAX
 _REQUIRED_FEATURES = abi.IORING_FEAT_NODROP | abi.IORING_FEAT_EXT_ARG
 _pack_sqe = abi.SQE_STRUCT.pack_into
 _unpack_cqe = abi.CQE_STRUCT.unpack_from
+_iter_cqes = abi.CQE_STRUCT.iter_unpack
 
 # x86-64 is TSO: plain loads/stores already have acquire/release semantics (see
 # the module essay).  Anywhere else, peek_batch fences with a lock round trip.
@@ -1228,14 +1238,21 @@ class Ring:
         n = (tail - head) & _U32
         if max_n and n > max_n:
             n = max_n
-        mm = self._cq_mm
-        base = self._cqes
-        mask = self._cq_mask
         start = len(out)
-        append = out.append
-        for _ in range(n):
-            append(_unpack_cqe(mm, base + ((head & mask) << 4)))
-            head = (head + 1) & _U32
+        if n:
+            # one slice of the mapping per contiguous run (two if the run wraps),
+            # unpacked by iter_unpack in C: no Python-level step per CQE
+            mm = self._cq_mm
+            base = self._cqes
+            first = head & self._cq_mask
+            run = self._cq_n - first
+            if run > n:
+                run = n
+            lo = base + (first << 4)
+            out.extend(_iter_cqes(mm[lo : lo + (run << 4)]))
+            if run < n:
+                out.extend(_iter_cqes(mm[base : base + ((n - run) << 4)]))
+            head = (head + n) & _U32
         if _NEEDS_FENCE:
             _fence()  # release: the CQE loads before the head store
         cq32[self._cq_khead] = head
@@ -1591,6 +1608,7 @@ _READ, _WRITE, _READV, _WRITEV = OpCode.READ, OpCode.WRITE, OpCode.READV, OpCode
 _FSYNC, _FDATASYNC, _POLL, _NOP = OpCode.FSYNC, OpCode.FDATASYNC, OpCode.POLL, OpCode.NOP
 _SUBMITTED, _QUEUED, _DONE = OpState.SUBMITTED, OpState.QUEUED, OpState.DONE
 _OP_READ, _OP_WRITE = abi.IORING_OP_READ, abi.IORING_OP_WRITE
+_OP_READ_FIXED, _OP_WRITE_FIXED = abi.IORING_OP_READ_FIXED, abi.IORING_OP_WRITE_FIXED
 
 
 class SlotInFlightError(RuntimeError):
@@ -2049,8 +2067,19 @@ class UringEngine(Engine):
         self._waiting = 0
         self._generation = _fork_generation[0]
         self._pid = os.getpid()
-        self._counts = {"submitted": 0, "completed": 0, "cancel": 0, "eventfd_reads": 0}
+        self._counts = {
+            "submitted": 0,
+            "fixed": 0,
+            "completed": 0,
+            "cancel": 0,
+            "eventfd_reads": 0,
+        }
         self._nowait = NowaitReader()
+        # registered buffers (register_buffers): start -> (index, end), and the
+        # spans sorted by start for a buffer that begins inside one of them
+        self._fixed: dict[int, tuple[int, int]] = {}
+        self._fixed_spans: list[tuple[int, int, int]] = []
+        self._fixed_starts: list[int] = []
         self._closed = False
 
     # --- protocol ---------------------------------------------------------------
@@ -2084,6 +2113,74 @@ class UringEngine(Engine):
         if self._generation != _fork_generation[0]:
             raise _refused_in_child(self._pid)
 
+    def register_buffers(self, buffers: Sequence[Any]) -> bool:
+        """Register *buffers* with the ring as fixed buffers
+        (io_uring_register_buffers(3)): from now on a READ or WRITE whose
+        buffer lies inside one of them is sent as ``IORING_OP_READ_FIXED`` /
+        ``WRITE_FIXED``, which saves the kernel pinning its pages on every
+        request (about 1 us per 4 KiB O_DIRECT read here).  Other buffers work
+        as before.  The buffers stay pinned until :meth:`unregister_buffers`
+        or :meth:`close`.
+
+        Returns:
+            True.
+
+        Raises:
+            TypeError: a buffer is not writable.
+            ValueError: an empty sequence.
+            EngineClosedError: the engine is closed.
+            OSError: EBUSY if buffers are registered already; ENOMEM
+                (``RLIMIT_MEMLOCK``); EFAULT/EOPNOTSUPP for memory the kernel
+                will not pin (e.g. a file mapping); EINVAL in a forked child.
+        """
+        self._check_process()
+        if not buffers:
+            raise ValueError("no buffers to register")
+        with self._lock:
+            if self._closed:
+                raise EngineClosedError("engine is closed")
+            self._ring.register_buffers(buffers)
+            spans = sorted(
+                (p.address, p.address + p.nbytes, i)
+                for i, p in enumerate(self._ring._fixed_buffers)
+                if p is not None
+            )
+            self._fixed = {start: (index, end) for start, end, index in spans}
+            self._fixed_spans = spans
+            self._fixed_starts = [start for start, _end, _index in spans]
+        return True
+
+    def unregister_buffers(self) -> None:
+        """Undo :meth:`register_buffers` (io_uring_unregister_buffers(3));
+        nothing if none are registered.  Requests in flight keep their memory:
+        the kernel holds a registered buffer until its requests complete, and
+        each operation holds its own pin.
+
+        Raises:
+            OSError: EINVAL in a forked child.
+        """
+        self._check_process()
+        with self._lock:
+            if not self._fixed or self._closed:
+                return
+            self._fixed = {}
+            self._fixed_spans = []
+            self._fixed_starts = []
+            self._ring.unregister_buffers()
+
+    def _fixed_index(self, address: int, nbytes: int) -> int:
+        """The index of the registered buffer holding ``[address,
+        address + nbytes)``, or -1."""
+        hit = self._fixed.get(address)
+        if hit is not None:
+            return hit[0] if address + nbytes <= hit[1] else -1
+        i = bisect.bisect_right(self._fixed_starts, address) - 1
+        if i >= 0:
+            _start, end, index = self._fixed_spans[i]
+            if address + nbytes <= end:
+                return index
+        return -1
+
     def submit(self, ops: Sequence[Operation]) -> int:
         """Write one SQE per operation and enter the kernel once.
 
@@ -2096,114 +2193,33 @@ class UringEngine(Engine):
         Raises:
             EngineClosedError: the engine is closed (nothing was taken).
             RuntimeError: an operation is not QUEUED, or is listed twice.
-            ValueError: READ/WRITE without exactly one buffer, READV/WRITEV with
-                more than 1024 (nothing was taken).
+            TypeError: an fd or offset that is not an int.
+            ValueError: an fd out of range, READ/WRITE without exactly one
+                buffer, READV/WRITEV with more than 1024 (nothing was taken).
             OSError: EINVAL in a forked child; the kernel refused the whole batch.
         """
         self._check_process()
-        check_batch(ops)  # validate first: all or nothing
-        for op in ops:
-            fd = op.fd
-            if (type(fd) is not int or type(op.offset) is not int) and not (
-                isinstance(fd, int) and isinstance(op.offset, int)
-            ):
-                raise TypeError("fd and offset must be ints")
-            if not -0x80000000 <= fd <= 0x7FFFFFFF:
-                raise ValueError(f"fd out of range: {fd}")
-            code = op.opcode
-            if code is _READ or code is _WRITE:
-                if len(op.pins) != 1:
-                    raise ValueError(f"{code.name} takes exactly one buffer")
-            elif (code is _READV or code is _WRITEV) and len(op.pins) > _IOV_MAX:
-                raise ValueError(f"at most {_IOV_MAX} buffers")
         with self._lock:
             if self._closed:
                 raise EngineClosedError("engine is closed")
             ring = self._ring
-            sqes = ring._sqes
-            inflight = self._inflight
-            table = inflight._ops
-            free = inflight._free
             sq32 = ring._sq32
             khead = ring._sq_khead
-            n_sq = ring._sq_n
-            mask = ring._sq_mask
-            # room for the whole batch: no per-request look at the kernel's head
-            roomy = len(ops) <= n_sq - ((ring._sqe_tail - sq32[khead]) & _U32)
-            for op in ops:
-                tail = ring._sqe_tail
-                if not roomy and (tail - sq32[khead]) & _U32 >= n_sq:
-                    ring._make_room()
-                ring._sqe_tail = (tail + 1) & _U32
-                # InFlight.add, inlined (check_batch ruled out a second entry
-                # for the same operation)
-                if free:
-                    key = free.pop()
-                else:
-                    key = inflight._next
-                    inflight._next = key + 1
-                op.key = key
-                table[key] = op
-                code = op.opcode
-                fd = op.fd
-                if code is _READ or code is _WRITE:
-                    p = op.pins[0]
-                    _pack_sqe(
-                        sqes,
-                        (tail & mask) << 6,
-                        _OP_READ if code is _READ else _OP_WRITE,
-                        0,
-                        0,
-                        fd,
-                        op.offset & _U64,
-                        p.address,
-                        p.nbytes,
-                        op.flags & _U32,
-                        key,
-                        0,
-                        0,
-                        0,
-                        0,
-                        0,
-                    )
-                elif code is _READV or code is _WRITEV:
-                    iovs = Ring._iovecs(op.pins)
-                    self._vecs[key] = iovs
-                    _pack_sqe(
-                        sqes,
-                        (tail & mask) << 6,
-                        abi.IORING_OP_READV if code is _READV else abi.IORING_OP_WRITEV,
-                        0,
-                        0,
-                        fd,
-                        op.offset & _U64,
-                        ctypes.addressof(iovs),
-                        len(op.pins),
-                        op.flags & _U32,
-                        key,
-                        0,
-                        0,
-                        0,
-                        0,
-                        0,
-                    )
-                elif code is _FSYNC or code is _FDATASYNC:
-                    flags = abi.IORING_FSYNC_DATASYNC if code is _FDATASYNC else 0
-                    _pack_sqe(
-                        sqes, (tail & mask) << 6, abi.IORING_OP_FSYNC, 0, 0, fd,
-                        0, 0, 0, flags, key, 0, 0, 0, 0, 0,
-                    )  # fmt: skip
-                elif code is _POLL:
-                    _pack_sqe(
-                        sqes, (tail & mask) << 6, abi.IORING_OP_POLL_ADD, 0, 0, fd,
-                        0, 0, 0, op.flags & _U32, key, 0, 0, 0, 0, 0,
-                    )  # fmt: skip
-                else:
-                    _pack_sqe(
-                        sqes, (tail & mask) << 6, abi.IORING_OP_NOP, 0, 0, -1,
-                        0, 0, 0, 0, key, 0, 0, 0, 0, 0,
-                    )  # fmt: skip
-                op.state = _SUBMITTED
+            start = ring._sqe_tail
+            if len(ops) > ring._sq_n - ((start - sq32[khead]) & _U32):
+                # no room for the whole batch: _make_room hands SQEs to the
+                # kernel midway, so nothing can be taken back -- check first
+                check_batch(ops)
+                self._write_sqes(ops, True)
+            else:
+                # the common case checks as it writes (one pass), and takes
+                # back what it wrote if an operation turns out to be bad
+                try:
+                    self._write_sqes(ops, False)
+                except BaseException:
+                    self._take_back(ops, start)
+                    check_batch(ops)  # the precise error, if it was ours
+                    raise
             self._counts["submitted"] += len(ops)
             # publish the tail and enter once (Ring.submit, inlined)
             if ring._sqpoll:
@@ -2216,6 +2232,160 @@ class UringEngine(Engine):
                 return len(ops)  # on_done submitting: _deliver hands it over
             ring._enter_pending(pending, _SUBMIT_CHUNK)
         return len(ops)
+
+    def _take_back(self, ops: Sequence[Operation], start: int) -> None:
+        """Undo a :meth:`_write_sqes` that raised: every operation it entered
+        (the first ``tail - start``: the tail moves only once an operation is
+        entered) is QUEUED again and out of the in-flight table, and the SQ
+        tail goes back to *start* (nothing was published)."""
+        ring = self._ring
+        entered = (ring._sqe_tail - start) & _U32
+        ring._sqe_tail = start
+        table = self._inflight._ops
+        free = self._inflight._free
+        for op in ops[:entered]:
+            key = op.key
+            del table[key]
+            free.append(key)
+            self._vecs.pop(key, None)
+            op.key = -1
+            op.state = _QUEUED
+
+    def _write_sqes(self, ops: Sequence[Operation], make_room: bool) -> None:
+        """Write one SQE per operation and enter each in the in-flight table
+        (under the lock; the tail is published by :meth:`submit`).
+
+        An operation is entered only once its SQE is written, and
+        ``ring._sqe_tail`` counts exactly the operations entered, also when
+        this raises: those before the bad one.  A duplicate shows up as an
+        operation no longer QUEUED."""
+        ring = self._ring
+        sqes = ring._sqes
+        inflight = self._inflight
+        table = inflight._ops
+        free = inflight._free
+        sq32 = ring._sq32
+        khead = ring._sq_khead
+        n_sq = ring._sq_n
+        mask = ring._sq_mask
+        fixed = self._fixed
+        nfixed = 0
+        tail = ring._sqe_tail
+        try:
+            for op in ops:
+                if op.state is not _QUEUED:
+                    raise RuntimeError("operation not QUEUED")  # check_batch says which
+                if make_room and (tail - sq32[khead]) & _U32 >= n_sq:
+                    ring._sqe_tail = tail
+                    ring._make_room()
+                # InFlight.add, inlined: the key is taken once the SQE is written
+                key = free[-1] if free else inflight._next
+                code = op.opcode
+                if code is _READ or code is _WRITE:
+                    pins = op.pins
+                    if len(pins) != 1:
+                        raise ValueError("READ/WRITE takes exactly one buffer")
+                    p = pins[0]
+                    address = p.address
+                    nbytes = p.nbytes
+                    index = -1
+                    if fixed:  # a registered buffer: READ_FIXED / WRITE_FIXED
+                        hit = fixed.get(address)
+                        if hit is not None:
+                            if address + nbytes <= hit[1]:
+                                index = hit[0]
+                        else:
+                            index = self._fixed_index(address, nbytes)
+                    if index < 0:
+                        _pack_sqe(
+                            sqes,
+                            (tail & mask) << 6,
+                            _OP_READ if code is _READ else _OP_WRITE,
+                            0,
+                            0,
+                            op.fd,
+                            op.offset & _U64,
+                            address,
+                            nbytes,
+                            op.flags & _U32,
+                            key,
+                            0,
+                            0,
+                            0,
+                            0,
+                            0,
+                        )
+                    else:
+                        _pack_sqe(
+                            sqes,
+                            (tail & mask) << 6,
+                            _OP_READ_FIXED if code is _READ else _OP_WRITE_FIXED,
+                            0,
+                            0,
+                            op.fd,
+                            op.offset & _U64,
+                            address,
+                            nbytes,
+                            op.flags & _U32,
+                            key,
+                            index,
+                            0,
+                            0,
+                            0,
+                            0,
+                        )
+                        nfixed += 1
+                elif code is _READV or code is _WRITEV:
+                    if len(op.pins) > _IOV_MAX:
+                        raise ValueError(f"at most {_IOV_MAX} buffers")
+                    iovs = Ring._iovecs(op.pins)
+                    _pack_sqe(
+                        sqes,
+                        (tail & mask) << 6,
+                        abi.IORING_OP_READV if code is _READV else abi.IORING_OP_WRITEV,
+                        0,
+                        0,
+                        op.fd,
+                        op.offset & _U64,
+                        ctypes.addressof(iovs),
+                        len(op.pins),
+                        op.flags & _U32,
+                        key,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                    )
+                    self._vecs[key] = iovs
+                elif code is _FSYNC or code is _FDATASYNC:
+                    flags = abi.IORING_FSYNC_DATASYNC if code is _FDATASYNC else 0
+                    _pack_sqe(
+                        sqes, (tail & mask) << 6, abi.IORING_OP_FSYNC, 0, 0, op.fd,
+                        0, 0, 0, flags, key, 0, 0, 0, 0, 0,
+                    )  # fmt: skip
+                elif code is _POLL:
+                    _pack_sqe(
+                        sqes, (tail & mask) << 6, abi.IORING_OP_POLL_ADD, 0, 0, op.fd,
+                        0, 0, 0, op.flags & _U32, key, 0, 0, 0, 0, 0,
+                    )  # fmt: skip
+                else:
+                    _pack_sqe(
+                        sqes, (tail & mask) << 6, abi.IORING_OP_NOP, 0, 0, -1,
+                        0, 0, 0, 0, key, 0, 0, 0, 0, 0,
+                    )  # fmt: skip
+                if free:
+                    free.pop()
+                else:
+                    inflight._next = key + 1
+                op.key = key
+                table[key] = op
+                op.state = _SUBMITTED
+                tail = (tail + 1) & _U32
+        finally:
+            ring._sqe_tail = tail
+        if nfixed:
+            self._counts["fixed"] += nfixed
 
     def _flush_deferred(self) -> None:
         """Hand over SQEs an ``on_done`` submitted during delivery (under the lock)."""
