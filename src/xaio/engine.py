@@ -56,7 +56,7 @@ import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from xaio._ops import CancelOutcome, OpCode, Operation, check_batch
+from xaio._ops import CancelOutcome, OpCode, Operation, OpState, check_batch
 from xaio._syscall import read_proc as _read_proc
 
 if TYPE_CHECKING:
@@ -66,6 +66,9 @@ __all__ = [
     "Engine",
     "EngineClosedError",
     "CancelOutcome",
+    "Operation",
+    "OpCode",
+    "OpState",
     "ENGINE_NAMES",
     "RoutedEngine",
     "create_engine",
