@@ -65,7 +65,10 @@ and the load of ``IORING_SQ_NEED_WAKEUP`` -- a store->load order that even
 x86-64 keeps only with a locked instruction (liburing's ``io_uring_smp_mb``).
 
 *Two paths.*  :class:`UringEngine` takes :class:`~xaio._ops.Operation` records
-(any opcode, any buffer, from any thread) and builds an SQE for each;
+(any opcode, any buffer, from any thread) and builds an SQE for each, checking
+each operation as it writes its SQE (a bad one makes ``submit`` take back what
+it wrote: the tail is published only at the end), and as ``READ_FIXED`` when
+the buffer lies in one the caller registered (``register_buffers``);
 :class:`UringBatch` is the lean path for a fixed set of requests: every slot
 keeps a ready-made SQE image whose offset alone changes, its buffer is
 registered with the ring (``READ_FIXED``: the kernel skips pinning the pages
@@ -2193,9 +2196,10 @@ class UringEngine(Engine):
         Raises:
             EngineClosedError: the engine is closed (nothing was taken).
             RuntimeError: an operation is not QUEUED, or is listed twice.
-            TypeError: an fd or offset that is not an int.
+            TypeError: an fd, offset or flags that is not an int.
             ValueError: an fd out of range, READ/WRITE without exactly one
-                buffer, READV/WRITEV with more than 1024 (nothing was taken).
+                buffer, READV/WRITEV with more than 1024 (nothing was taken:
+                :func:`xaio._ops.check_batch` has the rules).
             OSError: EINVAL in a forked child; the kernel refused the whole batch.
         """
         self._check_process()
@@ -2216,9 +2220,12 @@ class UringEngine(Engine):
                 # back what it wrote if an operation turns out to be bad
                 try:
                     self._write_sqes(ops, False)
-                except BaseException:
+                except Exception:
                     self._take_back(ops, start)
                     check_batch(ops)  # the precise error, if it was ours
+                    raise
+                except BaseException:  # KeyboardInterrupt midway: same undo
+                    self._take_back(ops, start)
                     raise
             self._counts["submitted"] += len(ops)
             # publish the tail and enter once (Ring.submit, inlined)
