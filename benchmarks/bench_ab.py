@@ -8,7 +8,9 @@ Usage::
 Contenders (the first one is the reference of the paired ratios):
 
     fio-libaio, fio-io_uring       fio with batched submission
-    iobatch[:CHUNK[:MAXREAP]]      xaio.linux.IOBatch, io_submit per CHUNK (4),
+    fio-libaio-plain               fio libaio with its default submission (one
+                                   io_submit per request), as bench_linux.py
+    iobatch[:CHUNK[:MAXREAP]]      xaio.linux.IOBatch, io_submit per CHUNK (8),
                                    reaping at most MAXREAP at a time (0: all,
                                    the default here)
     uringbatch[:CHUNK[:MODE[:MAXREAP]]]
@@ -65,6 +67,8 @@ _FLAGS = {
 def contender(spec: str, path: Path, depth: int, seconds: float) -> Callable[[], float]:
     """The benchmark function *spec* names (see the module docstring)."""
     name, _, arg = spec.partition(":")
+    if name == "fio-libaio-plain":
+        return lambda: fio_iops(path, engine="libaio", iodepth=depth, seconds=seconds, direct=True)
     if name in ("fio-libaio", "fio-io_uring"):
         engine = name[4:]
         batch = [f"--iodepth_batch_submit={depth}", "--iodepth_batch_complete_min=1"]
@@ -73,7 +77,7 @@ def contender(spec: str, path: Path, depth: int, seconds: float) -> Callable[[],
         )
     if name == "iobatch":
         chunk_s, _, most = arg.partition(":")
-        chunk = int(chunk_s or 4)
+        chunk = int(chunk_s or 8)
         reap_max = int(most or 0)
         return lambda: xaio_iops(path, depth, seconds, chunk, reap_max)
     if name == "uringbatch":

@@ -295,7 +295,7 @@ def main() -> None:
     s = args.seconds
 
     direct: dict[str, Callable[[int], float]] = {
-        "xaio.linux IOBatch": lambda d: xaio_iops(path, d, s, 4, REAP_MAX),
+        "xaio.linux IOBatch": lambda d: xaio_iops(path, d, s, 8, REAP_MAX),
     }
     cached: dict[str, Callable[[int], float]] = {
         "xaio.linux IOBatch": lambda d: iobatch_cached_iops(cpath, d, s),
