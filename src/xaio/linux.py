@@ -48,7 +48,9 @@ on them.
   batch all at once, so resubmitting a whole reaped batch in one call keeps the
   device idle for as long as the kernel takes to prepare it (~5 us a request
   here); submitting in chunks of 4 (``IOBatch.submit(chunk=4)``, and the
-  engine) measured 20% more IOPS at depth 32.
+  engine) measured 20% more IOPS at depth 32 while the device was the
+  bottleneck, chunks of 8 a few percent more than 4 once the CPU was (fewer
+  system calls; benchmarks/README.md).
 
 Man pages: io_setup(2), io_submit(2), io_getevents(2), io_pgetevents(2),
 io_cancel(2), io_destroy(2), aio(7).
