@@ -13,7 +13,9 @@ Two tables:
   (``xaio.engine.create_engine("uring")``: Operation records, pinning, reap)
   driven two ways -- re-arm and resubmit everything after each reap (also
   with the buffers registered through ``Engine.register_buffers``), or
-  resubmit from the ``on_done`` callback -- and fio's ``libaio`` and
+  resubmit from the ``on_done`` callback --, the ``linux`` engine (kernel AIO
+  through the Engine protocol: what O_DIRECT uses where io_uring is blocked),
+  and fio's ``libaio`` and
   ``io_uring`` engines with batched submission
   (``--iodepth_batch_submit=DEPTH --iodepth_batch_complete_min=1``).
 * page-cached: the same xaio paths plus ``xaio.uring.Ring`` (prep helpers,
@@ -297,6 +299,8 @@ def main() -> None:
     direct: dict[str, Callable[[int], float]] = {
         "xaio.linux IOBatch": lambda d: xaio_iops(path, d, s, 8, REAP_MAX),
     }
+    if works["linux"] is None:  # the O_DIRECT engine where io_uring is blocked
+        direct["linux engine"] = lambda d: engine_iops("linux", path, d, s, True)
     cached: dict[str, Callable[[int], float]] = {
         "xaio.linux IOBatch": lambda d: iobatch_cached_iops(cpath, d, s),
     }

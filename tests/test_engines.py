@@ -552,3 +552,87 @@ def test_read_nowait(engine: Engine, data_fd: int, tmp_path: Path) -> None:
     assert engine.statistics()["inline"] == before + 1
     engine.close()
     assert read_nowait(data_fd, buf, 16, 8) is None
+
+
+def test_two_reaping_threads_deliver_each_operation_once(engine: Engine, direct_fd: int) -> None:
+    """Reaps may run in two threads at once (an event loop's thread and a
+    blocking waiter): every completion reaches exactly one of them."""
+    seen: list[Operation] = []
+    lock = threading.Lock()
+
+    def on_done(op: Operation) -> None:
+        with lock:
+            seen.append(op)
+
+    total = 1200
+    stop = threading.Event()
+
+    def reaper() -> None:
+        while not stop.is_set():
+            engine.reap(0.05)
+
+    threads = [threading.Thread(target=reaper) for _ in range(2)]
+    for t in threads:
+        t.start()
+    ops: list[Operation] = []
+    try:
+        for start in range(0, total, 60):
+            batch = [
+                Operation(
+                    OpCode.READ,
+                    direct_fd,
+                    [xaio.aligned_buffer(4096)],
+                    (i % 256) * 4096,
+                    on_done=on_done,
+                )
+                for i in range(start, start + 60)
+            ]
+            ops += batch
+            engine.submit(batch)
+            while len(ops) - len(seen) > 120:  # keep within the engines' capacity
+                time.sleep(0.001)
+        deadline = time.monotonic() + 20
+        while len(seen) < total and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    assert len(seen) == total
+    assert len({id(op) for op in seen}) == total
+    assert all(op.result == 4096 for op in ops)
+
+
+@pytest.mark.parametrize("user_ring", [True, False], ids=["user-ring", "io_getevents"])
+def test_linux_engine_reads_events_either_way(user_ring: bool, direct_fd: int) -> None:
+    """The linux engine reads completions from the context's ring in user
+    memory (x86-64) or, where it cannot, through io_getevents: the same
+    results, and the eventfd never misses a completion."""
+    if _PROBE["linux"] is not None:
+        pytest.skip(f"linux engine unavailable here: {_PROBE['linux']}")
+    from xaio.linux import LinuxAioEngine
+
+    with LinuxAioEngine(32) as eng:
+        if not user_ring:
+            eng._ring = None
+        elif eng._ring is None:
+            pytest.skip("no user-space AIO ring on this platform")
+        expected = pattern(1 << 20)
+        for rnd in range(5):
+            bufs = [xaio.aligned_buffer(4096) for _ in range(48)]  # more than capacity
+            ops = [
+                Operation(OpCode.READ, direct_fd, [b], ((i * 5 + rnd) % 256) * 4096)
+                for i, b in enumerate(bufs)
+            ]
+            eng.submit(ops)
+            deadline = time.monotonic() + 10
+            while not all(op.done for op in ops):
+                assert time.monotonic() < deadline
+                r, _, _ = select.select([eng.fileno()], [], [], 5)
+                assert r, "a completion did not signal the eventfd"
+                eng.reap(0, max_n=7)
+            for op, b in zip(ops, bufs, strict=True):
+                assert op.result == 4096
+                assert bytes(b) == expected[op.offset : op.offset + 4096]
+        assert eng.reap(0) == 0
+        assert eng.statistics()["in_flight"] == 0

@@ -77,6 +77,8 @@ __all__ = [
     "probe",
 ]
 
+_POLL, _NOP = OpCode.POLL, OpCode.NOP
+
 #: Engine names, best first: the order :func:`open_engine` tries them.
 ENGINE_NAMES: tuple[str, ...] = ("uring", "linux", "thread")
 
@@ -308,10 +310,11 @@ class RoutedEngine(Engine):
         threaded: list[Operation] = []
         direct: dict[int, bool] = {}  # one fstat + fcntl per fd per batch, not per op
         for op in ops:
-            if op.opcode == OpCode.POLL:
+            code = op.opcode
+            if code is _POLL:
                 aio.append(op)
                 continue
-            if op.opcode != OpCode.NOP and op.offset >= 0:
+            if code is not _NOP and op.offset >= 0:
                 fd = op.fd
                 is_direct = direct.get(fd)
                 if is_direct is None:
@@ -321,7 +324,7 @@ class RoutedEngine(Engine):
                     continue
             threaded.append(op)
         if aio:
-            self._aio.submit(aio)
+            self._aio._submit_checked(aio)
         if threaded:
             self._threads.submit(threaded)
         return len(ops)

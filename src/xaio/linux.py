@@ -986,6 +986,24 @@ def io_cancel(ctx: IOContext, iocb: Iocb) -> IOEvent | None:
 # IOBatch: the lean path
 # ---------------------------------------------------------------------------------
 
+def _user_ring(ctx: IOContext) -> tuple[memoryview | None, int]:
+    """The completion ring of *ctx* as bytes in user memory, and its size in
+    events -- ``(None, 0)`` where it cannot be read safely from user space
+    (not x86-64, or a layout this code does not know).  The caller reads it
+    only under ``ctx._unmap_lock`` and while the context is not destroyed."""
+    if not _USER_RING:
+        return None, 0
+    hdr = _syscall.aio_ring_at(ctx.id)
+    if (
+        hdr.magic != AIO_RING_MAGIC
+        or hdr.incompat_features != AIO_RING_INCOMPAT_FEATURES
+        or hdr.header_length != 32
+    ):
+        return None, 0
+    raw = (ctypes.c_char * (32 + 32 * hdr.nr)).from_address(ctx.id)
+    return memoryview(raw).cast("B"), int(hdr.nr)
+
+
 _FAST_SUBMIT = _syscall.fast_syscall("io_submit")
 #: io_submit plugs the block queue for more than 2 requests: the device sees a
 #: batch only when the call ends.  Submitting in small chunks keeps it busy.
@@ -1075,18 +1093,7 @@ class IOBatch:
         self.done_res: list[int] = [0] * capacity
         self._ts = Timespec()
         self._ts_addr = ctypes.addressof(self._ts)
-        self._ring: memoryview | None = None
-        self._ring_nr = 0
-        if _USER_RING:
-            hdr = _syscall.aio_ring_at(ctx.id)
-            if (
-                hdr.magic == AIO_RING_MAGIC
-                and hdr.incompat_features == AIO_RING_INCOMPAT_FEATURES
-                and hdr.header_length == 32
-            ):
-                self._ring_nr = hdr.nr
-                raw = (ctypes.c_char * (32 + 32 * hdr.nr)).from_address(ctx.id)
-                self._ring = memoryview(raw).cast("B")
+        self._ring, self._ring_nr = _user_ring(ctx)
         self._unpack_from = IO_EVENT_STRUCT.unpack_from
         self._pack_into = _U32_ONE.pack_into
         # Arguments of the hot syscalls, made once (see _syscall.fast_syscall).
@@ -1365,6 +1372,15 @@ _ENGINE_OPCODES = {
     OpCode.FDATASYNC: IOCB_CMD_FDSYNC,
     OpCode.POLL: IOCB_CMD_POLL,
 }
+#: The same, indexed by the opcode's value (an IntEnum member indexes a list
+#: through ``__index__`` in C; hashing one for a dict is a Python-level call).
+_IOCB_CMD: list[int | None] = [_ENGINE_OPCODES.get(code) for code in OpCode]
+_E_READ, _E_WRITE, _E_READV, _E_WRITEV = OpCode.READ, OpCode.WRITE, OpCode.READV, OpCode.WRITEV
+_E_POLL, _E_NOP = OpCode.POLL, OpCode.NOP
+_E_FSYNC, _E_FDATASYNC = OpCode.FSYNC, OpCode.FDATASYNC
+_E_QUEUED, _E_SUBMITTED = OpState.QUEUED, OpState.SUBMITTED
+_E_CANCEL_REQUESTED = OpState.CANCEL_REQUESTED
+_iter_events = IO_EVENT_STRUCT.iter_unpack
 
 
 class LinuxAioEngine(Engine):
@@ -1393,10 +1409,12 @@ class LinuxAioEngine(Engine):
         self._mem = memoryview(self._iocbs).cast("B")
         self._ptrs = (ctypes.c_void_p * capacity)()
         self._events = (io_event * capacity)()
+        self._events_mem = memoryview(self._events).cast("B")
         self._cid = ctypes.c_void_p(self._ctx.id)
         self._cptrs = ctypes.c_void_p(ctypes.addressof(self._ptrs))
         self._cevents = ctypes.c_void_p(ctypes.addressof(self._events))
         self._iovecs: list[Any] = [None] * capacity
+        self._ring, self._ring_nr = _user_ring(self._ctx)
         self._inflight = InFlight()
         self._backlog: collections.deque[Operation] = collections.deque()
         self._ready: list[tuple[Operation, int]] = []
@@ -1414,20 +1432,31 @@ class LinuxAioEngine(Engine):
         return self._efd
 
     def submit(self, ops: Sequence[Operation]) -> int:
+        """Submit *ops*: one iocb each, ``io_submit`` in chunks; beyond
+        *capacity* they wait in a backlog.  Returns ``len(ops)``.
+
+        Raises (nothing was taken):
+            EngineClosedError: the engine is closed.
+            RuntimeError, TypeError, ValueError: a malformed batch
+                (:func:`xaio._ops.check_batch`).
+            OSError: EINVAL in a forked child.
+        """
+        check_batch(ops)
+        return self._submit_checked(ops)
+
+    def _submit_checked(self, ops: Sequence[Operation]) -> int:
+        """:meth:`submit` of a batch that passed ``check_batch`` (RoutedEngine)."""
         with self._lock:
             if self._closed:
                 raise EngineClosedError("engine is closed")
             self._check_pid()
-            check_batch(ops)
+            backlog = self._backlog
             for op in ops:
-                if op.opcode != OpCode.NOP and op.opcode not in _ENGINE_OPCODES:
-                    raise ValueError(f"the linux engine cannot run {op.opcode.name}")
-            for op in ops:
-                if op.opcode == OpCode.NOP:
-                    op.mark_submitted()
+                if op.opcode is _E_NOP:
+                    op.state = _E_SUBMITTED
                     self._post(op, 0)
                 else:
-                    self._backlog.append(op)
+                    backlog.append(op)
             self._flush()
         return len(ops)
 
@@ -1453,19 +1482,36 @@ class LinuxAioEngine(Engine):
         if not backlog:
             return
         inflight = self._inflight
+        table = inflight._ops
+        free = inflight._free
         batch: list[Operation] = []
-        while backlog and len(inflight) < self.capacity:
-            op = backlog.popleft()
-            key = inflight.add(op)
-            self._fill(key, op)
-            op.mark_submitted()
-            batch.append(op)
-        if not batch:
-            return
         ptrs = self._ptrs
         base = self._base
-        for i, op in enumerate(batch):
-            ptrs[i] = base + op.key * _IOCB_SIZE
+        room = self.capacity - len(table)
+        while backlog and room > 0:
+            op = backlog.popleft()
+            # InFlight.add, inlined (check_batch ruled out a second entry)
+            if free:
+                key = free.pop()
+            else:
+                key = inflight._next
+                inflight._next = key + 1
+            op.key = key
+            table[key] = op
+            try:
+                self._fill(key, op)
+            except BaseException:
+                del table[key]
+                free.append(key)
+                op.key = -1
+                backlog.appendleft(op)
+                raise
+            op.state = _E_SUBMITTED
+            ptrs[len(batch)] = base + (key << _IOCB_SHIFT)
+            batch.append(op)
+            room -= 1
+        if not batch:
+            return
         i = 0
         n = len(batch)
         ptrs_addr = ctypes.addressof(ptrs)
@@ -1497,22 +1543,24 @@ class LinuxAioEngine(Engine):
             i += 1
 
     def _fill(self, key: int, op: Operation) -> None:
-        opcode = _ENGINE_OPCODES.get(op.opcode)
+        code = op.opcode
+        opcode = _IOCB_CMD[code]
         if opcode is None:
-            raise ValueError(f"the linux engine cannot run {op.opcode.name}")
+            raise ValueError(f"the linux engine cannot run {code.name}")
         pins = op.pins
-        if op.opcode in (OpCode.READV, OpCode.WRITEV):
+        offset = op.offset
+        rw_flags = op.flags
+        if code is _E_READ or code is _E_WRITE:
+            p = pins[0]
+            address, nbytes = p.address, p.nbytes
+        elif code is _E_READV or code is _E_WRITEV:
             vec = iovec_array(pins)
             self._iovecs[key] = vec
             address, nbytes = ctypes.addressof(vec), len(pins)
-        elif pins:
-            address, nbytes = pins[0].address, pins[0].nbytes
-        elif op.opcode == OpCode.POLL:
-            address, nbytes = op.flags, 0
-        else:
-            address = nbytes = 0
-        offset = op.offset if op.opcode not in (OpCode.FSYNC, OpCode.FDATASYNC, OpCode.POLL) else 0
-        rw_flags = op.flags if op.opcode != OpCode.POLL else 0
+        elif code is _E_POLL:
+            address, nbytes, offset, rw_flags = op.flags, 0, 0, 0
+        else:  # FSYNC, FDATASYNC
+            address = nbytes = offset = 0
         IOCB_STRUCT.pack_into(
             self._mem,
             key * _IOCB_SIZE,
@@ -1577,7 +1625,14 @@ class LinuxAioEngine(Engine):
         return count
 
     def _reap_now(self, max_n: int = 0) -> int:
-        """Deliver what is ready without blocking (at most *max_n* if > 0)."""
+        """Deliver what is ready without blocking (at most *max_n* if > 0).
+
+        Completions are read from the context's ring in user memory where
+        that is possible (x86-64, as :class:`IOBatch` does): no system call
+        when events are there.  The eventfd is then cleared only when nothing
+        was found, and the ring looked at again right after, so a completion
+        that lands later signals it afresh (no lost wake-up; at most one
+        spurious one per batch)."""
         with self._lock:
             self._check_pid()
             if 0 < max_n < len(self._ready):
@@ -1585,36 +1640,42 @@ class LinuxAioEngine(Engine):
             else:
                 ready, self._ready = self._ready, []
             more = bool(self._ready)
-        # Clear the eventfd *before* reading the ring: a completion that lands
-        # after the read will make it readable again.
-        _syscall.drain_eventfd(self._efd)
-        n = 0
         want = self.capacity if max_n <= 0 else min(self.capacity, max_n - len(ready))
-        if want > 0 and len(self._inflight):
-            while True:
-                n = _FAST_GETEVENTS(self._cid, 0, want, self._cevents, None)
-                if n != -errno.EINTR:
-                    break
-            if n < 0:
-                raise oserror(-n)
+        events: list[tuple[int, int, int, int]] = []
+        if self._ring is None:
+            # Clear the eventfd *before* reading: a completion that lands
+            # after the read will make it readable again.
+            _syscall.drain_eventfd(self._efd)
+            if want > 0 and len(self._inflight):
+                self._getevents(events, want)
+        elif want > 0 and len(self._inflight):
+            self._read_ring(events, want)
+            if not events and not ready:
+                _syscall.drain_eventfd(self._efd)
+                self._read_ring(events, want)
+        elif not ready:
+            _syscall.drain_eventfd(self._efd)
         done: list[tuple[Operation, int]] = []
-        if n:
-            events = self._events
+        if events:
             base = self._base
+            iovecs = self._iovecs
             with self._lock:
-                for i in range(n):
-                    ev = events[i]
-                    key = (ev.obj - base) >> _IOCB_SHIFT
-                    op = self._inflight.discard_unsubmitted(key)
-                    res = ev.res
-                    if op.state is OpState.CANCEL_REQUESTED and op.opcode == OpCode.POLL:
+                inflight = self._inflight
+                table = inflight._ops  # InFlight.discard_unsubmitted, inlined
+                free = inflight._free
+                for _data, obj, res, _res2 in events:
+                    key = (obj - base) >> _IOCB_SHIFT
+                    op = table.pop(key)
+                    free.append(key)
+                    op.key = -1
+                    if op.state is _E_CANCEL_REQUESTED and op.opcode is _E_POLL:
                         res = -errno.ECANCELED  # a cancelled poll reports 0
-                    self._iovecs[key] = None
+                    iovecs[key] = None
                     done.append((op, res))
                 self._flush()  # slots are free again: the backlog moves up
-        if more or (max_n > 0 and n == want):  # some may wait still: stay readable
+        if more or (max_n > 0 and len(events) == want):  # some may wait still
             os.eventfd_write(self._efd, 1)
-        items = ready + done
+        items = ready + done if ready else done
         i = 0
         try:
             for op, res in items:
@@ -1628,6 +1689,43 @@ class LinuxAioEngine(Engine):
         total = len(items)
         self._stats["completed"] += total
         return total
+
+    def _getevents(self, out: list[tuple[int, int, int, int]], want: int) -> None:
+        """Up to *want* events through ``io_getevents`` (no wait), into *out*."""
+        while True:
+            n = _FAST_GETEVENTS(self._cid, 0, want, self._cevents, None)
+            if n != -errno.EINTR:
+                break
+        if n < 0:
+            raise oserror(-n)
+        if n:
+            out.extend(_iter_events(self._events_mem[: n * 32]))
+
+    def _read_ring(self, out: list[tuple[int, int, int, int]], want: int) -> None:
+        """Up to *want* events from the ring in user memory, into *out*
+        (``(data, obj, res, res2)``), one slice per contiguous run."""
+        ring = self._ring
+        assert ring is not None
+        ctx = self._ctx
+        with ctx._unmap_lock:  # never read a ring io_destroy unmapped
+            if ctx._destroyed or ctx._foreign:
+                return
+            head, tail = _U32_PAIR.unpack_from(ring, 8)
+            if head == tail:
+                return
+            nr = self._ring_nr
+            n = (tail - head) % nr
+            if n > want:
+                n = want
+            run = nr - head
+            if run > n:
+                run = n
+            out.extend(_iter_events(ring[32 + head * 32 : 32 + (head + run) * 32]))
+            if run < n:
+                out.extend(_iter_events(ring[32 : 32 + (n - run) * 32]))
+            # publish the new head after reading the events (x86-64: stores
+            # are not reordered with earlier loads)
+            _U32_ONE.pack_into(ring, 8, (head + n) % nr)
 
     def close(self) -> None:
         with self._lock:
