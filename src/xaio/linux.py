@@ -986,6 +986,7 @@ def io_cancel(ctx: IOContext, iocb: Iocb) -> IOEvent | None:
 # IOBatch: the lean path
 # ---------------------------------------------------------------------------------
 
+
 def _user_ring(ctx: IOContext) -> tuple[memoryview | None, int]:
     """The completion ring of *ctx* as bytes in user memory, and its size in
     events -- ``(None, 0)`` where it cannot be read safely from user space
