@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from xaio import uring
-from xaio._ops import OpCode, Operation
+from xaio._ops import OpCode, Operation, OpState
 from xaio.uring import Ring, UringEngine
 
 REASON = uring.unavailable_reason()
@@ -143,6 +143,61 @@ def test_engine_batches_complete_each_op_once(
             assert op.result == 0
         else:
             assert 0 <= op.result <= op.nbytes or op.result == -errno.EINVAL
+
+
+_BAD = {
+    "str fd": lambda fd: Operation(OpCode.READ, "3", [bytearray(8)], 0),  # type: ignore[arg-type]
+    "huge fd": lambda fd: Operation(OpCode.WRITE, 1 << 33, [b"x"], 0),
+    "float offset": lambda fd: Operation(OpCode.READV, fd, [bytearray(8)], 0.5),  # type: ignore[arg-type]
+    "str flags": lambda fd: Operation(OpCode.READ, fd, [bytearray(8)], 0, "0"),  # type: ignore[arg-type]
+    "two buffers": lambda fd: Operation(OpCode.WRITE, fd, [b"a", b"b"], 0),
+    "done": lambda fd: _done_op(),
+}
+
+
+def _done_op() -> Operation:
+    op = Operation(OpCode.NOP, -1)
+    op.complete(0)
+    return op
+
+
+@FUZZ
+@given(
+    n=st.integers(min_value=1, max_value=40),
+    bad_at=st.integers(min_value=0, max_value=40),
+    bad=st.sampled_from([*sorted(_BAD), "duplicate"]),
+)
+def test_engine_bad_batch_takes_nothing_anywhere(
+    shared: tuple[Ring, UringEngine, int], n: int, bad_at: int, bad: str
+) -> None:
+    """A malformed operation at any place in a batch of any size (within the
+    16-entry SQ: written and taken back; beyond it: checked first) fails the
+    batch before the kernel sees any of it; the same good operations then go."""
+    _, eng, fd = shared
+    good = [Operation(OpCode.READ, fd, [bytearray(8)], 8 * i) for i in range(n)]
+    batch: list[Operation] = list(good)
+    at = min(bad_at, n)
+    if bad == "duplicate":
+        batch.insert(at, good[min(bad_at, n - 1)])
+    else:
+        batch.insert(at, _BAD[bad](fd))
+    submitted = eng.statistics()["submitted"]
+    enters = eng.ring.statistics()["enter"]
+    with pytest.raises((TypeError, ValueError, RuntimeError)):
+        eng.submit(batch)
+    assert eng.statistics()["submitted"] == submitted
+    assert eng.ring.statistics()["enter"] == enters
+    assert eng.ring.sq_ready() == 0 and eng.statistics()["in_flight"] == 0
+    assert all(op.state is OpState.QUEUED and op.key == -1 for op in good)
+    done: list[Operation] = []
+    for op in good:
+        op.on_done = done.append
+    eng.submit(good)
+    for _ in range(200):
+        if len(done) == n:
+            break
+        eng.reap(0.05)
+    assert [op.result for op in good] == [8] * n
 
 
 @settings(
