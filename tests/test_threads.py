@@ -18,9 +18,12 @@ from pathlib import Path
 
 import pytest
 
+import xaio
 from xaio._ops import CancelOutcome, OpCode, Operation, OpState
 from xaio.engine import EngineClosedError
 from xaio.threads import ThreadEngine
+
+from .conftest import pattern
 
 TIMEOUT = 10.0
 
@@ -375,7 +378,8 @@ def test_a_field_spoiled_after_submit_fails_the_operation_not_the_worker(
         r, w = os.pipe()
         try:
             blocker = Operation(OpCode.READ, r, [bytearray(1)], -1)  # holds the one worker
-            spoiled = Operation(OpCode.READ, data_fd, [bytearray(4)], 0)
+            # a READV: never served from the page cache in submit, so it waits
+            spoiled = Operation(OpCode.READV, data_fd, [bytearray(4)], 0)
             eng.submit([blocker, spoiled])
             spoiled.offset = "later"  # type: ignore[assignment]
             os.write(w, b"!")
@@ -391,3 +395,68 @@ def test_a_field_spoiled_after_submit_fails_the_operation_not_the_worker(
     assert blocker.result == 1
     assert spoiled.result == -errno.EINVAL
     assert after.result == 4
+
+
+def test_cached_reads_are_done_in_submit_and_delivered_by_reap(
+    data_fd: int, direct_fd: int
+) -> None:
+    """Through the Engine protocol, a positional READ the page cache holds
+    whole is done in submit (no worker), and its on_done still runs in the
+    next reap; O_DIRECT, past-the-end, file-position and READV reads, and
+    streams, go to the workers as before."""
+    expected = pattern(1 << 20)
+    os.pread(data_fd, 1 << 20, 0)  # into the page cache
+    seen: list[Operation] = []
+    r, w = os.pipe()
+    try:
+        with ThreadEngine(4) as eng:
+            cached = [
+                Operation(OpCode.READ, data_fd, [bytearray(512)], 512 * i, on_done=seen.append)
+                for i in range(8)
+            ]
+            eng.submit(cached)
+            st = eng.statistics()
+            assert st["spawned"] == 0 and st["inline"] == 8
+            assert seen == [] and all(op.state is OpState.SUBMITTED for op in cached)
+            assert eng.cancel(cached[0]) is CancelOutcome.DONE  # done, not yet reaped
+            assert select.select([eng.fileno()], [], [], 0)[0]
+            assert eng.reap(0) == 8 and seen == cached
+            assert [bytes(op.buffers[0]) for op in cached] == [
+                expected[512 * i : 512 * i + 512] for i in range(8)
+            ]
+            os.write(w, b"ab")
+            others = [
+                Operation(OpCode.READ, direct_fd, [xaio.aligned_buffer(4096)], 4096),
+                Operation(OpCode.READ, data_fd, [bytearray(100)], (1 << 20) - 10),  # short
+                Operation(OpCode.READV, data_fd, [bytearray(4)], 8),
+                Operation(OpCode.READ, r, [bytearray(2)], 0),  # a stream
+            ]
+            eng.submit(others)
+            assert eng.statistics()["inline"] == 8
+            deadline = time.monotonic() + 10
+            while not all(op.done for op in others):
+                assert time.monotonic() < deadline
+                eng.reap(0.5)
+            assert [op.result for op in others] == [4096, 10, 4, 2]
+            assert eng.statistics()["spawned"] >= 1
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_complete_in_worker_mode_reads_nothing_in_submit(data_fd: int) -> None:
+    """With complete_in_worker (POSIX AIO's mode) on_done runs in a worker:
+    submit never completes a read itself (POSIX has its own fast path)."""
+    os.pread(data_fd, 4096, 0)
+    done = threading.Event()
+    threads: list[str] = []
+
+    def on_done(op: Operation) -> None:
+        threads.append(threading.current_thread().name)
+        done.set()
+
+    with ThreadEngine(2, complete_in_worker=True) as eng:
+        eng.submit([Operation(OpCode.READ, data_fd, [bytearray(16)], 0, on_done=on_done)])
+        assert done.wait(10)
+        assert eng.statistics()["inline"] == 0
+    assert threads == ["xaio-thread-worker"]

@@ -67,6 +67,7 @@ from xaio.engine import Engine, EngineClosedError
 __all__ = ["ThreadEngine", "start_thread_blocking_signals"]
 
 _READS = (OpCode.READ, OpCode.READV)
+_READ = OpCode.READ
 _WRITES = (OpCode.WRITE, OpCode.WRITEV)
 _SYNCS = (OpCode.FSYNC, OpCode.FDATASYNC)
 _ALL_SIGNALS = signal.valid_signals()
@@ -234,6 +235,11 @@ class ThreadEngine(Engine):
     def submit(self, ops: Sequence[Operation]) -> int:
         """Queue *ops* (QUEUED operations) for the workers; returns ``len(ops)``.
 
+        With the Engine protocol's delivery (not ``complete_in_worker``), a
+        positional READ that the page cache holds whole is done here instead
+        (``preadv2(RWF_NOWAIT)``) and delivered by the next :meth:`reap`, as
+        if a worker had run it at once.
+
         Raises:
             EngineClosedError: the engine is closed (no operation was taken).
             RuntimeError: an operation is not QUEUED or is listed twice
@@ -246,12 +252,24 @@ class ThreadEngine(Engine):
             fd = op.fd
             if fd not in lanes and fd not in serial:
                 serial[fd] = _is_serial_fd(fd)
+        done_here: dict[int, int] = {}
+        if not self._direct and not self._closed:
+            done_here = self._read_cached(ops, serial)
         with self._mutex:
             if self._closed:
+                # closed meanwhile (another thread): nothing is taken, though a
+                # cached read may already have filled its buffer
                 raise EngineClosedError("the thread engine is closed")
             ready = self._ready
             nready = 0
             for op in ops:
+                if done_here:
+                    res = done_here.get(id(op))
+                    if res is not None:  # read from the page cache in submit
+                        op.state = OpState.SUBMITTED
+                        self._completed += 1
+                        self._post_locked(op, res)
+                        continue
                 fd = op.fd
                 lane = lanes.get(fd)
                 if lane is None:
@@ -269,6 +287,36 @@ class ThreadEngine(Engine):
         for _ in range(spawn):
             self._spawn()
         return len(ops)
+
+    def _read_cached(self, ops: Sequence[Operation], serial: dict[int, bool]) -> dict[int, int]:
+        """Do the READs of *ops* that the page cache holds whole, here and now
+        (:class:`xaio._inline.NowaitReader`), as a worker would have: the
+        thread hand-off costs tens of microseconds, a cached 4 KiB read about
+        two.  Only positional reads on fds with no ordered work queued (not a
+        stream, nothing held back on the lane); a miss costs one
+        ``preadv2`` and the read goes to a worker as before.
+
+        Returns:
+            ``id(op) -> bytes read`` for the reads done.
+        """
+        done: dict[int, int] = {}
+        lanes = self._lanes
+        read = self._nowait.read
+        for op in ops:
+            if op.opcode is not _READ or op.offset < 0:
+                continue
+            fd = op.fd
+            lane = lanes.get(fd)
+            if lane is not None:
+                if lane.serial or lane.held:
+                    continue
+            elif serial.get(fd, True):
+                continue
+            p = op.pins[0]
+            n = read(fd, op.buffers[0], op.offset, p.nbytes)
+            if n is not None:
+                done[id(op)] = n
+        return done
 
     def cancel(self, op: Operation) -> CancelOutcome:
         """Cancel *op* if no worker has started it.
@@ -422,7 +470,8 @@ class ThreadEngine(Engine):
         """Counters: ``threads`` (alive), ``idle``, ``max_threads``, ``queued``
         (waiting for a worker or for ordering), ``running``, ``submitted``,
         ``completed``, ``cancelled``, ``spawned`` (threads started in total),
-        ``inline`` (reads done at once by :meth:`read_nowait`)."""
+        ``inline`` (reads done at once from the page cache, by
+        :meth:`read_nowait` or in :meth:`submit`)."""
         with self._mutex:
             return {
                 "name": self.name,
