@@ -636,3 +636,27 @@ def test_linux_engine_reads_events_either_way(user_ring: bool, direct_fd: int) -
                 assert bytes(b) == expected[op.offset : op.offset + 4096]
         assert eng.reap(0) == 0
         assert eng.statistics()["in_flight"] == 0
+
+
+def test_linux_engine_backlog_op_spoiled_after_submit_fails_alone(direct_fd: int) -> None:
+    """An operation waiting in the linux engine's backlog whose field is
+    changed to garbage after submit completes with -EINVAL when its turn
+    comes; the ones around it are not stranded."""
+    if _PROBE["linux"] is not None:
+        pytest.skip(f"linux engine unavailable here: {_PROBE['linux']}")
+    from xaio.linux import LinuxAioEngine
+
+    with LinuxAioEngine(2) as eng:
+        ops = [
+            Operation(OpCode.READ, direct_fd, [xaio.aligned_buffer(4096)], 4096 * i)
+            for i in range(5)
+        ]
+        eng.submit(ops)
+        assert eng.statistics()["backlog"] == 3
+        ops[3].offset = "later"  # type: ignore[assignment]
+        deadline = time.monotonic() + 10
+        while not all(op.done for op in ops):
+            assert time.monotonic() < deadline
+            eng.reap(0.5)
+        assert [op.result for op in ops] == [4096, 4096, 4096, -errno.EINVAL, 4096]
+        assert eng.statistics()["in_flight"] == 0

@@ -1378,8 +1378,7 @@ _ENGINE_OPCODES = {
 _IOCB_CMD: list[int | None] = [_ENGINE_OPCODES.get(code) for code in OpCode]
 _E_READ, _E_WRITE, _E_READV, _E_WRITEV = OpCode.READ, OpCode.WRITE, OpCode.READV, OpCode.WRITEV
 _E_POLL, _E_NOP = OpCode.POLL, OpCode.NOP
-_E_FSYNC, _E_FDATASYNC = OpCode.FSYNC, OpCode.FDATASYNC
-_E_QUEUED, _E_SUBMITTED = OpState.QUEUED, OpState.SUBMITTED
+_E_SUBMITTED = OpState.SUBMITTED
 _E_CANCEL_REQUESTED = OpState.CANCEL_REQUESTED
 _iter_events = IO_EVENT_STRUCT.iter_unpack
 
@@ -1501,12 +1500,15 @@ class LinuxAioEngine(Engine):
             table[key] = op
             try:
                 self._fill(key, op)
-            except BaseException:
+            except Exception:
+                # taken by submit, so it ends as a completion: a field changed
+                # to garbage since submit (check_batch vetted it), or no memory
                 del table[key]
                 free.append(key)
                 op.key = -1
-                backlog.appendleft(op)
-                raise
+                op.state = _E_SUBMITTED
+                self._post(op, -errno.EINVAL)
+                continue
             op.state = _E_SUBMITTED
             ptrs[len(batch)] = base + (key << _IOCB_SHIFT)
             batch.append(op)
