@@ -145,6 +145,14 @@ def test_version() -> None:
     assert proc.stdout.strip() == f"xaio {lib.__version__}"
 
 
+def test_bench_dir_is_short_for_directory() -> None:
+    """``--dir`` (as the benchmarks spell it) is --directory, not an ambiguous
+    prefix of --direct and --directory."""
+    proc = xaio("bench", "--dir", "/nonexistent-dir")
+    one_line_error(proc)
+    assert "--directory /nonexistent-dir" in proc.stderr
+
+
 @pytest.mark.parametrize(
     "args",
     [

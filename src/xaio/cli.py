@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     when.add_argument("--number", type=_positive_int, default=None, help="requests to run")
     b.add_argument("--file", default=None, help="file to use (default: a temporary file)")
     b.add_argument(
-        "--directory", default=None,
+        "--directory", "--dir", default=None,  # --dir: the benchmarks' spelling
         help="where the temporary file goes (default: the system temporary directory)",
     )  # fmt: skip
     b.add_argument(
