@@ -460,3 +460,29 @@ def test_complete_in_worker_mode_reads_nothing_in_submit(data_fd: int) -> None:
         assert done.wait(10)
         assert eng.statistics()["inline"] == 0
     assert threads == ["xaio-thread-worker"]
+
+
+def test_reads_above_inline_max_go_to_workers(tmp_path: Path) -> None:
+    """A cached read bigger than INLINE_MAX is left to a worker (the copy
+    outweighs the hand-off); one of exactly INLINE_MAX bytes is done in submit."""
+    from xaio._inline import INLINE_MAX
+
+    path = tmp_path / "big.bin"
+    data = os.urandom(INLINE_MAX + 4096)
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.pread(fd, len(data), 0)  # cached
+        with ThreadEngine(2) as eng:
+            small = Operation(OpCode.READ, fd, [bytearray(INLINE_MAX)], 0)
+            big = Operation(OpCode.READ, fd, [bytearray(INLINE_MAX + 1)], 0)
+            eng.submit([small, big])
+            assert eng.statistics()["inline"] == 1
+            deadline = time.monotonic() + 10
+            while not (small.done and big.done):
+                assert time.monotonic() < deadline
+                eng.reap(0.5)
+            assert (small.result, big.result) == (INLINE_MAX, INLINE_MAX + 1)
+            assert bytes(big.buffers[0]) == data[: INLINE_MAX + 1]
+    finally:
+        os.close(fd)

@@ -29,7 +29,11 @@ import fcntl
 import os
 from typing import Any
 
-__all__ = ["NowaitReader"]
+__all__ = ["NowaitReader", "INLINE_MAX"]
+
+#: Largest read tried inline: beyond it the copy itself dwarfs the hand-off it
+#: saves, and a partly cached range copies that much for nothing.
+INLINE_MAX = 1 << 20
 
 _RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 _NO_INLINE_FLAGS = os.O_APPEND | getattr(os, "O_DIRECT", 0)

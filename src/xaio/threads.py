@@ -60,7 +60,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from xaio._inline import NowaitReader
+from xaio._inline import INLINE_MAX, NowaitReader
 from xaio._ops import CancelOutcome, OpCode, Operation, OpState, check_batch
 from xaio.engine import Engine, EngineClosedError
 
@@ -292,9 +292,10 @@ class ThreadEngine(Engine):
         """Do the READs of *ops* that the page cache holds whole, here and now
         (:class:`xaio._inline.NowaitReader`), as a worker would have: the
         thread hand-off costs tens of microseconds, a cached 4 KiB read about
-        two.  Only positional reads on fds with no ordered work queued (not a
-        stream, nothing held back on the lane); a miss costs one
-        ``preadv2`` and the read goes to a worker as before.
+        two.  Only positional reads of at most ``INLINE_MAX`` bytes on fds
+        with no ordered work queued (not a stream, nothing held back on the
+        lane); a miss costs one ``preadv2`` and the read goes to a worker as
+        before.
 
         Returns:
             ``id(op) -> bytes read`` for the reads done.
@@ -312,8 +313,10 @@ class ThreadEngine(Engine):
                     continue
             elif serial.get(fd, True):
                 continue
-            p = op.pins[0]
-            n = read(fd, op.buffers[0], op.offset, p.nbytes)
+            nbytes = op.pins[0].nbytes
+            if nbytes > INLINE_MAX:
+                continue
+            n = read(fd, op.buffers[0], op.offset, nbytes)
             if n is not None:
                 done[id(op)] = n
         return done

@@ -115,7 +115,7 @@ import weakref
 from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any, ClassVar, TypeVar
 
-from xaio._inline import NowaitReader
+from xaio._inline import INLINE_MAX, NowaitReader
 from xaio._memory import PAGE_SIZE
 from xaio._ops import OpCode, Operation, OpState, decode_result
 from xaio._syscall import oserror
@@ -172,7 +172,7 @@ _WAKE_BUDGET = 64
 #: Most bytes one read(2)/write(2) moves on Linux (MAX_RW_COUNT).
 MAX_RW_COUNT = 0x7FFFF000
 #: Largest pread tried inline on the hot path (bigger ones too, after the checks).
-_INLINE_MAX = 1 << 20
+_INLINE_MAX = INLINE_MAX
 
 
 class InvalidArgument(OSError, ValueError):
