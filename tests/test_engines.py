@@ -660,3 +660,16 @@ def test_linux_engine_backlog_op_spoiled_after_submit_fails_alone(direct_fd: int
             eng.reap(0.5)
         assert [op.result for op in ops] == [4096, 4096, 4096, -errno.EINVAL, 4096]
         assert eng.statistics()["in_flight"] == 0
+
+
+def test_submit_takes_any_sequence(engine: Engine, data_fd: int) -> None:
+    """A deque is a Sequence too: a bad one is refused whole (taking back
+    what the one-pass submit wrote), a good one goes."""
+    import collections
+
+    good = [Operation(OpCode.READ, data_fd, [bytearray(4)], 4 * i) for i in range(3)]
+    bad = Operation(OpCode.READ, data_fd, [bytearray(4)], 0.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        engine.submit(collections.deque([*good, bad]))
+    assert all(op.state is OpState.QUEUED and op.key == -1 for op in good)
+    assert run(engine, collections.deque(good)) == [4, 4, 4]  # type: ignore[arg-type]

@@ -146,6 +146,7 @@ from __future__ import annotations
 import bisect
 import ctypes
 import errno
+import itertools
 import mmap
 import os
 import platform
@@ -2250,7 +2251,7 @@ class UringEngine(Engine):
         ring._sqe_tail = start
         table = self._inflight._ops
         free = self._inflight._free
-        for op in ops[:entered]:
+        for op in itertools.islice(ops, entered):  # any Sequence (a deque too)
             key = op.key
             del table[key]
             free.append(key)
