@@ -424,6 +424,19 @@ def test_cached_reads_are_done_in_submit_and_delivered_by_reap(
             assert [bytes(op.buffers[0]) for op in cached] == [
                 expected[512 * i : 512 * i + 512] for i in range(8)
             ]
+            behind = [  # after a sync or a file-position request: may be held
+                Operation(OpCode.FSYNC, data_fd),
+                Operation(OpCode.READ, data_fd, [bytearray(8)], 0),
+                Operation(OpCode.READ, data_fd, [bytearray(8)], -1),
+                Operation(OpCode.READ, data_fd, [bytearray(8)], 16),
+            ]
+            eng.submit(behind)
+            assert eng.statistics()["inline"] == 8
+            deadline = time.monotonic() + 10
+            while not all(op.done for op in behind):
+                assert time.monotonic() < deadline
+                eng.reap(0.5)
+            assert [op.result for op in behind] == [0, 8, 8, 8]
             os.write(w, b"ab")
             others = [
                 Operation(OpCode.READ, direct_fd, [xaio.aligned_buffer(4096)], 4096),

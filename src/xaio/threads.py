@@ -294,8 +294,8 @@ class ThreadEngine(Engine):
         thread hand-off costs tens of microseconds, a cached 4 KiB read about
         two.  Only positional reads of at most ``INLINE_MAX`` bytes on fds
         with no ordered work queued (not a stream, nothing held back on the
-        lane); a miss costs one ``preadv2`` and the read goes to a worker as
-        before.
+        lane, no sync or file-position request before it in this batch); a
+        miss costs one ``preadv2`` and the read goes to a worker as before.
 
         Returns:
             ``id(op) -> bytes read`` for the reads done.
@@ -303,10 +303,16 @@ class ThreadEngine(Engine):
         done: dict[int, int] = {}
         lanes = self._lanes
         read = self._nowait.read
+        barriers: set[int] = set()  # fds with a sync or file-position op before
         for op in ops:
-            if op.opcode is not _READ or op.offset < 0:
+            if op.offset < 0 or op.opcode in _SYNCS:
+                barriers.add(op.fd)  # what follows on the fd may be held behind it
+                continue
+            if op.opcode is not _READ:
                 continue
             fd = op.fd
+            if fd in barriers:
+                continue
             lane = lanes.get(fd)
             if lane is not None:
                 if lane.serial or lane.held:
