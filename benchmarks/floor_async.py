@@ -135,13 +135,19 @@ def floor_run(path: Path, seconds: float) -> tuple[float, float]:
         os.close(fd)
 
 
-def xaio_run(path: Path, seconds: float) -> tuple[float, float]:
+def _xaio_reader(path: Path) -> tuple[int, int, Reader]:
+    """The O_DIRECT fd of *path* (the caller closes it), its block count, and
+    the read both xaio contenders run: ``xaio.preadinto``."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
-    nblocks = os.fstat(fd).st_size // BLOCK
 
     async def read(buf: memoryview, offset: int) -> int:
         return await xaio.preadinto(fd, buf, offset)
 
+    return fd, os.fstat(fd).st_size // BLOCK, read
+
+
+def xaio_run(path: Path, seconds: float) -> tuple[float, float]:
+    fd, nblocks, read = _xaio_reader(path)
     try:
         return asyncio.run(_drive(read, nblocks, seconds))
     finally:
@@ -152,11 +158,7 @@ def xaio_trio_run(path: Path, seconds: float) -> tuple[float, float]:
     """``xaio.preadinto`` under trio, 64 tasks (skipped without trio)."""
     import trio
 
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
-    nblocks = os.fstat(fd).st_size // BLOCK
-
-    async def read(buf: memoryview, offset: int) -> int:
-        return await xaio.preadinto(fd, buf, offset)
+    fd, nblocks, read = _xaio_reader(path)
 
     async def main() -> tuple[float, float]:
         readers = _Readers(read, nblocks)

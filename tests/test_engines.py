@@ -14,7 +14,7 @@ import os
 import select
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -39,13 +39,18 @@ def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
     eng.close()
 
 
-def run(eng: Engine, ops: list[Operation], timeout: float = 10.0) -> list[int]:
-    """Submit *ops*, reap until all are done, return their results."""
-    eng.submit(ops)
+def reap_until(eng: Engine, ops: Sequence[Operation], timeout: float = 10.0) -> None:
+    """Reap until every one of *ops* is done."""
     deadline = time.monotonic() + timeout
     while not all(op.done for op in ops):
         assert time.monotonic() < deadline, f"not done: {[o for o in ops if not o.done]}"
         eng.reap(timeout=0.5)
+
+
+def run(eng: Engine, ops: Sequence[Operation], timeout: float = 10.0) -> list[int]:
+    """Submit *ops*, reap until all are done, return their results."""
+    eng.submit(ops)
+    reap_until(eng, ops, timeout)
     return [op.result for op in ops]  # type: ignore[misc]
 
 
@@ -654,10 +659,7 @@ def test_linux_engine_backlog_op_spoiled_after_submit_fails_alone(direct_fd: int
         eng.submit(ops)
         assert eng.statistics()["backlog"] == 3
         ops[3].offset = "later"  # type: ignore[assignment]
-        deadline = time.monotonic() + 10
-        while not all(op.done for op in ops):
-            assert time.monotonic() < deadline
-            eng.reap(0.5)
+        reap_until(eng, ops)
         assert [op.result for op in ops] == [4096, 4096, 4096, -errno.EINVAL, 4096]
         assert eng.statistics()["in_flight"] == 0
 
@@ -672,4 +674,4 @@ def test_submit_takes_any_sequence(engine: Engine, data_fd: int) -> None:
     with pytest.raises(TypeError):
         engine.submit(collections.deque([*good, bad]))
     assert all(op.state is OpState.QUEUED and op.key == -1 for op in good)
-    assert run(engine, collections.deque(good)) == [4, 4, 4]  # type: ignore[arg-type]
+    assert run(engine, collections.deque(good)) == [4, 4, 4]

@@ -385,10 +385,7 @@ def test_a_field_spoiled_after_submit_fails_the_operation_not_the_worker(
             os.write(w, b"!")
             after = Operation(OpCode.READ, data_fd, [bytearray(4)], 0)
             eng.submit([after])
-            deadline = time.monotonic() + 10
-            while not (blocker.done and spoiled.done and after.done):
-                assert time.monotonic() < deadline
-                eng.reap(0.5)
+            reap_until(eng, [blocker, spoiled, after])
         finally:
             os.close(r)
             os.close(w)
@@ -432,10 +429,7 @@ def test_cached_reads_are_done_in_submit_and_delivered_by_reap(
             ]
             eng.submit(behind)
             assert eng.statistics()["inline"] == 8
-            deadline = time.monotonic() + 10
-            while not all(op.done for op in behind):
-                assert time.monotonic() < deadline
-                eng.reap(0.5)
+            reap_until(eng, behind)
             assert [op.result for op in behind] == [0, 8, 8, 8]
             os.write(w, b"ab")
             others = [
@@ -446,10 +440,7 @@ def test_cached_reads_are_done_in_submit_and_delivered_by_reap(
             ]
             eng.submit(others)
             assert eng.statistics()["inline"] == 8
-            deadline = time.monotonic() + 10
-            while not all(op.done for op in others):
-                assert time.monotonic() < deadline
-                eng.reap(0.5)
+            reap_until(eng, others)
             assert [op.result for op in others] == [4096, 10, 4, 2]
             assert eng.statistics()["spawned"] >= 1
     finally:
@@ -491,10 +482,7 @@ def test_reads_above_inline_max_go_to_workers(tmp_path: Path) -> None:
             big = Operation(OpCode.READ, fd, [bytearray(INLINE_MAX + 1)], 0)
             eng.submit([small, big])
             assert eng.statistics()["inline"] == 1
-            deadline = time.monotonic() + 10
-            while not (small.done and big.done):
-                assert time.monotonic() < deadline
-                eng.reap(0.5)
+            reap_until(eng, [small, big])
             assert (small.result, big.result) == (INLINE_MAX, INLINE_MAX + 1)
             assert bytes(big.buffers[0]) == data[: INLINE_MAX + 1]
     finally:

@@ -326,7 +326,7 @@ class RoutedEngine(Engine):
         if aio:
             self._aio._submit_checked(aio)
         if threaded:
-            self._threads.submit(threaded)
+            self._threads._submit_checked(threaded)
         return len(ops)
 
     def cancel(self, op: Operation) -> CancelOutcome:

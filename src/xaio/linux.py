@@ -1005,6 +1005,33 @@ def _user_ring(ctx: IOContext) -> tuple[memoryview | None, int]:
     return memoryview(raw).cast("B"), int(hdr.nr)
 
 
+def _take_ring_events(
+    ring: memoryview, nr: int, limit: int, out: list[tuple[int, int, int, int]]
+) -> int:
+    """Move up to *limit* events from a context's ring in user memory (see
+    :func:`_user_ring`) to *out* as ``(data, obj, res, res2)``, one slice per
+    contiguous run, and publish the new head; return how many.  The caller
+    holds ``ctx._unmap_lock`` and has checked the context is alive."""
+    head: int
+    tail: int
+    head, tail = _U32_PAIR.unpack_from(ring, 8)
+    if head == tail:
+        return 0
+    n = (tail - head) % nr
+    if n > limit:
+        n = limit
+    run = nr - head
+    if run > n:
+        run = n
+    out.extend(_iter_events(ring[32 + head * 32 : 32 + (head + run) * 32]))
+    if run < n:
+        out.extend(_iter_events(ring[32 : 32 + (n - run) * 32]))
+    # publish the new head after reading the events (x86-64: stores are not
+    # reordered with earlier loads)
+    _U32_ONE.pack_into(ring, 8, (head + n) % nr)
+    return n
+
+
 _FAST_SUBMIT = _syscall.fast_syscall("io_submit")
 #: io_submit plugs the block queue for more than 2 requests: the device sees a
 #: batch only when the call ends.  Submitting in small chunks keeps it busy.
@@ -1014,6 +1041,7 @@ _U32_PAIR = struct.Struct("<II")
 _I64 = struct.Struct("<q")
 _IOCB_OFFSET_AT = iocb.aio_offset.offset
 _U32_ONE = struct.Struct("<I")
+_iter_events = IO_EVENT_STRUCT.iter_unpack
 _IOCB_SIZE = 64
 _IOCB_SHIFT = 6
 
@@ -1308,30 +1336,19 @@ class IOBatch:
         return n + ret
 
     def _reap_ring(self, ring: memoryview, limit: int) -> int:
-        head, tail = _U32_PAIR.unpack_from(ring, 8)
-        if head == tail:
-            return 0
-        nr = self._ring_nr
-        unpack = self._unpack_from
-        base = self._base
-        busy = self._busy
-        done_slots = self.done_slots
-        done_res = self.done_res
-        n = 0
-        while head != tail and n < limit:
-            _, obj, res, _ = unpack(ring, 32 + head * 32)
-            s = (obj - base) >> _IOCB_SHIFT
-            done_slots[n] = s
-            done_res[n] = res
-            busy[s] = False
-            n += 1
-            head += 1
-            if head == nr:
-                head = 0
-        # Publish the new head after reading the events (x86-64: stores are not
-        # reordered with earlier loads).
-        self._pack_into(ring, 8, head)
-        self._nbusy -= n
+        events: list[tuple[int, int, int, int]] = []
+        n = _take_ring_events(ring, self._ring_nr, limit, events)
+        if n:
+            base = self._base
+            busy = self._busy
+            done_slots = self.done_slots
+            done_res = self.done_res
+            for i, (_data, obj, res, _res2) in enumerate(events):
+                s = (obj - base) >> _IOCB_SHIFT
+                done_slots[i] = s
+                done_res[i] = res
+                busy[s] = False
+            self._nbusy -= n
         return n
 
     def _context_destroyed(self) -> None:
@@ -1380,7 +1397,6 @@ _E_READ, _E_WRITE, _E_READV, _E_WRITEV = OpCode.READ, OpCode.WRITE, OpCode.READV
 _E_POLL, _E_NOP = OpCode.POLL, OpCode.NOP
 _E_SUBMITTED = OpState.SUBMITTED
 _E_CANCEL_REQUESTED = OpState.CANCEL_REQUESTED
-_iter_events = IO_EVENT_STRUCT.iter_unpack
 
 
 class LinuxAioEngine(Engine):
@@ -1705,30 +1721,13 @@ class LinuxAioEngine(Engine):
             out.extend(_iter_events(self._events_mem[: n * 32]))
 
     def _read_ring(self, out: list[tuple[int, int, int, int]], want: int) -> None:
-        """Up to *want* events from the ring in user memory, into *out*
-        (``(data, obj, res, res2)``), one slice per contiguous run."""
+        """Up to *want* events from the ring in user memory, into *out*."""
         ring = self._ring
         assert ring is not None
         ctx = self._ctx
         with ctx._unmap_lock:  # never read a ring io_destroy unmapped
-            if ctx._destroyed or ctx._foreign:
-                return
-            head, tail = _U32_PAIR.unpack_from(ring, 8)
-            if head == tail:
-                return
-            nr = self._ring_nr
-            n = (tail - head) % nr
-            if n > want:
-                n = want
-            run = nr - head
-            if run > n:
-                run = n
-            out.extend(_iter_events(ring[32 + head * 32 : 32 + (head + run) * 32]))
-            if run < n:
-                out.extend(_iter_events(ring[32 : 32 + (n - run) * 32]))
-            # publish the new head after reading the events (x86-64: stores
-            # are not reordered with earlier loads)
-            _U32_ONE.pack_into(ring, 8, (head + n) % nr)
+            if not (ctx._destroyed or ctx._foreign):
+                _take_ring_events(ring, self._ring_nr, want, out)
 
     def close(self) -> None:
         with self._lock:

@@ -240,12 +240,16 @@ class ThreadEngine(Engine):
         (``preadv2(RWF_NOWAIT)``) and delivered by the next :meth:`reap`, as
         if a worker had run it at once.
 
-        Raises:
-            EngineClosedError: the engine is closed (no operation was taken).
-            RuntimeError: an operation is not QUEUED or is listed twice
-                (nothing was taken).
+        Raises (nothing was taken):
+            EngineClosedError: the engine is closed.
+            RuntimeError, TypeError, ValueError: a malformed batch
+                (:func:`xaio._ops.check_batch`).
         """
         check_batch(ops)
+        return self._submit_checked(ops)
+
+    def _submit_checked(self, ops: Sequence[Operation]) -> int:
+        """:meth:`submit` of a batch that passed ``check_batch`` (RoutedEngine)."""
         lanes = self._lanes
         serial: dict[int, bool] = {}
         for op in ops:

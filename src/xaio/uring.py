@@ -148,6 +148,7 @@ import ctypes
 import errno
 import itertools
 import mmap
+import operator
 import os
 import platform
 import struct
@@ -1613,6 +1614,7 @@ _FSYNC, _FDATASYNC, _POLL, _NOP = OpCode.FSYNC, OpCode.FDATASYNC, OpCode.POLL, O
 _SUBMITTED, _QUEUED, _DONE = OpState.SUBMITTED, OpState.QUEUED, OpState.DONE
 _OP_READ, _OP_WRITE = abi.IORING_OP_READ, abi.IORING_OP_WRITE
 _OP_READ_FIXED, _OP_WRITE_FIXED = abi.IORING_OP_READ_FIXED, abi.IORING_OP_WRITE_FIXED
+_span_start = operator.itemgetter(0)
 
 
 class SlotInFlightError(RuntimeError):
@@ -2079,11 +2081,8 @@ class UringEngine(Engine):
             "eventfd_reads": 0,
         }
         self._nowait = NowaitReader()
-        # registered buffers (register_buffers): start -> (index, end), and the
-        # spans sorted by start for a buffer that begins inside one of them
-        self._fixed: dict[int, tuple[int, int]] = {}
+        # registered buffers (register_buffers): (start, end, index), by start
         self._fixed_spans: list[tuple[int, int, int]] = []
-        self._fixed_starts: list[int] = []
         self._closed = False
 
     # --- protocol ---------------------------------------------------------------
@@ -2144,14 +2143,11 @@ class UringEngine(Engine):
             if self._closed:
                 raise EngineClosedError("engine is closed")
             self._ring.register_buffers(buffers)
-            spans = sorted(
+            self._fixed_spans = sorted(
                 (p.address, p.address + p.nbytes, i)
                 for i, p in enumerate(self._ring._fixed_buffers)
                 if p is not None
             )
-            self._fixed = {start: (index, end) for start, end, index in spans}
-            self._fixed_spans = spans
-            self._fixed_starts = [start for start, _end, _index in spans]
         return True
 
     def unregister_buffers(self) -> None:
@@ -2165,22 +2161,18 @@ class UringEngine(Engine):
         """
         self._check_process()
         with self._lock:
-            if not self._fixed or self._closed:
+            if not self._fixed_spans or self._closed:
                 return
-            self._fixed = {}
             self._fixed_spans = []
-            self._fixed_starts = []
             self._ring.unregister_buffers()
 
     def _fixed_index(self, address: int, nbytes: int) -> int:
         """The index of the registered buffer holding ``[address,
         address + nbytes)``, or -1."""
-        hit = self._fixed.get(address)
-        if hit is not None:
-            return hit[0] if address + nbytes <= hit[1] else -1
-        i = bisect.bisect_right(self._fixed_starts, address) - 1
+        spans = self._fixed_spans
+        i = bisect.bisect_right(spans, address, key=_span_start) - 1
         if i >= 0:
-            _start, end, index = self._fixed_spans[i]
+            _start, end, index = spans[i]
             if address + nbytes <= end:
                 return index
         return -1
@@ -2276,7 +2268,7 @@ class UringEngine(Engine):
         khead = ring._sq_khead
         n_sq = ring._sq_n
         mask = ring._sq_mask
-        fixed = self._fixed
+        fixed = self._fixed_spans
         nfixed = 0
         tail = ring._sqe_tail
         try:
@@ -2294,55 +2286,32 @@ class UringEngine(Engine):
                     if len(pins) != 1:
                         raise ValueError("READ/WRITE takes exactly one buffer")
                     p = pins[0]
-                    address = p.address
-                    nbytes = p.nbytes
-                    index = -1
-                    if fixed:  # a registered buffer: READ_FIXED / WRITE_FIXED
-                        hit = fixed.get(address)
-                        if hit is not None:
-                            if address + nbytes <= hit[1]:
-                                index = hit[0]
-                        else:
-                            index = self._fixed_index(address, nbytes)
+                    # a registered buffer holding it: READ_FIXED / WRITE_FIXED
+                    index = self._fixed_index(p.address, p.nbytes) if fixed else -1
                     if index < 0:
-                        _pack_sqe(
-                            sqes,
-                            (tail & mask) << 6,
-                            _OP_READ if code is _READ else _OP_WRITE,
-                            0,
-                            0,
-                            op.fd,
-                            op.offset & _U64,
-                            address,
-                            nbytes,
-                            op.flags & _U32,
-                            key,
-                            0,
-                            0,
-                            0,
-                            0,
-                            0,
-                        )
+                        opcode = _OP_READ if code is _READ else _OP_WRITE
+                        index = 0
                     else:
-                        _pack_sqe(
-                            sqes,
-                            (tail & mask) << 6,
-                            _OP_READ_FIXED if code is _READ else _OP_WRITE_FIXED,
-                            0,
-                            0,
-                            op.fd,
-                            op.offset & _U64,
-                            address,
-                            nbytes,
-                            op.flags & _U32,
-                            key,
-                            index,
-                            0,
-                            0,
-                            0,
-                            0,
-                        )
+                        opcode = _OP_READ_FIXED if code is _READ else _OP_WRITE_FIXED
                         nfixed += 1
+                    _pack_sqe(
+                        sqes,
+                        (tail & mask) << 6,
+                        opcode,
+                        0,
+                        0,
+                        op.fd,
+                        op.offset & _U64,
+                        p.address,
+                        p.nbytes,
+                        op.flags & _U32,
+                        key,
+                        index,
+                        0,
+                        0,
+                        0,
+                        0,
+                    )
                 elif code is _READV or code is _WRITEV:
                     if len(op.pins) > _IOV_MAX:
                         raise ValueError(f"at most {_IOV_MAX} buffers")
