@@ -299,6 +299,10 @@ class RoutedEngine(Engine):
     def closed(self) -> bool:
         return self._closed
 
+    def owns(self, op: Operation) -> bool:
+        """True if *op* was given to this engine and has not been delivered."""
+        return self._aio.owns(op) or self._threads.owns(op)
+
     def fileno(self) -> int:
         return self._epoll.fileno()
 

@@ -988,8 +988,9 @@ def io_cancel(ctx: IOContext, iocb: Iocb) -> IOEvent | None:
 
 
 def _user_ring(ctx: IOContext) -> tuple[memoryview | None, int]:
-    """The completion ring of *ctx* as bytes in user memory, and its size in
-    events -- ``(None, 0)`` where it cannot be read safely from user space
+    """The completion ring of *ctx* in user memory as 32-bit words (the head
+    is word 2, the tail word 3, event *i* starts at word ``8 + 8 * i``), and
+    its size in events -- ``(None, 0)`` where it cannot be read safely from user space
     (not x86-64, or a layout this code does not know).  The caller reads it
     only under ``ctx._unmap_lock`` and while the context is not destroyed."""
     if not _USER_RING:
@@ -1002,7 +1003,7 @@ def _user_ring(ctx: IOContext) -> tuple[memoryview | None, int]:
     ):
         return None, 0
     raw = (ctypes.c_char * (32 + 32 * hdr.nr)).from_address(ctx.id)
-    return memoryview(raw).cast("B"), int(hdr.nr)
+    return memoryview(raw).cast("B").cast("I"), int(hdr.nr)
 
 
 def _take_ring_events(
@@ -1011,10 +1012,14 @@ def _take_ring_events(
     """Move up to *limit* events from a context's ring in user memory (see
     :func:`_user_ring`) to *out* as ``(data, obj, res, res2)``, one slice per
     contiguous run, and publish the new head; return how many.  The caller
-    holds ``ctx._unmap_lock`` and has checked the context is alive."""
-    head: int
-    tail: int
-    head, tail = _U32_PAIR.unpack_from(ring, 8)
+    holds ``ctx._unmap_lock`` and has checked the context is alive.
+
+    The events join *out* and the head moves with no call in between: an
+    exception from a signal handler (Ctrl-C's KeyboardInterrupt, raised only
+    at a call or a loop's jump) comes before both or after both, so an event
+    is never lost from *out* nor taken twice."""
+    head: int = ring[2]
+    tail: int = ring[3]
     if head == tail:
         return 0
     n = (tail - head) % nr
@@ -1023,12 +1028,14 @@ def _take_ring_events(
     run = nr - head
     if run > n:
         run = n
-    out.extend(_iter_events(ring[32 + head * 32 : 32 + (head + run) * 32]))
+    items = list(_iter_events(ring[8 + head * 8 : 8 + (head + run) * 8]))
     if run < n:
-        out.extend(_iter_events(ring[32 : 32 + (n - run) * 32]))
+        items += _iter_events(ring[8 : 8 + (n - run) * 8])
+    new_head = (head + n) % nr
     # publish the new head after reading the events (x86-64: stores are not
-    # reordered with earlier loads)
-    _U32_ONE.pack_into(ring, 8, (head + n) % nr)
+    # reordered with earlier loads); one aligned 32-bit store
+    out += items
+    ring[2] = new_head
     return n
 
 
@@ -1037,12 +1044,12 @@ _FAST_SUBMIT = _syscall.fast_syscall("io_submit")
 #: batch only when the call ends.  Submitting in small chunks keeps it busy.
 _SUBMIT_CHUNK = 4
 _FAST_GETEVENTS = _syscall.fast_syscall("io_getevents")
-_U32_PAIR = struct.Struct("<II")
 _I64 = struct.Struct("<q")
 _IOCB_OFFSET_AT = iocb.aio_offset.offset
-_U32_ONE = struct.Struct("<I")
 _iter_events = IO_EVENT_STRUCT.iter_unpack
 _IOCB_SIZE = 64
+_UNSENT_KEY = 1
+_KEY_AT = struct.Struct("<8xI")  # aio_key
 _IOCB_SHIFT = 6
 
 
@@ -1083,7 +1090,6 @@ class IOBatch:
         "_ring_nr",
         "_ts",
         "_ts_addr",
-        "_pack_into",
         "_unpack_from",
         "_mem",
         "_events_mem",
@@ -1124,7 +1130,6 @@ class IOBatch:
         self._ts_addr = ctypes.addressof(self._ts)
         self._ring, self._ring_nr = _user_ring(ctx)
         self._unpack_from = IO_EVENT_STRUCT.unpack_from
-        self._pack_into = _U32_ONE.pack_into
         # Arguments of the hot syscalls, made once (see _syscall.fast_syscall).
         self._cid = ctypes.c_void_p(ctx.id)
         self._cptrs = ctypes.c_void_p(self._ptrs_addr)
@@ -1397,6 +1402,7 @@ _E_READ, _E_WRITE, _E_READV, _E_WRITEV = OpCode.READ, OpCode.WRITE, OpCode.READV
 _E_POLL, _E_NOP = OpCode.POLL, OpCode.NOP
 _E_SUBMITTED = OpState.SUBMITTED
 _E_CANCEL_REQUESTED = OpState.CANCEL_REQUESTED
+_E_DONE = OpState.DONE
 
 
 class LinuxAioEngine(Engine):
@@ -1434,6 +1440,13 @@ class LinuxAioEngine(Engine):
         self._inflight = InFlight()
         self._backlog: collections.deque[Operation] = collections.deque()
         self._ready: list[tuple[Operation, int]] = []
+        #: events taken from the kernel, not yet matched to their operations
+        #: (not empty only after an interrupted reap)
+        self._events_taken: list[tuple[int, int, int, int]] = []
+        #: filled and in the table, not (yet) handed to the kernel (see _flush)
+        self._unsent: list[Operation] = []
+        #: taken by the kernel, or refused: unknowable after a Ctrl-C (_settle)
+        self._maybe: set[Operation] = set()
         self._lock = threading.RLock()
         self._closed = False
         self._generation = _fork_generation[0]
@@ -1493,73 +1506,100 @@ class LinuxAioEngine(Engine):
             raise oserror(errno.EINVAL)
 
     def _flush(self) -> None:
-        """Move backlog operations into free slots and submit them (lock held)."""
+        """Move backlog operations into free slots and submit them (lock held).
+
+        An operation moves from the backlog to ``self._unsent`` (filled into
+        its iocb and entered in the in-flight table) by statements without a
+        call, and leaves ``self._unsent`` when ``io_submit`` says the kernel
+        took it.  An exception from a signal handler (Ctrl-C) that comes as
+        ``io_submit`` returns, before that bookkeeping, leaves taken iocbs in
+        ``self._unsent``: :meth:`_settle` then tells them apart by their
+        ``aio_key``, which the kernel sets to 0 in every iocb it reads
+        (``_UNSENT_KEY`` before)."""
+        unsent = self._unsent
+        if unsent:
+            self._settle()
         backlog = self._backlog
-        if not backlog:
+        if not backlog and not unsent:
             return
         inflight = self._inflight
         table = inflight._ops
         free = inflight._free
-        batch: list[Operation] = []
-        ptrs = self._ptrs
-        base = self._base
         room = self.capacity - len(table)
         while backlog and room > 0:
-            op = backlog.popleft()
+            op = backlog[0]
             # InFlight.add, inlined (check_batch ruled out a second entry)
-            if free:
-                key = free.pop()
-            else:
-                key = inflight._next
-                inflight._next = key + 1
-            op.key = key
-            table[key] = op
+            key = free[-1] if free else inflight._next
             try:
                 self._fill(key, op)
             except Exception:
                 # taken by submit, so it ends as a completion: a field changed
                 # to garbage since submit (check_batch vetted it), or no memory
-                del table[key]
-                free.append(key)
-                op.key = -1
+                del backlog[0]
                 op.state = _E_SUBMITTED
                 self._post(op, -errno.EINVAL)
                 continue
+            # taken, with no call in between (see above)
+            del backlog[0]
+            if free:
+                del free[-1]
+            else:
+                inflight._next = key + 1
+            op.key = key
+            table[key] = op
             op.state = _E_SUBMITTED
-            ptrs[len(batch)] = base + (key << _IOCB_SHIFT)
-            batch.append(op)
+            unsent += (op,)
             room -= 1
-        if not batch:
-            return
-        i = 0
-        n = len(batch)
-        ptrs_addr = ctypes.addressof(ptrs)
-        while i < n:
+        ptrs = self._ptrs
+        base = self._base
+        while unsent:
             # at most _SUBMIT_CHUNK per call: see IOBatch.submit's chunk
-            ret = _FAST_SUBMIT(
-                self._cid,
-                min(n - i, _SUBMIT_CHUNK),
-                self._cptrs if not i else ctypes.c_void_p(ptrs_addr + i * 8),
-            )
-            self._stats["syscalls_submit"] += 1
+            m = min(len(unsent), _SUBMIT_CHUNK)
+            for j in range(m):
+                ptrs[j] = base + (unsent[j].key << _IOCB_SHIFT)
+            ret = _FAST_SUBMIT(self._cid, m, self._cptrs)
             if ret > 0:
-                i += ret
+                del unsent[:ret]
+                self._stats["syscalls_submit"] += 1
                 self._stats["submitted"] += ret
                 continue
+            self._stats["syscalls_submit"] += 1
             if ret == -errno.EAGAIN:
-                # ring full (events not reaped yet): keep the rest for later
-                for op in reversed(batch[i:]):
-                    self._iovecs[op.key] = None
-                    inflight.discard_unsubmitted(op.key)
-                    op.state = OpState.QUEUED
-                    backlog.appendleft(op)
-                break
-            # the request at i was refused: it completes with the error
-            bad = batch[i]
-            self._iovecs[bad.key] = None
-            inflight.discard_unsubmitted(bad.key)
-            self._post(bad, ret)
-            i += 1
+                break  # ring full (events not reaped yet): the rest go next time
+            # the request first in line was refused: it completes with the
+            # error (its move to _ready without a call, as above)
+            bad = unsent[0]
+            key = bad.key
+            self._iovecs[key] = None
+            del table[key]
+            free += (key,)
+            bad.key = -1
+            del unsent[0]
+            self._ready += ((bad, ret),)
+            os.eventfd_write(self._efd, 1)
+
+    def _maybe_left(self) -> int:
+        """How many of ``self._maybe`` have not completed."""
+        maybe = self._maybe
+        if maybe:
+            maybe.difference_update([op for op in maybe if op.state is _E_DONE])
+        return len(maybe)
+
+    def _settle(self) -> None:
+        """After an interrupted :meth:`_flush`: drop from ``self._unsent`` the
+        operations the kernel took (``aio_key`` 0), which then complete as
+        usual.  It reads a batch in order and stops at the first it refuses,
+        so those form a prefix; the last of them may be one refused after its
+        key was written (a read on a write-only fd): it goes to
+        ``self._maybe``, which :meth:`close` does not wait on for ever."""
+        unsent = self._unsent
+        mem = self._mem
+        n = 0
+        while n < len(unsent) and not _KEY_AT.unpack_from(mem, unsent[n].key * _IOCB_SIZE)[0]:
+            n += 1
+        if n:
+            self._maybe.add(unsent[n - 1])
+            del unsent[:n]
 
     def _fill(self, key: int, op: Operation) -> None:
         code = op.opcode
@@ -1584,7 +1624,7 @@ class LinuxAioEngine(Engine):
             self._mem,
             key * _IOCB_SIZE,
             key,  # aio_data
-            0,
+            _UNSENT_KEY,  # aio_key: the kernel sets it to 0 when it reads the iocb
             rw_flags,
             opcode,
             0,
@@ -1651,63 +1691,92 @@ class LinuxAioEngine(Engine):
         when events are there.  The eventfd is then cleared only when nothing
         was found, and the ring looked at again right after, so a completion
         that lands later signals it afresh (no lost wake-up; at most one
-        spurious one per batch)."""
-        with self._lock:
-            self._check_pid()
-            if 0 < max_n < len(self._ready):
-                ready, self._ready = self._ready[:max_n], self._ready[max_n:]
-            else:
-                ready, self._ready = self._ready, []
-            more = bool(self._ready)
-        want = self.capacity if max_n <= 0 else min(self.capacity, max_n - len(ready))
-        events: list[tuple[int, int, int, int]] = []
-        if self._ring is None:
-            # Clear the eventfd *before* reading: a completion that lands
-            # after the read will make it readable again.
-            _syscall.drain_eventfd(self._efd)
-            if want > 0 and len(self._inflight):
-                self._getevents(events, want)
-        elif want > 0 and len(self._inflight):
-            self._read_ring(events, want)
-            if not events and not ready:
-                _syscall.drain_eventfd(self._efd)
-                self._read_ring(events, want)
-        elif not ready:
-            _syscall.drain_eventfd(self._efd)
-        done: list[tuple[Operation, int]] = []
-        if events:
-            base = self._base
-            iovecs = self._iovecs
-            with self._lock:
-                inflight = self._inflight
-                table = inflight._ops  # InFlight.discard_unsubmitted, inlined
-                free = inflight._free
-                for _data, obj, res, _res2 in events:
-                    key = (obj - base) >> _IOCB_SHIFT
-                    op = table.pop(key)
-                    free.append(key)
-                    op.key = -1
-                    if op.state is _E_CANCEL_REQUESTED and op.opcode is _E_POLL:
-                        res = -errno.ECANCELED  # a cancelled poll reports 0
-                    iovecs[key] = None
-                    done.append((op, res))
-                self._flush()  # slots are free again: the backlog moves up
-        if more or (max_n > 0 and len(events) == want):  # some may wait still
-            os.eventfd_write(self._efd, 1)
-        items = ready + done if ready else done
+        spurious one per batch).
+
+        An exception from a signal handler (Ctrl-C) can come at any call or
+        loop jump.  Nothing taken from the kernel lives only in a local
+        variable: events go to ``self._events`` with the head move
+        (:func:`_take_ring_events`), each becomes an ``(op, res)`` entry of
+        ``self._ready`` with no call in between, and what is taken from
+        ``self._ready`` and not completed goes back.  So :meth:`close` still
+        completes every operation.  (Not on the ``io_getevents`` path, used
+        where the ring cannot be read: there the events are lost if the
+        exception comes right as the call returns.)"""
+        items: list[tuple[Operation, int]] = []
         i = 0
         try:
+            with self._lock:
+                self._check_pid()
+                events = self._events_taken
+                want = self.capacity if max_n <= 0 else min(self.capacity, max_n - len(self._ready))
+                if self._ring is None:
+                    # Clear the eventfd *before* reading: a completion that lands
+                    # after the read will make it readable again.
+                    _syscall.drain_eventfd(self._efd)
+                    if want > 0 and len(self._inflight):
+                        self._getevents(events, want)
+                elif want > 0 and len(self._inflight):
+                    self._read_ring(events, want)
+                    if not events and not self._ready:
+                        _syscall.drain_eventfd(self._efd)
+                        self._read_ring(events, want)
+                elif not self._ready:
+                    _syscall.drain_eventfd(self._efd)
+                nevents = len(events)
+                if events:
+                    self._match_events()
+                    self._flush()  # slots are free again: the backlog moves up
+                ready = self._ready
+                if 0 < max_n < len(ready):
+                    batch, rest = ready[:max_n], ready[max_n:]
+                else:
+                    batch, rest = ready, []
+                self._ready = rest
+                items = batch  # no call between the two stores: taken together
+                if rest or (max_n > 0 and nevents == want):  # some may wait still
+                    os.eventfd_write(self._efd, 1)
             for op, res in items:
                 i += 1
                 op.complete(res)
-        finally:
-            if i < len(items):  # an on_done raised: the rest go first next time
+        except BaseException:
+            # an on_done raised, or Ctrl-C (maybe as the last one began): what
+            # is not done goes first next time
+            back = [item for item in items[max(i - 1, 0) :] if item[0].state is not _E_DONE]
+            if back:
                 with self._lock:
-                    self._ready[:0] = items[i:]
+                    self._ready[:0] = back
                     os.eventfd_write(self._efd, 1)
+            raise
         total = len(items)
         self._stats["completed"] += total
         return total
+
+    def _match_events(self) -> None:
+        """Turn the events in ``self._events_taken`` into ``(op, res)``
+        entries of ``self._ready`` and free their slots (lock held).  Each
+        event is handled by statements without a call (see :meth:`_reap_now`)."""
+        events = self._events_taken
+        base = self._base
+        iovecs = self._iovecs
+        ready = self._ready
+        inflight = self._inflight
+        table = inflight._ops  # InFlight.discard_unsubmitted, inlined
+        free = inflight._free
+        j = 0
+        try:
+            for _data, obj, res, _res2 in events:
+                key = (obj - base) >> _IOCB_SHIFT
+                op = table[key]
+                if op.state is _E_CANCEL_REQUESTED and op.opcode is _E_POLL:
+                    res = -errno.ECANCELED  # a cancelled poll reports 0
+                iovecs[key] = None
+                del table[key]
+                op.key = -1
+                ready += ((op, res),)
+                free += (key,)
+                j += 1
+        finally:
+            del events[:j]
 
     def _getevents(self, out: list[tuple[int, int, int, int]], want: int) -> None:
         """Up to *want* events through ``io_getevents`` (no wait), into *out*."""
@@ -1718,7 +1787,7 @@ class LinuxAioEngine(Engine):
         if n < 0:
             raise oserror(-n)
         if n:
-            out.extend(_iter_events(self._events_mem[: n * 32]))
+            out += _iter_events(self._events_mem[: n * 32])
 
     def _read_ring(self, out: list[tuple[int, int, int, int]], want: int) -> None:
         """Up to *want* events from the ring in user memory, into *out*."""
@@ -1745,11 +1814,24 @@ class LinuxAioEngine(Engine):
             for op in backlog:
                 op.mark_submitted()
                 self._post(op, -errno.ECANCELED)
+            self._flush()  # what an interrupted flush left unsent goes now
         # Reads and writes cannot be cancelled: wait for them (rule 1).
-        while len(self._inflight) or self._ready:
+        while len(self._inflight) > self._maybe_left() or self._ready:
             self.reap(timeout=None)
+        # Left: operations the kernel may have refused (see _settle).  Give
+        # them a few seconds; io_destroy then waits for any it does hold, and
+        # what never completed says ECANCELED.
+        deadline = time.monotonic() + 5.0
+        while len(self._inflight) and time.monotonic() < deadline:
+            self.reap(timeout=0.1)
+        left = list(self._inflight)
         io_destroy(self._ctx)
         os.close(self._efd)
+        for op in left:
+            op.key = -1
+            op.complete(-errno.ECANCELED)
+        self._inflight = InFlight()
+        self._maybe.clear()
 
     def statistics(self) -> dict[str, Any]:
         return {

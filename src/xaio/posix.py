@@ -376,11 +376,19 @@ def _install_locked(eng: Engine, ours: bool) -> None:
     """Make *eng* the engine (``_state_lock`` held); start a reaper thread
     unless the engine completes operations itself."""
     global _engine, _engine_is_ours, _reaper
-    _engine = eng
-    _engine_is_ours = ours
-    _reaper = None
+    reaper = None
     if not (isinstance(eng, ThreadEngine) and eng._direct):
-        _reaper = _Reaper(eng)
+        reaper = _Reaper(eng)
+    try:
+        if reaper is not None:
+            start_thread_blocking_signals(reaper.thread)
+    finally:
+        # installed if its reaper runs, even when a Ctrl-C comes out of the
+        # start after the thread began; an engine nobody would reap is not
+        if reaper is None or reaper.thread.ident is not None:
+            _engine, _engine_is_ours, _reaper = eng, ours, reaper
+        elif ours:
+            eng.close()
 
 
 def _get_engine() -> Engine:
@@ -437,7 +445,8 @@ class _Reaper:
         self.stopping = False
         self.lock = threading.Lock()
         self.pending: list[aiocb] = []
-        self.thread = start_thread_blocking_signals(self._run, name="xaio-posix-reaper")
+        # started by _install_locked
+        self.thread = threading.Thread(target=self._run, name="xaio-posix-reaper", daemon=True)
 
     def _run(self) -> None:
         eng = self.engine
@@ -514,10 +523,14 @@ class _Notifier:
             if self.idle:
                 self.idle.pop().release()
                 return
-        t = start_thread_blocking_signals(self._run, name="xaio-posix-notify")
-        with self.mutex:
-            if t.is_alive():
-                self.threads.add(t)
+        t = threading.Thread(target=self._run, name="xaio-posix-notify", daemon=True)
+        try:
+            start_thread_blocking_signals(t)
+        finally:
+            if t.ident is not None:  # it runs (a Ctrl-C may come out of the start)
+                with self.mutex:
+                    if t.is_alive():
+                        self.threads.add(t)
 
     def _run(self) -> None:
         me = threading.Lock()
@@ -809,51 +822,82 @@ def _enqueue(items: list[tuple[aiocb, Operation, int]], group: _Group | None) ->
             fd = op.fd
             if not err and fd not in _lanes and fd not in serial:
                 serial[fd] = _is_serial_fd(fd)
+    try:
+        with _state_lock:
+            for cb, op, _err in items:
+                if cb._state == _INPROGRESS:
+                    for c, _, _ in items:
+                        if c is cb:
+                            break
+                        _unmark_locked(c)
+                    raise _syscall.oserror(errno.EINVAL, "aiocb already in progress")
+                _mark_locked(cb, op, group, eng)
+            if laned:
+                ops = []
+                for cb, op, err in items:
+                    if not err and _lane_admit_locked(cb, op, serial):
+                        cb._transit = op
+                        ops.append(op)
+            else:
+                # In transit until the engine has them: an aio_cancel arriving
+                # now waits for the hand-over instead of finding nothing.
+                ops = []
+                for cb, op, err in items:
+                    if not err:
+                        cb._transit = op
+                        ops.append(op)
+        if ops and laned:
+            reaper = _submitter(eng)
+            if reaper is not None:
+                reaper.defer([op.context for op in ops])
+                ops = []
+        if ops:
+            try:
+                eng.submit(ops)
+            except EngineClosedError:
+                with _state_lock:
+                    for cb, _, _ in items:
+                        _unmark_locked(cb)
+                    _wake_transit_locked()
+                raise _syscall.oserror(errno.EAGAIN, "the AIO engine is shutting down") from None
+            _end_transit(ops)
+            if laned:
+                # Collect what completed inside the submitting io_uring_enter
+                # (page-cached reads): recorded here, with no hand-off to the reaper.
+                eng.reap(0)
+        for _, op, err in items:
+            if err:
+                op.complete(err)
+    except BaseException:
+        _recover_enqueue(eng, items)
+        raise
+
+
+def _recover_enqueue(eng: Engine, items: list[tuple[aiocb, Operation, int]]) -> None:
+    """An exception came out of :func:`_enqueue` midway -- one from a signal
+    handler (Ctrl-C) can come at any call.  The requests the engine did not
+    take are not submitted after all (``aio_error`` says EINVAL, as for a cb
+    never submitted: the caller may submit it again); those it took, or that
+    wait in their lane, complete as usual, and so do those with an immediate
+    error.  A no-op after the errors ``_enqueue`` raises itself (those undo
+    their marks)."""
+    owns = getattr(eng, "owns", None)
+    errs: list[tuple[Operation, int]] = []
     with _state_lock:
-        for cb, op, _err in items:
-            if cb._state == _INPROGRESS:
-                for c, _, _ in items:
-                    if c is cb:
-                        break
-                    _unmark_locked(c)
-                raise _syscall.oserror(errno.EINVAL, "aiocb already in progress")
-            _mark_locked(cb, op, group, eng)
-        if laned:
-            ops = []
-            for cb, op, err in items:
-                if not err and _lane_admit_locked(cb, op, serial):
-                    cb._transit = op
-                    ops.append(op)
-        else:
-            # In transit until the engine has them: an aio_cancel arriving
-            # now waits for the hand-over instead of finding nothing.
-            ops = []
-            for cb, op, err in items:
-                if not err:
-                    cb._transit = op
-                    ops.append(op)
-    if ops and laned:
-        reaper = _submitter(eng)
-        if reaper is not None:
-            reaper.defer([op.context for op in ops])
-            ops = []
-    if ops:
-        try:
-            eng.submit(ops)
-        except EngineClosedError:
-            with _state_lock:
-                for cb, _, _ in items:
-                    _unmark_locked(cb)
-                _wake_transit_locked()
-            raise _syscall.oserror(errno.EAGAIN, "the AIO engine is shutting down") from None
-        _end_transit(ops)
-        if laned:
-            # Collect what completed inside the submitting io_uring_enter
-            # (page-cached reads): recorded here, with no hand-off to the reaper.
-            eng.reap(0)
-    for _, op, err in items:
-        if err:
-            op.complete(err)
+        for cb, op, err in items:
+            if cb._op is not op or cb._state != _INPROGRESS:
+                continue  # not marked by this call
+            if cb._transit is op:
+                cb._transit = None
+            if op.state is not OpState.QUEUED:
+                continue  # taken (or done)
+            if err:
+                errs.append((op, err))
+            elif not cb._held and not (owns is not None and owns(op)):
+                _unmark_locked(cb)
+        _wake_transit_locked()
+    for op, err in errs:
+        op.complete(err)
 
 
 def _lane_admit_locked(cb: aiocb, op: Operation, serial: dict[int, bool]) -> bool:
@@ -1471,24 +1515,31 @@ def aio_init(
             cur.configure(threads, float(idle_time), num)
         return
     new = _make_engine(want) if isinstance(want, str) and want != "thread" else None
-    with _state_lock:
-        if _engine is not cur or (cur is not None and _by_fd):  # raced with another call
-            busy = True
-        else:
-            busy = False
-            old, old_ours, old_reaper = _engine, _engine_is_ours, _reaper
-            _choice = want
-            if isinstance(want, Engine):
-                _install_locked(want, False)
-            elif new is not None:
-                _install_locked(new, True)
+    target = want if isinstance(want, Engine) else new  # None: the thread engine
+    swapped = False
+    try:
+        with _state_lock:
+            if _engine is not cur or (cur is not None and _by_fd):  # raced with another call
+                busy = True
             else:
-                _uninstall_locked()  # the thread engine starts on first use
+                busy = False
+                old, old_ours, old_reaper = _engine, _engine_is_ours, _reaper
+                try:
+                    if target is not None:
+                        _install_locked(target, target is new)
+                    else:
+                        _uninstall_locked()  # the thread engine starts on first use
+                finally:
+                    swapped = _engine is target  # even if a Ctrl-C came out of it
+                    if swapped:
+                        _choice = want
+    finally:
+        if swapped:
+            _retire(old, old_ours, old_reaper)
     if busy:
         if new is not None:
             new.close()
         raise _syscall.oserror(errno.EBUSY, "requests are in progress")
-    _retire(old, old_ours, old_reaper)
 
 
 def _uninstall_locked() -> None:

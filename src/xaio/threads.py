@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import itertools
 import os
 import select
 import signal
@@ -57,7 +58,7 @@ import threading
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from xaio._inline import INLINE_MAX, NowaitReader
@@ -70,28 +71,29 @@ _READS = (OpCode.READ, OpCode.READV)
 _READ = OpCode.READ
 _WRITES = (OpCode.WRITE, OpCode.WRITEV)
 _SYNCS = (OpCode.FSYNC, OpCode.FDATASYNC)
+_DONE = OpState.DONE
 _ALL_SIGNALS = signal.valid_signals()
 
 
-def start_thread_blocking_signals(
-    target: Callable[..., object], args: tuple[Any, ...] = (), name: str | None = None
-) -> threading.Thread:
-    """Start a daemon thread running ``target(*args)`` with every signal blocked.
+def start_thread_blocking_signals(thread: threading.Thread) -> None:
+    """Start *thread* with every signal blocked.
 
     The new thread inherits the signal mask of its creator, so the mask is
     set around ``Thread.start`` (there is no window in which the new thread
-    could take a signal meant for the application).
+    could take a signal meant for the application), then restored.
 
-    Returns:
-        The started thread.
+    A signal that arrives meanwhile is held until the mask is restored, and
+    its Python handler runs right then: an exception it raises (Ctrl-C's
+    ``KeyboardInterrupt``) comes out of this function *after* the thread
+    has started.  Callers that count their threads tell the two cases apart
+    with ``thread.ident is not None`` (started) in a ``finally``.
     """
-    t = threading.Thread(target=target, args=args, name=name, daemon=True)
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, ())  # read only: changes nothing
     try:
-        t.start()
+        signal.pthread_sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
+        thread.start()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
-    return t
 
 
 def _is_serial_fd(fd: int) -> bool:
@@ -203,6 +205,7 @@ class ThreadEngine(Engine):
         self._running: set[Operation] = set()
         self._idle: list[threading.Lock] = []
         self._threads: set[threading.Thread] = set()
+        self._exiting: list[threading.Thread] = []  # exited the loop, maybe still running
         self._nthreads = 0
         self._waking = 0  # workers woken (or started) not yet at the ready queue
         self._no_threads = threading.Condition(self._mutex)
@@ -270,9 +273,10 @@ class ThreadEngine(Engine):
                 if done_here:
                     res = done_here.get(id(op))
                     if res is not None:  # read from the page cache in submit
+                        # queued for reap before anything else (see _deliver)
+                        self._post_locked(op, res)
                         op.state = OpState.SUBMITTED
                         self._completed += 1
-                        self._post_locked(op, res)
                         continue
                 fd = op.fd
                 lane = lanes.get(fd)
@@ -287,9 +291,8 @@ class ThreadEngine(Engine):
                 else:
                     lane.held.append(op)
             self._submitted += len(ops)
-            spawn = self._wake_locked(nready) if nready else 0
-        for _ in range(spawn):
-            self._spawn()
+            if nready:
+                self._wake_locked()
         return len(ops)
 
     def _read_cached(self, ops: Sequence[Operation], serial: dict[int, bool]) -> dict[int, int]:
@@ -358,17 +361,29 @@ class ThreadEngine(Engine):
                 except ValueError:
                     return CancelOutcome.DONE  # finished, waiting to be reaped
                 lane.active -= 1
-            spawn = self._release_lane_locked(op.fd, lane)
+            self._release_lane_locked(op.fd, lane)
             op.state = OpState.CANCEL_REQUESTED
             self._cancelled += 1
             self._completed += 1
             if not self._direct:
                 self._post_locked(op, -errno.ECANCELED)
-        for _ in range(spawn):
-            self._spawn()
         if self._direct:
             op.complete(-errno.ECANCELED)
         return CancelOutcome.CANCELED
+
+    def owns(self, op: Operation) -> bool:
+        """True if *op* was given to this engine and has not been delivered:
+        what the caller of a :meth:`submit` that an exception from a signal
+        handler interrupted (Ctrl-C) asks about each of its operations."""
+        with self._mutex:
+            if self._ready:  # as in reap: workers for what waits
+                self._wake_locked()
+            if op.state is _DONE:
+                return False
+            if op in self._running or any(o is op for o, _ in self._done):
+                return True
+            lane = self._lanes.get(op.fd)
+            return lane is not None and (op in lane.held or op in self._ready)
 
     def read_nowait(self, fd: int, buffer: Any, offset: int, nbytes: int) -> int | None:
         """Try a read that the page cache can satisfy at once, in this thread
@@ -409,6 +424,9 @@ class ThreadEngine(Engine):
         n = self._deliver(max_n)
         if n or timeout == 0 or self._direct:
             return n
+        if self._ready:  # a submit cut short by Ctrl-C may have woken no worker
+            with self._mutex:
+                self._wake_locked()
         poller = select.poll()
         poller.register(self._efd, select.POLLIN)
         deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
@@ -466,7 +484,9 @@ class ThreadEngine(Engine):
             self._idle.clear()
             while self._nthreads:
                 self._no_threads.wait()
-            threads = list(self._threads)
+            # the exiting ones too: close returns with no worker thread left
+            threads = [*self._threads, *self._exiting]
+            self._exiting.clear()
         if self._direct:
             for op in cancelled:
                 op.complete(-errno.ECANCELED)
@@ -512,6 +532,7 @@ class ThreadEngine(Engine):
         self._running.clear()
         self._idle.clear()
         self._threads.clear()
+        self._exiting.clear()
         self._done.clear()
         self._nthreads = 0
         self._waking = 0
@@ -538,30 +559,58 @@ class ThreadEngine(Engine):
 
     # -- internals ----------------------------------------------------------------
 
-    def _wake_locked(self, n: int) -> int:
+    def _wake_locked(self) -> None:
         """Make sure the ready queue has enough workers coming for it: wake
-        idle workers, then ask for new threads, but only for the ready
+        idle workers, then start new threads, but only for the ready
         operations no worker has been woken for yet (a worker woken for
-        nothing is two useless thread switches).  Returns how many threads
-        the caller must start (after releasing the mutex)."""
+        nothing is two useless thread switches).
+
+        The counts change together with what they count, with no call in
+        between, so an exception from a signal handler (Ctrl-C), which comes
+        only at a call or a loop's jump, never leaves them wrong."""
         need = len(self._ready) - self._waking
         if need <= 0:
-            return 0
+            return
         idle = self._idle
         while need and idle:
-            idle.pop().release()
+            w = idle[-1]
+            del idle[-1]
             self._waking += 1
+            w.release()
             need -= 1
-        spawn = min(need, self._max_threads - self._nthreads)
-        if spawn > 0:
-            self._nthreads += spawn
-            self._waking += spawn
-            return spawn
-        return 0
+        while need > 0 and self._nthreads < self._max_threads:
+            try:
+                self._start_worker_locked()
+            except RuntimeError:  # "can't start new thread"
+                if not self._nthreads:
+                    raise  # nobody would run the work
+                return  # the running workers get to it
+            need -= 1
 
-    def _release_lane_locked(self, fd: int, lane: _Lane) -> int:
+    def _start_worker_locked(self) -> None:
+        """Start one worker thread, the mutex held (the worker waits for it
+        before it does anything).  It is counted before it starts and
+        uncounted if it did not start: a thread that cannot start, or a
+        Ctrl-C whose ``KeyboardInterrupt`` comes out of the start (even after
+        the thread began) never leaves a count that :meth:`close` would wait
+        on for ever."""
+        t = threading.Thread(target=self._worker, name="xaio-thread-worker", daemon=True)
+        self._nthreads += 1
+        self._waking += 1  # a new thread counts as woken for the ready queue
+        try:
+            start_thread_blocking_signals(t)
+        except BaseException:
+            if t.ident is None:  # it never ran
+                self._nthreads -= 1
+                self._waking -= 1
+                if not self._nthreads:
+                    self._no_threads.notify_all()
+            raise
+        self._spawned += 1
+
+    def _release_lane_locked(self, fd: int, lane: _Lane) -> None:
         """Move held operations of *lane* that may now start to the ready
-        queue; drop the lane when empty.  Returns threads to start."""
+        queue (waking workers for them); drop the lane when empty."""
         held = lane.held
         n = 0
         while held:
@@ -574,7 +623,8 @@ class ThreadEngine(Engine):
             n += 1
         if not lane.active and not held:
             del self._lanes[fd]
-        return self._wake_locked(n) if n else 0
+        if n:
+            self._wake_locked()
 
     def _post_locked(self, op: Operation, res: int) -> None:
         self._done.append((op, res))
@@ -583,45 +633,49 @@ class ThreadEngine(Engine):
             os.eventfd_write(self._efd, 1)
 
     def _deliver(self, max_n: int = 0) -> int:
-        with self._mutex:
-            done = self._done
-            if not done:
-                return 0
-            if 0 < max_n < len(done):  # the rest stay signalled for the next reap
-                items = [done.popleft() for _ in range(max_n)]
-            else:
-                items = list(done)
-                done.clear()
-            if self._signalled and not done:
-                self._signalled = False
-                try:
-                    os.eventfd_read(self._efd)
-                except BlockingIOError:  # pragma: no cover
-                    pass
+        """Complete waiting operations in this thread; returns how many.
+
+        An exception from a signal handler (Ctrl-C) can come out of any call
+        here.  What is taken from ``_done`` is taken by two stores with no
+        call between them (so the exception comes before both or after
+        both), and whatever is taken and not completed goes back, so close
+        still completes every operation."""
+        items: list[tuple[Operation, int]] = []
         i = 0
         try:
+            with self._mutex:
+                done = self._done
+                if not done:
+                    return 0
+                if 0 < max_n < len(done):  # the rest stay signalled for the next reap
+                    batch = list(itertools.islice(done, max_n))
+                    rest: deque[tuple[Operation, int]] = deque(itertools.islice(done, max_n, None))
+                else:
+                    batch = list(done)
+                    rest = deque()
+                self._done = rest
+                items = batch
+                if self._signalled and not rest:
+                    self._signalled = False
+                    try:
+                        os.eventfd_read(self._efd)
+                    except BlockingIOError:  # pragma: no cover
+                        pass
             for op, res in items:
                 i += 1
                 op.complete(res)
-        finally:
-            if i < len(items):  # an on_done raised: the rest go first next time
+        except BaseException:
+            # an on_done raised, or Ctrl-C (maybe as the last one began): what
+            # is not done goes first next time
+            back = [item for item in items[max(i - 1, 0) :] if item[0].state is not _DONE]
+            if back:
                 with self._mutex:
-                    self._done.extendleft(reversed(items[i:]))
+                    self._done.extendleft(reversed(back))
                     if not self._signalled:
                         self._signalled = True
                         os.eventfd_write(self._efd, 1)
-        return len(items)
-
-    def _spawn(self) -> None:
-        try:
-            start_thread_blocking_signals(self._worker, name="xaio-thread-worker")
-        except BaseException:
-            with self._mutex:
-                self._nthreads -= 1
-                self._waking -= 1
-                self._no_threads.notify_all()
             raise
-        self._spawned += 1
+        return len(items)
 
     def _worker(self) -> None:
         me = threading.Lock()
@@ -640,7 +694,6 @@ class ThreadEngine(Engine):
             # One critical section finishes the previous operation and takes
             # the next one.
             mutex.acquire()
-            spawn = 0
             exiting = False
             if woken:
                 woken = False
@@ -651,7 +704,7 @@ class ThreadEngine(Engine):
                 lane = lanes[op.fd]
                 lane.active -= 1
                 if lane.held or not lane.active:
-                    spawn = self._release_lane_locked(op.fd, lane)
+                    self._release_lane_locked(op.fd, lane)
                 if not direct:
                     self._post_locked(op, res)
             if ready:
@@ -668,8 +721,6 @@ class ThreadEngine(Engine):
                     self._idle.append(me)
                     idle_time = self._idle_time
                     mutex.release()
-            for _ in range(spawn):
-                self._spawn()
             if op is not None and direct:
                 op.complete(res)
             op = None
@@ -692,7 +743,14 @@ class ThreadEngine(Engine):
             woken = True
 
     def _exit_locked(self) -> None:
-        self._threads.discard(threading.current_thread())
+        t = threading.current_thread()
+        self._threads.discard(t)
+        # kept for close to join; the dead ones are dropped here, so their
+        # Thread objects die in a worker: a Thread's death runs a weakref
+        # callback, and a Ctrl-C that lands in one in the main thread is lost
+        # ("Exception ignored")
+        self._exiting = [x for x in self._exiting if x.is_alive()]
+        self._exiting.append(t)
         self._nthreads -= 1
         if not self._nthreads:
             self._no_threads.notify_all()

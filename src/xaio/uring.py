@@ -1243,7 +1243,6 @@ class Ring:
         n = (tail - head) & _U32
         if max_n and n > max_n:
             n = max_n
-        start = len(out)
         if n:
             # one slice of the mapping per contiguous run (two if the run wraps),
             # unpacked by iter_unpack in C: no Python-level step per CQE
@@ -1254,21 +1253,25 @@ class Ring:
             if run > n:
                 run = n
             lo = base + (first << 4)
-            out.extend(_iter_cqes(mm[lo : lo + (run << 4)]))
+            items = list(_iter_cqes(mm[lo : lo + (run << 4)]))
             if run < n:
-                out.extend(_iter_cqes(mm[base : base + ((n - run) << 4)]))
+                items += _iter_cqes(mm[base : base + ((n - run) << 4)])
+            keep = self._keep
+            if keep:  # a request's last CQE: the kernel is done with its objects
+                for ud, _res, fl in items:
+                    if not fl & abi.IORING_CQE_F_MORE:
+                        keep.pop(ud, None)
             head = (head + n) & _U32
-        if _NEEDS_FENCE:
-            _fence()  # release: the CQE loads before the head store
-        cq32[self._cq_khead] = head
-        self._cq_head = head
-        self._stats["reaped"] += n
-        keep = self._keep
-        if keep:
-            for i in range(start, len(out)):
-                ud, _res, fl = out[i]
-                if not fl & abi.IORING_CQE_F_MORE:
-                    keep.pop(ud, None)
+            if _NEEDS_FENCE:
+                _fence()  # release: the CQE loads before the head store
+            # The CQEs join *out* and leave the ring with no call in between
+            # (an exception from a signal handler, Ctrl-C's KeyboardInterrupt,
+            # is raised only at a call or a loop's jump): it comes before both
+            # or after both, and a CQE is never lost nor taken twice.
+            out += items
+            cq32[self._cq_khead] = head
+            self._cq_head = head
+            self._stats["reaped"] += n
         return out
 
     def peek_cqe(self) -> Completion | None:
@@ -2378,14 +2381,22 @@ class UringEngine(Engine):
         if _syscall.drain_eventfd(self._efd):
             self._counts["eventfd_reads"] += 1
 
-    def _deliver(self, cqes: list[Completion]) -> int:
-        """Complete the operations whose CQEs are in *cqes* (under the lock).
+    def _deliver(self) -> int:
+        """Complete the operations whose CQEs wait in ``self._batch`` (under
+        the lock).
 
-        *cqes* belongs to this call alone: a callback that reaps again
+        The batch is taken as a whole: a callback that reaps again
         (re-entrantly) starts from a fresh list and never sees these CQEs, whose
         keys may by then name new operations.  If an ``on_done`` callback
         raises, the exception propagates and the CQEs not yet handled go back
         to ``self._batch``, to be delivered by the next reap -- never twice.
+
+        So does an exception from a signal handler (Ctrl-C), which can come at
+        any call or loop jump: a CQE counts as handled (``i``) only after its
+        operation is completed and its key is free, and the key is freed
+        together with that count, with no call in between.  A CQE taken up
+        again finds its operation completed already (DONE, under the same
+        key) and only finishes the bookkeeping.
 
         Submissions made by the callbacks are handed to the kernel in groups
         of ``_DEFER_FLUSH`` and, at the latest, before this returns (see
@@ -2398,23 +2409,26 @@ class UringEngine(Engine):
         vecs = self._vecs
         outer = self._delivering
         self._delivering = True
+        cqes: list[Completion] = []
         try:
+            cqes, self._batch = self._batch, cqes
             for ud, res, _fl in cqes:
-                i += 1
                 if ud < _TAG:
-                    op = table.pop(ud, None)
-                    if op is None:  # not ours (e.g. posted by a forked child)
-                        continue
-                    free.append(ud)
-                    if vecs:
-                        vecs.pop(ud, None)
-                    n += 1
-                    op.complete(res)
+                    op = table.get(ud)
+                    if op is not None:  # else not ours (e.g. posted by a forked child)
+                        if op.state is not _DONE and op.key == ud:  # not done yet
+                            n += 1
+                            op.complete(res)
+                        if vecs:
+                            vecs.pop(ud, None)
+                        del table[ud]
+                        free += (ud,)
                 elif ud & _CANCEL_TAG == _CANCEL_TAG:
                     self._cancel_results[ud & ~_CANCEL_TAG] = res
+                i += 1
         finally:
             del cqes[:i]
-            if cqes:  # an on_done raised: the rest go first next time
+            if cqes:  # an on_done raised (or Ctrl-C): the rest go first next time
                 self._batch[:0] = cqes
             self._counts["completed"] += n
             self._delivering = outer
@@ -2431,14 +2445,18 @@ class UringEngine(Engine):
         eventfd afresh, so no wake-up is lost, and a reap right after a submit
         that finds completions costs no syscall at all.  The price is at most
         one spurious wake-up of an event loop per batch, whose reap then
-        clears the eventfd."""
+        clears the eventfd.
+
+        CQEs taken from the ring go straight into ``self._batch``, which
+        :meth:`_deliver` empties: one taken and not yet delivered (an
+        ``on_done`` raised, or Ctrl-C came) waits there for the next reap or
+        for :meth:`close`."""
         with self._lock:
             ring = self._ring
             if ring._closed:
                 return 0
-            # not empty only if an on_done raised last time; ours alone from here
-            batch, self._batch = self._batch, []
-            if ring._cq32[ring._cq_ktail] == ring._cq_head and not self._stash and not batch:
+            pending = self._batch  # not empty only if a delivery was interrupted
+            if ring._cq32[ring._cq_ktail] == ring._cq_head and not self._stash and not pending:
                 self._drain_eventfd()
                 if (
                     ring._cq32[ring._cq_ktail] == ring._cq_head
@@ -2446,10 +2464,10 @@ class UringEngine(Engine):
                 ):
                     return 0
             if self._stash:
-                batch.extend(self._stash)
-                self._stash.clear()
-            ring.peek_batch(batch, max_n)
-            return self._deliver(batch)
+                pending += self._stash  # no call between the two stores
+                self._stash = []
+            ring.peek_batch(pending, max_n)
+            return self._deliver()
 
     def reap(self, timeout: float | None = 0.0, *, max_n: int = 0) -> int:
         """Deliver finished operations (``InFlight.complete``, which runs their
