@@ -1558,12 +1558,11 @@ class LinuxAioEngine(Engine):
             for j in range(m):
                 ptrs[j] = base + (unsent[j].key << _IOCB_SHIFT)
             ret = _FAST_SUBMIT(self._cid, m, self._cptrs)
+            self._stats["syscalls_submit"] += 1
             if ret > 0:
                 del unsent[:ret]
-                self._stats["syscalls_submit"] += 1
                 self._stats["submitted"] += ret
                 continue
-            self._stats["syscalls_submit"] += 1
             if ret == -errno.EAGAIN:
                 break  # ring full (events not reaped yet): the rest go next time
             # the request first in line was refused: it completes with the
@@ -1695,7 +1694,7 @@ class LinuxAioEngine(Engine):
 
         An exception from a signal handler (Ctrl-C) can come at any call or
         loop jump.  Nothing taken from the kernel lives only in a local
-        variable: events go to ``self._events`` with the head move
+        variable: events go to ``self._events_taken`` with the head move
         (:func:`_take_ring_events`), each becomes an ``(op, res)`` entry of
         ``self._ready`` with no call in between, and what is taken from
         ``self._ready`` and not completed goes back.  So :meth:`close` still

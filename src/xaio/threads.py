@@ -86,7 +86,7 @@ def start_thread_blocking_signals(thread: threading.Thread) -> None:
     its Python handler runs right then: an exception it raises (Ctrl-C's
     ``KeyboardInterrupt``) comes out of this function *after* the thread
     has started.  Callers that count their threads tell the two cases apart
-    with ``thread.ident is not None`` (started) in a ``finally``.
+    with ``thread.ident is not None`` (started).
     """
     old = signal.pthread_sigmask(signal.SIG_BLOCK, ())  # read only: changes nothing
     try:
@@ -269,30 +269,37 @@ class ThreadEngine(Engine):
                 raise EngineClosedError("the thread engine is closed")
             ready = self._ready
             nready = 0
-            for op in ops:
-                if done_here:
-                    res = done_here.get(id(op))
-                    if res is not None:  # read from the page cache in submit
-                        # queued for reap before anything else (see _deliver)
-                        self._post_locked(op, res)
-                        op.state = OpState.SUBMITTED
-                        self._completed += 1
-                        continue
-                fd = op.fd
-                lane = lanes.get(fd)
-                if lane is None:
-                    lane = lanes[fd] = _Lane(serial.get(fd, False))
-                if not lane.held and (
-                    lane.active == 0 or not (lane.serial or op.offset < 0 or op.opcode in _SYNCS)
-                ):
-                    lane.active += 1
-                    ready.append(op)
-                    nready += 1
-                else:
-                    lane.held.append(op)
-            self._submitted += len(ops)
-            if nready:
+            try:
+                for op in ops:
+                    if done_here:
+                        res = done_here.get(id(op))
+                        if res is not None:  # read from the page cache in submit
+                            # queued for reap before anything else (see _deliver)
+                            self._post_locked(op, res)
+                            op.state = OpState.SUBMITTED
+                            self._completed += 1
+                            continue
+                    fd = op.fd
+                    lane = lanes.get(fd)
+                    if lane is None:
+                        lane = lanes[fd] = _Lane(serial.get(fd, False))
+                    if not lane.held and (
+                        lane.active == 0
+                        or not (lane.serial or op.offset < 0 or op.opcode in _SYNCS)
+                    ):
+                        lane.active += 1
+                        ready.append(op)
+                        nready += 1
+                    else:
+                        lane.held.append(op)
+                self._submitted += len(ops)
+                if nready:
+                    self._wake_locked()
+            except BaseException:
+                # a Ctrl-C midway: what went to the ready queue gets its
+                # workers all the same (the caller asks owns() about the rest)
                 self._wake_locked()
+                raise
         return len(ops)
 
     def _read_cached(self, ops: Sequence[Operation], serial: dict[int, bool]) -> dict[int, int]:
@@ -376,8 +383,6 @@ class ThreadEngine(Engine):
         what the caller of a :meth:`submit` that an exception from a signal
         handler interrupted (Ctrl-C) asks about each of its operations."""
         with self._mutex:
-            if self._ready:  # as in reap: workers for what waits
-                self._wake_locked()
             if op.state is _DONE:
                 return False
             if op in self._running or any(o is op for o, _ in self._done):
@@ -424,9 +429,6 @@ class ThreadEngine(Engine):
         n = self._deliver(max_n)
         if n or timeout == 0 or self._direct:
             return n
-        if self._ready:  # a submit cut short by Ctrl-C may have woken no worker
-            with self._mutex:
-                self._wake_locked()
         poller = select.poll()
         poller.register(self._efd, select.POLLIN)
         deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
