@@ -1,0 +1,32 @@
+"""Fixtures of the fault-injection suite: a FUSE file system whose requests
+can be delayed, failed or cut short (``faultfs``), and a leak check."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.faults._fusefs import FaultFS, unavailable_reason
+
+
+@pytest.fixture
+def faultfs(tmp_path: Path) -> Iterator[FaultFS]:
+    """A mounted :class:`FaultFS` with ``direct_io`` (every read and write
+    reaches the daemon); unmounted and stopped even when the test fails."""
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"no FUSE here: {reason}")
+    with FaultFS(tmp_path) as fs:
+        yield fs
+
+
+@pytest.fixture
+def faultfs_cached(tmp_path: Path) -> Iterator[FaultFS]:
+    """Like ``faultfs`` but without ``direct_io``: buffered I/O uses the page cache."""
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"no FUSE here: {reason}")
+    with FaultFS(tmp_path, cached=True) as fs:
+        yield fs
