@@ -8,6 +8,7 @@ subprocess has a timeout.  Temporary bench files go to ``tmp_path`` (with
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -641,9 +642,13 @@ def test_cp_sigint_removes_partial_copy(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )  # fmt: skip
+
+    def started() -> bool:  # the temporary copy beside dst has data
+        return any(p.stat().st_blocks for p in tmp_path.iterdir() if p != src)
+
     try:
         deadline = time.monotonic() + 20
-        while not dst.exists() or dst.stat().st_blocks == 0:
+        while not started():
             assert proc.poll() is None, "cp finished before it could be interrupted"
             assert time.monotonic() < deadline
             time.sleep(0.02)
@@ -655,7 +660,7 @@ def test_cp_sigint_removes_partial_copy(tmp_path: Path) -> None:
             proc.communicate()
     assert proc.returncode == 130, err
     assert err.strip().splitlines() == ["xaio cp: error: interrupted"]
-    assert not dst.exists()
+    assert list(tmp_path.iterdir()) == [src]
 
 
 def test_verify_reports_first_difference(tmp_path: Path) -> None:
@@ -670,3 +675,166 @@ def test_verify_reports_first_difference(tmp_path: Path) -> None:
     b.write_bytes(data[:-1])
     with pytest.raises(_cp.CopyError, match="bytes"):
         _cp.verify(str(a), str(b))
+
+
+# ---------------------------------------------------------------------------------
+# xaio cp under real faults: a full ext4 on a loop device, EIO from a corrupt
+# squashfs image; an existing destination survives every failure
+# ---------------------------------------------------------------------------------
+
+
+def _run_root(*cmd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+
+
+@contextlib.contextmanager
+def _mounted(image: Path, mnt: Path, *options: str) -> Iterator[Path]:
+    """Mount *image* on *mnt* through a loop device (root only), or skip."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a loop device needs root and mount(8)")
+    mnt.mkdir()
+    proc = _run_root("mount", "-o", ",".join(("loop", *options)), str(image), str(mnt))
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a loop device here: {proc.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        _run_root("umount", str(mnt))  # the loop device is released with it (autoclear)
+
+
+@pytest.fixture
+def small_ext4(tmp_path: Path) -> Iterator[Path]:
+    """A 16 MiB ext4 file system on a loop device (root only, else skipped)."""
+    if shutil.which("mkfs.ext4") is None:
+        pytest.skip("no mkfs.ext4 (Debian package e2fsprogs)")
+    image = tmp_path / "ext4.img"
+    with open(image, "wb") as f:
+        f.truncate(16 << 20)
+    proc = _run_root("mkfs.ext4", "-q", "-F", "-m", "0", str(image))
+    assert proc.returncode == 0, proc.stderr
+    with _mounted(image, tmp_path / "ext4") as mnt:
+        yield mnt
+
+
+def _compressible(size: int) -> bytes:
+    return b"".join((f"block {i:08d} ".encode() * 300)[:4096] for i in range(size // 4096))
+
+
+def _squashfs_with_a_bad_block(tmp_path: Path, size: int) -> tuple[Path, bytes]:
+    """A squashfs image holding ``f.bin`` (*size* compressible bytes) whose
+    middle data blocks are overwritten with garbage: reading the file gives
+    its first blocks, then EIO (the decompressor fails, as on a bad disk)."""
+    if shutil.which("mksquashfs") is None:
+        pytest.skip("no mksquashfs (Debian package squashfs-tools; .ci/run installs it)")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    data = _compressible(size)
+    (tree / "f.bin").write_bytes(data)
+    image = tmp_path / "sq.img"
+    proc = _run_root("mksquashfs", str(tree), str(image), "-b", "4096", "-no-fragments",
+                     "-noappend", "-quiet")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    with open(image, "r+b") as f:
+        inode_table = int.from_bytes(f.read(72)[64:72], "little")  # the data blocks end there
+        middle = 96 + (inode_table - 96) // 2
+        f.seek(middle)
+        f.write(b"\xff" * 64)
+    return image, data
+
+
+@pytest.fixture
+def eio_source(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB file whose read fails with EIO about half-way (root only)."""
+    image, _data = _squashfs_with_a_bad_block(tmp_path, 1 << 20)
+    with _mounted(image, tmp_path / "sq", "ro") as mnt:
+        src = mnt / "f.bin"
+        fd = os.open(src, os.O_RDONLY)
+        try:  # the fault is real: a short read, then EIO
+            got = os.preadv(fd, [bytearray(1 << 20)], 0)
+            assert 0 < got < 1 << 20
+            with pytest.raises(OSError) as ei:
+                os.preadv(fd, [bytearray(1 << 20)], got)
+            assert ei.value.errno == errno.EIO
+        finally:
+            os.close(fd)
+        yield src
+
+
+@pytest.mark.parametrize("engine", WORKING)
+def test_cp_eio_mid_file_is_an_input_output_error(
+    tmp_path: Path, eio_source: Path, engine: str
+) -> None:
+    dst = tmp_path / "dst.bin"
+    # one request holds the whole file: the read comes back short, then EIO
+    line = one_line_error(xaio("cp", "--bs", "4m", "--engine", engine, str(eio_source), str(dst)))
+    assert "Input/output error" in line and str(eio_source) in line, line
+    assert "shrank" not in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sq", "sq.img", "tree"]
+
+
+def test_cp_eio_over_an_existing_file_keeps_it(tmp_path: Path, eio_source: Path) -> None:
+    dst = tmp_path / "dst.bin"
+    old = os.urandom(300_000)
+    dst.write_bytes(old)
+    line = one_line_error(xaio("cp", str(eio_source), str(dst)))
+    assert "Input/output error" in line
+    assert dst.read_bytes() == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst.bin", "sq", "sq.img", "tree"]
+
+
+def test_cp_full_disk_over_an_existing_file_keeps_it(tmp_path: Path, small_ext4: Path) -> None:
+    src = tmp_path / "src.bin"
+    make_src(src, 20 << 20)  # more than the whole file system
+    dst = small_ext4 / "dst.bin"
+    old = os.urandom(6 << 20)
+    dst.write_bytes(old)
+    before = sorted(p.name for p in small_ext4.iterdir())
+    line = one_line_error(xaio("cp", str(src), str(dst)))
+    assert "No space left on device" in line and str(dst) in line, line
+    assert dst.read_bytes() == old
+    assert sorted(p.name for p in small_ext4.iterdir()) == before
+    free = os.statvfs(small_ext4)
+    assert free.f_bavail * free.f_frsize > 6 << 20  # the failed copy's blocks are freed
+
+
+def test_cp_replaces_atomically_and_follows_a_symlink(tmp_path: Path) -> None:
+    src = tmp_path / "src.bin"
+    data = make_src(src, 200_000)
+    target = tmp_path / "target.bin"
+    target.write_bytes(b"old")
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    proc = xaio("cp", str(src), str(link))
+    assert proc.returncode == 0, proc.stderr
+    assert link.is_symlink() and target.read_bytes() == data
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "src.bin", "target.bin"]
+
+
+def test_failed_verify_keeps_the_destination_and_names_it(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src.bin", tmp_path / "dst.bin"
+    make_src(src, 300_000)
+    old = b"the previous backup"
+    dst.write_bytes(old)
+    with _cp.Copy(str(src), str(dst), bs=64 << 10) as job:
+        job.run()
+        assert job.path != str(dst) and os.path.dirname(job.path) == str(tmp_path)
+        fd = os.open(job.path, os.O_WRONLY)
+        try:  # the copy goes bad on its way to the disk
+            os.pwrite(fd, b"X", 123_456)
+        finally:
+            os.close(fd)
+        with pytest.raises(_cp.CopyError) as ei:
+            job.verify()
+    msg = str(ei.value)
+    assert str(dst) in msg and "offset 123456" in msg and job.path not in msg, msg
+    assert dst.read_bytes() == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst.bin", "src.bin"]
+
+
+def test_verify_read_error_names_the_file(tmp_path: Path, eio_source: Path) -> None:
+    copy = tmp_path / "copy.bin"
+    copy.write_bytes(_compressible(1 << 20))  # what the source holds
+    with pytest.raises(_cp.CopyError) as ei:
+        _cp.verify(str(eio_source), str(copy))
+    assert str(ei.value) == f"verify: {eio_source}: Input/output error"

@@ -21,10 +21,31 @@ come from :func:`xaio.aligned_buffer`, chunks are multiples of the files'
 alignment, the last chunk is written rounded up to it and the file is cut
 back to its real size with ``ftruncate``.
 
+*Atomic replace.*  A regular destination (new, or an existing regular
+file) is written as a temporary file in its directory (``.NAME.xaio-XXXXXXXX``,
+created with ``O_EXCL``), verified there when asked, and renamed over
+*dst* only once the copy is complete: other processes see the old file or
+the whole new one, never a part, and a copy that fails -- a read error, a
+full disk, a failed verification, Ctrl-C -- removes its temporary file and
+leaves an existing destination exactly as it was.  ``cp`` instead truncates
+the destination and writes into it, keeping its inode (owner, hard links,
+extended attributes) but leaving a partial file when it fails; a backup tool
+wants the old copy kept until the new one is known good.  The price: while
+the copy runs, the old and the new file take space together, and the new
+file has a new inode (other hard links to the old one keep the old data; the
+owner is the user who copies).  A destination that is a symlink is followed
+(the temporary file goes in the directory of its target).  Other existing
+destinations (block and character devices) are written in place.  The rename
+does not make the data durable across a power loss by itself: ``--verify``
+flushes the copy to its device (``fdatasync``) before it compares and renames.
+
 *Errors.*  A failed request stops the copy; what is still in flight is
-drained (``Engine.close``) before the files are closed; a destination the copy
-created is removed.  A destination that existed is left as ``cp`` leaves it.
-Only regular files and block devices are copied (their size is known).
+drained (``Engine.close``) before the files are closed.  A read that returns
+less than asked is continued at the offset it reached: only a read that
+returns 0 means the source ended early ("the file shrank during the copy");
+an error, such as EIO from a failing disk, is reported with the kernel's
+message and the file's name.  Only regular files and block devices are
+copied (their size is known).
 
 *Engine.*  :func:`auto_engine` picks the thread engine for a buffered copy
 and the default engine (io_uring where it works) for an O_DIRECT one.
@@ -55,7 +76,7 @@ from xaio._memory import aligned_buffer, dio_alignment
 from xaio._ops import OpCode, Operation
 from xaio.engine import Engine, create_engine
 
-__all__ = ["CopyError", "CopyStats", "auto_engine", "copy", "source_size", "verify"]
+__all__ = ["Copy", "CopyError", "CopyStats", "auto_engine", "copy", "source_size", "verify"]
 
 _PROGRESS_NS = 100_000_000
 
@@ -165,6 +186,141 @@ def _resolve_dst(src: str, dst: str) -> str:
     return dst
 
 
+def _in_place(dst: str) -> bool:
+    """True if *dst* exists and is not a regular file (a device): written in place."""
+    try:
+        return not stat.S_ISREG(os.stat(dst).st_mode)
+    except OSError:
+        return False  # missing (or a dangling symlink): created
+
+
+class Copy:
+    """One copy of *src* to *dst* (a file or a directory), in steps:
+    :meth:`run`, optionally :meth:`verify`, then :meth:`commit`, inside a
+    ``with`` block.  Leaving the block without :meth:`commit` (an error,
+    Ctrl-C) removes the temporary file: an existing destination is left as it
+    was (see the module documentation, *Atomic replace*).
+
+    Raises:
+        CopyError: from the constructor (source or destination unusable) and
+            from every step, in one line naming the file.
+    """
+
+    def __init__(
+        self,
+        src: str,
+        dst: str,
+        *,
+        bs: int = 4 << 20,
+        iodepth: int = 4,
+        direct: bool = False,
+        engine: str | None = None,
+    ) -> None:
+        self.src = src
+        self.size = source_size(src)
+        self.dst = _resolve_dst(src, dst)
+        self.bs, self.iodepth, self.direct, self.engine = bs, iodepth, direct, engine
+        self._src_mode = os.stat(src).st_mode & 0o7777
+        self._dflag = os.O_DIRECT if direct else 0
+        #: the file written: a temporary file beside the destination, or the
+        #: destination itself when it is a device
+        self.path = self.dst
+        self._target = self.dst
+        self._tmp = False
+        self._sfd = self._dfd = -1
+        self._stats: CopyStats | None = None
+        self._committed = False
+
+    def __enter__(self) -> Copy:
+        try:
+            self._sfd = os.open(self.src, os.O_RDONLY | os.O_CLOEXEC | self._dflag)
+        except OSError as e:
+            self._no_direct(e, self.src)
+            raise CopyError(f"cannot open {self.src}: {_why(e)}") from None
+        try:
+            self._open_dst()
+        except BaseException:
+            os.close(self._sfd)
+            self._sfd = -1
+            raise
+        return self
+
+    def _no_direct(self, e: OSError, name: str) -> None:
+        if self.direct and e.errno == errno.EINVAL:
+            raise CopyError(f"{name}: this file system does not support O_DIRECT") from None
+
+    def _open_dst(self) -> None:
+        flags = os.O_WRONLY | os.O_CLOEXEC | self._dflag
+        if _in_place(self.dst):
+            try:
+                self._dfd = os.open(self.dst, flags | os.O_TRUNC)
+            except OSError as e:
+                self._no_direct(e, self.dst)
+                raise CopyError(f"cannot open {self.dst}: {_why(e)}") from None
+            return
+        target = os.path.realpath(self.dst) if os.path.islink(self.dst) else self.dst
+        head, tail = os.path.split(target)
+        while True:
+            path = os.path.join(head, f".{tail}.xaio-{os.urandom(4).hex()}")
+            try:
+                self._dfd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                continue
+            except OSError as e:
+                self._no_direct(e, self.dst)
+                raise CopyError(f"cannot create {self.dst}: {_why(e)}") from None
+            break
+        self.path, self._target, self._tmp = path, target, True
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the files; remove the temporary file unless committed."""
+        for fd in (self._sfd, self._dfd):
+            if fd >= 0:
+                os.close(fd)
+        self._sfd = self._dfd = -1
+        if self._tmp and not self._committed:
+            self._tmp = False
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+    def run(self, progress: Callable[[int], None] | None = None) -> CopyStats:
+        """Copy the data (and the permission bits) into :attr:`path`.
+
+        Returns:
+            What the copy did (``dst`` is the destination's name).
+        """
+        self._stats = _copy_fds(self.src, self.dst, self._sfd, self._dfd, self.size,
+                                self._src_mode, self.bs, self.iodepth, self.direct, self.engine,
+                                progress)  # fmt: skip
+        return self._stats
+
+    def verify(self, progress: Callable[[int], None] | None = None) -> None:
+        """Compare the copy with the source (:func:`verify`), before it replaces
+        the destination."""
+        verify(self.src, self.path, progress, name=self.dst)
+
+    def commit(self) -> CopyStats:
+        """Put the copy in place: rename the temporary file over the destination.
+
+        Raises:
+            CopyError: :meth:`run` did not finish, or the rename failed.
+        """
+        if self._stats is None:
+            raise CopyError(f"{self.dst}: the copy did not finish")
+        if self._tmp:
+            try:
+                os.rename(self.path, self._target)
+            except OSError as e:
+                raise CopyError(f"cannot replace {self.dst}: {_why(e)}") from None
+        self._committed = True
+        return self._stats
+
+
 def copy(
     src: str,
     dst: str,
@@ -174,48 +330,25 @@ def copy(
     direct: bool = False,
     engine: str | None = None,
     progress: Callable[[int], None] | None = None,
+    check: bool = False,
 ) -> CopyStats:
     """Copy *src* to *dst* (a file or a directory) with *iodepth* requests of
-    *bs* bytes in flight.
+    *bs* bytes in flight, replacing a regular *dst* atomically (see the module
+    documentation): on any error an existing *dst* is left as it was and no
+    partial file remains.
+
+    Args:
+        check: compare the copy with *src* (:func:`verify`) before it replaces
+            *dst*.
 
     Raises:
         CopyError: anything that stops the copy, in one line.
     """
-    size = source_size(src)
-    dst = _resolve_dst(src, dst)
-    src_mode = os.stat(src).st_mode & 0o7777
-    dflag = os.O_DIRECT if direct else 0
-    try:
-        sfd = os.open(src, os.O_RDONLY | os.O_CLOEXEC | dflag)
-    except OSError as e:
-        if direct and e.errno == errno.EINVAL:
-            raise CopyError(f"{src}: this file system does not support O_DIRECT") from None
-        raise CopyError(f"cannot open {src}: {_why(e)}") from None
-    dfd = -1
-    existed = os.path.lexists(dst)
-    try:
-        try:
-            dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | dflag, 0o600)
-        except OSError as e:
-            if direct and e.errno == errno.EINVAL:
-                raise CopyError(f"{dst}: this file system does not support O_DIRECT") from None
-            raise CopyError(f"cannot create {dst}: {_why(e)}") from None
-        return _copy_fds(src, dst, sfd, dfd, size, src_mode, bs, iodepth, direct, engine,
-                         progress)  # fmt: skip
-    except BaseException:
-        # an error or Ctrl-C: a destination this copy created does not stay half-written
-        if dfd >= 0 and not existed:
-            os.close(dfd)
-            dfd = -1
-            try:
-                os.unlink(dst)
-            except OSError:
-                pass
-        raise
-    finally:
-        os.close(sfd)
-        if dfd >= 0:
-            os.close(dfd)
+    with Copy(src, dst, bs=bs, iodepth=iodepth, direct=direct, engine=engine) as job:
+        job.run(progress)
+        if check:
+            job.verify()
+        return job.commit()
 
 
 def _copy_fds(
@@ -334,8 +467,18 @@ def _pump(
             if op.opcode is OpCode.READ:
                 if res < 0:
                     raise CopyError(f"reading {src}: {os.strerror(-res)}")
-                if res < n:
-                    raise CopyError(f"reading {src}: the file shrank during the copy")
+                got = wrote + res  # a read's context counts what the chunk has so far
+                if got < n:
+                    # short: continue where it stopped (an error comes with the
+                    # next read); only end of file (0, or an O_DIRECT read cut
+                    # off inside a block) means the file shrank
+                    if res == 0 or (direct and got % align):
+                        raise CopyError(f"reading {src}: the file shrank during the copy")
+                    want = -(-n // align) * align if direct else n
+                    batch.append(Operation(OpCode.READ, sfd, (bufs[slot][got:want],),
+                                           chunk_off[slot] + got, on_done=on_done,
+                                           context=(slot, got)))  # fmt: skip
+                    continue
                 wlen = -(-n // align) * align if direct else n
                 batch.append(Operation(OpCode.WRITE, dfd, (bufs[slot][:wlen],), chunk_off[slot],
                                        on_done=on_done, context=(slot, 0)))  # fmt: skip
@@ -368,15 +511,38 @@ def _pump(
         progress(written)
 
 
-def verify(src: str, dst: str, progress: Callable[[int], None] | None = None) -> None:
+def _read_full(fd: int, buf: bytearray, offset: int) -> int:
+    """Fill *buf* from *offset* (short only at end of file; an error raises)."""
+    got = 0
+    with memoryview(buf) as mv:
+        while got < len(buf):
+            n = os.preadv(fd, [mv[got:]], offset + got)
+            if n == 0:
+                break
+            got += n
+    return got
+
+
+def verify(
+    src: str,
+    dst: str,
+    progress: Callable[[int], None] | None = None,
+    *,
+    name: str | None = None,
+) -> None:
     """Compare *dst* with *src* byte for byte, after flushing *dst* to its
     device and dropping its cached pages (so the data read back comes from
     the device where the page cache lets go of it).
 
+    Args:
+        name: what to call *dst* in messages (the destination's name when
+            *dst* is the temporary file of a :class:`Copy`).
+
     Raises:
         CopyError: the files differ (with the first differing offset) or
-            cannot be read.
+            cannot be read; the message names the file.
     """
+    shown = dst if name is None else name
     chunk = 1 << 20
     try:
         a = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
@@ -386,29 +552,35 @@ def verify(src: str, dst: str, progress: Callable[[int], None] | None = None) ->
         b = os.open(dst, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
         os.close(a)
-        raise CopyError(f"verify: cannot open {dst}: {_why(e)}") from None
+        raise CopyError(f"verify: cannot open {shown}: {_why(e)}") from None
+    current = shown  # the file the next system call is about
     try:
         if stat.S_ISREG(os.fstat(b).st_mode):
             os.fdatasync(b)
             os.posix_fadvise(b, 0, 0, os.POSIX_FADV_DONTNEED)
-        sa, sb = os.lseek(a, 0, os.SEEK_END), os.lseek(b, 0, os.SEEK_END)
+        current = src
+        sa = os.lseek(a, 0, os.SEEK_END)
+        current = shown
+        sb = os.lseek(b, 0, os.SEEK_END)
         if sa != sb:
-            raise CopyError(f"verify: {dst} has {sb} bytes, {src} has {sa}")
+            raise CopyError(f"verify: {shown} has {sb} bytes, {src} has {sa}")
         off = 0
         ba, bb = bytearray(chunk), bytearray(chunk)
         while off < sa:
-            na = os.preadv(a, [ba], off)
-            nb = os.preadv(b, [bb], off)
+            current = src
+            na = _read_full(a, ba, off)
+            current = shown
+            nb = _read_full(b, bb, off)
             if na != nb or ba[:na] != bb[:nb]:
                 k = next((i for i in range(min(na, nb)) if ba[i] != bb[i]), min(na, nb))
-                raise CopyError(f"verify: {dst} differs from {src} at offset {off + k}")
+                raise CopyError(f"verify: {shown} differs from {src} at offset {off + k}")
             if na == 0:
                 break
             off += na
             if progress is not None:
                 progress(off)
     except OSError as e:
-        raise CopyError(f"verify: {_why(e)}") from None
+        raise CopyError(f"verify: {current}: {_why(e)}") from None
     finally:
         os.close(a)
         os.close(b)

@@ -17,7 +17,8 @@ library itself:
     do not), the io_uring opcodes, ``aio-nr``/``aio-max-nr``,
     ``kernel.io_uring_disabled``, the O_DIRECT alignment of a path.
 ``xaio cp SRC DST``
-    a copy with a queue of large requests in flight (:mod:`xaio._cp`).
+    a copy with a queue of large requests in flight (:mod:`xaio._cp`), replacing
+    a regular destination atomically (temporary file, rename once complete).
 
 Conventions.  Results go to stdout, progress bars and messages to stderr.
 Output is decorated with ``rich`` when it is installed (the ``cli`` extra) and
@@ -185,7 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
         "cp",
         help="copy a file with a queue of large requests",
         description="Copy SRC to DST with several large requests in flight "
-        "(mode preserved; DST may be a directory).",
+        "(mode preserved; DST may be a directory).  A regular DST is replaced "
+        "atomically: the copy is written to a temporary file beside it, verified "
+        "there with --verify, and renamed over DST once complete; on any error "
+        "(read error, full disk, failed verification, Ctrl-C) the temporary file is "
+        "removed and an existing DST is left as it was.  Devices are written in place.",
     )
     c.add_argument("src", metavar="SRC")
     c.add_argument("dst", metavar="DST")
@@ -203,7 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "uring", "linux", "thread"),
         help="engine (auto: threads for buffered copies, the best engine with --direct)",
     )
-    c.add_argument("--verify", action="store_true", help="compare the copy byte for byte")
+    c.add_argument(
+        "--verify",
+        action="store_true",
+        help="flush the copy and compare it byte for byte before it replaces DST",
+    )
     c.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no summary")
     c.add_argument("--json", action="store_true", help="print the summary as JSON")
     c.set_defaults(func=cmd_cp)
@@ -835,20 +844,16 @@ def cmd_cp(args: argparse.Namespace, ui: UI) -> int:
     if not 1 <= args.iodepth <= 1024:
         raise CLIError(f"--iodepth must be between 1 and 1024, not {args.iodepth}")
     quiet_ui = UI(ui.out, quiet=args.quiet)
-    total = _cp.source_size(args.src)
-    with quiet_ui.progress("copying", max(total, 1)) as upd:
-        stats = _cp.copy(
-            args.src,
-            args.dst,
-            bs=args.bs,
-            iodepth=args.iodepth,
-            direct=args.direct,
-            engine=_cp.auto_engine(args.direct) if args.engine == "auto" else args.engine,
-            progress=lambda done: upd(done, format_size(done)),
-        )
-    if args.verify:
-        with quiet_ui.progress("verifying", max(total, 1)) as upd:
-            _cp.verify(stats.src, stats.dst, progress=lambda done: upd(done, format_size(done)))
+    engine = _cp.auto_engine(args.direct) if args.engine == "auto" else args.engine
+    with _cp.Copy(args.src, args.dst, bs=args.bs, iodepth=args.iodepth, direct=args.direct,
+                  engine=engine) as job:  # fmt: skip
+        total = max(job.size, 1)
+        with quiet_ui.progress("copying", total) as upd:
+            job.run(progress=lambda done: upd(done, format_size(done)))
+        if args.verify:
+            with quiet_ui.progress("verifying", total) as upd:
+                job.verify(progress=lambda done: upd(done, format_size(done)))
+        stats = job.commit()
     if args.json:
         print(json.dumps({**stats.to_json(), "verified": bool(args.verify)}, indent=2),
               file=ui.out)  # fmt: skip
