@@ -54,12 +54,14 @@ def wait_done(*cbs: P.aiocb, timeout: float = TIMEOUT) -> None:
 
 
 def engine_running() -> int:
-    """Requests the engine has started: running on a worker (thread engine)
-    or handed to the kernel (io_uring)."""
+    """Requests the engine has started: running on a worker (thread engine,
+    the linux engine's threads) or handed to the kernel (io_uring)."""
     eng = P._engine
     if eng is None:
         return 0
     st_ = eng.statistics()
+    if isinstance(st_.get("threads"), dict):  # the linux engine: its threads
+        st_ = st_["threads"]
     return int(st_["running"] if "running" in st_ else st_["in_flight"])
 
 
@@ -1251,3 +1253,194 @@ def test_aio_init_engine_switch_busy(pipe: tuple[int, int]) -> None:
         assert P.aio_return(cb) == 1
     finally:
         eng.close()
+
+
+# --- the page-cache fast path: every aiocb shape a user writes -------------------------
+
+
+class _SubAiocb(P.aiocb):
+    """An aiocb subclass, as an application may define one."""
+
+    __slots__ = ("tag",)
+
+
+def _buffer_kinds() -> dict[str, Callable[[], tuple[Any, int | None, int]]]:
+    """name -> make() giving (aio_buf, aio_nbytes, bytes read)."""
+    import array
+    import ctypes
+    import mmap
+
+    return {
+        "bytearray": lambda: (bytearray(100), None, 100),
+        "mmap": lambda: (mmap.mmap(-1, 4096), None, 4096),
+        "mmap-nbytes": lambda: (mmap.mmap(-1, 4096), 4096, 4096),
+        "mmap-short-nbytes": lambda: (mmap.mmap(-1, 4096), 100, 100),
+        "memoryview": lambda: (memoryview(bytearray(100)), None, 100),
+        "memoryview-of-mmap": lambda: (memoryview(mmap.mmap(-1, 4096))[:100], None, 100),
+        "array": lambda: (array.array("i", bytes(100)), None, 100),
+        "array-nbytes": lambda: (array.array("i", bytes(100)), 40, 40),
+        "ctypes-char": lambda: ((ctypes.c_char * 100)(), None, 100),
+        "ctypes-uint32-nbytes": lambda: ((ctypes.c_uint32 * 25)(), 100, 100),
+        "bytearray-nbytes": lambda: (bytearray(200), 100, 100),
+    }
+
+
+def _bytes_of(buf: Any) -> bytes:
+    with memoryview(buf) as v, v.cast("B") as b:
+        return bytes(b)
+
+
+@pytest.mark.usefixtures("engine")
+@pytest.mark.parametrize("kind", [*sorted(_buffer_kinds()), "subclass"])
+def test_cached_read_inline_for_every_buffer_kind(tfile: int, kind: str) -> None:
+    """aio_read of page-cached data is done in the caller's thread for every
+    writable buffer and with an explicit aio_nbytes, on an aiocb subclass
+    too: complete when aio_read returns, counted as inline by the engine."""
+    os.pread(tfile, 8192, 0)  # in the page cache
+    P._get_engine()
+    if kind == "subclass":
+        buf, nbytes, n = bytearray(100), None, 100
+        cb: P.aiocb = _SubAiocb(tfile, 10, buf, nbytes)
+    else:
+        buf, nbytes, n = _buffer_kinds()[kind]()
+        cb = P.aiocb(aio_fildes=tfile, aio_buf=buf, aio_nbytes=nbytes, aio_offset=10)
+    before = inline_count()
+    P.aio_read(cb)
+    assert P.aio_error(cb) == 0  # done before aio_read returned
+    assert inline_count() == before + 1
+    assert P.aio_return(cb) == n
+    got = _bytes_of(buf)
+    assert got[:n] == (bytes(range(256)) * 64)[10 : 10 + n]
+    assert got[n:] == bytes(len(got) - n)  # nothing past aio_nbytes touched
+
+
+@pytest.mark.usefixtures("engine")
+def test_inline_read_refuses_bad_buffers_like_the_normal_path(tfile: int) -> None:
+    """The fast path raises nothing of its own: a read-only buffer, a wrong
+    aio_nbytes type or size give the errors the normal path gives."""
+    import mmap
+
+    os.pread(tfile, 8192, 0)
+    P._get_engine()
+    ro = mmap.mmap(-1, 4096, prot=mmap.PROT_READ)
+    cases: list[tuple[Any, Any, type[Exception]]] = [
+        (ro, None, TypeError),
+        (ro, 4096, TypeError),
+        (bytes(100), None, TypeError),
+        (bytearray(100), 100.0, TypeError),
+        (bytearray(100), True, TypeError),
+        (bytearray(100), 101, ValueError),
+        (mmap.mmap(-1, 4096), 4097, ValueError),
+        (bytearray(100), -1, ValueError),
+    ]
+    before = inline_count()
+    for buf, nbytes, exc in cases:
+        cb = P.aiocb(tfile, 0, buf, nbytes)
+        with pytest.raises(exc):
+            P.aio_read(cb)
+        with pytest.raises(OSError) as ei:
+            P.aio_error(cb)  # not submitted
+        assert ei.value.errno == errno.EINVAL
+    assert inline_count() == before
+
+
+@pytest.mark.usefixtures("engine")
+def test_inline_read_refused_for_direct_append_and_streams(tmp_path: Path) -> None:
+    """The user's aiocb shape (an mmap buffer, explicit aio_nbytes) on an
+    O_DIRECT fd, an O_APPEND fd and a pipe goes to the engine: not inline,
+    and correct."""
+    import mmap
+
+    p = tmp_path / "d"
+    p.write_bytes(bytes(range(256)) * 64)
+    P._get_engine()
+    fds = []
+    try:
+        with contextlib.suppress(OSError):  # no O_DIRECT on this file system
+            fds.append(os.open(p, os.O_RDONLY | os.O_DIRECT))
+        fds.append(os.open(p, os.O_RDWR | os.O_APPEND))
+        r, w = os.pipe()
+        fds += [r, w]
+        os.write(w, bytes(range(256)) * 16)
+        before = inline_count()
+        cbs = []
+        for fd in fds[:-1]:
+            cb = P.aiocb(aio_fildes=fd, aio_buf=mmap.mmap(-1, 4096), aio_nbytes=4096)
+            P.aio_read(cb)
+            cbs.append(cb)
+        wait_done(*cbs)
+        assert inline_count() == before
+        for cb in cbs:
+            assert P.aio_return(cb) == 4096
+            assert _bytes_of(cb.aio_buf) == bytes(range(256)) * 16
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+@pytest.mark.usefixtures("engine")
+def test_inline_read_is_bounded(tmp_path: Path) -> None:
+    """A cached read larger than INLINE_MAX is handed to the engine (aio_read
+    copies no more than the bound in the caller's thread); a small read
+    queued after it on the same file is done inline, before it."""
+    from xaio._inline import INLINE_MAX
+
+    size = INLINE_MAX + 8192
+    data = random.Random(7).randbytes(size)
+    p = tmp_path / "big"
+    p.write_bytes(data)
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        os.pread(fd, size, 0)  # all in the page cache
+        P._get_engine()
+        before = inline_count()
+        big = P.aiocb(fd, 0, bytearray(INLINE_MAX + 4096))
+        small = P.aiocb(fd, size - 4096, bytearray(4096), 4096)
+        P.aio_read(big)
+        P.aio_read(small)
+        assert P.aio_error(small) == 0  # done inline
+        assert inline_count() == before + 1  # the small one only
+        wait_done(big)
+        assert P.aio_return(big) == INLINE_MAX + 4096 and big.aio_buf == data[: INLINE_MAX + 4096]
+        assert P.aio_return(small) == 4096 and small.aio_buf == data[-4096:]
+        exact = P.aiocb(fd, 0, bytearray(INLINE_MAX), INLINE_MAX)  # the bound itself: inline
+        P.aio_read(exact)
+        assert P.aio_error(exact) == 0 and inline_count() == before + 2
+        assert P.aio_return(exact) == INLINE_MAX
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("engine_name", ["thread", "linux"])
+def test_inline_read_refused_behind_held_back_work(
+    tfile: int, pipe: tuple[int, int], engine_name: str
+) -> None:
+    """A read must not overtake requests held back on its fd (here: behind
+    an aio_fsync that waits for a read the one worker has not started): it
+    is not done inline, and completes after them.  The thread engine holds
+    them itself; the linux engine's requests are held in posix's lanes."""
+    from xaio._inline import INLINE_MAX
+
+    reason = engine_unavailable(engine_name)
+    if reason is not None:
+        pytest.skip(f"engine {engine_name!r} unavailable: {reason}")
+    P.aio_init(threads=1, engine=engine_name)
+    r, w = pipe
+    os.write(tfile, bytes(INLINE_MAX + 4096))  # room for a read above the bound
+    os.pread(tfile, 8192, 0)
+    blocker = P.aiocb(r, 0, bytearray(1))
+    P.aio_read(blocker)  # the one worker waits on the empty pipe
+    wait_until(lambda: engine_running() == 1)
+    before = inline_count()
+    big = P.aiocb(tfile, 0, bytearray(INLINE_MAX + 1))  # above the bound: queued
+    P.aio_read(big)
+    sync = P.aiocb(tfile)
+    P.aio_fsync(os.O_SYNC, sync)  # held back behind the queued read
+    small = P.aiocb(tfile, 10, bytearray(100), 100)
+    P.aio_read(small)
+    assert P.aio_error(small) == errno.EINPROGRESS
+    assert inline_count() == before
+    os.write(w, b"x")
+    wait_done(blocker, big, sync, small)
+    assert [P.aio_return(c) for c in (blocker, big, sync, small)] == [1, INLINE_MAX + 1, 0, 100]
+    assert bytes(small.aio_buf) == bytes(range(10, 110))

@@ -80,12 +80,22 @@ class NowaitReader:
 
         Returns:
             *nbytes* when the whole read was done here; None when the caller
-            must submit the request as usual (nothing is reported here).
+            must submit the request as usual (nothing is reported here: a
+            buffer the read cannot use -- read-only, closed -- is refused by
+            the normal path too, with its error).
         """
-        if not self.flags_ok(fd):
-            return None
+        entry = self._flags.get(fd)  # flags_ok, inlined: this is the hot path
+        if entry is None or entry[1] <= 0:
+            if not self.flags_ok(fd):
+                return None
+        else:
+            entry[1] -= 1
+            if not entry[0]:
+                return None
         try:
             n: int = os.preadv(fd, (buffer,), offset, _RWF_NOWAIT)  # type: ignore[arg-type]
+        except (TypeError, BufferError):  # the buffer, not the fd
+            return None
         except (OSError, OverflowError, ValueError):
             self._flags.pop(fd, None)
             return None

@@ -78,6 +78,7 @@ import ctypes
 import errno
 import fcntl
 import math
+import mmap
 import os
 import threading
 import time
@@ -86,6 +87,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from xaio import _syscall
+from xaio._inline import INLINE_MAX
 from xaio._ops import CancelOutcome, OpCode, Operation, OpState
 from xaio.engine import Engine, EngineClosedError, create_engine, probe
 from xaio.threads import (
@@ -337,6 +339,8 @@ _by_fd: dict[int, dict[aiocb, None]] = {}
 _lanes: dict[int, _Lane] = {}
 _engine: Engine | None = None
 _engine_is_ours = False  # we created it (and close it)
+#: The engine's page-cache fast path (``Engine.read_nowait``), bound once.
+_read_nowait: Callable[[int, Any, int, int], int | None] | None = None
 #: What aio_init asked for: an engine name, or the caller's Engine.
 _choice: str | Engine = "thread"
 _config: dict[str, Any] = {"threads": 20, "num": 64, "idle_time": 1.0}
@@ -375,7 +379,7 @@ def _make_engine(name: str) -> Engine:
 def _install_locked(eng: Engine, ours: bool) -> None:
     """Make *eng* the engine (``_state_lock`` held); start a reaper thread
     unless the engine completes operations itself."""
-    global _engine, _engine_is_ours, _reaper
+    global _engine, _engine_is_ours, _reaper, _read_nowait
     reaper = None
     if not (isinstance(eng, ThreadEngine) and eng._direct):
         reaper = _Reaper(eng)
@@ -387,6 +391,7 @@ def _install_locked(eng: Engine, ours: bool) -> None:
         # start after the thread began; an engine nobody would reap is not
         if reaper is None or reaper.thread.ident is not None:
             _engine, _engine_is_ours, _reaper = eng, ours, reaper
+            _read_nowait = getattr(eng, "read_nowait", None)
         elif ours:
             eng.close()
 
@@ -1049,24 +1054,62 @@ def _submit_one(cb: Any, opcode: OpCode) -> None:
     _enqueue([(cb, op, err)], None)
 
 
+#: Buffer types whose len() is their size in bytes (no memoryview needed to
+#: size them; a read-only mmap makes the read itself fail, and the normal
+#: path then reports it).
+_BYTE_SIZED: Final = frozenset((bytearray, mmap.mmap))
+
+
 def _read_inline(cb: aiocb, read_nowait: Callable[[int, Any, int, int], int | None]) -> bool:
     """The page-cache fast path of aio_read: done at once, or False
-    (*read_nowait* is the engine's: the thread and uring engines have one)."""
-    if cb._state == _INPROGRESS or cb.aio_nbytes is not None:
+    (*read_nowait* is the engine's: every engine has one).
+
+    Taken for any writable, contiguous buffer (bytearray, mmap, memoryview,
+    array, ctypes...), with or without ``aio_nbytes``, for at most
+    ``INLINE_MAX`` bytes (a larger read is handed to the engine, so that
+    aio_read returns promptly and a later small read can finish first), and
+    only where it overtakes nothing: not on an fd whose lane is serial or
+    holds requests back (the engine's ``read_nowait`` refuses O_DIRECT,
+    O_APPEND and stream fds, and the thread engine its own held-back
+    work).  Anything unusual (wrong types, a read-only or too short buffer,
+    a bad sigevent) returns False or raises as the normal path would."""
+    if cb._state == _INPROGRESS:
         return False
-    fd, off, prio, buf = cb.aio_fildes, cb.aio_offset, cb.aio_reqprio, cb.aio_buf
+    fd = cb.aio_fildes
+    off = cb.aio_offset
+    prio = cb.aio_reqprio
     if type(fd) is not int or type(off) is not int or type(prio) is not int:
         return False
     if not (0 <= prio <= AIO_PRIO_DELTA_MAX and 0 <= off <= _INT64_MAX):
         return False
-    tb = type(buf)
-    if tb is bytearray:
-        n = len(buf)
-    elif tb is memoryview and not buf.readonly and buf.format == "B" and buf.c_contiguous:
-        n = buf.nbytes
+    if _lanes:
+        lane = _lanes.get(fd)
+        if lane is not None and (lane.serial or lane.held):
+            return False
+    buf = cb.aio_buf
+    nbytes = cb.aio_nbytes
+    if type(buf) in _BYTE_SIZED:
+        size = len(buf)
     else:
+        try:
+            view = memoryview(buf)
+        except (TypeError, ValueError):  # not a buffer, or a released view
+            return False
+        if view.readonly or not view.c_contiguous:
+            return False
+        size = view.nbytes
+    if nbytes is None:
+        n = size
+    elif type(nbytes) is not int or not 0 < nbytes <= size:
         return False
-    if not n:
+    else:
+        n = nbytes
+        if n != size:
+            try:
+                buf = memoryview(buf).cast("B")[:n]
+            except TypeError:  # pragma: no cover - a shape cast() refuses
+                return False
+    if not 0 < n <= INLINE_MAX:
         return False
     sev = cb.aio_sigevent
     notice = None if sev is None else _check_sigevent(sev)
@@ -1097,8 +1140,8 @@ def aio_read(cb: aiocb) -> None:
         TypeError: wrong field types, or a read-only buffer.
         ValueError: ``aio_nbytes`` larger than the buffer (or negative).
     """
-    read_nowait = getattr(_engine, "read_nowait", None)
-    if read_nowait is not None and type(cb) is aiocb and _read_inline(cb, read_nowait):
+    read_nowait = _read_nowait
+    if read_nowait is not None and isinstance(cb, aiocb) and _read_inline(cb, read_nowait):
         return
     _submit_one(cb, OpCode.READ)
 
@@ -1543,10 +1586,11 @@ def aio_init(
 
 
 def _uninstall_locked() -> None:
-    global _engine, _engine_is_ours, _reaper
+    global _engine, _engine_is_ours, _reaper, _read_nowait
     _engine = None
     _engine_is_ours = False
     _reaper = None
+    _read_nowait = None
 
 
 def _retire(eng: Engine | None, ours: bool, reaper: _Reaper | None) -> None:
@@ -1606,6 +1650,7 @@ def _after_fork_parent() -> None:
 
 def _after_fork_child() -> None:
     global _state_lock, _engine, _engine_is_ours, _reaper, _notifier, _notifier_lock, _choice
+    global _read_nowait
     _state_lock = threading.Lock()
     _notifier_lock = threading.Lock()
     for fdset in _by_fd.values():
@@ -1638,6 +1683,7 @@ def _after_fork_child() -> None:
     _engine = None
     _engine_is_ours = False
     _reaper = None
+    _read_nowait = None
     _notifier = None
 
 

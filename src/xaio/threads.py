@@ -394,7 +394,7 @@ class ThreadEngine(Engine):
         """Try a read that the page cache can satisfy at once, in this thread
         (:class:`xaio._inline.NowaitReader`: ``preadv2(RWF_NOWAIT)``, not on
         O_DIRECT or O_APPEND fds), unless ordered (stream) work is queued on
-        the fd.
+        the fd or requests are held back on it (behind a sync).
 
         Args:
             fd: the file descriptor.
@@ -410,7 +410,7 @@ class ThreadEngine(Engine):
         if self._closed:
             return None
         lane = self._lanes.get(fd)
-        if lane is not None and lane.serial:
+        if lane is not None and (lane.serial or lane.held):
             return None
         return self._nowait.read(fd, buffer, offset, nbytes)
 
