@@ -4,11 +4,14 @@ Three contenders run the same loop -- xaio.posix on the thread engine (the
 default), xaio.posix on io_uring (``aio_init(engine="uring")``) and glibc:
 keep ``--depth`` (32) 4 KiB ``aio_read`` requests outstanding at random
 aligned offsets, ``aio_suspend`` on the list, then ``aio_error`` /
-``aio_return`` each finished request and resubmit it.  glibc's functions are
-called through ctypes with a ``struct aiocb`` matching its x86-64 layout.
-Rounds alternate (thread, uring, glibc, thread, ...) on the same file; the
-table shows median ops/s and the ratios.  Two files: one in the page cache,
-one opened with O_DIRECT (buffers from ``xaio.aligned_buffer``).
+``aio_return`` each finished request and resubmit it.  The aiocbs are the
+ones a user writes after reading ``aio(7)``:
+``aiocb(aio_fildes=fd, aio_buf=mmap.mmap(-1, 4096), aio_nbytes=4096,
+aio_offset=...)``; glibc reads into the same mappings, its functions called
+through ctypes (``_glibc.py``).  Rounds alternate (thread, uring, glibc,
+thread, ...) on the same file; printed per round, then the median ops/s and
+the median of the per-round paired ratios.  Two files: one in the page
+cache, one opened with O_DIRECT (anonymous mappings are page-aligned).
 
 Run::
 
@@ -23,8 +26,8 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import ctypes.util
 import errno
+import mmap
 import os
 import platform
 import random
@@ -35,74 +38,32 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import xaio
+import _glibc
 import xaio.posix as P
+from _glibc import glibc_aiocb
 from xaio.engine import probe
 
 BLOCK = 4096
 
 
-# --- glibc's POSIX AIO through ctypes ----------------------------------------------
-
-
-class _sigval(ctypes.Union):
-    _fields_ = [("sival_int", ctypes.c_int), ("sival_ptr", ctypes.c_void_p)]
-
-
-class _sigevent(ctypes.Structure):
-    _fields_ = [
-        ("sigev_value", _sigval),
-        ("sigev_signo", ctypes.c_int),
-        ("sigev_notify", ctypes.c_int),
-        ("_pad", ctypes.c_byte * 48),
-    ]
-
-
-class glibc_aiocb(ctypes.Structure):
-    """glibc's ``struct aiocb`` on x86-64 (168 bytes)."""
-
-    _fields_ = [
-        ("aio_fildes", ctypes.c_int),
-        ("aio_lio_opcode", ctypes.c_int),
-        ("aio_reqprio", ctypes.c_int),
-        ("aio_buf", ctypes.c_void_p),
-        ("aio_nbytes", ctypes.c_size_t),
-        ("aio_sigevent", _sigevent),
-        ("__next_prio", ctypes.c_void_p),
-        ("__abs_prio", ctypes.c_int),
-        ("__policy", ctypes.c_int),
-        ("__error_code", ctypes.c_int),
-        ("__return_value", ctypes.c_ssize_t),
-        ("aio_offset", ctypes.c_int64),
-        ("__glibc_reserved", ctypes.c_char * 32),
-    ]
-
-
-assert ctypes.sizeof(glibc_aiocb) == 168, ctypes.sizeof(glibc_aiocb)
-assert glibc_aiocb.aio_offset.offset == 128
+# --- glibc's POSIX AIO through ctypes (shared with tests/test_parity_posix.py) --------
 
 
 def _load_glibc() -> Any:
-    for name in (ctypes.util.find_library("rt"), ctypes.util.find_library("c"), "libc.so.6"):
-        if not name:
-            continue
-        lib = ctypes.CDLL(name, use_errno=True)
-        if hasattr(lib, "aio_read"):
-            ptr = ctypes.POINTER(glibc_aiocb)
-            lib.aio_read.argtypes = [ptr]
-            lib.aio_error.argtypes = [ptr]
-            lib.aio_return.argtypes = [ptr]
-            lib.aio_return.restype = ctypes.c_ssize_t
-            lib.aio_suspend.argtypes = [ctypes.POINTER(ptr), ctypes.c_int, ctypes.c_void_p]
-            return lib
-    raise SystemExit("glibc POSIX AIO not found")
+    try:
+        return _glibc.load()
+    except OSError as e:
+        raise SystemExit(str(e)) from None
 
 
 # --- the two loops -------------------------------------------------------------------
 
 
 def run_xaio(fd: int, bufs: list[Any], offsets: list[int], seconds: float) -> float:
-    cbs = [P.aiocb(fd, offsets[i], bufs[i]) for i in range(len(bufs))]
+    cbs = [
+        P.aiocb(aio_fildes=fd, aio_buf=bufs[i], aio_nbytes=BLOCK, aio_offset=offsets[i])
+        for i in range(len(bufs))
+    ]
     aio_read, aio_error, aio_return, aio_suspend = (
         P.aio_read,
         P.aio_error,
@@ -199,6 +160,9 @@ def make_file(size: int, directory: str | None) -> Path:
     return Path(name)
 
 
+Row = tuple[str, list[float], list[float], list[float]]
+
+
 def bench(
     label: str,
     fd: int,
@@ -209,10 +173,12 @@ def bench(
     lib: Any,
     before_round: Callable[[], None],
     uring: bool,
-) -> tuple[str, float, float | None, float]:
+) -> Row:
     rng = random.Random(42)
     offsets = [rng.randrange(file_size // BLOCK) * BLOCK for _ in range(1 << 16)]
-    bufs = [xaio.aligned_buffer(BLOCK) for _ in range(depth)]
+    # What a user writes: one anonymous mapping per request (page-aligned, so
+    # good for O_DIRECT too), glibc reading into the very same pages.
+    bufs = [mmap.mmap(-1, BLOCK) for _ in range(depth)]
     addrs = [ctypes.addressof(ctypes.c_char.from_buffer(b)) for b in bufs]
     xs: list[float] = []
     us: list[float] = []
@@ -241,14 +207,26 @@ def bench(
         before_round()
         gs.append(run_glibc(lib, fd, addrs, offsets, seconds))
     on("thread")
-    x, g = statistics.median(xs), statistics.median(gs)
-    u = statistics.median(us) if us else None
     print(
         f"  {label}: xaio/thread {[round(v) for v in xs]}  "
         f"xaio/uring {[round(v) for v in us]}  glibc {[round(v) for v in gs]}",
         flush=True,
     )
-    return label, x, u, g
+    print(
+        f"  {label} per-round ratios: thread/glibc {_ratios(xs, gs)}  "
+        f"uring/glibc {_ratios(us, gs)}",
+        flush=True,
+    )
+    return label, xs, us, gs
+
+
+def _ratios(a: list[float], b: list[float]) -> list[float]:
+    """Round-by-round ratios a/b (the rounds of one pair ran back to back)."""
+    return [round(x / y, 2) for x, y in zip(a, b, strict=False)]
+
+
+def _median_ratio(a: list[float], b: list[float]) -> str:
+    return f"{statistics.median(_ratios(a, b)):.2f}" if a and b else "n/a"
 
 
 def main() -> None:
@@ -277,6 +255,7 @@ def main() -> None:
     if reason is not None:
         print(f"  io_uring unavailable, no uring column: {reason}")
     rows = []
+    print(f"load average at the start: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     print(
         f"python {platform.python_version()}, {os.cpu_count()} cpus, "
         f"depth {args.depth}, 4 KiB random reads, {args.rounds} rounds of {args.seconds}s"
@@ -336,14 +315,17 @@ def main() -> None:
     print()
     print(
         "| file | xaio.posix thread ops/s | xaio.posix uring ops/s | glibc POSIX AIO ops/s "
-        "| thread / glibc | uring / glibc | uring / thread |"
+        "| thread / glibc | uring / glibc |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for label, x, u, g in rows:
-        us_ = "n/a" if u is None else f"{u:,.0f}"
-        ug = "n/a" if u is None else f"{u / g:.2f}"
-        ux = "n/a" if u is None else f"{u / x:.2f}"
-        print(f"| {label} | {x:,.0f} | {us_} | {g:,.0f} | {x / g:.2f} | {ug} | {ux} |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for label, xs, us, gs in rows:
+        u = "n/a" if not us else f"{statistics.median(us):,.0f}"
+        print(
+            f"| {label} | {statistics.median(xs):,.0f} | {u} | {statistics.median(gs):,.0f} "
+            f"| {_median_ratio(xs, gs)} | {_median_ratio(us, gs)} |"
+        )
+    print("(ops/s: medians of the rounds; ratios: medians of the per-round paired ratios)")
+    print(f"load average at the end: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -69,6 +69,10 @@ Some facts about POSIX AIO on Linux, what glibc does, and what we do better
   in the caller's thread, never on O_DIRECT, O_APPEND or stream fds, see
   :mod:`xaio._inline`).  A hit is complete -- recorded and notified -- when
   ``aio_read`` returns, with no thread hand-off and no ring round trip.
+  Every aiocb shape takes it (any writable buffer, explicit ``aio_nbytes``,
+  subclasses), for at most ``INLINE_MAX`` bytes (a larger read goes to the
+  engine, so ``aio_read`` always returns promptly), and never past requests
+  held back on the fd (behind an ``aio_fsync``).
 """
 
 from __future__ import annotations
