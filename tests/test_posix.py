@@ -1444,3 +1444,107 @@ def test_inline_read_refused_behind_held_back_work(
     wait_done(blocker, big, sync, small)
     assert [P.aio_return(c) for c in (blocker, big, sync, small)] == [1, INLINE_MAX + 1, 0, 100]
     assert bytes(small.aio_buf) == bytes(range(10, 110))
+
+
+# --- stream writes: all of it, as write(2) on that fd ------------------------------------
+
+
+@pytest.fixture(params=["thread", "uring", "linux"])
+def any_engine(request: pytest.FixtureRequest, clean_posix: None) -> str:
+    """POSIX AIO on each engine, the linux one too."""
+    name: str = request.param
+    reason = engine_unavailable(name)
+    if reason is not None:
+        pytest.skip(f"engine {name!r} unavailable: {reason}")
+    P.aio_init(engine=name)
+    return name
+
+
+@pytest.fixture
+def slow_peer() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A stream socketpair (blocking) with a small send buffer: a large write
+    waits for the peer to read."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def _read_all(b: socket.socket, n: int) -> bytes:
+    out = bytearray()
+    b.settimeout(TIMEOUT)
+    while len(out) < n:
+        out += b.recv(n - len(out))
+    return bytes(out)
+
+
+@pytest.mark.usefixtures("any_engine")
+def test_stream_write_is_whole_and_list_signal_waits_for_the_peer(
+    slow_peer: tuple[socket.socket, socket.socket],
+) -> None:
+    """aio_writes on a blocking stream socket complete only when all of each
+    is written (what write(2) on that fd does), in submission order, and a
+    LIO_NOWAIT list signal comes only then: not while the peer reads
+    nothing."""
+    a, b = slow_peer
+    data = [bytes([65 + i]) * 200_000 for i in range(3)]
+    cbs = [P.aiocb(a.fileno(), 0, d, aio_lio_opcode=P.LIO_WRITE) for d in data]
+    with blocked(SIG):
+        P.lio_listio(P.LIO_NOWAIT, cbs, sigev(77))
+        got = None
+        try:
+            # the peer has read nothing: at most the socket buffers are full
+            with pytest.raises(OSError) as ei:
+                P.aio_suspend(cbs, 0.2)
+            assert ei.value.errno == errno.EAGAIN
+            assert [P.aio_error(cb) for cb in cbs] == [errno.EINPROGRESS] * 3
+            assert no_signal()
+            assert _read_all(b, 600_000) == b"".join(data)
+            got = next_signal()
+            assert got.si_status == 77
+        finally:
+            if got is None:  # failed: let the list signal come while blocked
+                drain(b, *cbs)
+                signal.sigtimedwait([SIG], TIMEOUT)
+    assert [(P.aio_error(cb), P.aio_return(cb)) for cb in cbs] == [(0, 200_000)] * 3
+
+
+@pytest.mark.usefixtures("any_engine")
+def test_stream_write_partly_done_is_not_canceled_and_completes(
+    slow_peer: tuple[socket.socket, socket.socket],
+) -> None:
+    """A write the peer has started to receive is running: aio_cancel says
+    AIO_NOTCANCELED, and the request then completes normally, whole."""
+    a, b = slow_peer
+    data = random.Random(3).randbytes(300_000)
+    cb = P.aiocb(a.fileno(), 0, data)
+    P.aio_write(cb)
+    b.settimeout(TIMEOUT)
+    head = b.recv(1000)  # some of it has been written: it is running
+    assert head
+    assert P.aio_cancel(a.fileno(), cb) == P.AIO_NOTCANCELED
+    assert P.aio_cancel(a.fileno()) == P.AIO_NOTCANCELED  # the fd form too
+    rest = _read_all(b, len(data) - len(head))
+    wait_done(cb)
+    assert (P.aio_error(cb), P.aio_return(cb)) == (0, len(data))
+    assert head + rest == data
+
+
+@pytest.mark.usefixtures("any_engine")
+def test_stream_write_nonblocking_is_short_like_write(
+    slow_peer: tuple[socket.socket, socket.socket],
+) -> None:
+    """On an O_NONBLOCK stream fd, write(2) writes what fits: so does
+    aio_write (no continuation), with the same count the socket took."""
+    a, b = slow_peer
+    a.setblocking(False)
+    cb = P.aiocb(a.fileno(), 0, bytes(300_000))
+    P.aio_write(cb)
+    wait_done(cb)
+    n = P.aio_return(cb)
+    assert 0 < n < 300_000
+    assert len(_read_all(b, n)) == n
+    b.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        b.recv(1)  # nothing more was written

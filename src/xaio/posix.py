@@ -64,6 +64,16 @@ Some facts about POSIX AIO on Linux, what glibc does, and what we do better
   and notified before ``aio_cancel`` returns.  A request in transit to the
   engine (taken from a lane, not yet submitted) is waited for, so a cancel
   never misses it.
+- A POSIX request is not always one kernel request there: io_uring ends a
+  write on a stream socket at the first short transfer, where ``write(2)``
+  on a blocking fd writes all; so a short write on a blocking stream fd goes
+  on with the rest (the lane keeps later requests behind it), and the
+  request completes, notifies and counts for its ``lio_listio`` list only
+  when all is written or it fails.  A write partly done is running: not
+  cancelled (``AIO_NOTCANCELED``).  And a request ``aio_cancel`` reported
+  running that the kernel then stopped anyway (io_uring's cancel of a
+  running request may interrupt it) is submitted again: ``AIO_NOTCANCELED``
+  means it completes normally.
 - Page-cache hits skip the engine: ``aio_read`` first asks the engine's
   ``read_nowait`` (thread, uring and linux engines: ``preadv2(RWF_NOWAIT)``
   in the caller's thread, never on O_DIRECT, O_APPEND or stream fds, see
@@ -84,6 +94,7 @@ import fcntl
 import math
 import mmap
 import os
+import stat
 import threading
 import time
 from collections import deque
@@ -238,6 +249,10 @@ class aiocb:
         "_lane",
         "_held",
         "_transit",
+        "_moved",
+        "_keep",
+        "_cancelling",
+        "_parked",
         "__weakref__",
     )
 
@@ -270,6 +285,11 @@ class aiocb:
         self._lane: _Lane | None = None  # its fd's lane (engines that do not order)
         self._held = False  # held back in its lane, not yet given to the engine
         self._transit: Operation | None = None  # being handed to the engine
+        # Laned engines: a request done in parts (see _on_done).
+        self._moved = 0  # bytes the parts before the current one transferred
+        self._keep = False  # aio_cancel said AIO_NOTCANCELED: it runs to the end
+        self._cancelling = False  # an aio_cancel is asking the engine
+        self._parked: int | None = None  # a -ECANCELED/-EINTR that cancel decides
 
     def __repr__(self) -> str:
         state = ("new", "in progress", "done", "retrieved")[self._state]
@@ -669,11 +689,78 @@ def _check_sigevent(sev: Any) -> _Notice | None:
 
 def _on_done(op: Operation) -> None:
     """An operation of ours finished (in a worker, the reaper, or a
-    cancelling thread): record the status, wake waiters, notify."""
+    cancelling thread): record the status, wake waiters, notify -- or, on an
+    engine that does not order requests itself, carry the request on.
+
+    There (io_uring) a kernel request is not all of a POSIX request: a write
+    on a blocking stream fd that the kernel completed short goes on with the
+    rest, as ``write(2)`` on that fd would (io_uring stops at the first
+    short transfer), so the request completes when all is written or with
+    an error (the bytes written before the error, if any, as ``write(2)``);
+    and a request that :func:`aio_cancel` reported ``AIO_NOTCANCELED`` but
+    that the kernel then stopped (``-ECANCELED``/``-EINTR``: io_uring's
+    cancel of a running request may still interrupt it) is submitted again,
+    so that it completes normally."""
     cb: aiocb = op.context
     res = op.result
     assert res is not None
+    if cb._lane is not None:
+        if res == -errno.ECANCELED or res == -errno.EINTR:
+            with _state_lock:
+                if cb._op is op and cb._cancelling:
+                    cb._parked = res  # the aio_cancel asking decides
+                    return
+                keep = cb._keep and cb._op is op
+            if keep and _carry_on(cb, op, op.buffers, 0):
+                return
+        elif res > 0 and op.opcode is OpCode.WRITE:
+            with memoryview(op.buffers[0]) as view:
+                size = view.nbytes
+            if res < size and _blocking_stream(op.fd):
+                with memoryview(op.buffers[0]) as view, view.cast("B") as b:
+                    rest = b[res:]
+                if _carry_on(cb, op, (rest,), res):
+                    return
+        if cb._moved:
+            res = cb._moved + res if res >= 0 else cb._moved
     _finish(cb, res)
+
+
+def _blocking_stream(fd: int) -> bool:
+    """Is *fd* a stream (not a regular file or block device) in blocking
+    mode: where ``write(2)`` writes all it is given or fails?"""
+    try:
+        mode = os.fstat(fd).st_mode
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISBLK(mode) or flags & os.O_NONBLOCK)
+
+
+def _carry_on(cb: aiocb, op: Operation, buffers: tuple[Any, ...], moved: int) -> bool:
+    """Go on with the request of *cb* after its operation *op* ended (having
+    transferred *moved* bytes): a new operation on *buffers* takes its place
+    in the lane and goes to the engine.  False if it cannot (the engine is
+    closed, or *cb* moved on): the caller then finishes the request."""
+    eng = cb._engine
+    if eng is None or eng.closed:
+        return False
+    nxt = Operation(op.opcode, op.fd, buffers, op.offset, on_done=_on_done, context=cb)
+    with _state_lock:
+        if cb._op is not op or cb._state != _INPROGRESS:
+            for p in nxt.pins:
+                p.release()
+            return False
+        cb._moved += moved
+        cb._op = nxt
+        cb._transit = nxt
+        waiters = cb._waiters  # an aio_cancel waiting for *op* (see _cancel_submitted)
+        cb._waiters = None
+        if waiters is not None:
+            for w in waiters:
+                w.wake_locked()
+    _hand_over([cb])
+    return True
 
 
 def _finish(cb: aiocb, res: int) -> None:
@@ -1009,6 +1096,8 @@ def _wake_transit_locked() -> None:
 
 def _mark_locked(cb: aiocb, op: Operation, group: _Group | None, eng: Engine) -> None:
     cb._state = _INPROGRESS
+    cb._moved = 0
+    cb._keep = False
     cb._error = errno.EINPROGRESS
     cb._return = -1
     cb._op = op
@@ -1250,8 +1339,9 @@ def aio_cancel(fd: int, cb: aiocb | None = None) -> int:
     (sent before this returns).  A request the thread engine has started is
     not cancelled: it completes normally later.  On io_uring a started
     request is cancelled too where the kernel can stop it (a read or write
-    waiting on a pipe or socket); one it cannot stop (regular-file I/O
-    already running) completes normally later.
+    waiting on a pipe or socket, nothing of it written yet); one it cannot
+    stop (regular-file I/O already running, a stream write partly done)
+    completes normally later.
 
     Returns:
         ``AIO_CANCELED`` if every request was cancelled, ``AIO_NOTCANCELED``
@@ -1320,22 +1410,55 @@ def _cancel_submitted(cb: aiocb, op: Operation, eng: Engine) -> CancelOutcome:
     while True:
         with _state_lock:
             if cb._op is not op:
+                if cb._state == _INPROGRESS and (cb._moved or cb._keep):
+                    cb._keep = True  # carried on in parts (see _on_done)
+                    return CancelOutcome.RUNNING
                 return CancelOutcome.DONE
             if cb._transit is not op:
                 break
             w = _Waiter()
             _transit_waiters.append(w)
         w.lock.acquire()
-    outcome = eng.cancel(op)
     if isinstance(eng, ThreadEngine):
+        outcome = eng.cancel(op)
         if outcome is CancelOutcome.CANCELED:
             _wait_done(cb, op)  # a reap-mode engine: let the completion land
         return outcome
+    # An engine posix keeps lanes for (see _on_done): a request partly done
+    # or already reported running is not cancelled; one the kernel stops
+    # while we ask is decided here, from the engine's answer.
+    with _state_lock:
+        if cb._op is not op:
+            return CancelOutcome.DONE
+        if cb._moved or cb._keep:
+            cb._keep = True
+            return CancelOutcome.RUNNING
+        cb._cancelling = True
+    outcome = CancelOutcome.RUNNING
+    try:
+        outcome = eng.cancel(op)
+    finally:
+        with _state_lock:
+            cb._cancelling = False
+            parked, cb._parked = cb._parked, None
+            if outcome is CancelOutcome.RUNNING:
+                cb._keep = True
+    if parked is not None:
+        if outcome is CancelOutcome.RUNNING and _carry_on(cb, op, op.buffers, 0):
+            return outcome
+        _finish(cb, parked)
+        if outcome is CancelOutcome.RUNNING:  # pragma: no cover - engine closed meanwhile
+            return CancelOutcome.DONE
+        return CancelOutcome.CANCELED if parked == -errno.ECANCELED else CancelOutcome.DONE
     if outcome is CancelOutcome.RUNNING:
         return outcome
     # CANCELED or DONE: its completion is posted; wait until it is recorded,
     # so that aio_error no longer says EINPROGRESS when we return.
     _wait_done(cb, op)
+    with _state_lock:
+        if cb._op is not op and cb._state == _INPROGRESS and cb._moved:
+            cb._keep = True  # stopped part-way: it goes on to the end
+            return CancelOutcome.RUNNING
     if outcome is CancelOutcome.CANCELED and op.result != -errno.ECANCELED:
         return CancelOutcome.DONE  # it finished in that very instant
     return outcome
@@ -1667,6 +1790,8 @@ def _after_fork_child() -> None:
             cb._lane = None
             cb._held = False
             cb._transit = None
+            cb._cancelling = False
+            cb._parked = None
     _by_fd.clear()
     _lanes.clear()
     _suspenders.clear()
