@@ -10,6 +10,7 @@ import gc
 import os
 import select
 import socket
+import sys
 import threading
 import time
 import warnings
@@ -487,3 +488,54 @@ def test_reads_above_inline_max_go_to_workers(tmp_path: Path) -> None:
             assert bytes(big.buffers[0]) == data[: INLINE_MAX + 1]
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def frequent_thread_switches() -> Iterator[None]:
+    """Make the interpreter hand the GIL over every 10 us (5 ms by default),
+    so that a race between two threads' Python code shows up in a few
+    hundred trials instead of a few per hour."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(old)
+
+
+def test_stream_fd_stays_serial_when_its_lane_ends_during_submit() -> None:
+    # Each write completes in a worker that then runs on_done (the POSIX AIO
+    # mode): the fd's lane ends and is made anew by the next submit, at any
+    # moment of it.  A lane made anew must still be serial.
+    def busy(op: Operation) -> None:
+        end = time.perf_counter() + 2e-5
+        while time.perf_counter() < end:
+            pass
+
+    e = ThreadEngine(threads=4, complete_in_worker=True)
+    reordered = 0
+    try:
+        with frequent_thread_switches():
+            for _ in range(300):
+                r, w = os.pipe()
+                chunks = [bytes([i]) * 1000 for i in range(100)]  # 100 kB > pipe buffer
+                out = bytearray()
+
+                def read_all(r: int = r, out: bytearray = out) -> None:
+                    while len(out) < 100_000:
+                        out.extend(os.read(r, 65536))
+
+                reader = threading.Thread(target=read_all)
+                reader.start()
+                ops = [Operation(OpCode.WRITE, w, [c], 0, on_done=busy) for c in chunks]
+                for op in ops:
+                    e.submit([op])
+                reader.join(TIMEOUT)
+                wait_until(lambda ops=ops: all(op.done for op in ops))
+                os.close(r)
+                os.close(w)
+                assert not reader.is_alive()
+                reordered += bytes(out) != b"".join(chunks)
+    finally:
+        e.close()
+    assert reordered == 0

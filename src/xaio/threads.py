@@ -282,7 +282,10 @@ class ThreadEngine(Engine):
                     fd = op.fd
                     lane = lanes.get(fd)
                     if lane is None:
-                        lane = lanes[fd] = _Lane(serial.get(fd, False))
+                        # *serial* holds only the fds that had no lane before
+                        # the lock: one whose lane ended since is asked afresh
+                        s = serial.get(fd)
+                        lane = lanes[fd] = _Lane(_is_serial_fd(fd) if s is None else s)
                     if not lane.held and (
                         lane.active == 0
                         or not (lane.serial or op.offset < 0 or op.opcode in _SYNCS)
