@@ -41,16 +41,19 @@ and one set of buffers.
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import errno
+import fcntl
+import functools
 import io
 import locale
 import os
 import stat
 import warnings
-from collections.abc import AsyncIterator, Callable, Generator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Iterable
 from types import TracebackType
-from typing import Any, Union
+from typing import Any, TypeVar, Union
 
 from xaio._async._io import AsyncEngine
 from xaio._async._loop import (
@@ -59,11 +62,14 @@ from xaio._async._loop import (
     check_count,
     check_offset,
     current_driver,
+    current_library,
+    named_driver,
 )
 from xaio._async._meta import OP_OPENAT, run_meta
 from xaio._memory import PAGE_SIZE, aligned_buffer, dio_alignment
 from xaio._ops import OpCode, Operation
 from xaio._syscall import oserror
+from xaio.engine import ENGINE_NAMES
 
 __all__ = ["open", "AsyncFile", "AsyncTextFile", "OpenContext"]
 
@@ -71,6 +77,9 @@ StrPath = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 _DEFAULT_BUFFER = 64 * 1024
 _DIRECT_BUFFER = 128 * 1024
 _AT_FDCWD = -100
+_CLOSED = "I/O operation on closed file."
+_current_task = asyncio.current_task
+T = TypeVar("T")
 
 
 def _size_arg(size: Any) -> int:
@@ -83,7 +92,21 @@ def _size_arg(size: Any) -> int:
 
 
 class AsyncFile:
-    """A binary async file (see the module essay).  Made by :func:`xaio.open`."""
+    """A binary async file (see the module essay).  Made by :func:`xaio.open`.
+
+    *Closing.*  The file owns its fd: :meth:`close` flushes, then ends every
+    call of the file still in flight in other tasks -- each raises
+    ``ValueError("I/O operation on closed file.")``, as a builtin file does
+    once closed; a request an engine is already running is waited for, not
+    abandoned -- and closes the fd only after the last of them has returned.
+    So no request of this file can run on the fd number after it was reused
+    by another ``open``.  A call started after ``close()`` raises the same
+    ValueError at once.
+
+    *Dropped without close.*  The finaliser warns (``ResourceWarning``),
+    writes the buffered bytes out with plain ``os.pwrite``/``os.write`` (as
+    the builtin file does when collected) and closes the fd.
+    """
 
     def __init__(
         self,
@@ -97,10 +120,16 @@ class AsyncFile:
         buffer_size: int,
         closefd: bool,
         direct: bool,
-        engine: AsyncEngine | None,
+        engine: AsyncEngine | str | None,
     ) -> None:
         st = os.fstat(fd)
         self._fd = fd
+        self._fd_open = True  # False once the fd was closed (or given up, closefd=False)
+        #: requests in flight (see _io): task -> its trio CancelScope (asyncio: None)
+        self._calls: dict[Any, Any] = {}
+        self._ended: set[Any] = set()  # asyncio tasks close() cancelled
+        self._on_release: list[Callable[[], None]] = []
+        self._raw: io.FileIO | None = None
         self.name = name
         self.mode = mode
         self._readable = readable
@@ -133,9 +162,110 @@ class AsyncFile:
     # -- plumbing -------------------------------------------------------------------
 
     def _drv(self) -> Driver:
-        if self._engine is not None:
-            return self._engine.driver()
-        return current_driver()
+        engine = self._engine
+        if engine is None:
+            return current_driver()
+        if isinstance(engine, str):
+            return named_driver(engine)
+        return engine.driver()
+
+    # -- calls in flight and closing ----------------------------------------------------
+
+    async def _io(self, aw: Awaitable[T]) -> T:
+        """Await *aw*, one request of this file on its fd, as a call in flight:
+        counted while it runs (close() releases the fd only after it) and
+        ended by close() with the closed-file ValueError, which it also raises
+        when the file was closed while it waited."""
+        if self._closed:
+            if isinstance(aw, Coroutine):
+                aw.close()
+            raise ValueError(_CLOSED)
+        try:
+            task = _current_task()
+        except RuntimeError:  # no asyncio loop: trio
+            task = None
+        if task is None:  # trio (in guest mode too)
+            return await self._io_trio(aw)
+        calls = self._calls
+        calls[task] = None
+        try:
+            res = await aw
+        except asyncio.CancelledError:
+            if task in self._ended:
+                self._ended.discard(task)
+                uncancel = getattr(task, "uncancel", None)
+                if uncancel is None or uncancel() == 0:  # close() was the only canceller
+                    raise ValueError(_CLOSED) from None
+            raise
+        finally:
+            del calls[task]
+            if self._ended and task in self._ended:  # ended by close(), yet it returned
+                self._ended.discard(task)
+                uncancel = getattr(task, "uncancel", None)
+                if uncancel is not None:
+                    uncancel()
+            if self._closed and not calls:
+                self._release(quiet=True)
+        if self._closed:
+            raise ValueError(_CLOSED)
+        return res
+
+    async def _io_trio(self, aw: Awaitable[T]) -> T:
+        """:meth:`_io` on trio: the request runs in a cancel scope that
+        close() cancels."""
+        import trio
+
+        task = trio.lowlevel.current_task()
+        calls = self._calls
+        try:
+            with trio.CancelScope() as scope:
+                calls[task] = scope
+                res = await aw
+                if not self._closed:
+                    return res
+        finally:
+            del calls[task]
+            if self._closed and not calls:
+                self._release(quiet=True)
+        raise ValueError(_CLOSED)
+
+    def _end_calls(self) -> None:
+        """Cancel every call in flight of other tasks (close())."""
+        for task, scope in list(self._calls.items()):
+            if scope is not None:
+                scope.cancel()
+            elif task not in self._ended and task is not asyncio.current_task():
+                self._ended.add(task)
+                task.cancel()
+
+    def _release(self, *, quiet: bool) -> None:
+        """Close the fd (once) and wake the close() calls waiting for it."""
+        if not self._fd_open:
+            return
+        self._fd_open = False
+        waiters, self._on_release = self._on_release, []
+        try:
+            if self._closefd:
+                os.close(self._fd)
+        except OSError:
+            if not quiet:
+                raise
+        finally:
+            for wake in waiters:
+                wake()
+
+    async def _wait_released(self) -> None:
+        """Wait until the last call in flight has released the fd."""
+        if current_library() == "trio":
+            import trio
+
+            event = trio.Event()
+            self._on_release.append(event.set)
+            await event.wait()
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._on_release.append(functools.partial(_resolve, fut))
+        await fut
 
     def _check_open(self) -> None:
         if self._closed:
@@ -162,7 +292,7 @@ class AsyncFile:
         drv = self._drv()
         op = Operation(opcode, self._fd, (buf,), offset)  # drv._run attaches on_done
         self._last = op
-        res = await drv._run(op)
+        res = await self._io(drv._run(op))
         self._last = None
         return res
 
@@ -239,7 +369,16 @@ class AsyncFile:
                 heads.append(end - a)
             for blk in heads:
                 piece = bounce[blk - start : blk - start + a]
-                got = await self._op(OpCode.READ, piece, blk)
+                try:
+                    got = await self._op(OpCode.READ, piece, blk)
+                except OSError as e:
+                    if e.errno != errno.EBADF:
+                        raise
+                    raise OSError(
+                        errno.EBADF,
+                        "O_DIRECT: an unaligned write reads its partial blocks, "
+                        "and this fd is not open for reading",
+                    ) from None
                 piece[got:] = bytes(a - got)
         bounce[offset - start : offset - start + n] = data
         done = 0
@@ -265,7 +404,9 @@ class AsyncFile:
             self._last = None
             try:
                 if not self._regular:
-                    n = await self._drv().write(self._fd, data)  # a cancelled one wrote nothing
+                    n = await self._io(
+                        self._drv().write(self._fd, data)
+                    )  # a cancelled one wrote nothing
                 elif self._direct:
                     n = await self._dio_write(data, self._woff)
                 else:
@@ -305,7 +446,7 @@ class AsyncFile:
         """Read one more chunk after the buffered bytes; return its length (0: EOF)."""
         size = max(self._bufsize, want, 1)
         if not self._regular:
-            chunk = await self._drv().read(self._fd, size)
+            chunk = await self._io(self._drv().read(self._fd, size))
             self._rbuf += chunk
             return len(chunk)
         have = self._buffered()
@@ -368,27 +509,30 @@ class AsyncFile:
         """Read to end of file."""
         self._check_readable()
         await self._flush_writes()
+        if not self._regular:
+            # the bytes stay in the buffer until the end (a cancellation loses none)
+            while True:
+                chunk = await self._io(self._drv().read(self._fd, max(self._bufsize, 65536)))
+                if not chunk:
+                    break
+                self._rbuf += chunk
+            data, self._rbuf = self._rbuf, b""
+            return data
         out = [bytes(self._buffered())]
-        self._consume(len(out[0]))
-        if self._regular:
-            while True:
-                want = max(self._size_hint - self._pos, 0) + 1
-                want = max(want, self._bufsize, 8192)
-                chunk = await self._raw_read_at(want, self._pos)
-                if not chunk:
-                    break
-                out.append(chunk)
-                self._pos += len(chunk)
-                if len(chunk) < want:
-                    self._size_hint = self._pos
-                    break
-            self._size_hint = max(self._size_hint, self._pos)
-        else:
-            while True:
-                chunk = await self._drv().read(self._fd, max(self._bufsize, 65536))
-                if not chunk:
-                    break
-                out.append(chunk)
+        pos = self._pos + len(out[0])
+        while True:  # the position moves at the end (a cancellation leaves it)
+            want = max(self._size_hint - pos, 0) + 1
+            want = max(want, self._bufsize, 8192)
+            chunk = await self._raw_read_at(want, pos)
+            if not chunk:
+                break
+            out.append(chunk)
+            pos += len(chunk)
+            if len(chunk) < want:
+                self._size_hint = pos
+                break
+        self._pos = pos
+        self._size_hint = max(self._size_hint, pos)
         return b"".join(out)
 
     async def read1(self, size: int | None = -1) -> bytes:
@@ -460,16 +604,24 @@ class AsyncFile:
     async def readlines(self, hint: int | None = -1) -> list[bytes]:
         """Read lines until end of file (or until *hint* bytes were read)."""
         h = _size_arg(hint)
-        lines = []
+        lines: list[bytes] = []
         total = 0
-        while True:
-            line = await self.readline()
-            if not line:
-                break
-            lines.append(line)
-            total += len(line)
-            if 0 < h <= total:
-                break
+        pos = self._pos
+        try:
+            while True:
+                line = await self.readline()
+                if not line:
+                    break
+                lines.append(line)
+                total += len(line)
+                if 0 < h <= total:
+                    break
+        except BaseException:  # a cancellation loses nothing
+            if self._regular:
+                self._pos = pos
+            else:
+                self._rbuf = b"".join(lines) + self._rbuf
+            raise
         return lines
 
     def __aiter__(self) -> AsyncIterator[bytes]:
@@ -584,7 +736,7 @@ class AsyncFile:
         self._check_seekable()
         await self._flush_writes()
         n = self._pos if size is None else check_count(size, "size")
-        await self._drv().run_in_thread(os.ftruncate, self._fd, n)
+        await self._io(self._drv().run_in_thread(os.ftruncate, self._fd, n))
         self._rbuf = b""
         self._size_hint = n
         return n
@@ -599,7 +751,7 @@ class AsyncFile:
         offset = check_offset(offset)
         await self._flush_writes()
         if not self._direct:
-            return await self._drv().pread(self._fd, n, offset)
+            return await self._io(self._drv().pread(self._fd, n, offset))
         return await self._raw_read_at(n, offset)
 
     async def pwrite(self, data: Any, offset: int) -> int:
@@ -613,7 +765,7 @@ class AsyncFile:
         await self._flush_writes()
         self._rbuf = b""
         if not self._direct:
-            return await self._drv().pwrite(self._fd, data, offset)
+            return await self._io(self._drv().pwrite(self._fd, data, offset))
         with memoryview(data) as mv:
             return await self._dio_write(mv.cast("B"), offset)
 
@@ -621,13 +773,13 @@ class AsyncFile:
         """Flush the write buffer, then fsync(2) the file."""
         self._check_open()
         await self._flush_writes()
-        await self._drv().fsync(self._fd)
+        await self._io(self._drv().fsync(self._fd))
 
     async def fdatasync(self) -> None:
         """Flush the write buffer, then fdatasync(2) the file."""
         self._check_open()
         await self._flush_writes()
-        await self._drv().fdatasync(self._fd)
+        await self._io(self._drv().fdatasync(self._fd))
 
     # -- state ------------------------------------------------------------------------
 
@@ -635,6 +787,24 @@ class AsyncFile:
     def closed(self) -> bool:
         """True once :meth:`close` ran."""
         return self._closed
+
+    @property
+    def raw(self) -> io.FileIO:
+        """The raw file under the buffers, as ``BufferedRandom.raw``: here a
+        synchronous ``io.FileIO`` over the same fd (it never closes the fd,
+        and is marked closed when this file closes).
+
+        This object does positional I/O and keeps its own position and
+        buffers: the kernel's file position (which the raw file uses) is set
+        by :meth:`seek` and :meth:`truncate` only.  Call :meth:`flush` and
+        :meth:`seek` before mixing raw calls with this object's.
+        """
+        raw = self._raw
+        if raw is None:
+            raw = self._raw = io.FileIO(self._fd, self.mode.replace("b", ""), closefd=False)
+            if self._closed:
+                raw.close()
+        return raw
 
     def fileno(self) -> int:
         """The file descriptor."""
@@ -663,17 +833,30 @@ class AsyncFile:
 
     async def close(self) -> None:
         """Flush and close (the fd too unless ``closefd=False``).  Idempotent.
-        The fd is closed even if the flush fails (its error is raised)."""
-        if self._closed:
-            return
-        try:
-            await self._flush_writes()
-        finally:
-            self._closed = True
-            self._rbuf = b""
-            self._dbuf = None
-            if self._closefd:
-                os.close(self._fd)
+
+        The calls of this file still in flight in other tasks end with
+        ``ValueError("I/O operation on closed file.")``; the fd is closed once
+        the last of them has returned (a request an engine already runs is
+        waited for), so nothing of this file runs on a reused fd number.  The
+        fd is closed even if the flush fails (its error is raised).  If
+        ``close()`` itself is cancelled while it waits, the fd is still closed
+        when the last call returns.
+        """
+        if not self._closed:
+            try:
+                await self._flush_writes()
+            finally:
+                self._closed = True
+                self._rbuf = b""
+                self._dbuf = None
+                if self._raw is not None:
+                    self._raw.close()
+                self._end_calls()
+        if self._fd_open:
+            if self._calls:
+                await self._wait_released()
+            else:
+                self._release(quiet=False)
 
     async def __aenter__(self) -> AsyncFile:
         return self
@@ -686,23 +869,54 @@ class AsyncFile:
     ) -> None:
         await self.close()
 
+    def _flush_sync(self) -> None:
+        """Write the write buffer out with plain system calls (the finaliser)."""
+        wbuf = self._wbuf
+        if not wbuf:
+            return
+        fd = self._fd
+        if self._direct:  # unaligned bytes: leave O_DIRECT for these last writes
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+        data = memoryview(bytes(wbuf))
+        off = os.fstat(fd).st_size if self._append and self._direct else self._woff
+        while data:
+            n = os.pwrite(fd, data, off) if self._regular else os.write(fd, data)
+            if n <= 0:
+                break
+            data = data[n:]
+            off += n
+        wbuf.clear()
+
     def __del__(self) -> None:
         if getattr(self, "_closed", True):
             return
         warnings.warn(f"unclosed file {self!r}", ResourceWarning, stacklevel=2)
         self._closed = True
-        if self._closefd:
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
+        try:
+            self._flush_sync()
+        except OSError:
+            pass
+        finally:
+            self._release(quiet=True)
 
     def __repr__(self) -> str:
         return f"<xaio.AsyncFile name={self.name!r} mode={self.mode!r}>"
 
 
+class _Detached:
+    """What ``AsyncTextFile.buffer`` is after :meth:`AsyncTextFile.detach`."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise ValueError("underlying buffer has been detached")
+
+
 class AsyncTextFile:
-    """A text async file over an :class:`AsyncFile` (see the module essay)."""
+    """A text async file over an :class:`AsyncFile` (see the module essay).
+
+    A read cancelled (or failing) part way loses nothing: on a stream the
+    text it had taken goes back in front of the decoded text, on a seekable
+    file the reader returns to where that read began.
+    """
 
     _CHUNK = 8192
 
@@ -729,6 +943,7 @@ class AsyncTextFile:
         self._decoded = ""
         self._dpos = 0
         self._snap: tuple[int, Any, bytes] = (0, None, b"")
+        self._reading = False  # read-ahead (and decoder state) may be past the position
 
     @property
     def name(self) -> Any:
@@ -749,6 +964,20 @@ class AsyncTextFile:
     def fileno(self) -> int:
         """The file descriptor."""
         return self.buffer.fileno()
+
+    async def detach(self) -> AsyncFile:
+        """Flush, then separate this text layer from its binary file and
+        return that file (``io.TextIOBase.detach``).  Afterwards every use of
+        this object raises ``ValueError``; text decoded ahead is dropped, and
+        the binary file's position is where its reading got to (as io's).
+
+        Raises:
+            ValueError: already detached, or the file is closed.
+        """
+        buffer = self.buffer
+        await buffer.flush()
+        self.buffer = _Detached()  # type: ignore[assignment]
+        return buffer
 
     def readable(self) -> bool:
         """True if open for reading."""
@@ -779,15 +1008,20 @@ class AsyncTextFile:
             self._decoder = self._make_decoder()
         return self._decoder
 
-    def _reset_read(self) -> None:
-        self._decoder = None
+    def _reset_read(self, reset_decoder: bool = True) -> None:
+        """Drop the read-ahead (a write or seek); the decoder is reset (which
+        forgets ``newlines``) unless *reset_decoder* is False, as io does."""
+        dec = self._decoder
+        if dec is not None and reset_decoder:
+            dec.reset()
         self._decoded = ""
         self._dpos = 0
         self._snap = (0, None, b"")
+        self._reading = False
 
     async def _read_chunk(self) -> bool:
         """Decode one more chunk into ``_decoded`` (which must be consumed);
-        False at end of file."""
+        False at end of file.  A cancellation in the read changes nothing."""
         dec = self._get_decoder()
         pos0 = self.buffer._tell() if self.buffer._seekable else 0
         state0 = dec.getstate()
@@ -796,7 +1030,33 @@ class AsyncTextFile:
         self._snap = (pos0, state0, chunk)
         self._decoded = text
         self._dpos = 0
+        self._reading = True
         return bool(chunk) or bool(text)
+
+    def _save(self) -> tuple[Any, ...] | None:
+        """What a read of a seekable file that ends in an exception (a
+        cancellation) rolls back to; None for a stream (see :meth:`_undo`)."""
+        buffer = self.buffer
+        if not buffer._seekable:
+            return None
+        dec = self._decoder
+        state = None if dec is None else dec.getstate()
+        return (buffer._pos, self._decoded, self._dpos, self._snap, dec, state, self._reading)
+
+    def _undo(self, saved: tuple[Any, ...] | None, taken: list[str]) -> None:
+        """A read ended by an exception: it loses nothing.  On a seekable file
+        the reader goes back to where the read began (the bytes are read again);
+        on a stream the text it took goes back in front of the decoded text."""
+        if saved is None:
+            if taken:
+                self._decoded = "".join(taken) + self._decoded[self._dpos :]
+                self._dpos = 0
+            return
+        pos, self._decoded, self._dpos, self._snap, dec, state, self._reading = saved
+        self.buffer._pos = pos
+        self._decoder = dec
+        if dec is not None:
+            dec.setstate(state)
 
     def _find_eol(self, text: str, start: int, prev: str) -> int:
         """Index just after the first line end in text[start:], or -1."""
@@ -832,35 +1092,62 @@ class AsyncTextFile:
         await self._prepare_read()
         if n < 0:
             dec = self._get_decoder()
-            rest = self._decoded[self._dpos :]
-            data = await self.buffer.read()
-            text: str = rest + dec.decode(data, final=True)
-            self._reset_read()
+            data = await self.buffer.read()  # nothing is consumed if it is cancelled
+            text: str = self._decoded[self._dpos :] + dec.decode(data, final=True)
+            self._decoded = ""
+            self._dpos = 0
+            self._snap = (0, None, b"")
+            self._reading = True  # the decoder (and its newlines) stays
             return text
+        dpos = self._dpos
+        if len(self._decoded) - dpos >= n:  # at hand: no read, nothing to undo
+            self._dpos = dpos + n
+            return self._decoded[dpos : dpos + n]
         parts: list[str] = []
         total = 0
-        while total < n:
-            avail = len(self._decoded) - self._dpos
-            if avail == 0:
-                if not await self._read_chunk():
-                    break
-                continue
-            take = min(avail, n - total)
-            parts.append(self._decoded[self._dpos : self._dpos + take])
-            self._dpos += take
-            total += take
+        saved = self._save()
+        try:
+            while total < n:
+                avail = len(self._decoded) - self._dpos
+                if avail == 0:
+                    if not await self._read_chunk():
+                        break
+                    continue
+                take = min(avail, n - total)
+                parts.append(self._decoded[self._dpos : self._dpos + take])
+                self._dpos += take
+                total += take
+        except BaseException:
+            self._undo(saved, parts)
+            raise
         return "".join(parts)
 
     async def readline(self, size: int | None = -1) -> str:
         """Read one line, with the newline rules of ``io.TextIOWrapper``."""
         limit = _size_arg(size)
         await self._prepare_read()
+        text, start = self._decoded, self._dpos
+        end = self._find_eol(text, start, "")
+        if end >= 0 and (limit < 0 or end - start <= limit):  # at hand: no read
+            self._dpos = end
+            return text[start:end]
         parts: list[str] = []
+        saved = self._save()
+        try:
+            return await self._readline(limit, parts)
+        except BaseException:
+            self._undo(saved, parts)
+            raise
+
+    async def _readline(self, limit: int, parts: list[str]) -> str:
+        """readline's work; *parts* holds the text taken so far (for _undo)."""
         total = 0
         while True:
             text, start = self._decoded, self._dpos
             prev = parts[-1][-1:] if parts else ""
             end = self._find_eol(text, start, prev)
+            if end == -2 and 0 <= limit <= total + len(text) - start:
+                end = -1  # the limit comes first
             if end == -2:  # "\r" at the very end: only EOF or the next char decides
                 parts.append(text[start:])
                 total += len(text) - start
@@ -892,16 +1179,21 @@ class AsyncTextFile:
     async def readlines(self, hint: int | None = -1) -> list[str]:
         """Read lines until end of file (or until *hint* characters)."""
         h = _size_arg(hint)
-        lines = []
+        lines: list[str] = []
         total = 0
-        while True:
-            line = await self.readline()
-            if not line:
-                break
-            lines.append(line)
-            total += len(line)
-            if 0 < h <= total:
-                break
+        saved = self._save()
+        try:
+            while True:
+                line = await self.readline()
+                if not line:
+                    break
+                lines.append(line)
+                total += len(line)
+                if 0 < h <= total:
+                    break
+        except BaseException:
+            self._undo(saved, lines)
+            raise
         return lines
 
     def __aiter__(self) -> AsyncIterator[str]:
@@ -927,7 +1219,7 @@ class AsyncTextFile:
         if not isinstance(s, str):
             raise TypeError(f"write() argument must be str, not {type(s).__name__}")
         self.buffer._check_writable()
-        if self._dpos < len(self._decoded) or self._decoder is not None:
+        if self._reading:
             # a read-ahead is pending: put the byte position where the text reader is
             if self.buffer._seekable:
                 pos = await self.tell()
@@ -967,7 +1259,7 @@ class AsyncTextFile:
         if not self.buffer._seekable:
             raise oserror(errno.ESPIPE)
         await self.buffer.flush()
-        if self._decoder is None:
+        if not self._reading or self._decoder is None:
             return self.buffer._tell()
         pos0, state0, chunk = self._snap
         if self._dpos >= len(self._decoded):
@@ -1013,7 +1305,7 @@ class AsyncTextFile:
         if cookie < 0:
             raise ValueError(f"negative seek position {cookie}")
         await self.buffer.flush()
-        self._reset_read()
+        self._reset_read(reset_decoder=cookie == 0)
         self._encoder = None
         pos = await self.buffer.seek(cookie)
         if cookie != 0:
@@ -1062,14 +1354,21 @@ class AsyncTextFile:
         await self.close()
 
     def __repr__(self) -> str:
-        return (
-            f"<xaio.AsyncTextFile name={self.name!r} mode={self.mode!r} encoding={self.encoding!r}>"
-        )
+        try:
+            name = f" name={self.name!r}"
+        except ValueError:
+            name = " detached"
+        return f"<xaio.AsyncTextFile{name} mode={self.mode!r} encoding={self.encoding!r}>"
 
 
 # ---------------------------------------------------------------------------------
 # open()
 # ---------------------------------------------------------------------------------
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def _round_up(n: int, a: int) -> int:
@@ -1205,11 +1504,23 @@ async def _open(
     closefd: bool,
     opener: Callable[[Any, int], int] | None,
     direct: bool,
-    engine: AsyncEngine | None,
+    engine: AsyncEngine | str | None,
 ) -> AsyncFile | AsyncTextFile:
     m, text_encoding, is_fd = _validate(file, mode, buffering, encoding, errors, newline, closefd)
-    flags = m.flags | (getattr(os, "O_DIRECT", 0) if direct else 0)
-    drv = engine.driver() if engine is not None else current_driver()
+    flags = m.flags
+    if direct:
+        # The partial blocks of an unaligned write are read, patched and written
+        # back: the fd must be readable (write-only modes open O_RDWR), and a
+        # write must go where the object puts it (O_APPEND is emulated).
+        flags |= os.O_DIRECT
+        if m.writable:
+            flags = flags & ~(os.O_APPEND | os.O_ACCMODE) | os.O_RDWR
+    if engine is None:
+        drv = current_driver()
+    elif isinstance(engine, str):
+        drv = named_driver(engine)
+    else:
+        drv = engine.driver()
     if is_fd:
         fd = file
         if direct and not fcntl_has_direct(fd):
@@ -1221,7 +1532,13 @@ async def _open(
         if not isinstance(fd, int) or fd < 0:
             raise ValueError(f"opener returned {fd}")
     else:
-        fd = await _open_fd(drv, file, flags)
+        try:
+            fd = await _open_fd(drv, file, flags)
+        except PermissionError:
+            if not direct or flags == m.flags | os.O_DIRECT:
+                raise
+            # not readable (or appendable) by us: as asked, without read-modify-write
+            fd = await _open_fd(drv, file, m.flags | os.O_DIRECT)
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
@@ -1304,7 +1621,7 @@ def open(
     opener: Callable[[Any, int], int] | None = None,
     *,
     direct: bool = False,
-    engine: AsyncEngine | None = None,
+    engine: AsyncEngine | str | None = None,
 ) -> OpenContext:
     """Open a file for async I/O: the builtin ``open``'s arguments, plus
     *direct* and *engine*.  ``f = await xaio.open(...)`` or ``async with
@@ -1318,22 +1635,40 @@ def open(
         encoding, errors, newline: as the builtin's (text mode only).
         closefd: close the fd when the file is closed (must be True for a path).
         opener: ``opener(file, flags) -> fd``, called synchronously.
-        direct: open with ``O_DIRECT``; unaligned requests still work (see
-            :class:`AsyncFile`).
-        engine: an :func:`xaio.open_engine` engine; default: the running
-            loop's default engine.
+        direct: open with ``O_DIRECT``; unaligned requests still work in
+            every mode (see :class:`AsyncFile`).  A read-modify-write needs
+            read access, so the file is opened ``O_RDWR`` even for ``"wb"``
+            (write-only again if that is refused: then an unaligned write
+            fails with ``EBADF``), and without ``O_APPEND``: append mode is
+            done by the object (every write goes to the end of the file as
+            it is then; not atomic against other appenders).
+        engine: an :func:`xaio.open_engine` engine, or the name of an engine
+            kind (``"uring"``, ``"linux"``, ``"thread"``): the running loop's
+            engine of that kind, made on first use and closed with the loop;
+            default: the running loop's default engine.
 
     Returns:
         An :class:`OpenContext` that gives an :class:`AsyncFile` (binary modes)
         or :class:`AsyncTextFile` (text modes).
 
     Raises:
-        ValueError, TypeError: invalid arguments (as the builtin's).
+        ValueError, TypeError: invalid arguments (as the builtin's; an
+            unknown engine name or an engine of the wrong type too).
         LookupError: unknown encoding.
         OSError: what opening reports (``FileNotFoundError``, ``IsADirectoryError``,
             ``EINVAL`` for ``O_DIRECT`` on a file system without it...).
     """
     _validate(file, mode, buffering, encoding, errors, newline, closefd)
+    if isinstance(engine, str):
+        if engine not in ENGINE_NAMES:
+            raise ValueError(
+                f"unknown engine {engine!r}: expected one of {', '.join(ENGINE_NAMES)}"
+            )
+    elif engine is not None and not isinstance(engine, AsyncEngine):
+        raise TypeError(
+            "engine must be an engine name or an xaio.open_engine() engine, "
+            f"not {type(engine).__name__!r}"
+        )
     return OpenContext(
         (file, mode, buffering, encoding, errors, newline, closefd, opener, direct, engine)
     )

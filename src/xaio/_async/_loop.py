@@ -363,6 +363,8 @@ class Driver:
         self._on_done = self._make_on_done()
         self._meta: Any = None  # xaio.os's io_uring Ring (_meta.MetaRing), made on demand
         self._meta_failed = False
+        #: drivers of other engine kinds on this loop (``named_driver``), closed with this one
+        self._named: dict[str, Driver] = {}
 
     # -- backend hooks -------------------------------------------------------------
 
@@ -922,6 +924,9 @@ class Driver:
                 op.complete(-errno.ECANCELED)
         try:
             self._close_meta()
+            named, self._named = self._named, {}
+            for drv in named.values():
+                drv.close()
         finally:
             if self.owns_engine:
                 self.engine.close()
@@ -1557,6 +1562,29 @@ def _current_trio_driver() -> TrioDriver:
         return drv
     if drv.closed:
         raise EngineClosedError("the trio run's xaio engine is closed (the run is ending)")
+    return drv
+
+
+def named_driver(name: str) -> Driver:
+    """The running loop's driver for an engine of kind *name* (``"uring"``,
+    ``"linux"``, ``"thread"``): the default driver when its engine is of that
+    kind, else one made on first use and closed with the default driver.
+
+    Raises:
+        ValueError: unknown engine name.
+        OSError: that engine does not work here.
+    """
+    base = current_driver()
+    if base.engine.name == name:
+        return base
+    drv = base._named.get(name)
+    if drv is None or drv.closed:
+        engine = create_engine(name)
+        if base.library == "trio":
+            drv = TrioDriver(engine)
+        else:
+            drv = AsyncioDriver(engine, asyncio.get_running_loop())
+        base._named[name] = drv
     return drv
 
 
