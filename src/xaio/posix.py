@@ -1147,77 +1147,13 @@ def _submit_one(cb: Any, opcode: OpCode) -> None:
     _enqueue([(cb, op, err)], None)
 
 
-#: Buffer types whose len() is their size in bytes (no memoryview needed to
-#: size them; a read-only mmap makes the read itself fail, and the normal
-#: path then reports it).
-_BYTE_SIZED: Final = frozenset((bytearray, mmap.mmap))
+_MMAP: Final = mmap.mmap
 
 
-def _read_inline(cb: aiocb, read_nowait: Callable[[int, Any, int, int], int | None]) -> bool:
-    """The page-cache fast path of aio_read: done at once, or False
-    (*read_nowait* is the engine's: every engine has one).
-
-    Taken for any writable, contiguous buffer (bytearray, mmap, memoryview,
-    array, ctypes...), with or without ``aio_nbytes``, for at most
-    ``INLINE_MAX`` bytes (a larger read is handed to the engine, so that
-    aio_read returns promptly and a later small read can finish first), and
-    only where it overtakes nothing: not on an fd whose lane is serial or
-    holds requests back (the engine's ``read_nowait`` refuses O_DIRECT,
-    O_APPEND and stream fds, and the thread engine its own held-back
-    work).  Anything unusual (wrong types, a read-only or too short buffer,
-    a bad sigevent) returns False or raises as the normal path would."""
-    if cb._state == _INPROGRESS:
-        return False
-    fd = cb.aio_fildes
-    off = cb.aio_offset
-    prio = cb.aio_reqprio
-    if type(fd) is not int or type(off) is not int or type(prio) is not int:
-        return False
-    if not (0 <= prio <= AIO_PRIO_DELTA_MAX and 0 <= off <= _INT64_MAX):
-        return False
-    if _lanes:
-        lane = _lanes.get(fd)
-        if lane is not None and (lane.serial or lane.held):
-            return False
-    buf = cb.aio_buf
-    nbytes = cb.aio_nbytes
-    if type(buf) in _BYTE_SIZED:
-        size = len(buf)
-    else:
-        try:
-            view = memoryview(buf)
-        except (TypeError, ValueError):  # not a buffer, or a released view
-            return False
-        if view.readonly or not view.c_contiguous:
-            return False
-        size = view.nbytes
-    if nbytes is None:
-        n = size
-    elif type(nbytes) is not int or not 0 < nbytes <= size:
-        return False
-    else:
-        n = nbytes
-        if n != size:
-            try:
-                buf = memoryview(buf).cast("B")[:n]
-            except TypeError:  # pragma: no cover - a shape cast() refuses
-                return False
-    if not 0 < n <= INLINE_MAX:
-        return False
-    sev = cb.aio_sigevent
-    notice = None if sev is None else _check_sigevent(sev)
-    if read_nowait(fd, buf, off, n) is None:
-        return False
-    cb._error = 0
-    cb._return = n
-    cb._op = None
-    cb._fd = fd
-    cb._group = None
-    cb._notice = None
-    cb._state = _DONE
-    if notice is not None:
-        _notify(notice)
-    return True
+def _lane_open(fd: int) -> bool:
+    """May a read on *fd* complete now, overtaking nothing in its lane?"""
+    lane = _lanes.get(fd)
+    return lane is None or not (lane.serial or lane.held)
 
 
 def aio_read(cb: aiocb) -> None:
@@ -1233,9 +1169,65 @@ def aio_read(cb: aiocb) -> None:
         TypeError: wrong field types, or a read-only buffer.
         ValueError: ``aio_nbytes`` larger than the buffer (or negative).
     """
+    # The page-cache fast path, inline (it is the hot path): the engine's
+    # read_nowait, for any writable contiguous buffer (bytearray, mmap,
+    # memoryview, array, ctypes...), with or without aio_nbytes, for at most
+    # INLINE_MAX bytes (a larger read goes to the engine, so that aio_read
+    # returns promptly and a later small read can finish first), and only
+    # where it overtakes nothing: not on an fd whose lane is serial or holds
+    # requests back (read_nowait itself refuses O_DIRECT, O_APPEND and
+    # stream fds, and the thread engine its own held-back work).  Anything
+    # unusual (wrong types, a read-only or too short buffer, a bad sigevent)
+    # takes the normal path, which reports it.
     read_nowait = _read_nowait
-    if read_nowait is not None and isinstance(cb, aiocb) and _read_inline(cb, read_nowait):
+    if read_nowait is None or not isinstance(cb, aiocb) or cb._state == _INPROGRESS:
+        _submit_one(cb, OpCode.READ)
         return
+    fd = cb.aio_fildes
+    off = cb.aio_offset
+    prio = cb.aio_reqprio
+    buf = cb.aio_buf
+    nbytes = cb.aio_nbytes
+    tb = type(buf)
+    if tb is bytearray or tb is _MMAP:  # len() is the size in bytes
+        size = len(buf)
+    else:
+        try:
+            view = memoryview(buf)
+        except (TypeError, ValueError):  # not a buffer, or a released view
+            size = 0
+        else:
+            size = 0 if view.readonly or not view.c_contiguous else view.nbytes
+    if nbytes is None:
+        n = size
+    elif type(nbytes) is int and 0 < nbytes <= size:
+        n = nbytes
+        if n != size:
+            buf = memoryview(buf).cast("B")[:n]
+    else:
+        n = 0
+    if (
+        0 < n <= INLINE_MAX
+        and type(fd) is int
+        and type(off) is int
+        and type(prio) is int
+        and 0 <= prio <= AIO_PRIO_DELTA_MAX
+        and 0 <= off <= _INT64_MAX
+        and (not _lanes or _lane_open(fd))
+    ):
+        sev = cb.aio_sigevent
+        notice = None if sev is None else _check_sigevent(sev)
+        if read_nowait(fd, buf, off, n) is not None:
+            cb._error = 0
+            cb._return = n
+            cb._op = None
+            cb._fd = fd
+            cb._group = None
+            cb._notice = None
+            cb._state = _DONE
+            if notice is not None:
+                _notify(notice)
+            return
     _submit_one(cb, OpCode.READ)
 
 
