@@ -19,7 +19,9 @@ Run::
 
 ``--no-inline`` turns off the RWF_NOWAIT page-cache fast path of the thread
 and uring engines, to measure the worker-thread and ring paths alone;
-``--no-uring`` drops the io_uring column.
+``--no-uring`` drops the io_uring column.  Where ``fio`` is installed, the
+O_DIRECT file ends with one fio libaio run at the same depth (its IOPS in
+the last column), to show whether the device or the CPU bounds the run.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ import os
 import platform
 import random
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +41,7 @@ from typing import Any
 
 import _glibc
 import xaio.posix as P
+from _common import fio_iops, have_fio, make_file
 from _glibc import glibc_aiocb
 from xaio.engine import probe
 
@@ -148,18 +150,6 @@ def run_glibc(lib: Any, fd: int, addrs: list[int], offsets: list[int], seconds: 
 # --- driver --------------------------------------------------------------------------
 
 
-def make_file(size: int, directory: str | None) -> Path:
-    fd, name = tempfile.mkstemp(prefix="xaio-bench-posix-", suffix=".dat", dir=directory)
-    chunk = os.urandom(1 << 20)
-    try:
-        for _ in range(size >> 20):
-            os.write(fd, chunk)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return Path(name)
-
-
 Row = tuple[str, list[float], list[float], list[float]]
 
 
@@ -229,6 +219,15 @@ def _median_ratio(a: list[float], b: list[float]) -> str:
     return f"{statistics.median(_ratios(a, b)):.2f}" if a and b else "n/a"
 
 
+def _fio(path: Path, args: argparse.Namespace, direct: bool) -> str:
+    """fio's IOPS on the same file and depth (libaio), or "n/a": shows whether
+    the device or the CPU bounds the run."""
+    if not have_fio():
+        return "n/a"
+    iops = fio_iops(path, engine="libaio", iodepth=args.depth, seconds=args.seconds, direct=direct)
+    return f"{iops:,.0f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
@@ -255,6 +254,7 @@ def main() -> None:
     if reason is not None:
         print(f"  io_uring unavailable, no uring column: {reason}")
     rows = []
+    fio: list[str] = ["n/a", "n/a"]  # cached (not run: libaio is synchronous there), O_DIRECT
     print(f"load average at the start: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     print(
         f"python {platform.python_version()}, {os.cpu_count()} cpus, "
@@ -310,19 +310,21 @@ def main() -> None:
                     )
                 finally:
                     os.close(fd)
+                fio[1] = _fio(path, args, direct=True)
         finally:
             path.unlink()
     print()
     print(
         "| file | xaio.posix thread ops/s | xaio.posix uring ops/s | glibc POSIX AIO ops/s "
-        "| thread / glibc | uring / glibc |"
+        "| thread / glibc | uring / glibc | fio libaio IOPS (same depth) |"
     )
-    print("|---|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for label, xs, us, gs in rows:
         u = "n/a" if not us else f"{statistics.median(us):,.0f}"
         print(
             f"| {label} | {statistics.median(xs):,.0f} | {u} | {statistics.median(gs):,.0f} "
-            f"| {_median_ratio(xs, gs)} | {_median_ratio(us, gs)} |"
+            f"| {_median_ratio(xs, gs)} | {_median_ratio(us, gs)} "
+            f"| {fio[label == 'O_DIRECT']} |"
         )
     print("(ops/s: medians of the rounds; ratios: medians of the per-round paired ratios)")
     print(f"load average at the end: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
