@@ -725,3 +725,44 @@ def test_stat_of_an_fd_that_is_not_open(
             await xaio.os.path.islink(0)
 
     run(lib, main)
+
+
+def test_sendfile_cancelled_while_waiting_sends_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XAIO_ENGINE", "thread")
+    src = tmp_path / "src"
+    src.write_bytes(b"D" * 100_000)
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    try:
+        queued = 0
+        while True:
+            try:
+                queued += a.send(b"x" * 65536)
+            except BlockingIOError:
+                break
+        fd = os.open(src, os.O_RDONLY)
+        try:
+
+            async def main() -> None:
+                with pytest.raises(asyncio.TimeoutError):
+                    await asyncio.wait_for(xaio.os.sendfile(a.fileno(), fd, None, 100_000), 0.05)
+
+            run("asyncio", main)
+            assert os.lseek(fd, 0, os.SEEK_CUR) == 0  # in_fd's position did not move
+        finally:
+            os.close(fd)
+        got = 0
+        while True:
+            try:
+                chunk = b.recv(1 << 20)
+            except BlockingIOError:
+                break
+            assert set(chunk) == {ord("x")}
+            got += len(chunk)
+        assert got == queued
+    finally:
+        a.close()
+        b.close()

@@ -263,14 +263,15 @@ class Copy:
         while True:
             path = os.path.join(head, f".{tail}.xaio-{os.urandom(4).hex()}")
             try:
-                self._dfd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+                fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
             except FileExistsError:
                 continue
             except OSError as e:
                 self._no_direct(e, self.dst)
                 raise CopyError(f"cannot create {self.dst}: {_why(e)}") from None
-            break
-        self.path, self._target, self._tmp = path, target, True
+            # ours from here on: close() removes it unless committed
+            self._dfd, self.path, self._target, self._tmp = fd, path, target, True
+            return
 
     def __exit__(self, *exc: object) -> None:
         self.close()
