@@ -782,14 +782,19 @@ def test_cp_eio_over_an_existing_file_keeps_it(tmp_path: Path, eio_source: Path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dst.bin", "sq", "sq.img", "tree"]
 
 
-def test_cp_full_disk_over_an_existing_file_keeps_it(tmp_path: Path, small_ext4: Path) -> None:
+@pytest.mark.parametrize("direct", [False, True], ids=["buffered", "direct"])
+def test_cp_full_disk_over_an_existing_file_keeps_it(
+    tmp_path: Path, small_ext4: Path, direct: bool
+) -> None:
+    if direct and not supports_direct(tmp_path):
+        pytest.skip(f"no O_DIRECT on the file system of {tmp_path}")
     src = tmp_path / "src.bin"
     make_src(src, 20 << 20)  # more than the whole file system
     dst = small_ext4 / "dst.bin"
     old = os.urandom(6 << 20)
     dst.write_bytes(old)
     before = sorted(p.name for p in small_ext4.iterdir())
-    line = one_line_error(xaio("cp", str(src), str(dst)))
+    line = one_line_error(xaio("cp", *(["--direct"] if direct else []), str(src), str(dst)))
     assert "No space left on device" in line and str(dst) in line, line
     assert dst.read_bytes() == old
     assert sorted(p.name for p in small_ext4.iterdir()) == before
