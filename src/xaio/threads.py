@@ -4,7 +4,9 @@ Some facts about running I/O on threads (and what glibc's POSIX AIO does)
 -------------------------------------------------------------------------
 
 - A worker thread runs the plain system call (``preadv``, ``pwritev``,
-  ``fsync``, ...).  ctypes and the :mod:`os` module release the GIL around it,
+  ``fsync``, ...; ``preadv2``/``pwritev2`` when the operation has ``RWF_*``
+  flags, so the kernel applies them or refuses them as it does for
+  ``os.preadv``/``os.pwritev``).  ctypes and the :mod:`os` module release the GIL around it,
   so slow I/O (O_DIRECT, a cold page cache, a network file system) overlaps
   across threads; page-cached I/O is bound by the GIL and by thread switches.
 - A running system call cannot be cancelled from another thread: the engine
@@ -130,21 +132,23 @@ def _run(op: Operation) -> int:
     fd = op.fd
     try:
         if code in _READS:
+            flags = op.flags  # RWF_*: preadv2, as os.preadv takes them
             if op.offset >= 0:
                 try:
-                    return os.preadv(fd, op.buffers, op.offset)
+                    return os.preadv(fd, op.buffers, op.offset, flags)
                 except OSError as e:
                     if e.errno != errno.ESPIPE:
                         raise
-            return os.readv(fd, op.buffers)
+            return os.preadv(fd, op.buffers, -1, flags) if flags else os.readv(fd, op.buffers)
         if code in _WRITES:
+            flags = op.flags
             if op.offset >= 0:
                 try:
-                    return os.pwritev(fd, op.buffers, op.offset)
+                    return os.pwritev(fd, op.buffers, op.offset, flags)
                 except OSError as e:
                     if e.errno != errno.ESPIPE:
                         raise
-            return os.writev(fd, op.buffers)
+            return os.pwritev(fd, op.buffers, -1, flags) if flags else os.writev(fd, op.buffers)
         if code is OpCode.FSYNC:
             os.fsync(fd)
             return 0

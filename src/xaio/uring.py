@@ -324,6 +324,40 @@ def unavailable_reason(*, _setup: SetupFunction | None = None) -> str | None:
     return reason
 
 
+_hipri_cache: list[bool] = []
+_RWF_HIPRI = 0x01  # include/uapi/linux/fs.h
+
+
+def hipri_accepted() -> bool:
+    """Whether ``preadv2(RWF_HIPRI)`` on a buffered regular file succeeds on
+    this kernel (probed once, on ``/proc/self/exe``, and cached).
+
+    ``RWF_HIPRI`` asks the kernel to poll for the completion instead of
+    sleeping on an interrupt; ``preadv2`` takes it on any file (a buffered
+    one just ignores it), but an io_uring that was not set up with
+    ``IORING_SETUP_IOPOLL`` refuses it with EINVAL.  Where the system call
+    accepts it, :class:`UringEngine` drops the flag from its reads and writes
+    on such rings, so a request gets the answer ``os.preadv`` gives.
+    """
+    if _hipri_cache:
+        return _hipri_cache[0]
+    ok = False
+    try:
+        fd = os.open("/proc/self/exe", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        pass
+    else:
+        try:
+            os.preadv(fd, [bytearray(1)], 0, _RWF_HIPRI)
+            ok = True
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    _hipri_cache.append(ok)
+    return ok
+
+
 # --- the Ring ------------------------------------------------------------------------
 
 
@@ -2029,7 +2063,9 @@ class UringEngine(Engine):
     Operation mapping: READ/WRITE take exactly one buffer, READV/WRITEV up to
     1024; ``offset=-1`` means the file position (stream fds ignore it);
     ``op.flags`` are the ``RWF_*`` flags of a read/write and the event mask of
-    a POLL; FSYNC/FDATASYNC/NOP use neither.
+    a POLL; FSYNC/FDATASYNC/NOP use neither.  ``RWF_HIPRI`` is dropped on a
+    ring without ``IORING_SETUP_IOPOLL`` where ``preadv2`` accepts it
+    (:func:`hipri_accepted`), so the request gets the system call's answer.
 
     Threads: ``submit`` and ``cancel`` may be called from any thread while one
     thread reaps; ``on_done`` callbacks run in the reaping thread, under the
@@ -2084,6 +2120,10 @@ class UringEngine(Engine):
             "eventfd_reads": 0,
         }
         self._nowait = NowaitReader()
+        #: what of op.flags a read/write SQE takes (see hipri_accepted)
+        self._rw_mask = _U32
+        if not setup_flags & abi.IORING_SETUP_IOPOLL and hipri_accepted():
+            self._rw_mask = _U32 & ~_RWF_HIPRI
         # registered buffers (register_buffers): (start, end, index), by start
         self._fixed_spans: list[tuple[int, int, int]] = []
         self._closed = False
@@ -2272,6 +2312,7 @@ class UringEngine(Engine):
         n_sq = ring._sq_n
         mask = ring._sq_mask
         fixed = self._fixed_spans
+        rw_mask = self._rw_mask
         nfixed = 0
         tail = ring._sqe_tail
         try:
@@ -2307,7 +2348,7 @@ class UringEngine(Engine):
                         op.offset & _U64,
                         p.address,
                         p.nbytes,
-                        op.flags & _U32,
+                        op.flags & rw_mask,
                         key,
                         index,
                         0,
@@ -2329,7 +2370,7 @@ class UringEngine(Engine):
                         op.offset & _U64,
                         ctypes.addressof(iovs),
                         len(op.pins),
-                        op.flags & _U32,
+                        op.flags & rw_mask,
                         key,
                         0,
                         0,
