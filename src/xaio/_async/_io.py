@@ -34,6 +34,11 @@ async def pread(fd: int, n: int, offset: int) -> bytes:
     """Read at most *n* bytes from *fd* at *offset*, without moving the file
     position (pread(2); mirrors ``os.pread``).
 
+    The buffer costs what the file holds, not *n*: for a large *n* it is
+    sized from the file (``fstat``) and grows while the file has more.  On an
+    O_DIRECT fd it is aligned for the device, so an aligned *offset* and *n*
+    read as they would into ``xaio.aligned_buffer``.
+
     Args:
         fd: an open file descriptor (a regular file or block device).
         n: the most bytes to read (>= 0).
@@ -44,9 +49,12 @@ async def pread(fd: int, n: int, offset: int) -> bytes:
 
     Raises:
         TypeError: a non-integer argument.
-        ValueError: negative *n*; a negative *offset* (an ``OSError`` with
-            ``EINVAL`` too, as ``os.pread`` raises).
-        OSError: what the kernel reports (``EBADF``, ``EISDIR``, ``ESPIPE``...).
+        ValueError: negative *n* or *offset* (an ``OSError`` with ``EINVAL``
+            too, as ``os.pread`` raises).
+        OSError: what the kernel reports: ``ESPIPE`` on a pipe, socket, tty
+            or eventfd (before anything is read), ``EBADF``, ``EISDIR``;
+            ``EINVAL`` on an O_DIRECT fd when *offset* or *n* break the
+            file's alignment (the message says which).
     """
     return await current_driver().pread(fd, n, offset)
 
@@ -63,7 +71,10 @@ async def preadinto(fd: int, buf: Any, offset: int) -> int:
     Raises:
         TypeError: *buf* is read-only or not bytes-like; bad argument types.
         ValueError: *buf* is not contiguous; negative *offset*.
-        OSError: what the kernel reports.
+        OSError: what the kernel reports (``ESPIPE`` on an fd without a
+            position; ``EINVAL`` on an O_DIRECT fd when *offset*, the length
+            or the address of *buf* break the file's alignment, with a
+            message saying what was needed).
     """
     return await current_driver().preadinto(fd, buf, offset)
 
@@ -77,7 +88,9 @@ async def pwrite(fd: int, data: Any, offset: int) -> int:
     Raises:
         TypeError: *data* is not bytes-like; bad argument types.
         ValueError: negative *offset*.
-        OSError: what the kernel reports (``EBADF`` for a read-only fd...).
+        OSError: what the kernel reports (``EBADF`` for a read-only fd,
+            ``ESPIPE`` for one without a position, ``EINVAL`` with the
+            alignment needed on an O_DIRECT fd...).
     """
     return await current_driver().pwrite(fd, data, offset)
 
@@ -87,7 +100,9 @@ async def preadv(fd: int, buffers: Sequence[Any], offset: int, flags: int = 0) -
     (preadv2(2); ``os.preadv``).
 
     Args:
-        flags: ``os.RWF_*`` flags (``RWF_HIPRI``, ``RWF_NOWAIT``).
+        flags: ``os.RWF_*`` flags (``RWF_HIPRI``, ``RWF_NOWAIT``): the kernel
+            applies them, or refuses them (``EOPNOTSUPP`` for an unknown
+            bit), as it does for ``os.preadv``, on every engine.
 
     Returns:
         Total bytes read.
@@ -102,7 +117,11 @@ async def pwritev(fd: int, buffers: Sequence[Any], offset: int, flags: int = 0) 
     """Write the buffers of *buffers* in turn, from *offset* (pwritev2(2); ``os.pwritev``).
 
     Args:
-        flags: ``os.RWF_*`` flags (``RWF_DSYNC``, ``RWF_SYNC``, ``RWF_APPEND``).
+        flags: ``os.RWF_*`` flags (``RWF_DSYNC``: durable when it returns,
+            ``RWF_SYNC``, ``RWF_APPEND``: at the end of the file whatever
+            *offset* says, ``RWF_NOWAIT``): the kernel applies them, or
+            refuses them (``EOPNOTSUPP`` for an unknown bit), as it does for
+            ``os.pwritev``, on every engine.
 
     Returns:
         Total bytes written.

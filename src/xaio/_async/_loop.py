@@ -99,6 +99,18 @@ for readiness in the event loop.  A cancelled wait has consumed nothing, so a
 cancelled read never loses data.  Regular files go to the engine, which never
 blocks the submitting thread (io_uring punts cold reads to its workers; the
 ``linux`` engine sends buffered files to threads).
+
+*The kernel's answer, on every engine.*  A positional call on an fd without
+a position (a pipe, socket, tty, eventfd) fails with ESPIPE before anything
+is submitted (:func:`check_positional`: io_uring would read the stream, the
+thread engine would fall back to ``read``).  ``RWF_*`` flags reach the kernel
+(``RWF_NOWAIT`` on a file not open with O_DIRECT is tried right here: it never
+waits, and io_uring would turn the kernel's EOPNOTSUPP into EAGAIN).  A zero
+length is the system call's own answer (EBADF on a write-only fd...).
+``pread`` of a huge *n* sizes its buffer from the file and grows it on demand,
+and on an O_DIRECT fd reads into an aligned buffer; an O_DIRECT request that
+breaks the file's alignment fails with EINVAL saying what was needed
+(:func:`dio_einval`).
 """
 
 from __future__ import annotations
@@ -108,7 +120,9 @@ import collections
 import errno
 import fcntl
 import os
+import stat
 import sys
+import termios
 import threading
 import time
 import weakref
@@ -116,7 +130,7 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any, ClassVar, TypeVar
 
 from xaio._inline import INLINE_MAX, NowaitReader
-from xaio._memory import PAGE_SIZE
+from xaio._memory import PAGE_SIZE, aligned_buffer, dio_alignment
 from xaio._ops import OpCode, Operation, OpState, decode_result
 from xaio._syscall import oserror
 from xaio.engine import Engine, EngineClosedError, create_engine
@@ -205,19 +219,37 @@ def check_fd(fd: Any) -> int:
     return int(fd)
 
 
+class NegativeFd(OSError, ValueError):
+    """A negative fd given to ``fsync``/``fdatasync``: a ValueError, as
+    ``os.fsync`` raises, and an ``OSError`` with ``EBADF``, as the other
+    coroutines (and ``os.pread``) raise for it."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__(errno.EBADF, f"file descriptor cannot be a negative integer ({fd})")
+
+
+def check_sync_fd(fd: Any) -> int:
+    """:func:`check_fd` for ``fsync``/``fdatasync`` (:class:`NegativeFd`
+    for a negative fd)."""
+    if type(fd) is int and fd < 0:
+        raise NegativeFd(fd)
+    return check_fd(fd)
+
+
 def check_count(n: Any, name: str = "n") -> int:
     """Return the byte count *n* as an int.
 
     Raises:
         TypeError: not an integer.
-        ValueError: negative.
+        InvalidArgument: negative (EINVAL, as ``os.pread``/``os.read`` raise;
+            also a ValueError).
     """
     if type(n) is not int:
         if isinstance(n, bool) or not isinstance(n, int):
             raise TypeError(f"{name} must be an int, not {type(n).__name__!r}")
         n = int(n)
     if n < 0:
-        raise ValueError(f"{name} must be >= 0, not {n}")
+        raise InvalidArgument(f"{name} must be >= 0, not {n}")
     return int(n)
 
 
@@ -321,6 +353,141 @@ def _is_stream(fd: int) -> bool:
             return True
         raise
     return False
+
+
+_POSITIONAL_TYPES = (stat.S_IFREG, stat.S_IFBLK, stat.S_IFDIR)
+_fstat = os.fstat
+
+
+def check_positional(fd: int) -> None:
+    """Raise what ``os.pread``/``os.pwrite`` raise on *fd* before any
+    transfer: ESPIPE for an fd without positional I/O, EBADF for one that is
+    not open.
+
+    The kernel decides it per open file (``FMODE_PREAD``/``FMODE_PWRITE``):
+    ``os.pread`` on a pipe, socket, FIFO, tty or eventfd fails with ESPIPE.
+    io_uring does not ask -- it reads a stream at its "current position" --
+    and the thread engine's workers fall back to ``read`` on ESPIPE (the POSIX
+    AIO rule), so the driver answers before anything is submitted, from the
+    fd's type: one ``fstat`` per request that goes to an engine (~1.4 us;
+    requests served from the page cache learn it from their own attempt).
+    Regular files, block devices and directories (whose reads then fail with
+    EISDIR, as ``os.pread``'s do) take positional I/O; character devices when
+    they can seek (``/dev/zero`` can, a tty cannot); FIFOs, sockets and
+    anonymous inodes (eventfd, timerfd, signalfd...) do not.  Nothing is
+    cached: fd numbers are reused as soon as they are closed.
+    """
+    try:
+        kind = stat.S_IFMT(_fstat(fd).st_mode)
+    except OSError as e:
+        raise oserror(e.errno or errno.EBADF) from None
+    if kind in _POSITIONAL_TYPES:
+        return
+    if kind == stat.S_IFCHR:
+        try:
+            _lseek(fd, 0, _SEEK_CUR)
+        except OSError as e:
+            if e.errno == errno.ESPIPE:
+                raise oserror(errno.ESPIPE) from None
+        return
+    raise oserror(errno.ESPIPE)
+
+
+_SEEK_CUR = os.SEEK_CUR
+_lseek = os.lseek
+
+
+def _is_direct(fd: int) -> bool:
+    """True if *fd* is open with O_DIRECT (False if the flags cannot be read)."""
+    try:
+        return bool(fcntl.fcntl(fd, fcntl.F_GETFL) & _O_DIRECT)
+    except OSError:
+        return False
+
+
+_O_DIRECT: int = getattr(os, "O_DIRECT", 0)
+#: Most bytes a stream read (``xaio.read``) takes at once beyond what is
+#: there already: the default ``pipe-max-size``; a single read(2) from a
+#: pipe never returns more than the pipe holds.
+_STREAM_CAP = 1 << 20
+
+
+def dio_einval(fd: int, offset: int, pins: Sequence[Any]) -> OSError | None:
+    """The EINVAL of an O_DIRECT transfer that breaks the alignment the
+    kernel reports for *fd* (``statx`` ``STATX_DIOALIGN``), as an ``OSError``
+    whose message says what was needed; None if *fd* is not O_DIRECT, the
+    alignment is unknown, or the request honours it (the EINVAL has another
+    cause).
+
+    Args:
+        fd: the file descriptor.
+        offset: the file offset of the transfer (< 0: the file position).
+        pins: the transfer's buffers (:class:`xaio._buffers.Pin`).
+    """
+    if not _is_direct(fd):
+        return None
+    try:
+        got = dio_alignment(fd)
+    except OSError:
+        return None
+    if got is None:
+        return None
+    mem, off = got
+    total = sum(p.nbytes for p in pins)
+    wrong: list[str] = []
+    if offset >= 0 and offset % off:
+        wrong.append(f"offset {offset} is not a multiple of {off}")
+    if total % off:
+        wrong.append(f"length {total} is not a multiple of {off}")
+    for p in pins:
+        if p.address % mem or p.nbytes % mem:
+            wrong.append(
+                f"a buffer at an address {p.address % mem} bytes past a multiple of {mem}"
+                f" (length {p.nbytes}; xaio.aligned_buffer makes aligned ones)"
+                if p.address % mem
+                else f"a buffer length {p.nbytes} is not a multiple of {mem}"
+            )
+            break
+    if not wrong:
+        return None
+    return OSError(
+        errno.EINVAL,
+        f"{os.strerror(errno.EINVAL)}: O_DIRECT on fd {fd} needs file offsets and lengths"
+        f" that are multiples of {off} and buffer addresses aligned to {mem} bytes: "
+        + "; ".join(wrong),
+    )
+
+
+def _readable_now(fd: int) -> int:
+    """Bytes *fd* has to read now (``FIONREAD``: what a pipe or socket holds,
+    what a regular file holds past its position); 0 if it cannot say."""
+    try:
+        got = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
+    except OSError:
+        return 0
+    return max(int.from_bytes(got, sys.byteorder, signed=True), 0)
+
+
+def _first_read_size(fd: int, n: int, offset: int, direct: bool) -> int:
+    """The buffer for a ``pread`` of *n* (> ``INLINE_MAX``) bytes at
+    *offset*: what a regular file holds from there (``fstat``) plus one byte,
+    so a read that comes back short has found the end; ``INLINE_MAX`` for
+    other files (devices), the reader grows it while reads fill it.  On an
+    O_DIRECT fd it is rounded up to the file's offset alignment, keeping
+    *n*'s remainder (the kernel then judges the length as it would *n*)."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return min(n, _INLINE_MAX)
+    want = max(st.st_size - offset, 0) + 1 if stat.S_ISREG(st.st_mode) else _INLINE_MAX
+    if direct:
+        try:
+            got = dio_alignment(fd)
+        except OSError:
+            got = None
+        align = got[1] if got else PAGE_SIZE
+        want = -(-want // align) * align + n % align
+    return min(n, want)
 
 
 # ---------------------------------------------------------------------------------
@@ -573,17 +740,27 @@ class Driver:
                 self._cold[fd] = cold - 1
         return got
 
-    def _positional(self, fd: int) -> None:
-        """Positional I/O on a stream fd: ESPIPE, as os.pread says (checked for
-        the thread-based engines, where such a read would park a worker thread
-        in a blocking syscall; io_uring reads a stream asynchronously)."""
-        if not self._uring and _is_stream(fd):
-            raise oserror(errno.ESPIPE)
+    async def _transfer(self, op: Operation) -> int:
+        """:meth:`_run` for a read or write, whose EINVAL says what alignment
+        was needed when the fd is O_DIRECT and the request breaks it
+        (:func:`dio_einval`)."""
+        try:
+            return await self._run(op)
+        except OSError as e:
+            if e.errno == errno.EINVAL:
+                better = dio_einval(op.fd, op.offset, op.pins)
+                if better is not None:
+                    raise better from None
+            raise
 
     # -- the os-like coroutines ---------------------------------------------------------
 
     async def pread(self, fd: int, n: int, offset: int) -> bytes:
         """Read at most *n* bytes at *offset* (pread(2), ``os.pread``).
+
+        The buffer is sized from the file (``fstat``) when *n* is large, and
+        grows while the file has more, so a huge *n* costs what the file
+        holds; on an O_DIRECT fd it is aligned for the device.
 
         Returns:
             The bytes read (shorter at end of file; empty at or past it).
@@ -607,41 +784,69 @@ class Driver:
             buf = bytearray(n)
             try:
                 got = _preadv(fd, (buf,), offset, _RWF_NOWAIT)
-            except OSError:
+            except BlockingIOError:
                 got = -1
+            except OSError as e:
+                if e.errno == errno.ESPIPE:
+                    raise
+                got = -2  # the engine reports it (or the fs lacks RWF_NOWAIT)
             if got == n:
                 self._streak += 1
                 return bytes(buf)
             self._missed(fd)
-            return await self._pread(fd, n, offset, buf)
-        return await self._pread(fd, check_count(n), offset, None)
+            # (the attempt passed the kernel's ESPIPE check unless it failed)
+            return await self._pread(fd, n, offset, buf, got != -2)
+        return await self._pread(fd, check_count(n), offset, None, False)
 
-    async def _pread(self, fd: int, n: int, offset: int, buf: bytearray | None) -> bytes:
+    async def _pread(
+        self, fd: int, n: int, offset: int, buf: bytearray | None, positional: bool
+    ) -> bytes:
         fd = check_fd(fd)
         offset = check_offset(offset)
         if n == 0:
-            return b""
-        if buf is None:
-            n = min(n, MAX_RW_COUNT)
-            buf = bytearray(n)
-            if not self._uring:
-                self._positional(fd)
-            # (only reads that may be served inline pass a checkpoint here: an
-            # engine-bound one has its own in _run, and a second one would let
-            # trio run the other woken tasks in between, see Driver._wakeups)
-            if fd in self._cold or self._inline_ok(fd):
-                await self._fair()
-                if self._try_inline_read(fd, (buf,), offset, n) is not None:
-                    return bytes(buf)
-        else:
-            if not self._uring:
-                self._positional(fd)
+            return os.pread(fd, 0, offset)  # the kernel's answer; nothing to wait for
+        if not positional:
+            check_positional(fd)
+        if buf is not None:
             if fd in self._cold and self._try_inline_read(fd, (buf,), offset, n) is not None:
                 return bytes(buf)
-        res = await self._run(Operation(_READ, fd, (buf,), offset))
-        if res == n:
-            return bytes(buf)
-        return bytes(memoryview(buf)[:res])
+            return await self._pread_engine(fd, n, offset, buf, False)
+        n = min(n, MAX_RW_COUNT)
+        direct = _is_direct(fd)
+        size = n if n <= _INLINE_MAX else _first_read_size(fd, n, offset, direct)
+        if direct:
+            return await self._pread_engine(fd, n, offset, aligned_buffer(size), True)
+        buf = bytearray(size)
+        # (only reads that may be served inline pass a checkpoint here: an
+        # engine-bound one has its own in _run, and a second one would let
+        # trio run the other woken tasks in between, see Driver._wakeups)
+        if size == n and (fd in self._cold or self._inline_ok(fd)):
+            await self._fair()
+            if self._try_inline_read(fd, (buf,), offset, n) is not None:
+                return bytes(buf)
+        return await self._pread_engine(fd, n, offset, buf, False)
+
+    async def _pread_engine(
+        self, fd: int, n: int, offset: int, buf: bytearray | memoryview, direct: bool
+    ) -> bytes:
+        """Read into *buf* through the engine; while a read fills it and fewer
+        than *n* bytes were asked for, read on into a fresh buffer of twice
+        the bytes read so far (aligned if *direct*)."""
+        res = await self._transfer(Operation(_READ, fd, (buf,), offset))
+        size = len(buf)
+        if res < size or size >= n:
+            return bytes(buf) if res == size else bytes(memoryview(buf)[:res])
+        parts = [bytes(buf)]
+        total = res
+        while total < n:
+            size = min(n - total, max(total, _INLINE_MAX))
+            more: bytearray | memoryview = aligned_buffer(size) if direct else bytearray(size)
+            res = await self._transfer(Operation(_READ, fd, (more,), offset + total))
+            parts.append(bytes(more) if res == size else bytes(memoryview(more)[:res]))
+            total += res
+            if res < size:
+                break
+        return b"".join(parts)
 
     async def preadinto(self, fd: int, buf: Any, offset: int) -> int:
         """Read into the writable buffer *buf* at *offset* (``os.preadv`` with one buffer).
@@ -666,6 +871,7 @@ class Driver:
         # (asked once per call: O_DIRECT fds skip it cheaply, with no syscall
         # before the buffer has been checked).
         inline_ok: bool | None = None
+        positional = False  # the kernel's ESPIPE check passed (an attempt was made)
         if (
             self._inline
             and self._streak < _STREAK
@@ -677,7 +883,15 @@ class Driver:
                 if n:
                     try:
                         got = _preadv(fd, (buf,), offset, _RWF_NOWAIT)
-                    except (OSError, TypeError, ValueError, BufferError):
+                        positional = True
+                    except BlockingIOError:
+                        got = -1
+                        positional = True
+                    except OSError as e:
+                        if e.errno == errno.ESPIPE:
+                            raise
+                        got = -1
+                    except (TypeError, ValueError, BufferError):
                         got = -1
                     if got == n:
                         self._streak += 1
@@ -687,10 +901,10 @@ class Driver:
         n = op.pins[0].nbytes
         if n == 0:
             op.complete(0)
-            return 0
+            return os.preadv(fd, (buf,), offset)  # the kernel's answer (ESPIPE, EBADF...)
         try:
-            if not self._uring:
-                self._positional(fd)
+            if not positional:
+                check_positional(fd)
             # (O_DIRECT fds go straight to the engine, see _pread)
             if fd in self._cold or (self._inline_ok(fd) if inline_ok is None else inline_ok):
                 await self._fair()
@@ -701,7 +915,7 @@ class Driver:
         except BaseException:
             _abandon(op)
             raise
-        return await self._run(op)
+        return await self._transfer(op)
 
     async def pwrite(self, fd: int, data: Any, offset: int) -> int:
         """Write the bytes-like *data* at *offset* (pwrite(2), ``os.pwrite``).
@@ -716,19 +930,21 @@ class Driver:
         fd = check_fd(fd)
         offset = check_offset(offset)
         op = Operation(_WRITE, fd, (data,), offset)
-        if not self._uring:
-            try:
-                self._positional(fd)
-            except BaseException:
-                op.complete(-errno.ESPIPE)
-                raise
-        return await self._run(op)
+        try:
+            check_positional(fd)
+        except BaseException:
+            _abandon(op)
+            raise
+        return await self._transfer(op)
 
     async def preadv(self, fd: int, buffers: Sequence[Any], offset: int, flags: int = 0) -> int:
         """Read into a sequence of writable buffers at *offset* (preadv2(2), ``os.preadv``).
 
         Args:
-            flags: ``os.RWF_*`` flags (``RWF_HIPRI``, ``RWF_NOWAIT``).
+            flags: ``os.RWF_*`` flags (``RWF_HIPRI``, ``RWF_NOWAIT``); the
+                kernel applies or refuses them as for ``os.preadv``.  A
+                ``RWF_NOWAIT`` read of a file not open with O_DIRECT is done
+                in the calling thread (it never waits).
 
         Returns:
             Total bytes read.
@@ -739,10 +955,13 @@ class Driver:
         bufs = check_buffers(buffers)
         op = Operation(_READV, fd, bufs, offset, flags)
         n = op.nbytes
+        if flags & _RWF_NOWAIT and not _is_direct(fd):
+            op.complete(0)
+            await self._fair()
+            return os.preadv(fd, bufs, offset, flags)
         inline = bool(not flags and n and (fd in self._cold or self._inline_ok(fd)))
         try:
-            if not self._uring:
-                self._positional(fd)
+            check_positional(fd)
             if inline:  # (see _pread)
                 await self._fair()
         except BaseException:
@@ -751,13 +970,16 @@ class Driver:
         if inline and self._try_inline_read(fd, bufs, offset, n) is not None:
             op.complete(n)
             return n
-        return await self._run(op)
+        return await self._transfer(op)
 
     async def pwritev(self, fd: int, buffers: Sequence[Any], offset: int, flags: int = 0) -> int:
         """Write a sequence of buffers at *offset* (pwritev2(2), ``os.pwritev``).
 
         Args:
-            flags: ``os.RWF_*`` flags (``RWF_DSYNC``, ``RWF_SYNC``, ``RWF_APPEND``...).
+            flags: ``os.RWF_*`` flags (``RWF_DSYNC``, ``RWF_SYNC``,
+                ``RWF_APPEND``...); the kernel applies or refuses them as for
+                ``os.pwritev``.  A ``RWF_NOWAIT`` write to a file not open
+                with O_DIRECT is done in the calling thread (it never waits).
 
         Returns:
             Total bytes written.
@@ -767,22 +989,25 @@ class Driver:
         flags = check_flags(flags)
         bufs = check_buffers(buffers)
         op = Operation(_WRITEV, fd, bufs, offset, flags)
-        if not self._uring:
-            try:
-                self._positional(fd)
-            except BaseException:
-                op.complete(-errno.ESPIPE)
-                raise
-        return await self._run(op)
+        if flags & _RWF_NOWAIT and not _is_direct(fd):
+            op.complete(0)
+            await self._fair()
+            return os.pwritev(fd, bufs, offset, flags)
+        try:
+            check_positional(fd)
+        except BaseException:
+            _abandon(op)
+            raise
+        return await self._transfer(op)
 
     async def fsync(self, fd: int) -> None:
         """Flush *fd*'s data and metadata to storage (fsync(2), ``os.fsync``)."""
-        fd = check_fd(fd)
+        fd = check_sync_fd(fd)
         await self._run(Operation(OpCode.FSYNC, fd))
 
     async def fdatasync(self, fd: int) -> None:
         """Flush *fd*'s data to storage (fdatasync(2), ``os.fdatasync``)."""
-        fd = check_fd(fd)
+        fd = check_sync_fd(fd)
         await self._run(Operation(OpCode.FDATASYNC, fd))
 
     async def _file_rw(self, opcode: OpCode, fd: int, buf: Any) -> int:
@@ -809,7 +1034,7 @@ class Driver:
                 raise ValueError("buffer must be C-contiguous")
             n = mv.nbytes
         if n == 0:
-            return 0
+            return os.readv(fd, (buf,))  # the kernel's answer (EBADF...); it never waits
         bufs = (buf,)
         nowait = _RWF_NOWAIT
         await self._fair()  # a cancellation here consumes nothing
@@ -841,13 +1066,18 @@ class Driver:
     async def read(self, fd: int, n: int) -> bytes:
         """Read at most *n* bytes from a stream fd (read(2), ``os.read``).
 
-        See :meth:`readinto`.  Returns b"" at end of file.
+        See :meth:`readinto`.  Returns b"" at end of file.  The buffer holds
+        what the fd has to read now (``FIONREAD``), at least 1 MiB, at most
+        *n*: like any read(2), it may return less than *n*.
         """
         fd = check_fd(fd)
         n = check_count(n)
         if n == 0:
-            return b""
-        buf = bytearray(min(n, MAX_RW_COUNT))
+            return os.read(fd, 0)  # the kernel's answer (EBADF...); it never waits
+        size = min(n, MAX_RW_COUNT)
+        if size > _STREAM_CAP:
+            size = min(size, max(_readable_now(fd), _STREAM_CAP))
+        buf = bytearray(size)
         got = await self.readinto(fd, buf)
         del buf[got:]
         return bytes(buf)
