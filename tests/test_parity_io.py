@@ -565,3 +565,17 @@ def test_random_pread_pwrite(env: Env, twins: Callable[..., Twins], offset: int,
     assert aoutcome(env, lambda: env.eng.pread(t.fds[1], n, offset)) == outcome(
         lambda: os.pread(t.fds[0], n, offset)
     )
+
+
+@pytest.mark.parametrize("flag", list(RWF_FLAGS))
+def test_zero_length_vectored(env: Env, twins: Callable[..., Twins], flag: str) -> None:
+    """A vectored call of no bytes is the system call's answer (which checks
+    no flag then)."""
+    t = twins()
+    f = RWF_FLAGS[flag]
+    same_write(
+        env, t, lambda fd: os.pwritev(fd, [b""], 0, f), lambda fd: env.eng.pwritev(fd, [b""], 0, f)
+    )
+    assert aoutcome(env, env.eng.preadv, t.fds[1], [bytearray()], 0, f) == outcome(
+        os.preadv, t.fds[0], [bytearray()], 0, f
+    )

@@ -106,7 +106,8 @@ is submitted (:func:`check_positional`: io_uring would read the stream, the
 thread engine would fall back to ``read``).  ``RWF_*`` flags reach the kernel
 (``RWF_NOWAIT`` on a file not open with O_DIRECT is tried right here: it never
 waits, and io_uring would turn the kernel's EOPNOTSUPP into EAGAIN).  A zero
-length is the system call's own answer (EBADF on a write-only fd...).
+length is the system call's own answer (EBADF on a write-only fd; a vectored
+call checks no flag then, io_uring does).
 ``pread`` of a huge *n* sizes its buffer from the file and grows it on demand,
 and on an O_DIRECT fd reads into an aligned buffer; an O_DIRECT request that
 breaks the file's alignment fails with EINVAL saying what was needed
@@ -955,6 +956,9 @@ class Driver:
         bufs = check_buffers(buffers)
         op = Operation(_READV, fd, bufs, offset, flags)
         n = op.nbytes
+        if n == 0:  # the system call's answer: preadv2 checks no flag then
+            op.complete(0)
+            return os.preadv(fd, bufs, offset, flags)
         if flags & _RWF_NOWAIT and not _is_direct(fd):
             op.complete(0)
             await self._fair()
@@ -989,6 +993,9 @@ class Driver:
         flags = check_flags(flags)
         bufs = check_buffers(buffers)
         op = Operation(_WRITEV, fd, bufs, offset, flags)
+        if not op.nbytes:  # the system call's answer: pwritev2 checks no flag then
+            op.complete(0)
+            return os.pwritev(fd, bufs, offset, flags)
         if flags & _RWF_NOWAIT and not _is_direct(fd):
             op.complete(0)
             await self._fair()
