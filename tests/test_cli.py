@@ -843,3 +843,27 @@ def test_verify_read_error_names_the_file(tmp_path: Path, eio_source: Path) -> N
     with pytest.raises(_cp.CopyError) as ei:
         _cp.verify(str(eio_source), str(copy))
     assert str(ei.value) == f"verify: {eio_source}: Input/output error"
+
+
+def test_fio_latency_is_completion_latency_within_min_max() -> None:
+    # fio's percentiles are histogram bucket bounds (here below the exact
+    # minimum), and its lat_ns adds the submission time to clat_ns.
+    from xaio._bench import _fio_result
+
+    side = {
+        "total_ios": 100,
+        "io_bytes": 409600,
+        "clat_ns": {
+            "min": 4727,
+            "max": 90000,
+            "mean": 6000.0,
+            "percentile": {"50.000000": 3984, "99.000000": 20000, "99.900000": 95000},
+        },
+        "lat_ns": {"min": 9000, "max": 99000, "mean": 11000.0},
+    }
+    job = {"job_runtime": 300, "elapsed": 1, "read": side, "write": {"total_ios": 0}}
+    lat = _fio_result(job, "libaio", "sync", 1).lat_read
+    assert lat is not None
+    check_latency(lat.to_json())
+    assert (lat.min, lat.p50, lat.p99, lat.p999, lat.max) == (4727, 4727, 20000, 90000, 90000)
+    assert lat.mean == 6000.0

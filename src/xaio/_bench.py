@@ -1102,17 +1102,21 @@ def _fio_result(j: dict[str, Any], ioengine: str, api: str, numjobs: int) -> Res
         ops = int(d.get("total_ios", 0))
         lat = None
         if ops:
+            # Completion latency throughout, as xaio's own rows: fio's lat_ns
+            # adds the submission time.  fio's percentiles are the bounds of
+            # its histogram buckets, so they are kept inside [min, max].
             clat = d.get("clat_ns", {})
             pct = clat.get("percentile", {})
-            total = d.get("lat_ns", clat)
+            lo, hi = int(clat.get("min", 0)), int(clat.get("max", 0))
+
             lat = LatencyStats(
                 count=ops,
-                min=int(total.get("min", 0)),
-                mean=float(total.get("mean", 0.0)),
-                p50=int(pct.get("50.000000", 0)),
-                p99=int(pct.get("99.000000", 0)),
-                p999=int(pct.get("99.900000", 0)),
-                max=int(total.get("max", 0)),
+                min=lo,
+                mean=float(clat.get("mean", 0.0)),
+                p50=min(max(int(pct.get("50.000000", lo)), lo), hi),
+                p99=min(max(int(pct.get("99.000000", lo)), lo), hi),
+                p999=min(max(int(pct.get("99.900000", lo)), lo), hi),
+                max=hi,
             )
         if side == "read":
             res.reads, res.bytes_read, res.lat_read = ops, int(d.get("io_bytes", 0)), lat
