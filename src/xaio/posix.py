@@ -1426,7 +1426,7 @@ def _cancel_submitted(cb: aiocb, op: Operation, eng: Engine) -> CancelOutcome:
             cb._keep = True
             return CancelOutcome.RUNNING
         cb._cancelling = True
-    outcome = CancelOutcome.RUNNING
+    outcome = CancelOutcome.RUNNING  # what an exception out of cancel leaves
     try:
         outcome = eng.cancel(op)
     finally:
@@ -1435,12 +1435,12 @@ def _cancel_submitted(cb: aiocb, op: Operation, eng: Engine) -> CancelOutcome:
             parked, cb._parked = cb._parked, None
             if outcome is CancelOutcome.RUNNING:
                 cb._keep = True
-    if parked is not None:
-        if outcome is CancelOutcome.RUNNING and _carry_on(cb, op, op.buffers, 0):
-            return outcome
+        if parked is not None and outcome is CancelOutcome.RUNNING:
+            if not _carry_on(cb, op, op.buffers, 0):
+                _finish(cb, parked)
+            parked = None
+    if parked is not None:  # CANCELED or DONE, and its completion is here
         _finish(cb, parked)
-        if outcome is CancelOutcome.RUNNING:  # pragma: no cover - engine closed meanwhile
-            return CancelOutcome.DONE
         return CancelOutcome.CANCELED if parked == -errno.ECANCELED else CancelOutcome.DONE
     if outcome is CancelOutcome.RUNNING:
         return outcome
