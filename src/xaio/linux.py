@@ -1403,6 +1403,8 @@ _E_POLL, _E_NOP = OpCode.POLL, OpCode.NOP
 _E_SUBMITTED = OpState.SUBMITTED
 _E_CANCEL_REQUESTED = OpState.CANCEL_REQUESTED
 _E_DONE = OpState.DONE
+#: Requests that wait in the backlog on a reference to their file (a dup).
+_E_HELD = frozenset({OpCode.WRITE, OpCode.WRITEV, OpCode.FSYNC, OpCode.FDATASYNC})
 
 
 class LinuxAioEngine(Engine):
@@ -1416,6 +1418,12 @@ class LinuxAioEngine(Engine):
     Only give it what Linux AIO does asynchronously: O_DIRECT regular files
     and polls.  Anything else makes ``io_submit`` do the I/O itself and block;
     :func:`xaio.engine.create_engine` routes such requests to threads.
+
+    ``io_submit`` takes a reference to each request's file, so a submitted
+    request is safe from its fd being closed and the number reused.  A write
+    or sync that ``submit`` leaves in the backlog (beyond *capacity*) holds
+    one of its own until it completes (an ``os.dup``; EBADF if the fd was not
+    open), and is submitted on that.
     """
 
     name = "linux"
@@ -1448,6 +1456,8 @@ class LinuxAioEngine(Engine):
         #: taken by the kernel, or refused: unknowable after a Ctrl-C (_settle)
         self._maybe: set[Operation] = set()
         self._lock = threading.RLock()
+        #: backlog op -> a dup of its fd (-1: not open at submit): writes, syncs
+        self._held: dict[Operation, int] = {}
         self._closed = False
         self._generation = _fork_generation[0]
         self._stats = {"submitted": 0, "completed": 0, "syscalls_submit": 0, "cancelled": 0}
@@ -1487,7 +1497,28 @@ class LinuxAioEngine(Engine):
                 else:
                     backlog.append(op)
             self._flush()
+            if backlog:
+                self._hold_backlog(ops)
         return len(ops)
+
+    def _hold_backlog(self, ops: Sequence[Operation]) -> None:
+        """Take a reference to the file of each write and sync of *ops* left
+        in the backlog (lock held): it is filled in later, by number."""
+        held = self._held
+        backlog = self._backlog
+        for op in ops:
+            if op.opcode in _E_HELD and op.state is OpState.QUEUED and op in backlog:
+                try:
+                    held[op] = os.dup(op.fd)
+                except OSError as e:
+                    if e.errno == errno.EBADF:
+                        held[op] = -1
+                    # EMFILE...: it is filled in by number
+
+    def _unhold(self, op: Operation) -> None:
+        fd = self._held.pop(op, -1)
+        if fd >= 0:
+            os.close(fd)
 
     def owns(self, op: Operation) -> bool:
         """True if *op* was given to this engine and has not been delivered."""
@@ -1532,12 +1563,15 @@ class LinuxAioEngine(Engine):
             key = free[-1] if free else inflight._next
             try:
                 self._fill(key, op)
-            except Exception:
+            except Exception as e:
                 # taken by submit, so it ends as a completion: a field changed
-                # to garbage since submit (check_batch vetted it), or no memory
+                # to garbage since submit (check_batch vetted it), no memory,
+                # or an fd that was not open at submit
                 del backlog[0]
                 op.state = _E_SUBMITTED
-                self._post(op, -errno.EINVAL)
+                self._post(
+                    op, -errno.EBADF if getattr(e, "errno", 0) == errno.EBADF else -errno.EINVAL
+                )
                 continue
             # taken, with no call in between (see above)
             del backlog[0]
@@ -1602,6 +1636,11 @@ class LinuxAioEngine(Engine):
 
     def _fill(self, key: int, op: Operation) -> None:
         code = op.opcode
+        fd = op.fd
+        if self._held:
+            fd = self._held.get(op, fd)
+            if fd < 0:
+                raise OSError(errno.EBADF, "not open when it was submitted")
         opcode = _IOCB_CMD[code]
         if opcode is None:
             raise ValueError(f"the linux engine cannot run {code.name}")
@@ -1627,7 +1666,7 @@ class LinuxAioEngine(Engine):
             rw_flags,
             opcode,
             0,
-            op.fd & _U32,
+            fd & _U32,
             address,
             nbytes,
             offset,
@@ -1734,8 +1773,12 @@ class LinuxAioEngine(Engine):
                 items = batch  # no call between the two stores: taken together
                 if rest or (max_n > 0 and nevents == want):  # some may wait still
                     os.eventfd_write(self._efd, 1)
+            held = self._held
             for op, res in items:
                 i += 1
+                if held and op in held:
+                    with self._lock:
+                        self._unhold(op)
                 op.complete(res)
         except BaseException:
             # an on_done raised, or Ctrl-C (maybe as the last one began): what
@@ -1804,6 +1847,7 @@ class LinuxAioEngine(Engine):
             self._closed = True
         if _fork_generation[0] != self._generation:  # a forked child: not ours
             os.close(self._efd)
+            self._drop_held()  # this process's copies of the references
             return
         for op in list(self._inflight):
             if op.opcode == OpCode.POLL and op.state is OpState.SUBMITTED:
@@ -1831,6 +1875,13 @@ class LinuxAioEngine(Engine):
             op.complete(-errno.ECANCELED)
         self._inflight = InFlight()
         self._maybe.clear()
+        self._drop_held()
+
+    def _drop_held(self) -> None:
+        held, self._held = self._held, {}
+        for fd in held.values():
+            if fd >= 0:
+                os.close(fd)
 
     def statistics(self) -> dict[str, Any]:
         return {

@@ -45,6 +45,15 @@ Some facts about running I/O on threads (and what glibc's POSIX AIO does)
 - ``os.preadv`` with a non-negative offset on a pipe or socket fails with
   ESPIPE; glibc then falls back to ``read``, and so do we (the offset of a
   POSIX request on a stream is ignored).
+- A worker runs a request later, by fd *number*: if the caller closes the
+  fd meanwhile and the number is reused, a queued write would land in
+  another file.  So :meth:`ThreadEngine.submit` takes a reference to the
+  open file of every write and sync (an ``os.dup``, ~0.5 us, released when
+  the request has run or was cancelled) and the worker runs it on that; a
+  write or sync on an fd that is not open at submit fails with EBADF, as it
+  would have then.  Reads are not held (the hot path stays one system call):
+  a read queued on a number that is closed and reused reads the other file
+  into the caller's buffer.  Out of fds (EMFILE), the request runs by number.
 """
 
 from __future__ import annotations
@@ -73,6 +82,8 @@ _READS = (OpCode.READ, OpCode.READV)
 _READ = OpCode.READ
 _WRITES = (OpCode.WRITE, OpCode.WRITEV)
 _SYNCS = (OpCode.FSYNC, OpCode.FDATASYNC)
+#: Requests that run on a reference to the file taken at submit (see the essay).
+_HELD = frozenset({OpCode.WRITE, OpCode.WRITEV, OpCode.FSYNC, OpCode.FDATASYNC})
 _DONE = OpState.DONE
 _ALL_SIGNALS = signal.valid_signals()
 
@@ -126,10 +137,10 @@ class _Lane:
         self.held: deque[Operation] = deque()
 
 
-def _run(op: Operation) -> int:
-    """Run *op* in this thread; return its result (bytes, or -errno)."""
+def _run(op: Operation, fd: int) -> int:
+    """Run *op* in this thread on *fd* (``op.fd``, or the engine's reference
+    to its file); return its result (bytes, or -errno)."""
     code = op.opcode
-    fd = op.fd
     try:
         if code in _READS:
             flags = op.flags  # RWF_*: preadv2, as os.preadv takes them
@@ -220,6 +231,8 @@ class ThreadEngine(Engine):
         self._cancelled = 0
         self._spawned = 0
         self._nowait = NowaitReader()
+        #: op -> a dup of its fd (-1: not open at submit), for writes and syncs
+        self._held: dict[Operation, int] = {}
         self._efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._closed = False
 
@@ -257,6 +270,39 @@ class ThreadEngine(Engine):
 
     def _submit_checked(self, ops: Sequence[Operation]) -> int:
         """:meth:`submit` of a batch that passed ``check_batch`` (RoutedEngine)."""
+        held = self._hold_files(ops)
+        try:
+            return self._take(ops)
+        except BaseException:
+            if held:  # what the engine did not take gives its reference back
+                self._unhold([op for op in ops if not self.owns(op)])
+            raise
+
+    def _hold_files(self, ops: Sequence[Operation]) -> bool:
+        """Take a reference to the file of each write and sync of *ops* (see
+        the module essay); True if any was taken."""
+        held = self._held
+        any_held = False
+        for op in ops:
+            if op.opcode in _HELD:
+                try:
+                    held[op] = os.dup(op.fd)
+                except OSError as e:
+                    if e.errno != errno.EBADF:
+                        continue  # EMFILE...: it runs by number
+                    held[op] = -1
+                any_held = True
+        return any_held
+
+    def _unhold(self, ops: Sequence[Operation]) -> None:
+        """Give back the file references of *ops* (those that have one)."""
+        held = self._held
+        for op in ops:
+            fd = held.pop(op, -1)
+            if fd >= 0:
+                os.close(fd)
+
+    def _take(self, ops: Sequence[Operation]) -> int:
         lanes = self._lanes
         serial: dict[int, bool] = {}
         for op in ops:
@@ -381,6 +427,8 @@ class ThreadEngine(Engine):
             self._completed += 1
             if not self._direct:
                 self._post_locked(op, -errno.ECANCELED)
+        if self._held:
+            self._unhold((op,))
         if self._direct:
             op.complete(-errno.ECANCELED)
         return CancelOutcome.CANCELED
@@ -496,6 +544,8 @@ class ThreadEngine(Engine):
             # the exiting ones too: close returns with no worker thread left
             threads = [*self._threads, *self._exiting]
             self._exiting.clear()
+        if self._held:
+            self._unhold(cancelled)
         if self._direct:
             for op in cancelled:
                 op.complete(-errno.ECANCELED)
@@ -546,6 +596,10 @@ class ThreadEngine(Engine):
         self._nthreads = 0
         self._waking = 0
         self._closed = True
+        held, self._held = self._held, {}
+        for fd in held.values():  # this process's copies of the references
+            if fd >= 0:
+                os.close(fd)
         if self._efd >= 0:
             try:
                 os.close(self._efd)
@@ -694,6 +748,7 @@ class ThreadEngine(Engine):
         running = self._running
         lanes = self._lanes
         direct = self._direct
+        held = self._held
         with mutex:
             self._threads.add(threading.current_thread())
         op: Operation | None = None
@@ -736,7 +791,14 @@ class ThreadEngine(Engine):
             if nxt is not None:
                 op = nxt
                 op.state = OpState.SUBMITTED
-                res = _run(op)
+                hold = held.pop(op, None) if held else None
+                if hold is None:
+                    res = _run(op, op.fd)
+                elif hold < 0:
+                    res = -errno.EBADF  # not open when it was submitted
+                else:
+                    res = _run(op, hold)
+                    os.close(hold)
                 continue
             if exiting:
                 return

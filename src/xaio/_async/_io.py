@@ -3,6 +3,15 @@
 Each function runs on the running loop's default engine (see
 :mod:`xaio._async._loop`); :func:`open_engine` gives an explicit one with the
 same coroutine methods.
+
+*The fd is a number.*  Keep it open until the call has returned (or its
+cancellation has reached you): the request may still be queued or running
+until then.  Closing it earlier cannot send a write or a sync to another
+file on any engine -- io_uring and Linux AIO hold the file in the kernel
+from submission, and the thread engine (and Linux AIO's backlog) hold a
+``dup`` of it until the request has run -- but a read queued on the thread
+engine is not held: if the number is closed and reused meanwhile, it reads
+the other file.
 """
 
 from __future__ import annotations
@@ -32,7 +41,8 @@ __all__ = [
 
 async def pread(fd: int, n: int, offset: int) -> bytes:
     """Read at most *n* bytes from *fd* at *offset*, without moving the file
-    position (pread(2); mirrors ``os.pread``).
+    position (pread(2); mirrors ``os.pread``).  Keep *fd* open until it
+    returns (see the module notes on fd lifetime).
 
     The buffer costs what the file holds, not *n*: for a large *n* it is
     sized from the file (``fstat``) and grows while the file has more.  On an
@@ -82,6 +92,10 @@ async def preadinto(fd: int, buf: Any, offset: int) -> int:
 async def pwrite(fd: int, data: Any, offset: int) -> int:
     """Write the bytes-like *data* to *fd* at *offset* (pwrite(2); ``os.pwrite``).
 
+    The write holds *fd*'s file from submission: if *fd* is closed before
+    the call returns, the data still goes to that file, never to one that
+    reuses the number (see the module notes on fd lifetime).
+
     Returns:
         Bytes written.
 
@@ -115,6 +129,7 @@ async def preadv(fd: int, buffers: Sequence[Any], offset: int, flags: int = 0) -
 
 async def pwritev(fd: int, buffers: Sequence[Any], offset: int, flags: int = 0) -> int:
     """Write the buffers of *buffers* in turn, from *offset* (pwritev2(2); ``os.pwritev``).
+    Holds *fd*'s file from submission, as :func:`pwrite`.
 
     Args:
         flags: ``os.RWF_*`` flags (``RWF_DSYNC``: durable when it returns,
@@ -134,6 +149,7 @@ async def pwritev(fd: int, buffers: Sequence[Any], offset: int, flags: int = 0) 
 
 async def fsync(fd: int) -> None:
     """Flush *fd*'s data and metadata to storage (fsync(2); ``os.fsync``).
+    Holds *fd*'s file from submission, as :func:`pwrite`.
 
     Raises:
         TypeError: *fd* is not an int.
@@ -144,6 +160,7 @@ async def fsync(fd: int) -> None:
 
 async def fdatasync(fd: int) -> None:
     """Flush *fd*'s data to storage (fdatasync(2); ``os.fdatasync``).
+    Holds *fd*'s file from submission, as :func:`pwrite`.
 
     Raises:
         TypeError: *fd* is not an int.
