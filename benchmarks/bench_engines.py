@@ -48,12 +48,12 @@ from xaio.uring import Ring, UringBatch
 
 #: UringBatch.submit chunk: the block layer plugs a submission of more than two
 #: requests until io_uring_enter returns, so handing a reaped batch over in
-#: groups lets the device start on the first ones sooner (benchmarks/README.md).
+#: groups lets the device start on the first ones sooner (benchmarks/notes.md).
 URING_CHUNK = 8
 #: Completions taken per UringBatch.reap / IOBatch.reap: resubmitting the first
 #: 8 while the rest wait lets the device start on them sooner (measured in
 #: alternating A/Bs at depth 64: 0.94x against 0.89x of fio io_uring for
-#: UringBatch, 0.95x against 0.92x for IOBatch; see benchmarks/README.md).
+#: UringBatch, 0.95x against 0.92x for IOBatch; see benchmarks/notes.md).
 REAP_MAX = 8
 #: The same for the engines' reap(max_n=...): 16 measured best for the uring
 #: engine (0.94x/1.01x of fio io_uring at depth 32/64 against 0.90x/0.82x

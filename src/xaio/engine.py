@@ -96,7 +96,9 @@ class Engine(abc.ABC):
     def submit(self, ops: Sequence[Operation]) -> int:
         """Hand a batch of QUEUED operations to the engine; returns len(ops).
 
-        Raises (no operation was taken):
+        When it raises, no operation was taken.
+
+        Raises:
             EngineClosedError: the engine is closed.
             RuntimeError: an operation is not QUEUED or is listed twice.
             TypeError: an fd, offset or flags that is not an int.

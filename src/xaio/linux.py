@@ -50,7 +50,7 @@ on them.
   here); submitting in chunks of 4 (``IOBatch.submit(chunk=4)``, and the
   engine) measured 20% more IOPS at depth 32 while the device was the
   bottleneck, chunks of 8 a few percent more than 4 once the CPU was (fewer
-  system calls; benchmarks/README.md).
+  system calls; benchmarks/notes.md).
 
 Man pages: io_setup(2), io_submit(2), io_getevents(2), io_pgetevents(2),
 io_cancel(2), io_destroy(2), aio(7).
@@ -1125,6 +1125,7 @@ class IOBatch:
         #: After :meth:`reap`: the slots that completed, and their results
         #: (bytes or -errno), in the first n entries.
         self.done_slots: list[int] = [0] * capacity
+        #: The results of the slots in :attr:`done_slots`, in the same order.
         self.done_res: list[int] = [0] * capacity
         self._ts = Timespec()
         self._ts_addr = ctypes.addressof(self._ts)
@@ -1234,7 +1235,7 @@ class IOBatch:
                 only when the call ends, so when a whole batch completes at
                 once (a virtio disk does that) resubmitting it in one call
                 leaves the device idle meanwhile; chunks of 4-8 measured best
-                here (benchmarks/README.md).
+                here (benchmarks/notes.md).
 
         Raises:
             IocbInFlightError: a slot is in flight (or listed twice): nothing
@@ -1474,7 +1475,9 @@ class LinuxAioEngine(Engine):
         """Submit *ops*: one iocb each, ``io_submit`` in chunks; beyond
         *capacity* they wait in a backlog.  Returns ``len(ops)``.
 
-        Raises (nothing was taken):
+        When it raises, nothing was taken.
+
+        Raises:
             EngineClosedError: the engine is closed.
             RuntimeError, TypeError, ValueError: a malformed batch
                 (:func:`xaio._ops.check_batch`).

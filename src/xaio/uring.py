@@ -234,7 +234,7 @@ _SUBMIT_CHUNK = 0
 #: read here, against ~6 us batched); one enter for the whole batch leaves the
 #: device idle while Python delivers and re-arms the rest (the device completes
 #: a batch almost together).  Four keeps the device fed and the kicks few:
-#: see benchmarks/README.md (issue 4).
+#: see benchmarks/notes.md.
 _DEFER_FLUSH = 4
 
 
@@ -1674,7 +1674,7 @@ class UringBatch:
     the mapped CQ into the preallocated lists :attr:`done_slots` /
     :attr:`done_res`, making a system call only to wait.  Python's cost per
     request is about a third of the :class:`UringEngine` path, which builds an
-    SQE from an :class:`~xaio._ops.Operation` each time (benchmarks/README.md).
+    SQE from an :class:`~xaio._ops.Operation` each time (benchmarks/notes.md).
 
     Buffers: a slot's buffer stays pinned from :meth:`prep_pread` until the
     slot is re-prepared with another buffer or the batch is closed; the ring
@@ -1736,6 +1736,7 @@ class UringBatch:
         #: After :meth:`reap`: the slots that completed and their results
         #: (bytes, or -errno), in the first n entries.
         self.done_slots: list[int] = [0] * capacity
+        #: The results of the slots in :attr:`done_slots`, in the same order.
         self.done_res: list[int] = [0] * capacity
         self._ready = [False] * capacity
         self._fixed = bool(fixed_buffers)
