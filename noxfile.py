@@ -54,7 +54,8 @@ def _find_interpreters() -> None:
     were).
     """
     links = ROOT / ".nox" / "interpreters"
-    links.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(links, ignore_errors=True)  # no stale link from an earlier run
+    links.mkdir(parents=True)
     pyenv_root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
     for version in PYTHONS:
         name = f"python{version}"
@@ -68,9 +69,7 @@ def _find_interpreters() -> None:
         )
         for candidate in candidates:
             if _works(candidate, version):
-                link = links / name
-                link.unlink(missing_ok=True)
-                link.symlink_to(candidate)
+                (links / name).symlink_to(candidate)
                 break
     os.environ["PATH"] = f"{links}{os.pathsep}{os.environ.get('PATH', '')}"
 
