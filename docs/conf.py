@@ -54,4 +54,6 @@ nitpick_ignore_regex = [
     # (_ext/xaio_docs.py) before this applies
     (r"py:(class|obj|exc|func|data|meth|attr|mod)", r"(.*\.)?_\w+(\..*)?"),
     (r"py:(class|obj|meth|attr)", r"(OpenContext|Driver|InFlight|NowaitReader)(\..*)?"),
+    # type variables in signatures
+    (r"py:(class|obj)", r"(.*\.)?_?[A-Z]"),
 ]
