@@ -6,13 +6,18 @@
   (``xaio._ops.Operation`` for ``xaio.engine.Operation``), or to a neighbour
   by its short name on a page where its module is not the current one, resolve
   to the documented public name.
+- A reference to an internal name that exists (a private module's function,
+  a method of an undocumented class) is shown as code, unlinked; one to a
+  name that does not exist still fails the build.
 - Napoleon reads attribute docstrings as prose (they do not start with a type).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
+import pkgutil
 from typing import Any, ClassVar
 
 from docutils import nodes
@@ -79,6 +84,24 @@ def _candidates(node: Any) -> list[str]:
     return names
 
 
+@functools.cache
+def _internal_names() -> frozenset[str]:
+    """Every name xaio's modules define, bare and qualified, with class members:
+    what the essays may mention without a reference page to link to."""
+    import xaio
+
+    names: set[str] = set()
+    for info in pkgutil.walk_packages(xaio.__path__, "xaio."):
+        module = importlib.import_module(info.name)
+        names.add(info.name)
+        for name, obj in vars(module).items():
+            names.update((name, f"{info.name}.{name}"))
+            if inspect.isclass(obj):
+                for member in vars(obj):
+                    names.update((f"{name}.{member}", f"{info.name}.{name}.{member}"))
+    return frozenset(names)
+
+
 def _resolve_public(app: Sphinx, env: Any, node: Any, contnode: nodes.Node) -> Any:
     if node.get("refdomain") != "py":
         return None
@@ -89,6 +112,9 @@ def _resolve_public(app: Sphinx, env: Any, node: Any, contnode: nodes.Node) -> A
             return make_refnode(
                 app.builder, node["refdoc"], entry.docname, entry.node_id, contnode, full
             )
+    target = node["reftarget"].lstrip("~.")
+    if target in _internal_names():
+        return contnode  # an internal name that exists: shown as code, not linked
     return None
 
 
