@@ -579,3 +579,57 @@ def test_zero_length_vectored(env: Env, twins: Callable[..., Twins], flag: str) 
     assert aoutcome(env, env.eng.preadv, t.fds[1], [bytearray()], 0, f) == outcome(
         os.preadv, t.fds[0], [bytearray()], 0, f
     )
+
+
+# ---------------------------------------------------------------------------------
+# the same answers under trio (its driver shares these paths)
+# ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_trio_driver_answers_alike(name: str, tmp_path: Path) -> None:
+    trio = pytest.importorskip("trio")
+    skip_unavailable(name)
+    p = tmp_path / "f"
+    p.write_bytes(b"0123456789")
+    fd = os.open(p, os.O_RDWR)
+    r, w = os.pipe()
+
+    async def main() -> list[Any]:
+        out: list[Any] = []
+        async with xaio.open_engine(name) as eng:
+            out.append(await eng.pwritev(fd, [b"APP"], 0, os.RWF_APPEND))
+            for call in (eng.pread(r, 10, 0), eng.pwrite(w, b"x", 0), eng.pread(fd, 0, 0)):
+                try:
+                    out.append(await call)
+                except OSError as e:
+                    out.append(e.errno)
+            out.append(await eng.pread(fd, 2**36, 0))
+        return out
+
+    try:
+        got = trio.run(main)
+    finally:
+        for x in (fd, r, w):
+            os.close(x)
+    assert got == [3, errno.ESPIPE, errno.ESPIPE, b"", b"0123456789APP"]
+    assert p.read_bytes() == b"0123456789APP"
+
+
+def test_directory_fd(env: Env, tmp_path: Path) -> None:
+    """A directory: EISDIR for reads (from the engine, as os.pread), EBADF
+    for writes (opened read-only), fsync works (the durable-rename recipe)."""
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for os_call, x_call, args in (
+            (os.pread, env.eng.pread, (fd, 10, 0)),
+            (os.pwrite, env.eng.pwrite, (fd, b"x", 0)),
+            (os.fsync, env.eng.fsync, (fd,)),
+            (os.fdatasync, env.eng.fdatasync, (fd,)),
+            (os.read, env.eng.read, (fd, 10)),
+        ):
+            assert aoutcome(env, x_call, *args) == outcome(os_call, *args)
+        b0, b1 = bytearray(8), bytearray(8)
+        assert aoutcome(env, env.eng.preadinto, fd, b1, 0) == outcome(os.preadv, fd, [b0], 0)
+    finally:
+        os.close(fd)
