@@ -46,17 +46,20 @@ completion has been reaped, whatever happened to the cancel.
 from __future__ import annotations
 
 import abc
+import ctypes
 import errno
 import fcntl
 import os
 import select
-import stat
+import struct
+import threading
 import time
 import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from xaio._ops import CancelOutcome, OpCode, Operation, OpState, check_batch
+from xaio._syscall import fast_syscall
 from xaio._syscall import read_proc as _read_proc
 
 if TYPE_CHECKING:
@@ -74,6 +77,12 @@ __all__ = [
     "create_engine",
     "fallback_reasons",
     "is_direct_regular",
+    "fd_kind",
+    "KIND_OTHER",
+    "KIND_BUFFERED",
+    "KIND_DIRECT",
+    "KIND_BLOCKING",
+    "BLOCKING_FS_TYPES",
     "probe",
 ]
 
@@ -261,20 +270,126 @@ def _make(name: str, options: dict[str, Any]) -> Engine:
     return ThreadEngine(**options)
 
 
-def is_direct_regular(fd: int) -> bool:
-    """True if *fd* is a regular file or block device opened with O_DIRECT:
-    the only kind Linux AIO runs without blocking in ``io_submit``."""
+# ---------------------------------------------------------------------------------
+# What kind of file an fd is: the one routing rule every engine consults
+# ---------------------------------------------------------------------------------
+
+#: :func:`fd_kind`: a pipe, socket, eventfd, directory... (or an fd not open).
+KIND_OTHER = 0
+#: :func:`fd_kind`: a regular file or block device without O_DIRECT.
+KIND_BUFFERED = 1
+#: :func:`fd_kind`: a regular file or block device opened with O_DIRECT.
+KIND_DIRECT = 2
+#: :func:`fd_kind`: a regular file on a file system that cannot be asked not
+#: to block (:data:`BLOCKING_FS_TYPES`), O_DIRECT or not.
+KIND_BLOCKING = 3
+
+#: File system types (``/proc/self/mountinfo``, the part before any ``.``: a
+#: ``fuse.sshfs`` mount is ``fuse``) whose reads and writes wait for a daemon
+#: or a server however they are asked: io_uring runs them inline in
+#: ``io_uring_enter``, one after the other, and Linux AIO inside ``io_submit``.
+BLOCKING_FS_TYPES = frozenset(
+    {
+        "fuse", "fuseblk", "virtiofs", "nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph",
+        "9p", "afs", "coda", "orangefs", "gfs2", "ocfs2", "lustre", "gpfs", "glusterfs",
+        "beegfs", "pvfs2", "ncpfs",
+    }
+)  # fmt: skip
+
+_AT_EMPTY_PATH = 0x1000
+_AT_STATX_DONT_SYNC = 0x4000  # no GETATTR round trip to a FUSE daemon or NFS server
+_STATX_TYPE = 0x1
+_STATX_MNT_ID_UNIQUE = 0x4000  # Linux 6.8; before it the device number is the key
+_STATX_MODE_DEV = struct.Struct("<I24xH106xII")  # stx_mask, stx_mode, stx_dev_major/minor
+_STATX_MNT_ID = struct.Struct("<144xQ")
+_S_IFMT, _S_IFREG, _S_IFBLK = 0o170000, 0o100000, 0o060000
+_statx = fast_syscall("statx")
+_EMPTY_PATH = ctypes.c_char_p(b"")
+_tls = threading.local()  # each thread's statx buffer
+#: (-1, unique mount id) or (major, minor) -> whether that file system blocks
+_blocking_mounts: dict[tuple[int, int], bool] = {}
+
+
+def _fs_type_blocks(major: int, minor: int) -> bool:
+    """Whether the file system on device *major:minor* is one of
+    :data:`BLOCKING_FS_TYPES`, from ``/proc/self/mountinfo`` (no request
+    reaches the file system itself).  False if no mount has that device."""
+    dev = f"{major}:{minor}"
     try:
-        st = os.fstat(fd)
-        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        with open("/proc/self/mountinfo", "rb") as f:
+            lines = f.read().decode("utf-8", "replace").splitlines()
     except OSError:
         return False
-    return bool(flags & os.O_DIRECT) and (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode))
+    for line in lines:
+        head, sep, tail = line.partition(" - ")
+        fields = head.split()
+        if sep and len(fields) > 2 and fields[2] == dev:
+            return tail.split(" ", 1)[0].split(".", 1)[0] in BLOCKING_FS_TYPES
+    return False
+
+
+def fd_kind(fd: int) -> int:
+    """What kind of file *fd* is, for choosing how an engine runs its requests.
+
+    The one place the engines learn it.  The ``linux`` engine sends only
+    :data:`KIND_DIRECT` fds to kernel AIO (anything else would block inside
+    ``io_submit``); io_uring marks reads and writes on :data:`KIND_BLOCKING`
+    fds ``IOSQE_ASYNC`` (a kernel worker runs them, never the submitting
+    ``io_uring_enter``).  So no engine's ``submit`` waits for a slow file
+    system, and an event loop that submits never stalls on one.
+
+    Costs one ``statx(AT_STATX_DONT_SYNC)`` (~1 us, and no round trip to a
+    FUSE daemon or an NFS server) and, for regular files and block devices,
+    one ``fcntl``; whether a mount's file system blocks is looked up once per
+    mount (its unique id; its device number before Linux 6.8) in
+    ``/proc/self/mountinfo``.  The engines ask once per fd per batch, never
+    from a cache that an fd closed and reused could make stale.
+
+    Returns:
+        :data:`KIND_OTHER`, :data:`KIND_BUFFERED`, :data:`KIND_DIRECT` or
+        :data:`KIND_BLOCKING`.  Never raises: an fd that is not open is
+        ``KIND_OTHER``, and its request fails in the engine as usual.
+    """
+    if type(fd) is not int or fd < 0 or fd > 0x7FFFFFFF:
+        return KIND_OTHER
+    buf = getattr(_tls, "statx", None)
+    if buf is None:
+        buf = _tls.statx = ctypes.create_string_buffer(256)
+        _tls.address = ctypes.c_void_p(ctypes.addressof(buf))
+    flags = _AT_EMPTY_PATH | _AT_STATX_DONT_SYNC
+    if _statx(fd, _EMPTY_PATH, flags, _STATX_TYPE | _STATX_MNT_ID_UNIQUE, _tls.address) < 0:
+        return KIND_OTHER
+    mask, mode, major, minor = _STATX_MODE_DEV.unpack_from(buf)
+    fmt = mode & _S_IFMT
+    if fmt != _S_IFREG and fmt != _S_IFBLK:
+        return KIND_OTHER
+    key = (-1, _STATX_MNT_ID.unpack_from(buf)[0]) if mask & _STATX_MNT_ID_UNIQUE else (major, minor)
+    blocks = _blocking_mounts.get(key)
+    if blocks is None:
+        if len(_blocking_mounts) > 4096:
+            _blocking_mounts.clear()
+        blocks = _blocking_mounts[key] = fmt == _S_IFREG and _fs_type_blocks(major, minor)
+    if blocks:
+        return KIND_BLOCKING
+    try:
+        direct = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT
+    except OSError:
+        return KIND_OTHER
+    return KIND_DIRECT if direct else KIND_BUFFERED
+
+
+def is_direct_regular(fd: int) -> bool:
+    """True if *fd* is a regular file or block device opened with O_DIRECT on
+    a file system that does not block (:func:`fd_kind` is
+    :data:`KIND_DIRECT`): the only kind Linux AIO runs without blocking in
+    ``io_submit``."""
+    return fd_kind(fd) == KIND_DIRECT
 
 
 class RoutedEngine(Engine):
     """The ``linux`` engine: Linux AIO where it is truly asynchronous
-    (O_DIRECT regular files, polls), the thread engine for the rest.
+    (O_DIRECT regular files on file systems that do not block, polls: see
+    :func:`fd_kind`), the thread engine for the rest.
 
     ``fileno()`` is an epoll fd watching both engines' eventfds.
     """
@@ -314,7 +429,7 @@ class RoutedEngine(Engine):
         check_batch(ops)  # before either engine takes anything
         aio: list[Operation] = []
         threaded: list[Operation] = []
-        direct: dict[int, bool] = {}  # one fstat + fcntl per fd per batch, not per op
+        direct: dict[int, bool] = {}  # one fd_kind per fd per batch, not per op
         for op in ops:
             code = op.opcode
             if code is _POLL:

@@ -3,12 +3,14 @@ can be delayed, failed or cut short (``faultfs``), and a leak check."""
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.faults._fusefs import FaultFS, unavailable_reason
+from tests.faults._measure import assert_released, snapshot
 
 
 @pytest.fixture
@@ -30,3 +32,15 @@ def faultfs_cached(tmp_path: Path) -> Iterator[FaultFS]:
         pytest.skip(f"no FUSE here: {reason}")
     with FaultFS(tmp_path, cached=True) as fs:
         yield fs
+
+
+@pytest.fixture
+def no_leaks() -> Iterator[None]:
+    """Fails the test if it leaves an fd, thread, AIO context or mapping behind."""
+    import trio  # noqa: F401  (its first import maps its extension modules)
+
+    gc.collect()
+    before = snapshot()
+    yield
+    gc.collect()
+    assert_released(before)

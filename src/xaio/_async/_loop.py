@@ -98,7 +98,10 @@ engine: :meth:`Driver.read` / :meth:`Driver.write` try the transfer with
 for readiness in the event loop.  A cancelled wait has consumed nothing, so a
 cancelled read never loses data.  Regular files go to the engine, which never
 blocks the submitting thread (io_uring punts cold reads to its workers; the
-``linux`` engine sends buffered files to threads).
+``linux`` engine sends buffered files to threads), also on a file system that
+cannot be asked not to block -- FUSE, NFS, CIFS...: both engines learn it per
+fd from :func:`xaio.engine.fd_kind` and send those requests to a kernel
+worker (``IOSQE_ASYNC``) or to threads.
 
 *The kernel's answer, on every engine.*  A positional call on an fd without
 a position (a pipe, socket, tty, eventfd) fails with ESPIPE before anything
