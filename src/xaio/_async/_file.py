@@ -842,21 +842,23 @@ class AsyncFile:
         ``close()`` itself is cancelled while it waits, the fd is still closed
         when the last call returns.
         """
-        if not self._closed:
-            try:
-                await self._flush_writes()
-            finally:
-                self._closed = True
-                self._rbuf = b""
-                self._dbuf = None
-                if self._raw is not None:
-                    self._raw.close()
-                self._end_calls()
-        if self._fd_open:
-            if self._calls:
-                await self._wait_released()
-            else:
-                self._release(quiet=False)
+        try:
+            if not self._closed:
+                try:
+                    await self._flush_writes()
+                finally:
+                    self._closed = True
+                    self._rbuf = b""
+                    self._dbuf = None
+                    if self._raw is not None:
+                        self._raw.close()
+                    self._end_calls()
+        finally:  # a failed flush still closes the fd (as the builtin file does)
+            if self._fd_open:
+                if self._calls:
+                    await self._wait_released()
+                else:
+                    self._release(quiet=False)
 
     async def __aenter__(self) -> AsyncFile:
         return self
