@@ -633,3 +633,21 @@ def test_directory_fd(env: Env, tmp_path: Path) -> None:
         assert aoutcome(env, env.eng.preadinto, fd, b1, 0) == outcome(os.preadv, fd, [b0], 0)
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("flag", ["0", "DSYNC", "NOWAIT", "unknown"])
+def test_o_append_fd(env: Env, twins: Callable[..., Twins], flag: str) -> None:
+    """On an O_APPEND fd Linux appends whatever the offset says."""
+    t = twins(os.O_RDWR | os.O_APPEND)
+    f = RWF_FLAGS[flag]
+    same_write(env, t, lambda fd: os.pwrite(fd, b"AP", 3), lambda fd: env.eng.pwrite(fd, b"AP", 3))
+    same_write(
+        env,
+        t,
+        lambda fd: os.pwritev(fd, [b"V", b"W"], 0, f),
+        lambda fd: env.eng.pwritev(fd, [b"V", b"W"], 0, f),
+    )
+    same_write(env, t, lambda fd: os.write(fd, b"end"), lambda fd: env.eng.write(fd, b"end"))
+    assert aoutcome(env, env.eng.pread, t.fds[1], 20, len(CONTENT) - 2) == outcome(
+        os.pread, t.fds[0], 20, len(CONTENT) - 2
+    )
