@@ -170,3 +170,48 @@ def test_engine_submit_returns_promptly(
     # os.pwrite from four threads would
     bound = 2 * DELAY if opcode is OpCode.READ else 5 * DELAY
     assert took < bound, f"4 concurrent requests took {took:.2f} s"
+
+
+@pytest.mark.parametrize("lib", ["asyncio", "trio"])
+def test_timeout_on_a_slow_read_returns_within_one_request(
+    engine_name: str, lib: str, slow_file: str, no_leaks: None
+) -> None:
+    """A timeout (or any cancellation) of a request the file system is busy
+    with returns once that request ends -- at most the file system's latency
+    for it: the buffer is the kernel's until then (a thread cannot stop a
+    running ``pread``; an io_uring worker is told, but FUSE waits for its
+    daemon's answer).  A request not yet started returns at once.  The loop
+    keeps running meanwhile."""
+    fd = os.open(slow_file, os.O_RDONLY)
+    buf = bytearray(4096)
+
+    async def main() -> tuple[float, LagMeter]:
+        await xaio.fsync(fd)
+        meter = LagMeter()
+        if lib == "trio":
+            import trio
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(meter.run, trio.sleep)
+                t0 = time.monotonic()
+                with trio.move_on_after(0.1) as scope:
+                    await xaio.preadinto(fd, buf, 0)
+                took = time.monotonic() - t0
+                assert scope.cancelled_caught
+                meter.stop()
+        else:
+            ticker = asyncio.create_task(meter.run(asyncio.sleep))
+            t0 = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(xaio.preadinto(fd, buf, 0), 0.1)
+            took = time.monotonic() - t0
+            meter.stop()
+            await ticker
+        return took, meter
+
+    try:
+        took, meter = run(lib, main)
+    finally:
+        os.close(fd)
+    assert 0.1 <= took < DELAY + 0.5, f"the timeout returned after {took:.2f} s"
+    assert meter.max_lag < DELAY / 4, f"the loop was blocked {meter.max_lag:.2f} s"
