@@ -73,7 +73,8 @@ def _threads_accepting(sigs: tuple[int, ...]) -> list[str]:
     for task in Path("/proc/self/task").iterdir():
         if int(task.name) == me:
             continue
-        with contextlib.suppress(FileNotFoundError, StopIteration):
+        # a thread that exits meanwhile: ENOENT or ESRCH
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError, StopIteration):
             status = (task / "status").read_text()
             blk = int(next(x for x in status.splitlines() if x.startswith("SigBlk")).split()[1], 16)
             if any(not blk & (1 << (s - 1)) for s in sigs):

@@ -30,8 +30,13 @@ The protocol (:class:`Engine`) is deliberately small:
 - ``fileno()`` is an eventfd that is readable while completions are waiting
   (``reap`` clears it), for event loops.
 - ``close()`` stops accepting, cancels what it can, waits for the rest, then
-  releases every kernel object.  Idempotent; also run (with a
-  ``ResourceWarning``) when an unclosed engine is garbage collected.
+  releases every kernel object.  Idempotent.  An unclosed engine that is
+  garbage collected warns (``ResourceWarning``) and closes without waiting
+  for what may wait for ever (the thread engine abandons what runs; its
+  workers do not keep it alive).  At interpreter exit an open engine is
+  abandoned, never waited for.  In a forked child every inherited engine is
+  closed at once and its ``close()`` does not wait; the parent's requests
+  are not touched.
 
 Threads: ``submit`` and ``cancel`` may be called from any thread while one
 thread is inside ``reap``.  One kernel fact limits this on io_uring: a request
@@ -52,6 +57,7 @@ import fcntl
 import os
 import select
 import struct
+import sys
 import threading
 import time
 import warnings
@@ -475,6 +481,8 @@ class RoutedEngine(Engine):
         return n
 
     def close(self) -> None:
+        """Close both engines (see :meth:`xaio.threads.ThreadEngine.close`
+        and :meth:`xaio.linux.LinuxAioEngine.close`) and the epoll fd."""
         if self._closed:
             return
         self._closed = True
@@ -503,5 +511,15 @@ class RoutedEngine(Engine):
     def __del__(self) -> None:
         if getattr(self, "_closed", True):
             return
+        if sys.is_finalizing():
+            return  # interpreter exit: each engine's own finaliser decides
         warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2)
-        self.close()
+        # Nothing here may wait for a request that can wait for ever: the
+        # thread engine is abandoned (what runs ends on its own); kernel AIO
+        # holds only O_DIRECT file requests, which end, and polls, cancelled.
+        self._closed = True
+        try:
+            self._aio.close()
+        finally:
+            self._threads._abandon()
+            self._epoll.close()

@@ -1401,6 +1401,7 @@ _ENGINE_OPCODES = {
 _IOCB_CMD: list[int | None] = [_ENGINE_OPCODES.get(code) for code in OpCode]
 _E_READ, _E_WRITE, _E_READV, _E_WRITEV = OpCode.READ, OpCode.WRITE, OpCode.READV, OpCode.WRITEV
 _E_POLL, _E_NOP = OpCode.POLL, OpCode.NOP
+_POLL_ALWAYS = select.POLLERR | select.POLLHUP  # reported whatever the events asked
 _E_SUBMITTED = OpState.SUBMITTED
 _E_CANCEL_REQUESTED = OpState.CANCEL_REQUESTED
 _E_DONE = OpState.DONE
@@ -1415,6 +1416,10 @@ class LinuxAioEngine(Engine):
     Requests beyond *capacity* wait in a backlog and are submitted as slots
     free up.  Only polls can be cancelled once submitted (the kernel cannot
     cancel a read or write); a cancelled poll completes with ``-ECANCELED``.
+    A poll's result is poll(2)'s revents (the events asked for, plus
+    POLLERR/POLLHUP), as on the other engines.
+
+    In a forked child :meth:`close` only closes the child's eventfd.
 
     Only give it what Linux AIO does asynchronously: O_DIRECT regular files
     and polls.  Anything else makes ``io_submit`` do the I/O itself and block;
@@ -1812,8 +1817,14 @@ class LinuxAioEngine(Engine):
             for _data, obj, res, _res2 in events:
                 key = (obj - base) >> _IOCB_SHIFT
                 op = table[key]
-                if op.state is _E_CANCEL_REQUESTED and op.opcode is _E_POLL:
-                    res = -errno.ECANCELED  # a cancelled poll reports 0
+                if op.opcode is _E_POLL:
+                    if op.state is _E_CANCEL_REQUESTED:
+                        res = -errno.ECANCELED  # a cancelled poll reports 0
+                    elif res > 0:
+                        # a poll completed by a wake-up reports the waker's
+                        # whole mask (a pipe: POLLIN|POLLRDNORM); poll(2) and
+                        # io_uring keep what was asked, and errors/hang-ups
+                        res &= op.flags | _POLL_ALWAYS
                 iovecs[key] = None
                 del table[key]
                 op.key = -1

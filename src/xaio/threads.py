@@ -10,8 +10,15 @@ Some facts about running I/O on threads (and what glibc's POSIX AIO does)
   so slow I/O (O_DIRECT, a cold page cache, a network file system) overlaps
   across threads; page-cached I/O is bound by the GIL and by thread switches.
 - A running system call cannot be cancelled from another thread: the engine
-  cancels only what has not started (``CancelOutcome.RUNNING`` otherwise).  A
-  worker blocked on an empty pipe stays blocked until data (or EOF) arrives.
+  cancels only what has not started (``CancelOutcome.RUNNING`` otherwise).
+  So a worker never parks in a read that may wait for ever: a read on a
+  stream fd (pipe, socket, FIFO, tty, eventfd, other character devices) and a
+  POLL first wait in ``poll`` for the fd's readiness *and* for the worker's
+  own wake-up eventfd, which a cancel (or close) signals; the read then runs
+  with ``RWF_NOWAIT`` (back to waiting on ``EAGAIN``; a plain read where the
+  fd does not support it, a tty).  A POLL's result is ``poll``'s revents
+  mask, as io_uring's ``POLL_ADD`` gives it.  Writes run as they are: one
+  blocked on a full pipe or socket stays blocked until the peer reads.
 - glibc (``sysdeps/pthread/aio_misc.c``) keeps one queue *per file
   descriptor* and runs the requests of one fd strictly one after the other,
   whatever they are: 32 ``aio_read`` calls on one regular file are 32
@@ -34,6 +41,21 @@ Some facts about running I/O on threads (and what glibc's POSIX AIO does)
   engine starts no thread), up to ``threads``; a worker idle for
   ``idle_time`` seconds exits, as glibc's do (``aio_init``'s
   ``aio_idle_time``).
+- A worker holds its engine only while it takes work (a weak reference
+  otherwise), so an engine nobody holds is collected even while workers wait
+  or run.  Its finaliser warns (``ResourceWarning``) and *abandons* it
+  (:meth:`ThreadEngine._abandon`): what has not started and what waits for
+  readiness is cancelled, idle workers exit, the eventfd is closed, and a
+  worker still in a system call exits when that returns, its operation's
+  buffers held by the worker until then.  Nothing waits, so the garbage
+  collector cannot hang on an engine left open.  At interpreter exit (once
+  ``sys.is_finalizing()``) the finaliser leaves an open engine as it is: its
+  workers are daemon threads that die with the process (one may have died
+  holding the engine's mutex), and each keeps its operation's buffers.
+- After ``fork()`` the child has none of the parent's workers: every thread
+  engine the child inherited is closed at once there (an
+  ``os.register_at_fork`` hook, :meth:`ThreadEngine.forget_after_fork`),
+  without completing or touching the parent's requests.
 - The workers block every signal (they inherit the mask from the thread that
   creates them, which blocks all signals around ``Thread.start``), like
   glibc's helper threads: a process-directed signal then always reaches one of
@@ -66,9 +88,11 @@ import os
 import select
 import signal
 import stat
+import sys
 import threading
 import time
 import warnings
+import weakref
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -110,30 +134,45 @@ def start_thread_blocking_signals(thread: threading.Thread) -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+#: :func:`_fd_order` answers: requests may run in parallel; one at a time in
+#: submission order (O_APPEND); the same, on a stream (reads wait for readiness)
+_PARALLEL, _SERIAL, _STREAM = 0, 1, 2
+
+
+def _fd_order(fd: int) -> int:
+    """How requests on *fd* are ordered: ``_STREAM`` for stream fds (anything
+    but a regular file or block device), ``_SERIAL`` for O_APPEND fds, else
+    ``_PARALLEL``.  A bad fd is parallel: its requests fail with EBADF in the
+    worker."""
+    try:
+        mode = os.fstat(fd).st_mode
+    except (OSError, OverflowError, ValueError):
+        return _PARALLEL
+    if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+        return _STREAM
+    try:
+        return _SERIAL if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND else _PARALLEL
+    except OSError:  # pragma: no cover - closed between the two calls
+        return _PARALLEL
+
+
 def _is_serial_fd(fd: int) -> bool:
     """True if requests on *fd* must run one at a time in submission order:
     stream fds (anything but a regular file or block device) and O_APPEND fds.
     A bad fd is not serial: its requests fail with EBADF in the worker."""
-    try:
-        mode = os.fstat(fd).st_mode
-    except (OSError, OverflowError, ValueError):
-        return False
-    if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
-        return True
-    try:
-        return bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND)
-    except OSError:  # pragma: no cover - closed between the two calls
-        return False
+    return _fd_order(fd) != _PARALLEL
 
 
 class _Lane:
     """The operations of one fd that are ready/running (``active``) or held
-    back for ordering (``held``, in submission order)."""
+    back for ordering (``held``, in submission order).  ``order`` is
+    :func:`_fd_order`'s answer; ``serial`` is true unless it is parallel."""
 
-    __slots__ = ("serial", "active", "held")
+    __slots__ = ("serial", "stream", "active", "held")
 
-    def __init__(self, serial: bool) -> None:
-        self.serial = serial
+    def __init__(self, order: int) -> None:
+        self.serial = order != _PARALLEL
+        self.stream = order == _STREAM
         self.active = 0
         self.held: deque[Operation] = deque()
 
@@ -226,6 +265,9 @@ class ThreadEngine(Engine):
         self._waking = 0  # workers woken (or started) not yet at the ready queue
         self._no_threads = threading.Condition(self._mutex)
         self._done: deque[tuple[Operation, int]] = deque()
+        #: taken by a worker that waits for the fd's readiness -> its wake-up eventfd
+        self._waiting: dict[Operation, int] = {}
+        self._wakers: set[int] = set()  # the workers' wake-up eventfds
         self._signalled = False
         self._submitted = 0
         self._completed = 0
@@ -236,6 +278,7 @@ class ThreadEngine(Engine):
         self._held: dict[Operation, int] = {}
         self._efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._closed = False
+        _engines.add(self)
 
     # -- configuration ------------------------------------------------------------
 
@@ -302,11 +345,11 @@ class ThreadEngine(Engine):
 
     def _take(self, ops: Sequence[Operation]) -> int:
         lanes = self._lanes
-        serial: dict[int, bool] = {}
+        serial: dict[int, int] = {}  # fd -> _fd_order(fd)
         for op in ops:
             fd = op.fd
             if fd not in lanes and fd not in serial:
-                serial[fd] = _is_serial_fd(fd)
+                serial[fd] = _fd_order(fd)
         done_here: dict[int, int] = {}
         if not self._direct and not self._closed:
             done_here = self._read_cached(ops, serial)
@@ -333,7 +376,7 @@ class ThreadEngine(Engine):
                         # *serial* holds only the fds that had no lane before
                         # the lock: one whose lane ended since is asked afresh
                         s = serial.get(fd)
-                        lane = lanes[fd] = _Lane(_is_serial_fd(fd) if s is None else s)
+                        lane = lanes[fd] = _Lane(_fd_order(fd) if s is None else s)
                     if not lane.held and (
                         lane.active == 0
                         or not (lane.serial or op.offset < 0 or op.opcode in _SYNCS)
@@ -353,7 +396,7 @@ class ThreadEngine(Engine):
                 raise
         return len(ops)
 
-    def _read_cached(self, ops: Sequence[Operation], serial: dict[int, bool]) -> dict[int, int]:
+    def _read_cached(self, ops: Sequence[Operation], serial: dict[int, int]) -> dict[int, int]:
         """Do the READs of *ops* that the page cache holds whole, here and now
         (:class:`xaio._inline.NowaitReader`), as a worker would have: the
         thread hand-off costs tens of microseconds, a cached 4 KiB read about
@@ -395,6 +438,10 @@ class ThreadEngine(Engine):
     def cancel(self, op: Operation) -> CancelOutcome:
         """Cancel *op* if no worker has started it.
 
+        A POLL, or a read on a stream fd, that waits for its fd's readiness
+        has not started either: it is taken from its worker, which stops
+        waiting.
+
         Returns:
             ``CANCELED`` (it completes with ``-ECANCELED``: at once in
             ``complete_in_worker`` mode, else at the next :meth:`reap`),
@@ -404,22 +451,25 @@ class ThreadEngine(Engine):
         with self._mutex:
             if op.state is OpState.DONE:
                 return CancelOutcome.DONE
-            if op in self._running:
+            if op in self._waiting:
+                self._unwait_locked(op)
+            elif op in self._running:
                 return CancelOutcome.RUNNING
-            if op.state is OpState.CANCEL_REQUESTED:
+            elif op.state is OpState.CANCEL_REQUESTED:
                 return CancelOutcome.CANCELED  # cancelled already, not yet reaped
-            lane = self._lanes.get(op.fd)
-            if lane is None:
-                return CancelOutcome.DONE
-            if op in lane.held:
-                lane.held.remove(op)
             else:
-                try:
-                    self._ready.remove(op)
-                except ValueError:
-                    return CancelOutcome.DONE  # finished, waiting to be reaped
-                lane.active -= 1
-            self._release_lane_locked(op.fd, lane)
+                lane = self._lanes.get(op.fd)
+                if lane is None:
+                    return CancelOutcome.DONE
+                if op in lane.held:
+                    lane.held.remove(op)
+                else:
+                    try:
+                        self._ready.remove(op)
+                    except ValueError:
+                        return CancelOutcome.DONE  # finished, waiting to be reaped
+                    lane.active -= 1
+                self._release_lane_locked(op.fd, lane)
             op.state = OpState.CANCEL_REQUESTED
             self._cancelled += 1
             self._completed += 1
@@ -511,32 +561,18 @@ class ThreadEngine(Engine):
         return self._closed
 
     def close(self) -> None:
-        """Stop accepting, cancel what has not started, wait for the running
+        """Stop accepting, cancel what has not started and what waits for
+        readiness (POLLs, reads on stream fds), wait for the running
         operations, deliver every completion, stop the workers, close the
-        eventfd.  Idempotent.  Waits for ever for an operation blocked in the
-        kernel (a read on an empty pipe): drain those first."""
-        cancelled: list[Operation] = []
+        eventfd.  Idempotent.  Waits for a write blocked in the kernel (on a
+        full pipe or socket) until the peer reads.
+
+        In a forked child it returns at once: the engine was closed there at
+        the fork (:meth:`forget_after_fork`)."""
         with self._mutex:
             if self._closed and self._efd < 0:
                 return
-            self._closed = True
-            for lane in self._lanes.values():
-                cancelled.extend(lane.held)
-                lane.held.clear()
-            while self._ready:
-                op = self._ready.popleft()
-                self._lanes[op.fd].active -= 1
-                cancelled.append(op)
-            for op in cancelled:
-                op.state = OpState.CANCEL_REQUESTED
-                self._cancelled += 1
-                self._completed += 1
-                if not self._direct:
-                    self._post_locked(op, -errno.ECANCELED)
-            for w in self._idle:
-                w.release()
-                self._waking += 1
-            self._idle.clear()
+            cancelled = self._stop_locked()
             while self._nthreads:
                 self._no_threads.wait()
             # the exiting ones too: close returns with no worker thread left
@@ -555,6 +591,57 @@ class ThreadEngine(Engine):
             efd, self._efd = self._efd, -1
         if efd >= 0:
             os.close(efd)
+
+    def _stop_locked(self) -> list[Operation]:
+        """The first part of closing (the mutex held): refuse new work, cancel
+        what has not started (returned; posted for reap unless
+        ``complete_in_worker``) and what waits for readiness (its worker
+        completes it), let idle workers exit."""
+        self._closed = True
+        cancelled: list[Operation] = []
+        for lane in self._lanes.values():
+            cancelled.extend(lane.held)
+            lane.held.clear()
+        while self._ready:
+            op = self._ready.popleft()
+            self._lanes[op.fd].active -= 1
+            cancelled.append(op)
+        for op in list(self._waiting):
+            self._unwait_locked(op)
+            cancelled.append(op)
+        for op in cancelled:
+            op.state = OpState.CANCEL_REQUESTED
+            self._cancelled += 1
+            self._completed += 1
+            if not self._direct:
+                self._post_locked(op, -errno.ECANCELED)
+        for w in self._idle:
+            w.release()
+            self._waking += 1
+        self._idle.clear()
+        return cancelled
+
+    def _abandon(self) -> None:
+        """Close without waiting for anything: the finaliser's close, for an
+        engine nobody holds any more (or left open at interpreter exit).
+        What has not started and what waits for readiness is cancelled, idle
+        workers exit, the eventfd is closed; a worker still in a system call
+        (a write on a full pipe, a slow file) exits once it returns, and
+        keeps its operation (and so the buffers) alive until then.
+        Completions not reaped are dropped (``complete_in_worker`` mode
+        still completes each operation)."""
+        with self._mutex:
+            if self._efd < 0:
+                return
+            cancelled = self._stop_locked()
+            self._done.clear()
+            efd, self._efd = self._efd, -1
+        if self._held:
+            self._unhold(cancelled)
+        if self._direct:
+            for op in cancelled:
+                op.complete(-errno.ECANCELED)
+        os.close(efd)
 
     def statistics(self) -> dict[str, Any]:
         """Counters: ``threads`` (alive), ``idle``, ``max_threads``, ``queued``
@@ -581,12 +668,18 @@ class ThreadEngine(Engine):
 
     def forget_after_fork(self) -> None:
         """In a forked child: drop everything (the workers do not exist here)
-        and close the eventfd, without touching the parent's requests."""
+        and close the eventfds, without touching the parent's requests.  Run
+        for every thread engine by an ``os.register_at_fork`` hook: in the
+        child the engine is closed (:meth:`close` returns at once)."""
         self._mutex = threading.Lock()
         self._no_threads = threading.Condition(self._mutex)
         self._ready.clear()
         self._lanes.clear()
         self._running.clear()
+        self._waiting.clear()
+        wakers, self._wakers = self._wakers, set()
+        for w in wakers:
+            os.close(w)
         self._idle.clear()
         self._threads.clear()
         self._exiting.clear()
@@ -605,14 +698,16 @@ class ThreadEngine(Engine):
                 self._efd = -1
 
     def __del__(self) -> None:
+        if self._efd < 0:  # closed (or never fully made)
+            return
+        if sys.is_finalizing():
+            # Interpreter exit: the workers are daemon threads that die with
+            # the process, one may have died holding the mutex, and a running
+            # operation's buffers stay with its worker: leave everything.
+            return
         if not self._closed:
             warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=1)
-        if self._efd >= 0:
-            try:
-                os.close(self._efd)
-            except OSError:  # pragma: no cover
-                pass
-            self._efd = -1
+        self._abandon()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -655,7 +750,9 @@ class ThreadEngine(Engine):
         Ctrl-C whose ``KeyboardInterrupt`` comes out of the start (even after
         the thread began) never leaves a count that :meth:`close` would wait
         on for ever."""
-        t = threading.Thread(target=self._worker, name="xaio-thread-worker", daemon=True)
+        t = threading.Thread(
+            target=_worker, args=(weakref.ref(self),), name="xaio-thread-worker", daemon=True
+        )
         self._nthreads += 1
         self._waking += 1  # a new thread counts as woken for the ready queue
         try:
@@ -668,6 +765,17 @@ class ThreadEngine(Engine):
                     self._no_threads.notify_all()
             raise
         self._spawned += 1
+
+    def _unwait_locked(self, op: Operation) -> None:
+        """Take *op* from the worker that waits for its fd's readiness and
+        wake that worker, which leaves *op* alone from then on: the caller
+        completes it as an operation that has not started."""
+        wake = self._waiting.pop(op)
+        self._running.discard(op)
+        lane = self._lanes[op.fd]
+        lane.active -= 1
+        self._release_lane_locked(op.fd, lane)
+        os.eventfd_write(wake, 1)
 
     def _release_lane_locked(self, fd: int, lane: _Lane) -> None:
         """Move held operations of *lane* that may now start to the ready
@@ -689,7 +797,7 @@ class ThreadEngine(Engine):
 
     def _post_locked(self, op: Operation, res: int) -> None:
         self._done.append((op, res))
-        if not self._signalled:
+        if not self._signalled and self._efd >= 0:  # (< 0: abandoned)
             self._signalled = True
             os.eventfd_write(self._efd, 1)
 
@@ -738,82 +846,55 @@ class ThreadEngine(Engine):
             raise
         return len(items)
 
-    def _worker(self) -> None:
-        me = threading.Lock()
-        me.acquire()
-        mutex = self._mutex
-        ready = self._ready
-        running = self._running
-        lanes = self._lanes
-        direct = self._direct
-        held = self._held
-        with mutex:
-            self._threads.add(threading.current_thread())
-        op: Operation | None = None
-        res = 0
-        woken = True  # a new thread counts as woken for the ready queue
-        while True:
-            # One critical section finishes the previous operation and takes
-            # the next one.
-            mutex.acquire()
-            exiting = False
-            if woken:
-                woken = False
-                self._waking -= 1
-            if op is not None:
-                self._completed += 1
-                running.discard(op)
-                lane = lanes[op.fd]
-                lane.active -= 1
-                if lane.held or not lane.active:
-                    self._release_lane_locked(op.fd, lane)
-                if not direct:
-                    self._post_locked(op, res)
-            if ready:
-                nxt: Operation | None = ready.popleft()
-                running.add(nxt)  # type: ignore[arg-type]
-                mutex.release()
-            else:
-                nxt = None
-                if self._closed:
-                    self._exit_locked()
-                    exiting = True
-                    mutex.release()
-                else:
-                    self._idle.append(me)
-                    idle_time = self._idle_time
-                    mutex.release()
-            if op is not None and direct:
-                op.complete(res)
-            op = None
-            if nxt is not None:
-                op = nxt
-                op.state = OpState.SUBMITTED
-                hold = held.pop(op, None) if held else None
-                if hold is None:
-                    res = _run(op, op.fd)
-                elif hold < 0:
-                    res = -errno.EBADF  # not open when it was submitted
-                else:
-                    res = _run(op, hold)
-                    os.close(hold)
-                continue
-            if exiting:
-                return
-            if me.acquire(timeout=idle_time):
-                woken = True
-                continue
-            with mutex:
-                if me in self._idle:  # nobody woke us: exit
-                    self._idle.remove(me)
-                    self._exit_locked()
-                    return
-            me.acquire()  # woken just as the wait timed out: consume it
-            woken = True
+    def _take_locked(
+        self, me: threading.Lock, op: Operation | None, res: int, woken: bool, wake: int
+    ) -> tuple[Operation | None, int, int]:
+        """A worker's critical section (the mutex held): finish *op* (its
+        result *res*) and take the next ready operation.
 
-    def _exit_locked(self) -> None:
+        Returns:
+            ``(next, events, wake)``: the operation to run (None: go idle,
+            or exit if the engine is closed), the poll events to wait for
+            before running it (-1: run at once), and the worker's wake-up
+            eventfd (made here the first time the worker needs one).
+        """
+        if woken:
+            self._waking -= 1
+        if op is not None:
+            self._completed += 1
+            self._running.discard(op)
+            lane = self._lanes[op.fd]
+            lane.active -= 1
+            if lane.held or not lane.active:
+                self._release_lane_locked(op.fd, lane)
+            if not self._direct:
+                self._post_locked(op, res)
+        if not self._ready:
+            if self._closed:
+                self._exit_locked(wake)
+            else:
+                self._idle.append(me)
+            return None, -1, wake
+        nxt = self._ready.popleft()
+        self._running.add(nxt)
+        nxt.state = OpState.SUBMITTED
+        code = nxt.opcode
+        if code is OpCode.POLL:
+            events = nxt.flags
+        elif code in _READS and self._lanes[nxt.fd].stream:
+            events = select.POLLIN
+        else:
+            return nxt, -1, wake
+        if wake < 0:
+            wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+            self._wakers.add(wake)
+        self._waiting[nxt] = wake
+        return nxt, events, wake
+
+    def _exit_locked(self, wake: int) -> None:
         t = threading.current_thread()
         self._threads.discard(t)
+        self._wakers.discard(wake)  # the worker closes it on its way out
         # kept for close to join; the dead ones are dropped here, so their
         # Thread objects die in a worker: a Thread's death runs a weakref
         # callback, and a Ctrl-C that lands in one in the main thread is lost
@@ -823,6 +904,168 @@ class ThreadEngine(Engine):
         self._nthreads -= 1
         if not self._nthreads:
             self._no_threads.notify_all()
+
+
+def _worker(ref: weakref.ref[ThreadEngine]) -> None:
+    """A worker thread's life (see the module essay).  It holds its engine
+    only while it takes work (:meth:`ThreadEngine._take_locked`), so that an
+    engine nobody else holds can be collected (and abandoned) while its
+    workers wait or run."""
+    me = threading.Lock()
+    me.acquire()
+    eng = ref()
+    if eng is None:  # pragma: no cover - collected before the thread ran
+        return
+    mutex = eng._mutex
+    waiting = eng._waiting
+    direct = eng._direct
+    held = eng._held
+    with mutex:
+        eng._threads.add(threading.current_thread())
+    del eng
+    op: Operation | None = None
+    res = 0
+    wake = -1  # this worker's wake-up eventfd (see _run_when_ready)
+    woken = True  # a new thread counts as woken for the ready queue
+    try:
+        while True:
+            eng = ref()
+            if eng is None:  # collected meanwhile (it was abandoned)
+                if op is not None and direct:
+                    op.complete(res)
+                return
+            # One critical section finishes the previous operation and takes
+            # the next one.
+            with mutex:
+                nxt, events, wake = eng._take_locked(me, op, res, woken, wake)
+                woken = False
+                closed = eng._closed
+                idle_time = eng._idle_time
+            del eng  # not held while running or idle
+            if op is not None and direct:
+                op.complete(res)
+            op = nxt
+            if op is not None:
+                if events < 0:
+                    hold = held.pop(op, None) if held else None
+                    if hold is None:
+                        res = _run(op, op.fd)
+                    elif hold < 0:
+                        res = -errno.EBADF  # not open when it was submitted
+                    else:
+                        res = _run(op, hold)
+                        os.close(hold)
+                    continue
+                # a POLL or a read on a stream waits for readiness first
+                r = _run_when_ready(op, events, wake, mutex, waiting)
+                if r is None:  # cancelled: the canceller completes it
+                    op = None
+                else:
+                    res = r
+                continue
+            if closed:
+                return
+            if me.acquire(timeout=idle_time):
+                woken = True
+                continue
+            eng = ref()
+            if eng is None:
+                return
+            with mutex:
+                if me in eng._idle:  # nobody woke us: exit
+                    eng._idle.remove(me)
+                    eng._exit_locked(wake)
+                    return
+            del eng
+            me.acquire()  # woken just as the wait timed out: consume it
+            woken = True
+    finally:
+        if wake >= 0:
+            os.close(wake)
+
+
+def _run_when_ready(
+    op: Operation, events: int, wake: int, mutex: threading.Lock, waiting: dict[Operation, int]
+) -> int | None:
+    """Run *op* (a POLL, or a read on a stream fd) once its fd reports one of
+    *events* (or an error or hang-up), waiting in ``poll`` on the fd and on
+    *wake*, the worker's eventfd.  While *op* is in *waiting* a cancel takes
+    it (:meth:`ThreadEngine._unwait_locked`) and signals *wake*; once the
+    worker has taken it out (under *mutex*) it runs and a cancel says
+    RUNNING.
+
+    Returns:
+        A POLL's revents; a read's bytes or -errno (``RWF_NOWAIT``: back to
+        waiting on EAGAIN); None if a cancel took it.
+    """
+    fd = op.fd
+    poller = select.poll()
+    poller.register(wake, select.POLLIN)
+    try:
+        poller.register(fd, events)
+    except (OverflowError, ValueError, TypeError):  # spoiled since submit
+        with mutex:
+            if waiting.pop(op, None) is None:
+                return None
+        return -errno.EINVAL
+    while True:
+        revents = 0
+        for f, rev in poller.poll():
+            if f == fd:
+                revents = rev
+            else:
+                try:
+                    os.eventfd_read(wake)
+                except BlockingIOError:  # pragma: no cover - read by a spurious wake
+                    pass
+        with mutex:
+            if waiting.get(op) != wake:
+                return None  # taken by a cancel
+            if not revents:
+                continue
+            del waiting[op]  # running from here on
+        if op.opcode is OpCode.POLL:
+            return revents
+        res = _read_nowait(op)
+        if res != -errno.EAGAIN:
+            return res
+        with mutex:  # taken by somebody else first: wait again
+            waiting[op] = wake
+
+
+def _read_nowait(op: Operation) -> int:
+    """The read of *op* on a ready stream fd, with ``RWF_NOWAIT`` added to
+    its flags (as :func:`_run` does it: at the offset, or at the file
+    position where the fd has none); as :func:`_run` where the fd does not
+    support the flag."""
+    fd = op.fd
+    flags = op.flags | os.RWF_NOWAIT
+    try:
+        if op.offset >= 0:
+            try:
+                return os.preadv(fd, op.buffers, op.offset, flags)
+            except OSError as e:
+                if e.errno != errno.ESPIPE:
+                    raise
+        return os.preadv(fd, op.buffers, -1, flags)
+    except OSError as e:
+        if e.errno == errno.EOPNOTSUPP:  # a tty: ready, so the read returns soon
+            return _run(op, fd)
+        return -(e.errno or errno.EIO)
+    except (OverflowError, ValueError, TypeError):
+        return -errno.EINVAL
+
+
+#: Every thread engine of this process, for the fork hook.
+_engines: weakref.WeakSet[ThreadEngine] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for eng in list(_engines):
+        eng.forget_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _check_config(threads: int, idle_time: float, num: int) -> tuple[int, float, int]:
