@@ -15,8 +15,11 @@ when each has finished.  There are three, best first:
 
 The protocol (:class:`Engine`) is deliberately small:
 
-- ``submit(ops)`` hands over a batch of QUEUED operations.  Per-operation
-  errors never raise: the operation completes with ``-errno``.
+- ``submit(ops)`` hands over a batch of QUEUED operations and returns at
+  once: it never waits for a request, also on a file system that cannot be
+  asked not to block (FUSE, NFS...: :func:`fd_kind` is how every engine
+  tells).  Per-operation errors never raise: the operation completes with
+  ``-errno``.
 - ``cancel(op)`` says honestly what happened: :class:`CancelOutcome`
   ``CANCELED`` (it will complete with ``-ECANCELED``), ``RUNNING`` (it will
   complete normally, later) or ``DONE`` (it had completed already).
@@ -239,8 +242,9 @@ def create_engine(name: str | None = None, **options: Any) -> Engine:
         name: ``"uring"``, ``"linux"`` or ``"thread"``; None means the
             ``XAIO_ENGINE`` environment variable if set, else the best that
             works here (uring, then linux, then thread).  ``"linux"`` runs
-            O_DIRECT regular files and polls on Linux AIO and everything else
-            on threads (so ``io_submit`` never blocks).
+            O_DIRECT regular files (on file systems that do not block:
+            :func:`fd_kind`) and polls on Linux AIO and everything else on
+            threads (so ``io_submit`` never blocks).
         options: passed to the engine's constructor (``entries``/``capacity``,
             ``threads``...).
 
