@@ -801,6 +801,248 @@ def test_dropped_pipe_poll_and_gc(ctx: IOContext, pipe: tuple[int, int]) -> None
 
 
 # ---------------------------------------------------------------------------------
+# Iocb as a mirror of struct iocb; resubmission; io_getevents from the ring
+# ---------------------------------------------------------------------------------
+
+
+def test_aio_nbytes_reads_the_length_submitted(data_fd: int, pipe: tuple[int, int]) -> None:
+    x = Iocb.pread(data_fd, bytearray(100), 0)
+    assert x.aio_nbytes == 100
+    assert Iocb.pwrite(data_fd, b"abc", 0).aio_nbytes == 3
+    assert Iocb.pread(data_fd, xaio.aligned_buffer(4096), 0).aio_nbytes == 4096
+    assert Iocb.preadv(data_fd, [bytearray(2), bytearray(3), bytearray(4)], 0).aio_nbytes == 3
+    assert Iocb.fsync(data_fd).aio_nbytes == 0
+    assert Iocb.poll(pipe[0], select.POLLIN).aio_nbytes == 0
+    assert Iocb().aio_nbytes == 0
+    x.aio_buf = bytearray(50)  # a length set by a constructor follows the buffer
+    assert x.aio_nbytes == 50
+    x.aio_nbytes = 10
+    assert x.aio_nbytes == 10
+    x.aio_nbytes = None
+    assert x.aio_nbytes == 50
+    x.aio_buf = "text"  # a buffer submission would refuse: no length
+    assert x.aio_nbytes is None
+    x.aio_buf = None
+    assert x.aio_nbytes == 0
+    y = Iocb()
+    libaio.io_prep_pread(y, data_fd, bytearray(10), 6, 0)
+    assert y.aio_nbytes == 6
+
+
+def test_constructor_count_keyword(ctx: IOContext, data_fd: int) -> None:
+    """``count`` is libaio's length argument, by name: a port of
+    ``io_prep_pread(iocb, fd, buf, count, offset)`` cannot pass it by
+    position (the third argument is the offset, as in ``os.pread``)."""
+    buf = bytearray(16)
+    x = Iocb.pread(data_fd, buf, 4096, count=6)
+    assert (x.aio_nbytes, x.aio_offset) == (6, 4096)
+    io_submit(ctx, [x])
+    (ev,) = wait_events(ctx, 1)
+    assert ev.res == 6 and bytes(buf[:6]) == pattern(8192)[4096:4102]
+    with pytest.raises(TypeError):
+        Iocb.pread(data_fd, buf, 6, 4096)  # type: ignore[misc]
+    a, b, c = bytearray(2), bytearray(2), bytearray(2)
+    v = Iocb.preadv(data_fd, [a, b, c], 0, count=2)
+    assert v.aio_nbytes == 2
+    io_submit(ctx, [v])
+    assert wait_events(ctx, 1)[0].res == 4 and c == bytearray(2)
+    w = Iocb.pwrite(data_fd, b"0123456789", 8192, count=3)
+    io_submit(ctx, [w])
+    assert wait_events(ctx, 1)[0].res == 3 and os.pread(data_fd, 4, 8192)[:3] == b"012"
+    with pytest.raises(ValueError):
+        io_submit(ctx, [Iocb.pread(data_fd, bytearray(4), 0, count=5)])
+
+
+def test_resubmitted_iocb_reads_each_new_offset(ctx: IOContext, direct_fd: int) -> None:
+    """The plain loop: set aio_offset on the reaped Iocb and submit it again."""
+    buf = xaio.aligned_buffer(4096)
+    x = Iocb.pread(direct_fd, buf, 0)
+    whole = pattern(1 << 20)
+    for block in (3, 0, 255, 7, 7):
+        x.aio_offset = block * 4096
+        io_submit(ctx, [x])
+        (ev,) = wait_events(ctx, 1)
+        assert ev.obj is x and ev.res == 4096
+        assert bytes(buf) == whole[block * 4096 : (block + 1) * 4096]
+
+
+@pytest.mark.parametrize("conv", CONVENTIONS)
+def test_field_changes_after_submission_are_checked(
+    conv: str, ctx: IOContext, data_fd: int, data_path: Path
+) -> None:
+    """A field set on an Iocb that was submitted before is checked again:
+    the same TypeError/ValueError, before the kernel sees it, and the same
+    kernel errno as for a fresh Iocb."""
+    submit = linux.io_submit if conv == "linux" else libaio.io_submit
+    x = Iocb.pread(data_fd, bytearray(8), 0)
+    assert submit(ctx, [x]) == 1
+    wait_events(ctx, 1)
+    bad: list[tuple[str, Any, type[Exception]]] = [
+        ("aio_offset", "8", TypeError),
+        ("aio_offset", 1 << 63, ValueError),
+        ("aio_offset", True, TypeError),
+        ("aio_fildes", 1.5, TypeError),
+        ("aio_data", -1, ValueError),
+        ("aio_reqprio", 1 << 15, ValueError),
+        ("aio_nbytes", 9, ValueError),
+        ("aio_buf", b"read-only", TypeError),
+        ("aio_buf", 4096, TypeError),
+        ("aio_lio_opcode", 1 << 16, ValueError),
+    ]
+    for name, value, exc in bad:
+        setattr(x, name, value)
+        with pytest.raises(exc):
+            submit(ctx, [x])
+        assert not x.in_flight and ctx.statistics()["in_flight"] == 0
+        y = Iocb.pread(data_fd, bytearray(8), 0)  # a fresh Iocb, same fields
+        for field in linux._FIELDS:
+            setattr(y, field, getattr(x, field))
+        with pytest.raises(exc):
+            submit(ctx, [y])
+        x = Iocb.pread(data_fd, bytearray(8), 0)
+        assert submit(ctx, [x]) == 1
+        wait_events(ctx, 1)
+    # kernel errors after a change: the kernel's errno
+    x.aio_offset = -4096
+    assert err(conv, "io_submit", ctx, [x]) == errno.EINVAL
+    x.aio_offset = 0
+    ro = os.open(data_path, os.O_RDONLY)
+    try:
+        x.aio_lio_opcode = linux.IOCB_CMD_PWRITE
+        x.aio_fildes = ro
+        assert err(conv, "io_submit", ctx, [x]) == errno.EBADF
+    finally:
+        os.close(ro)
+    x.aio_fildes = data_fd
+    x.aio_rw_flags = 1 << 30
+    assert err(conv, "io_submit", ctx, [x]) == errno.EOPNOTSUPP
+    x.aio_rw_flags = 0
+    assert submit(ctx, [x]) == 1
+    assert wait_events(ctx, 1)[0].res == 8
+
+
+def test_resized_buffer_is_pinned_again_at_its_new_place(ctx: IOContext, data_fd: int) -> None:
+    buf = bytearray(8)
+    x = Iocb.pread(data_fd, buf, 0)
+    io_submit(ctx, [x])
+    assert wait_events(ctx, 1)[0].res == 8
+    buf.extend(bytes(4088))  # released at reap, so it may grow (and move)
+    assert x.aio_nbytes == 4096
+    io_submit(ctx, [x])
+    assert wait_events(ctx, 1)[0].res == 4096 and bytes(buf) == pattern(4096)
+    x.aio_nbytes = 4096
+    del buf[100:]
+    with pytest.raises(ValueError):
+        io_submit(ctx, [x])
+    buf.clear()  # an empty bytearray with aio_nbytes None: a 0-byte read
+    x.aio_nbytes = None
+    io_submit(ctx, [x])
+    assert wait_events(ctx, 1)[0].res == 0
+    view = memoryview(bytearray(16))
+    y = Iocb.pread(data_fd, view, 0)
+    io_submit(ctx, [y])
+    wait_events(ctx, 1)
+    view.release()
+    with pytest.raises(ValueError):
+        io_submit(ctx, [y])
+    assert not y.in_flight
+
+
+def test_getevents_takes_waiting_events_from_the_ring(
+    ctx: IOContext, data_fd: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events already in the context's ring are read from user memory: with
+    the io_getevents system call made to fail, they still come back.
+    Waiting for more than is there makes the call."""
+    if ctx._ring is None:
+        pytest.skip("the ring is not read from user space on this architecture")
+    bufs = [bytearray(16) for _ in range(3)]
+    io_submit(ctx, [Iocb.pread(data_fd, b, 16 * i, data=i) for i, b in enumerate(bufs)])
+    deadline = time.monotonic() + 5
+    while linux._syscall.aio_ring_at(ctx.id).tail == linux._syscall.aio_ring_at(ctx.id).head:
+        assert time.monotonic() < deadline  # buffered reads complete in io_submit
+    calls: list[tuple[Any, ...]] = []
+
+    def refuse(*args: Any) -> int:
+        calls.append(args)
+        return -errno.ENOSYS
+
+    monkeypatch.setattr(linux, "_FAST_GETEVENTS", refuse)
+    events = io_getevents(ctx, 1, 2)
+    events += libaio.io_getevents(ctx, 1, 8, None)[1]
+    assert [e.data for e in events] == [0, 1, 2] and not calls
+    assert [bytes(b) for b in bufs] == [pattern(48)[16 * i : 16 * i + 16] for i in range(3)]
+    assert io_getevents(ctx, 0, 8, 0) == [] and not calls  # polling an empty ring
+    with pytest.raises(OSError) as info:
+        io_getevents(ctx, 1, 8, 0.01)  # must wait: the system call
+    assert info.value.errno == errno.ENOSYS and len(calls) == 1
+    assert ctx._waiters == 0
+
+
+def test_forked_child_never_reads_the_parents_ring(ctx: IOContext, data_fd: int) -> None:
+    """The child shares the ring's pages: reading them would take the
+    parent's completions.  Every call there is EINVAL and the parent still
+    gets its event."""
+    buf = bytearray(8)
+    io_submit(ctx, [Iocb.pread(data_fd, buf, 0, data=5)])
+
+    def child() -> int:
+        ok = libaio.io_getevents(ctx, 0, 8, 0) == (-errno.EINVAL, [])
+        ok = ok and libaio.io_getevents(ctx, 1, 8, None) == (-errno.EINVAL, [])
+        try:
+            io_getevents(ctx, 0, 8, 0)
+            return 1
+        except OSError as e:
+            ok = ok and e.errno == errno.EINVAL
+        return 0 if ok else 2
+
+    assert _in_child(child) == 0
+    (ev,) = wait_events(ctx, 1)
+    assert ev.data == 5 and ev.res == 8
+
+
+def test_getevents_from_two_threads_delivers_each_event_once(ctx: IOContext, data_fd: int) -> None:
+    """Threads reaping one context, some waiting in the system call (the
+    kernel moves the ring's head then), others finding events in the ring:
+    every completion is delivered exactly once."""
+    total = 20000
+    got: list[int] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def reap(min_nr: int, timeout: float) -> None:
+        try:
+            while not stop.is_set():
+                events = io_getevents(ctx, min_nr, 4, timeout)
+                with lock:
+                    got.extend(e.data for e in events)
+        except BaseException as e:
+            failures.append(e)
+
+    shapes = [(1, 0.05), (1, 0.05), (1, 0.001), (0, 0), (0, 0)]
+    threads = [threading.Thread(target=reap, args=shape) for shape in shapes]
+    for t in threads:
+        t.start()
+    cbs = [Iocb.pread(data_fd, bytearray(8), 0, data=i) for i in range(total)]
+    deadline = time.monotonic() + 60
+    sent = 0
+    while sent < total and time.monotonic() < deadline:
+        try:
+            sent += io_submit(ctx, cbs[sent : sent + 30])
+        except BlockingIOError:  # the ring is full: the readers catch up
+            time.sleep(0.001)
+    while len(got) < total and time.monotonic() < deadline and not failures:
+        time.sleep(0.01)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert not failures, failures[:3]
+    assert sorted(got) == list(range(total))
+    assert ctx._waiters == 0 and ctx.statistics()["in_flight"] == 0
+
+
+# ---------------------------------------------------------------------------------
 # libaio helpers
 # ---------------------------------------------------------------------------------
 

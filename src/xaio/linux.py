@@ -58,6 +58,7 @@ io_cancel(2), io_destroy(2), aio(7).
 
 from __future__ import annotations
 
+import array
 import collections
 import ctypes
 import errno
@@ -99,7 +100,7 @@ from xaio._abi.aio import (
     io_event,
     iocb,
 )
-from xaio._buffers import Pin, iovec_array, pin, pin_many
+from xaio._buffers import Pin, buffer_length, iovec_array, pin, pin_many
 from xaio._ops import CancelOutcome, InFlight, OpCode, Operation, OpState, check_batch
 from xaio._syscall import Timespec, check, oserror, timespec_from_seconds
 from xaio.engine import Engine, EngineClosedError
@@ -168,8 +169,39 @@ _FIELDS = (
 )
 _FIELD_SET = frozenset(_FIELDS)
 
+#: The integer fields: the range each accepts, and where and how it is stored
+#: in ``struct iocb`` (the value masked to the field's width, so a negative
+#: value lands as the two's complement the kernel reads).  Setting one of them
+#: on a prepared :class:`Iocb` (not the opcode, whose change touches the
+#: buffer rules) checks it and writes it into the ready image at once.
+_INT_FIELDS: dict[str, tuple[int, int, int, Any, int]] = {
+    name: (lo, hi, getattr(iocb, name).offset, struct.Struct(fmt).pack_into, mask)
+    for name, lo, hi, fmt, mask in (
+        ("aio_data", 0, _U64, "<Q", _U64),
+        ("aio_lio_opcode", 0, _U16, "<H", _U16),
+        ("aio_reqprio", -0x8000, 0x7FFF, "<H", _U16),
+        ("aio_fildes", -(1 << 31), _U32, "<I", _U32),
+        ("aio_offset", -(1 << 63), (1 << 63) - 1, "<Q", _U64),
+        ("aio_rw_flags", -(1 << 31), _U32, "<I", _U32),
+        ("aio_flags", 0, _U32, "<I", _U32),
+        ("aio_resfd", -(1 << 31), _U32, "<I", _U32),
+    )
+}
+_IMAGE_FIELDS = {name: spec for name, spec in _INT_FIELDS.items() if name != "aio_lio_opcode"}
+#: aio_key: set to this in each iocb before io_submit; the kernel writes 0
+#: into it when it takes the request, which tells an interrupted submission
+#: which requests the kernel took.
+_UNSENT_KEY = 1
+_KEY = struct.Struct("<I")
+_KEY_OFFSET = iocb.aio_key.offset
+_c_char_from_buffer = ctypes.c_char.from_buffer
+_addressof = ctypes.addressof
+# What the ready image holds in place of the buffer (Iocb._kind).
+_NO_BUFFER, _ONE_BUFFER, _VECTOR = 0, 1, 2
 
-def _int_field(name: str, value: Any, lo: int, hi: int) -> int:
+
+def _int_field(name: str, value: Any) -> int:
+    lo, hi = _INT_FIELDS[name][:2] if name in _INT_FIELDS else (0, _U64)
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"Iocb.{name} must be an int, not {type(value).__name__!r}")
     if not lo <= value <= hi:
@@ -182,10 +214,20 @@ class Iocb:
 
     Attributes mirror the kernel's fields.  ``aio_buf`` is a Python buffer (or
     a sequence of buffers for the vectored opcodes, the event mask for
-    ``IOCB_CMD_POLL``, or None); ``aio_nbytes`` None means the buffer's length
-    (the number of buffers for the vectored opcodes).  Fields are checked and
-    the buffers pinned when the request is submitted; while it is in flight the
-    object refuses changes (:class:`IocbInFlightError`).
+    ``IOCB_CMD_POLL``, or None).  ``aio_nbytes`` reads the length that will be
+    submitted: the value set, or, when it was set to None (what the
+    constructors do), the buffer's length -- the number of buffers for the
+    vectored opcodes, 0 without a buffer -- and None when the buffer is one
+    that submission would refuse.
+
+    Fields are checked before anything reaches the kernel: wrong types raise
+    ``TypeError`` and impossible values ``ValueError`` from :func:`io_submit`.
+    The first submission checks every field and builds the ``struct iocb``;
+    from then on setting an integer field (``aio_offset``...) checks that
+    value and writes it into that struct at once, so resubmitting costs only
+    pinning the buffer again.  While the request is in flight the object
+    refuses changes (:class:`IocbInFlightError`); its buffers are pinned from
+    submission until its event is reaped.
 
     Build one with a constructor (:meth:`pread`, :meth:`pwrite`, :meth:`preadv`,
     :meth:`pwritev`, :meth:`fsync`, :meth:`fdsync`, :meth:`poll`) or ``Iocb()``
@@ -198,17 +240,23 @@ class Iocb:
         "aio_reqprio",
         "aio_fildes",
         "aio_buf",
-        "aio_nbytes",
+        "_nbytes",
         "aio_offset",
         "aio_rw_flags",
         "aio_flags",
         "aio_resfd",
         "callback",
         "_struct",
+        "_mem",
         "_address",
         "_pins",
-        "_iovecs",
         "_ctx",
+        "_ready",
+        "_kind",
+        "_writable",
+        "_export",
+        "_pin_address",
+        "_pin_nbytes",
         "__weakref__",
     )
 
@@ -217,35 +265,90 @@ class Iocb:
     aio_reqprio: int
     aio_fildes: int
     aio_buf: Any
-    aio_nbytes: int | None
     aio_offset: int
     aio_rw_flags: int
     aio_flags: int
     aio_resfd: int
     callback: Any
+    _nbytes: Any
     _struct: iocb
+    _mem: memoryview
     _address: int
-    _pins: tuple[Pin, ...]
-    _iovecs: Any
+    #: What the kernel may use while the request is in flight: the buffer
+    #: exports (and a vectored request's iovec array), referred to only from
+    #: here, so that dropping the tuple releases them.
+    _pins: tuple[Any, ...]
     _ctx: IOContext | None
+    #: True while ``_struct`` holds every field as checked and written by the
+    #: last full :meth:`_prepare` plus the integer fields set since.
+    _ready: bool
+    _kind: int
+    _writable: bool
+    #: The single buffer is a bytearray or a writable 1-D byte memoryview,
+    #: which a one-char ctypes export holds (as in ``Pin``).
+    _export: bool
+    #: The single buffer's address and length when ``_struct`` was built.
+    _pin_address: int
+    _pin_nbytes: int
 
     def __init__(self) -> None:
         s = object.__setattr__
         s(self, "_ctx", None)
+        s(self, "_ready", False)
         for name in _FIELDS:
             s(self, name, 0)
         s(self, "aio_buf", None)
         s(self, "callback", None)
         st = iocb()
         s(self, "_struct", st)
+        s(self, "_mem", memoryview(st).cast("B"))
         s(self, "_address", ctypes.addressof(st))
         s(self, "_pins", ())
-        s(self, "_iovecs", None)
+        s(self, "_kind", _NO_BUFFER)
+        s(self, "_writable", False)
+        s(self, "_export", False)
+        s(self, "_pin_address", 0)
+        s(self, "_pin_nbytes", 0)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in _FIELD_SET and self._ctx is not None:
-            raise IocbInFlightError(f"cannot set {name}: the Iocb is in flight")
-        object.__setattr__(self, name, value)
+        if name in _FIELD_SET:
+            if self._ctx is not None:
+                raise IocbInFlightError(f"cannot set {name}: the Iocb is in flight")
+            object.__setattr__(self, name, value)
+            if self._ready:
+                spec = _IMAGE_FIELDS.get(name)
+                if spec is not None and type(value) is int and spec[0] <= value <= spec[1]:
+                    spec[3](self._mem, spec[2], value & spec[4])
+                else:
+                    # the next submission checks everything again
+                    object.__setattr__(self, "_ready", False)
+        else:
+            object.__setattr__(self, name, value)
+
+    @property
+    def aio_nbytes(self) -> int | None:
+        """The number of bytes (of buffers, for the vectored opcodes) that a
+        submission hands to the kernel: the value set, else derived from
+        ``aio_buf`` (None if the submission would refuse that buffer)."""
+        n = self._nbytes
+        if n is not None:
+            return n  # type: ignore[no-any-return]
+        buf = self.aio_buf
+        if buf is None:
+            return 0
+        if isinstance(buf, int) and not isinstance(buf, bool):
+            return 0 if self.aio_lio_opcode == IOCB_CMD_POLL else None
+        if self.aio_lio_opcode in _VECTORED:
+            return len(buf) if isinstance(buf, (list, tuple)) else None
+        try:
+            return buffer_length(buf)
+        except (TypeError, ValueError):
+            return None
+
+    @aio_nbytes.setter
+    def aio_nbytes(self, value: int | None) -> None:
+        # Reached through __setattr__, which refuses it in flight.
+        object.__setattr__(self, "_nbytes", value)
 
     @property
     def in_flight(self) -> bool:
@@ -290,13 +393,20 @@ class Iocb:
         buf: Any,
         offset: int,
         *,
+        count: int | None = None,
         data: int = 0,
         rw_flags: int = 0,
         eventfd: int | None = None,
         ioprio: int | None = None,
     ) -> Iocb:
-        """Read ``len(buf)`` bytes of *fd* at *offset* into writable *buf*."""
-        return cls._make(IOCB_CMD_PREAD, fd, buf, None, offset, data, rw_flags, eventfd, ioprio)
+        """Read ``len(buf)`` bytes (*count* if given) of *fd* at *offset*
+        into writable *buf*.
+
+        The arguments follow ``os.pread``'s order: the third is the offset.
+        libaio's ``io_prep_pread(iocb, fd, buf, count, offset)`` is
+        ``Iocb.pread(fd, buf, offset, count=count)`` (or
+        :func:`xaio.libaio.io_prep_pread`)."""
+        return cls._make(IOCB_CMD_PREAD, fd, buf, count, offset, data, rw_flags, eventfd, ioprio)
 
     @classmethod
     def pwrite(
@@ -305,13 +415,16 @@ class Iocb:
         buf: Any,
         offset: int,
         *,
+        count: int | None = None,
         data: int = 0,
         rw_flags: int = 0,
         eventfd: int | None = None,
         ioprio: int | None = None,
     ) -> Iocb:
-        """Write the bytes of *buf* to *fd* at *offset*."""
-        return cls._make(IOCB_CMD_PWRITE, fd, buf, None, offset, data, rw_flags, eventfd, ioprio)
+        """Write the bytes of *buf* (its first *count* if given) to *fd* at
+        *offset* (``os.pwrite``'s order; libaio's ``io_prep_pwrite(iocb, fd,
+        buf, count, offset)`` is ``Iocb.pwrite(fd, buf, offset, count=count)``)."""
+        return cls._make(IOCB_CMD_PWRITE, fd, buf, count, offset, data, rw_flags, eventfd, ioprio)
 
     @classmethod
     def preadv(
@@ -320,14 +433,16 @@ class Iocb:
         buffers: Sequence[Any],
         offset: int,
         *,
+        count: int | None = None,
         data: int = 0,
         rw_flags: int = 0,
         eventfd: int | None = None,
         ioprio: int | None = None,
     ) -> Iocb:
-        """Scatter-read from *fd* at *offset* into the writable *buffers*."""
+        """Scatter-read from *fd* at *offset* into the writable *buffers*
+        (the first *count* of them if given: libaio's ``iovcnt``)."""
         return cls._make(
-            IOCB_CMD_PREADV, fd, list(buffers), None, offset, data, rw_flags, eventfd, ioprio
+            IOCB_CMD_PREADV, fd, list(buffers), count, offset, data, rw_flags, eventfd, ioprio
         )
 
     @classmethod
@@ -337,14 +452,16 @@ class Iocb:
         buffers: Sequence[Any],
         offset: int,
         *,
+        count: int | None = None,
         data: int = 0,
         rw_flags: int = 0,
         eventfd: int | None = None,
         ioprio: int | None = None,
     ) -> Iocb:
-        """Gather-write *buffers* to *fd* at *offset*."""
+        """Gather-write *buffers* (the first *count* of them if given) to
+        *fd* at *offset*."""
         return cls._make(
-            IOCB_CMD_PWRITEV, fd, list(buffers), None, offset, data, rw_flags, eventfd, ioprio
+            IOCB_CMD_PWRITEV, fd, list(buffers), count, offset, data, rw_flags, eventfd, ioprio
         )
 
     @classmethod
@@ -390,24 +507,58 @@ class Iocb:
 
     # --- submission ----------------------------------------------------------------
     def _prepare(self) -> None:
-        """Check every field, pin the buffers and fill ``struct iocb``.
+        """Pin the buffers and make ``struct iocb`` ready for the kernel.
 
-        Raises TypeError/ValueError before anything reaches the kernel."""
+        When nothing but integer fields (each checked as it was set) changed
+        since the last submission and the single buffer is still where it was,
+        with the same length, only the pin is taken again; otherwise
+        :meth:`_build` checks every field.  Raises TypeError/ValueError before
+        anything reaches the kernel."""
         if self._ctx is not None:
             raise IocbInFlightError("this Iocb is already in flight")
-        opcode = _int_field("aio_lio_opcode", self.aio_lio_opcode, 0, _U16)
-        reqprio = _int_field("aio_reqprio", self.aio_reqprio, -0x8000, 0x7FFF)
-        fd = _int_field("aio_fildes", self.aio_fildes, -(1 << 31), _U32)
-        offset = _int_field("aio_offset", self.aio_offset, -(1 << 63), (1 << 63) - 1)
-        rw_flags = _int_field("aio_rw_flags", self.aio_rw_flags, -(1 << 31), _U32)
-        flags = _int_field("aio_flags", self.aio_flags, 0, _U32)
-        resfd = _int_field("aio_resfd", self.aio_resfd, -(1 << 31), _U32)
-        data = _int_field("aio_data", self.aio_data, 0, _U64)
+        if self._ready:
+            kind = self._kind
+            if kind == _ONE_BUFFER:
+                buf = self.aio_buf
+                try:
+                    p: Any = _c_char_from_buffer(buf) if self._export else None
+                except (TypeError, ValueError):  # released or emptied: _build says why
+                    p = None
+                else:
+                    if p is not None:
+                        if _addressof(p) == self._pin_address and len(buf) == self._pin_nbytes:
+                            _KEY.pack_into(self._mem, _KEY_OFFSET, _UNSENT_KEY)
+                            object.__setattr__(self, "_pins", (p,))
+                            return
+                    else:
+                        p = Pin(buf, self._writable)
+                        if p.address == self._pin_address and p.nbytes == self._pin_nbytes:
+                            _KEY.pack_into(self._mem, _KEY_OFFSET, _UNSENT_KEY)
+                            object.__setattr__(self, "_pins", (p,))
+                            return
+                del p  # the buffer moved or was resized: drop that export
+            elif kind == _NO_BUFFER:
+                _KEY.pack_into(self._mem, _KEY_OFFSET, _UNSENT_KEY)
+                return
+        self._build()
+
+    def _build(self) -> None:
+        """Check every field, pin the buffers and fill ``struct iocb``."""
+        object.__setattr__(self, "_ready", False)
+        opcode = _int_field("aio_lio_opcode", self.aio_lio_opcode)
+        reqprio = _int_field("aio_reqprio", self.aio_reqprio)
+        fd = _int_field("aio_fildes", self.aio_fildes)
+        offset = _int_field("aio_offset", self.aio_offset)
+        rw_flags = _int_field("aio_rw_flags", self.aio_rw_flags)
+        flags = _int_field("aio_flags", self.aio_flags)
+        resfd = _int_field("aio_resfd", self.aio_resfd)
+        data = _int_field("aio_data", self.aio_data)
         buf = self.aio_buf
-        nbytes = self.aio_nbytes
-        pins: tuple[Pin, ...] = ()
-        iovecs = None
+        nbytes = self._nbytes
+        pins: tuple[Any, ...] = ()
         address = 0
+        kind = _NO_BUFFER
+        writable = False
         if opcode in _VECTORED:
             if buf is None:
                 buffers: list[Any] = []
@@ -419,17 +570,19 @@ class Iocb:
                     f"not {type(buf).__name__!r}"
                 )
             count = len(buffers) if nbytes is None else nbytes
-            _int_field("aio_nbytes", count, 0, _U64)
+            _int_field("aio_nbytes", count)
             if count > len(buffers):
                 raise ValueError(
                     f"aio_nbytes={count} is more than the {len(buffers)} buffers given"
                 )
-            pins = tuple(pin_many(buffers[:count], writable=opcode == IOCB_CMD_PREADV))
-            iovecs = iovec_array(pins)
+            pinned = pin_many(buffers[:count], writable=opcode == IOCB_CMD_PREADV)
+            iovecs = iovec_array(pinned)
+            pins = (*pinned, iovecs)
             address = ctypes.addressof(iovecs)
             nbytes = count
+            kind = _VECTOR
         elif buf is None:
-            nbytes = 0 if nbytes is None else _int_field("aio_nbytes", nbytes, 0, _U64)
+            nbytes = 0 if nbytes is None else _int_field("aio_nbytes", nbytes)
             if nbytes and opcode in (IOCB_CMD_PREAD, IOCB_CMD_PWRITE):
                 raise ValueError(f"aio_nbytes={nbytes} but no aio_buf to transfer into/from")
         elif isinstance(buf, int) and not isinstance(buf, bool):
@@ -438,13 +591,14 @@ class Iocb:
                     "aio_buf must be a buffer (raw addresses are not accepted); an int is "
                     "only meaningful as the event mask of IOCB_CMD_POLL"
                 )
-            address = _int_field("aio_buf", buf, 0, _U64)
-            nbytes = 0 if nbytes is None else _int_field("aio_nbytes", nbytes, 0, _U64)
+            address = _int_field("aio_buf", buf)
+            nbytes = 0 if nbytes is None else _int_field("aio_nbytes", nbytes)
         else:
-            p = pin(buf, writable=opcode == IOCB_CMD_PREAD)
+            writable = opcode == IOCB_CMD_PREAD
+            p = pin(buf, writable=writable)
             n = p.nbytes if nbytes is None else nbytes
             try:
-                _int_field("aio_nbytes", n, 0, _U64)
+                _int_field("aio_nbytes", n)
                 if n > p.nbytes:
                     raise ValueError(f"aio_nbytes={n} is larger than the buffer ({p.nbytes})")
             except BaseException:
@@ -453,9 +607,10 @@ class Iocb:
             pins = (p,)
             address = p.address
             nbytes = n
+            kind = _ONE_BUFFER
         st = self._struct
         st.aio_data = data
-        st.aio_key = 0
+        st.aio_key = _UNSENT_KEY
         st.aio_rw_flags = rw_flags if rw_flags < (1 << 31) else rw_flags - (1 << 32)
         st.aio_lio_opcode = opcode
         st.aio_reqprio = reqprio
@@ -466,14 +621,30 @@ class Iocb:
         st.aio_reserved2 = 0
         st.aio_flags = flags
         st.aio_resfd = resfd & _U32
-        object.__setattr__(self, "_pins", pins)
-        object.__setattr__(self, "_iovecs", iovecs)
+        s = object.__setattr__
+        s(self, "_pins", pins)
+        s(self, "_kind", kind)
+        s(self, "_writable", writable)
+        if kind == _ONE_BUFFER:
+            t = type(buf)
+            s(
+                self,
+                "_export",
+                pins[0].nbytes > 0
+                and (
+                    t is bytearray
+                    or (
+                        t is memoryview and buf.ndim == 1 and buf.format == "B" and not buf.readonly
+                    )
+                ),
+            )
+            s(self, "_pin_address", address)
+            s(self, "_pin_nbytes", pins[0].nbytes)
+        s(self, "_ready", True)
 
     def _release(self) -> None:
-        for p in self._pins:
-            p.release()
+        # (IOContext._events does the same for each reaped request.)
         object.__setattr__(self, "_pins", ())
-        object.__setattr__(self, "_iovecs", None)
         object.__setattr__(self, "_ctx", None)
 
     def __repr__(self) -> str:
@@ -499,6 +670,10 @@ class IOEvent(NamedTuple):
     obj: Iocb | None
     res: int
     res2: int
+
+
+#: Makes an IOEvent from a 4-tuple without NamedTuple's Python-level __new__.
+_new_event = tuple.__new__
 
 
 # ---------------------------------------------------------------------------------
@@ -549,6 +724,10 @@ class IOContext:
         "_foreign",
         "_pid",
         "_stats",
+        "_cid",
+        "_ring",
+        "_waiters",
+        "_spare_events",
         "__weakref__",
     )
 
@@ -570,6 +749,16 @@ class IOContext:
         self._foreign = False
         self._pid = os.getpid()
         self._stats = {"submitted": 0, "reaped": 0}
+        self._cid = ctypes.c_void_p(ctx_id)
+        # The completion ring in user memory, read by io_getevents (None where
+        # it cannot be, see _user_ring); under _unmap_lock, while alive.
+        self._ring: memoryview | None = _user_ring(self)[0]
+        # Threads inside the io_getevents system call on this context (counted
+        # under _unmap_lock): while there are any, the kernel moves the ring's
+        # head, so io_getevents does not read the ring itself.
+        self._waiters = 0
+        # io_event arrays for that system call, reused (one per waiting thread).
+        self._spare_events: list[Any] = []
         with _live_lock:
             _live[ctx_id] = self
 
@@ -581,6 +770,7 @@ class IOContext:
 
     def _forked_away(self) -> None:
         self._foreign = True
+        self._ring = None  # never read the parent's ring (SPEC 2.6)
         # The parent's requests are not ours to complete; forget them without
         # touching the kernel.  (The child's copy of the memory is private.)
         self._inflight = {}
@@ -630,6 +820,7 @@ class IOContext:
         # EINVAL the kernel no longer knows this context either.
         with self._lock:
             self._destroyed = True
+            self._ring = None
             inflight, self._inflight = self._inflight, {}
         for iocb_obj in inflight.values():
             iocb_obj._release()
@@ -641,17 +832,23 @@ class IOContext:
                 del _live[self.id]
         return ret
 
-    def _event(self, raw: io_event | tuple[int, int, int, int]) -> IOEvent:
-        if isinstance(raw, tuple):
-            data, obj, res, res2 = raw
-        else:
-            data, obj, res, res2 = raw.data, raw.obj, raw.res, raw.res2
+    def _events(self, raw: list[tuple[int, int, int, int]]) -> list[IOEvent]:
+        """The :class:`IOEvent` of each ``(data, obj, res, res2)`` taken from
+        the kernel: its Iocb leaves the in-flight table and its buffers are
+        released (as :meth:`Iocb._release` does)."""
+        pop = self._inflight.pop
+        setattr_ = object.__setattr__
+        out: list[IOEvent] = []
+        append = out.append
         with self._lock:
-            owner = self._inflight.pop(obj, None)
-        if owner is not None:
-            owner._release()
-        self._stats["reaped"] += 1
-        return IOEvent(data, owner, res, res2)
+            for data, obj, res, res2 in raw:
+                owner = pop(obj, None)
+                if owner is not None:
+                    setattr_(owner, "_pins", ())
+                    setattr_(owner, "_ctx", None)
+                append(_new_event(IOEvent, (data, owner, res, res2)))
+        self._stats["reaped"] += len(raw)
+        return out
 
     def __enter__(self) -> IOContext:
         return self
@@ -718,46 +915,74 @@ def _setup(nr_events: Any) -> tuple[int, IOContext | None]:
 def _submit(ctx: IOContext, iocbs: Iterable[Iocb]) -> int:
     ctx = _as_context(ctx)
     batch = list(iocbs)
-    for i, obj in enumerate(batch):
-        if not isinstance(obj, Iocb):
-            raise TypeError(f"iocbs[{i}] must be an Iocb, not {type(obj).__name__!r}")
-    if len({id(obj) for obj in batch}) != len(batch):
+    for obj in batch:
+        if type(obj) is not Iocb and not isinstance(obj, Iocb):
+            i = next(i for i, o in enumerate(batch) if not isinstance(o, Iocb))
+            raise TypeError(f"iocbs[{i}] must be an Iocb, not {type(batch[i]).__name__!r}")
+    if len(set(map(id, batch))) != len(batch):
         raise IocbInFlightError("the same Iocb appears twice in one submission")
     if ctx._destroyed or ctx._foreign:
         return -errno.EINVAL
-    prepared: list[Iocb] = []
+    # The kernel takes at most the ring's size in one call.
+    n = min(len(batch), ctx._ring_nr)
+    addresses = [obj._address for obj in batch]
+    prepared = 0
+    setattr_ = object.__setattr__
     try:
-        for obj in batch:
-            obj._prepare()
-            prepared.append(obj)
+        # Register before the syscall: a completion may be reaped by another
+        # thread before io_submit even returns.
+        with ctx._lock:
+            if ctx._destroyed or ctx._foreign:
+                return -errno.EINVAL
+            for obj in batch:
+                obj._prepare()
+                setattr_(obj, "_ctx", ctx)
+                prepared += 1
+            ctx._inflight.update(zip(addresses[:n], batch, strict=False))
     except BaseException:
-        for obj in prepared:
+        for obj in batch[:prepared]:
             obj._release()
         raise
-    n = len(batch)
-    ptrs = (ctypes.c_void_p * max(n, 1))(*[obj._address for obj in batch])
-    # Register before the syscall: a completion may be reaped by another thread
-    # before io_submit even returns.
+    ret = 0
+    ptrs = array.array("Q", addresses[:n])
+    # One call per _SUBMIT_CHUNK requests (the device starts on the first
+    # ones while the kernel prepares the next; see the module's essay): the
+    # answer is the same as one call's, since the kernel takes requests in
+    # order and stops at the first it refuses.
+    done = 0
+    try:
+        base = ptrs.buffer_info()[0]
+        while done < n:
+            m = n - done if n - done < _SUBMIT_CHUNK else _SUBMIT_CHUNK
+            r = _FAST_SUBMIT(ctx._cid, m, ctypes.c_void_p(base + done * 8))
+            if r <= 0:
+                ret = r
+                break
+            done += r
+            if r < m:
+                break
+    except BaseException:
+        # Interrupted (Ctrl-C) around a call: the requests the kernel took
+        # have aio_key zeroed; give back the others.
+        while done < n and not _KEY.unpack_from(batch[done]._mem, _KEY_OFFSET)[0]:
+            done += 1
+        _unsubmit(ctx, batch[done:])
+        ctx._stats["submitted"] += done
+        raise
+    if done < len(batch):
+        _unsubmit(ctx, batch[done:])
+    ctx._stats["submitted"] += done
+    return done if done else ret
+
+
+def _unsubmit(ctx: IOContext, iocbs: list[Iocb]) -> None:
+    """Forget *iocbs*, which the kernel did not take, and release them."""
     with ctx._lock:
-        if ctx._destroyed or ctx._foreign:
-            ret = -errno.EINVAL
-        else:
-            for obj in batch:
-                object.__setattr__(obj, "_ctx", ctx)
-                ctx._inflight[obj._address] = obj
-            ret = 0
-    if ret == 0:
-        ret = _syscall.io_submit(ctx.id, n, ctypes.addressof(ptrs))
-    accepted = max(ret, 0)
-    if accepted < n:
-        with ctx._lock:
-            for obj in batch[accepted:]:
-                if ctx._inflight.get(obj._address) is obj:
-                    del ctx._inflight[obj._address]
-        for obj in batch[accepted:]:
-            obj._release()
-    ctx._stats["submitted"] += accepted
-    return ret
+        for obj in iocbs:
+            if ctx._inflight.get(obj._address) is obj:
+                del ctx._inflight[obj._address]
+    for obj in iocbs:
+        obj._release()
 
 
 def _getevents(
@@ -768,10 +993,23 @@ def _getevents(
     sigmask: Iterable[int] | None = None,
     pgetevents: bool = False,
 ) -> tuple[int, list[IOEvent]]:
-    ctx = _as_context(ctx)
-    min_nr = _check_nr("min_nr", min_nr)
-    nr = _check_nr("nr", nr)
-    timeout = _check_timeout(timeout)
+    """The raw core of io_getevents / io_pgetevents: ``(n, events)`` or
+    ``(-errno, [])``.
+
+    Events already in the context's ring are read from user memory (no
+    system call); the system call is made only to wait for more (fewer than
+    *min_nr* there and a timeout that is not 0) or where the ring cannot be
+    read (see :func:`_user_ring`).  While a thread waits in that call the
+    kernel moves the ring's head, so no other thread reads the ring
+    meanwhile: they make the system call too."""
+    if type(ctx) is not IOContext:
+        ctx = _as_context(ctx)
+    if type(min_nr) is not int:
+        min_nr = _check_nr("min_nr", min_nr)
+    if type(nr) is not int:
+        nr = _check_nr("nr", nr)
+    if timeout is not None:
+        timeout = _check_timeout(timeout)
     sigset_addr = 0
     keep: list[Any] = []
     if pgetevents and sigmask is not None:
@@ -795,35 +1033,65 @@ def _getevents(
         # would never end, so min_nr is capped too).
         nr = ctx._ring_nr
         min_nr = min(min_nr, nr)
-    events = (io_event * max(nr, 1))()
-    ev_addr = ctypes.addressof(events)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    ts = Timespec()
-    got = 0
-    while True:
-        if deadline is None:
-            ts_addr = 0
+    raw: list[tuple[int, int, int, int]] = []
+    ring = ctx._ring
+    waiting = False  # counted in ctx._waiters
+    events: Any = None
+    try:
+        if ring is not None:
+            with ctx._unmap_lock:  # io_destroy unmaps the ring: never read a dead one
+                if ctx._destroyed or ctx._foreign:
+                    return -errno.EINVAL, []
+                if not ctx._waiters and nr:
+                    _take_ring_events(ring, ctx._ring_nr, nr, raw)
+                if len(raw) < min_nr and (timeout != 0.0 or ctx._waiters):
+                    ctx._waiters += 1
+                    waiting = True
+            if not waiting:
+                return len(raw), ctx._events(raw)
+        got = len(raw)
+        if ring is not None:
+            spare = ctx._spare_events
+            events = spare.pop() if spare else (io_event * ctx._ring_nr)()
         else:
-            timespec_from_seconds(deadline - time.monotonic(), ts)
-            ts_addr = ctypes.addressof(ts)
-        want_min = max(min_nr - got, 0)
-        if pgetevents:
-            ret = _syscall.io_pgetevents(
-                ctx.id, want_min, nr - got, ev_addr + got * 32, ts_addr, sigset_addr
-            )
-        else:
-            ret = _syscall.io_getevents(ctx.id, want_min, nr - got, ev_addr + got * 32, ts_addr)
-        if ret == -errno.EINTR and not pgetevents:
-            _syscall.run_signal_handlers()  # PEP 475: raise if a handler raised
-            continue
+            events = (io_event * max(nr, 1))()
+        ev_addr = ctypes.addressof(events)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        ts = Timespec() if timeout is not None else None
+        while True:
+            if ts is None or deadline is None:
+                cts = None
+            else:
+                timespec_from_seconds(deadline - time.monotonic(), ts)
+                cts = ctypes.c_void_p(ctypes.addressof(ts))
+            want_min = max(min_nr - got, 0)
+            if pgetevents:
+                ret = _syscall.io_pgetevents(
+                    ctx.id,
+                    want_min,
+                    nr - got,
+                    ev_addr,
+                    cts.value if cts is not None else 0,
+                    sigset_addr,
+                )
+            else:
+                ret = _FAST_GETEVENTS(ctx._cid, want_min, nr - got, ctypes.c_void_p(ev_addr), cts)
+            if ret == -errno.EINTR and not pgetevents:
+                _syscall.run_signal_handlers()  # PEP 475: raise if a handler raised
+                continue
+            break
         if ret < 0:
-            # Events already copied out must not be lost.
-            if got:
-                break
-            return ret, []
-        got += ret
-        break
-    return got, [ctx._event(events[i]) for i in range(got)]
+            if not got:  # events already taken from the ring must not be lost
+                return ret, []
+        elif ret:
+            raw += _iter_events(memoryview(events).cast("B")[: ret * 32])
+    finally:
+        if waiting:
+            with ctx._unmap_lock:
+                ctx._waiters -= 1
+            if events is not None:
+                ctx._spare_events.append(events)
+    return len(raw), ctx._events(raw)
 
 
 def _cancel(ctx: IOContext, obj: Iocb) -> tuple[int, IOEvent | None]:
@@ -836,7 +1104,7 @@ def _cancel(ctx: IOContext, obj: Iocb) -> tuple[int, IOEvent | None]:
     ret: int = _syscall.io_cancel(ctx.id, obj._address, ctypes.addressof(result))
     if ret == 0:
         # Old kernels complete the request by cancelling it and hand the event back.
-        return 0, ctx._event(result)
+        return 0, ctx._events([(result.data, result.obj, result.res, result.res2)])[0]
     return ret, None
 
 
@@ -1048,7 +1316,6 @@ _I64 = struct.Struct("<q")
 _IOCB_OFFSET_AT = iocb.aio_offset.offset
 _iter_events = IO_EVENT_STRUCT.iter_unpack
 _IOCB_SIZE = 64
-_UNSENT_KEY = 1
 _KEY_AT = struct.Struct("<8xI")  # aio_key
 _IOCB_SHIFT = 6
 
