@@ -150,3 +150,58 @@ def test_setup_and_destroy_never_crash(value: Any) -> None:
             assert libaio.io_queue_release(c) == 0
     except TypeError:
         pass
+
+
+def outcome(ctx: IOContext, x: Iocb) -> tuple[str, Any]:
+    """What io_submit of *x* gives: the exception type, or the count (and
+    then the struct iocb the kernel was handed), the request drained."""
+    try:
+        n = linux.io_submit(ctx, [x])
+    except EXPECTED as e:
+        return type(e).__name__, getattr(e, "errno", None)
+    image = bytes(memoryview(x._struct).cast("B"))
+    drain(ctx)
+    return "accepted", (n, image)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_field_changes_after_submission_match_a_fresh_iocb(
+    files: Files, data: st.DataObject
+) -> None:
+    """An Iocb submitted before keeps its checked struct iocb and checks only
+    the fields set since: whatever is set, submitting it gives exactly what a
+    fresh Iocb with the same fields gives -- the same exception before the
+    kernel, the same errno from it, the same struct iocb handed to it."""
+    buf = bytearray(64)
+    x = Iocb.pread(files.rw, buf, 0)
+    assert linux.io_submit(files.ctx, [x]) == 1
+    drain(files.ctx)
+    changes = st.one_of(
+        st.tuples(st.just("aio_offset"), st.one_of(st.integers(-5, 70000), ints, maybe_int)),
+        st.tuples(st.just("aio_fildes"), st.one_of(fd_strategy(files), ints)),
+        st.tuples(st.just("aio_data"), maybe_int),
+        st.tuples(st.just("aio_rw_flags"), st.one_of(st.sampled_from([0, 1, 2, 8, 16]), ints)),
+        st.tuples(st.just("aio_flags"), st.sampled_from([0, 1, 2, -1, 1 << 32])),
+        st.tuples(st.just("aio_resfd"), st.sampled_from([files.efd, files.rw, -1, 1 << 33])),
+        st.tuples(st.just("aio_reqprio"), st.one_of(st.integers(-40000, 40000), maybe_int)),
+        st.tuples(st.just("aio_nbytes"), maybe_int),
+        st.tuples(st.just("aio_lio_opcode"), st.one_of(st.integers(0, 9), ints)),
+        st.tuples(st.just("aio_buf"), st.one_of(buffers, st.just(buf))),
+        st.tuples(st.just("resize"), st.integers(0, 128)),
+        st.tuples(st.just("submit"), st.none()),
+    )
+    for name, value in data.draw(st.lists(changes, max_size=8), label="changes"):
+        if name == "resize":
+            if isinstance(x.aio_buf, bytearray):
+                x.aio_buf[:] = bytes(value)
+        elif name == "submit":
+            outcome(files.ctx, x)
+        else:
+            setattr(x, name, value)
+    y = Iocb()
+    for field in linux._FIELDS:
+        setattr(y, field, getattr(x, field))
+    got = outcome(files.ctx, x)
+    assert got == outcome(files.ctx, y)
+    assert not x.in_flight and not y.in_flight
