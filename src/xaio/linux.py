@@ -11,8 +11,11 @@ on them.
   features, header length) followed by ``nr`` ``struct io_event``.  The kernel
   writes an event, then (after a write barrier) advances ``tail``; whoever
   reaps advances ``head``.  libaio reads this ring from user space to avoid a
-  system call; so does :class:`IOBatch` (on x86-64 only, where loads are not
-  reordered with loads nor stores with earlier loads, so no fence is needed).
+  system call; so do :class:`IOBatch` and :func:`io_getevents` (on x86-64
+  only, where loads are not reordered with loads nor stores with earlier
+  loads, so no fence is needed).  The ``io_getevents`` system call moves
+  ``head`` too (under a lock of its own): while a thread waits in it, nobody
+  else may read the ring from user space, or both would take the same events.
 * ``io_destroy`` cancels what it can, then *blocks* until every other request
   has completed, then unmaps the ring and returns the context's share of
   ``/proc/sys/fs/aio-nr``.  It waits for an RCU grace period even on an idle
