@@ -1042,6 +1042,30 @@ def test_getevents_from_two_threads_delivers_each_event_once(ctx: IOContext, dat
     assert ctx._waiters == 0 and ctx.statistics()["in_flight"] == 0
 
 
+def test_destroy_while_other_threads_read_the_ring(data_fd: int) -> None:
+    """io_destroy unmaps the ring: a thread polling io_getevents meanwhile
+    gets EINVAL, never reads the unmapped memory (a crash)."""
+    for _ in range(20):
+        ctx = io_setup(8)
+        io_submit(ctx, [Iocb.pread(data_fd, bytearray(8), 0)])
+        answers: list[int] = []
+
+        def poll(c: IOContext = ctx, out: list[int] = answers) -> None:
+            while True:
+                ret, _ = libaio.io_getevents(c, 0, 8, 0)
+                if ret < 0:
+                    out.append(ret)
+                    return
+
+        threads = [threading.Thread(target=poll) for _ in range(2)]
+        for t in threads:
+            t.start()
+        io_destroy(ctx)
+        for t in threads:
+            t.join(30)
+        assert answers == [-errno.EINVAL] * 2
+
+
 # ---------------------------------------------------------------------------------
 # libaio helpers
 # ---------------------------------------------------------------------------------

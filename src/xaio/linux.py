@@ -816,6 +816,11 @@ class IOContext:
             return -errno.EINVAL
         with self._unmap_lock:
             ret: int = _syscall.io_destroy(self.id)
+            if ret >= 0 or ret == -errno.EINVAL:
+                # The ring is unmapped: mark it before a reader waiting for
+                # this lock checks whether it may read it.
+                self._destroyed = True
+                self._ring = None
         if ret < 0 and ret != -errno.EINVAL:
             return ret
         # On success every request has completed (or was cancelled): the kernel
