@@ -47,6 +47,17 @@ def open_fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
 
+async def _nothing() -> None:
+    pass
+
+
+def fds_after_a_first_run(lib: str) -> set[str]:
+    """The open fds once *lib* has run a loop (uvloop keeps a pipe for the
+    process from its first loop on)."""
+    run(lib, _nothing)
+    return open_fds()
+
+
 def aio_nr() -> int:
     """System-wide count of AIO events reserved (other processes change it too)."""
     with open("/proc/sys/fs/aio-nr") as f:

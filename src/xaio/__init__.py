@@ -10,7 +10,9 @@ The layers, lowest first (see docs/architecture.md):
 - :func:`aligned_buffer` — memory aligned for O_DIRECT;
 - the async layer (:mod:`xaio._async`): ``await xaio.pread(fd, n, offset)`` and the other
   os-like coroutines, :func:`open` (async file objects), :func:`open_engine`, and
-  :mod:`xaio.os` (async ``stat``, ``rename``, ``mkdir``...), for asyncio, trio and anyio.
+  :mod:`xaio.os` (async ``stat``, ``rename``, ``mkdir``...), :class:`Batch` (many
+  requests in one submission), for asyncio, trio
+  and anyio.
 
 Importing xaio starts no thread and makes no system call.
 """
@@ -22,6 +24,7 @@ from xaio._async import (
     AsyncEngine,
     AsyncFile,
     AsyncTextFile,
+    Batch,
     fdatasync,
     fsync,
     open,
@@ -109,4 +112,5 @@ __all__ = [
     "AsyncEngine",
     "AsyncFile",
     "AsyncTextFile",
+    "Batch",
 ]

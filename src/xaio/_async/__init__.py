@@ -4,11 +4,13 @@
   batching, cancellation, the default engine's lifetime);
 - :mod:`._io` -- ``pread``, ``pwrite``... and :func:`open_engine`;
 - :mod:`._file` -- :func:`open` and the async file objects;
-- :mod:`._meta` -- path operations on io_uring for :mod:`xaio.os`.
+- :mod:`._meta` -- path operations on io_uring for :mod:`xaio.os`;
+- :mod:`._batch` -- :class:`Batch`, many requests in one submission.
 """
 
 from __future__ import annotations
 
+from xaio._async._batch import Batch
 from xaio._async._file import AsyncFile, AsyncTextFile, OpenContext, open
 from xaio._async._io import (
     AsyncEngine,
@@ -30,6 +32,7 @@ __all__ = [
     "AsyncEngine",
     "AsyncFile",
     "AsyncTextFile",
+    "Batch",
     "InvalidArgument",
     "OpenContext",
     "fdatasync",

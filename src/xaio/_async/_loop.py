@@ -602,6 +602,27 @@ class Driver:
         if self._uring:
             engine.reap(0)
 
+    def start_all(self, ops: Sequence[Operation]) -> None:
+        """Hand every operation of *ops* to the engine in one ``submit``
+        (:class:`xaio.Batch`), whatever is in flight, and reap right after.
+        Each completes through this driver's ``on_done`` as :meth:`_start`'s
+        do.  When it raises, no operation was taken."""
+        if self.closed:
+            raise EngineClosedError("the engine is closed")
+        on_done = self._on_done
+        for op in ops:
+            op.on_done = on_done
+        self._inflight += len(ops)
+        try:
+            self.engine.submit(ops)
+        except BaseException:
+            self._inflight -= len(ops)
+            for op in ops:
+                op.on_done = None
+            raise
+        if self._uring:
+            self.engine.reap(0)
+
     def _flush(self) -> None:
         """Submit the queued batch (one engine.submit) and reap right after."""
         self._flush_pending = False

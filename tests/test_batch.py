@@ -1,0 +1,345 @@
+"""xaio.Batch: many requests in one submission, one await, results in order.
+
+Every test runs on each event-loop library (asyncio, uvloop, trio, anyio on
+both backends) and each engine (``XAIO_ENGINE``)."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+import xaio
+from xaio._async._loop import current_driver
+
+from ._async_helpers import ENGINES, LIBS, fds_after_a_first_run, open_fds, run, skip_unavailable
+from .conftest import pattern, resizable
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(params=LIBS)
+def lib(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(params=ENGINES)
+def engine_name(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    name = str(request.param)
+    skip_unavailable(name)
+    monkeypatch.setenv("XAIO_ENGINE", name)
+    yield name
+
+
+def os_error(fn: Any, *args: Any) -> int:
+    """The errno the os function raises for these arguments."""
+    with pytest.raises(OSError) as info:
+        fn(*args)
+    return int(info.value.errno)
+
+
+def test_results_in_order_one_submission(lib: str, engine_name: str, data_path: Path) -> None:
+    """Reads, writes and syncs come back in the order they were added, with
+    the bytes of os.preadv / os.pwrite, all from one Engine.submit call."""
+    expected = pattern(1 << 20)
+    out_path = data_path.with_name("out.bin")
+
+    async def main() -> None:
+        fd = os.open(data_path, os.O_RDONLY)
+        out = os.open(out_path, os.O_RDWR | os.O_CREAT, 0o644)
+        drv = current_driver()
+        assert drv.engine.name == engine_name
+        calls: list[int] = []
+        submit = drv.engine.submit
+
+        def counting_submit(ops: Any) -> int:
+            calls.append(len(ops))
+            return submit(ops)
+
+        drv.engine.submit = counting_submit  # type: ignore[method-assign]
+        try:
+            offsets = [(i * 7919) % 250 * 4096 + i for i in range(40)]
+            bufs = [bytearray(4096) for _ in offsets]
+            batch = xaio.Batch()
+            for buf, off in zip(bufs, offsets, strict=True):
+                batch.preadinto(fd, buf, off)
+            past = bytearray(10)
+            assert batch.preadinto(fd, past, (1 << 20) - 3) == 40
+            batch.pwrite(out, b"hello", 100)
+            v1, v2 = bytearray(3), bytearray(5)
+            batch.preadv(fd, [v1, v2], 8)
+            batch.pwritev(out, [b"ab", b"cd"], 0)
+            batch.fsync(out)
+            batch.fdatasync(out)
+            assert len(batch) == 46
+            results = await batch.run()
+        finally:
+            drv.engine.submit = submit  # type: ignore[method-assign]
+            os.close(fd)
+            os.close(out)
+        assert calls == [46]
+        assert results == [4096] * 40 + [3, 5, 8, 4, None, None]
+        for buf, off in zip(bufs, offsets, strict=True):
+            assert bytes(buf) == expected[off : off + 4096]
+        assert bytes(past[:3]) == expected[-3:]
+        assert bytes(v1 + v2) == expected[8:16]
+        assert all(resizable(b) for b in [*bufs, past, v1, v2])
+        assert drv._inflight == 0
+
+    run(lib, main)
+    assert out_path.read_bytes() == b"abcd" + b"\0" * 96 + b"hello"
+
+
+def test_a_failed_request_fails_only_itself(
+    lib: str, engine_name: str, data_path: Path, tmp_path: Path
+) -> None:
+    """Each request's error is its own result (the errno os gives), the
+    others complete; positional requests on a pipe give ESPIPE."""
+    ro = os.open(data_path, os.O_RDONLY)
+    wo = os.open(data_path, os.O_WRONLY)
+    dfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    r, w = os.pipe()
+    expect = [
+        os_error(os.preadv, r, [bytearray(4)], 0),
+        os_error(os.pwrite, w, b"x", 0),
+        os_error(os.pwrite, ro, b"x", 0),
+        os_error(os.preadv, wo, [bytearray(4)], 0),
+        os_error(os.preadv, dfd, [bytearray(4)], 0),
+    ]
+    assert expect == [errno.ESPIPE, errno.ESPIPE, errno.EBADF, errno.EBADF, errno.EISDIR]
+
+    async def main() -> list[Any]:
+        batch = xaio.Batch()
+        good = bytearray(4)
+        batch.preadinto(r, bytearray(4), 0)
+        batch.preadinto(ro, good, 4096)
+        batch.pwrite(w, b"x", 0)
+        batch.pwrite(ro, b"x", 0)
+        batch.preadinto(wo, bytearray(4), 0)
+        batch.preadinto(dfd, bytearray(4), 0)
+        batch.pwrite(wo, b"zz", 1 << 20)
+        results = await batch.run()
+        assert bytes(good) == pattern(8192)[4096:4100]
+        return results
+
+    try:
+        results = run(lib, main)
+    finally:
+        for fd in (ro, wo, dfd, r, w):
+            os.close(fd)
+    assert results[1] == 4 and results[6] == 2
+    errors = [results[i] for i in (0, 2, 3, 4, 5)]
+    assert all(isinstance(e, OSError) for e in errors), errors
+    assert [e.errno for e in errors] == expect
+
+
+def test_direct_misaligned_request_says_what_was_needed(
+    lib: str, engine_name: str, direct_fd: int
+) -> None:
+    async def main() -> list[Any]:
+        batch = xaio.Batch()
+        batch.preadinto(direct_fd, xaio.aligned_buffer(4096), 0)
+        batch.preadinto(direct_fd, xaio.aligned_buffer(4096), 1)
+        return await batch.run()
+
+    results = run(lib, main)
+    assert results[0] == 4096
+    err = results[1]
+    assert isinstance(err, OSError) and err.errno == errno.EINVAL
+    assert "offset 1 is not a multiple" in str(err)
+
+
+def test_bad_arguments_raise_before_any_syscall(data_fd: int) -> None:
+    """The os-style coroutines' TypeError/ValueError, when the request is added."""
+    batch = xaio.Batch()
+    with pytest.raises(TypeError):
+        batch.preadinto("3", bytearray(4), 0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        batch.preadinto(data_fd, b"read-only", 0)
+    with pytest.raises(TypeError):
+        batch.pwrite(data_fd, "text", 0)
+    with pytest.raises(TypeError):
+        batch.pwrite(data_fd, b"x", 1.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError) as info:
+        batch.pwrite(data_fd, b"x", -1)
+    assert isinstance(info.value, OSError) and info.value.errno == errno.EINVAL
+    with pytest.raises(OSError) as bad_fd:
+        batch.preadinto(-1, bytearray(4), 0)
+    assert bad_fd.value.errno == errno.EBADF
+    with pytest.raises(ValueError):
+        batch.fsync(-1)
+    with pytest.raises(TypeError):
+        batch.preadv(data_fd, b"abc", 0)
+    with pytest.raises(ValueError):
+        batch.preadv(data_fd, [bytearray(1)], 0, -1)
+    assert len(batch) == 0
+
+
+def test_single_use(lib: str, data_fd: int) -> None:
+    async def main() -> None:
+        batch = xaio.Batch()
+        assert await batch.run() == []
+        with pytest.raises(RuntimeError):
+            await batch.run()
+        buf = bytearray(8)
+        with pytest.raises(RuntimeError):
+            batch.preadinto(data_fd, buf, 0)
+        assert resizable(buf)  # the refused request gave its buffer back
+        with pytest.raises(RuntimeError):
+            batch.as_completed()
+
+    run(lib, main)
+
+
+def _cold_file(tmp_path: Path) -> tuple[Path, int]:
+    path = tmp_path / "cold.bin"
+    path.write_bytes(pattern(16 << 20))
+    fd = os.open(path, os.O_RDONLY)
+    os.fsync(fd)
+    return path, fd
+
+
+async def _cancel_batch_in_flight(fd: int, n: int) -> tuple[list[bytearray], bool, bool]:
+    """Run a batch of *n* cold 64 KiB reads and cancel its await while
+    requests are in the kernel; return the buffers, whether requests were in
+    flight when the cancellation was sent, and whether the await was cancelled."""
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    bufs = [bytearray(65536) for _ in range(n)]
+    batch = xaio.Batch()
+    for i, buf in enumerate(bufs):
+        batch.preadinto(fd, buf, (i * 37 % 256) * 65536)
+    drv = current_driver()
+    seen = False
+    cancelled = True
+    async with anyio.create_task_group() as tg:
+
+        async def runner() -> None:
+            nonlocal cancelled
+            with anyio.CancelScope() as scope:
+                tg.start_soon(watch, scope)
+                await batch.run()
+                cancelled = False
+
+        async def watch(scope: anyio.CancelScope) -> None:
+            nonlocal seen
+            seen = drv._inflight > 0
+            scope.cancel()
+
+        tg.start_soon(runner)
+    return bufs, seen, cancelled
+
+
+def test_cancel_releases_every_buffer(lib: str, engine_name: str, tmp_path: Path) -> None:
+    """A cancelled batch cancels what is still in the kernel and returns only
+    once every request has completed: each bytearray can be resized right
+    after, and the driver has nothing in flight."""
+    _, fd = _cold_file(tmp_path)
+
+    async def main() -> None:
+        for _ in range(20):
+            bufs, seen, cancelled = await _cancel_batch_in_flight(fd, 128)
+            assert current_driver()._inflight == 0
+            assert all(resizable(b) for b in bufs)
+            if seen and cancelled:
+                return
+        pytest.fail("never caught the batch with requests in flight")
+
+    try:
+        run(lib, main)
+    finally:
+        os.close(fd)
+
+
+def test_as_completed_yields_each_once(lib: str, engine_name: str, data_path: Path) -> None:
+    expected = pattern(1 << 20)
+    r, w = os.pipe()
+
+    async def main() -> None:
+        fd = os.open(data_path, os.O_RDONLY)
+        try:
+            batch = xaio.Batch()
+            bufs = [bytearray(1000) for _ in range(20)]
+            for i, buf in enumerate(bufs):
+                batch.preadinto(fd, buf, i * 5000)
+            batch.preadinto(r, bytearray(1), 0)
+            got = {}
+            async with batch.as_completed() as landed:
+                async for i, result in landed:
+                    assert i not in got
+                    got[i] = result
+            assert sorted(got) == list(range(21))
+            assert all(got[i] == 1000 for i in range(20))
+            assert isinstance(got[20], OSError) and got[20].errno == errno.ESPIPE
+            for i, buf in enumerate(bufs):
+                assert bytes(buf) == expected[i * 5000 : i * 5000 + 1000]
+        finally:
+            os.close(fd)
+
+    try:
+        run(lib, main)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_as_completed_left_early_cancels_the_rest(
+    lib: str, engine_name: str, tmp_path: Path
+) -> None:
+    _, fd = _cold_file(tmp_path)
+
+    async def main() -> None:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        bufs = [bytearray(65536) for _ in range(128)]
+        batch = xaio.Batch()
+        for i, buf in enumerate(bufs):
+            batch.preadinto(fd, buf, (i * 37 % 256) * 65536)
+        async with batch.as_completed() as landed:
+            async for _i, result in landed:
+                assert result == 65536
+                break
+        assert current_driver()._inflight == 0
+        assert all(resizable(b) for b in bufs)
+
+    try:
+        run(lib, main)
+    finally:
+        os.close(fd)
+
+
+def test_nothing_left_open(lib: str, engine_name: str, data_path: Path, tmp_path: Path) -> None:
+    """After runs that succeed, fail and are cancelled, the process has the
+    fds it had before its loop started (the loop's engine included)."""
+    before = fds_after_a_first_run(lib)
+    _, cold = _cold_file(tmp_path)
+
+    async def main() -> None:
+        fd = os.open(data_path, os.O_RDWR)
+        try:
+            batch = xaio.Batch()
+            batch.preadinto(fd, bytearray(4096), 0)
+            batch.preadinto(fd, bytearray(4096), 1 << 30)
+            batch.pwrite(fd, b"x", 0)
+            batch.fsync(fd)
+            assert await batch.run() == [4096, 0, 1, None]
+            await _cancel_batch_in_flight(cold, 64)
+        finally:
+            os.close(fd)
+
+    run(lib, main)
+    os.close(cold)
+    assert open_fds() == before
+
+
+def test_explicit_engine(lib: str, engine_name: str, data_fd: int) -> None:
+    async def main() -> list[Any]:
+        async with xaio.open_engine(engine_name) as eng:
+            batch = xaio.Batch(eng)
+            batch.preadinto(data_fd, bytearray(7), 3)
+            return await batch.run()
+
+    assert run(lib, main) == [7]
