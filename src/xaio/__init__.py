@@ -11,8 +11,8 @@ The layers, lowest first (see docs/architecture.md):
 - the async layer (:mod:`xaio._async`): ``await xaio.pread(fd, n, offset)`` and the other
   os-like coroutines, :func:`open` (async file objects), :func:`open_engine`, and
   :mod:`xaio.os` (async ``stat``, ``rename``, ``mkdir``...), :class:`Batch` (many
-  requests in one submission), for asyncio, trio
-  and anyio.
+  requests in one submission) and :class:`Path` (an async ``pathlib.Path``), for
+  asyncio, trio and anyio.
 
 Importing xaio starts no thread and makes no system call.
 """
@@ -25,6 +25,7 @@ from xaio._async import (
     AsyncFile,
     AsyncTextFile,
     Batch,
+    Path,
     fdatasync,
     fsync,
     open,
@@ -113,4 +114,5 @@ __all__ = [
     "AsyncFile",
     "AsyncTextFile",
     "Batch",
+    "Path",
 ]

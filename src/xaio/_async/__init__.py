@@ -5,7 +5,8 @@
 - :mod:`._io` -- ``pread``, ``pwrite``... and :func:`open_engine`;
 - :mod:`._file` -- :func:`open` and the async file objects;
 - :mod:`._meta` -- path operations on io_uring for :mod:`xaio.os`;
-- :mod:`._batch` -- :class:`Batch`, many requests in one submission.
+- :mod:`._batch` -- :class:`Batch`, many requests in one submission;
+- :mod:`._path` -- :class:`Path`, an async :class:`pathlib.Path`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from xaio._async._io import (
     write,
 )
 from xaio._async._loop import InvalidArgument
+from xaio._async._path import Path
 
 __all__ = [
     "AsyncEngine",
@@ -35,6 +37,7 @@ __all__ = [
     "Batch",
     "InvalidArgument",
     "OpenContext",
+    "Path",
     "fdatasync",
     "fsync",
     "open",
