@@ -192,6 +192,14 @@ def test_single_use(lib: str, data_fd: int) -> None:
         assert resizable(buf)  # the refused request gave its buffer back
         with pytest.raises(RuntimeError):
             batch.as_completed()
+        unrun = xaio.Batch()
+        unrun.preadinto(data_fd, buf, 0)
+        assert not resizable(buf)  # held from the moment it is added
+        async with unrun.as_completed():
+            pass  # left before the first step: nothing runs, the buffer is free
+        assert resizable(buf)
+        with pytest.raises(RuntimeError, match="single-use"):
+            await unrun.run()
 
     run(lib, main)
 

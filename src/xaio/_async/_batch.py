@@ -91,7 +91,9 @@ class Batch:
     so they are in no particular order relative to each other: a sync in the
     same batch as a write does not wait for it (put it in the next batch).
     Keep each fd open and each buffer untouched until the batch's await has
-    returned (or its cancellation has reached you).
+    returned (or its cancellation has reached you).  A request holds its
+    buffer (a ``bytearray`` cannot be resized) from the moment it is added
+    until it has completed, or until the batch is dropped unrun.
 
     A batch is single-use: once :meth:`run` or :meth:`as_completed` has
     started, adding to it or running it again raises ``RuntimeError``.  Make
@@ -444,7 +446,8 @@ class AsCompleted:
         self._closed = True
         if self._flight is not None:
             await self._flight.settle()
-        else:
+        elif not self._batch._started:
+            self._batch._started = True  # it will not run: give the buffers back
             for op in self._batch._ops:
                 _abandon(op)
 
