@@ -10,9 +10,12 @@ cancellation, no engine protocol: not a usable library, a measuring stick.
 
 It alternates, round after round, with ``await xaio.preadinto`` (the default
 engine, 64 tasks, same file; under asyncio, and under trio when it is
-installed) and fio's io_uring engine at iodepth 64, and
+installed), with ``xaio.Batch`` (one task: 64 reads submitted and awaited as
+one batch, round after round; asyncio and trio) and fio's io_uring engine at
+iodepth 64 (and at iodepth 64 in batches: ``--iodepth_batch_submit=64
+--iodepth_batch_complete_min=64``, the batch's own access pattern), and
 prints ops/s, the CPU time of the loop thread per read, and each one's paired
-ratio to fio::
+ratios to both fio runs and the per-round numbers::
 
     python benchmarks/floor_async.py [--rounds 5] [--seconds 2] [--size-mb 512] [--dir DIR]
 """
@@ -35,6 +38,9 @@ from xaio.uring import Ring
 
 BLOCK = 4096
 TASKS = 64
+#: fio submitting 64 reads at once and waiting for all 64 before the next
+#: submission: the access pattern of a batch awaited as one
+FIO_BATCH = "fio io_uring, batches of 64"
 
 Reader = Callable[[memoryview, int], Awaitable[int]]
 
@@ -173,6 +179,52 @@ def xaio_trio_run(path: Path, seconds: float) -> tuple[float, float]:
         os.close(fd)
 
 
+async def _batches(fd: int, nblocks: int, seconds: float) -> tuple[float, float]:
+    """One task reading ``TASKS`` random blocks per :class:`xaio.Batch`,
+    batch after batch: warm up, then measure for *seconds*; returns
+    (reads/s, CPU us per read of this thread)."""
+    bufs = [xaio.aligned_buffer(BLOCK) for _ in range(TASKS)]
+    rnd = random.Random(0)
+
+    async def one() -> None:
+        batch = xaio.Batch()
+        for buf in bufs:
+            batch.preadinto(fd, buf, rnd.randrange(nblocks) * BLOCK)
+        if any(res != BLOCK for res in await batch.run()):
+            raise OSError("short or failed read")
+
+    end = time.perf_counter() + 0.2
+    while time.perf_counter() < end:
+        await one()
+    n, t0, c0 = 0, time.perf_counter(), time.thread_time()
+    end = t0 + seconds
+    while time.perf_counter() < end:
+        await one()
+        n += TASKS
+    t1, c1 = time.perf_counter(), time.thread_time()
+    return n / (t1 - t0), (c1 - c0) / n * 1e6
+
+
+def batch_run(path: Path, seconds: float) -> tuple[float, float]:
+    """``xaio.Batch`` of 64 reads, awaited as one, under asyncio."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    try:
+        return asyncio.run(_batches(fd, os.fstat(fd).st_size // BLOCK, seconds))
+    finally:
+        os.close(fd)
+
+
+def batch_trio_run(path: Path, seconds: float) -> tuple[float, float]:
+    """``xaio.Batch`` of 64 reads, awaited as one, under trio."""
+    import trio
+
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    try:
+        return trio.run(_batches, fd, os.fstat(fd).st_size // BLOCK, seconds)
+    finally:
+        os.close(fd)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
@@ -184,6 +236,7 @@ def main() -> None:
     contenders: list[tuple[str, Callable[[Path, float], tuple[float, float]]]] = [
         ("floor (Ring + Futures)", floor_run),
         ("xaio.preadinto", xaio_run),
+        ("xaio.Batch of 64, one await", batch_run),
     ]
     try:
         import trio  # noqa: F401
@@ -191,6 +244,7 @@ def main() -> None:
         pass
     else:
         contenders.append(("xaio.preadinto, trio", xaio_trio_run))
+        contenders.append(("xaio.Batch of 64, one await, trio", batch_trio_run))
     rates: dict[str, list[float]] = {}
     cpu: dict[str, list[float]] = {}
     try:
@@ -205,19 +259,39 @@ def main() -> None:
                         path, engine="io_uring", iodepth=TASKS, seconds=args.seconds, direct=True
                     )
                 )
+                rates.setdefault(FIO_BATCH, []).append(
+                    fio_iops(
+                        path,
+                        engine="io_uring",
+                        iodepth=TASKS,
+                        seconds=args.seconds,
+                        direct=True,
+                        extra=[
+                            f"--iodepth_batch_submit={TASKS}",
+                            f"--iodepth_batch_complete_min={TASKS}",
+                        ],
+                    )
+                )
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
     finally:
         path.unlink()
     fio = rates.get("fio io_uring")
+    fio_batch = rates.get(FIO_BATCH)
+
+    def paired(xs: list[float], ref: list[float] | None) -> str:
+        if not ref:
+            return ""
+        return f"{statistics.median(a / b for a, b in zip(xs, ref, strict=True)):.2f}x"
+
     print(f"O_DIRECT 4 KiB random reads, {TASKS} tasks / iodepth {TASKS}, {args.rounds} rounds")
-    print("| path | median ops/s | CPU us per read | paired ratio to fio |")
-    print("|------|--------------|-----------------|---------------------|")
+    print("| path | median ops/s | CPU us per read | paired ratio to fio | to fio, batches |")
+    print("|------|--------------|-----------------|---------------------|-----------------|")
     for name, xs in rates.items():
         cpu_us = f"{statistics.median(cpu[name]):.1f}" if name in cpu else ""
-        paired = (
-            f"{statistics.median(a / b for a, b in zip(xs, fio, strict=True)):.2f}x" if fio else ""
-        )
-        print(f"| {name} | {statistics.median(xs):,.0f} | {cpu_us} | {paired} |")
+        row = f"| {name} | {statistics.median(xs):,.0f} | {cpu_us} | {paired(xs, fio)} |"
+        print(f"{row} {paired(xs, fio_batch)} |")
+    for name, xs in rates.items():
+        print(f"per round, {name}: " + ", ".join(f"{x:,.0f}" for x in xs))
 
 
 if __name__ == "__main__":
