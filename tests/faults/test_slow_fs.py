@@ -202,7 +202,7 @@ def test_timeout_on_a_slow_read_returns_within_one_request(
         else:
             ticker = asyncio.create_task(meter.run(asyncio.sleep))
             t0 = time.monotonic()
-            with pytest.raises(TimeoutError):
+            with pytest.raises(asyncio.TimeoutError):  # not TimeoutError before 3.11
                 await asyncio.wait_for(xaio.preadinto(fd, buf, 0), 0.1)
             took = time.monotonic() - t0
             meter.stop()
