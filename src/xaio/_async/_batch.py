@@ -56,7 +56,10 @@ BatchResult = int | None | OSError
 
 _DONE = OpState.DONE
 _RWF_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
+_READ = OpCode.READ
 _TRANSFERS = (OpCode.READ, OpCode.WRITE, OpCode.READV, OpCode.WRITEV)
+_INT_MAX = 0x7FFFFFFF
+_OFF_MAX = (1 << 63) - 1
 _READS = (OpCode.READ, OpCode.READV)
 
 
@@ -142,9 +145,20 @@ class Batch:
             OSError: ``EBADF`` for a negative fd.
             RuntimeError: the batch has already run.
         """
-        fd = check_fd(fd)
-        offset = check_offset(offset)
-        return self._add(Operation(OpCode.READ, fd, (buf,), offset))
+        if not (
+            type(fd) is int
+            and type(offset) is int
+            and 0 <= fd <= _INT_MAX
+            and 0 <= offset <= _OFF_MAX
+        ):
+            fd = check_fd(fd)
+            offset = check_offset(offset)
+        op = Operation(_READ, fd, (buf,), offset)
+        if self._started:
+            return self._add(op)  # (raises)
+        ops = self._ops
+        ops.append(op)
+        return len(ops) - 1
 
     def pwrite(self, fd: int, data: Any, offset: int) -> int:
         """Add a write of the bytes-like *data* to *fd* at *offset*
@@ -252,9 +266,12 @@ class Batch:
         except BaseException:
             await flight.settle()
             raise
-        return [
-            _decode(op) if r is _PENDING else r for op, r in zip(ops, flight.early, strict=True)
-        ]
+        out = flight.early
+        for i, op in enumerate(ops):
+            if out[i] is _PENDING:
+                res = op.result
+                out[i] = res if res is not None and res >= 0 and op.opcode is _READ else _decode(op)
+        return out
 
     def as_completed(self) -> AsCompleted:
         """Submit every request in one submission and iterate over
@@ -305,10 +322,11 @@ class _Flight:
         """Answer here what the kernel would answer at once (ESPIPE, zero
         length, RWF_NOWAIT on a buffered file); the rest is to be sent."""
         early = self.early
-        positional: dict[int, OSError | None] = {}
+        sent = self.sent
+        positional: dict[int, OSError | None] = {}  # per fd: check_positional's answer
         for i, op in enumerate(self.ops):
             if op.opcode not in _TRANSFERS:
-                self.sent.append(op)
+                sent.append(op)
                 continue
             fd = op.fd
             err = positional.get(fd, _PENDING)
@@ -322,11 +340,13 @@ class _Flight:
             if err is not None:
                 early[i] = OSError(err.errno, err.strerror)
                 _abandon(op)
-                continue
-            if not op.nbytes or (op.flags & _RWF_NOWAIT and not _is_direct(fd)):
-                early[i] = self._now(op)
-                continue
-            self.sent.append(op)
+            elif op.flags or len(op.pins) != 1 or not op.pins[0].nbytes:
+                if not op.nbytes or (op.flags & _RWF_NOWAIT and not _is_direct(fd)):
+                    early[i] = self._now(op)
+                else:
+                    sent.append(op)
+            else:
+                sent.append(op)
 
     @staticmethod
     def _now(op: Operation) -> BatchResult:
