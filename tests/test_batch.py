@@ -351,3 +351,56 @@ def test_explicit_engine(lib: str, engine_name: str, data_fd: int) -> None:
             return await batch.run()
 
     assert run(lib, main) == [7]
+
+
+def test_buffer_pool_aligned_buffers() -> None:
+    import ctypes
+
+    for size, alignment in ((4096, None), (1000, 512), (5000, 8192)):
+        pool = xaio.BufferPool(size, 8, alignment)
+        align = alignment or 4096
+        bufs = [pool.acquire() for _ in range(8)]
+        assert len(pool) == 0 and len({id(b) for b in bufs}) == 8
+        for buf in bufs:
+            assert buf.nbytes == size and not buf.readonly
+            address = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+            assert address % align == 0
+        bufs[0][:] = b"\x01" * size  # the buffers do not overlap
+        assert all(bytes(b) == bytes(size) for b in bufs[1:])
+        with pytest.raises(RuntimeError):
+            pool.acquire()
+        pool.release(bufs[3])
+        with pytest.raises(ValueError):
+            pool.release(bufs[3])
+        with pytest.raises(ValueError):
+            pool.release(xaio.aligned_buffer(size))
+        assert pool.acquire() is bufs[3]
+    pool = xaio.BufferPool(4096, 1)
+    with pool.buffer() as buf:
+        assert len(pool) == 0
+    assert len(pool) == 1 and pool.acquire() is buf
+    for bad in ((0, 1), (1, 0), (-1, 1)):
+        with pytest.raises(ValueError):
+            xaio.BufferPool(*bad)
+    with pytest.raises(ValueError):
+        xaio.BufferPool(4096, 1, 3000)
+    with pytest.raises(TypeError):
+        xaio.BufferPool(4096.0, 1)  # type: ignore[arg-type]
+
+
+def test_buffer_pool_in_a_direct_batch(lib: str, engine_name: str, direct_fd: int) -> None:
+    expected = pattern(1 << 20)
+
+    async def main() -> None:
+        pool = xaio.BufferPool(4096, 16, file=direct_fd)
+        bufs = [pool.acquire() for _ in range(16)]
+        batch = xaio.Batch()
+        for i, buf in enumerate(bufs):
+            batch.preadinto(direct_fd, buf, i * 8192)
+        assert await batch.run() == [4096] * 16
+        for i, buf in enumerate(bufs):
+            assert bytes(buf) == expected[i * 8192 : i * 8192 + 4096]
+            pool.release(buf)
+        assert len(pool) == 16
+
+    run(lib, main)

@@ -7,7 +7,7 @@ The layers, lowest first (see docs/architecture.md):
 - :mod:`xaio.uring` — io_uring driven from pure Python;
 - :mod:`xaio.engine` — the engines (uring, linux, thread), ``probe()``, ``create_engine()``;
 - :mod:`xaio.posix` — POSIX AIO (``aio_read`` ...), re-exported here;
-- :func:`aligned_buffer` — memory aligned for O_DIRECT;
+- :func:`aligned_buffer`, :class:`BufferPool` — memory aligned for O_DIRECT;
 - the async layer (:mod:`xaio._async`): ``await xaio.pread(fd, n, offset)`` and the other
   os-like coroutines, :func:`open` (async file objects), :func:`open_engine`, and
   :mod:`xaio.os` (async ``stat``, ``rename``, ``mkdir``...), :class:`Batch` (many
@@ -39,7 +39,7 @@ from xaio._async import (
     readinto,
     write,
 )
-from xaio._memory import aligned_buffer, dio_alignment
+from xaio._memory import BufferPool, aligned_buffer, dio_alignment
 from xaio.posix import (
     AIO_ALLDONE,
     AIO_CANCELED,
@@ -72,6 +72,7 @@ __all__ = [
     "__version__",
     "aligned_buffer",
     "dio_alignment",
+    "BufferPool",
     # POSIX AIO
     "aiocb",
     "sigevent",

@@ -1,4 +1,5 @@
-"""Aligned memory for O_DIRECT, and the alignment a file asks for.
+"""Aligned memory for O_DIRECT (one buffer, or a pool of them), and the
+alignment a file asks for.
 
 O_DIRECT transfers go straight between the device and user memory, so the
 kernel insists on alignment: of the buffer address, of the length and of the
@@ -10,13 +11,15 @@ is always enough for memory.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import mmap
 import os
+from collections.abc import Iterator
 
 from xaio import _syscall
 
-__all__ = ["aligned_buffer", "dio_alignment", "PAGE_SIZE"]
+__all__ = ["aligned_buffer", "dio_alignment", "BufferPool", "PAGE_SIZE"]
 
 PAGE_SIZE: int = mmap.PAGESIZE
 _AT_EMPTY_PATH = 0x1000
@@ -68,6 +71,22 @@ _EMPTY = ctypes.create_string_buffer(b"")
 _EMPTY_ADDR = ctypes.addressof(_EMPTY)
 
 
+def _memory_alignment(alignment: int | None, file: int | str | os.PathLike[str] | None) -> int:
+    """*alignment* checked, or by default the memory alignment *file* reports
+    (``STATX_DIOALIGN``) when given and known, else the page size."""
+    if alignment is None:
+        alignment = PAGE_SIZE
+        if file is not None:
+            got = dio_alignment(file)
+            if got is not None:
+                alignment = max(got[0], 1)
+    if not isinstance(alignment, int) or isinstance(alignment, bool):
+        raise TypeError(f"alignment must be an int, not {type(alignment).__name__!r}")
+    if alignment <= 0 or alignment & (alignment - 1):
+        raise ValueError(f"alignment must be a positive power of two, not {alignment}")
+    return alignment
+
+
 def aligned_buffer(
     size: int, alignment: int | None = None, *, file: int | str | os.PathLike[str] | None = None
 ) -> memoryview:
@@ -93,16 +112,7 @@ def aligned_buffer(
         raise TypeError(f"size must be an int, not {type(size).__name__!r}")
     if size < 0:
         raise ValueError("size must be >= 0")
-    if alignment is None:
-        alignment = PAGE_SIZE
-        if file is not None:
-            got = dio_alignment(file)
-            if got is not None:
-                alignment = max(got[0], 1)
-    if not isinstance(alignment, int) or isinstance(alignment, bool):
-        raise TypeError(f"alignment must be an int, not {type(alignment).__name__!r}")
-    if alignment <= 0 or alignment & (alignment - 1):
-        raise ValueError(f"alignment must be a positive power of two, not {alignment}")
+    alignment = _memory_alignment(alignment, file)
     if alignment <= PAGE_SIZE:
         m = mmap.mmap(-1, max(size, 1))
         return memoryview(m)[:size]
@@ -110,3 +120,100 @@ def aligned_buffer(
     base = ctypes.addressof(ctypes.c_char.from_buffer(m))
     start = (-base) % alignment
     return memoryview(m)[start : start + size]
+
+
+class BufferPool:
+    """*count* buffers of *size* bytes, each aligned for O_DIRECT, carved
+    from one mapping and handed out and taken back without allocating::
+
+        pool = xaio.BufferPool(4096, 64, file=fd)
+        bufs = [pool.acquire() for _ in range(64)]
+        ...  # a batch of O_DIRECT reads into them
+        for buf in bufs:
+            pool.release(buf)
+
+    or ``with pool.buffer() as buf:`` for one.  Each buffer is a writable
+    ``memoryview``; the pool's memory lives as long as the pool or any of
+    its buffers.
+
+    Args:
+        size: bytes per buffer (> 0).
+        count: how many buffers (> 0).
+        alignment: a power of two each buffer's address is a multiple of;
+            by default as :func:`aligned_buffer` picks it (the memory
+            alignment *file* reports, else the page size).
+        file: an fd or path whose O_DIRECT alignment to honour.
+
+    Raises:
+        TypeError: non-integer *size*, *count* or *alignment*.
+        ValueError: *size* or *count* < 1; *alignment* not a power of two.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        count: int,
+        alignment: int | None = None,
+        *,
+        file: int | str | os.PathLike[str] | None = None,
+    ) -> None:
+        for name, value in (("size", size), ("count", count)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} must be an int, not {type(value).__name__!r}")
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, not {value}")
+        alignment = _memory_alignment(alignment, file)
+        stride = -(-size // alignment) * alignment
+        whole = aligned_buffer(stride * count, alignment)
+        self.size = size
+        self.count = count
+        self.alignment = alignment
+        self._buffers = [whole[i * stride : i * stride + size] for i in range(count)]
+        self._index = {id(b): i for i, b in enumerate(self._buffers)}
+        self._free = list(range(count - 1, -1, -1))
+        self._out = [False] * count
+
+    def __len__(self) -> int:
+        """The number of free buffers."""
+        return len(self._free)
+
+    def acquire(self) -> memoryview:
+        """A free buffer (its contents are what it last held).
+
+        Raises:
+            RuntimeError: every buffer is in use.
+        """
+        if not self._free:
+            raise RuntimeError(f"all {self.count} buffers of the pool are in use")
+        i = self._free.pop()
+        self._out[i] = True
+        return self._buffers[i]
+
+    def release(self, buf: memoryview) -> None:
+        """Give back a buffer :meth:`acquire` returned.
+
+        Raises:
+            ValueError: *buf* is not one of this pool's buffers, or is free already.
+        """
+        i = self._index.get(id(buf))
+        if i is None or self._buffers[i] is not buf:
+            raise ValueError("not a buffer of this pool")
+        if not self._out[i]:
+            raise ValueError("this buffer is free already")
+        self._out[i] = False
+        self._free.append(i)
+
+    @contextlib.contextmanager
+    def buffer(self) -> Iterator[memoryview]:
+        """``with pool.buffer() as buf:``: :meth:`acquire`, then :meth:`release` on exit."""
+        buf = self.acquire()
+        try:
+            yield buf
+        finally:
+            self.release(buf)
+
+    def __repr__(self) -> str:
+        return (
+            f"<xaio.BufferPool {self.count} x {self.size} bytes aligned to {self.alignment},"
+            f" {len(self._free)} free>"
+        )
