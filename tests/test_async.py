@@ -24,6 +24,7 @@ import anyio
 import pytest
 
 import xaio
+from xaio import linux
 from xaio._async._loop import current_driver
 from xaio._ops import OpCode, Operation
 
@@ -683,7 +684,8 @@ def test_loop_close_releases_the_engine(lib: str, engine_name: str, data_path: P
         gc.collect()
         extra = {fd: _fd_target(fd) for fd in open_fds() - fds}
         assert not extra
-        assert own_aio_rings() == rings == 0
+        # no ring left behind but the idle contexts kept for the next loop
+        assert own_aio_rings() == rings <= linux._IDLE_MAX
         if aio_nr() == nr:
             break
     else:

@@ -338,3 +338,47 @@ def test_poll_results_are_the_kernels_revents(engine: Engine) -> None:
         for fd in (r, w, r2, w2):
             if fd >= 0:
                 os.close(fd)
+
+
+# --- Linux AIO contexts reused across engines -----------------------------------------------
+
+
+def test_closed_linux_engines_leave_their_context_for_the_next(direct_fd: int) -> None:
+    # io_destroy waits for an RCU grace period (~30 ms): a program that runs
+    # one event loop after another must not pay it per loop.  An idle context
+    # (nothing in flight) goes back to a small pool; a forked child starts
+    # with an empty pool and its own contexts.
+    import xaio
+    from xaio import linux
+
+    available("linux")
+    linux._destroy_idle_contexts()  # earlier tests' (other capacities) fill the pool
+    seen: list[object] = []  # held: no address is reused
+    for _ in range(5):
+        eng = linux.LinuxAioEngine(64)
+        seen.append(eng._ctx)
+        op = Operation(OpCode.READ, direct_fd, [xaio.aligned_buffer(4096)], 0)
+        eng.submit([op])
+        reap_until(eng, [op])
+        assert op.result == 4096
+        eng.close()
+    assert all(c is seen[0] for c in seen)  # one context served all five
+    assert any(c.nr_events == 64 for c in linux._idle_contexts)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            assert not linux._idle_contexts
+            eng = linux.LinuxAioEngine(64)
+            op = Operation(OpCode.READ, direct_fd, [xaio.aligned_buffer(4096)], 0)
+            eng.submit([op])
+            reap_until(eng, [op], 10)
+            eng.close()
+            code = 0 if op.result == 4096 else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    eng = linux.LinuxAioEngine(64)  # the parent's pool still serves
+    assert eng._ctx is seen[0]
+    eng.close()

@@ -62,6 +62,7 @@ io_cancel(2), io_destroy(2), aio(7).
 from __future__ import annotations
 
 import array
+import atexit
 import collections
 import ctypes
 import errno
@@ -694,11 +695,14 @@ _fork_generation = [0]
 
 
 def _after_fork_in_child() -> None:
+    global _idle_lock
     _fork_generation[0] += 1
     # Contexts are not inherited: the child must never use, read or destroy them.
     for ctx in list(_live.values()):
         ctx._forked_away()
     _live.clear()
+    _idle_lock = threading.Lock()  # a parent's thread may have held it
+    _idle_contexts.clear()  # the parent's (forked away above)
 
 
 if hasattr(os, "register_at_fork"):
@@ -1662,6 +1666,47 @@ class IOBatch:
 # LinuxAioEngine: the Engine protocol over one context
 # ---------------------------------------------------------------------------------
 
+#: Idle contexts a closed LinuxAioEngine left for the next one (nothing in
+#: flight, every event reaped), at most _IDLE_MAX: ``io_destroy`` waits for an
+#: RCU grace period (~30 ms), which a program that runs one event loop after
+#: another (each closing its engine) would otherwise pay per loop.  Emptied in
+#: a forked child (the contexts are the parent's) and destroyed at exit.
+_IDLE_MAX = 2
+_idle_contexts: list[IOContext] = []
+_idle_lock = threading.Lock()
+
+
+def _take_idle_context(nr_events: int) -> IOContext | None:
+    """An idle context of *nr_events* from the pool, or None."""
+    with _idle_lock:
+        for i, ctx in enumerate(_idle_contexts):
+            if ctx.nr_events == nr_events and not ctx.closed:
+                del _idle_contexts[i]
+                return ctx
+    return None
+
+
+def _keep_idle_context(ctx: IOContext) -> bool:
+    """Put *ctx* (nothing in flight, its ring empty) in the pool; False if
+    the pool is full (the caller destroys it)."""
+    with _idle_lock:
+        if len(_idle_contexts) >= _IDLE_MAX or ctx.closed:
+            return False
+        _idle_contexts.append(ctx)
+        return True
+
+
+def _destroy_idle_contexts() -> None:
+    with _idle_lock:
+        idle = list(_idle_contexts)
+        _idle_contexts.clear()
+    for ctx in idle:
+        if not ctx.closed:
+            ctx.destroy()
+
+
+atexit.register(_destroy_idle_contexts)
+
 _ENGINE_OPCODES = {
     OpCode.READ: IOCB_CMD_PREAD,
     OpCode.WRITE: IOCB_CMD_PWRITE,
@@ -1713,7 +1758,7 @@ class LinuxAioEngine(Engine):
         if not isinstance(capacity, int) or capacity <= 0:
             raise ValueError("capacity must be a positive int")
         self.capacity = capacity
-        self._ctx = io_setup(capacity)
+        self._ctx = _take_idle_context(capacity) or io_setup(capacity)
         self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._iocbs = (iocb * capacity)()
         self._base = ctypes.addressof(self._iocbs)
@@ -2157,7 +2202,10 @@ class LinuxAioEngine(Engine):
         while len(self._inflight) and time.monotonic() < deadline:
             self.reap(timeout=0.1)
         left = list(self._inflight)
-        io_destroy(self._ctx)
+        # Nothing in flight: the context goes back to the idle pool (for the
+        # next engine) instead of paying io_destroy's grace period here.
+        if left or self._maybe or not _keep_idle_context(self._ctx):
+            io_destroy(self._ctx)
         os.close(self._efd)
         for op in left:
             op.key = -1
