@@ -281,7 +281,11 @@ class Batch:
                 async for i, result in landed:
                     ...
 
-        Results are as :meth:`run`'s.  Leaving the ``async with`` block (or
+        Results are as :meth:`run`'s.  The iterator waits for the oldest
+        request still in flight and then yields every request completed by
+        then (those in the order they were added): a request that lands
+        early is yielded no later than the oldest one before it.  Leaving
+        the ``async with`` block (or
         cancelling the iteration) cancels the requests that have not
         completed and waits for them; a bare ``async for`` left early leaves
         them to complete on their own (their buffers stay in use until then).
