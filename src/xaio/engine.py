@@ -96,6 +96,7 @@ __all__ = [
 ]
 
 _POLL, _NOP = OpCode.POLL, OpCode.NOP
+_NO_OPS: tuple[Operation, ...] = ()
 
 #: Engine names, best first: the order :func:`open_engine` tries them.
 ENGINE_NAMES: tuple[str, ...] = ("uring", "linux", "thread")
@@ -341,12 +342,13 @@ def _fs_type_blocks(major: int, minor: int) -> bool:
 def fd_kind(fd: int) -> int:
     """What kind of file *fd* is, for choosing how an engine runs its requests.
 
-    The one place the engines learn it.  The ``linux`` engine sends only
-    :data:`KIND_DIRECT` fds to kernel AIO (anything else would block inside
-    ``io_submit``); io_uring marks reads and writes on :data:`KIND_BLOCKING`
-    fds ``IOSQE_ASYNC`` (a kernel worker runs them, never the submitting
-    ``io_uring_enter``).  So no engine's ``submit`` waits for a slow file
-    system, and an event loop that submits never stalls on one.
+    The one place the engines learn it (through :func:`route`).  The
+    ``linux`` engine sends only :data:`KIND_DIRECT` fds to kernel AIO
+    (anything else would block inside ``io_submit``); the ``uring`` engine
+    sends :data:`KIND_BLOCKING` fds to threads (``io_uring_enter`` would run
+    them inline, and gets a short transfer wrong).  So no engine's
+    ``submit`` waits for a slow file system, and an event loop that submits
+    never stalls on one.
 
     Costs one ``statx(AT_STATX_DONT_SYNC)`` (~1 us, and no round trip to a
     FUSE daemon or an NFS server) and, for regular files and block devices,
@@ -396,6 +398,69 @@ def is_direct_regular(fd: int) -> bool:
     return fd_kind(fd) == KIND_DIRECT
 
 
+def route(
+    ops: Sequence[Operation], kernel_kind: int
+) -> tuple[Sequence[Operation], Sequence[Operation]]:
+    """Split a batch between a kernel engine and the thread engine: the one
+    routing rule of the engines that run some requests on threads.
+
+    A poll always goes to the kernel.  A request on an fd (read, write,
+    fsync...) goes to the kernel only if :func:`fd_kind` allows it, asked
+    once per fd per batch, so all of one fd's requests in a batch take the
+    same way:
+
+    - *kernel_kind* :data:`KIND_DIRECT` (the ``linux`` engine): only
+      :data:`KIND_DIRECT` fds at an explicit offset (Linux AIO blocks in
+      ``io_submit`` on anything else and has no file position); NOPs go to
+      threads.
+    - *kernel_kind* :data:`KIND_BLOCKING` (the ``uring`` engine): everything
+      but fds on a file system that blocks: io_uring gives wrong answers on
+      a FUSE file served short (a READ carries on at the wrong file offset
+      and counts bytes twice, an O_DIRECT WRITE counts bytes not written),
+      where ``os.preadv``/``os.pwrite`` report the short count.
+
+    Returns:
+        ``(kernel, threaded)``: *ops* itself and ``()`` when nothing goes to
+        threads.
+    """
+    kinds: dict[int, int] = {}  # one fd_kind per fd per batch, not per op
+    if kernel_kind == KIND_BLOCKING:
+        some: list[Operation] | None = None  # no list for the common batch
+        for op in ops:
+            code = op.opcode
+            if code is _POLL or code is _NOP:
+                continue
+            fd = op.fd
+            kind = kinds.get(fd)
+            if kind is None:
+                kind = kinds[fd] = fd_kind(fd)
+            if kind == KIND_BLOCKING:
+                if some is None:
+                    some = []
+                some.append(op)
+        if some is None:
+            return ops, _NO_OPS
+        to_threads = set(map(id, some))
+        return [op for op in ops if id(op) not in to_threads], some
+    kernel: list[Operation] = []
+    threaded: list[Operation] = []
+    for op in ops:
+        code = op.opcode
+        if code is _POLL:
+            kernel.append(op)
+            continue
+        if code is not _NOP and op.offset >= 0:
+            fd = op.fd
+            kind = kinds.get(fd)
+            if kind is None:
+                kind = kinds[fd] = fd_kind(fd)
+            if kind == KIND_DIRECT:
+                kernel.append(op)
+                continue
+        threaded.append(op)
+    return kernel, threaded
+
+
 class RoutedEngine(Engine):
     """The ``linux`` engine: Linux AIO where it is truly asynchronous
     (O_DIRECT regular files on file systems that do not block, polls: see
@@ -437,23 +502,7 @@ class RoutedEngine(Engine):
         if self._closed:
             raise EngineClosedError("engine is closed")
         check_batch(ops)  # before either engine takes anything
-        aio: list[Operation] = []
-        threaded: list[Operation] = []
-        direct: dict[int, bool] = {}  # one fd_kind per fd per batch, not per op
-        for op in ops:
-            code = op.opcode
-            if code is _POLL:
-                aio.append(op)
-                continue
-            if code is not _NOP and op.offset >= 0:
-                fd = op.fd
-                is_direct = direct.get(fd)
-                if is_direct is None:
-                    is_direct = direct[fd] = is_direct_regular(fd)
-                if is_direct:
-                    aio.append(op)
-                    continue
-            threaded.append(op)
+        aio, threaded = route(ops, KIND_DIRECT)
         if aio:
             self._aio._submit_checked(aio)
         if threaded:

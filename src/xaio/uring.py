@@ -134,11 +134,17 @@ reaper for this reason.
 not to block (FUSE, NFS, CIFS...) is not punted to io-wq: ``io_uring_enter``
 runs it inline, and a batch of them one after the other (measured here on a
 FUSE file taking 1 s per read: four reads, buffered or O_DIRECT, kept
-``io_uring_enter`` for 4 s).  :meth:`UringEngine.submit` marks reads and
-writes on such fds (:func:`xaio.engine.fd_kind`, asked once per fd per batch)
-``IOSQE_ASYNC``: the same four then take 1 s, and submit returns at once.
-The lean :class:`UringBatch` and :class:`Ring` do only what they are told
-(``sqe_flags=IOSQE_ASYNC``).
+``io_uring_enter`` for 4 s; ``IOSQE_ASYNC`` makes that 1 s).  And io_uring
+gets a short transfer there wrong: a FUSE daemon serving 300 of 4096 bytes
+makes a READ carry on at the wrong file offset (bytes 300.. of the buffer
+hold the file's bytes 0..) and report 600 or 4096, and an O_DIRECT WRITE
+report more than was written, with or without ``IOSQE_ASYNC``, where
+``os.preadv``/``os.pwrite`` say 300 (Linux 6.18).  So
+:meth:`UringEngine.submit` sends every request on such an fd to a thread
+engine (:func:`xaio.engine.route`, :func:`xaio.engine.fd_kind` asked once
+per fd per batch), made on first use; a poll on the ring watches that
+engine's eventfd, so ``reap``, ``fileno`` and ``cancel`` serve both.  The
+lean :class:`UringBatch` and :class:`Ring` do only what they are told.
 
 *Closing with work in flight.*  Closing the ring fd makes the kernel cancel and
 reap in the background, and it may still be writing into our buffers after
@@ -161,12 +167,13 @@ import mmap
 import operator
 import os
 import platform
+import select
 import struct
 import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from xaio import _syscall
 from xaio._abi import uring as abi
@@ -182,7 +189,10 @@ from xaio._ops import (
     check_batch,
 )
 from xaio._syscall import check, oserror
-from xaio.engine import KIND_BLOCKING, Engine, EngineClosedError, fd_kind
+from xaio.engine import KIND_BLOCKING, Engine, EngineClosedError, route
+
+if TYPE_CHECKING:
+    from xaio.threads import ThreadEngine
 
 __all__ = [
     "Ring",
@@ -1654,10 +1664,10 @@ _graveyard: list[Any] = []
 _TAG = 1 << 63
 _CANCEL_TAG = _TAG | (1 << 62)
 _WAKE = _TAG | 1
+_THREADS_READY = _TAG | 2  # the poll on the thread engine's eventfd
 _CANCEL_ANY_ALL = abi.IORING_ASYNC_CANCEL_ANY | abi.IORING_ASYNC_CANCEL_ALL
 
 _READ, _WRITE, _READV, _WRITEV = OpCode.READ, OpCode.WRITE, OpCode.READV, OpCode.WRITEV
-_ASYNC = abi.IOSQE_ASYNC
 _FSYNC, _FDATASYNC, _POLL, _NOP = OpCode.FSYNC, OpCode.FDATASYNC, OpCode.POLL, OpCode.NOP
 _SUBMITTED, _QUEUED, _DONE = OpState.SUBMITTED, OpState.QUEUED, OpState.DONE
 _OP_READ, _OP_WRITE = abi.IORING_OP_READ, abi.IORING_OP_WRITE
@@ -2138,6 +2148,8 @@ class UringEngine(Engine):
             self._rw_mask = _U32 & ~_RWF_HIPRI
         # registered buffers (register_buffers): (start, end, index), by start
         self._fixed_spans: list[tuple[int, int, int]] = []
+        #: runs what xaio.engine.route sends to threads (made on first use)
+        self._threads: ThreadEngine | None = None
         self._closed = False
 
     # --- protocol ---------------------------------------------------------------
@@ -2254,6 +2266,9 @@ class UringEngine(Engine):
         with self._lock:
             if self._closed:
                 raise EngineClosedError("engine is closed")
+            ops, threaded = route(ops, KIND_BLOCKING)
+            if threaded:
+                return self._submit_routed(ops, threaded)
             ring = self._ring
             sq32 = ring._sq32
             khead = ring._sq_khead
@@ -2287,6 +2302,32 @@ class UringEngine(Engine):
                 return len(ops)  # on_done submitting: _deliver hands it over
             ring._enter_pending(pending, _SUBMIT_CHUNK)
         return len(ops)
+
+    def _submit_routed(self, ops: Sequence[Operation], threaded: Sequence[Operation]) -> int:
+        """Submit a batch that :func:`xaio.engine.route` split (under the
+        lock): *ops* to the ring, *threaded* to the thread engine, whose
+        eventfd a poll on the ring watches, so that :meth:`reap` and
+        :meth:`fileno` serve both.  Nothing is taken if the batch is bad."""
+        check_batch(ops)
+        check_batch(threaded)
+        threads = self._threads
+        if threads is None:
+            from xaio.threads import ThreadEngine
+
+            threads = self._threads = ThreadEngine(8)
+            self._arm_threads()
+        if ops:
+            self.submit(ops)
+        threads._submit_checked(threaded)
+        return len(ops) + len(threaded)
+
+    def _arm_threads(self) -> None:
+        """Poll the thread engine's eventfd on the ring (under the lock): its
+        CQE, tagged ``_THREADS_READY``, makes :meth:`_deliver` deliver the
+        thread engine's completions and arm the poll again."""
+        assert self._threads is not None
+        self._ring.prep_poll_add(self._threads.fileno(), select.POLLIN, user_data=_THREADS_READY)
+        self._ring.submit()
 
     def _take_back(self, ops: Sequence[Operation], start: int) -> None:
         """Undo a :meth:`_write_sqes` that raised: every operation it entered
@@ -2326,10 +2367,6 @@ class UringEngine(Engine):
         fixed = self._fixed_spans
         rw_mask = self._rw_mask
         nfixed = 0
-        # reads and writes on a file system that would run them inline, one
-        # after the other, inside io_uring_enter (FUSE, NFS...: see
-        # xaio.engine.fd_kind) go to io-wq at once; one fd_kind per fd per batch
-        punt: dict[int, int] = {}
         tail = ring._sqe_tail
         try:
             for op in ops:
@@ -2354,17 +2391,13 @@ class UringEngine(Engine):
                     else:
                         opcode = _OP_READ_FIXED if code is _READ else _OP_WRITE_FIXED
                         nfixed += 1
-                    fd = op.fd
-                    sqe_flags = punt.get(fd)
-                    if sqe_flags is None:
-                        sqe_flags = punt[fd] = _ASYNC if fd_kind(fd) == KIND_BLOCKING else 0
                     _pack_sqe(
                         sqes,
                         (tail & mask) << 6,
                         opcode,
-                        sqe_flags,
                         0,
-                        fd,
+                        0,
+                        op.fd,
                         op.offset & _U64,
                         p.address,
                         p.nbytes,
@@ -2380,17 +2413,13 @@ class UringEngine(Engine):
                     if len(op.pins) > _IOV_MAX:
                         raise ValueError(f"at most {_IOV_MAX} buffers")
                     iovs = Ring._iovecs(op.pins)
-                    fd = op.fd
-                    sqe_flags = punt.get(fd)
-                    if sqe_flags is None:
-                        sqe_flags = punt[fd] = _ASYNC if fd_kind(fd) == KIND_BLOCKING else 0
                     _pack_sqe(
                         sqes,
                         (tail & mask) << 6,
                         abi.IORING_OP_READV if code is _READV else abi.IORING_OP_WRITEV,
-                        sqe_flags,
                         0,
-                        fd,
+                        0,
+                        op.fd,
                         op.offset & _U64,
                         ctypes.addressof(iovs),
                         len(op.pins),
@@ -2475,6 +2504,7 @@ class UringEngine(Engine):
         outer = self._delivering
         self._delivering = True
         cqes: list[Completion] = []
+        threads_ready = False
         try:
             cqes, self._batch = self._batch, cqes
             for ud, res, _fl in cqes:
@@ -2490,7 +2520,15 @@ class UringEngine(Engine):
                         free += (ud,)
                 elif ud & _CANCEL_TAG == _CANCEL_TAG:
                     self._cancel_results[ud & ~_CANCEL_TAG] = res
+                elif ud == _THREADS_READY:
+                    threads_ready = True
                 i += 1
+            if threads_ready and self._threads is not None:
+                try:
+                    n += self._threads._deliver()
+                finally:
+                    if not self._closed:
+                        self._arm_threads()
         finally:
             del cqes[:i]
             if cqes:  # an on_done raised (or Ctrl-C): the rest go first next time
@@ -2587,6 +2625,9 @@ class UringEngine(Engine):
             OSError: EINVAL in a forked child; an unexpected kernel error.
         """
         self._check_process()
+        threads = self._threads
+        if threads is not None and threads.owns(op):
+            return threads.cancel(op)
         with self._lock:
             key = op.key
             if op.state is _DONE or self._inflight.get(key) is not op or self._ring.closed:
@@ -2657,7 +2698,11 @@ class UringEngine(Engine):
             self._ring.submit()
         with self._reap_lock:
             try:
-                self._drain()
+                try:
+                    if self._threads is not None:
+                        self._threads.close()
+                finally:
+                    self._drain()
             finally:
                 with self._lock:
                     ring = self._ring
@@ -2734,6 +2779,7 @@ class UringEngine(Engine):
             "in_flight": len(self._inflight),
             "sync_cancel": self._sync_cancel,
             "ring": self._ring.statistics(),
+            "threads": None if self._threads is None else self._threads.statistics(),
         }
 
     def __del__(self) -> None:
@@ -2744,6 +2790,8 @@ class UringEngine(Engine):
                 # may raise (warnings as errors): the finally still closes
                 warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self, stacklevel=2)
         finally:
+            if self._threads is not None:
+                self._threads._abandon()  # as RoutedEngine's: never wait here
             try:
                 self.close()
             except Exception:  # pragma: no cover - interpreter shutdown

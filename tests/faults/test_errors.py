@@ -78,23 +78,6 @@ def test_pread_pwrite(
     assert on_disk(faultfs) == CONTENT  # nothing written
 
 
-def short_transfers_xfail(
-    request: pytest.FixtureRequest, engine: str, op: str, direct: bool
-) -> None:
-    """io_uring's handling of a FUSE file served short (Linux 6.18): reads,
-    and O_DIRECT writes, are wrong (buffered writes are right)."""
-    if engine == "uring" and (op == "read" or direct):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="io_uring on a FUSE file whose daemon serves 300 of 4096 bytes: a "
-                "READ goes on at the wrong file offset (bytes 300.. of the buffer hold "
-                "the file's bytes 0..) and reports 600 or 4096; an O_DIRECT WRITE reports "
-                "more than was written; os.preadv/os.pwrite say 300 (xaio engines, raw Ring)",
-            )
-        )
-
-
 @pytest.mark.parametrize("direct", [False, True], ids=["buffered", "direct"])
 @pytest.mark.parametrize("op", ["read", "write"])
 def test_short_transfers(
@@ -104,11 +87,9 @@ def test_short_transfers(
     faultfs: FaultFS,
     fpath: str,
     no_leaks: None,
-    request: pytest.FixtureRequest,
 ) -> None:
     """A file system serving 300 bytes per request: the count reported is
     what was transferred, and the bytes are the file's (or what is on disk)."""
-    short_transfers_xfail(request, engine_name, op, direct)
     fd = os.open(fpath, os.O_RDWR | (os.O_DIRECT if direct else 0))
     buf = xaio.aligned_buffer(4096)
     buf[:] = b"W" * 4096
@@ -197,9 +178,7 @@ def test_posix_aio(
     err: int,
     faultfs: FaultFS,
     fpath: str,
-    request: pytest.FixtureRequest,
 ) -> None:
-    short_transfers_xfail(request, posix_engine, op, False)
     fd = os.open(fpath, os.O_RDWR)
     try:
         buf = bytearray(b"P" * 1000)

@@ -4,14 +4,14 @@ The file system here takes 1 s per read (FUSE, ``direct_io``: every read
 reaches the daemon).  Such a file system cannot be asked not to block: io_uring
 would run the reads inline in ``io_uring_enter``, one after the other, and
 Linux AIO inside ``io_submit``.  The engines learn it per fd
-(:func:`xaio.engine.fd_kind`) and send those requests to a kernel worker
-(``IOSQE_ASYNC``) or to threads, so four concurrent reads take 1 s, not 4 s,
-and the loop keeps running meanwhile.
+(:func:`xaio.engine.fd_kind`) and send those requests to threads, so four
+concurrent reads take 1 s, not 4 s, and the loop keeps running meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import time
 from typing import Any
@@ -26,6 +26,7 @@ from xaio.engine import (
     KIND_BLOCKING,
     KIND_BUFFERED,
     KIND_DIRECT,
+    CancelOutcome,
     OpCode,
     Operation,
     create_engine,
@@ -215,3 +216,36 @@ def test_timeout_on_a_slow_read_returns_within_one_request(
         os.close(fd)
     assert 0.1 <= took < DELAY + 0.5, f"the timeout returned after {took:.2f} s"
     assert meter.max_lag < DELAY / 4, f"the loop was blocked {meter.max_lag:.2f} s"
+
+
+def test_cancel_and_close_with_a_slow_request(
+    engine_name: str, slow_file: str, no_leaks: None
+) -> None:
+    """A request the file system is busy with cancels as the engine running
+    it says (CANCELED: it completes with -ECANCELED; RUNNING: with its real
+    result), a second one on the same fd completes as ``os.pread`` would,
+    and close() with one still in flight completes it and leaks nothing."""
+    fd = os.open(slow_file, os.O_RDONLY)
+    bufs = [bytearray(4096) for _ in range(3)]
+    ops = [Operation(OpCode.READ, fd, (bufs[i],), i * 4096) for i in range(3)]
+    try:
+        engine = create_engine(engine_name)
+        assert engine.name == engine_name
+        engine.submit(ops[:2])
+        outcome = engine.cancel(ops[0])
+        deadline = time.monotonic() + 10 * DELAY
+        while any(op.result is None for op in ops[:2]) and time.monotonic() < deadline:
+            engine.reap(0.1)
+        if outcome is CancelOutcome.CANCELED:
+            assert ops[0].result in (-errno.ECANCELED, 4096)
+        else:
+            assert outcome is CancelOutcome.RUNNING
+            assert ops[0].result == 4096
+        assert ops[1].result == 4096
+        assert bytes(bufs[1]) == os.pread(fd, 4096, 4096)
+        engine.submit(ops[2:])
+        engine.close()
+        assert ops[2].result in (-errno.ECANCELED, 4096)
+        assert engine.statistics()["name"] == engine_name
+    finally:
+        os.close(fd)
