@@ -614,7 +614,7 @@ class AsyncFile:
                     break
                 lines.append(line)
                 total += len(line)
-                if 0 < h <= total:
+                if 0 < h < total:  # io: stop once the total exceeds the hint
                     break
         except BaseException:  # a cancellation loses nothing
             if self._regular:
@@ -1125,8 +1125,14 @@ class AsyncTextFile:
         return "".join(parts)
 
     async def readline(self, size: int | None = -1) -> str:
-        """Read one line, with the newline rules of ``io.TextIOWrapper``."""
-        limit = _size_arg(size)
+        """Read one line, with the newline rules of ``io.TextIOWrapper``.
+
+        Raises:
+            TypeError: *size* is not an int (None included, as io's).
+        """
+        if not isinstance(size, int):
+            raise TypeError(f"{type(size).__name__!r} object cannot be interpreted as an integer")
+        limit = size
         await self._prepare_read()
         text, start = self._decoded, self._dpos
         end = self._find_eol(text, start, "")
@@ -1191,7 +1197,7 @@ class AsyncTextFile:
                     break
                 lines.append(line)
                 total += len(line)
-                if 0 < h <= total:
+                if 0 < h < total:  # io: stop once the total exceeds the hint
                     break
         except BaseException:
             self._undo(saved, lines)
