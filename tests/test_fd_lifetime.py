@@ -80,14 +80,17 @@ def test_thread_engine_write_to_fd_not_open_is_ebadf(tmp_path: Path) -> None:
     """Not open at submit: EBADF, even if the number is open by the time it runs."""
     eng = ThreadEngine(threads=1)
     r, w = os.pipe()
-    fd = os.open(tmp_path / "x", os.O_RDWR | os.O_CREAT)
-    os.close(fd)
+    # a number far above the lowest free one, which the worker's wake-up
+    # eventfd (made when it starts waiting on the pipe) may take at any time
+    fd = max(r, w) + 256
     try:
         blocker = Operation(OpCode.READ, r, (bytearray(1),), -1)
         eng.submit([blocker])
         op = Operation(OpCode.WRITE, fd, (b"W",), 0)
         eng.submit([op])
-        fd2 = os.open(tmp_path / "y", os.O_RDWR | os.O_CREAT)
+        y = os.open(tmp_path / "y", os.O_RDWR | os.O_CREAT)
+        fd2 = os.dup2(y, fd)  # the number is open by the time the write runs
+        os.close(y)
         try:
             os.write(w, b"x")
             _reap_all(eng, [blocker, op])
