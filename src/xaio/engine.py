@@ -245,7 +245,9 @@ def create_engine(name: str | None = None, **options: Any) -> Engine:
             works here (uring, then linux, then thread).  ``"linux"`` runs
             O_DIRECT regular files (on file systems that do not block:
             :func:`fd_kind`) and polls on Linux AIO and everything else on
-            threads (so ``io_submit`` never blocks).
+            threads (so ``io_submit`` never blocks); ``"uring"`` runs
+            requests on file systems that block (FUSE, NFS...) on threads
+            (:func:`route`).
         options: passed to the engine's constructor (``entries``/``capacity``,
             ``threads``...).
 
