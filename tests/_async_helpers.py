@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import resource
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -56,6 +57,15 @@ def fds_after_a_first_run(lib: str) -> set[str]:
     process from its first loop on)."""
     run(lib, _nothing)
     return open_fds()
+
+
+def unused_fd() -> int:
+    """An fd number that is not open, far above the highest open one: an fd
+    made meanwhile (a worker's wake-up eventfd, an engine's) takes the
+    lowest free number, never this one (a closed fd's number it may)."""
+    fd = max(map(int, os.listdir("/proc/self/fd"))) + 256
+    assert fd < resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return fd
 
 
 def aio_nr() -> int:

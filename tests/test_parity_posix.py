@@ -28,6 +28,7 @@ import pytest
 from benchmarks._glibc import glibc_aiocb, glibc_sigevent, load, unavailable_reason
 
 import xaio.posix as P
+from tests._async_helpers import unused_fd
 from tests.test_posix import engine_unavailable
 
 GLIBC_REASON = unavailable_reason()
@@ -225,14 +226,6 @@ def files(tmp_path: Path) -> Iterator[Callable[[str], int]]:
         os.close(fd)
 
 
-def closed_fd(tmp_path: Path) -> int:
-    """An fd number that is not open (after the engine made its own fds)."""
-    P._get_engine()
-    fd = os.open(tmp_path, os.O_RDONLY)
-    os.close(fd)
-    return fd
-
-
 _READ_SYSCALLS = {0, 17, 19, 295, 327}  # x86-64 read, pread64, readv, preadv, preadv2
 
 
@@ -304,7 +297,7 @@ def test_bad_fds_negative_offsets_and_read_only_fds(tmp_path: Path) -> None:
     try:
 
         def scenario(a: A, tag: str) -> Any:
-            bad = closed_fd(tmp_path)
+            bad = unused_fd()
             cbs = [
                 (a.read, a.cb(bad, 0, 10)),
                 (a.write, a.cb(bad, 0, b"x")),
@@ -351,7 +344,7 @@ def test_fsync(files: Callable[[str], int], tmp_path: Path) -> None:
             out.append(a.fsync(os.O_SYNC, cbs[2]))  # a pipe: EINVAL from fsync(2)
             out.append(settle(a, *cbs))
             out.append(a.fsync(0, a.cb(fd)))  # neither O_SYNC nor O_DSYNC
-            out.append(a.fsync(os.O_SYNC, a.cb(closed_fd(tmp_path))))
+            out.append(a.fsync(os.O_SYNC, a.cb(unused_fd())))
             return out
 
         both(scenario)
@@ -397,7 +390,7 @@ def test_cancel(engine: str, tmp_path: Path, files: Callable[[str], int]) -> Non
 
     def scenario(a: A, tag: str) -> Any:
         out: list[Any] = []
-        out.append(a.cancel(closed_fd(tmp_path)))
+        out.append(a.cancel(unused_fd()))
         fd = files(tag)
         out.append(a.cancel(fd))  # nothing queued
         done = a.cb(fd, 0, 10)
@@ -483,7 +476,7 @@ def test_lio_listio(files: Callable[[str], int], tmp_path: Path) -> None:
         out.append(a.lio(P.LIO_WAIT, good))
         out.append(settle(a, good[0], good[2]))
         out.append(a.data(good[0]))
-        bad = closed_fd(tmp_path)
+        bad = unused_fd()
         failing = [
             a.cb(fd, 0, 10, opcode=P.LIO_READ),
             a.cb(bad, 0, 10, opcode=P.LIO_READ),

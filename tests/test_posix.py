@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import xaio.posix as P
+from tests._async_helpers import unused_fd
 from xaio.engine import probe
 
 TIMEOUT = 10.0
@@ -117,14 +118,6 @@ def no_signal(sig: int = SIG) -> bool:
 
 def sigev(value: int) -> P.sigevent:
     return P.sigevent(P.SIGEV_SIGNAL, SIG, value)
-
-
-def closed_fd(tmp_path: Path) -> int:
-    """An fd number that is not open (after the engine made its own fds)."""
-    P._get_engine()
-    fd = os.open(tmp_path, os.O_RDONLY)
-    os.close(fd)
-    return fd
 
 
 def open_fds() -> set[int]:
@@ -293,7 +286,7 @@ def test_aio_read_returns_at_once_on_empty_pipe(pipe: tuple[int, int]) -> None:
 
 @pytest.mark.usefixtures("engine")
 def test_bad_fd_is_reported_by_aio_error_not_raised(tmp_path: Path) -> None:
-    fd = closed_fd(tmp_path)
+    fd = unused_fd()
     for cb in (P.aiocb(fd, 0, bytearray(4)), P.aiocb(-1, 0, bytearray(4))):
         P.aio_read(cb)
         wait_done(cb)
@@ -444,7 +437,7 @@ def test_fsync_and_fdatasync(tfile: int) -> None:
 
 @pytest.mark.usefixtures("engine")
 def test_fsync_bad_fd_and_bad_op(tfile: int, tmp_path: Path) -> None:
-    fd = closed_fd(tmp_path)
+    fd = unused_fd()
     for bad in (fd, -1, 2**40):
         with pytest.raises(OSError) as ei:
             P.aio_fsync(os.O_SYNC, P.aiocb(bad))
@@ -627,7 +620,7 @@ def test_cancel_with_cb_ignores_fd(dgram: tuple[socket.socket, socket.socket], t
 
 @pytest.mark.usefixtures("engine")
 def test_cancel_errors(tfile: int, tmp_path: Path) -> None:
-    fd = closed_fd(tmp_path)
+    fd = unused_fd()
     never = P.aiocb(tfile, 0, bytearray(1))
     for bad in (fd, -1, 2**40):
         for cb in (None, never):  # EBADF is checked first, with or without a cb
