@@ -8,6 +8,7 @@ crash, never another exception, and every accepted request completes.
 
 from __future__ import annotations
 
+import ctypes
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -160,6 +161,11 @@ def outcome(ctx: IOContext, x: Iocb) -> tuple[str, Any]:
     except EXPECTED as e:
         return type(e).__name__, getattr(e, "errno", None)
     image = bytes(memoryview(x._struct).cast("B"))
+    opcode, nbytes = x._struct.aio_lio_opcode, x._struct.aio_nbytes
+    if opcode in (linux.IOCB_CMD_PREADV, linux.IOCB_CMD_PWRITEV):
+        # aio_buf points at the Iocb's own iovec array: compare what it holds
+        iovecs = (ctypes.c_uint64 * (2 * nbytes)).from_address(x._struct.aio_buf)
+        image = image[:24] + bytes(iovecs) + image[32:]
     drain(ctx)
     return "accepted", (n, image)
 
