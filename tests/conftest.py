@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from ._async_helpers import ENGINES, LIBS, skip_unavailable
+
 PATTERN_BLOCK = 4096
 
 
@@ -83,3 +85,19 @@ def aio_nr() -> int:
 def aio_max_nr() -> int:
     with open("/proc/sys/fs/aio-max-nr") as f:
         return int(f.read())
+
+
+@pytest.fixture(params=LIBS)
+def lib(request: pytest.FixtureRequest) -> str:
+    """Each async library the layer supports (asyncio, uvloop, trio, anyio...)."""
+    return str(request.param)
+
+
+@pytest.fixture(params=ENGINES)
+def engine_name(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Each engine, made the default through ``XAIO_ENGINE`` for the test
+    (skipped, saying why, where it does not work)."""
+    name = str(request.param)
+    skip_unavailable(name)
+    monkeypatch.setenv("XAIO_ENGINE", name)
+    yield name

@@ -16,7 +16,6 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +28,6 @@ from xaio._async._loop import current_driver
 from xaio._ops import OpCode, Operation
 
 from ._async_helpers import (
-    ENGINES,
-    LIBS,
     aio_nr,
     open_fds,
     own_aio_rings,
@@ -40,19 +37,6 @@ from ._async_helpers import (
 from .conftest import pattern
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(params=LIBS)
-def lib(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture(params=ENGINES)
-def engine_name(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    name = str(request.param)
-    skip_unavailable(name)
-    monkeypatch.setenv("XAIO_ENGINE", name)
-    yield name
 
 
 # ---------------------------------------------------------------------------------

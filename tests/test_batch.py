@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,23 +16,10 @@ import pytest
 import xaio
 from xaio._async._loop import current_driver
 
-from ._async_helpers import ENGINES, LIBS, fds_after_a_first_run, open_fds, run, skip_unavailable
+from ._async_helpers import fds_after_a_first_run, open_fds, run
 from .conftest import pattern, resizable
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(params=LIBS)
-def lib(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture(params=ENGINES)
-def engine_name(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    name = str(request.param)
-    skip_unavailable(name)
-    monkeypatch.setenv("XAIO_ENGINE", name)
-    yield name
 
 
 def os_error(fn: Any, *args: Any) -> int:

@@ -25,22 +25,9 @@ import pytest
 import xaio
 from xaio._ops import OpCode
 
-from ._async_helpers import ENGINES, LIBS, open_fds, run, skip_unavailable
+from ._async_helpers import ENGINES, open_fds, run, skip_unavailable
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(params=LIBS)
-def lib(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture(params=ENGINES)
-def engine_name(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    name = str(request.param)
-    skip_unavailable(name)
-    monkeypatch.setenv("XAIO_ENGINE", name)
-    yield name
 
 
 async def wait_until(cond: Callable[[], bool], what: str, timeout: float = 10.0) -> None:

@@ -8,29 +8,16 @@ import os
 import pathlib
 import subprocess
 import tempfile
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 import xaio
 
-from ._async_helpers import ENGINES, LIBS, fds_after_a_first_run, open_fds, run, skip_unavailable
+from ._async_helpers import fds_after_a_first_run, open_fds, run
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(params=LIBS)
-def lib(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture(params=ENGINES)
-def engine_name(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    name = str(request.param)
-    skip_unavailable(name)
-    monkeypatch.setenv("XAIO_ENGINE", name)
-    yield name
 
 
 def make_tree(root: pathlib.Path) -> None:

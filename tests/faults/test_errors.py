@@ -18,21 +18,13 @@ import pytest
 
 import xaio
 import xaio.posix as P
-from tests._async_helpers import ENGINES, run, skip_unavailable
+from tests._async_helpers import run
 from tests.faults._fusefs import FaultFS
 from xaio import linux
 
 #: read and write faults, and the errno each must come back with
 FAULTS = [("read", errno.EIO), ("write", errno.ENOSPC), ("write", errno.EIO)]
 CONTENT = random.Random(17).randbytes(8192)  # no period: a byte out of place shows
-
-
-@pytest.fixture(params=ENGINES)
-def engine_name(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    name: str = request.param
-    skip_unavailable(name)
-    monkeypatch.setenv("XAIO_ENGINE", name)
-    return name
 
 
 @pytest.fixture

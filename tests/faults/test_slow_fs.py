@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 import xaio
-from tests._async_helpers import ENGINES, run, skip_unavailable
+from tests._async_helpers import run
 from tests.faults._fusefs import FaultFS
 from tests.faults._measure import LagMeter
 from xaio.engine import (
@@ -36,14 +36,6 @@ from xaio.engine import (
 DELAY = 1.0
 #: The loop's longest lag allowed while the device is slow.
 MAX_LAG = 0.010
-
-
-@pytest.fixture(params=ENGINES)
-def engine_name(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    name: str = request.param
-    skip_unavailable(name)
-    monkeypatch.setenv("XAIO_ENGINE", name)
-    return name
 
 
 @pytest.fixture
