@@ -58,7 +58,7 @@ round to the woken tasks, and if the first of them submitted alone (nothing in
 flight), the device would then complete it alone, and so on -- a convoy of
 one-request system calls (measured: 4 requests per ``io_uring_enter`` and ~45 us
 of CPU per O_DIRECT read at 64 tasks, against 32-64 and ~24 us with it; on
-trio, which used to flush every request at once, ~100 us against ~35 us).  A
+trio, flushing every request at once costs ~100 us against ~35 us).  A
 request that may be served from the page cache passes a checkpoint before its
 attempt (see *Fairness*); an engine-bound one does not, as its wait is one --
 on trio a second would let the other woken tasks run in between.  At
