@@ -71,6 +71,32 @@ class Model:
         else:
             self.allowed[block] = {gen}
 
+    def prepare(self, op: str, block: int, buf: Any) -> int:
+        """The generation a write of *block* puts into *buf* (0 for the others)."""
+        if op != "write":
+            return 0
+        gen = self.next_gen[block]
+        self.next_gen[block] += 1
+        buf[:] = block_of(block * BLOCK, gen)
+        return gen
+
+    def cancelled(self, op: str, block: int, gen: int) -> None:
+        """A request timed out: a write may have landed (old or new, never a mix)."""
+        self.counts["cancelled"] += 1
+        if op == "write":
+            self.allowed[block] = self.allowed[block] | {gen}
+            self.counts["torn_allowed"] += 1
+
+    def finished(self, op: str, block: int, gen: int, res: int, buf: Any) -> None:
+        """A request completed with *res*."""
+        self.counts[op] += 1
+        if op == "read":
+            assert res == BLOCK
+            self.check(block, bytes(buf), "read")
+        elif op == "write":
+            assert res == BLOCK
+            self.allowed[block] = {gen}
+
 
 def _choose(rng: random.Random) -> tuple[str, int, bool, float | None]:
     op = rng.choices(["read", "write", "fsync"], [5, 4, 1])[0]
@@ -89,30 +115,19 @@ async def _asyncio_main(path: Path, seed: int, model: Model) -> None:
             op, block, direct, timeout = _choose(rng)
             fd = fds[direct]
             async with locks[block]:
+                gen = model.prepare(op, block, buf)
                 if op == "fsync":
                     coro: Any = xaio.fsync(fd)
                 elif op == "read":
                     coro = xaio.preadinto(fd, buf, block * BLOCK)
                 else:
-                    gen = model.next_gen[block]
-                    model.next_gen[block] += 1
-                    buf[:] = block_of(block * BLOCK, gen)
                     coro = xaio.pwrite(fd, buf, block * BLOCK)
                 try:
                     res = await (coro if timeout is None else asyncio.wait_for(coro, timeout))
                 except (asyncio.TimeoutError, TimeoutError):
-                    model.counts["cancelled"] += 1
-                    if op == "write":  # old or new, never a mix
-                        model.allowed[block] = model.allowed[block] | {gen}
-                        model.counts["torn_allowed"] += 1
+                    model.cancelled(op, block, gen)
                     continue
-                model.counts[op] += 1
-                if op == "read":
-                    assert res == BLOCK
-                    model.check(block, bytes(buf), "read")
-                elif op == "write":
-                    assert res == BLOCK
-                    model.allowed[block] = {gen}
+                model.finished(op, block, gen, res, buf)
 
     try:
         await asyncio.gather(*(worker(n) for n in range(TASKS)))
@@ -134,11 +149,7 @@ async def _trio_main(path: Path, seed: int, model: Model) -> None:
             op, block, direct, timeout = _choose(rng)
             fd = fds[direct]
             async with locks[block]:
-                gen = 0
-                if op == "write":
-                    gen = model.next_gen[block]
-                    model.next_gen[block] += 1
-                    buf[:] = block_of(block * BLOCK, gen)
+                gen = model.prepare(op, block, buf)
                 res = -1
                 with trio.move_on_after(1e9 if timeout is None else timeout) as scope:
                     if op == "fsync":
@@ -149,18 +160,9 @@ async def _trio_main(path: Path, seed: int, model: Model) -> None:
                     else:
                         res = await xaio.pwrite(fd, buf, block * BLOCK)
                 if scope.cancelled_caught:
-                    model.counts["cancelled"] += 1
-                    if op == "write":
-                        model.allowed[block] = model.allowed[block] | {gen}
-                        model.counts["torn_allowed"] += 1
+                    model.cancelled(op, block, gen)
                     continue
-                model.counts[op] += 1
-                if op == "read":
-                    assert res == BLOCK
-                    model.check(block, bytes(buf), "read")
-                elif op == "write":
-                    assert res == BLOCK
-                    model.allowed[block] = {gen}
+                model.finished(op, block, gen, res, buf)
 
     try:
         async with trio.open_nursery() as nursery:
