@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from xaio import _cp
-from xaio._bench import Job, latency_stats, parse_size
+from xaio.cli import cp as _cp
+from xaio.cli._job import Job, latency_stats, parse_size
 from xaio.engine import probe
 
 TIMEOUT = 60
@@ -848,7 +848,7 @@ def test_verify_read_error_names_the_file(tmp_path: Path, eio_source: Path) -> N
 def test_fio_latency_is_completion_latency_within_min_max() -> None:
     # fio's percentiles are histogram bucket bounds (here below the exact
     # minimum), and its lat_ns adds the submission time to clat_ns.
-    from xaio._bench import _fio_result
+    from xaio.cli._runner import _fio_result
 
     side = {
         "total_ios": 100,
