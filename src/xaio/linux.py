@@ -107,7 +107,7 @@ from xaio._abi.aio import (
 from xaio._buffers import Pin, buffer_length, iovec_array, pin, pin_many
 from xaio._ops import CancelOutcome, InFlight, OpCode, Operation, OpState, check_batch
 from xaio._syscall import Timespec, check, oserror, timespec_from_seconds
-from xaio.engine import Engine, EngineClosedError
+from xaio.engine._protocol import Engine, EngineClosedError
 
 __all__ = [
     "IOContext",

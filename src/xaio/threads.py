@@ -99,7 +99,7 @@ from typing import Any
 
 from xaio._inline import INLINE_MAX, NowaitReader
 from xaio._ops import CancelOutcome, OpCode, Operation, OpState, check_batch
-from xaio.engine import Engine, EngineClosedError
+from xaio.engine._protocol import Engine, EngineClosedError
 
 __all__ = ["ThreadEngine", "start_thread_blocking_signals"]
 

@@ -189,7 +189,8 @@ from xaio._ops import (
     check_batch,
 )
 from xaio._syscall import check, oserror
-from xaio.engine import KIND_BLOCKING, Engine, EngineClosedError, route
+from xaio.engine._protocol import Engine, EngineClosedError
+from xaio.engine._route import KIND_BLOCKING, route
 
 if TYPE_CHECKING:
     from xaio.threads import ThreadEngine

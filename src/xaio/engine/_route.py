@@ -1,0 +1,214 @@
+"""What kind of file an fd is, and which engine runs a request on it.
+
+:func:`fd_kind` is the one place the engines learn whether a request would
+block in the kernel's submission call; :func:`route` is the one rule that
+splits a batch between a kernel engine and the thread engine.  Imports no
+engine; the public home of these names is :mod:`xaio.engine`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import os
+import struct
+import threading
+from collections.abc import Sequence
+
+from xaio._ops import OpCode, Operation
+from xaio._syscall import fast_syscall
+
+__all__ = [
+    "fd_kind",
+    "route",
+    "is_direct_regular",
+    "KIND_OTHER",
+    "KIND_BUFFERED",
+    "KIND_DIRECT",
+    "KIND_BLOCKING",
+    "BLOCKING_FS_TYPES",
+]
+
+_POLL, _NOP = OpCode.POLL, OpCode.NOP
+_NO_OPS: tuple[Operation, ...] = ()
+
+# ---------------------------------------------------------------------------------
+
+#: :func:`fd_kind`: a pipe, socket, eventfd, directory... (or an fd not open).
+KIND_OTHER = 0
+#: :func:`fd_kind`: a regular file or block device without O_DIRECT.
+KIND_BUFFERED = 1
+#: :func:`fd_kind`: a regular file or block device opened with O_DIRECT.
+KIND_DIRECT = 2
+#: :func:`fd_kind`: a regular file on a file system that cannot be asked not
+#: to block (:data:`BLOCKING_FS_TYPES`), O_DIRECT or not.
+KIND_BLOCKING = 3
+
+#: File system types (``/proc/self/mountinfo``, the part before any ``.``: a
+#: ``fuse.sshfs`` mount is ``fuse``) whose reads and writes wait for a daemon
+#: or a server however they are asked: io_uring runs them inline in
+#: ``io_uring_enter``, one after the other, and Linux AIO inside ``io_submit``.
+BLOCKING_FS_TYPES = frozenset(
+    {
+        "fuse", "fuseblk", "virtiofs", "nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph",
+        "9p", "afs", "coda", "orangefs", "gfs2", "ocfs2", "lustre", "gpfs", "glusterfs",
+        "beegfs", "pvfs2", "ncpfs",
+    }
+)  # fmt: skip
+
+_AT_EMPTY_PATH = 0x1000
+_AT_STATX_DONT_SYNC = 0x4000  # no GETATTR round trip to a FUSE daemon or NFS server
+_STATX_TYPE = 0x1
+_STATX_MNT_ID_UNIQUE = 0x4000  # Linux 6.8; before it the device number is the key
+_STATX_MODE_DEV = struct.Struct("<I24xH106xII")  # stx_mask, stx_mode, stx_dev_major/minor
+_STATX_MNT_ID = struct.Struct("<144xQ")
+_S_IFMT, _S_IFREG, _S_IFBLK = 0o170000, 0o100000, 0o060000
+_statx = fast_syscall("statx")
+_EMPTY_PATH = ctypes.c_char_p(b"")
+_tls = threading.local()  # each thread's statx buffer
+#: (-1, unique mount id) or (major, minor) -> whether that file system blocks
+_blocking_mounts: dict[tuple[int, int], bool] = {}
+
+
+def _fs_type_blocks(major: int, minor: int) -> bool:
+    """Whether the file system on device *major:minor* is one of
+    :data:`BLOCKING_FS_TYPES`, from ``/proc/self/mountinfo`` (no request
+    reaches the file system itself).  False if no mount has that device."""
+    dev = f"{major}:{minor}"
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        head, sep, tail = line.partition(" - ")
+        fields = head.split()
+        if sep and len(fields) > 2 and fields[2] == dev:
+            return tail.split(" ", 1)[0].split(".", 1)[0] in BLOCKING_FS_TYPES
+    return False
+
+
+def fd_kind(fd: int) -> int:
+    """What kind of file *fd* is, for choosing how an engine runs its requests.
+
+    The one place the engines learn it (through :func:`route`).  The
+    ``linux`` engine sends only :data:`KIND_DIRECT` fds to kernel AIO
+    (anything else would block inside ``io_submit``); the ``uring`` engine
+    sends :data:`KIND_BLOCKING` fds to threads (``io_uring_enter`` would run
+    them inline, and gets a short transfer wrong).  So no engine's
+    ``submit`` waits for a slow file system, and an event loop that submits
+    never stalls on one.
+
+    Costs one ``statx(AT_STATX_DONT_SYNC)`` (~1 us, and no round trip to a
+    FUSE daemon or an NFS server) and, for regular files and block devices,
+    one ``fcntl``; whether a mount's file system blocks is looked up once per
+    mount (its unique id; its device number before Linux 6.8) in
+    ``/proc/self/mountinfo``.  The engines ask once per fd per batch, never
+    from a cache that an fd closed and reused could make stale.
+
+    Returns:
+        :data:`KIND_OTHER`, :data:`KIND_BUFFERED`, :data:`KIND_DIRECT` or
+        :data:`KIND_BLOCKING`.  Never raises: an fd that is not open is
+        ``KIND_OTHER``, and its request fails in the engine as usual.
+    """
+    if type(fd) is not int or fd < 0 or fd > 0x7FFFFFFF:
+        return KIND_OTHER
+    buf = getattr(_tls, "statx", None)
+    if buf is None:
+        buf = _tls.statx = ctypes.create_string_buffer(256)
+        _tls.address = ctypes.c_void_p(ctypes.addressof(buf))
+    flags = _AT_EMPTY_PATH | _AT_STATX_DONT_SYNC
+    if _statx(fd, _EMPTY_PATH, flags, _STATX_TYPE | _STATX_MNT_ID_UNIQUE, _tls.address) < 0:
+        return KIND_OTHER
+    mask, mode, major, minor = _STATX_MODE_DEV.unpack_from(buf)
+    fmt = mode & _S_IFMT
+    if fmt != _S_IFREG and fmt != _S_IFBLK:
+        return KIND_OTHER
+    key = (-1, _STATX_MNT_ID.unpack_from(buf)[0]) if mask & _STATX_MNT_ID_UNIQUE else (major, minor)
+    blocks = _blocking_mounts.get(key)
+    if blocks is None:
+        if len(_blocking_mounts) > 4096:
+            _blocking_mounts.clear()
+        blocks = _blocking_mounts[key] = fmt == _S_IFREG and _fs_type_blocks(major, minor)
+    if blocks:
+        return KIND_BLOCKING
+    try:
+        direct = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT
+    except OSError:
+        return KIND_OTHER
+    return KIND_DIRECT if direct else KIND_BUFFERED
+
+
+def is_direct_regular(fd: int) -> bool:
+    """True if *fd* is a regular file or block device opened with O_DIRECT on
+    a file system that does not block (:func:`fd_kind` is
+    :data:`KIND_DIRECT`): the only kind Linux AIO runs without blocking in
+    ``io_submit``."""
+    return fd_kind(fd) == KIND_DIRECT
+
+
+def route(
+    ops: Sequence[Operation], kernel_kind: int
+) -> tuple[Sequence[Operation], Sequence[Operation]]:
+    """Split a batch between a kernel engine and the thread engine: the one
+    routing rule of the engines that run some requests on threads.
+
+    A poll always goes to the kernel.  A request on an fd (read, write,
+    fsync...) goes to the kernel only if :func:`fd_kind` allows it, asked
+    once per fd per batch, so all of one fd's requests in a batch take the
+    same way:
+
+    - *kernel_kind* :data:`KIND_DIRECT` (the ``linux`` engine): only
+      :data:`KIND_DIRECT` fds at an explicit offset (Linux AIO blocks in
+      ``io_submit`` on anything else and has no file position); NOPs go to
+      threads.
+    - *kernel_kind* :data:`KIND_BLOCKING` (the ``uring`` engine): everything
+      but fds on a file system that blocks: io_uring gives wrong answers on
+      a FUSE file served short (a READ carries on at the wrong file offset
+      and counts bytes twice, an O_DIRECT WRITE counts bytes not written),
+      where ``os.preadv``/``os.pwrite`` report the short count.
+
+    Returns:
+        ``(kernel, threaded)``: *ops* itself and ``()`` when nothing goes to
+        threads.
+    """
+    kinds: dict[int, int] = {}  # one fd_kind per fd per batch, not per op
+    if kernel_kind == KIND_BLOCKING:
+        some: list[Operation] | None = None  # no list for the common batch
+        for op in ops:
+            code = op.opcode
+            if code is _POLL or code is _NOP:
+                continue
+            fd = op.fd
+            kind = kinds.get(fd)
+            if kind is None:
+                kind = kinds[fd] = fd_kind(fd)
+            if kind == KIND_BLOCKING:
+                if some is None:
+                    some = []
+                some.append(op)
+        if some is None:
+            return ops, _NO_OPS
+        to_threads = set(map(id, some))
+        return [op for op in ops if id(op) not in to_threads], some
+    kernel: list[Operation] = []
+    threaded: list[Operation] = []
+    for op in ops:
+        code = op.opcode
+        if code is _POLL:
+            kernel.append(op)
+            continue
+        if code is not _NOP and op.offset >= 0:
+            fd = op.fd
+            kind = kinds.get(fd)
+            if kind is None:
+                kind = kinds[fd] = fd_kind(fd)
+            if kind == KIND_DIRECT:
+                kernel.append(op)
+                continue
+        threaded.append(op)
+    return kernel, threaded
+
+
+for _f in (fd_kind, route, is_direct_regular):
+    _f.__module__ = "xaio.engine"
