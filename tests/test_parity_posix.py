@@ -30,6 +30,7 @@ from benchmarks._glibc import glibc_aiocb, glibc_sigevent, load, unavailable_rea
 import xaio.posix as P
 from tests._async_helpers import unused_fd
 from tests.test_posix import engine_unavailable
+from xaio.posix import _runtime as R
 
 GLIBC_REASON = unavailable_reason()
 pytestmark = pytest.mark.skipif(GLIBC_REASON is not None, reason=f"glibc POSIX AIO: {GLIBC_REASON}")
@@ -199,10 +200,10 @@ def engine(request: pytest.FixtureRequest) -> Iterator[str]:
     reason = engine_unavailable(name)
     if reason is not None:
         pytest.skip(f"engine {name!r} unavailable: {reason}")
-    P._shutdown()
+    R._shutdown()
     P.aio_init(engine=name)
     yield name
-    P._shutdown()
+    R._shutdown()
     P.aio_init()
 
 

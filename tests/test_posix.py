@@ -29,6 +29,8 @@ from hypothesis import strategies as st
 import xaio.posix as P
 from tests._async_helpers import unused_fd
 from xaio.engine import probe
+from xaio.posix import _request
+from xaio.posix import _runtime as R
 
 TIMEOUT = 10.0
 SIG = signal.SIGRTMIN + 3
@@ -57,7 +59,7 @@ def wait_done(*cbs: P.aiocb, timeout: float = TIMEOUT) -> None:
 def engine_running() -> int:
     """Requests the engine has started: running on a worker (thread engine,
     the linux engine's threads) or handed to the kernel (io_uring)."""
-    eng = P._engine
+    eng = R._engine
     if eng is None:
         return 0
     st_ = eng.statistics()
@@ -128,12 +130,12 @@ def open_fds() -> set[int]:
 def clean_posix() -> Iterator[None]:
     """Each test starts from a fresh POSIX AIO state and must leave no thread
     and no fd behind."""
-    P._shutdown()
+    R._shutdown()
     P.aio_init()
     base_threads = set(threading.enumerate())
     base_fds = open_fds()
     yield
-    P._shutdown()
+    R._shutdown()
     P.aio_init()
     # threads of other libraries may end meanwhile; none may be left over
     left = set(threading.enumerate()) - base_threads
@@ -226,7 +228,7 @@ def test_import_starts_no_thread() -> None:
         "import threading, xaio, xaio.posix, xaio.threads; "
         "n = threading.active_count(); "
         "cb = xaio.posix.aiocb(0, 0, bytearray(1)); "
-        "print(n, xaio.posix._engine is None)"
+        "print(n, xaio.posix._runtime._engine is None)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
@@ -698,7 +700,7 @@ def test_cancelled_request_makes_lio_wait_fail(
 
     t = threading.Thread(target=run)
     t.start()
-    wait_until(lambda: cbs[1]._state == P._INPROGRESS and engine_running() == 1)
+    wait_until(lambda: cbs[1]._state == _request._INPROGRESS and engine_running() == 1)
     assert P.aio_cancel(a.fileno(), cbs[1]) == P.AIO_CANCELED
     drain(b, cbs[0])
     t.join(TIMEOUT)
@@ -947,7 +949,7 @@ def test_positional_io_on_regular_file_is_not_serialised(
     reads = [P.aiocb(r, 0, bytearray(1)) for _ in range(2)]
     for cb in reads:
         P.aio_read(cb)
-    eng = P._engine
+    eng = R._engine
     assert eng is not None
     lanes = eng._lanes  # type: ignore[attr-defined]
     assert lanes[a.fileno()].serial and lanes[r].serial
@@ -971,7 +973,7 @@ def test_aio_init_threads_and_idle_time(tfile: int) -> None:
     for cb in cbs:
         P.aio_read(cb)
     wait_done(*cbs)
-    eng = P._engine
+    eng = R._engine
     assert eng is not None
     st_ = eng.statistics()
     assert st_["max_threads"] == 2 and st_["num"] == 8 and st_["spawned"] <= 2
@@ -1004,14 +1006,14 @@ def test_other_engine_through_reaper(tfile: int) -> None:
         assert P.aio_return(cb) == 3
         P.aio_init()  # back to the default engine
     finally:
-        P._shutdown()
+        R._shutdown()
         eng.close()
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fork() with threads (3.12+)
 def test_forked_child_can_use_aio(tfile: int, pipe: tuple[int, int], engine: str) -> None:
     r, w = pipe
-    parent_engine = P._get_engine()
+    parent_engine = R._get_engine()
     parent_cb = P.aiocb(r, 0, bytearray(4))
     P.aio_read(parent_cb)  # stays in progress across the fork
     pid = os.fork()
@@ -1026,11 +1028,11 @@ def test_forked_child_can_use_aio(tfile: int, pipe: tuple[int, int], engine: str
                     cb = P.aiocb(tfile, 0, bytearray(4))
                     P.aio_read(cb)
                     P.aio_suspend([cb], 5)
-                    eng = P._engine
+                    eng = R._engine
                     fresh = eng is not parent_engine and eng is not None and eng.name == engine
                     if P.aio_error(cb) == 0 and bytes(cb.aio_buf) == bytes(range(4)):
                         code = 0 if fresh else 3
-                    P._shutdown()
+                    R._shutdown()
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
@@ -1191,7 +1193,7 @@ def test_fuzz_argument_checking(
 
 
 def inline_count() -> int:
-    eng = P._engine
+    eng = R._engine
     assert eng is not None
     return int(eng.statistics()["inline"])
 
@@ -1219,7 +1221,7 @@ def test_cached_read_completes_at_once(tfile: int) -> None:
 def test_no_inline_read_for_direct_or_append(tmp_path: Path) -> None:
     p = tmp_path / "d"
     p.write_bytes(bytes(range(256)) * 64)
-    P._get_engine()
+    R._get_engine()
     try:
         dfd = os.open(p, os.O_RDONLY | os.O_DIRECT)
     except OSError as e:  # pragma: no cover
@@ -1303,7 +1305,7 @@ def test_cached_read_inline_for_every_buffer_kind(tfile: int, kind: str) -> None
     writable buffer and with an explicit aio_nbytes, on an aiocb subclass
     too: complete when aio_read returns, counted as inline by the engine."""
     os.pread(tfile, 8192, 0)  # in the page cache
-    P._get_engine()
+    R._get_engine()
     if kind == "subclass":
         buf, nbytes, n = bytearray(100), None, 100
         cb: P.aiocb = _SubAiocb(tfile, 10, buf, nbytes)
@@ -1327,7 +1329,7 @@ def test_inline_read_refuses_bad_buffers_like_the_normal_path(tfile: int) -> Non
     import mmap
 
     os.pread(tfile, 8192, 0)
-    P._get_engine()
+    R._get_engine()
     ro = mmap.mmap(-1, 4096, prot=mmap.PROT_READ)
     cases: list[tuple[Any, Any, type[Exception]]] = [
         (ro, None, TypeError),
@@ -1359,7 +1361,7 @@ def test_inline_read_refused_for_direct_append_and_streams(tmp_path: Path) -> No
 
     p = tmp_path / "d"
     p.write_bytes(bytes(range(256)) * 64)
-    P._get_engine()
+    R._get_engine()
     fds = []
     try:
         with contextlib.suppress(OSError):  # no O_DIRECT on this file system
@@ -1398,7 +1400,7 @@ def test_inline_read_is_bounded(tmp_path: Path) -> None:
     fd = os.open(p, os.O_RDONLY)
     try:
         os.pread(fd, size, 0)  # all in the page cache
-        P._get_engine()
+        R._get_engine()
         before = inline_count()
         big = P.aiocb(fd, 0, bytearray(INLINE_MAX + 4096))
         small = P.aiocb(fd, size - 4096, bytearray(4096), 4096)

@@ -37,6 +37,8 @@ from tests.test_posix import (
     wait_done,
     wait_until,
 )
+from xaio.posix import _request
+from xaio.posix import _runtime as R
 
 # The shared fixtures (the autouse one checks for leaked threads and fds).
 clean_posix = _tp.clean_posix
@@ -120,7 +122,7 @@ def test_cancelled_pipe_read_fails_lio_wait(pipe: tuple[int, int]) -> None:
 
     t = threading.Thread(target=run)
     t.start()
-    wait_until(lambda: all(cb._state == P._INPROGRESS for cb in cbs))
+    wait_until(lambda: all(cb._state == _request._INPROGRESS for cb in cbs))
     assert P.aio_cancel(r) == P.AIO_CANCELED  # the running one and the held one
     t.join(TIMEOUT)
     assert not t.is_alive()
@@ -137,7 +139,7 @@ def test_held_pipe_reads_stay_queued_behind_the_running_one(pipe: tuple[int, int
     cbs = [P.aiocb(r, 0, bytearray(1)) for _ in range(4)]
     for cb in cbs:
         P.aio_read(cb)
-    lane = P._lanes[r]
+    lane = R._lanes[r]
     assert lane.serial and lane.active == 1 and len(lane.held) == 3
     assert engine_running() == 1
     assert P.aio_cancel(r, cbs[2]) == P.AIO_CANCELED
@@ -145,7 +147,7 @@ def test_held_pipe_reads_stay_queued_behind_the_running_one(pipe: tuple[int, int
     os.write(w, b"abc")
     wait_done(cbs[0], cbs[1], cbs[3])
     assert [bytes(cbs[i].aio_buf) for i in (0, 1, 3)] == [b"a", b"b", b"c"]
-    assert r not in P._lanes
+    assert r not in R._lanes
 
 
 @pytest.mark.usefixtures("uring")
@@ -195,7 +197,7 @@ def test_cancel_all_on_blocked_socket_cancels_everything(
         for cb in cbs:
             P.aio_write(cb)
         assert engine_running() == 1  # the first is in the kernel, three are held
-        assert len(P._lanes[fd].held) == 3
+        assert len(R._lanes[fd].held) == 3
         assert P.aio_cancel(fd, None) == P.AIO_CANCELED
         for cb in cbs:
             assert P.aio_error(cb) == errno.ECANCELED
@@ -302,7 +304,7 @@ def test_random_submit_and_cancel_from_20_threads_on_uring(
             assert ret in (8, 64, 256)
         else:
             assert e == errno.ECANCELED and ret == -1
-    assert not P._lanes and not P._by_fd
+    assert not R._lanes and not R._by_fd
 
 
 # --- fork -----------------------------------------------------------------------------
@@ -315,7 +317,7 @@ def test_forked_child_uses_a_fresh_ring(pipe: tuple[int, int]) -> None:
     its own ring: it reads and cancels there, and the parent's read (and
     ring) are untouched."""
     r, w = pipe
-    parent_eng = P._get_engine()
+    parent_eng = R._get_engine()
     parent_cb = P.aiocb(r, 0, bytearray(4))
     P.aio_read(parent_cb)
     pid = os.fork()
@@ -325,7 +327,7 @@ def test_forked_child_uses_a_fresh_ring(pipe: tuple[int, int]) -> None:
             r2, w2 = os.pipe()
             cb = P.aiocb(r2, 0, bytearray(3))
             P.aio_read(cb)
-            eng = P._engine
+            eng = R._engine
             fresh = eng is not None and eng is not parent_eng and eng.name == "uring"
             ok_cancel = P.aio_cancel(r2, cb) == P.AIO_CANCELED
             cb2 = P.aiocb(r2, 0, bytearray(3))
@@ -334,12 +336,12 @@ def test_forked_child_uses_a_fresh_ring(pipe: tuple[int, int]) -> None:
             P.aio_suspend([cb2], 5)
             ok_read = P.aio_return(cb2) == 3 and bytes(cb2.aio_buf) == b"kid"
             code = 0 if (fresh and ok_cancel and ok_read) else 2
-            P._shutdown()
+            R._shutdown()
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    assert P._engine is parent_eng
+    assert R._engine is parent_eng
     assert P.aio_error(parent_cb) == errno.EINPROGRESS
     os.write(w, b"data")
     wait_done(parent_cb)
@@ -353,11 +355,11 @@ def test_forked_child_uses_a_fresh_ring(pipe: tuple[int, int]) -> None:
 def test_engine_by_name_is_owned_and_closed_on_switch(tfile: int) -> None:
     base = threading.active_count()
     P.aio_init(engine="uring")
-    eng = P._engine
+    eng = R._engine
     assert eng is not None and eng.name == "uring" and not eng.closed
     assert threading.active_count() == base + 1  # the reaper
     P.aio_init(engine="uring")  # same choice: nothing changes
-    assert P._engine is eng
+    assert R._engine is eng
     cb = P.aiocb(tfile, 0, bytearray(4))
     P.aio_read(cb)
     wait_done(cb)
@@ -374,11 +376,11 @@ def test_engine_instance_stays_the_callers() -> None:
     eng = UringEngine(8)
     try:
         P.aio_init(engine=eng)
-        assert P._engine is eng
+        assert R._engine is eng
         P.aio_init(engine="uring")  # another choice: a new, owned engine
-        assert P._engine is not eng and not eng.closed
+        assert R._engine is not eng and not eng.closed
     finally:
-        P._shutdown()
+        R._shutdown()
         eng.close()
 
 
@@ -393,7 +395,7 @@ def test_switch_to_uring_while_busy_is_ebusy(pipe: tuple[int, int]) -> None:
     os.write(w, b"x")
     wait_done(cb)
     P.aio_init(engine="uring")
-    assert P._get_engine().name == "uring"
+    assert R._get_engine().name == "uring"
 
 
 def test_linux_engine_by_name(tfile: int) -> None:
@@ -401,7 +403,7 @@ def test_linux_engine_by_name(tfile: int) -> None:
     if reason is not None:
         pytest.skip(f"linux AIO unavailable: {reason}")
     P.aio_init(engine="linux")
-    assert P._get_engine().name == "linux"
+    assert R._get_engine().name == "linux"
     cbs = [P.aiocb(tfile, i * 4, bytearray(4)) for i in range(4)]
     for cb in cbs:
         P.aio_read(cb)
@@ -413,13 +415,13 @@ def test_unavailable_engine_names_the_reason(monkeypatch: pytest.MonkeyPatch) ->
     def refuse(name: str, **_: Any) -> Any:
         raise OSError(errno.EPERM, "io_uring_setup: Operation not permitted")
 
-    monkeypatch.setattr(P, "create_engine", refuse)
-    monkeypatch.setattr(P, "probe", lambda: {"uring": "EPERM: kernel.io_uring_disabled=2"})
+    monkeypatch.setattr(R, "create_engine", refuse)
+    monkeypatch.setattr(R, "probe", lambda: {"uring": "EPERM: kernel.io_uring_disabled=2"})
     with pytest.raises(OSError) as ei:
         P.aio_init(engine="uring")
     assert ei.value.errno == errno.EPERM
     assert "kernel.io_uring_disabled=2" in str(ei.value)
-    assert P._choice == "thread"  # nothing changed
+    assert R._choice == "thread"  # nothing changed
 
 
 @needs_uring
@@ -435,7 +437,7 @@ def test_exit_with_a_request_in_flight_closes_the_ring() -> None:
         "r, w = os.pipe()\n"
         "cb = P.aiocb(r, 0, bytearray(1))\n"
         "P.aio_read(cb)\n"
-        "s.update(P=P, cb=cb, e=P._engine)\n"
+        "s.update(P=P, cb=cb, e=P._runtime._engine)\n"
     )
     out = subprocess.run(
         [sys.executable, "-W", "error", "-c", code],
@@ -454,7 +456,7 @@ def test_cached_read_completes_at_once_on_uring(uring: None, tfile: int, tmp_pat
     returns, counted by the engine, no ring round trip; an O_DIRECT read and a
     pipe read still go through the ring."""
     os.pread(tfile, 4096, 0)  # in the page cache
-    eng = P._get_engine()
+    eng = R._get_engine()
     assert eng.name == "uring"
     before = eng.statistics()["inline"]
     submitted = eng.statistics()["submitted"]

@@ -21,6 +21,7 @@ import xaio.posix as P
 from tests._async_helpers import run
 from tests.faults._fusefs import FaultFS
 from xaio import linux
+from xaio.posix import _runtime as R
 
 #: read and write faults, and the errno each must come back with
 FAULTS = [("read", errno.EIO), ("write", errno.ENOSPC), ("write", errno.EIO)]
@@ -149,10 +150,10 @@ def test_async_file(
 
 @pytest.fixture
 def posix_engine(engine_name: str) -> Iterator[str]:
-    P._shutdown()
+    R._shutdown()
     P.aio_init(engine=engine_name)
     yield engine_name
-    P._shutdown()
+    R._shutdown()
     P.aio_init()
 
 

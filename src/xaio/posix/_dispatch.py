@@ -1,0 +1,479 @@
+"""How a POSIX AIO request travels: handed to the engine (or held back in
+its fd's lane), completed (recorded, waiters woken, notified, its
+``lio_listio`` list counted down) and cancelled (see the essay of
+:mod:`xaio.posix`)."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import stat
+from typing import Any
+
+from xaio import _syscall
+from xaio._ops import CancelOutcome, OpCode, Operation, OpState
+from xaio.engine import Engine, EngineClosedError
+from xaio.posix._notify import notify
+from xaio.posix._request import _DONE, _INPROGRESS, _NEW, _SYNCS, _Group, _Lane, _Waiter, aiocb
+from xaio.posix._runtime import (
+    _by_fd,
+    _get_engine,
+    _lanes,
+    _state_lock,
+    _submitter,
+    _suspenders,
+    _transit_waiters,
+)
+from xaio.threads import ThreadEngine, _is_serial_fd
+
+
+def _on_done(op: Operation) -> None:
+    """An operation of ours finished (in a worker, the reaper, or a
+    cancelling thread): record the status, wake waiters, notify -- or, on an
+    engine that does not order requests itself, carry the request on.
+
+    There (io_uring) a kernel request is not all of a POSIX request: a write
+    on a blocking stream fd that the kernel completed short goes on with the
+    rest, as ``write(2)`` on that fd would (io_uring stops at the first
+    short transfer), so the request completes when all is written or with
+    an error (the bytes written before the error, if any, as ``write(2)``);
+    and a request that :func:`aio_cancel` reported ``AIO_NOTCANCELED`` but
+    that the kernel then stopped (``-ECANCELED``/``-EINTR``: io_uring's
+    cancel of a running request may still interrupt it) is submitted again,
+    so that it completes normally."""
+    cb: aiocb = op.context
+    res = op.result
+    assert res is not None
+    if cb._lane is not None:
+        if res == -errno.ECANCELED or res == -errno.EINTR:
+            with _state_lock:
+                if cb._op is op and cb._cancelling:
+                    cb._parked = res  # the aio_cancel asking decides
+                    return
+                keep = cb._keep and cb._op is op
+            if keep and _carry_on(cb, op, op.buffers, 0):
+                return
+        elif res > 0 and op.opcode is OpCode.WRITE:
+            with memoryview(op.buffers[0]) as view:
+                size = view.nbytes
+            if res < size and _blocking_stream(op.fd):
+                with memoryview(op.buffers[0]) as view, view.cast("B") as b:
+                    rest = b[res:]
+                if _carry_on(cb, op, (rest,), res):
+                    return
+        if cb._moved:
+            res = cb._moved + res if res >= 0 else cb._moved
+    _finish(cb, res)
+
+
+def _blocking_stream(fd: int) -> bool:
+    """Is *fd* a stream (not a regular file or block device) in blocking
+    mode: where ``write(2)`` writes all it is given or fails?"""
+    try:
+        mode = os.fstat(fd).st_mode
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISBLK(mode) or flags & os.O_NONBLOCK)
+
+
+def _carry_on(cb: aiocb, op: Operation, buffers: tuple[Any, ...], moved: int) -> bool:
+    """Go on with the request of *cb* after its operation *op* ended (having
+    transferred *moved* bytes): a new operation on *buffers* takes its place
+    in the lane and goes to the engine.  False if it cannot (the engine is
+    closed, or *cb* moved on): the caller then finishes the request."""
+    eng = cb._engine
+    if eng is None or eng.closed:
+        return False
+    nxt = Operation(op.opcode, op.fd, buffers, op.offset, on_done=_on_done, context=cb)
+    with _state_lock:
+        if cb._op is not op or cb._state != _INPROGRESS:
+            for p in nxt.pins:
+                p.release()
+            return False
+        cb._moved += moved
+        cb._op = nxt
+        cb._transit = nxt
+        waiters = cb._waiters  # an aio_cancel waiting for *op* (see _cancel_submitted)
+        cb._waiters = None
+        if waiters is not None:
+            for w in waiters:
+                w.wake_locked()
+    _hand_over([cb])
+    return True
+
+
+def _finish(cb: aiocb, res: int) -> None:
+    with _state_lock:
+        if cb._state != _INPROGRESS:  # pragma: no cover - forked child, stale op
+            return
+        if res < 0:
+            cb._error = -res
+            cb._return = -1
+        else:
+            cb._error = 0
+            cb._return = res
+        cb._state = _DONE
+        cb._op = None
+        fdset = _by_fd.get(cb._fd)
+        if fdset is not None:
+            fdset.pop(cb, None)
+            if not fdset:
+                del _by_fd[cb._fd]
+        lane = cb._lane
+        released: list[aiocb] | None = None
+        if lane is not None:
+            cb._lane = None
+            lane.active -= 1
+            released = _lane_release_locked(cb._fd, lane)
+        waiters = cb._waiters
+        if waiters is not None:
+            cb._waiters = None
+            for w in waiters:
+                w.wake_locked()
+        if _suspenders:
+            for w in _suspenders:
+                w.wake_locked()
+            _suspenders.clear()
+        group = cb._group
+        cb._group = None
+        notice = cb._notice
+        cb._notice = None
+    if released:
+        _hand_over(released)
+    if notice is not None:
+        notify(notice)
+    if group is None:
+        return
+    # The list is counted down only after this request's own notification
+    # was sent, so the list notification (sent by whichever request is
+    # last) always comes after every request's.
+    group_notice = None
+    with _state_lock:
+        if res < 0:
+            group.failed = True
+        group.remaining -= 1
+        if not group.remaining:
+            if group.waiter is not None:
+                group.waiter.wake_locked()
+            group_notice = group.notice
+    if group_notice is not None:
+        notify(group_notice)
+
+
+def _enqueue(items: list[tuple[aiocb, Operation, int]], group: _Group | None) -> None:
+    """Mark the cbs in progress and hand their operations to the engine (or
+    hold them back in their lanes); complete at once those with an
+    immediate error."""
+    eng = _get_engine()
+    laned = not isinstance(eng, ThreadEngine)  # the thread engine orders by itself
+    serial: dict[int, bool] = {}
+    if laned:
+        for _, op, err in items:
+            fd = op.fd
+            if not err and fd not in _lanes and fd not in serial:
+                serial[fd] = _is_serial_fd(fd)
+    try:
+        with _state_lock:
+            for cb, op, _err in items:
+                if cb._state == _INPROGRESS:
+                    for c, _, _ in items:
+                        if c is cb:
+                            break
+                        _unmark_locked(c)
+                    raise _syscall.oserror(errno.EINVAL, "aiocb already in progress")
+                _mark_locked(cb, op, group, eng)
+            if laned:
+                ops = []
+                for cb, op, err in items:
+                    if not err and _lane_admit_locked(cb, op, serial):
+                        cb._transit = op
+                        ops.append(op)
+            else:
+                # In transit until the engine has them: an aio_cancel arriving
+                # now waits for the hand-over instead of finding nothing.
+                ops = []
+                for cb, op, err in items:
+                    if not err:
+                        cb._transit = op
+                        ops.append(op)
+        if ops and laned:
+            reaper = _submitter(eng)
+            if reaper is not None:
+                reaper.defer(_submit_released, [op.context for op in ops])
+                ops = []
+        if ops:
+            try:
+                eng.submit(ops)
+            except EngineClosedError:
+                with _state_lock:
+                    for cb, _, _ in items:
+                        _unmark_locked(cb)
+                    _wake_transit_locked()
+                raise _syscall.oserror(errno.EAGAIN, "the AIO engine is shutting down") from None
+            _end_transit(ops)
+            if laned:
+                # Collect what completed inside the submitting io_uring_enter
+                # (page-cached reads): recorded here, with no hand-off to the reaper.
+                eng.reap(0)
+        for _, op, err in items:
+            if err:
+                op.complete(err)
+    except BaseException:
+        _recover_enqueue(eng, items)
+        raise
+
+
+def _recover_enqueue(eng: Engine, items: list[tuple[aiocb, Operation, int]]) -> None:
+    """An exception came out of :func:`_enqueue` midway -- one from a signal
+    handler (Ctrl-C) can come at any call.  The requests the engine did not
+    take are not submitted after all (``aio_error`` says EINVAL, as for a cb
+    never submitted: the caller may submit it again); those it took, or that
+    wait in their lane, complete as usual, and so do those with an immediate
+    error.  A no-op after the errors ``_enqueue`` raises itself (those undo
+    their marks)."""
+    owns = getattr(eng, "owns", None)
+    errs: list[tuple[Operation, int]] = []
+    with _state_lock:
+        for cb, op, err in items:
+            if cb._op is not op or cb._state != _INPROGRESS:
+                continue  # not marked by this call
+            if cb._transit is op:
+                cb._transit = None
+            if op.state is not OpState.QUEUED:
+                continue  # taken (or done)
+            if err:
+                errs.append((op, err))
+            elif not cb._held and not (owns is not None and owns(op)):
+                _unmark_locked(cb)
+        _wake_transit_locked()
+    for op, err in errs:
+        op.complete(err)
+
+
+def _lane_admit_locked(cb: aiocb, op: Operation, serial: dict[int, bool]) -> bool:
+    """Enter *cb* in its fd's lane; True if it may go to the engine now,
+    False if it is held back (``_state_lock`` held)."""
+    fd = op.fd
+    lane = _lanes.get(fd)
+    if lane is None:
+        s = serial.get(fd)
+        lane = _lanes[fd] = _Lane(_is_serial_fd(fd) if s is None else s)
+    cb._lane = lane
+    if not lane.held and (lane.active == 0 or not (lane.serial or op.opcode in _SYNCS)):
+        lane.active += 1
+        return True
+    lane.held.append(cb)
+    cb._held = True
+    return False
+
+
+def _lane_release_locked(fd: int, lane: _Lane) -> list[aiocb] | None:
+    """Take the held requests of *lane* that may start now (marked in
+    transit; the caller hands them over with :func:`_hand_over`); drop the
+    lane once empty (``_state_lock`` held)."""
+    held = lane.held
+    out: list[aiocb] | None = None
+    while held:
+        head = held[0]
+        op = head._op
+        assert op is not None
+        if lane.active and (lane.serial or op.opcode in _SYNCS):
+            break
+        held.popleft()
+        head._held = False
+        head._transit = op
+        lane.active += 1
+        if out is None:
+            out = [head]
+        else:
+            out.append(head)
+    if not lane.active and not held and _lanes.get(fd) is lane:
+        del _lanes[fd]
+    return out
+
+
+def _hand_over(cbs: list[aiocb]) -> None:
+    """Give released requests (in transit) to their engine, from this thread
+    or through the reaper (no lock held)."""
+    eng = cbs[0]._engine
+    assert eng is not None
+    reaper = _submitter(eng)
+    if reaper is not None:
+        reaper.defer(_submit_released, cbs)
+    else:
+        _submit_released(cbs)
+
+
+def _submit_released(cbs: list[aiocb]) -> None:
+    """Submit requests in transit.  If the engine was closed under us, they
+    and everything held behind them are cancelled."""
+    ops = [cb._op for cb in cbs]
+    eng = cbs[0]._engine
+    assert eng is not None
+    try:
+        eng.submit(ops)  # type: ignore[arg-type]
+    except EngineClosedError:
+        doomed: list[Operation] = []
+        with _state_lock:
+            for cb in cbs:
+                lane = cb._lane
+                if lane is not None:
+                    for h in lane.held:
+                        h._held = False
+                        h._lane = None
+                        doomed.append(h._op)  # type: ignore[arg-type]
+                    lane.held.clear()
+            _wake_transit_locked()
+        for op in [*ops, *doomed]:
+            if op is not None and op.state is not OpState.DONE:
+                op.complete(-errno.ECANCELED)
+        return
+    _end_transit(ops)  # type: ignore[arg-type]
+
+
+def _end_transit(ops: list[Operation]) -> None:
+    """The engine has *ops* now: an aio_cancel may ask it to cancel them."""
+    with _state_lock:
+        for op in ops:
+            cb: aiocb = op.context
+            if cb._transit is op:
+                cb._transit = None
+        if _transit_waiters:
+            _wake_transit_locked()
+
+
+def _wake_transit_locked() -> None:
+    for w in _transit_waiters:
+        w.wake_locked()
+    _transit_waiters.clear()
+
+
+def _mark_locked(cb: aiocb, op: Operation, group: _Group | None, eng: Engine) -> None:
+    cb._state = _INPROGRESS
+    cb._moved = 0
+    cb._keep = False
+    cb._error = errno.EINPROGRESS
+    cb._return = -1
+    cb._op = op
+    cb._fd = op.fd
+    cb._group = group
+    cb._engine = eng
+    fdset = _by_fd.get(op.fd)
+    if fdset is None:
+        fdset = _by_fd[op.fd] = {}
+    fdset[cb] = None
+
+
+def _unmark_locked(cb: aiocb) -> None:
+    op = cb._op
+    cb._state = _NEW
+    cb._op = None
+    cb._group = None
+    cb._notice = None
+    cb._transit = None
+    fdset = _by_fd.get(cb._fd)
+    if fdset is not None:
+        fdset.pop(cb, None)
+        if not fdset:
+            del _by_fd[cb._fd]
+    lane = cb._lane
+    if lane is not None:
+        cb._lane = None
+        if cb._held:
+            cb._held = False
+            lane.held.remove(cb)
+        else:
+            lane.active -= 1
+        if not lane.active and not lane.held and _lanes.get(cb._fd) is lane:
+            del _lanes[cb._fd]
+    if op is not None:
+        op.on_done = None
+        for p in op.pins:
+            p.release()
+
+
+def _lane_open(fd: int) -> bool:
+    """May a read on *fd* complete now, overtaking nothing in its lane?"""
+    lane = _lanes.get(fd)
+    return lane is None or not (lane.serial or lane.held)
+
+
+def _cancel_submitted(cb: aiocb, op: Operation, eng: Engine) -> CancelOutcome:
+    """Ask the engine to cancel *op* (the request of *cb*) and say honestly
+    what became of it; a cancelled one has been recorded and notified when
+    this returns."""
+    # Wait until the request is really in the engine's hands.
+    while True:
+        with _state_lock:
+            if cb._op is not op:
+                if cb._state == _INPROGRESS and (cb._moved or cb._keep):
+                    cb._keep = True  # carried on in parts (see _on_done)
+                    return CancelOutcome.RUNNING
+                return CancelOutcome.DONE
+            if cb._transit is not op:
+                break
+            w = _Waiter()
+            _transit_waiters.append(w)
+        w.lock.acquire()
+    if isinstance(eng, ThreadEngine):
+        outcome = eng.cancel(op)
+        if outcome is CancelOutcome.CANCELED:
+            _wait_done(cb, op)  # a reap-mode engine: let the completion land
+        return outcome
+    # An engine posix keeps lanes for (see _on_done): a request partly done
+    # or already reported running is not cancelled; one the kernel stops
+    # while we ask is decided here, from the engine's answer.
+    with _state_lock:
+        if cb._op is not op:
+            return CancelOutcome.DONE
+        if cb._moved or cb._keep:
+            cb._keep = True
+            return CancelOutcome.RUNNING
+        cb._cancelling = True
+    outcome = CancelOutcome.RUNNING  # what an exception out of cancel leaves
+    try:
+        outcome = eng.cancel(op)
+    finally:
+        with _state_lock:
+            cb._cancelling = False
+            parked, cb._parked = cb._parked, None
+            if outcome is CancelOutcome.RUNNING:
+                cb._keep = True
+        if parked is not None and outcome is CancelOutcome.RUNNING:
+            if not _carry_on(cb, op, op.buffers, 0):
+                _finish(cb, parked)
+            parked = None
+    if parked is not None:  # CANCELED or DONE, and its completion is here
+        _finish(cb, parked)
+        return CancelOutcome.CANCELED if parked == -errno.ECANCELED else CancelOutcome.DONE
+    if outcome is CancelOutcome.RUNNING:
+        return outcome
+    # CANCELED or DONE: its completion is posted; wait until it is recorded,
+    # so that aio_error no longer says EINPROGRESS when we return.
+    _wait_done(cb, op)
+    with _state_lock:
+        if cb._op is not op and cb._state == _INPROGRESS and cb._moved:
+            cb._keep = True  # stopped part-way: it goes on to the end
+            return CancelOutcome.RUNNING
+    if outcome is CancelOutcome.CANCELED and op.result != -errno.ECANCELED:
+        return CancelOutcome.DONE  # it finished in that very instant
+    return outcome
+
+
+def _wait_done(cb: aiocb, op: Operation) -> None:
+    """Wait until the completion of *op* (the request of *cb*) is recorded."""
+    with _state_lock:
+        if cb._op is not op:
+            return
+        w = _Waiter()
+        _add_waiter_locked(cb, w)
+    w.lock.acquire()
+
+
+def _add_waiter_locked(cb: aiocb, w: _Waiter) -> None:
+    if cb._waiters is None:
+        cb._waiters = [w]
+    else:
+        cb._waiters.append(w)
