@@ -25,7 +25,7 @@ Contenders (the first one is the reference of the paired ratios):
                                    MAXREAP: reap(max_n=...) (default 0 here:
                                    all)
     engine-on_done[:DEFER]         the uring engine, resubmitting from on_done;
-                                   DEFER overrides uring._DEFER_FLUSH
+                                   DEFER overrides xaio.uring._engine._DEFER_FLUSH
 
 Each round runs every contender once, in order, on one file, for a fraction of
 a second: this VM's disk drifts by 2x within seconds, so only short
@@ -50,6 +50,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import xaio.uring as uring
+import xaio.uring._engine as uring_engine
 from _common import fio_iops, make_file
 from bench_engines import engine_callback_iops, engine_iops, uring_batch_iops
 from bench_linux import parse_size, xaio_iops
@@ -104,15 +105,15 @@ def contender(spec: str, path: Path, depth: int, seconds: float) -> Callable[[],
 
         return lambda: engine_iops(make, path, depth, seconds, True, reap_max, register)
     if name == "engine-on_done":
-        defer = int(arg) if arg else uring._DEFER_FLUSH
+        defer = int(arg) if arg else uring_engine._DEFER_FLUSH
 
         def run() -> float:
-            saved = uring._DEFER_FLUSH
-            uring._DEFER_FLUSH = defer
+            saved = uring_engine._DEFER_FLUSH
+            uring_engine._DEFER_FLUSH = defer
             try:
                 return engine_callback_iops("uring", path, depth, seconds, True)
             finally:
-                uring._DEFER_FLUSH = saved
+                uring_engine._DEFER_FLUSH = saved
 
         return run
     raise SystemExit(f"unknown contender {spec!r} (see --help)")

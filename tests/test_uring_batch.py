@@ -15,8 +15,9 @@ import pytest
 
 import xaio
 from xaio import uring
-from xaio._ops import OpCode, Operation, OpState
+from xaio._ops import CancelOutcome, OpCode, Operation, OpState
 from xaio.uring import SlotInFlightError, UringBatch, UringEngine
+from xaio.uring._engine import _DEFER_FLUSH
 
 from .conftest import pattern, resizable
 
@@ -257,7 +258,7 @@ def test_engine_hands_over_callback_submissions_in_groups(data_fd: int) -> None:
         before = eng.ring.statistics()["enter"]
         assert eng.reap(0) == 16
         # 16 one-operation submissions, handed over in groups of _DEFER_FLUSH
-        assert eng.ring.statistics()["enter"] - before == 16 // uring._DEFER_FLUSH
+        assert eng.ring.statistics()["enter"] - before == 16 // _DEFER_FLUSH
         # every chained read was handed over when the reap that made it returned
         assert all(op.state is not OpState.QUEUED for op in chained)
         assert eng.ring.sq_ready() == 0
@@ -287,7 +288,7 @@ def test_engine_cancel_of_a_deferred_submission(pipe: tuple[int, int], data_fd: 
         eng.submit([Operation(OpCode.READ, data_fd, (bytearray(8),), 0, on_done=on_first)])
         while not outcomes:
             assert eng.reap(T) > 0
-        assert outcomes == [uring.CancelOutcome.CANCELED]
+        assert outcomes == [CancelOutcome.CANCELED]
         while not pending:
             assert eng.reap(T) > 0
         assert pending[0].result == -errno.ECANCELED
