@@ -23,9 +23,9 @@ import anyio
 import pytest
 
 import xaio
-from xaio import linux
 from xaio._async._loop import current_driver
 from xaio._ops import OpCode, Operation
+from xaio.linux import _engine as linux_engine
 
 from ._async_helpers import (
     aio_nr,
@@ -669,7 +669,7 @@ def test_loop_close_releases_the_engine(lib: str, engine_name: str, data_path: P
         extra = {fd: _fd_target(fd) for fd in open_fds() - fds}
         assert not extra
         # no ring left behind but the idle contexts kept for the next loop
-        assert own_aio_rings() == rings <= linux._IDLE_MAX
+        assert own_aio_rings() == rings <= linux_engine._IDLE_MAX
         if aio_nr() == nr:
             break
     else:

@@ -350,9 +350,10 @@ def test_closed_linux_engines_leave_their_context_for_the_next(direct_fd: int) -
     # with an empty pool and its own contexts.
     import xaio
     from xaio import linux
+    from xaio.linux import _engine as linux_engine
 
     available("linux")
-    linux._destroy_idle_contexts()  # earlier tests' (other capacities) fill the pool
+    linux_engine._destroy_idle_contexts()  # earlier tests' (other capacities) fill the pool
     seen: list[object] = []  # held: no address is reused
     for _ in range(5):
         eng = linux.LinuxAioEngine(64)
@@ -363,12 +364,12 @@ def test_closed_linux_engines_leave_their_context_for_the_next(direct_fd: int) -
         assert op.result == 4096
         eng.close()
     assert all(c is seen[0] for c in seen)  # one context served all five
-    assert any(c.nr_events == 64 for c in linux._idle_contexts)
+    assert any(c.nr_events == 64 for c in linux_engine._idle_contexts)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
         code = 1
         try:
-            assert not linux._idle_contexts
+            assert not linux_engine._idle_contexts
             eng = linux.LinuxAioEngine(64)
             op = Operation(OpCode.READ, direct_fd, [xaio.aligned_buffer(4096)], 0)
             eng.submit([op])

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 import xaio
-from xaio import libaio, linux
+from xaio import _syscall, libaio, linux
 from xaio.linux import (
     IOCB_CMD_FDSYNC,
     IOCB_CMD_FSYNC,
@@ -36,6 +36,8 @@ from xaio.linux import (
     Iocb,
     IocbInFlightError,
     IOContext,
+    _context,
+    _iocb,
     io_cancel,
     io_destroy,
     io_getevents,
@@ -900,7 +902,7 @@ def test_field_changes_after_submission_are_checked(
             submit(ctx, [x])
         assert not x.in_flight and ctx.statistics()["in_flight"] == 0
         y = Iocb.pread(data_fd, bytearray(8), 0)  # a fresh Iocb, same fields
-        for field in linux._FIELDS:
+        for field in _iocb._FIELDS:
             setattr(y, field, getattr(x, field))
         with pytest.raises(exc):
             submit(ctx, [y])
@@ -964,7 +966,7 @@ def test_getevents_takes_waiting_events_from_the_ring(
     bufs = [bytearray(16) for _ in range(3)]
     io_submit(ctx, [Iocb.pread(data_fd, b, 16 * i, data=i) for i, b in enumerate(bufs)])
     deadline = time.monotonic() + 5
-    while linux._syscall.aio_ring_at(ctx.id).tail == linux._syscall.aio_ring_at(ctx.id).head:
+    while _syscall.aio_ring_at(ctx.id).tail == _syscall.aio_ring_at(ctx.id).head:
         assert time.monotonic() < deadline  # buffered reads complete in io_submit
     calls: list[tuple[Any, ...]] = []
 
@@ -972,7 +974,7 @@ def test_getevents_takes_waiting_events_from_the_ring(
         calls.append(args)
         return -errno.ENOSYS
 
-    monkeypatch.setattr(linux, "_FAST_GETEVENTS", refuse)
+    monkeypatch.setattr(_context, "_FAST_GETEVENTS", refuse)
     events = io_getevents(ctx, 1, 2)
     events += libaio.io_getevents(ctx, 1, 8, None)[1]
     assert [e.data for e in events] == [0, 1, 2] and not calls

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from xaio import libaio, linux
-from xaio.linux import Iocb, IocbInFlightError, IOContext
+from xaio.linux import Iocb, IocbInFlightError, IOContext, _iocb
 
 EXPECTED = (TypeError, ValueError, IocbInFlightError, OSError)
 
@@ -206,7 +206,7 @@ def test_field_changes_after_submission_match_a_fresh_iocb(
         else:
             setattr(x, name, value)
     y = Iocb()
-    for field in linux._FIELDS:
+    for field in _iocb._FIELDS:
         setattr(y, field, getattr(x, field))
     got = outcome(files.ctx, x)
     assert got == outcome(files.ctx, y)

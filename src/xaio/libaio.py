@@ -27,7 +27,6 @@ import errno
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from xaio import linux as _linux
 from xaio._abi.aio import (
     IOCB_CMD_FDSYNC,
     IOCB_CMD_FSYNC,
@@ -39,6 +38,7 @@ from xaio._abi.aio import (
     IOCB_FLAG_RESFD,
 )
 from xaio.linux import Iocb, IOContext, IOEvent
+from xaio.linux import _context as _linux
 
 __all__ = [
     "Iocb",

@@ -1,0 +1,561 @@
+"""Iocb and IOEvent: a Linux AIO request as a mutable mirror of ``struct iocb``,
+checked before the kernel sees it, and its completion."""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from xaio._abi.aio import (
+    IOCB_CMD_FDSYNC,
+    IOCB_CMD_FSYNC,
+    IOCB_CMD_POLL,
+    IOCB_CMD_PREAD,
+    IOCB_CMD_PREADV,
+    IOCB_CMD_PWRITE,
+    IOCB_CMD_PWRITEV,
+    IOCB_FLAG_IOPRIO,
+    IOCB_FLAG_RESFD,
+    iocb,
+)
+from xaio._buffers import Pin, buffer_length, iovec_array, pin, pin_many
+
+if TYPE_CHECKING:
+    from xaio.linux._context import IOContext
+
+_U16 = 0xFFFF
+_U32 = 0xFFFF_FFFF
+_U64 = 0xFFFF_FFFF_FFFF_FFFF
+_VECTORED = (IOCB_CMD_PREADV, IOCB_CMD_PWRITEV)
+_READS = (IOCB_CMD_PREAD, IOCB_CMD_PREADV)
+
+
+class IocbInFlightError(RuntimeError):
+    """An :class:`Iocb` that is in flight was modified or submitted again."""
+
+
+# ---------------------------------------------------------------------------------
+# Iocb
+# ---------------------------------------------------------------------------------
+
+_FIELDS = (
+    "aio_data",
+    "aio_lio_opcode",
+    "aio_reqprio",
+    "aio_fildes",
+    "aio_buf",
+    "aio_nbytes",
+    "aio_offset",
+    "aio_rw_flags",
+    "aio_flags",
+    "aio_resfd",
+)
+_FIELD_SET = frozenset(_FIELDS)
+
+#: The integer fields: the range each accepts, and where and how it is stored
+#: in ``struct iocb`` (the value masked to the field's width, so a negative
+#: value lands as the two's complement the kernel reads).  Setting one of them
+#: on a prepared :class:`Iocb` (not the opcode, whose change touches the
+#: buffer rules) checks it and writes it into the ready image at once.
+_INT_FIELDS: dict[str, tuple[int, int, int, Any, int]] = {
+    name: (lo, hi, getattr(iocb, name).offset, struct.Struct(fmt).pack_into, mask)
+    for name, lo, hi, fmt, mask in (
+        ("aio_data", 0, _U64, "<Q", _U64),
+        ("aio_lio_opcode", 0, _U16, "<H", _U16),
+        ("aio_reqprio", -0x8000, 0x7FFF, "<H", _U16),
+        ("aio_fildes", -(1 << 31), _U32, "<I", _U32),
+        ("aio_offset", -(1 << 63), (1 << 63) - 1, "<Q", _U64),
+        ("aio_rw_flags", -(1 << 31), _U32, "<I", _U32),
+        ("aio_flags", 0, _U32, "<I", _U32),
+        ("aio_resfd", -(1 << 31), _U32, "<I", _U32),
+    )
+}
+_IMAGE_FIELDS = {name: spec for name, spec in _INT_FIELDS.items() if name != "aio_lio_opcode"}
+#: aio_key: set to this in each iocb before io_submit; the kernel writes 0
+#: into it when it takes the request, which tells an interrupted submission
+#: which requests the kernel took.
+_UNSENT_KEY = 1
+_KEY = struct.Struct("<I")
+_KEY_OFFSET = iocb.aio_key.offset
+_c_char_from_buffer = ctypes.c_char.from_buffer
+_addressof = ctypes.addressof
+# What the ready image holds in place of the buffer (Iocb._kind).
+_NO_BUFFER, _ONE_BUFFER, _VECTOR = 0, 1, 2
+
+
+def _int_field(name: str, value: Any) -> int:
+    lo, hi = _INT_FIELDS[name][:2] if name in _INT_FIELDS else (0, _U64)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"Iocb.{name} must be an int, not {type(value).__name__!r}")
+    if not lo <= value <= hi:
+        raise ValueError(f"Iocb.{name}={value} is out of range [{lo}, {hi}]")
+    return value
+
+
+class Iocb:
+    """A Linux AIO request: a mutable mirror of ``struct iocb``.
+
+    Attributes mirror the kernel's fields.  ``aio_buf`` is a Python buffer (or
+    a sequence of buffers for the vectored opcodes, the event mask for
+    ``IOCB_CMD_POLL``, or None).  ``aio_nbytes`` reads the length that will be
+    submitted: the value set, or, when it was set to None (what the
+    constructors do), the buffer's length -- the number of buffers for the
+    vectored opcodes, 0 without a buffer -- and None when the buffer is one
+    that submission would refuse.
+
+    Fields are checked before anything reaches the kernel: wrong types raise
+    ``TypeError`` and impossible values ``ValueError`` from :func:`io_submit`.
+    The first submission checks every field and builds the ``struct iocb``;
+    from then on setting an integer field (``aio_offset``...) checks that
+    value and writes it into that struct at once, so resubmitting costs only
+    pinning the buffer again.  While the request is in flight the object
+    refuses changes (:class:`IocbInFlightError`); its buffers are pinned from
+    submission until its event is reaped.
+
+    Build one with a constructor (:meth:`pread`, :meth:`pwrite`, :meth:`preadv`,
+    :meth:`pwritev`, :meth:`fsync`, :meth:`fdsync`, :meth:`poll`) or ``Iocb()``
+    (all zero) and set the fields.
+    """
+
+    __slots__ = (
+        "aio_data",
+        "aio_lio_opcode",
+        "aio_reqprio",
+        "aio_fildes",
+        "aio_buf",
+        "_nbytes",
+        "aio_offset",
+        "aio_rw_flags",
+        "aio_flags",
+        "aio_resfd",
+        "callback",
+        "_struct",
+        "_mem",
+        "_address",
+        "_pins",
+        "_ctx",
+        "_ready",
+        "_kind",
+        "_writable",
+        "_export",
+        "_pin_address",
+        "_pin_nbytes",
+        "__weakref__",
+    )
+
+    aio_data: int
+    aio_lio_opcode: int
+    aio_reqprio: int
+    aio_fildes: int
+    aio_buf: Any
+    aio_offset: int
+    aio_rw_flags: int
+    aio_flags: int
+    aio_resfd: int
+    callback: Any
+    _nbytes: Any
+    _struct: iocb
+    _mem: memoryview
+    _address: int
+    #: What the kernel may use while the request is in flight: the buffer
+    #: exports (and a vectored request's iovec array), referred to only from
+    #: here, so that dropping the tuple releases them.
+    _pins: tuple[Any, ...]
+    _ctx: IOContext | None
+    #: True while ``_struct`` holds every field as checked and written by the
+    #: last full :meth:`_prepare` plus the integer fields set since.
+    _ready: bool
+    _kind: int
+    _writable: bool
+    #: The single buffer is a bytearray or a writable 1-D byte memoryview,
+    #: which a one-char ctypes export holds (as in ``Pin``).
+    _export: bool
+    #: The single buffer's address and length when ``_struct`` was built.
+    _pin_address: int
+    _pin_nbytes: int
+
+    def __init__(self) -> None:
+        s = object.__setattr__
+        s(self, "_ctx", None)
+        s(self, "_ready", False)
+        for name in _FIELDS:
+            s(self, name, 0)
+        s(self, "aio_buf", None)
+        s(self, "callback", None)
+        st = iocb()
+        s(self, "_struct", st)
+        s(self, "_mem", memoryview(st).cast("B"))
+        s(self, "_address", ctypes.addressof(st))
+        s(self, "_pins", ())
+        s(self, "_kind", _NO_BUFFER)
+        s(self, "_writable", False)
+        s(self, "_export", False)
+        s(self, "_pin_address", 0)
+        s(self, "_pin_nbytes", 0)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _FIELD_SET:
+            if self._ctx is not None:
+                raise IocbInFlightError(f"cannot set {name}: the Iocb is in flight")
+            object.__setattr__(self, name, value)
+            if self._ready:
+                spec = _IMAGE_FIELDS.get(name)
+                if spec is not None and type(value) is int and spec[0] <= value <= spec[1]:
+                    spec[3](self._mem, spec[2], value & spec[4])
+                else:
+                    # the next submission checks everything again
+                    object.__setattr__(self, "_ready", False)
+        else:
+            object.__setattr__(self, name, value)
+
+    @property
+    def aio_nbytes(self) -> int | None:
+        """The number of bytes (of buffers, for the vectored opcodes) that a
+        submission hands to the kernel: the value set, else derived from
+        ``aio_buf`` (None if the submission would refuse that buffer)."""
+        n = self._nbytes
+        if n is not None:
+            return n  # type: ignore[no-any-return]
+        buf = self.aio_buf
+        if buf is None:
+            return 0
+        if isinstance(buf, int) and not isinstance(buf, bool):
+            return 0 if self.aio_lio_opcode == IOCB_CMD_POLL else None
+        if self.aio_lio_opcode in _VECTORED:
+            return len(buf) if isinstance(buf, (list, tuple)) else None
+        try:
+            return buffer_length(buf)
+        except (TypeError, ValueError):
+            return None
+
+    @aio_nbytes.setter
+    def aio_nbytes(self, value: int | None) -> None:
+        # Reached through __setattr__, which refuses it in flight.
+        object.__setattr__(self, "_nbytes", value)
+
+    @property
+    def in_flight(self) -> bool:
+        """True from a successful submission until its event is reaped (or
+        its context destroyed)."""
+        return self._ctx is not None
+
+    # --- constructors ------------------------------------------------------------
+    @classmethod
+    def _make(
+        cls,
+        opcode: int,
+        fd: int,
+        buf: Any,
+        nbytes: int | None,
+        offset: int,
+        data: int,
+        rw_flags: int,
+        eventfd: int | None,
+        ioprio: int | None,
+    ) -> Iocb:
+        self = cls()
+        self.aio_lio_opcode = opcode
+        self.aio_fildes = fd
+        self.aio_buf = buf
+        self.aio_nbytes = nbytes
+        self.aio_offset = offset
+        self.aio_data = data
+        self.aio_rw_flags = rw_flags
+        if eventfd is not None:
+            self.aio_flags |= IOCB_FLAG_RESFD
+            self.aio_resfd = eventfd
+        if ioprio is not None:
+            self.aio_flags |= IOCB_FLAG_IOPRIO
+            self.aio_reqprio = ioprio
+        return self
+
+    @classmethod
+    def pread(
+        cls,
+        fd: int,
+        buf: Any,
+        offset: int,
+        *,
+        count: int | None = None,
+        data: int = 0,
+        rw_flags: int = 0,
+        eventfd: int | None = None,
+        ioprio: int | None = None,
+    ) -> Iocb:
+        """Read ``len(buf)`` bytes (*count* if given) of *fd* at *offset*
+        into writable *buf*.
+
+        The arguments follow ``os.pread``'s order: the third is the offset.
+        libaio's ``io_prep_pread(iocb, fd, buf, count, offset)`` is
+        ``Iocb.pread(fd, buf, offset, count=count)`` (or
+        :func:`xaio.libaio.io_prep_pread`)."""
+        return cls._make(IOCB_CMD_PREAD, fd, buf, count, offset, data, rw_flags, eventfd, ioprio)
+
+    @classmethod
+    def pwrite(
+        cls,
+        fd: int,
+        buf: Any,
+        offset: int,
+        *,
+        count: int | None = None,
+        data: int = 0,
+        rw_flags: int = 0,
+        eventfd: int | None = None,
+        ioprio: int | None = None,
+    ) -> Iocb:
+        """Write the bytes of *buf* (its first *count* if given) to *fd* at
+        *offset* (``os.pwrite``'s order; libaio's ``io_prep_pwrite(iocb, fd,
+        buf, count, offset)`` is ``Iocb.pwrite(fd, buf, offset, count=count)``)."""
+        return cls._make(IOCB_CMD_PWRITE, fd, buf, count, offset, data, rw_flags, eventfd, ioprio)
+
+    @classmethod
+    def preadv(
+        cls,
+        fd: int,
+        buffers: Sequence[Any],
+        offset: int,
+        *,
+        count: int | None = None,
+        data: int = 0,
+        rw_flags: int = 0,
+        eventfd: int | None = None,
+        ioprio: int | None = None,
+    ) -> Iocb:
+        """Scatter-read from *fd* at *offset* into the writable *buffers*
+        (the first *count* of them if given: libaio's ``iovcnt``)."""
+        return cls._make(
+            IOCB_CMD_PREADV, fd, list(buffers), count, offset, data, rw_flags, eventfd, ioprio
+        )
+
+    @classmethod
+    def pwritev(
+        cls,
+        fd: int,
+        buffers: Sequence[Any],
+        offset: int,
+        *,
+        count: int | None = None,
+        data: int = 0,
+        rw_flags: int = 0,
+        eventfd: int | None = None,
+        ioprio: int | None = None,
+    ) -> Iocb:
+        """Gather-write *buffers* (the first *count* of them if given) to
+        *fd* at *offset*."""
+        return cls._make(
+            IOCB_CMD_PWRITEV, fd, list(buffers), count, offset, data, rw_flags, eventfd, ioprio
+        )
+
+    @classmethod
+    def fsync(
+        cls,
+        fd: int,
+        *,
+        data: int = 0,
+        rw_flags: int = 0,
+        eventfd: int | None = None,
+        ioprio: int | None = None,
+    ) -> Iocb:
+        """Flush *fd*'s data and metadata (``fsync(2)``)."""
+        return cls._make(IOCB_CMD_FSYNC, fd, None, 0, 0, data, rw_flags, eventfd, ioprio)
+
+    @classmethod
+    def fdsync(
+        cls,
+        fd: int,
+        *,
+        data: int = 0,
+        rw_flags: int = 0,
+        eventfd: int | None = None,
+        ioprio: int | None = None,
+    ) -> Iocb:
+        """Flush *fd*'s data (``fdatasync(2)``)."""
+        return cls._make(IOCB_CMD_FDSYNC, fd, None, 0, 0, data, rw_flags, eventfd, ioprio)
+
+    @classmethod
+    def poll(
+        cls,
+        fd: int,
+        events: int,
+        *,
+        data: int = 0,
+        rw_flags: int = 0,
+        eventfd: int | None = None,
+        ioprio: int | None = None,
+    ) -> Iocb:
+        """Wait until *fd* has one of *events* (``select.POLLIN``...); the
+        event's ``res`` is the mask of ready events.  Cancellable."""
+        return cls._make(IOCB_CMD_POLL, fd, events, 0, 0, data, rw_flags, eventfd, ioprio)
+
+    # --- submission ----------------------------------------------------------------
+    def _prepare(self) -> None:
+        """Pin the buffers and make ``struct iocb`` ready for the kernel.
+
+        When nothing but integer fields (each checked as it was set) changed
+        since the last submission and the single buffer is still where it was,
+        with the same length, only the pin is taken again; otherwise
+        :meth:`_build` checks every field.  Raises TypeError/ValueError before
+        anything reaches the kernel."""
+        if self._ctx is not None:
+            raise IocbInFlightError("this Iocb is already in flight")
+        if self._ready:
+            kind = self._kind
+            if kind == _ONE_BUFFER:
+                buf = self.aio_buf
+                try:
+                    p: Any = _c_char_from_buffer(buf) if self._export else None
+                except (TypeError, ValueError):  # released or emptied: _build says why
+                    p = None
+                else:
+                    if p is not None:
+                        if _addressof(p) == self._pin_address and len(buf) == self._pin_nbytes:
+                            _KEY.pack_into(self._mem, _KEY_OFFSET, _UNSENT_KEY)
+                            object.__setattr__(self, "_pins", (p,))
+                            return
+                    else:
+                        p = Pin(buf, self._writable)
+                        if p.address == self._pin_address and p.nbytes == self._pin_nbytes:
+                            _KEY.pack_into(self._mem, _KEY_OFFSET, _UNSENT_KEY)
+                            object.__setattr__(self, "_pins", (p,))
+                            return
+                del p  # the buffer moved or was resized: drop that export
+            elif kind == _NO_BUFFER:
+                _KEY.pack_into(self._mem, _KEY_OFFSET, _UNSENT_KEY)
+                return
+        self._build()
+
+    def _build(self) -> None:
+        """Check every field, pin the buffers and fill ``struct iocb``."""
+        object.__setattr__(self, "_ready", False)
+        opcode = _int_field("aio_lio_opcode", self.aio_lio_opcode)
+        reqprio = _int_field("aio_reqprio", self.aio_reqprio)
+        fd = _int_field("aio_fildes", self.aio_fildes)
+        offset = _int_field("aio_offset", self.aio_offset)
+        rw_flags = _int_field("aio_rw_flags", self.aio_rw_flags)
+        flags = _int_field("aio_flags", self.aio_flags)
+        resfd = _int_field("aio_resfd", self.aio_resfd)
+        data = _int_field("aio_data", self.aio_data)
+        buf = self.aio_buf
+        nbytes = self._nbytes
+        pins: tuple[Any, ...] = ()
+        address = 0
+        kind = _NO_BUFFER
+        writable = False
+        if opcode in _VECTORED:
+            if buf is None:
+                buffers: list[Any] = []
+            elif isinstance(buf, (list, tuple)):
+                buffers = list(buf)
+            else:
+                raise TypeError(
+                    "aio_buf of a vectored request must be a list of buffers, "
+                    f"not {type(buf).__name__!r}"
+                )
+            count = len(buffers) if nbytes is None else nbytes
+            _int_field("aio_nbytes", count)
+            if count > len(buffers):
+                raise ValueError(
+                    f"aio_nbytes={count} is more than the {len(buffers)} buffers given"
+                )
+            pinned = pin_many(buffers[:count], writable=opcode == IOCB_CMD_PREADV)
+            iovecs = iovec_array(pinned)
+            pins = (*pinned, iovecs)
+            address = ctypes.addressof(iovecs)
+            nbytes = count
+            kind = _VECTOR
+        elif buf is None:
+            nbytes = 0 if nbytes is None else _int_field("aio_nbytes", nbytes)
+            if nbytes and opcode in (IOCB_CMD_PREAD, IOCB_CMD_PWRITE):
+                raise ValueError(f"aio_nbytes={nbytes} but no aio_buf to transfer into/from")
+        elif isinstance(buf, int) and not isinstance(buf, bool):
+            if opcode != IOCB_CMD_POLL:
+                raise TypeError(
+                    "aio_buf must be a buffer (raw addresses are not accepted); an int is "
+                    "only meaningful as the event mask of IOCB_CMD_POLL"
+                )
+            address = _int_field("aio_buf", buf)
+            nbytes = 0 if nbytes is None else _int_field("aio_nbytes", nbytes)
+        else:
+            writable = opcode == IOCB_CMD_PREAD
+            p = pin(buf, writable=writable)
+            n = p.nbytes if nbytes is None else nbytes
+            try:
+                _int_field("aio_nbytes", n)
+                if n > p.nbytes:
+                    raise ValueError(f"aio_nbytes={n} is larger than the buffer ({p.nbytes})")
+            except BaseException:
+                p.release()
+                raise
+            pins = (p,)
+            address = p.address
+            nbytes = n
+            kind = _ONE_BUFFER
+        st = self._struct
+        st.aio_data = data
+        st.aio_key = _UNSENT_KEY
+        st.aio_rw_flags = rw_flags if rw_flags < (1 << 31) else rw_flags - (1 << 32)
+        st.aio_lio_opcode = opcode
+        st.aio_reqprio = reqprio
+        st.aio_fildes = fd & _U32
+        st.aio_buf = address
+        st.aio_nbytes = nbytes
+        st.aio_offset = offset
+        st.aio_reserved2 = 0
+        st.aio_flags = flags
+        st.aio_resfd = resfd & _U32
+        s = object.__setattr__
+        s(self, "_pins", pins)
+        s(self, "_kind", kind)
+        s(self, "_writable", writable)
+        if kind == _ONE_BUFFER:
+            t = type(buf)
+            s(
+                self,
+                "_export",
+                pins[0].nbytes > 0
+                and (
+                    t is bytearray
+                    or (
+                        t is memoryview and buf.ndim == 1 and buf.format == "B" and not buf.readonly
+                    )
+                ),
+            )
+            s(self, "_pin_address", address)
+            s(self, "_pin_nbytes", pins[0].nbytes)
+        s(self, "_ready", True)
+
+    def _release(self) -> None:
+        # (IOContext._events does the same for each reaped request.)
+        object.__setattr__(self, "_pins", ())
+        object.__setattr__(self, "_ctx", None)
+
+    def __repr__(self) -> str:
+        state = " in flight" if self._ctx is not None else ""
+        buf = self.aio_buf
+        desc = (
+            f"{type(buf).__name__}[{len(buf)}]"
+            if isinstance(buf, (bytes, bytearray, memoryview, list, tuple))
+            else repr(buf)
+        )
+        return (
+            f"<Iocb op={self.aio_lio_opcode} fd={self.aio_fildes} buf={desc} "
+            f"nbytes={self.aio_nbytes} offset={self.aio_offset} data={self.aio_data}{state}>"
+        )
+
+
+class IOEvent(NamedTuple):
+    """A completion, as ``struct io_event``: ``obj`` is the :class:`Iocb` that
+    was submitted (None if the context no longer knew it), ``res`` the bytes
+    transferred or ``-errno`` exactly as the kernel reported it."""
+
+    data: int
+    obj: Iocb | None
+    res: int
+    res2: int
+
+
+#: Makes an IOEvent from a 4-tuple without NamedTuple's Python-level __new__.
+_new_event = tuple.__new__
