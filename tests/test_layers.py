@@ -37,6 +37,7 @@ FORBIDDEN: dict[str, set[str]] = {
     "_syscall": {"_ops", "linux", "libaio", "uring", "threads", "engine", "posix", "_async", "cli"},
     "_buffers": {"linux", "uring", "threads", "engine", "posix", "_async", "cli"},
     "_ops": {"linux", "libaio", "uring", "threads", "engine", "posix", "_async", "cli"},
+    "_lanes": {"linux", "libaio", "uring", "threads", "engine", "posix", "_async", "cli"},
     "linux": {"uring", "threads", "posix", "_async", "cli", "libaio"},
     "libaio": {"uring", "threads", "posix", "_async", "cli"},
     "uring": {"linux", "libaio", "threads", "posix", "_async", "cli"},

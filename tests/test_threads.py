@@ -218,6 +218,22 @@ def test_append_fd_is_serialised(eng: ThreadEngine, tmp_path: Path) -> None:
     assert (tmp_path / "log").read_bytes() == b"".join(recs)
 
 
+def test_file_position_writes_run_in_submission_order(tmp_path: Path) -> None:
+    # offset -1: each write moves the file position the next one uses, so
+    # they run one at a time even on a regular file with many workers
+    e = ThreadEngine(threads=8)
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
+    try:
+        recs = [f"{i:05d}\n".encode() for i in range(300)]
+        ops = [Operation(OpCode.WRITE, fd, [r], -1) for r in recs]
+        e.submit(ops)
+        reap_until(e, ops)
+    finally:
+        os.close(fd)
+        e.close()
+    assert (tmp_path / "f").read_bytes() == b"".join(recs)
+
+
 def test_idle_workers_exit_and_max_threads(tfile: int) -> None:
     base = threading.active_count()
     e = ThreadEngine(threads=2, idle_time=0.02)

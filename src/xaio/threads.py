@@ -26,10 +26,10 @@ Some facts about running I/O on threads (and what glibc's POSIX AIO does)
   *order* is observable: on stream fds (pipes, sockets, FIFOs, ttys, other
   character devices) and for ``O_APPEND`` writes, where each transfer moves
   the file position.  Here positional I/O on regular files and block devices
-  runs in parallel; stream and ``O_APPEND`` fds (and any operation using the
-  file position, ``offset < 0``) run one at a time in submission order; an
-  fsync starts only after every operation submitted before it on its fd has
-  completed (a per-fd barrier).
+  runs in parallel, and only what needs an order gets one: the rule of
+  ``xaio._lanes`` (stream and ``O_APPEND`` fds one at a time in
+  submission order, a request at the file position alone, an fsync after
+  everything submitted before it on its fd).
 - Thread hand-offs are what costs in Python (a switch is a GIL hand-over,
   tens of microseconds under contention).  A worker that finishes an operation
   takes the next one in the same critical section, without sleeping; idle
@@ -82,12 +82,10 @@ Some facts about running I/O on threads (and what glibc's POSIX AIO does)
 from __future__ import annotations
 
 import errno
-import fcntl
 import itertools
 import os
 import select
 import signal
-import stat
 import sys
 import threading
 import time
@@ -98,6 +96,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from xaio._inline import INLINE_MAX, NowaitReader
+from xaio._lanes import Lane, fd_order, waits_for_all
 from xaio._ops import CancelOutcome, OpCode, Operation, OpState, check_batch
 from xaio.engine._protocol import Engine, EngineClosedError
 
@@ -106,7 +105,6 @@ __all__ = ["ThreadEngine", "start_thread_blocking_signals"]
 _READS = (OpCode.READ, OpCode.READV)
 _READ = OpCode.READ
 _WRITES = (OpCode.WRITE, OpCode.WRITEV)
-_SYNCS = (OpCode.FSYNC, OpCode.FDATASYNC)
 #: Requests that run on a reference to the file taken at submit (see the essay).
 _HELD = frozenset({OpCode.WRITE, OpCode.WRITEV, OpCode.FSYNC, OpCode.FDATASYNC})
 _DONE = OpState.DONE
@@ -132,49 +130,6 @@ def start_thread_blocking_signals(thread: threading.Thread) -> None:
         thread.start()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-#: :func:`_fd_order` answers: requests may run in parallel; one at a time in
-#: submission order (O_APPEND); the same, on a stream (reads wait for readiness)
-_PARALLEL, _SERIAL, _STREAM = 0, 1, 2
-
-
-def _fd_order(fd: int) -> int:
-    """How requests on *fd* are ordered: ``_STREAM`` for stream fds (anything
-    but a regular file or block device), ``_SERIAL`` for O_APPEND fds, else
-    ``_PARALLEL``.  A bad fd is parallel: its requests fail with EBADF in the
-    worker."""
-    try:
-        mode = os.fstat(fd).st_mode
-    except (OSError, OverflowError, ValueError):
-        return _PARALLEL
-    if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
-        return _STREAM
-    try:
-        return _SERIAL if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND else _PARALLEL
-    except OSError:  # pragma: no cover - closed between the two calls
-        return _PARALLEL
-
-
-def _is_serial_fd(fd: int) -> bool:
-    """True if requests on *fd* must run one at a time in submission order:
-    stream fds (anything but a regular file or block device) and O_APPEND fds.
-    A bad fd is not serial: its requests fail with EBADF in the worker."""
-    return _fd_order(fd) != _PARALLEL
-
-
-class _Lane:
-    """The operations of one fd that are ready/running (``active``) or held
-    back for ordering (``held``, in submission order).  ``order`` is
-    :func:`_fd_order`'s answer; ``serial`` is true unless it is parallel."""
-
-    __slots__ = ("serial", "stream", "active", "held")
-
-    def __init__(self, order: int) -> None:
-        self.serial = order != _PARALLEL
-        self.stream = order == _STREAM
-        self.active = 0
-        self.held: deque[Operation] = deque()
 
 
 def _run(op: Operation, fd: int) -> int:
@@ -256,7 +211,7 @@ class ThreadEngine(Engine):
         self._direct = bool(complete_in_worker)
         self._mutex = threading.Lock()
         self._ready: deque[Operation] = deque()
-        self._lanes: dict[int, _Lane] = {}
+        self._lanes: dict[int, Lane[Operation]] = {}
         self._running: set[Operation] = set()
         self._idle: list[threading.Lock] = []
         self._threads: set[threading.Thread] = set()
@@ -345,11 +300,11 @@ class ThreadEngine(Engine):
 
     def _take(self, ops: Sequence[Operation]) -> int:
         lanes = self._lanes
-        serial: dict[int, int] = {}  # fd -> _fd_order(fd)
+        serial: dict[int, int] = {}  # fd -> fd_order(fd)
         for op in ops:
             fd = op.fd
             if fd not in lanes and fd not in serial:
-                serial[fd] = _fd_order(fd)
+                serial[fd] = fd_order(fd)
         done_here: dict[int, int] = {}
         if not self._direct and not self._closed:
             done_here = self._read_cached(ops, serial)
@@ -376,12 +331,8 @@ class ThreadEngine(Engine):
                         # *serial* holds only the fds that had no lane before
                         # the lock: one whose lane ended since is asked afresh
                         s = serial.get(fd)
-                        lane = lanes[fd] = _Lane(_fd_order(fd) if s is None else s)
-                    if not lane.held and (
-                        lane.active == 0
-                        or not (lane.serial or op.offset < 0 or op.opcode in _SYNCS)
-                    ):
-                        lane.active += 1
+                        lane = lanes[fd] = Lane(fd_order(fd) if s is None else s)
+                    if lane.admit(op):
                         ready.append(op)
                         nready += 1
                     else:
@@ -413,7 +364,7 @@ class ThreadEngine(Engine):
         read = self._nowait.read
         barriers: set[int] = set()  # fds with a sync or file-position op before
         for op in ops:
-            if op.offset < 0 or op.opcode in _SYNCS:
+            if waits_for_all(op):
                 barriers.add(op.fd)  # what follows on the fd may be held behind it
                 continue
             if op.opcode is not _READ:
@@ -423,7 +374,7 @@ class ThreadEngine(Engine):
                 continue
             lane = lanes.get(fd)
             if lane is not None:
-                if lane.serial or lane.held:
+                if not lane.passable:
                     continue
             elif serial.get(fd, True):
                 continue
@@ -513,7 +464,7 @@ class ThreadEngine(Engine):
         if self._closed:
             return None
         lane = self._lanes.get(fd)
-        if lane is not None and (lane.serial or lane.held):
+        if lane is not None and not lane.passable:
             return None
         return self._nowait.read(fd, buffer, offset, nbytes)
 
@@ -777,22 +728,14 @@ class ThreadEngine(Engine):
         self._release_lane_locked(op.fd, lane)
         os.eventfd_write(wake, 1)
 
-    def _release_lane_locked(self, fd: int, lane: _Lane) -> None:
+    def _release_lane_locked(self, fd: int, lane: Lane[Operation]) -> None:
         """Move held operations of *lane* that may now start to the ready
         queue (waking workers for them); drop the lane when empty."""
-        held = lane.held
-        n = 0
-        while held:
-            head = held[0]
-            if lane.active and (lane.serial or head.offset < 0 or head.opcode in _SYNCS):
-                break
-            held.popleft()
-            lane.active += 1
-            self._ready.append(head)
-            n += 1
-        if not lane.active and not held:
+        started = lane.release(_itself) if lane.held else None
+        if lane.idle:
             del self._lanes[fd]
-        if n:
+        if started:
+            self._ready.extend(started)
             self._wake_locked()
 
     def _post_locked(self, op: Operation, res: int) -> None:
@@ -1054,6 +997,10 @@ def _read_nowait(op: Operation) -> int:
         return -(e.errno or errno.EIO)
     except (OverflowError, ValueError, TypeError):
         return -errno.EINVAL
+
+
+def _itself(op: Operation) -> Operation:
+    return op
 
 
 #: Every thread engine of this process, for the fork hook.

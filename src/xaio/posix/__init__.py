@@ -55,9 +55,9 @@ Some facts about POSIX AIO on Linux, what glibc does, and what we do better
 - io_uring does not order requests on one fd, so for every engine but the
   thread engine (which does it itself) posix keeps *lanes*: per fd, the
   requests the engine has and those held back, with the thread engine's rule
-  (a stream or O_APPEND fd one at a time in submission order; an fsync only
-  after every request before it; positional I/O on regular files in
-  parallel).  A held request never reached the kernel: cancelling it is
+  (``xaio._lanes``: a stream or O_APPEND fd one at a time in submission
+  order; an fsync only after every request before it; positional I/O on
+  regular files in parallel).  A held request never reached the kernel: cancelling it is
   immediate.  A request the engine has can be cancelled where the kernel can
   (a read or write pending on a pipe or socket); ``AIO_CANCELED`` is then
   returned only if its completion really said ``ECANCELED`` -- it is recorded

@@ -12,10 +12,11 @@ import stat
 from typing import Any
 
 from xaio import _syscall
+from xaio._lanes import Lane, fd_order
 from xaio._ops import CancelOutcome, OpCode, Operation, OpState
 from xaio.engine import Engine, EngineClosedError
 from xaio.posix._notify import notify
-from xaio.posix._request import _DONE, _INPROGRESS, _NEW, _SYNCS, _Group, _Lane, _Waiter, aiocb
+from xaio.posix._request import _DONE, _INPROGRESS, _NEW, _Group, _Waiter, aiocb
 from xaio.posix._runtime import (
     _by_fd,
     _get_engine,
@@ -25,7 +26,7 @@ from xaio.posix._runtime import (
     _suspenders,
     _transit_waiters,
 )
-from xaio.threads import ThreadEngine, _is_serial_fd
+from xaio.threads import ThreadEngine
 
 
 def _on_done(op: Operation) -> None:
@@ -168,12 +169,12 @@ def _enqueue(items: list[tuple[aiocb, Operation, int]], group: _Group | None) ->
     immediate error."""
     eng = _get_engine()
     laned = not isinstance(eng, ThreadEngine)  # the thread engine orders by itself
-    serial: dict[int, bool] = {}
+    serial: dict[int, int] = {}  # fd -> fd_order(fd)
     if laned:
         for _, op, err in items:
             fd = op.fd
             if not err and fd not in _lanes and fd not in serial:
-                serial[fd] = _is_serial_fd(fd)
+                serial[fd] = fd_order(fd)
     try:
         with _state_lock:
             for cb, op, _err in items:
@@ -252,46 +253,40 @@ def _recover_enqueue(eng: Engine, items: list[tuple[aiocb, Operation, int]]) -> 
         op.complete(err)
 
 
-def _lane_admit_locked(cb: aiocb, op: Operation, serial: dict[int, bool]) -> bool:
+def _lane_admit_locked(cb: aiocb, op: Operation, serial: dict[int, int]) -> bool:
     """Enter *cb* in its fd's lane; True if it may go to the engine now,
     False if it is held back (``_state_lock`` held)."""
     fd = op.fd
     lane = _lanes.get(fd)
     if lane is None:
         s = serial.get(fd)
-        lane = _lanes[fd] = _Lane(_is_serial_fd(fd) if s is None else s)
+        lane = _lanes[fd] = Lane(fd_order(fd) if s is None else s)
     cb._lane = lane
-    if not lane.held and (lane.active == 0 or not (lane.serial or op.opcode in _SYNCS)):
-        lane.active += 1
+    if lane.admit(op):
         return True
     lane.held.append(cb)
     cb._held = True
     return False
 
 
-def _lane_release_locked(fd: int, lane: _Lane) -> list[aiocb] | None:
+def _op_of(cb: aiocb) -> Operation:
+    op = cb._op
+    assert op is not None
+    return op
+
+
+def _lane_release_locked(fd: int, lane: Lane[aiocb]) -> list[aiocb] | None:
     """Take the held requests of *lane* that may start now (marked in
     transit; the caller hands them over with :func:`_hand_over`); drop the
     lane once empty (``_state_lock`` held)."""
-    held = lane.held
-    out: list[aiocb] | None = None
-    while held:
-        head = held[0]
-        op = head._op
-        assert op is not None
-        if lane.active and (lane.serial or op.opcode in _SYNCS):
-            break
-        held.popleft()
-        head._held = False
-        head._transit = op
-        lane.active += 1
-        if out is None:
-            out = [head]
-        else:
-            out.append(head)
-    if not lane.active and not held and _lanes.get(fd) is lane:
+    out = lane.release(_op_of) if lane.held else None
+    if out:
+        for head in out:
+            head._held = False
+            head._transit = head._op
+    if lane.idle and _lanes.get(fd) is lane:
         del _lanes[fd]
-    return out
+    return out or None
 
 
 def _hand_over(cbs: list[aiocb]) -> None:
@@ -386,7 +381,7 @@ def _unmark_locked(cb: aiocb) -> None:
             lane.held.remove(cb)
         else:
             lane.active -= 1
-        if not lane.active and not lane.held and _lanes.get(cb._fd) is lane:
+        if lane.idle and _lanes.get(cb._fd) is lane:
             del _lanes[cb._fd]
     if op is not None:
         op.on_done = None
@@ -397,7 +392,7 @@ def _unmark_locked(cb: aiocb) -> None:
 def _lane_open(fd: int) -> bool:
     """May a read on *fd* complete now, overtaking nothing in its lane?"""
     lane = _lanes.get(fd)
-    return lane is None or not (lane.serial or lane.held)
+    return lane is None or lane.passable
 
 
 def _cancel_submitted(cb: aiocb, op: Operation, eng: Engine) -> CancelOutcome:

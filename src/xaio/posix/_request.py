@@ -9,13 +9,13 @@ retrieved), the engine operation that runs it, who waits for it and the
 from __future__ import annotations
 
 import threading
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from xaio._ops import OpCode, Operation
+from xaio._ops import Operation
 from xaio.posix._notify import Notice, sigevent
 
 if TYPE_CHECKING:
+    from xaio._lanes import Lane
     from xaio.engine import Engine
 
 LIO_NOP = 2
@@ -102,7 +102,7 @@ class aiocb:
         self._notice: Notice | None = None
         self._group: _Group | None = None
         self._engine: Engine | None = None
-        self._lane: _Lane | None = None  # its fd's lane (engines that do not order)
+        self._lane: Lane[aiocb] | None = None  # its fd's lane (engines that do not order)
         self._held = False  # held back in its lane, not yet given to the engine
         self._transit: Operation | None = None  # being handed to the engine
         # Laned engines: a request done in parts (see _on_done).
@@ -148,25 +148,6 @@ class _Group:
         self.failed = False
         self.notice = notice
         self.waiter = waiter
-
-
-class _Lane:
-    """The requests of one fd on an engine that does not order them itself
-    (io_uring, Linux AIO): how many the engine has (``active``) and those
-    held back for ordering (``held``, in submission order).  The same rule as
-    the thread engine's: on a stream or O_APPEND fd one request at a time; an
-    fsync only once every request before it has completed; nothing overtakes
-    a held request."""
-
-    __slots__ = ("serial", "active", "held")
-
-    def __init__(self, serial: bool) -> None:
-        self.serial = serial
-        self.active = 0
-        self.held: deque[aiocb] = deque()
-
-
-_SYNCS = (OpCode.FSYNC, OpCode.FDATASYNC)
 
 
 def _check_cb(cb: Any) -> aiocb:

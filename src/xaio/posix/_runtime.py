@@ -13,10 +13,11 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from xaio import _syscall
+from xaio._lanes import Lane
 from xaio._ops import OpCode, Operation
 from xaio.engine import Engine, EngineClosedError, create_engine, probe
 from xaio.posix import _notify
-from xaio.posix._request import _NEW, _int_field, _Lane, _Waiter, aiocb
+from xaio.posix._request import _NEW, _int_field, _Waiter, aiocb
 from xaio.threads import ThreadEngine, start_thread_blocking_signals
 
 # _state_lock guards every aiocb's status fields, _by_fd, _lanes and the engine
@@ -32,7 +33,7 @@ _suspenders: list[_Waiter] = []
 #: aio_cancel calls waiting for a request to be handed to its engine.
 _transit_waiters: list[_Waiter] = []
 _by_fd: dict[int, dict[aiocb, None]] = {}
-_lanes: dict[int, _Lane] = {}
+_lanes: dict[int, Lane[aiocb]] = {}
 _engine: Engine | None = None
 _engine_is_ours = False  # we created it (and close it)
 #: The engine's page-cache fast path (``Engine.read_nowait``), bound once.
