@@ -23,7 +23,7 @@ import anyio
 import pytest
 
 import xaio
-from xaio._async._loop import current_driver
+from xaio._async._current import current_driver
 from xaio._ops import OpCode, Operation
 from xaio.linux import _engine as linux_engine
 
@@ -1142,7 +1142,7 @@ def test_requests_the_driver_completes_itself_leave_no_trace(data_fd: int, direc
     page cache on a cold fd, zero-length, cancelled while parked before the
     engine) neither count in its in-flight total nor keep their buffer pinned
     -- not even while the cancelled task, and its traceback, are still alive."""
-    from xaio._async import _loop
+    from xaio._async import _driver
 
     fd, dfd = data_fd, direct_fd
     expected = pattern(1 << 20)
@@ -1160,7 +1160,7 @@ def test_requests_the_driver_completes_itself_leave_no_trace(data_fd: int, direc
         assert await xaio.preadv(fd, [bytearray(4), bytearray(4)], 0) == 8
         assert drv._inflight == 0
         # parked by the fairness slice before reaching the engine, then cancelled
-        drv._streak = _loop._STREAK
+        drv._streak = _driver._STREAK
         drv._exhausted = True
         pinned = bytearray(4096)
         task = asyncio.ensure_future(xaio.preadinto(dfd, pinned, 0))

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import xaio
-from xaio._async._loop import current_driver
+from xaio._async._current import current_driver
 
 pytestmark = pytest.mark.timeout(120)
 

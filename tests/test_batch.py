@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 import xaio
-from xaio._async._loop import current_driver
+from xaio._async._current import current_driver
 
 from ._async_helpers import fds_after_a_first_run, open_fds, run
 from .conftest import pattern, resizable

@@ -30,7 +30,13 @@ REFERENCE = {
     "xaio.os": "os.rst",
 }
 # modules whose docstrings the Design pages render as essays (docs/essays.rst)
-ESSAYS = ["xaio.threads", "xaio._async._loop", "xaio._async._file"]
+ESSAYS = [
+    "xaio.threads",
+    "xaio._async._driver",
+    "xaio._async._current",
+    "xaio._async._binary",
+    "xaio._async._text",
+]
 
 _MODULE = re.compile(r"^\.\. (?:py:)?module:: (\S+)\s*$", re.M)
 _DOCUMENTED = re.compile(

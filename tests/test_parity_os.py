@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import xaio
-from xaio._async._loop import current_driver
+from xaio._async._current import current_driver
 
 from ._async_helpers import ENGINES, run, skip_unavailable
 

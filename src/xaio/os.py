@@ -47,8 +47,8 @@ from collections.abc import Callable, Coroutine, Iterator
 from types import SimpleNamespace
 from typing import Any, TypeVar, Union
 
-from xaio._async._loop import current_driver
-from xaio._async._meta import OP_MKDIRAT, OP_RENAMEAT, OP_STATX, OP_UNLINKAT, run_meta
+from xaio._async._current import current_driver
+from xaio._async._pathops import OP_MKDIRAT, OP_RENAMEAT, OP_STATX, OP_UNLINKAT, run_pathop
 
 __all__ = [
     "stat",
@@ -199,9 +199,9 @@ def _stat_result(buf: Any) -> _os.stat_result:
 
 
 async def _statx(path: Any, dirfd: int, flags: int, fallback: Callable[[], Any]) -> Any:
-    """statx(2) on the meta ring (*fallback* in a thread elsewhere)."""
+    """statx(2) on the path-operation ring (*fallback* in a thread elsewhere)."""
     buf = ctypes.create_string_buffer(_STATX_SIZE)
-    res = await run_meta(
+    res = await run_pathop(
         current_driver(),
         OP_STATX,
         lambda ring, ud: ring.prep_statx(dirfd, path, flags, _STATX_BASIC_STATS, buf, user_data=ud),
@@ -254,7 +254,7 @@ async def _fd_statx(fd: int, fallback: Callable[[], Any], name: Any = None) -> _
     """The status of the open fd *fd* (``0 <= fd <= INT_MAX``); an error names
     *name* (``os.stat(fd)`` names the fd, ``os.fstat`` nothing)."""
     buf = ctypes.create_string_buffer(_STATX_SIZE)
-    res = await run_meta(
+    res = await run_pathop(
         current_driver(),
         OP_STATX,
         lambda ring, ud: ring.prep_statx(
@@ -296,7 +296,7 @@ async def _renameat(func: str, src: Any, dst: Any, src_dir_fd: Any, dst_dir_fd: 
     if _ASK_OS in (s, t, sd, td):
         await current_driver().run_in_thread(fallback)
         return
-    res = await run_meta(
+    res = await run_pathop(
         current_driver(),
         OP_RENAMEAT,
         lambda ring, ud: ring.prep_renameat(sd, s, td, t, 0, user_data=ud),
@@ -346,7 +346,7 @@ async def _unlinkat(func: str, path: Any, dir_fd: Any, flags: int) -> None:
     if p is _ASK_OS or d is _ASK_OS:
         await current_driver().run_in_thread(fallback)
         return
-    res = await run_meta(
+    res = await run_pathop(
         current_driver(),
         OP_UNLINKAT,
         lambda ring, ud: ring.prep_unlinkat(d, p, flags, user_data=ud),
@@ -398,7 +398,7 @@ async def mkdir(path: StrPath, mode: int = 0o777, *, dir_fd: int | None = None) 
     if p is _ASK_OS or d is _ASK_OS or not _INT_MIN <= m <= _INT_MAX:
         await current_driver().run_in_thread(fallback)
         return
-    res = await run_meta(
+    res = await run_pathop(
         current_driver(),
         OP_MKDIRAT,
         lambda ring, ud: ring.prep_mkdirat(d, p, m & 0xFFFFFFFF, user_data=ud),

@@ -8,12 +8,12 @@ one hand-off to the threads), and waits for them with one await.
 added (the ``TypeError``/``ValueError`` of :func:`xaio.pread` & co, from the
 same ``check_*`` helpers), so a bad argument raises there and nothing runs.
 What the OS reports is per request: an fd without a position gives that
-request ``ESPIPE`` (:func:`xaio._async._loop.check_positional`, asked once
+request ``ESPIPE`` (:func:`xaio._async._checks.check_positional`, asked once
 per fd per run), a zero-length transfer gets the system call's own answer,
 and an error of one request is that request's result, not the batch's.
 
 *Waiting and cancelling.*  The requests travel through the running loop's
-driver like any other (:meth:`xaio._async._loop.Driver.start_all` submits
+driver like any other (:meth:`xaio._async._driver.Driver.start_all` submits
 them; the driver's completion callback wakes the waiter).  The batch waits
 for its requests one after the other in the order they were added, skipping
 those already done, so it wakes about once per reaped batch of completions.
@@ -31,19 +31,18 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from xaio._async._loop import (
-    Driver,
-    _abandon,
-    _is_direct,
+from xaio._async._checks import (
     check_buffers,
     check_fd,
     check_flags,
     check_offset,
     check_positional,
     check_sync_fd,
-    current_driver,
     dio_einval,
+    is_direct,
 )
+from xaio._async._current import current_driver
+from xaio._async._driver import Driver, abandon
 from xaio._ops import OpCode, Operation, OpState, decode_result
 
 if TYPE_CHECKING:
@@ -343,9 +342,9 @@ class _Flight:
                 positional[fd] = err
             if err is not None:
                 early[i] = OSError(err.errno, err.strerror)
-                _abandon(op)
+                abandon(op)
             elif op.flags or len(op.pins) != 1 or not op.pins[0].nbytes:
-                if not op.nbytes or (op.flags & _RWF_NOWAIT and not _is_direct(fd)):
+                if not op.nbytes or (op.flags & _RWF_NOWAIT and not is_direct(fd)):
                     early[i] = self._now(op)
                 else:
                     sent.append(op)
@@ -357,7 +356,7 @@ class _Flight:
         """Do *op* in this thread: the system call's own answer for a
         zero-length transfer or a ``RWF_NOWAIT`` one (which never waits)."""
         bufs = op.buffers
-        _abandon(op)
+        abandon(op)
         try:
             if op.opcode in _READS:
                 return os.preadv(op.fd, bufs, op.offset, op.flags)
@@ -375,7 +374,7 @@ class _Flight:
                 drv.start_all(self.sent)
         except BaseException:
             for op in self.ops:
-                _abandon(op)
+                abandon(op)
             raise
         if drv.library == "trio" and all(op.state is _DONE for op in self.sent):
             await drv._lowlevel.cancel_shielded_checkpoint()  # type: ignore[attr-defined]
@@ -473,7 +472,7 @@ class AsCompleted:
         elif not self._batch._started:
             self._batch._started = True  # it will not run: give the buffers back
             for op in self._batch._ops:
-                _abandon(op)
+                abandon(op)
 
     async def __aenter__(self) -> AsCompleted:
         return self

@@ -1,7 +1,7 @@
 """The os-like coroutines (``await xaio.pread(fd, n, offset)`` ...) and ``open_engine``.
 
 Each function runs on the running loop's default engine (see
-:mod:`xaio._async._loop`); :func:`open_engine` gives an explicit one with the
+:mod:`xaio._async._current`); :func:`open_engine` gives an explicit one with the
 same coroutine methods.
 
 *The fd is a number.*  Keep it open until the call has returned (or its
@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
-from xaio._async._loop import Driver, current_driver, make_driver
+from xaio._async._current import current_driver, make_driver
+from xaio._async._driver import Driver
 from xaio.engine import Engine, EngineClosedError, create_engine
 
 __all__ = [

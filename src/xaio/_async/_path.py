@@ -30,9 +30,9 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, TypeVar, Union
 
 from xaio import os as _xos
-from xaio._async._file import OpenContext, open
+from xaio._async._current import current_driver
 from xaio._async._io import fsync as _fsync
-from xaio._async._loop import current_driver
+from xaio._async._open import OpenContext, open
 
 __all__ = ["Path"]
 

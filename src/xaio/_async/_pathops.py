@@ -24,13 +24,13 @@ from collections.abc import Callable
 from typing import Any
 
 from xaio._abi import uring as abi
-from xaio._async._loop import Driver
+from xaio._async._driver import Driver
 from xaio._ops import OpCode, Operation, OpState
 
-__all__ = ["MetaRing", "meta_ring", "run_meta"]
+__all__ = ["PathRing", "path_ring", "run_pathop"]
 
 
-class MetaRing:
+class PathRing:
     """A small io_uring for path operations, bound to one driver (see module essay)."""
 
     def __init__(self, driver: Driver) -> None:
@@ -126,23 +126,23 @@ class MetaRing:
                         op.complete(-errno.ECANCELED)
 
 
-def meta_ring(driver: Driver) -> MetaRing | None:
-    """The driver's MetaRing (made on first use) if its engine is io_uring, else None."""
+def path_ring(driver: Driver) -> PathRing | None:
+    """The driver's PathRing (made on first use) if its engine is io_uring, else None."""
     if driver.engine.name != "uring":
         return None
-    meta = driver._meta
-    if meta is None:
-        if driver._meta_failed:
+    pring = driver._pathring
+    if pring is None:
+        if driver._pathring_failed:
             return None
         try:
-            meta = driver._meta = MetaRing(driver)
+            pring = driver._pathring = PathRing(driver)
         except OSError:
-            driver._meta_failed = True
+            driver._pathring_failed = True
             return None
-    return meta  # type: ignore[no-any-return]
+    return pring  # type: ignore[no-any-return]
 
 
-async def run_meta(
+async def run_pathop(
     driver: Driver,
     opcode: int,
     prep: Callable[[Any, int], Any],
@@ -155,10 +155,10 @@ async def run_meta(
         The CQE's ``res`` (an int, maybe -errno) on io_uring, or
         ``fallback()``'s value (its exception propagates) otherwise.
     """
-    meta = meta_ring(driver)
-    if meta is not None and meta.has(opcode):
-        ring = meta.ring
-        return await meta.run(lambda ud: prep(ring, ud))
+    pring = path_ring(driver)
+    if pring is not None and pring.has(opcode):
+        ring = pring.ring
+        return await pring.run(lambda ud: prep(ring, ud))
     return await driver.run_in_thread(fallback)
 
 

@@ -1,7 +1,7 @@
-"""Async file objects: ``await xaio.open(...)`` / ``async with xaio.open(...)``.
+"""The binary async file: what ``xaio.open(..., "rb"/"wb"/...)`` gives.
 
-What the objects are made of
-============================
+What the object is made of
+==========================
 
 :class:`AsyncFile` is the binary file, buffered like ``io.BufferedRandom``
 but built on positional I/O: it keeps the file position itself and every
@@ -28,11 +28,6 @@ writes whole blocks (read-modify-write), then truncates the file back to its
 true size when the last block went past the end.  Read-modify-write is not
 atomic against other writers of the same blocks.
 
-:class:`AsyncTextFile` decodes and encodes with incremental codecs over an
-:class:`AsyncFile`, with ``io.TextIOWrapper``'s newline rules.  ``tell()``
-returns a plain byte offset usable with ``seek()`` (computed by replaying the
-decoder over the current chunk; exact for stateless encodings, which covers
-UTF-8, ASCII and Latin-1).
 
 A file object is not meant to be used by several tasks at once (positional
 ``pread``/``pwrite`` excepted): like a ``BufferedRandom`` it has one position
@@ -42,47 +37,36 @@ and one set of buffers.
 from __future__ import annotations
 
 import asyncio
-import codecs
 import errno
 import fcntl
 import functools
 import io
-import locale
 import os
 import stat
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from types import TracebackType
-from typing import Any, TypeVar, Union
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from xaio._async._io import AsyncEngine
-from xaio._async._loop import (
-    Driver,
-    InvalidArgument,
-    check_count,
-    check_offset,
-    current_driver,
-    current_library,
-    named_driver,
-)
-from xaio._async._meta import OP_OPENAT, run_meta
+from xaio._async._checks import InvalidArgument, check_count, check_offset
+from xaio._async._current import current_driver, current_library, named_driver
+from xaio._async._driver import Driver
 from xaio._memory import PAGE_SIZE, aligned_buffer, dio_alignment
 from xaio._ops import OpCode, Operation
 from xaio._syscall import oserror
-from xaio.engine import ENGINE_NAMES
 
-__all__ = ["open", "AsyncFile", "AsyncTextFile", "OpenContext"]
+if TYPE_CHECKING:
+    from xaio._async._io import AsyncEngine
 
-StrPath = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
-_DEFAULT_BUFFER = 64 * 1024
+__all__ = ["AsyncFile", "size_arg"]
+
 _DIRECT_BUFFER = 128 * 1024
-_AT_FDCWD = -100
 _CLOSED = "I/O operation on closed file."
 _current_task = asyncio.current_task
 T = TypeVar("T")
 
 
-def _size_arg(size: Any) -> int:
+def size_arg(size: Any) -> int:
     """``size`` of read()-like methods: None or negative means "all"."""
     if size is None:
         return -1
@@ -473,7 +457,7 @@ class AsyncFile:
             OSError: what the kernel reports.
         """
         self._check_readable()
-        n = _size_arg(size)
+        n = size_arg(size)
         if n < 0:
             return await self.readall()
         await self._flush_writes()
@@ -538,7 +522,7 @@ class AsyncFile:
     async def read1(self, size: int | None = -1) -> bytes:
         """Read up to *size* bytes with at most one underlying read (``BufferedReader.read1``)."""
         self._check_readable()
-        n = _size_arg(size)
+        n = size_arg(size)
         await self._flush_writes()
         have = self._buffered()
         if not have:
@@ -584,7 +568,7 @@ class AsyncFile:
     async def readline(self, size: int | None = -1) -> bytes:
         """Read one line (up to and including ``b"\\n"``), at most *size* bytes."""
         self._check_readable()
-        limit = _size_arg(size)
+        limit = size_arg(size)
         await self._flush_writes()
         scanned = 0  # nothing is consumed until the line is complete (see read)
         while True:
@@ -603,7 +587,7 @@ class AsyncFile:
 
     async def readlines(self, hint: int | None = -1) -> list[bytes]:
         """Read lines until end of file (or until *hint* bytes were read)."""
-        h = _size_arg(hint)
+        h = size_arg(hint)
         lines: list[bytes] = []
         total = 0
         pos = self._pos
@@ -905,475 +889,6 @@ class AsyncFile:
         return f"<xaio.AsyncFile name={self.name!r} mode={self.mode!r}>"
 
 
-class _Detached:
-    """What ``AsyncTextFile.buffer`` is after :meth:`AsyncTextFile.detach`."""
-
-    def __getattr__(self, name: str) -> Any:
-        raise ValueError("underlying buffer has been detached")
-
-
-class AsyncTextFile:
-    """A text async file over an :class:`AsyncFile` (see the module essay).
-
-    A read cancelled (or failing) part way loses nothing: on a stream the
-    text it had taken goes back in front of the decoded text, on a seekable
-    file the reader returns to where that read began.
-    """
-
-    _CHUNK = 8192
-
-    def __init__(
-        self,
-        buffer: AsyncFile,
-        mode: str,
-        encoding: str,
-        errors: str,
-        newline: str | None,
-        line_buffering: bool,
-    ) -> None:
-        codecs.lookup(encoding)  # LookupError for an unknown encoding
-        self.buffer = buffer
-        self.mode = mode
-        self.encoding = encoding
-        self.errors = errors
-        self._newline = newline
-        self.line_buffering = line_buffering
-        self._writenl = os.linesep if newline is None else (newline or "\n")
-        self._translate_out = self._writenl != "\n"
-        self._decoder: Any = None
-        self._encoder: Any = None
-        self._decoded = ""
-        self._dpos = 0
-        self._snap: tuple[int, Any, bytes] = (0, None, b"")
-        self._reading = False  # read-ahead (and decoder state) may be past the position
-
-    @property
-    def name(self) -> Any:
-        """The file name (or fd) given to open()."""
-        return self.buffer.name
-
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` ran."""
-        return self.buffer.closed
-
-    @property
-    def newlines(self) -> Any:
-        """The newlines met so far (universal newline mode), as ``io`` reports them."""
-        dec = self._decoder
-        return getattr(dec, "newlines", None) if dec is not None else None
-
-    def fileno(self) -> int:
-        """The file descriptor."""
-        return self.buffer.fileno()
-
-    async def detach(self) -> AsyncFile:
-        """Flush, then separate this text layer from its binary file and
-        return that file (``io.TextIOBase.detach``).  Afterwards every use of
-        this object raises ``ValueError``; text decoded ahead is dropped, and
-        the binary file's position is where its reading got to (as io's).
-
-        Raises:
-            ValueError: already detached, or the file is closed.
-        """
-        buffer = self.buffer
-        await buffer.flush()
-        self.buffer = _Detached()  # type: ignore[assignment]
-        return buffer
-
-    def readable(self) -> bool:
-        """True if open for reading."""
-        return self.buffer.readable()
-
-    def writable(self) -> bool:
-        """True if open for writing."""
-        return self.buffer.writable()
-
-    def seekable(self) -> bool:
-        """True for files with a position."""
-        return self.buffer.seekable()
-
-    def isatty(self) -> bool:
-        """True for a terminal."""
-        return self.buffer.isatty()
-
-    # -- decoding ---------------------------------------------------------------------
-
-    def _make_decoder(self) -> Any:
-        dec: Any = codecs.getincrementaldecoder(self.encoding)(self.errors)
-        if self._newline is None or self._newline == "":
-            dec = io.IncrementalNewlineDecoder(dec, translate=self._newline is None)
-        return dec
-
-    def _get_decoder(self) -> Any:
-        if self._decoder is None:
-            self._decoder = self._make_decoder()
-        return self._decoder
-
-    def _reset_read(self, reset_decoder: bool = True) -> None:
-        """Drop the read-ahead (a write or seek); the decoder is reset (which
-        forgets ``newlines``) unless *reset_decoder* is False, as io does."""
-        dec = self._decoder
-        if dec is not None and reset_decoder:
-            dec.reset()
-        self._decoded = ""
-        self._dpos = 0
-        self._snap = (0, None, b"")
-        self._reading = False
-
-    async def _read_chunk(self) -> bool:
-        """Decode one more chunk into ``_decoded`` (which must be consumed);
-        False at end of file.  A cancellation in the read changes nothing."""
-        dec = self._get_decoder()
-        pos0 = self.buffer._tell() if self.buffer._seekable else 0
-        state0 = dec.getstate()
-        chunk = await self.buffer.read1(self._CHUNK)
-        text = dec.decode(chunk, final=not chunk)
-        self._snap = (pos0, state0, chunk)
-        self._decoded = text
-        self._dpos = 0
-        self._reading = True
-        return bool(chunk) or bool(text)
-
-    def _save(self) -> tuple[Any, ...] | None:
-        """What a read of a seekable file that ends in an exception (a
-        cancellation) rolls back to; None for a stream (see :meth:`_undo`)."""
-        buffer = self.buffer
-        if not buffer._seekable:
-            return None
-        dec = self._decoder
-        state = None if dec is None else dec.getstate()
-        return (buffer._pos, self._decoded, self._dpos, self._snap, dec, state, self._reading)
-
-    def _undo(self, saved: tuple[Any, ...] | None, taken: list[str]) -> None:
-        """A read ended by an exception: it loses nothing.  On a seekable file
-        the reader goes back to where the read began (the bytes are read again);
-        on a stream the text it took goes back in front of the decoded text."""
-        if saved is None:
-            if taken:
-                self._decoded = "".join(taken) + self._decoded[self._dpos :]
-                self._dpos = 0
-            return
-        pos, self._decoded, self._dpos, self._snap, dec, state, self._reading = saved
-        self.buffer._pos = pos
-        self._decoder = dec
-        if dec is not None:
-            dec.setstate(state)
-
-    def _find_eol(self, text: str, start: int, prev: str) -> int:
-        """Index just after the first line end in text[start:], or -1."""
-        nl = self._newline
-        if nl is None or nl == "\n":
-            i = text.find("\n", start)
-            return i + 1 if i >= 0 else -1
-        if nl == "":
-            if prev == "\r" and start < len(text) and text[start] == "\n":
-                return start + 1
-            for i in range(start, len(text)):
-                c = text[i]
-                if c == "\n":
-                    return i + 1
-                if c == "\r":
-                    if i + 1 < len(text):
-                        return i + 2 if text[i + 1] == "\n" else i + 1
-                    return -2  # a final "\r": decide with the next chunk
-            return -1
-        if nl == "\r\n" and prev == "\r" and start < len(text) and text[start] == "\n":
-            return start + 1
-        i = text.find(nl, start)
-        return i + len(nl) if i >= 0 else -1
-
-    async def _prepare_read(self) -> None:
-        self.buffer._check_readable()
-        if self.buffer._wbuf:
-            await self.buffer.flush()
-
-    async def read(self, size: int | None = -1) -> str:
-        """Read up to *size* characters (all, to end of file, if negative or None)."""
-        n = _size_arg(size)
-        await self._prepare_read()
-        if n < 0:
-            dec = self._get_decoder()
-            data = await self.buffer.read()  # nothing is consumed if it is cancelled
-            text: str = self._decoded[self._dpos :] + dec.decode(data, final=True)
-            self._decoded = ""
-            self._dpos = 0
-            self._snap = (0, None, b"")
-            self._reading = True  # the decoder (and its newlines) stays
-            return text
-        dpos = self._dpos
-        if len(self._decoded) - dpos >= n:  # at hand: no read, nothing to undo
-            self._dpos = dpos + n
-            return self._decoded[dpos : dpos + n]
-        parts: list[str] = []
-        total = 0
-        saved = self._save()
-        try:
-            while total < n:
-                avail = len(self._decoded) - self._dpos
-                if avail == 0:
-                    if not await self._read_chunk():
-                        break
-                    continue
-                take = min(avail, n - total)
-                parts.append(self._decoded[self._dpos : self._dpos + take])
-                self._dpos += take
-                total += take
-        except BaseException:
-            self._undo(saved, parts)
-            raise
-        return "".join(parts)
-
-    async def readline(self, size: int | None = -1) -> str:
-        """Read one line, with the newline rules of ``io.TextIOWrapper``.
-
-        Raises:
-            TypeError: *size* is not an int (None included, as io's).
-        """
-        if not isinstance(size, int):
-            raise TypeError(f"{type(size).__name__!r} object cannot be interpreted as an integer")
-        limit = size
-        await self._prepare_read()
-        text, start = self._decoded, self._dpos
-        end = self._find_eol(text, start, "")
-        if end >= 0 and (limit < 0 or end - start <= limit):  # at hand: no read
-            self._dpos = end
-            return text[start:end]
-        parts: list[str] = []
-        saved = self._save()
-        try:
-            return await self._readline(limit, parts)
-        except BaseException:
-            self._undo(saved, parts)
-            raise
-
-    async def _readline(self, limit: int, parts: list[str]) -> str:
-        """readline's work; *parts* holds the text taken so far (for _undo)."""
-        total = 0
-        while True:
-            text, start = self._decoded, self._dpos
-            prev = parts[-1][-1:] if parts else ""
-            end = self._find_eol(text, start, prev)
-            if end == -2 and 0 <= limit <= total + len(text) - start:
-                end = -1  # the limit comes first
-            if end == -2:  # "\r" at the very end: only EOF or the next char decides
-                parts.append(text[start:])
-                total += len(text) - start
-                self._dpos = len(text)
-                if not await self._read_chunk():
-                    break
-                if self._decoded[:1] == "\n":
-                    parts.append("\n")
-                    self._dpos = 1
-                break
-            if end >= 0:
-                if limit >= 0 and total + (end - start) > limit:
-                    end = start + (limit - total)
-                parts.append(text[start:end])
-                self._dpos = end
-                break
-            if limit >= 0 and total + len(text) - start >= limit:
-                end = start + (limit - total)
-                parts.append(text[start:end])
-                self._dpos = end
-                break
-            parts.append(text[start:])
-            total += len(text) - start
-            self._dpos = len(text)
-            if not await self._read_chunk():
-                break
-        return "".join(parts)
-
-    async def readlines(self, hint: int | None = -1) -> list[str]:
-        """Read lines until end of file (or until *hint* characters)."""
-        h = _size_arg(hint)
-        lines: list[str] = []
-        total = 0
-        saved = self._save()
-        try:
-            while True:
-                line = await self.readline()
-                if not line:
-                    break
-                lines.append(line)
-                total += len(line)
-                if 0 < h < total:  # io: stop once the total exceeds the hint
-                    break
-        except BaseException:
-            self._undo(saved, lines)
-            raise
-        return lines
-
-    def __aiter__(self) -> AsyncIterator[str]:
-        return self
-
-    async def __anext__(self) -> str:
-        line = await self.readline()
-        if not line:
-            raise StopAsyncIteration
-        return line
-
-    # -- writing ------------------------------------------------------------------------
-
-    async def write(self, s: str) -> int:
-        """Write the string *s* (newlines translated, then encoded).
-
-        Returns:
-            ``len(s)``.
-
-        Raises:
-            TypeError: *s* is not a str.
-        """
-        if not isinstance(s, str):
-            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
-        self.buffer._check_writable()
-        if self._reading:
-            # a read-ahead is pending: put the byte position where the text reader is
-            if self.buffer._seekable:
-                pos = await self.tell()
-                await self.buffer.seek(pos)
-            self._reset_read()
-        text = s.replace("\n", self._writenl) if self._translate_out else s
-        if self._encoder is None:
-            self._encoder = codecs.getincrementalencoder(self.encoding)(self.errors)
-            if self.buffer._seekable and self.buffer._tell() != 0:
-                try:
-                    self._encoder.setstate(0)  # no BOM in the middle of a file
-                except (AttributeError, TypeError):
-                    pass
-        await self.buffer.write(self._encoder.encode(text))
-        if self.line_buffering and ("\n" in s or "\r" in s):
-            await self.buffer.flush()
-        return len(s)
-
-    async def writelines(self, lines: Iterable[str]) -> None:
-        """Write each string of *lines*."""
-        for line in lines:
-            await self.write(line)
-
-    async def flush(self) -> None:
-        """Write out the buffered bytes."""
-        await self.buffer.flush()
-
-    # -- positioning ------------------------------------------------------------------
-
-    async def tell(self) -> int:
-        """The position as a byte offset, usable with :meth:`seek`.
-
-        Raises:
-            OSError: ``ESPIPE`` on a stream.
-        """
-        self.buffer._check_open()
-        if not self.buffer._seekable:
-            raise oserror(errno.ESPIPE)
-        await self.buffer.flush()
-        if not self._reading or self._decoder is None:
-            return self.buffer._tell()
-        pos0, state0, chunk = self._snap
-        if self._dpos >= len(self._decoded):
-            # everything decoded was consumed; bytes still held by the decoder count
-            held, flag = self._decoder.getstate()
-            pending_cr = 1 if self._newline in (None, "") and flag & 1 else 0
-            return self.buffer._tell() - len(held) - pending_cr
-        if self._dpos == 0:
-            return pos0
-        dec = self._make_decoder()
-        if state0 is not None:
-            dec.setstate(state0)
-        count = 0
-        for i in range(len(chunk)):
-            count += len(dec.decode(chunk[i : i + 1]))
-            if count >= self._dpos:
-                return pos0 + i + 1 - (count - self._dpos)
-        return pos0 + len(chunk)  # pragma: no cover
-
-    async def seek(self, cookie: int, whence: int = os.SEEK_SET) -> int:
-        """Move to a position from :meth:`tell` (or 0); ``seek(0, SEEK_END)``
-        goes to the end; relative seeks must be 0 (as ``io.TextIOWrapper``).
-
-        Returns:
-            The new position.
-        """
-        self.buffer._check_seekable()
-        if whence == os.SEEK_CUR:
-            if cookie != 0:
-                raise io.UnsupportedOperation("can't do nonzero cur-relative seeks")
-            return await self.tell()
-        if whence == os.SEEK_END:
-            if cookie != 0:
-                raise io.UnsupportedOperation("can't do nonzero end-relative seeks")
-            await self.buffer.flush()
-            self._reset_read()
-            self._encoder = None
-            return await self.buffer.seek(0, os.SEEK_END)
-        if whence != os.SEEK_SET:
-            raise ValueError(f"invalid whence ({whence}, should be 0, 1 or 2)")
-        if not isinstance(cookie, int) or isinstance(cookie, bool):
-            raise TypeError(f"an integer is required, not {type(cookie).__name__!r}")
-        if cookie < 0:
-            raise ValueError(f"negative seek position {cookie}")
-        await self.buffer.flush()
-        self._reset_read(reset_decoder=cookie == 0)
-        self._encoder = None
-        pos = await self.buffer.seek(cookie)
-        if cookie != 0:
-            # mid-file: a BOM-sensing decoder (UTF-16...) must not expect a BOM
-            self._get_decoder().setstate((b"", 0))
-        return pos
-
-    async def truncate(self, size: int | None = None) -> int:
-        """Resize the file (default: to the current position)."""
-        if size is None:
-            size = await self.tell()
-        await self.buffer.flush()
-        return await self.buffer.truncate(size)
-
-    # -- pass-throughs ------------------------------------------------------------------
-
-    async def pread(self, n: int, offset: int) -> bytes:
-        """Bytes at a byte offset (:meth:`AsyncFile.pread`); the text position is unchanged."""
-        return await self.buffer.pread(n, offset)
-
-    async def pwrite(self, data: Any, offset: int) -> int:
-        """Bytes at a byte offset (:meth:`AsyncFile.pwrite`)."""
-        return await self.buffer.pwrite(data, offset)
-
-    async def fsync(self) -> None:
-        """Flush, then fsync(2)."""
-        await self.buffer.fsync()
-
-    async def fdatasync(self) -> None:
-        """Flush, then fdatasync(2)."""
-        await self.buffer.fdatasync()
-
-    async def close(self) -> None:
-        """Flush and close.  Idempotent."""
-        await self.buffer.close()
-
-    async def __aenter__(self) -> AsyncTextFile:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    def __repr__(self) -> str:
-        try:
-            name = f" name={self.name!r}"
-        except ValueError:
-            name = " detached"
-        return f"<xaio.AsyncTextFile{name} mode={self.mode!r} encoding={self.encoding!r}>"
-
-
-# ---------------------------------------------------------------------------------
-# open()
-# ---------------------------------------------------------------------------------
-
-
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
@@ -1389,294 +904,3 @@ def _lseek_works(fd: int) -> bool:
     except OSError:
         return False
     return True
-
-
-class _Mode:
-    __slots__ = ("flags", "readable", "writable", "append", "binary", "file_mode")
-
-    def __init__(self, mode: str) -> None:
-        if not isinstance(mode, str):
-            raise TypeError(f"open() argument 'mode' must be str, not {type(mode).__name__}")
-        modes = set(mode)
-        if modes - set("axrwb+t") or len(mode) > len(modes):
-            raise ValueError(f"invalid mode: {mode!r}")
-        creating, reading, writing, appending = (c in modes for c in "xrwa")
-        updating = "+" in modes
-        if "t" in modes and "b" in modes:
-            raise ValueError("can't have text and binary mode at once")
-        if creating + reading + writing + appending > 1:
-            raise ValueError("must have exactly one of create/read/write/append mode")
-        if not (creating or reading or writing or appending):
-            raise ValueError(
-                "Must have exactly one of create/read/write/append mode and at most one plus"
-            )
-        self.binary = "b" in modes
-        self.readable = reading or updating
-        self.writable = writing or appending or creating or updating
-        self.append = appending
-        flags = os.O_CLOEXEC
-        if self.readable and self.writable:
-            flags |= os.O_RDWR
-        elif self.readable:
-            flags |= os.O_RDONLY
-        else:
-            flags |= os.O_WRONLY
-        if creating:
-            flags |= os.O_CREAT | os.O_EXCL
-        if writing:
-            flags |= os.O_CREAT | os.O_TRUNC
-        if appending:
-            flags |= os.O_CREAT | os.O_APPEND
-        self.flags = flags
-        if creating:
-            fm = "xb+" if self.readable else "xb"
-        elif appending:
-            fm = "ab+" if self.readable else "ab"
-        elif reading:
-            fm = "rb+" if self.writable else "rb"
-        else:
-            fm = "wb+" if self.readable else "wb"
-        self.file_mode = fm
-
-
-def _validate(
-    file: Any,
-    mode: str,
-    buffering: int,
-    encoding: str | None,
-    errors: str | None,
-    newline: str | None,
-    closefd: bool,
-) -> tuple[_Mode, str | None, bool]:
-    """The builtin open()'s argument checks (before anything is opened)."""
-    m = _Mode(mode)
-    if not isinstance(buffering, int) or isinstance(buffering, bool):
-        raise TypeError(f"buffering must be an int, not {type(buffering).__name__!r}")
-    if m.binary:
-        if encoding is not None:
-            raise ValueError("binary mode doesn't take an encoding argument")
-        if errors is not None:
-            raise ValueError("binary mode doesn't take an errors argument")
-        if newline is not None:
-            raise ValueError("binary mode doesn't take a newline argument")
-        if buffering == 1:
-            warnings.warn(
-                "line buffering (buffering=1) isn't supported in binary mode, "
-                "the default buffer size will be used",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-    elif buffering == 0:
-        raise ValueError("can't have unbuffered text I/O")
-    if newline not in (None, "", "\n", "\r", "\r\n"):
-        raise ValueError(f"illegal newline value: {newline!r}")
-    if encoding is not None and not isinstance(encoding, str):
-        raise TypeError(f"encoding must be str or None, not {type(encoding).__name__}")
-    if errors is not None and not isinstance(errors, str):
-        raise TypeError(f"errors must be str or None, not {type(errors).__name__}")
-    text_encoding = None
-    if not m.binary:
-        text_encoding = encoding or locale.getpreferredencoding(False)
-        codecs.lookup(text_encoding)  # LookupError before opening anything
-    is_fd = isinstance(file, int) and not isinstance(file, bool)
-    if not is_fd:
-        os.fspath(file)  # TypeError for a bad path
-        if not closefd:
-            raise ValueError("Cannot use closefd=False with file name")
-    elif file < 0:
-        raise ValueError("negative file descriptor")
-    return m, text_encoding, is_fd
-
-
-async def _open_fd(drv: Driver, file: Any, flags: int) -> int:
-    """openat(2) on io_uring when the kernel has it, else os.open in a thread."""
-    res = await run_meta(
-        drv,
-        OP_OPENAT,
-        lambda ring, ud: ring.prep_openat(_AT_FDCWD, file, flags, 0o666, user_data=ud),
-        lambda: os.open(file, flags, 0o666),
-    )
-    if res < 0:
-        e = -res
-        raise OSError(e, os.strerror(e), file)
-    return int(res)
-
-
-async def _open(
-    file: Any,
-    mode: str,
-    buffering: int,
-    encoding: str | None,
-    errors: str | None,
-    newline: str | None,
-    closefd: bool,
-    opener: Callable[[Any, int], int] | None,
-    direct: bool,
-    engine: AsyncEngine | str | None,
-) -> AsyncFile | AsyncTextFile:
-    m, text_encoding, is_fd = _validate(file, mode, buffering, encoding, errors, newline, closefd)
-    flags = m.flags
-    if direct:
-        # The partial blocks of an unaligned write are read, patched and written
-        # back: the fd must be readable (write-only modes open O_RDWR), and a
-        # write must go where the object puts it (O_APPEND is emulated).
-        flags |= os.O_DIRECT
-        if m.writable:
-            flags = flags & ~(os.O_APPEND | os.O_ACCMODE) | os.O_RDWR
-    if engine is None:
-        drv = current_driver()
-    elif isinstance(engine, str):
-        drv = named_driver(engine)
-    else:
-        drv = engine.driver()
-    if is_fd:
-        fd = file
-        if direct and not fcntl_has_direct(fd):
-            import fcntl
-
-            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_DIRECT)
-    elif opener is not None:
-        fd = opener(file, flags)
-        if not isinstance(fd, int) or fd < 0:
-            raise ValueError(f"opener returned {fd}")
-    else:
-        try:
-            fd = await _open_fd(drv, file, flags)
-        except PermissionError:
-            if not direct or flags == m.flags | os.O_DIRECT:
-                raise
-            # not readable (or appendable) by us: as asked, without read-modify-write
-            fd = await _open_fd(drv, file, m.flags | os.O_DIRECT)
-    try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), file)
-        size = buffering
-        if size < 0 or (size == 1 and not m.binary):
-            size = max(st.st_blksize, io.DEFAULT_BUFFER_SIZE, _DEFAULT_BUFFER if direct else 0)
-            size = max(size, _DEFAULT_BUFFER)
-        raw = AsyncFile(
-            fd,
-            file,
-            m.file_mode,
-            readable=m.readable,
-            writable=m.writable,
-            append=m.append,
-            buffer_size=size,
-            closefd=closefd,
-            direct=direct,
-            engine=engine,
-        )
-    except BaseException:
-        if closefd:
-            os.close(fd)
-        raise
-    if m.binary:
-        return raw
-    assert text_encoding is not None
-    return AsyncTextFile(
-        raw,
-        mode,
-        text_encoding,
-        errors or "strict",
-        newline,
-        line_buffering=buffering == 1,
-    )
-
-
-def fcntl_has_direct(fd: int) -> bool:
-    import fcntl
-
-    return bool(fcntl.fcntl(fd, fcntl.F_GETFL) & getattr(os, "O_DIRECT", 0))
-
-
-class OpenContext:
-    """What :func:`xaio.open` returns: await it for the file, or use it with
-    ``async with`` (which closes the file on exit), as with ``aiofiles.open``."""
-
-    __slots__ = ("_coro_args", "_file")
-
-    def __init__(self, args: tuple[Any, ...]) -> None:
-        self._coro_args = args
-        self._file: AsyncFile | AsyncTextFile | None = None
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        return _open(*self._coro_args).__await__()
-
-    async def __aenter__(self) -> Any:
-        self._file = await _open(*self._coro_args)
-        return self._file
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        f, self._file = self._file, None
-        if f is not None:
-            await f.close()
-
-
-def open(
-    file: StrPath | int,
-    mode: str = "r",
-    buffering: int = -1,
-    encoding: str | None = None,
-    errors: str | None = None,
-    newline: str | None = None,
-    closefd: bool = True,
-    opener: Callable[[Any, int], int] | None = None,
-    *,
-    direct: bool = False,
-    engine: AsyncEngine | str | None = None,
-) -> OpenContext:
-    """Open a file for async I/O: the builtin ``open``'s arguments, plus
-    *direct* and *engine*.  ``f = await xaio.open(...)`` or ``async with
-    xaio.open(...) as f``.
-
-    Args:
-        file: a path, or an open file descriptor.
-        mode: as the builtin's (``"r"``, ``"wb"``, ``"a+"``, ``"x"``...).
-        buffering: -1 for the default buffer size, 0 for unbuffered (binary
-            only), 1 for line buffering (text only), else the buffer size.
-        encoding, errors, newline: as the builtin's (text mode only).
-        closefd: close the fd when the file is closed (must be True for a path).
-        opener: ``opener(file, flags) -> fd``, called synchronously.
-        direct: open with ``O_DIRECT``; unaligned requests still work in
-            every mode (see :class:`AsyncFile`).  A read-modify-write needs
-            read access, so the file is opened ``O_RDWR`` even for ``"wb"``
-            (write-only again if that is refused: then an unaligned write
-            fails with ``EBADF``), and without ``O_APPEND``: append mode is
-            done by the object (every write goes to the end of the file as
-            it is then; not atomic against other appenders).
-        engine: an :func:`xaio.open_engine` engine, or the name of an engine
-            kind (``"uring"``, ``"linux"``, ``"thread"``): the running loop's
-            engine of that kind, made on first use and closed with the loop;
-            default: the running loop's default engine.
-
-    Returns:
-        An :class:`OpenContext` that gives an :class:`AsyncFile` (binary modes)
-        or :class:`AsyncTextFile` (text modes).
-
-    Raises:
-        ValueError, TypeError: invalid arguments (as the builtin's; an
-            unknown engine name or an engine of the wrong type too).
-        LookupError: unknown encoding.
-        OSError: what opening reports (``FileNotFoundError``, ``IsADirectoryError``,
-            ``EINVAL`` for ``O_DIRECT`` on a file system without it...).
-    """
-    _validate(file, mode, buffering, encoding, errors, newline, closefd)
-    if isinstance(engine, str):
-        if engine not in ENGINE_NAMES:
-            raise ValueError(
-                f"unknown engine {engine!r}: expected one of {', '.join(ENGINE_NAMES)}"
-            )
-    elif engine is not None and not isinstance(engine, AsyncEngine):
-        raise TypeError(
-            "engine must be an engine name or an xaio.open_engine() engine, "
-            f"not {type(engine).__name__!r}"
-        )
-    return OpenContext(
-        (file, mode, buffering, encoding, errors, newline, closefd, opener, direct, engine)
-    )

@@ -74,23 +74,10 @@ the thread engine cannot stop a running ``pread``).  Only then does
 ``CancelledError`` (or ``trio.Cancelled``) leave the coroutine, so when the
 caller sees it the buffer is free and no late write can land in it.
 
-*Lifetime of the default engine.*  ``xaio.pread(...)`` with no explicit engine
-uses the running loop's default driver, made on first use.  asyncio has no
-"loop closed" hook, so the driver registers a tiny sentinel async generator
-with the loop (``sys.set_asyncgen_hooks`` is the loop's while it runs):
-``loop.shutdown_asyncgens()`` -- which ``asyncio.run``, ``uvloop.run`` and
-``anyio.run`` all call before closing the loop -- closes it, and its
-``finally`` closes the driver and its engine.  The table of drivers is a
-``WeakKeyDictionary`` keyed by loop, and a ``weakref.finalize`` on the loop
-closes the engine if the loop is dropped without that shutdown.  Nothing in
-the driver refers back to the loop, so nothing keeps a dead loop (or its
-engine, its ring, its Linux AIO context) alive.  On trio the driver lives in a
-``trio.lowlevel.RunVar`` and its system task closes it when ``trio.run`` ends.
-
-*Fork.*  A forked child must not touch its parent's engines (an io_uring CQ is
-shared with the parent; an AIO context is not inherited).  After a fork the
-child forgets every driver -- the objects are parked, never used or closed --
-and makes fresh ones on first use.
+*Which driver.*  The running loop's default driver, its lifetime and what a
+forked child does with it are :mod:`xaio._async._current`'s; the asyncio and
+trio sides of the waits are in :mod:`xaio._async._asyncio` and
+:mod:`xaio._async._trio`; argument checks in :mod:`xaio._async._checks`.
 
 *Never block the loop.*  Stream fds (pipes, sockets, ttys) never go to an
 engine: :meth:`Driver.read` / :meth:`Driver.write` try the transfer with
@@ -105,7 +92,7 @@ worker (``IOSQE_ASYNC``) or to threads.
 
 *The kernel's answer, on every engine.*  A positional call on an fd without
 a position (a pipe, socket, tty, eventfd) fails with ESPIPE before anything
-is submitted (:func:`check_positional`: io_uring would read the stream, the
+is submitted (:func:`~xaio._async._checks.check_positional`: io_uring would read the stream, the
 thread engine would fall back to ``read``).  ``RWF_*`` flags reach the kernel
 (``RWF_NOWAIT`` on a file not open with O_DIRECT is tried right here: it never
 waits, and io_uring would turn the kernel's EOPNOTSUPP into EAGAIN).  A zero
@@ -114,47 +101,47 @@ call checks no flag then, io_uring does).
 ``pread`` of a huge *n* sizes its buffer from the file and grows it on demand,
 and on an O_DIRECT fd reads into an aligned buffer; an O_DIRECT request that
 breaks the file's alignment fails with EINVAL saying what was needed
-(:func:`dio_einval`).
+(:func:`~xaio._async._checks.dio_einval`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import errno
 import fcntl
 import os
 import stat
 import sys
 import termios
-import threading
 import time
-import weakref
-from collections.abc import AsyncGenerator, Callable, Sequence
-from typing import Any, ClassVar, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
+from xaio._async._cachestat import CacheStat
+from xaio._async._checks import (
+    INT_MAX,
+    OFF_MAX,
+    check_buffers,
+    check_count,
+    check_fd,
+    check_flags,
+    check_offset,
+    check_positional,
+    check_sync_fd,
+    dio_einval,
+    is_direct,
+    is_stream,
+)
 from xaio._inline import INLINE_MAX, NowaitReader
 from xaio._memory import PAGE_SIZE, aligned_buffer, dio_alignment
-from xaio._ops import OpCode, Operation, OpState, decode_result
-from xaio._syscall import oserror
-from xaio.engine import Engine, EngineClosedError, create_engine
+from xaio._ops import OpCode, Operation, OpState
+from xaio.engine import Engine, EngineClosedError
 
-__all__ = [
-    "Driver",
-    "AsyncioDriver",
-    "TrioDriver",
-    "current_driver",
-    "current_library",
-    "InvalidArgument",
-    "check_fd",
-    "check_count",
-    "check_offset",
-]
+__all__ = ["Driver", "abandon"]
 
 T = TypeVar("T")
 
 
-def _abandon(op: Operation) -> None:
+def abandon(op: Operation) -> None:
     """*op* never reached the engine (cancelled before, the engine closed or
     refusing it): give its buffers back now.  It is not counted in the
     driver's ``_inflight`` yet, so no ``on_done`` runs."""
@@ -164,13 +151,9 @@ def _abandon(op: Operation) -> None:
 
 
 _DONE = OpState.DONE
-_get_running_loop = asyncio._get_running_loop
-_running_loop = asyncio.get_running_loop
 _READ, _WRITE, _READV, _WRITEV = OpCode.READ, OpCode.WRITE, OpCode.READV, OpCode.WRITEV
 _RWF_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
 _preadv = os.preadv
-_INT_MAX = 0x7FFFFFFF
-_OFF_MAX = (1 << 63) - 1
 #: Immediate completions between two looks at the clock (see _fair).
 _STREAK = 16
 #: Seconds of immediate completions after which the driver yields to the loop.
@@ -192,274 +175,10 @@ MAX_RW_COUNT = 0x7FFFF000
 #: Largest pread tried inline on the hot path (bigger ones too, after the checks).
 _INLINE_MAX = INLINE_MAX
 
-
-class InvalidArgument(OSError, ValueError):
-    """A value the kernel would refuse with ``EINVAL`` (a negative offset...),
-    refused before any system call.  Both an ``OSError`` with ``errno ==
-    EINVAL`` (what ``os.pread`` raises) and a ``ValueError``."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(errno.EINVAL, message)
-
-
-# ---------------------------------------------------------------------------------
-# argument checking (before anything reaches the kernel)
-# ---------------------------------------------------------------------------------
-
-
-def check_fd(fd: Any) -> int:
-    """Return *fd* as an int.
-
-    Raises:
-        TypeError: *fd* is not an integer.
-        OSError: ``EBADF`` for a negative fd or one beyond ``INT_MAX``.
-    """
-    if type(fd) is not int:
-        if isinstance(fd, bool) or not isinstance(fd, int):
-            raise TypeError(f"fd must be an int, not {type(fd).__name__!r}")
-        fd = int(fd)
-    if fd < 0 or fd > _INT_MAX:
-        raise oserror(errno.EBADF)
-    return int(fd)
-
-
-class NegativeFd(OSError, ValueError):
-    """A negative fd given to ``fsync``/``fdatasync``: a ValueError, as
-    ``os.fsync`` raises, and an ``OSError`` with ``EBADF``, as the other
-    coroutines (and ``os.pread``) raise for it."""
-
-    def __init__(self, fd: int) -> None:
-        super().__init__(errno.EBADF, f"file descriptor cannot be a negative integer ({fd})")
-
-
-def check_sync_fd(fd: Any) -> int:
-    """:func:`check_fd` for ``fsync``/``fdatasync`` (:class:`NegativeFd`
-    for a negative fd)."""
-    if type(fd) is int and fd < 0:
-        raise NegativeFd(fd)
-    return check_fd(fd)
-
-
-def check_count(n: Any, name: str = "n") -> int:
-    """Return the byte count *n* as an int.
-
-    Raises:
-        TypeError: not an integer.
-        InvalidArgument: negative (EINVAL, as ``os.pread``/``os.read`` raise;
-            also a ValueError).
-    """
-    if type(n) is not int:
-        if isinstance(n, bool) or not isinstance(n, int):
-            raise TypeError(f"{name} must be an int, not {type(n).__name__!r}")
-        n = int(n)
-    if n < 0:
-        raise InvalidArgument(f"{name} must be >= 0, not {n}")
-    return int(n)
-
-
-def check_offset(offset: Any) -> int:
-    """Return the file offset *offset* as an int.
-
-    Raises:
-        TypeError: not an integer.
-        InvalidArgument: negative or beyond 2**63-1 (EINVAL, also a ValueError).
-    """
-    if type(offset) is not int:
-        if isinstance(offset, bool) or not isinstance(offset, int):
-            raise TypeError(f"offset must be an int, not {type(offset).__name__!r}")
-        offset = int(offset)
-    if offset < 0 or offset > _OFF_MAX:
-        raise InvalidArgument(f"offset must be in [0, 2**63-1], not {offset}")
-    return int(offset)
-
-
-def check_flags(flags: Any) -> int:
-    """Return the ``RWF_*`` flags as an int (TypeError/ValueError if not a u32)."""
-    if type(flags) is not int:
-        if isinstance(flags, bool) or not isinstance(flags, int):
-            raise TypeError(f"flags must be an int, not {type(flags).__name__!r}")
-        flags = int(flags)
-    if flags < 0 or flags > 0xFFFFFFFF:
-        raise ValueError(f"flags must be a 32-bit unsigned int, not {flags}")
-    return int(flags)
-
-
-def check_buffers(buffers: Any) -> tuple[Any, ...]:
-    """Return the buffers of a vectored call as a tuple (TypeError if not a sequence)."""
-    if isinstance(buffers, (bytes, bytearray, memoryview, str)) or not hasattr(buffers, "__iter__"):
-        raise TypeError(f"buffers must be a sequence of buffers, not {type(buffers).__name__!r}")
-    return tuple(buffers)
-
-
-class _CacheStat:
-    """``cachestat(2)`` (Linux 6.5, syscall 451 on every architecture): how
-    much of a file range is in the page cache, without reading or readahead.
-    One per driver (its argument structs are reused: not thread-safe)."""
-
-    _works: ClassVar[bool | None] = None
-
-    def __init__(self) -> None:
-        import ctypes
-
-        class _Range(ctypes.Structure):
-            _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
-
-        class _Stat(ctypes.Structure):
-            _fields_ = [(name, ctypes.c_uint64) for name in ("cache", "dirty", "wb", "ev", "rev")]
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        self._call = libc.syscall
-        self._call.restype = ctypes.c_long
-        self._range = _Range()
-        self._stat = _Stat()
-        self._args = (ctypes.c_void_p(ctypes.addressof(self._range)),
-                      ctypes.c_void_p(ctypes.addressof(self._stat)))  # fmt: skip
-
-    @property
-    def works(self) -> bool:
-        """True if this kernel has cachestat (probed once per process, on first use)."""
-        works = _CacheStat._works
-        if works is None:
-            works = _CacheStat._works = self._probe()
-        return works
-
-    def _probe(self) -> bool:
-        try:
-            fd = os.open("/proc/self/exe", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return False
-        try:
-            self._range.off, self._range.len = 0, 1
-            return int(self._call(_NR_CACHESTAT, fd, *self._args, 0)) == 0
-        finally:
-            os.close(fd)
-
-    def cached(self, fd: int, offset: int, n: int) -> bool:
-        """True if every page of ``[offset, offset + n)`` is in the page cache."""
-        r = self._range
-        first = offset // PAGE_SIZE
-        r.off = first * PAGE_SIZE
-        r.len = (offset + n + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE - r.off
-        if self._call(_NR_CACHESTAT, fd, *self._args, 0) != 0:
-            return False
-        return bool(self._stat.cache >= r.len // PAGE_SIZE)
-
-
-_NR_CACHESTAT = 451  # the same on every architecture (numbers >= 424 are unified)
-
-
-def _is_stream(fd: int) -> bool:
-    """True for fds without a file position (pipes, sockets, FIFOs, ttys)."""
-    try:
-        os.lseek(fd, 0, os.SEEK_CUR)
-    except OSError as e:
-        if e.errno == errno.ESPIPE:
-            return True
-        raise
-    return False
-
-
-_POSITIONAL_TYPES = (stat.S_IFREG, stat.S_IFBLK, stat.S_IFDIR)
-_fstat = os.fstat
-
-
-def check_positional(fd: int) -> None:
-    """Raise what ``os.pread``/``os.pwrite`` raise on *fd* before any
-    transfer: ESPIPE for an fd without positional I/O, EBADF for one that is
-    not open.
-
-    The kernel decides it per open file (``FMODE_PREAD``/``FMODE_PWRITE``):
-    ``os.pread`` on a pipe, socket, FIFO, tty or eventfd fails with ESPIPE.
-    io_uring does not ask -- it reads a stream at its "current position" --
-    and the thread engine's workers fall back to ``read`` on ESPIPE (the POSIX
-    AIO rule), so the driver answers before anything is submitted, from the
-    fd's type: one ``fstat`` per request that goes to an engine (~1.4 us;
-    requests served from the page cache learn it from their own attempt).
-    Regular files, block devices and directories (whose reads then fail with
-    EISDIR, as ``os.pread``'s do) take positional I/O; character devices when
-    they can seek (``/dev/zero`` can, a tty cannot); FIFOs, sockets and
-    anonymous inodes (eventfd, timerfd, signalfd...) do not.  Nothing is
-    cached: fd numbers are reused as soon as they are closed.
-    """
-    try:
-        kind = stat.S_IFMT(_fstat(fd).st_mode)
-    except OSError as e:
-        raise oserror(e.errno or errno.EBADF) from None
-    if kind in _POSITIONAL_TYPES:
-        return
-    if kind == stat.S_IFCHR:
-        try:
-            _lseek(fd, 0, _SEEK_CUR)
-        except OSError as e:
-            if e.errno == errno.ESPIPE:
-                raise oserror(errno.ESPIPE) from None
-        return
-    raise oserror(errno.ESPIPE)
-
-
-_SEEK_CUR = os.SEEK_CUR
-_lseek = os.lseek
-
-
-def _is_direct(fd: int) -> bool:
-    """True if *fd* is open with O_DIRECT (False if the flags cannot be read)."""
-    try:
-        return bool(fcntl.fcntl(fd, fcntl.F_GETFL) & _O_DIRECT)
-    except OSError:
-        return False
-
-
-_O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 #: Most bytes a stream read (``xaio.read``) takes at once beyond what is
 #: there already: the default ``pipe-max-size``; a single read(2) from a
 #: pipe never returns more than the pipe holds.
 _STREAM_CAP = 1 << 20
-
-
-def dio_einval(fd: int, offset: int, pins: Sequence[Any]) -> OSError | None:
-    """The EINVAL of an O_DIRECT transfer that breaks the alignment the
-    kernel reports for *fd* (``statx`` ``STATX_DIOALIGN``), as an ``OSError``
-    whose message says what was needed; None if *fd* is not O_DIRECT, the
-    alignment is unknown, or the request honours it (the EINVAL has another
-    cause).
-
-    Args:
-        fd: the file descriptor.
-        offset: the file offset of the transfer (< 0: the file position).
-        pins: the transfer's buffers (:class:`xaio._buffers.Pin`).
-    """
-    if not _is_direct(fd):
-        return None
-    try:
-        got = dio_alignment(fd)
-    except OSError:
-        return None
-    if got is None:
-        return None
-    mem, off = got
-    total = sum(p.nbytes for p in pins)
-    wrong: list[str] = []
-    if offset >= 0 and offset % off:
-        wrong.append(f"offset {offset} is not a multiple of {off}")
-    if total % off:
-        wrong.append(f"length {total} is not a multiple of {off}")
-    for p in pins:
-        if p.address % mem or p.nbytes % mem:
-            wrong.append(
-                f"a buffer at an address {p.address % mem} bytes past a multiple of {mem}"
-                f" (length {p.nbytes}; xaio.aligned_buffer makes aligned ones)"
-                if p.address % mem
-                else f"a buffer length {p.nbytes} is not a multiple of {mem}"
-            )
-            break
-    if not wrong:
-        return None
-    return OSError(
-        errno.EINVAL,
-        f"{os.strerror(errno.EINVAL)}: O_DIRECT on fd {fd} needs file offsets and lengths"
-        f" that are multiples of {off} and buffer addresses aligned to {mem} bytes: "
-        + "; ".join(wrong),
-    )
 
 
 def _readable_now(fd: int) -> int:
@@ -530,10 +249,10 @@ class Driver:
         self._nowait = NowaitReader()  # its flag cache: may an fd be read inline?
         #: cold fds (recent misses): hits still needed to be warm (< 0: skips left)
         self._cold: dict[int, int] = {}
-        self._cachestat: _CacheStat | None = None
+        self._cachestat: CacheStat | None = None
         self._on_done = self._make_on_done()
-        self._meta: Any = None  # xaio.os's io_uring Ring (_meta.MetaRing), made on demand
-        self._meta_failed = False
+        self._pathring: Any = None  # xaio.os's io_uring Ring (_pathops.PathRing), made on demand
+        self._pathring_failed = False
         #: drivers of other engine kinds on this loop (``named_driver``), closed with this one
         self._named: dict[str, Driver] = {}
 
@@ -654,7 +373,7 @@ class Driver:
     def _cancel_in_engine(self, op: Operation) -> None:
         if op.state is _DONE or self._unqueue(op):
             return
-        if op.opcode is OpCode.NOP and self._meta is not None and self._meta.cancel(op):
+        if op.opcode is OpCode.NOP and self._pathring is not None and self._pathring.cancel(op):
             return
         try:
             self.engine.cancel(op)
@@ -694,7 +413,7 @@ class Driver:
 
     async def _run(self, op: Operation) -> int:
         """Start *op* (:meth:`_start`; if that or the checkpoint before it
-        fails, :func:`_abandon` it), wait for it, return its decoded result."""
+        fails, :func:`abandon` it), wait for it, return its decoded result."""
         raise NotImplementedError
 
     def _inline_ok(self, fd: int) -> bool:
@@ -720,7 +439,7 @@ class Driver:
         if len(cold) > 1024:
             cold.clear()
         if self._cachestat is None:
-            self._cachestat = _CacheStat()
+            self._cachestat = CacheStat()
         cold[fd] = 8 if self._cachestat.works else -64
 
     def _try_inline_read(self, fd: int, bufs: tuple[Any, ...], offset: int, n: int) -> int | None:
@@ -801,8 +520,8 @@ class Driver:
             and type(n) is int
             and type(offset) is int
             and 0 < n <= _INLINE_MAX
-            and 0 <= fd <= _INT_MAX
-            and 0 <= offset <= _OFF_MAX
+            and 0 <= fd <= INT_MAX
+            and 0 <= offset <= OFF_MAX
             and self._streak < _STREAK
             and self._inline_ok(fd)
         ):
@@ -837,7 +556,7 @@ class Driver:
                 return bytes(buf)
             return await self._pread_engine(fd, n, offset, buf, False)
         n = min(n, MAX_RW_COUNT)
-        direct = _is_direct(fd)
+        direct = is_direct(fd)
         size = n if n <= _INLINE_MAX else _first_read_size(fd, n, offset, direct)
         if direct:
             return await self._pread_engine(fd, n, offset, aligned_buffer(size), True)
@@ -887,8 +606,8 @@ class Driver:
         if not (
             type(fd) is int
             and type(offset) is int
-            and 0 <= fd <= _INT_MAX
-            and 0 <= offset <= _OFF_MAX
+            and 0 <= fd <= INT_MAX
+            and 0 <= offset <= OFF_MAX
         ):
             fd = check_fd(fd)
             offset = check_offset(offset)
@@ -938,7 +657,7 @@ class Driver:
                     op.complete(inline)
                     return inline
         except BaseException:
-            _abandon(op)
+            abandon(op)
             raise
         return await self._transfer(op)
 
@@ -958,7 +677,7 @@ class Driver:
         try:
             check_positional(fd)
         except BaseException:
-            _abandon(op)
+            abandon(op)
             raise
         return await self._transfer(op)
 
@@ -983,7 +702,7 @@ class Driver:
         if n == 0:  # the system call's answer: preadv2 checks no flag then
             op.complete(0)
             return os.preadv(fd, bufs, offset, flags)
-        if flags & _RWF_NOWAIT and not _is_direct(fd):
+        if flags & _RWF_NOWAIT and not is_direct(fd):
             op.complete(0)
             await self._fair()
             return os.preadv(fd, bufs, offset, flags)
@@ -993,7 +712,7 @@ class Driver:
             if inline:  # (see _pread)
                 await self._fair()
         except BaseException:
-            _abandon(op)
+            abandon(op)
             raise
         if inline and self._try_inline_read(fd, bufs, offset, n) is not None:
             op.complete(n)
@@ -1020,14 +739,14 @@ class Driver:
         if not op.nbytes:  # the system call's answer: pwritev2 checks no flag then
             op.complete(0)
             return os.pwritev(fd, bufs, offset, flags)
-        if flags & _RWF_NOWAIT and not _is_direct(fd):
+        if flags & _RWF_NOWAIT and not is_direct(fd):
             op.complete(0)
             await self._fair()
             return os.pwritev(fd, bufs, offset, flags)
         try:
             check_positional(fd)
         except BaseException:
-            _abandon(op)
+            abandon(op)
             raise
         return await self._transfer(op)
 
@@ -1083,14 +802,14 @@ class Driver:
                     raise
                 # RWF_NOWAIT unsupported here (a tty...): non-blocking fds and
                 # regular files read directly; others after readiness.
-                if not _is_stream(fd):
+                if not is_stream(fd):
                     return await self._file_rw(_READ, fd, buf)
                 if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK:
                     nowait = 0
                     continue
                 await self._wait_readable_or_direct(fd)
                 return int(os.readv(fd, bufs))
-            if not _is_stream(fd):  # a regular file not in the page cache
+            if not is_stream(fd):  # a regular file not in the page cache
                 return await self._file_rw(_READ, fd, buf)
             await self._wait_readable_or_direct(fd)
 
@@ -1144,14 +863,14 @@ class Driver:
             except OSError as e:
                 if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL) or not nowait:
                     raise
-                if not _is_stream(fd):
+                if not is_stream(fd):
                     return await self._file_rw(_WRITE, fd, data)
                 if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK:
                     nowait = 0
                     continue
                 await self._wait_writable_or_direct(fd)
                 return int(os.writev(fd, bufs))
-            if not _is_stream(fd):
+            if not is_stream(fd):
                 return await self._file_rw(_WRITE, fd, data)
             await self._wait_writable_or_direct(fd)
 
@@ -1169,10 +888,10 @@ class Driver:
 
     # -- closing --------------------------------------------------------------------
 
-    def _close_meta(self) -> None:
-        meta, self._meta = self._meta, None
-        if meta is not None:
-            meta.close()
+    def _close_pathring(self) -> None:
+        ring, self._pathring = self._pathring, None
+        if ring is not None:
+            ring.close()
 
     def close(self) -> None:
         """Close the engine (if this driver owns it); idempotent."""
@@ -1184,673 +903,10 @@ class Driver:
             if op.state is OpState.QUEUED:
                 op.complete(-errno.ECANCELED)
         try:
-            self._close_meta()
+            self._close_pathring()
             named, self._named = self._named, {}
             for drv in named.values():
                 drv.close()
         finally:
             if self.owns_engine:
                 self.engine.close()
-
-
-# ---------------------------------------------------------------------------------
-# asyncio (and uvloop, and anyio on asyncio)
-# ---------------------------------------------------------------------------------
-
-
-class AsyncioDriver(Driver):
-    """A driver for an asyncio event loop (any implementation with ``add_reader``)."""
-
-    library = "asyncio"
-
-    def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop, **kw: Any) -> None:
-        super().__init__(engine, **kw)
-        self._loop_ref = weakref.ref(loop)
-        self._fd = engine.fileno()
-        self._waiters: dict[tuple[int, bool], list[asyncio.Future[None]]] = {}
-        self._woken = 0  # tasks woken in this loop iteration
-        self._deferred: list[asyncio.Future[None]] = []
-        self._slice_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._release_pending = False
-        loop.add_reader(self._fd, self.on_readable)
-        self._reader = True
-
-    def _make_on_done(self) -> Callable[[Operation], None]:
-        budget = _WAKE_BUDGET
-
-        def on_done(op: Operation) -> None:
-            self._inflight -= 1
-            fut = op.context
-            if fut is None:
-                return
-            if self._woken < budget:
-                if not self._woken and not self._release_pending:
-                    self._release_pending = True
-                    asyncio.get_running_loop().call_soon(self._release)
-                self._woken += 1
-                if not fut.done():
-                    fut.set_result(None)
-                    self._wakeups += 1
-            else:
-                self._deferred.append(fut)
-
-        return on_done
-
-    def _release(self) -> None:
-        """Once per loop iteration while completions are being delivered: wake
-        the tasks deferred by the budget (at most :data:`_WAKE_BUDGET`)."""
-        deferred = self._deferred
-        self._woken = 0
-        if not deferred:
-            self._release_pending = False
-            return
-        take = deferred[:_WAKE_BUDGET]
-        del deferred[:_WAKE_BUDGET]
-        self._woken = len(take)
-        for fut in take:
-            if not fut.done():
-                fut.set_result(None)
-                self._wakeups += 1
-        asyncio.get_running_loop().call_soon(self._release)
-
-    def _wake_all(self) -> None:
-        waiters = self._slice_waiters
-        while waiters:
-            fut = waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-        deferred, self._deferred = self._deferred, []
-        for fut in deferred:
-            if not fut.done():
-                fut.set_result(None)
-
-    def check_loop(self) -> None:
-        if self._loop_ref() is not asyncio._get_running_loop():
-            raise RuntimeError("this xaio engine belongs to another event loop")
-
-    def _schedule_flush(self) -> None:
-        asyncio.get_running_loop().call_soon(self._flush)
-
-    def _new_slice_soon(self) -> None:
-        asyncio.get_running_loop().call_soon(self._new_slice)
-
-    async def _fair(self) -> None:
-        # As Driver._fair, but an exhausted slice parks the task in a FIFO of
-        # waiters, _SLICE_WAKE of which are released per loop iteration: with
-        # 64 tasks reading cached data the loop runs a few of them per slice,
-        # round robin, instead of resuming all 64 just to yield again.
-        self._streak += 1
-        if self._streak < _STREAK:
-            return
-        if not self._exhausted:
-            if _perf() - self._slice_start <= _SLICE:
-                self._streak = 0
-                return
-            self._exhausted = True
-            self._new_slice_soon()
-        fut = _running_loop().create_future()
-        self._slice_waiters.append(fut)
-        await fut
-
-    def _new_slice(self) -> None:
-        super()._new_slice()
-        waiters = self._slice_waiters
-        n = 0
-        while waiters and n < _SLICE_WAKE:
-            fut = waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                n += 1
-        if waiters:
-            self._exhausted = True  # the others wait for a later slice
-            asyncio.get_running_loop().call_soon(self._new_slice)
-
-    async def _wait(self, op: Operation) -> None:
-        fut = asyncio.get_running_loop().create_future()
-        op.context = fut
-        try:
-            await fut
-        except asyncio.CancelledError:
-            self._resumed(fut)
-            await self._cancel_and_wait(op)
-            raise
-        self._resumed(fut)
-
-    async def _run(self, op: Operation) -> int:
-        """Start *op*, wait for it (one Future, made only if it did not
-        complete at once), return its decoded result."""
-        try:
-            if self._streak >= _STREAK:
-                await self._fair()  # a cancellation here: nothing was started
-            self._start(op)
-        except BaseException:
-            _abandon(op)
-            raise
-        if op.state is not _DONE:
-            fut = _running_loop().create_future()
-            op.context = fut
-            try:
-                await fut
-            except asyncio.CancelledError:
-                self._resumed(fut)
-                await self._cancel_and_wait(op)
-                raise
-            if self._wakeups:
-                self._wakeups -= 1
-        else:
-            self._streak += 1
-        res = op.result
-        if res is None or res < 0:
-            return decode_result(res if res is not None else -errno.EIO)
-        return res
-
-    async def _cancel_and_wait(self, op: Operation) -> None:
-        self._cancel_in_engine(op)
-        loop = asyncio.get_running_loop()
-        while op.state is not _DONE:
-            fut = loop.create_future()
-            op.context = fut
-            try:
-                await fut
-            except asyncio.CancelledError:
-                self._resumed(fut)
-                continue  # cancelled again: keep waiting for the kernel
-            self._resumed(fut)
-
-    def _resumed(self, fut: asyncio.Future[None]) -> None:
-        """A task that awaited *fut* runs again: if a completion woke it, it
-        no longer counts as about to run (see ``_wakeups``)."""
-        if self._wakeups and fut.done() and not fut.cancelled():
-            self._wakeups -= 1
-
-    async def _yield(self) -> None:
-        await asyncio.sleep(0)
-
-    async def _wait_ready(self, fd: int, write: bool) -> None:
-        loop = asyncio.get_running_loop()
-        key = (fd, write)
-        waiters = self._waiters.get(key)
-        fut: asyncio.Future[None] = loop.create_future()
-        if waiters is None:
-            waiters = self._waiters[key] = []
-            add = loop.add_writer if write else loop.add_reader
-            try:
-                add(fd, self._ready, key)
-            except OSError:
-                del self._waiters[key]
-                raise
-        waiters.append(fut)
-        try:
-            await fut
-        finally:
-            if not fut.done():
-                fut.cancel()
-            try:
-                waiters.remove(fut)
-            except ValueError:
-                pass
-            if not waiters and self._waiters.get(key) is waiters:
-                del self._waiters[key]
-                (loop.remove_writer if write else loop.remove_reader)(fd)
-
-    def _ready(self, key: tuple[int, bool]) -> None:
-        for fut in self._waiters.get(key, ()):
-            if not fut.done():
-                fut.set_result(None)
-
-    async def wait_readable(self, fd: int) -> None:
-        """Wait until *fd* is readable (``loop.add_reader``); several tasks may wait."""
-        await self._wait_ready(fd, False)
-
-    async def wait_writable(self, fd: int) -> None:
-        """Wait until *fd* is writable (``loop.add_writer``)."""
-        await self._wait_ready(fd, True)
-
-    async def run_in_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(None, fn, *args)
-        try:
-            return await asyncio.shield(fut)
-        except asyncio.CancelledError:
-            while not fut.done():
-                try:
-                    await asyncio.shield(fut)
-                except asyncio.CancelledError:
-                    continue
-                except BaseException:
-                    break
-            raise
-
-    def watch(self, fd: int, callback: Callable[[], None]) -> Callable[[], None]:
-        loop = asyncio.get_running_loop()
-        loop.add_reader(fd, callback)
-        ref = self._loop_ref
-
-        def unwatch() -> None:
-            lp = ref()
-            if lp is not None and not lp.is_closed():
-                lp.remove_reader(fd)
-
-        return unwatch
-
-    def detach_reader(self) -> None:
-        if not self._reader:
-            return
-        self._reader = False
-        loop = self._loop_ref()
-        if loop is not None and not loop.is_closed():
-            try:
-                loop.remove_reader(self._fd)
-            except (RuntimeError, ValueError, OSError):  # pragma: no cover
-                pass
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.detach_reader()
-        try:
-            super().close()
-        finally:
-            self._wake_all()
-
-
-# ---------------------------------------------------------------------------------
-# trio (and anyio on trio)
-# ---------------------------------------------------------------------------------
-
-
-class _TrioCancel:
-    """The waiter of an operation whose task trio asked to cancel."""
-
-    __slots__ = ("task", "raise_cancel")
-
-    def __init__(self, task: Any, raise_cancel: Callable[[], Any]) -> None:
-        self.task = task
-        self.raise_cancel = raise_cancel
-
-
-class TrioDriver(Driver):
-    """A driver for one ``trio.run``: a system task waits on the engine's fd."""
-
-    library = "trio"
-
-    def __init__(self, engine: Engine, **kw: Any) -> None:
-        import outcome
-        import trio
-
-        self._trio = trio
-        self._lowlevel = trio.lowlevel
-        self._outcome = outcome
-        super().__init__(engine, **kw)
-        self._inline = False  # trio: every call is a checkpoint (see _fair)
-        self._fd = engine.fileno()
-        self._token = trio.lowlevel.current_trio_token()
-        self._stopped = trio.Event()
-        #: the flusher system task while it is parked (None while it runs)
-        self._flusher: Any = None
-        trio.lowlevel.spawn_system_task(self._reader, name="xaio engine reader")
-        trio.lowlevel.spawn_system_task(self._flush_task, name="xaio engine flusher")
-
-    def check_loop(self) -> None:
-        try:
-            token = self._lowlevel.current_trio_token()
-        except RuntimeError:
-            token = None
-        if token is not self._token:
-            raise RuntimeError("this xaio engine belongs to another trio run")
-
-    def _make_on_done(self) -> Callable[[Operation], None]:
-        reschedule = self._lowlevel.reschedule
-        capture = self._outcome.capture
-
-        def on_done(op: Operation) -> None:
-            self._inflight -= 1
-            w = op.context
-            if w is None:
-                return
-            op.context = None
-            self._wakeups += 1  # the task's _wait takes it back when it resumes
-            if type(w) is _TrioCancel:
-                reschedule(w.task, capture(w.raise_cancel))
-            else:
-                reschedule(w)
-
-        return on_done
-
-    async def _reader(self) -> None:
-        wait_readable = self._lowlevel.wait_readable
-        try:
-            while not self.closed:
-                await wait_readable(self._fd)
-                self.on_readable()
-        except self._trio.ClosedResourceError:
-            pass  # close() called notify_closing: stop reading
-        finally:
-            self._stopped.set()
-            if self.owns_engine:
-                self.close()
-
-    def watch(self, fd: int, callback: Callable[[], None]) -> Callable[[], None]:
-        ll = self._lowlevel
-        state = {"on": True}
-
-        async def watcher() -> None:
-            try:
-                while state["on"]:
-                    await ll.wait_readable(fd)
-                    if state["on"]:
-                        callback()
-            except (self._trio.ClosedResourceError, self._trio.Cancelled):
-                pass
-
-        ll.spawn_system_task(watcher, name="xaio path-operation reader")
-
-        def unwatch() -> None:
-            state["on"] = False
-            try:
-                ll.notify_closing(fd)
-            except RuntimeError:
-                pass
-
-        return unwatch
-
-    async def _flush_task(self) -> None:
-        """trio has no ``call_soon``: this system task plays its part.  Woken
-        by the first request queued in a scheduling batch, it runs in the next
-        batch -- after every task that was runnable with the submitter (e.g.
-        all those woken by one reap) has queued its request -- and hands the
-        whole queue to the engine in one submit."""
-        ll = self._lowlevel
-
-        def abort(_raise_cancel: Callable[[], Any]) -> Any:
-            self._flusher = None
-            return ll.Abort.SUCCEEDED
-
-        try:
-            while not self.closed:
-                self._flusher = ll.current_task()
-                await ll.wait_task_rescheduled(abort)
-                self._flush()
-        except self._trio.Cancelled:
-            pass  # the run is ending
-        finally:
-            self._flusher = None
-            if self._queue and not self.closed:
-                self._flush()
-
-    def _schedule_flush(self) -> None:
-        task = self._flusher
-        if task is None:  # not parked (not started yet, or gone): flush now
-            self._flush()
-            return
-        self._flusher = None
-        self._lowlevel.reschedule(task)
-
-    async def _run(self, op: Operation) -> int:
-        ll = self._lowlevel
-        try:
-            await ll.checkpoint_if_cancelled()
-            self._start(op)
-        except BaseException:
-            _abandon(op)
-            raise
-        if op.state is not _DONE:
-            await self._wait(op)
-        else:
-            await ll.cancel_shielded_checkpoint()
-        res = op.result
-        if res is None or res < 0:
-            return decode_result(res if res is not None else -errno.EIO)
-        return res
-
-    async def _wait(self, op: Operation) -> None:
-        ll = self._lowlevel
-        task = ll.current_task()
-        op.context = task
-
-        def abort(raise_cancel: Callable[[], Any]) -> Any:
-            op.context = _TrioCancel(task, raise_cancel)
-            self._cancel_in_engine(op)
-            return ll.Abort.FAILED
-
-        try:
-            # only on_done reschedules this task (abort never succeeds), and it
-            # counted the wake-up
-            await ll.wait_task_rescheduled(abort)
-        finally:
-            if self._wakeups:
-                self._wakeups -= 1
-
-    async def _yield(self) -> None:
-        await self._lowlevel.checkpoint()
-
-    async def _fair(self) -> None:
-        await self._lowlevel.checkpoint()
-
-    async def wait_readable(self, fd: int) -> None:
-        """Wait until *fd* is readable (``trio.lowlevel.wait_readable``)."""
-        await self._lowlevel.wait_readable(fd)
-
-    async def wait_writable(self, fd: int) -> None:
-        """Wait until *fd* is writable (``trio.lowlevel.wait_writable``)."""
-        await self._lowlevel.wait_writable(fd)
-
-    async def run_in_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        return await self._trio.to_thread.run_sync(fn, *args)
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        try:
-            self._lowlevel.notify_closing(self._fd)
-        except (RuntimeError, OSError):
-            pass
-        try:
-            super().close()
-        finally:
-            task, self._flusher = self._flusher, None
-            if task is not None:  # let it see `closed` and end
-                try:
-                    self._lowlevel.reschedule(task)
-                except RuntimeError:  # pragma: no cover - the run is over
-                    pass
-
-
-# ---------------------------------------------------------------------------------
-# which library is running, and the default driver of each loop
-# ---------------------------------------------------------------------------------
-
-_asyncio_drivers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncioDriver] = (
-    weakref.WeakKeyDictionary()
-)
-_trio_runvar: Any = None
-_lock = threading.Lock()
-#: Drivers inherited through fork(): never used or closed in the child.
-_forked_away: list[Any] = []
-
-
-def _after_fork_in_child() -> None:
-    global _trio_runvar, _last
-    parked = list(_asyncio_drivers.values())
-    for drv in parked:
-        fin = getattr(drv, "_finalizer", None)
-        if fin is not None:
-            fin.detach()
-    _forked_away.append(parked)
-    _asyncio_drivers.clear()
-    _last = (None, None)
-    _trio_runvar = None
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def current_library() -> str:
-    """The async library running in this thread: ``"asyncio"`` or ``"trio"``.
-
-    Uses sniffio when it is installed (it also knows trio's guest mode and
-    anyio), else looks for a running asyncio loop, then a running trio run.
-
-    Raises:
-        RuntimeError: no supported async library is running here.
-    """
-    sniffio = sys.modules.get("sniffio")
-    if sniffio is not None:
-        name = sniffio.thread_local.name or sniffio.current_async_library_cvar.get()
-        if name:
-            if name not in ("asyncio", "trio"):
-                raise RuntimeError(f"xaio does not support the async library {name!r}")
-            return str(name)
-    if asyncio._get_running_loop() is not None:
-        return "asyncio"
-    trio = sys.modules.get("trio")
-    if trio is not None:
-        try:
-            trio.lowlevel.current_task()
-        except RuntimeError:
-            pass
-        else:
-            return "trio"
-    raise RuntimeError("xaio's coroutines must run inside asyncio or trio")
-
-
-async def _sentinel(driver: AsyncioDriver) -> AsyncGenerator[None, None]:
-    """Registered with the loop's async generator hooks; closed by
-    ``loop.shutdown_asyncgens()``, it closes the default driver."""
-    try:
-        yield
-    finally:
-        _forget(driver)
-
-
-def _forget(driver: AsyncioDriver) -> None:
-    loop = driver._loop_ref()
-    if loop is not None and _asyncio_drivers.get(loop) is driver:
-        del _asyncio_drivers[loop]
-    fin = getattr(driver, "_finalizer", None)
-    if fin is not None:
-        fin.detach()
-    driver.close()
-
-
-def _close_unreached(driver: AsyncioDriver) -> None:
-    """The loop was garbage collected without shutting down its async
-    generators: close the sentinel (synchronously) and the driver."""
-    agen = getattr(driver, "_agen", None)
-    driver._agen = None  # type: ignore[attr-defined]
-    driver._reader = False  # the loop, and its selector, are gone
-    if agen is not None:
-        try:
-            agen.aclose().send(None)
-        except StopIteration:
-            pass
-        except Exception:  # pragma: no cover
-            pass
-    driver.close()
-
-
-def _new_asyncio_driver(loop: asyncio.AbstractEventLoop) -> AsyncioDriver:
-    driver = AsyncioDriver(create_engine(), loop)
-    agen = _sentinel(driver)
-    # Start the sentinel with no hooks installed (so it keeps no reference to
-    # the loop's finalizer hook, i.e. to the loop), then register it with the
-    # loop through the loop's own firstiter hook.
-    firstiter, finalizer = sys.get_asyncgen_hooks()
-    sys.set_asyncgen_hooks(None, None)
-    try:
-        agen.asend(None).send(None)
-    except StopIteration:
-        pass
-    finally:
-        sys.set_asyncgen_hooks(firstiter, finalizer)
-    if firstiter is not None:
-        firstiter(agen)
-    driver._agen = agen  # type: ignore[attr-defined]
-    driver._finalizer = weakref.finalize(loop, _close_unreached, driver)  # type: ignore[attr-defined]
-    return driver
-
-
-#: The last default driver handed out, for a quick check (the loop weakly).
-_last: tuple[Any, Any] = (None, None)  # replaced whole: readers see a consistent pair
-_modules = sys.modules
-
-
-def current_driver() -> Driver:
-    """The running loop's default driver (made, with a default engine, on first use).
-
-    Raises:
-        RuntimeError: not inside asyncio or trio.
-        OSError: no engine could be made (e.g. out of file descriptors).
-    """
-    global _last
-    lib = None
-    if "trio" in _modules:
-        # trio (guest mode) can run inside an asyncio loop: ask sniffio which
-        # library runs this task.  Without trio, a running asyncio loop is the
-        # answer (and this look costs ~0.5 us per request).
-        sniffio = _modules.get("sniffio")
-        if sniffio is not None:
-            lib = sniffio.thread_local.name or sniffio.current_async_library_cvar.get()
-    if lib is None or lib == "asyncio":
-        loop = _get_running_loop()
-        if loop is not None:
-            ref, drv = _last
-            if ref is not None and ref() is loop and not drv.closed:
-                return drv  # type: ignore[no-any-return]
-            adrv = _asyncio_drivers.get(loop)
-            if adrv is None or adrv.closed:
-                adrv = _asyncio_drivers[loop] = _new_asyncio_driver(loop)
-            _last = (adrv._loop_ref, adrv)
-            return adrv
-    if current_library() == "trio":
-        return _current_trio_driver()
-    raise RuntimeError("xaio's coroutines must run inside asyncio or trio")  # pragma: no cover
-
-
-def _current_trio_driver() -> TrioDriver:
-    global _trio_runvar
-    import trio
-
-    if _trio_runvar is None:
-        with _lock:
-            if _trio_runvar is None:
-                _trio_runvar = trio.lowlevel.RunVar("xaio_driver")
-    try:
-        drv: TrioDriver = _trio_runvar.get()
-    except LookupError:
-        drv = TrioDriver(create_engine())
-        _trio_runvar.set(drv)
-        return drv
-    if drv.closed:
-        raise EngineClosedError("the trio run's xaio engine is closed (the run is ending)")
-    return drv
-
-
-def named_driver(name: str) -> Driver:
-    """The running loop's driver for an engine of kind *name* (``"uring"``,
-    ``"linux"``, ``"thread"``): the default driver when its engine is of that
-    kind, else one made on first use and closed with the default driver.
-
-    Raises:
-        ValueError: unknown engine name.
-        OSError: that engine does not work here.
-    """
-    base = current_driver()
-    if base.engine.name == name:
-        return base
-    drv = base._named.get(name)
-    if drv is None or drv.closed:
-        engine = create_engine(name)
-        if base.library == "trio":
-            drv = TrioDriver(engine)
-        else:
-            drv = AsyncioDriver(engine, asyncio.get_running_loop())
-        base._named[name] = drv
-    return drv
-
-
-def make_driver(engine: Engine) -> Driver:
-    """A driver for *engine* on the running loop (the engine stays the caller's)."""
-    if current_library() == "trio":
-        return TrioDriver(engine, owns_engine=False)
-    return AsyncioDriver(engine, asyncio.get_running_loop(), owns_engine=False)

@@ -1,0 +1,322 @@
+"""``xaio.open``: the builtin ``open``'s arguments checked as it checks them,
+the file opened (``openat`` on io_uring when the kernel has it, else
+``os.open`` in a worker thread), and the binary or text file object made.
+"""
+
+from __future__ import annotations
+
+import codecs
+import errno
+import io
+import locale
+import os
+import stat
+import warnings
+from collections.abc import Callable, Generator
+from types import TracebackType
+from typing import Any, Union
+
+from xaio._async._binary import AsyncFile
+from xaio._async._current import current_driver, named_driver
+from xaio._async._driver import Driver
+from xaio._async._io import AsyncEngine
+from xaio._async._pathops import OP_OPENAT, run_pathop
+from xaio._async._text import AsyncTextFile
+from xaio.engine import ENGINE_NAMES
+
+__all__ = ["open", "OpenContext"]
+
+StrPath = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
+_DEFAULT_BUFFER = 64 * 1024
+_AT_FDCWD = -100
+
+
+class _Mode:
+    __slots__ = ("flags", "readable", "writable", "append", "binary", "file_mode")
+
+    def __init__(self, mode: str) -> None:
+        if not isinstance(mode, str):
+            raise TypeError(f"open() argument 'mode' must be str, not {type(mode).__name__}")
+        modes = set(mode)
+        if modes - set("axrwb+t") or len(mode) > len(modes):
+            raise ValueError(f"invalid mode: {mode!r}")
+        creating, reading, writing, appending = (c in modes for c in "xrwa")
+        updating = "+" in modes
+        if "t" in modes and "b" in modes:
+            raise ValueError("can't have text and binary mode at once")
+        if creating + reading + writing + appending > 1:
+            raise ValueError("must have exactly one of create/read/write/append mode")
+        if not (creating or reading or writing or appending):
+            raise ValueError(
+                "Must have exactly one of create/read/write/append mode and at most one plus"
+            )
+        self.binary = "b" in modes
+        self.readable = reading or updating
+        self.writable = writing or appending or creating or updating
+        self.append = appending
+        flags = os.O_CLOEXEC
+        if self.readable and self.writable:
+            flags |= os.O_RDWR
+        elif self.readable:
+            flags |= os.O_RDONLY
+        else:
+            flags |= os.O_WRONLY
+        if creating:
+            flags |= os.O_CREAT | os.O_EXCL
+        if writing:
+            flags |= os.O_CREAT | os.O_TRUNC
+        if appending:
+            flags |= os.O_CREAT | os.O_APPEND
+        self.flags = flags
+        if creating:
+            fm = "xb+" if self.readable else "xb"
+        elif appending:
+            fm = "ab+" if self.readable else "ab"
+        elif reading:
+            fm = "rb+" if self.writable else "rb"
+        else:
+            fm = "wb+" if self.readable else "wb"
+        self.file_mode = fm
+
+
+def _validate(
+    file: Any,
+    mode: str,
+    buffering: int,
+    encoding: str | None,
+    errors: str | None,
+    newline: str | None,
+    closefd: bool,
+) -> tuple[_Mode, str | None, bool]:
+    """The builtin open()'s argument checks (before anything is opened)."""
+    m = _Mode(mode)
+    if not isinstance(buffering, int) or isinstance(buffering, bool):
+        raise TypeError(f"buffering must be an int, not {type(buffering).__name__!r}")
+    if m.binary:
+        if encoding is not None:
+            raise ValueError("binary mode doesn't take an encoding argument")
+        if errors is not None:
+            raise ValueError("binary mode doesn't take an errors argument")
+        if newline is not None:
+            raise ValueError("binary mode doesn't take a newline argument")
+        if buffering == 1:
+            warnings.warn(
+                "line buffering (buffering=1) isn't supported in binary mode, "
+                "the default buffer size will be used",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    elif buffering == 0:
+        raise ValueError("can't have unbuffered text I/O")
+    if newline not in (None, "", "\n", "\r", "\r\n"):
+        raise ValueError(f"illegal newline value: {newline!r}")
+    if encoding is not None and not isinstance(encoding, str):
+        raise TypeError(f"encoding must be str or None, not {type(encoding).__name__}")
+    if errors is not None and not isinstance(errors, str):
+        raise TypeError(f"errors must be str or None, not {type(errors).__name__}")
+    text_encoding = None
+    if not m.binary:
+        text_encoding = encoding or locale.getpreferredencoding(False)
+        codecs.lookup(text_encoding)  # LookupError before opening anything
+    is_fd = isinstance(file, int) and not isinstance(file, bool)
+    if not is_fd:
+        os.fspath(file)  # TypeError for a bad path
+        if not closefd:
+            raise ValueError("Cannot use closefd=False with file name")
+    elif file < 0:
+        raise ValueError("negative file descriptor")
+    return m, text_encoding, is_fd
+
+
+async def _open_fd(drv: Driver, file: Any, flags: int) -> int:
+    """openat(2) on io_uring when the kernel has it, else os.open in a thread."""
+    res = await run_pathop(
+        drv,
+        OP_OPENAT,
+        lambda ring, ud: ring.prep_openat(_AT_FDCWD, file, flags, 0o666, user_data=ud),
+        lambda: os.open(file, flags, 0o666),
+    )
+    if res < 0:
+        e = -res
+        raise OSError(e, os.strerror(e), file)
+    return int(res)
+
+
+async def _open(
+    file: Any,
+    mode: str,
+    buffering: int,
+    encoding: str | None,
+    errors: str | None,
+    newline: str | None,
+    closefd: bool,
+    opener: Callable[[Any, int], int] | None,
+    direct: bool,
+    engine: AsyncEngine | str | None,
+) -> AsyncFile | AsyncTextFile:
+    m, text_encoding, is_fd = _validate(file, mode, buffering, encoding, errors, newline, closefd)
+    flags = m.flags
+    if direct:
+        # The partial blocks of an unaligned write are read, patched and written
+        # back: the fd must be readable (write-only modes open O_RDWR), and a
+        # write must go where the object puts it (O_APPEND is emulated).
+        flags |= os.O_DIRECT
+        if m.writable:
+            flags = flags & ~(os.O_APPEND | os.O_ACCMODE) | os.O_RDWR
+    if engine is None:
+        drv = current_driver()
+    elif isinstance(engine, str):
+        drv = named_driver(engine)
+    else:
+        drv = engine.driver()
+    if is_fd:
+        fd = file
+        if direct and not fcntl_has_direct(fd):
+            import fcntl
+
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_DIRECT)
+    elif opener is not None:
+        fd = opener(file, flags)
+        if not isinstance(fd, int) or fd < 0:
+            raise ValueError(f"opener returned {fd}")
+    else:
+        try:
+            fd = await _open_fd(drv, file, flags)
+        except PermissionError:
+            if not direct or flags == m.flags | os.O_DIRECT:
+                raise
+            # not readable (or appendable) by us: as asked, without read-modify-write
+            fd = await _open_fd(drv, file, m.flags | os.O_DIRECT)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), file)
+        size = buffering
+        if size < 0 or (size == 1 and not m.binary):
+            size = max(st.st_blksize, io.DEFAULT_BUFFER_SIZE, _DEFAULT_BUFFER if direct else 0)
+            size = max(size, _DEFAULT_BUFFER)
+        raw = AsyncFile(
+            fd,
+            file,
+            m.file_mode,
+            readable=m.readable,
+            writable=m.writable,
+            append=m.append,
+            buffer_size=size,
+            closefd=closefd,
+            direct=direct,
+            engine=engine,
+        )
+    except BaseException:
+        if closefd:
+            os.close(fd)
+        raise
+    if m.binary:
+        return raw
+    assert text_encoding is not None
+    return AsyncTextFile(
+        raw,
+        mode,
+        text_encoding,
+        errors or "strict",
+        newline,
+        line_buffering=buffering == 1,
+    )
+
+
+def fcntl_has_direct(fd: int) -> bool:
+    import fcntl
+
+    return bool(fcntl.fcntl(fd, fcntl.F_GETFL) & getattr(os, "O_DIRECT", 0))
+
+
+class OpenContext:
+    """What :func:`xaio.open` returns: await it for the file, or use it with
+    ``async with`` (which closes the file on exit), as with ``aiofiles.open``."""
+
+    __slots__ = ("_coro_args", "_file")
+
+    def __init__(self, args: tuple[Any, ...]) -> None:
+        self._coro_args = args
+        self._file: AsyncFile | AsyncTextFile | None = None
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return _open(*self._coro_args).__await__()
+
+    async def __aenter__(self) -> Any:
+        self._file = await _open(*self._coro_args)
+        return self._file
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        f, self._file = self._file, None
+        if f is not None:
+            await f.close()
+
+
+def open(
+    file: StrPath | int,
+    mode: str = "r",
+    buffering: int = -1,
+    encoding: str | None = None,
+    errors: str | None = None,
+    newline: str | None = None,
+    closefd: bool = True,
+    opener: Callable[[Any, int], int] | None = None,
+    *,
+    direct: bool = False,
+    engine: AsyncEngine | str | None = None,
+) -> OpenContext:
+    """Open a file for async I/O: the builtin ``open``'s arguments, plus
+    *direct* and *engine*.  ``f = await xaio.open(...)`` or ``async with
+    xaio.open(...) as f``.
+
+    Args:
+        file: a path, or an open file descriptor.
+        mode: as the builtin's (``"r"``, ``"wb"``, ``"a+"``, ``"x"``...).
+        buffering: -1 for the default buffer size, 0 for unbuffered (binary
+            only), 1 for line buffering (text only), else the buffer size.
+        encoding, errors, newline: as the builtin's (text mode only).
+        closefd: close the fd when the file is closed (must be True for a path).
+        opener: ``opener(file, flags) -> fd``, called synchronously.
+        direct: open with ``O_DIRECT``; unaligned requests still work in
+            every mode (see :class:`AsyncFile`).  A read-modify-write needs
+            read access, so the file is opened ``O_RDWR`` even for ``"wb"``
+            (write-only again if that is refused: then an unaligned write
+            fails with ``EBADF``), and without ``O_APPEND``: append mode is
+            done by the object (every write goes to the end of the file as
+            it is then; not atomic against other appenders).
+        engine: an :func:`xaio.open_engine` engine, or the name of an engine
+            kind (``"uring"``, ``"linux"``, ``"thread"``): the running loop's
+            engine of that kind, made on first use and closed with the loop;
+            default: the running loop's default engine.
+
+    Returns:
+        An :class:`OpenContext` that gives an :class:`AsyncFile` (binary modes)
+        or :class:`AsyncTextFile` (text modes).
+
+    Raises:
+        ValueError, TypeError: invalid arguments (as the builtin's; an
+            unknown engine name or an engine of the wrong type too).
+        LookupError: unknown encoding.
+        OSError: what opening reports (``FileNotFoundError``, ``IsADirectoryError``,
+            ``EINVAL`` for ``O_DIRECT`` on a file system without it...).
+    """
+    _validate(file, mode, buffering, encoding, errors, newline, closefd)
+    if isinstance(engine, str):
+        if engine not in ENGINE_NAMES:
+            raise ValueError(
+                f"unknown engine {engine!r}: expected one of {', '.join(ENGINE_NAMES)}"
+            )
+    elif engine is not None and not isinstance(engine, AsyncEngine):
+        raise TypeError(
+            "engine must be an engine name or an xaio.open_engine() engine, "
+            f"not {type(engine).__name__!r}"
+        )
+    return OpenContext(
+        (file, mode, buffering, encoding, errors, newline, closefd, opener, direct, engine)
+    )

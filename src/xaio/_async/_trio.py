@@ -1,0 +1,226 @@
+"""The driver for trio (and anyio on trio).
+
+trio has no ``call_soon`` and no Futures: a system task (the *reader*) waits
+in ``trio.lowlevel.wait_readable`` on the engine's fd, another (the
+*flusher*) hands each scheduling batch's queued requests to the engine, and a
+waiting task is parked with ``wait_task_rescheduled`` and rescheduled by the
+operation's ``on_done``.  Every call is a checkpoint (trio's convention).  See
+:mod:`xaio._async._driver` for what the driver does on every loop.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from xaio._async._driver import Driver, abandon
+from xaio._ops import Operation, OpState, decode_result
+from xaio.engine import Engine
+
+__all__ = ["TrioDriver"]
+
+T = TypeVar("T")
+_DONE = OpState.DONE
+
+
+class _TrioCancel:
+    """The waiter of an operation whose task trio asked to cancel."""
+
+    __slots__ = ("task", "raise_cancel")
+
+    def __init__(self, task: Any, raise_cancel: Callable[[], Any]) -> None:
+        self.task = task
+        self.raise_cancel = raise_cancel
+
+
+class TrioDriver(Driver):
+    """A driver for one ``trio.run``: a system task waits on the engine's fd."""
+
+    library = "trio"
+
+    def __init__(self, engine: Engine, **kw: Any) -> None:
+        import outcome
+        import trio
+
+        self._trio = trio
+        self._lowlevel = trio.lowlevel
+        self._outcome = outcome
+        super().__init__(engine, **kw)
+        self._inline = False  # trio: every call is a checkpoint (see _fair)
+        self._fd = engine.fileno()
+        self._token = trio.lowlevel.current_trio_token()
+        self._stopped = trio.Event()
+        #: the flusher system task while it is parked (None while it runs)
+        self._flusher: Any = None
+        trio.lowlevel.spawn_system_task(self._reader, name="xaio engine reader")
+        trio.lowlevel.spawn_system_task(self._flush_task, name="xaio engine flusher")
+
+    def check_loop(self) -> None:
+        try:
+            token = self._lowlevel.current_trio_token()
+        except RuntimeError:
+            token = None
+        if token is not self._token:
+            raise RuntimeError("this xaio engine belongs to another trio run")
+
+    def _make_on_done(self) -> Callable[[Operation], None]:
+        reschedule = self._lowlevel.reschedule
+        capture = self._outcome.capture
+
+        def on_done(op: Operation) -> None:
+            self._inflight -= 1
+            w = op.context
+            if w is None:
+                return
+            op.context = None
+            self._wakeups += 1  # the task's _wait takes it back when it resumes
+            if type(w) is _TrioCancel:
+                reschedule(w.task, capture(w.raise_cancel))
+            else:
+                reschedule(w)
+
+        return on_done
+
+    async def _reader(self) -> None:
+        wait_readable = self._lowlevel.wait_readable
+        try:
+            while not self.closed:
+                await wait_readable(self._fd)
+                self.on_readable()
+        except self._trio.ClosedResourceError:
+            pass  # close() called notify_closing: stop reading
+        finally:
+            self._stopped.set()
+            if self.owns_engine:
+                self.close()
+
+    def watch(self, fd: int, callback: Callable[[], None]) -> Callable[[], None]:
+        ll = self._lowlevel
+        state = {"on": True}
+
+        async def watcher() -> None:
+            try:
+                while state["on"]:
+                    await ll.wait_readable(fd)
+                    if state["on"]:
+                        callback()
+            except (self._trio.ClosedResourceError, self._trio.Cancelled):
+                pass
+
+        ll.spawn_system_task(watcher, name="xaio path-operation reader")
+
+        def unwatch() -> None:
+            state["on"] = False
+            try:
+                ll.notify_closing(fd)
+            except RuntimeError:
+                pass
+
+        return unwatch
+
+    async def _flush_task(self) -> None:
+        """trio has no ``call_soon``: this system task plays its part.  Woken
+        by the first request queued in a scheduling batch, it runs in the next
+        batch -- after every task that was runnable with the submitter (e.g.
+        all those woken by one reap) has queued its request -- and hands the
+        whole queue to the engine in one submit."""
+        ll = self._lowlevel
+
+        def abort(_raise_cancel: Callable[[], Any]) -> Any:
+            self._flusher = None
+            return ll.Abort.SUCCEEDED
+
+        try:
+            while not self.closed:
+                self._flusher = ll.current_task()
+                await ll.wait_task_rescheduled(abort)
+                self._flush()
+        except self._trio.Cancelled:
+            pass  # the run is ending
+        finally:
+            self._flusher = None
+            if self._queue and not self.closed:
+                self._flush()
+
+    def _schedule_flush(self) -> None:
+        task = self._flusher
+        if task is None:  # not parked (not started yet, or gone): flush now
+            self._flush()
+            return
+        self._flusher = None
+        self._lowlevel.reschedule(task)
+
+    async def _run(self, op: Operation) -> int:
+        ll = self._lowlevel
+        try:
+            await ll.checkpoint_if_cancelled()
+            self._start(op)
+        except BaseException:
+            abandon(op)
+            raise
+        if op.state is not _DONE:
+            await self._wait(op)
+        else:
+            await ll.cancel_shielded_checkpoint()
+        res = op.result
+        if res is None or res < 0:
+            return decode_result(res if res is not None else -errno.EIO)
+        return res
+
+    async def _wait(self, op: Operation) -> None:
+        ll = self._lowlevel
+        task = ll.current_task()
+        op.context = task
+
+        def abort(raise_cancel: Callable[[], Any]) -> Any:
+            op.context = _TrioCancel(task, raise_cancel)
+            self._cancel_in_engine(op)
+            return ll.Abort.FAILED
+
+        try:
+            # only on_done reschedules this task (abort never succeeds), and it
+            # counted the wake-up
+            await ll.wait_task_rescheduled(abort)
+        finally:
+            if self._wakeups:
+                self._wakeups -= 1
+
+    async def _yield(self) -> None:
+        await self._lowlevel.checkpoint()
+
+    async def _fair(self) -> None:
+        await self._lowlevel.checkpoint()
+
+    async def wait_readable(self, fd: int) -> None:
+        """Wait until *fd* is readable (``trio.lowlevel.wait_readable``)."""
+        await self._lowlevel.wait_readable(fd)
+
+    async def wait_writable(self, fd: int) -> None:
+        """Wait until *fd* is writable (``trio.lowlevel.wait_writable``)."""
+        await self._lowlevel.wait_writable(fd)
+
+    async def run_in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._trio.to_thread.run_sync(fn, *args)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            self._lowlevel.notify_closing(self._fd)
+        except (RuntimeError, OSError):
+            pass
+        try:
+            super().close()
+        finally:
+            task, self._flusher = self._flusher, None
+            if task is not None:  # let it see `closed` and end
+                try:
+                    self._lowlevel.reschedule(task)
+                except RuntimeError:  # pragma: no cover - the run is over
+                    pass
+
+
+# ---------------------------------------------------------------------------------
+# which library is running, and the default driver of each loop
+# ---------------------------------------------------------------------------------
