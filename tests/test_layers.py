@@ -1,11 +1,14 @@
 """The import direction of docs/architecture.md, checked by scanning imports.
 
-    _abi -> _syscall -> {linux, uring} -> engine -> {posix, _async} -> cli
-
-Engine modules may import ``xaio.engine`` for the protocol (``Engine``,
-``EngineClosedError``) only; ``engine`` imports the engines lazily, inside
-functions.  Engines never import each other; posix and _async are siblings;
-nothing imports the CLI; importing xaio starts no thread.
+Every module of ``src/xaio`` belongs to one layer of :data:`LAYERS`; a module
+imports only from its own layer and from layers below it, never from a
+sibling of the same rank (the engines do not import each other; posix and the
+async layer do not either).  The one way up is a function-level import that
+makes an engine, listed in :data:`LAZY_UP`: the factory in ``xaio.engine``
+imports the engines it makes, and the engines that hand some requests to
+threads import the thread engine.  The package ``xaio`` itself imports its
+public names on first use, so importing ``xaio`` or any layer below the async
+layer imports no event loop and starts no thread.
 """
 
 from __future__ import annotations
@@ -19,80 +22,131 @@ import pytest
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "xaio"
 
-# module -> xaio modules it must never import at module level
-FORBIDDEN: dict[str, set[str]] = {
-    "_abi": {
-        "_syscall",
-        "_ops",
-        "linux",
-        "libaio",
-        "uring",
-        "threads",
-        "engine",
-        "posix",
-        "_async",
-        "cli",
-        "os",
-    },
-    "_syscall": {"_ops", "linux", "libaio", "uring", "threads", "engine", "posix", "_async", "cli"},
-    "_buffers": {"linux", "uring", "threads", "engine", "posix", "_async", "cli"},
-    "_ops": {"linux", "libaio", "uring", "threads", "engine", "posix", "_async", "cli"},
-    "_lanes": {"linux", "libaio", "uring", "threads", "engine", "posix", "_async", "cli"},
-    "linux": {"uring", "threads", "posix", "_async", "cli", "libaio"},
-    "libaio": {"uring", "threads", "posix", "_async", "cli"},
-    "uring": {"linux", "libaio", "threads", "posix", "_async", "cli"},
-    "threads": {"linux", "libaio", "uring", "posix", "_async", "cli"},
-    "engine": {"linux", "libaio", "uring", "threads", "posix", "_async", "cli"},
-    "posix": {"_async", "cli"},
-    "_async": {"posix", "cli"},
+#: (layer, rank, module prefixes), lowest first
+LAYERS: list[tuple[str, int, tuple[str, ...]]] = [
+    ("abi", 0, ("xaio._abi",)),
+    ("syscall", 1, ("xaio._syscall",)),
+    ("memory", 2, ("xaio._buffers", "xaio._memory", "xaio._inline", "xaio._pagecache")),
+    ("ops", 3, ("xaio._ops",)),
+    ("shared", 4, ("xaio._inflight", "xaio._lanes", "xaio._fork")),
+    ("protocol", 5, ("xaio.engine._protocol", "xaio.engine._route")),
+    ("linux", 6, ("xaio.linux",)),
+    ("uring", 6, ("xaio.uring",)),
+    ("threads", 6, ("xaio.threads",)),
+    ("libaio", 7, ("xaio.libaio",)),
+    ("engine", 8, ("xaio.engine",)),
+    ("posix", 9, ("xaio.posix",)),
+    ("async", 9, ("xaio._async", "xaio.os")),
+    ("facade", 10, ("xaio",)),
+    ("cli", 11, ("xaio.cli", "xaio.__main__")),
+]
+
+#: (importing layer, imported layer): function-level imports allowed upwards
+LAZY_UP = {
+    ("engine", "linux"),
+    ("engine", "uring"),
+    ("engine", "threads"),
+    ("uring", "threads"),
 }
 
 
-def _top_level_imports(path: Path) -> set[str]:
-    """xaio submodules imported at module level (not inside functions)."""
+def _layer(module: str) -> tuple[str, int] | None:
+    """The layer of a dotted xaio name: that of its longest module prefix."""
+    best: tuple[str, int, int] | None = None
+    for layer, rank, prefixes in LAYERS:
+        for p in prefixes:
+            if (module == p or module.startswith(p + ".")) and (best is None or len(p) > best[2]):
+                best = (layer, rank, len(p))
+    return None if best is None else best[:2]
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> list[tuple[str, bool]]:
+    """(dotted xaio name, imported at module level) for every import in
+    *path*; a name under ``if TYPE_CHECKING:`` counts as not at module level."""
+    module = _module_name(path)
+    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
     tree = ast.parse(path.read_text())
-    found: set[str] = set()
-    for node in tree.body:
-        names: list[str] = []
+    top = {id(node) for node in tree.body}
+    found: list[tuple[str, bool]] = []
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module:
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
             if node.level:
-                names = [f"xaio.{node.module}"]
-            else:
-                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-        for name in names:
-            parts = name.split(".")
-            if parts[0] == "xaio" and len(parts) > 1:
-                found.add(parts[1])
+                base = ".".join(package[: len(package) - node.level + 1] + ([base] if base else []))
+            names = [f"{base}.{a.name}" for a in node.names]
+        else:
+            continue
+        found += [(n, id(node) in top) for n in names if n.split(".")[0] == "xaio"]
     return found
 
 
-def _module_files(name: str) -> list[Path]:
-    single = SRC / f"{name}.py"
-    if single.exists():
-        return [single]
-    package = SRC / name
-    if package.is_dir():
-        return sorted(package.rglob("*.py"))
-    return []
+FILES = sorted(SRC.rglob("*.py"))
 
 
-@pytest.mark.parametrize("module", sorted(FORBIDDEN))
-def test_import_direction(module: str) -> None:
-    files = _module_files(module)
-    if not files:
-        pytest.skip(f"xaio.{module} does not exist yet")
-    for f in files:
-        bad = _top_level_imports(f) & FORBIDDEN[module]
-        assert not bad, f"{f.relative_to(SRC)} imports {sorted(bad)}"
+def test_every_module_has_a_layer() -> None:
+    missing = [_module_name(f) for f in FILES if _layer(_module_name(f)) in (None, ("facade", 10))]
+    missing.remove("xaio")
+    assert not missing, f"add these modules to LAYERS in tests/test_layers.py: {missing}"
 
 
-def test_nothing_imports_the_cli() -> None:
-    for f in SRC.rglob("*.py"):
-        if f.stem in ("cli", "__main__") or "cli" in f.parts:
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(SRC)))
+def test_import_direction(path: Path) -> None:
+    module = _module_name(path)
+    here = _layer(module)
+    assert here is not None
+    for name, at_top in _imports(path):
+        there = _layer(name)
+        assert there is not None, name
+        if there[0] == here[0] or there[1] < here[1]:
             continue
-        assert "cli" not in _top_level_imports(f), f
+        if not at_top and (here[0], there[0]) in LAZY_UP:
+            continue
+        where = "at module level" if at_top else "in a function"
+        pytest.fail(f"{module} ({here[0]}) imports {name} ({there[0]}) {where}")
+
+
+def test_the_scan_resolves_names() -> None:
+    """Imported names resolve to their layer by the longest module prefix."""
+    names = {n for n, _ in _imports(SRC / "engine" / "_protocol.py")}
+    assert "xaio._ops.Operation" in names
+    assert _layer("xaio.engine._protocol.Engine") == ("protocol", 5)
+    assert _layer("xaio.engine.Engine") == ("engine", 8)
+    assert _layer("xaio.uring._ring.Ring") == ("uring", 6)
+
+
+@pytest.mark.parametrize(
+    "module", ["xaio", "xaio.linux", "xaio.libaio", "xaio.uring", "xaio.engine", "xaio.posix"]
+)
+def test_import_leaves_asyncio_out(module: str) -> None:
+    code = f"import sys, {module}; print(sorted(m for m in sys.modules if m.startswith('asyncio')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_public_names_import_on_first_use() -> None:
+    code = (
+        "import sys, xaio; assert 'xaio._async' not in sys.modules;"
+        "from xaio import pread, open, Batch, aio_read, BufferPool, os;"
+        "assert os is sys.modules['xaio.os'] and pread.__module__.startswith('xaio._async');"
+        "assert set(xaio.__all__) <= set(dir(xaio));"
+        "assert xaio.engine.probe()['thread'] is None and xaio.linux.io_setup;"
+        "print(all(getattr(xaio, n) is not None for n in xaio.__all__), xaio.__version__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[0] == "True"
+    with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+        import xaio
+
+        xaio.nonexistent  # noqa: B018
 
 
 def test_import_starts_no_thread_and_no_engine() -> None:
