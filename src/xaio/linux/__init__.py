@@ -49,11 +49,11 @@ on them.
 * ``io_submit`` of more than 2 requests *plugs* the block queue: the device
   sees them only when the call returns.  A virtio disk tends to complete a
   batch all at once, so resubmitting a whole reaped batch in one call keeps the
-  device idle for as long as the kernel takes to prepare it (~5 us a request
-  here); submitting in chunks of 4 (``IOBatch.submit(chunk=4)``, and the
-  engine) measured 20% more IOPS at depth 32 while the device was the
-  bottleneck, chunks of 8 a few percent more than 4 once the CPU was (fewer
-  system calls; benchmarks/notes.md).
+  device idle while the kernel prepares every request of it (microseconds
+  each).  So :func:`io_submit` and the engine make one call per 4 requests,
+  and ``IOBatch.submit`` takes a *chunk*: the device starts on the first
+  requests while the kernel prepares the next.  A larger chunk makes fewer
+  system calls, which pays when the CPU, not the device, is the bottleneck.
 
 Man pages: io_setup(2), io_submit(2), io_getevents(2), io_pgetevents(2),
 io_cancel(2), io_destroy(2), aio(7).
@@ -126,6 +126,3 @@ __all__ = [
     "RWF_ATOMIC",
     "RWF_DONTCACHE",
 ]
-
-_U16 = 0xFFFF
-

@@ -220,8 +220,8 @@ class IOBatch:
                 queue for more than 2 requests and lets the device see them
                 only when the call ends, so when a whole batch completes at
                 once (a virtio disk does that) resubmitting it in one call
-                leaves the device idle meanwhile; chunks of 4-8 measured best
-                here (benchmarks/notes.md).
+                leaves the device idle meanwhile; chunks of 4-8 keep it busy
+                for a few more system calls.
 
         Raises:
             IocbInFlightError: a slot is in flight (or listed twice): nothing

@@ -58,12 +58,7 @@ _live: weakref.WeakValueDictionary[int, IOContext] = weakref.WeakValueDictionary
 _live_lock = threading.Lock()
 
 
-#: Incremented in every forked child (os.getpid() is a system call; this is not).
-_fork_generation = [0]
-
-
 def _after_fork_in_child() -> None:
-    _fork_generation[0] += 1
     # Contexts are not inherited: the child must never use, read or destroy them.
     for ctx in list(_live.values()):
         ctx._forked_away()
@@ -94,7 +89,6 @@ class IOContext:
         "_batches",
         "_destroyed",
         "_foreign",
-        "_pid",
         "_stats",
         "_cid",
         "_ring",
@@ -119,7 +113,6 @@ class IOContext:
         self._batches: set[IOBatch] = set()
         self._destroyed = False
         self._foreign = False
-        self._pid = os.getpid()
         self._stats = {"submitted": 0, "reaped": 0}
         self._cid = ctypes.c_void_p(ctx_id)
         # The completion ring in user memory, read by io_getevents (None where
@@ -426,7 +419,9 @@ def _getevents(
                     waiting = True
             if not waiting:
                 return len(raw), ctx._events(raw)
-        got = len(raw)
+        # what the system call may add to the events taken from the ring
+        want_min = max(min_nr - len(raw), 0)
+        want_max = nr - len(raw)
         if ring is not None:
             spare = ctx._spare_events
             events = spare.pop() if spare else (io_event * ctx._ring_nr)()
@@ -441,24 +436,23 @@ def _getevents(
             else:
                 timespec_from_seconds(deadline - time.monotonic(), ts)
                 cts = ctypes.c_void_p(ctypes.addressof(ts))
-            want_min = max(min_nr - got, 0)
             if pgetevents:
                 ret = _syscall.io_pgetevents(
                     ctx.id,
                     want_min,
-                    nr - got,
+                    want_max,
                     ev_addr,
                     cts.value if cts is not None else 0,
                     sigset_addr,
                 )
             else:
-                ret = _FAST_GETEVENTS(ctx._cid, want_min, nr - got, ctypes.c_void_p(ev_addr), cts)
+                ret = _FAST_GETEVENTS(ctx._cid, want_min, want_max, ctypes.c_void_p(ev_addr), cts)
             if ret == -errno.EINTR and not pgetevents:
                 _syscall.run_signal_handlers()  # PEP 475: raise if a handler raised
                 continue
             break
         if ret < 0:
-            if not got:  # events already taken from the ring must not be lost
+            if not raw:  # events already taken from the ring must not be lost
                 return ret, []
         elif ret:
             raw += _iter_events(memoryview(events).cast("B")[: ret * 32])

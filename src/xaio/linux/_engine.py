@@ -30,6 +30,7 @@ from xaio._abi.aio import (
     iocb,
 )
 from xaio._buffers import iovec_array
+from xaio._fork import Owner
 from xaio._ops import CancelOutcome, InFlight, OpCode, Operation, OpState, check_batch
 from xaio._syscall import oserror
 from xaio.engine._protocol import Engine, EngineClosedError
@@ -40,7 +41,6 @@ from xaio.linux._context import (
     _SUBMIT_CHUNK,
     IOContext,
     _check_timeout,
-    _fork_generation,
     _iter_events,
     _take_ring_events,
     _user_ring,
@@ -179,7 +179,7 @@ class LinuxAioEngine(Engine):
         #: backlog op -> a dup of its fd (-1: not open at submit): writes, syncs
         self._held: dict[Operation, int] = {}
         self._closed = False
-        self._generation = _fork_generation[0]
+        self._owner = Owner("Linux AIO engine")
         self._stats = {"submitted": 0, "completed": 0, "syscalls_submit": 0, "cancelled": 0}
 
     # -- protocol -------------------------------------------------------------------
@@ -210,7 +210,7 @@ class LinuxAioEngine(Engine):
         with self._lock:
             if self._closed:
                 raise EngineClosedError("engine is closed")
-            self._check_pid()
+            self._owner.check()
             backlog = self._backlog
             for op in ops:
                 if op.opcode is _E_NOP:
@@ -253,10 +253,6 @@ class LinuxAioEngine(Engine):
         """Complete *op* with *res* at the next reap (lock held)."""
         self._ready.append((op, res))
         os.eventfd_write(self._efd, 1)
-
-    def _check_pid(self) -> None:
-        if _fork_generation[0] != self._generation:
-            raise oserror(errno.EINVAL)
 
     def _flush(self) -> None:
         """Move backlog operations into free slots and submit them (lock held).
@@ -466,7 +462,7 @@ class LinuxAioEngine(Engine):
         i = 0
         try:
             with self._lock:
-                self._check_pid()
+                self._owner.check()
                 events = self._events_taken
                 want = self.capacity if max_n <= 0 else min(self.capacity, max_n - len(self._ready))
                 if self._ring is None:
@@ -573,7 +569,7 @@ class LinuxAioEngine(Engine):
             if self._closed:
                 return
             self._closed = True
-        if _fork_generation[0] != self._generation:  # a forked child: not ours
+        if self._owner.foreign:  # a forked child: not ours
             os.close(self._efd)
             self._drop_held()  # this process's copies of the references
             return
