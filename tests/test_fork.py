@@ -8,7 +8,10 @@ import os
 import time
 from collections.abc import Callable
 
+import pytest
+
 import xaio
+from xaio import uring
 from xaio._fork import Owner
 from xaio._ops import OpCode, Operation
 from xaio.linux import LinuxAioEngine
@@ -88,3 +91,32 @@ def test_linux_engine_refuses_use_in_a_forked_child(direct_fd: int) -> None:
         assert op.result == 4096 and bytes(buf) == pattern(4096)
     finally:
         eng.close()
+
+
+def test_uring_ring_and_engine_name_their_owner_in_a_forked_child() -> None:
+    reason = uring.unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"io_uring unavailable: {reason}")
+    parent = os.getpid()
+    with uring.Ring(4) as ring:
+        eng = uring.UringEngine(4)
+        try:
+
+            def child() -> int:
+                for call in (ring.submit, lambda: eng.reap(0)):
+                    try:
+                        call()
+                    except OSError as e:
+                        if e.errno != errno.EINVAL or f"belongs to process {parent}" not in str(e):
+                            return 2
+                    else:
+                        return 3
+                ring.close()
+                eng.close()
+                return 0
+
+            assert _in_child(child) == 0
+            ring.prep_nop(user_data=7)
+            assert ring.submit() == 1  # the parent still owns both
+        finally:
+            eng.close()

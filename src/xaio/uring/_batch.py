@@ -14,7 +14,7 @@ from xaio._buffers import Pin, pin
 from xaio._syscall import oserror
 from xaio.uring._queue import _NEEDS_FENCE, _fence
 from xaio.uring._ring import Ring
-from xaio.uring._setup import _SQE_SIZE, _U32, _U64, _fork_generation
+from xaio.uring._setup import _SQE_SIZE, _U32, _U64
 
 _pack_sqe = abi.SQE_STRUCT.pack_into
 _unpack_cqe = abi.CQE_STRUCT.unpack_from
@@ -396,7 +396,7 @@ class UringBatch:
         if getattr(self, "_closed", True):
             return
         try:
-            if self._ring._generation == _fork_generation[0]:
+            if not self._ring._owner.foreign:
                 # may raise (warnings as errors): the finally still closes
                 warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self, stacklevel=2)
         finally:

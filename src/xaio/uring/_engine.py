@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from xaio import _syscall
 from xaio._abi import uring as abi
+from xaio._fork import Owner
 from xaio._inline import NowaitReader
 from xaio._ops import (
     IOV_MAX,
@@ -36,9 +37,7 @@ from xaio.uring._setup import (
     _U32,
     _U64,
     Completion,
-    _fork_generation,
     _graveyard,
-    _refused_in_child,
 )
 
 if TYPE_CHECKING:
@@ -175,8 +174,7 @@ class UringEngine(Engine):
         self._sync_cancel = True
         self._delivering = False
         self._waiting = 0
-        self._generation = _fork_generation[0]
-        self._pid = os.getpid()
+        self._owner = Owner("io_uring engine")
         self._counts = {
             "submitted": 0,
             "fixed": 0,
@@ -222,10 +220,6 @@ class UringEngine(Engine):
             raise EngineClosedError("engine is closed")
         return self._efd
 
-    def _check_process(self) -> None:
-        if self._generation != _fork_generation[0]:
-            raise _refused_in_child(self._pid)
-
     def register_buffers(self, buffers: Sequence[Any]) -> bool:
         """Register *buffers* with the ring as fixed buffers
         (io_uring_register_buffers(3)): from now on a READ or WRITE whose
@@ -246,7 +240,7 @@ class UringEngine(Engine):
                 (``RLIMIT_MEMLOCK``); EFAULT/EOPNOTSUPP for memory the kernel
                 will not pin (e.g. a file mapping); EINVAL in a forked child.
         """
-        self._check_process()
+        self._owner.check()
         if not buffers:
             raise ValueError("no buffers to register")
         with self._lock:
@@ -269,7 +263,7 @@ class UringEngine(Engine):
         Raises:
             OSError: EINVAL in a forked child.
         """
-        self._check_process()
+        self._owner.check()
         with self._lock:
             if not self._fixed_spans or self._closed:
                 return
@@ -305,7 +299,7 @@ class UringEngine(Engine):
                 :func:`xaio._ops.check_batch` has the rules).
             OSError: EINVAL in a forked child; the kernel refused the whole batch.
         """
-        self._check_process()
+        self._owner.check()
         with self._lock:
             if self._closed:
                 raise EngineClosedError("engine is closed")
@@ -632,7 +626,7 @@ class UringEngine(Engine):
         Raises:
             OSError: EINVAL in a forked child; the kernel's error.
         """
-        self._check_process()
+        self._owner.check()
         n = self._reap_nowait(max_n)
         if n or (timeout is not None and timeout <= 0) or self._closed:
             return n
@@ -667,7 +661,7 @@ class UringEngine(Engine):
         Raises:
             OSError: EINVAL in a forked child; an unexpected kernel error.
         """
-        self._check_process()
+        self._owner.check()
         threads = self._threads
         if threads is not None and threads.owns(op):
             return threads.cancel(op)
@@ -726,7 +720,7 @@ class UringEngine(Engine):
         (delivering it), unregister the eventfd, unmap and close the ring, close
         the eventfd.  Idempotent.  In a forked child it only drops the child's
         copies of the fds and mappings."""
-        if self._generation != _fork_generation[0]:
+        if self._owner.foreign:
             if not self._closed:
                 self._closed = True
                 self._ring.close()
@@ -829,7 +823,7 @@ class UringEngine(Engine):
         if getattr(self, "_closed", True):
             return
         try:
-            if self._generation == _fork_generation[0]:
+            if not self._owner.foreign:
                 # may raise (warnings as errors): the finally still closes
                 warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self, stacklevel=2)
         finally:

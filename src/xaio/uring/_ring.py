@@ -8,7 +8,7 @@ import warnings
 
 from xaio.uring._prep import RingPrep
 from xaio.uring._register import RingRegister
-from xaio.uring._setup import _U64, SetupFunction, _fork_generation, _graveyard
+from xaio.uring._setup import _U64, SetupFunction, _graveyard
 
 _reason_cache: list[str | None] = []
 
@@ -79,7 +79,7 @@ class Ring(RingPrep, RingRegister):
         fd and mappings (the parent's ring is untouched)."""
         if self._closed:
             return
-        if self._generation == _fork_generation[0]:
+        if not self._owner.foreign:
             try:
                 if self._keep:
                     self._drain_held()
@@ -106,7 +106,7 @@ class Ring(RingPrep, RingRegister):
         if getattr(self, "_closed", True):
             return
         try:
-            if self._generation == _fork_generation[0]:
+            if not self._owner.foreign:
                 # may raise (warnings as errors): the finally still closes
                 warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self, stacklevel=2)
         finally:

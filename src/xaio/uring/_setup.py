@@ -18,6 +18,7 @@ from typing import Any
 from xaio import _syscall
 from xaio._abi import uring as abi
 from xaio._buffers import Pin
+from xaio._fork import Owner
 from xaio._syscall import oserror
 
 #: A completion as the Ring reports it: ``(user_data, res, flags)``.
@@ -32,27 +33,6 @@ _U64 = 0xFFFFFFFFFFFFFFFF
 _SQE_SIZE = 64
 _CQE_SIZE = 16
 _REQUIRED_FEATURES = abi.IORING_FEAT_NODROP | abi.IORING_FEAT_EXT_ARG
-
-
-# --- fork detection ------------------------------------------------------------------
-# os.getpid() is a real syscall (glibc no longer caches it): count forks instead.
-_fork_generation = [0]
-
-
-def _after_fork_in_child() -> None:
-    _fork_generation[0] += 1
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _refused_in_child(pid: int) -> OSError:
-    err = oserror(errno.EINVAL)
-    err.strerror = (
-        f"{err.strerror}: this io_uring ring belongs to process {pid}; a forked child "
-        "must not use it (it would steal the parent's completions): create a new one"
-    )
-    return err
 
 
 def _closed_error() -> OSError:
@@ -177,8 +157,7 @@ class RingSetup:
         self.sq_entries: int = params.sq_entries
         self._sqpoll = bool(params.flags & abi.IORING_SETUP_SQPOLL)
         self.cq_entries: int = params.cq_entries
-        self._generation = _fork_generation[0]
-        self._pid = os.getpid()
+        self._owner = Owner("io_uring ring")
         self._probe: frozenset[int] | None = None
         self._fixed_buffers: list[Pin | None] = []
         self._eventfd: int | None = None
@@ -241,8 +220,7 @@ class RingSetup:
     # --- state --------------------------------------------------------------------
 
     def _check(self) -> None:
-        if self._generation != _fork_generation[0]:
-            raise _refused_in_child(self._pid)
+        self._owner.check()
         if self._closed:
             raise _closed_error()
 
