@@ -29,7 +29,6 @@ from hypothesis import strategies as st
 import xaio.posix as P
 from tests._async_helpers import unused_fd
 from xaio.engine import probe
-from xaio.posix import _request
 from xaio.posix import _runtime as R
 
 TIMEOUT = 10.0
@@ -700,7 +699,7 @@ def test_cancelled_request_makes_lio_wait_fail(
 
     t = threading.Thread(target=run)
     t.start()
-    wait_until(lambda: cbs[1]._state == _request._INPROGRESS and engine_running() == 1)
+    wait_until(lambda: cbs[1]._in_progress and engine_running() == 1)
     assert P.aio_cancel(a.fileno(), cbs[1]) == P.AIO_CANCELED
     drain(b, cbs[0])
     t.join(TIMEOUT)
@@ -1119,7 +1118,7 @@ _ALLOWED = (TypeError, ValueError, OSError)
 
 def _settle(cbs: list[Any]) -> None:
     for cb in cbs:
-        if isinstance(cb, P.aiocb) and cb._state == 1:
+        if isinstance(cb, P.aiocb) and cb._in_progress:
             P.aio_suspend([cb], TIMEOUT)
             assert P.aio_error(cb) != errno.EINPROGRESS
 

@@ -37,7 +37,6 @@ from tests.test_posix import (
     wait_done,
     wait_until,
 )
-from xaio.posix import _request
 from xaio.posix import _runtime as R
 
 # The shared fixtures (the autouse one checks for leaked threads and fds).
@@ -122,7 +121,7 @@ def test_cancelled_pipe_read_fails_lio_wait(pipe: tuple[int, int]) -> None:
 
     t = threading.Thread(target=run)
     t.start()
-    wait_until(lambda: all(cb._state == _request._INPROGRESS for cb in cbs))
+    wait_until(lambda: all(cb._in_progress for cb in cbs))
     assert P.aio_cancel(r) == P.AIO_CANCELED  # the running one and the held one
     t.join(TIMEOUT)
     assert not t.is_alive()

@@ -120,10 +120,8 @@ from xaio.posix._notify import (
     sigevent,
 )
 from xaio.posix._request import (
-    _DONE,
-    _INPROGRESS,
-    _NEW,
-    _RETRIEVED,
+    HELD,
+    NEW,
     _check_cb,
     _Group,
     _int_field,
@@ -241,7 +239,7 @@ def _prepare(cb: aiocb, opcode: OpCode, fd: int, check_prio: bool) -> tuple[Oper
 
 def _submit_one(cb: Any, opcode: OpCode) -> None:
     cb = _check_cb(cb)
-    if cb._state == _INPROGRESS:
+    if cb._state >= HELD:
         raise _syscall.oserror(errno.EINVAL, "aiocb already in progress")
     fd = _int_field("aio_fildes", cb.aio_fildes)
     op, err = _prepare(cb, opcode, fd, True)
@@ -275,7 +273,7 @@ def aio_read(cb: aiocb) -> None:
     # unusual (wrong types, a read-only or too short buffer, a bad sigevent)
     # takes the normal path, which reports it.
     read_nowait = _runtime._read_nowait
-    if read_nowait is None or not isinstance(cb, aiocb) or cb._state == _INPROGRESS:
+    if read_nowait is None or not isinstance(cb, aiocb) or cb._state >= HELD:
         _submit_one(cb, OpCode.READ)
         return
     fd = cb.aio_fildes
@@ -313,13 +311,7 @@ def aio_read(cb: aiocb) -> None:
         sev = cb.aio_sigevent
         notice = None if sev is None else check_sigevent(sev)
         if read_nowait(fd, buf, off, n) is not None:
-            cb._error = 0
-            cb._return = n
-            cb._op = None
-            cb._fd = fd
-            cb._group = None
-            cb._notice = None
-            cb._state = _DONE
+            cb._complete_now(fd, n)
             if notice is not None:
                 notify(notice)
             return
@@ -364,7 +356,7 @@ def aio_fsync(op: int, cb: aiocb) -> None:
     fd = _int_field("aio_fildes", cb.aio_fildes)
     if not _fd_ok(fd):
         raise _syscall.oserror(errno.EBADF)
-    if cb._state == _INPROGRESS:
+    if cb._state >= HELD:
         raise _syscall.oserror(errno.EINVAL, "aiocb already in progress")
     operation, err = _prepare(cb, code, fd, False)
     _enqueue([(cb, operation, err)], None)
@@ -383,12 +375,7 @@ def aio_error(cb: aiocb) -> int:
     """
     if type(cb) is not aiocb:
         cb = _check_cb(cb)
-    state = cb._state
-    if state == _INPROGRESS:
-        return errno.EINPROGRESS
-    if state == _NEW:
-        raise _syscall.oserror(errno.EINVAL, "aiocb was never submitted")
-    return cb._error
+    return cb._status()
 
 
 def aio_return(cb: aiocb) -> int:
@@ -406,16 +393,10 @@ def aio_return(cb: aiocb) -> int:
     """
     if type(cb) is not aiocb:
         cb = _check_cb(cb)
-    with _state_lock:
-        state = cb._state
-        if state == _DONE:
-            cb._state = _RETRIEVED
-            return cb._return
-    if state == _INPROGRESS:
-        raise _syscall.oserror(errno.EINPROGRESS, "the request is still in progress")
-    if state == _NEW:
-        raise _syscall.oserror(errno.EINVAL, "aiocb was never submitted")
-    raise _syscall.oserror(errno.EINVAL, "the return status was already retrieved")
+    # No lock: the result is stored before the state that says DONE, and
+    # only a concurrent aio_return of the same aiocb (which C leaves
+    # undefined) could see DONE twice.
+    return cb._retrieve()
 
 
 def aio_cancel(fd: int, cb: aiocb | None = None) -> int:
@@ -450,9 +431,9 @@ def aio_cancel(fd: int, cb: aiocb | None = None) -> int:
     released: list[aiocb] = []
     with _state_lock:
         if cb is not None:
-            if cb._state == _NEW:
+            if cb._state == NEW:
                 raise _syscall.oserror(errno.EINVAL, "aiocb was never submitted")
-            targets = [cb] if cb._state == _INPROGRESS else []
+            targets = [cb] if cb._state >= HELD else []
         else:
             targets = list(_by_fd.get(fd, ()))
         # Requests held back in their lane never reached the engine: take
@@ -464,11 +445,9 @@ def aio_cancel(fd: int, cb: aiocb | None = None) -> int:
             if op is None or eng is None:  # pragma: no cover - defensive
                 continue
             lane = c._lane
-            if c._held and lane is not None:
+            if c._state == HELD and lane is not None:
                 lane.held.remove(c)
-                c._held = False
-                c._lane = None
-                held.append(op)
+                held.append(c._unlane())
                 more = _lane_release_locked(c._fd, lane)
                 if more:
                     released.extend(more)
@@ -516,7 +495,7 @@ def aio_suspend(cbs: Iterable[aiocb | None], timeout: float | None = None) -> No
             continue
         if type(cb) is not aiocb and not isinstance(cb, aiocb):
             raise TypeError(f"an aiocb or None is required, not {type(cb).__name__!r}")
-        if cb._state != _INPROGRESS:
+        if cb._state < HELD:
             return
         pending.append(cb)
     if not pending:
@@ -527,7 +506,7 @@ def aio_suspend(cbs: Iterable[aiocb | None], timeout: float | None = None) -> No
         # short-lived thread on io_uring: it could not submit what that releases).
         eng.reap(0)
         for cb in pending:
-            if cb._state != _INPROGRESS:
+            if cb._state < HELD:
                 return
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
@@ -536,7 +515,7 @@ def aio_suspend(cbs: Iterable[aiocb | None], timeout: float | None = None) -> No
         w = _Waiter()
         with _state_lock:
             for cb in pending:
-                if cb._state != _INPROGRESS:
+                if cb._state < HELD:
                     return
             _suspenders.append(w)
         try:
@@ -554,7 +533,7 @@ def aio_suspend(cbs: Iterable[aiocb | None], timeout: float | None = None) -> No
                         _suspenders.remove(w)
         if not got:
             for cb in pending:
-                if cb._state != _INPROGRESS:
+                if cb._state < HELD:
                     return
             raise _syscall.oserror(errno.EAGAIN)
 
@@ -601,7 +580,7 @@ def lio_listio(mode: int, cbs: Iterable[aiocb | None], sig: sigevent | None = No
             opc = _int_field("aio_lio_opcode", cb.aio_lio_opcode)
             if opc == LIO_NOP:
                 continue
-            if id(cb) in seen or cb._state == _INPROGRESS:
+            if id(cb) in seen or cb._state >= HELD:
                 raise _syscall.oserror(errno.EINVAL, "aiocb already in progress")
             seen.add(id(cb))
             fd = _int_field("aio_fildes", cb.aio_fildes)

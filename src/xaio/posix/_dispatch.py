@@ -16,7 +16,7 @@ from xaio._lanes import Lane, fd_order
 from xaio._ops import CancelOutcome, OpCode, Operation, OpState
 from xaio.engine import Engine, EngineClosedError
 from xaio.posix._notify import notify
-from xaio.posix._request import _DONE, _INPROGRESS, _NEW, _Group, _Waiter, aiocb
+from xaio.posix._request import HELD, PARK, RESUBMIT, TRANSIT, _Group, _Waiter, aiocb
 from xaio.posix._runtime import (
     _by_fd,
     _get_engine,
@@ -49,11 +49,10 @@ def _on_done(op: Operation) -> None:
     if cb._lane is not None:
         if res == -errno.ECANCELED or res == -errno.EINTR:
             with _state_lock:
-                if cb._op is op and cb._cancelling:
-                    cb._parked = res  # the aio_cancel asking decides
-                    return
-                keep = cb._keep and cb._op is op
-            if keep and _carry_on(cb, op, op.buffers, 0):
+                action = cb._on_result(op, res)
+            if action == PARK:
+                return
+            if action == RESUBMIT and _carry_on(cb, op, op.buffers, 0):
                 return
         elif res > 0 and op.opcode is OpCode.WRITE:
             with memoryview(op.buffers[0]) as view:
@@ -63,8 +62,7 @@ def _on_done(op: Operation) -> None:
                     rest = b[res:]
                 if _carry_on(cb, op, (rest,), res):
                     return
-        if cb._moved:
-            res = cb._moved + res if res >= 0 else cb._moved
+        res = cb._total(res)
     _finish(cb, res)
 
 
@@ -89,13 +87,10 @@ def _carry_on(cb: aiocb, op: Operation, buffers: tuple[Any, ...], moved: int) ->
         return False
     nxt = Operation(op.opcode, op.fd, buffers, op.offset, on_done=_on_done, context=cb)
     with _state_lock:
-        if cb._op is not op or cb._state != _INPROGRESS:
+        if not cb._carry(op, nxt, moved):
             for p in nxt.pins:
                 p.release()
             return False
-        cb._moved += moved
-        cb._op = nxt
-        cb._transit = nxt
         waiters = cb._waiters  # an aio_cancel waiting for *op* (see _cancel_submitted)
         cb._waiters = None
         if waiters is not None:
@@ -106,28 +101,22 @@ def _carry_on(cb: aiocb, op: Operation, buffers: tuple[Any, ...], moved: int) ->
 
 
 def _finish(cb: aiocb, res: int) -> None:
+    """Complete the request of *cb* with *res*: record it, release its lane,
+    wake its waiters, notify, count its ``lio_listio`` list down."""
     with _state_lock:
-        if cb._state != _INPROGRESS:  # pragma: no cover - forked child, stale op
+        lane = cb._lane
+        if not cb._finish(res):  # pragma: no cover - forked child, stale op
             return
-        if res < 0:
-            cb._error = -res
-            cb._return = -1
-        else:
-            cb._error = 0
-            cb._return = res
-        cb._state = _DONE
-        cb._op = None
-        fdset = _by_fd.get(cb._fd)
+        fd = cb._fd
+        fdset = _by_fd.get(fd)
         if fdset is not None:
             fdset.pop(cb, None)
             if not fdset:
-                del _by_fd[cb._fd]
-        lane = cb._lane
+                del _by_fd[fd]
         released: list[aiocb] | None = None
         if lane is not None:
-            cb._lane = None
             lane.active -= 1
-            released = _lane_release_locked(cb._fd, lane)
+            released = _lane_release_locked(fd, lane)
         waiters = cb._waiters
         if waiters is not None:
             cb._waiters = None
@@ -137,6 +126,8 @@ def _finish(cb: aiocb, res: int) -> None:
             for w in _suspenders:
                 w.wake_locked()
             _suspenders.clear()
+        if _transit_waiters:  # an aio_cancel waiting for a request with an immediate error
+            _wake_transit_locked()
         group = cb._group
         cb._group = None
         notice = cb._notice
@@ -166,9 +157,17 @@ def _finish(cb: aiocb, res: int) -> None:
 def _enqueue(items: list[tuple[aiocb, Operation, int]], group: _Group | None) -> None:
     """Mark the cbs in progress and hand their operations to the engine (or
     hold them back in their lanes); complete at once those with an
-    immediate error."""
+    immediate error.
+
+    The thread engine orders requests itself and never calls back into
+    posix from its submit (its workers complete operations outside its own
+    lock), so it takes the requests while ``_state_lock`` is held: marking
+    and handing over is one critical section, and no ``aio_cancel`` ever
+    finds a request on its way.  Other engines may complete an operation
+    inside ``submit``, so their requests go in transit: marked under the
+    lock, submitted without it, then marked as the engine's."""
     eng = _get_engine()
-    laned = not isinstance(eng, ThreadEngine)  # the thread engine orders by itself
+    laned = not isinstance(eng, ThreadEngine)
     serial: dict[int, int] = {}  # fd -> fd_order(fd)
     if laned:
         for _, op, err in items:
@@ -177,44 +176,49 @@ def _enqueue(items: list[tuple[aiocb, Operation, int]], group: _Group | None) ->
                 serial[fd] = fd_order(fd)
     try:
         with _state_lock:
-            for cb, op, _err in items:
-                if cb._state == _INPROGRESS:
-                    for c, _, _ in items:
-                        if c is cb:
-                            break
+            for i, (cb, op, _err) in enumerate(items):
+                try:
+                    cb._begin(op, group, eng)
+                except OSError:  # already in progress: nothing of this call is submitted
+                    for c, _, _ in items[:i]:
                         _unmark_locked(c)
-                    raise _syscall.oserror(errno.EINVAL, "aiocb already in progress")
-                _mark_locked(cb, op, group, eng)
-            if laned:
+                    raise
+                fdset = _by_fd.get(op.fd)
+                if fdset is None:
+                    fdset = _by_fd[op.fd] = {}
+                fdset[cb] = None
+            ops = []
+            for cb, op, err in items:
+                if not err and (not laned or _lane_admit_locked(cb, op, serial)):
+                    ops.append(op)
+            if ops and not laned:
+                try:
+                    eng.submit(ops)
+                except EngineClosedError:
+                    for cb, _, _ in items:
+                        _unmark_locked(cb)
+                    raise _syscall.oserror(
+                        errno.EAGAIN, "the AIO engine is shutting down"
+                    ) from None
+                for op in ops:
+                    op.context._handed(op)
                 ops = []
-                for cb, op, err in items:
-                    if not err and _lane_admit_locked(cb, op, serial):
-                        cb._transit = op
-                        ops.append(op)
-            else:
-                # In transit until the engine has them: an aio_cancel arriving
-                # now waits for the hand-over instead of finding nothing.
-                ops = []
-                for cb, op, err in items:
-                    if not err:
-                        cb._transit = op
-                        ops.append(op)
-        if ops and laned:
+        if ops:
             reaper = _submitter(eng)
             if reaper is not None:
                 reaper.defer(_submit_released, [op.context for op in ops])
-                ops = []
-        if ops:
-            try:
-                eng.submit(ops)
-            except EngineClosedError:
-                with _state_lock:
-                    for cb, _, _ in items:
-                        _unmark_locked(cb)
-                    _wake_transit_locked()
-                raise _syscall.oserror(errno.EAGAIN, "the AIO engine is shutting down") from None
-            _end_transit(ops)
-            if laned:
+            else:
+                try:
+                    eng.submit(ops)
+                except EngineClosedError:
+                    with _state_lock:
+                        for cb, _, _ in items:
+                            _unmark_locked(cb)
+                        _wake_transit_locked()
+                    raise _syscall.oserror(
+                        errno.EAGAIN, "the AIO engine is shutting down"
+                    ) from None
+                _end_transit(ops)
                 # Collect what completed inside the submitting io_uring_enter
                 # (page-cached reads): recorded here, with no hand-off to the reaper.
                 eng.reap(0)
@@ -238,15 +242,17 @@ def _recover_enqueue(eng: Engine, items: list[tuple[aiocb, Operation, int]]) -> 
     errs: list[tuple[Operation, int]] = []
     with _state_lock:
         for cb, op, err in items:
-            if cb._op is not op or cb._state != _INPROGRESS:
+            if cb._op is not op or not cb._in_progress:
                 continue  # not marked by this call
-            if cb._transit is op:
-                cb._transit = None
             if op.state is not OpState.QUEUED:
-                continue  # taken (or done)
-            if err:
+                cb._handed(op)  # taken (or done)
+            elif err:
                 errs.append((op, err))
-            elif not cb._held and not (owns is not None and owns(op)):
+            elif cb._state == HELD:
+                continue  # waits in its lane
+            elif owns is not None and owns(op):
+                cb._handed(op)
+            else:
                 _unmark_locked(cb)
         _wake_transit_locked()
     for op, err in errs:
@@ -261,12 +267,11 @@ def _lane_admit_locked(cb: aiocb, op: Operation, serial: dict[int, int]) -> bool
     if lane is None:
         s = serial.get(fd)
         lane = _lanes[fd] = Lane(fd_order(fd) if s is None else s)
-    cb._lane = lane
-    if lane.admit(op):
-        return True
-    lane.held.append(cb)
-    cb._held = True
-    return False
+    admitted = lane.admit(op)
+    if not admitted:
+        lane.held.append(cb)
+    cb._enter(lane, admitted)
+    return admitted
 
 
 def _op_of(cb: aiocb) -> Operation:
@@ -276,14 +281,13 @@ def _op_of(cb: aiocb) -> Operation:
 
 
 def _lane_release_locked(fd: int, lane: Lane[aiocb]) -> list[aiocb] | None:
-    """Take the held requests of *lane* that may start now (marked in
-    transit; the caller hands them over with :func:`_hand_over`); drop the
-    lane once empty (``_state_lock`` held)."""
+    """Take the held requests of *lane* that may start now (in transit; the
+    caller hands them over with :func:`_hand_over`); drop the lane once
+    empty (``_state_lock`` held)."""
     out = lane.release(_op_of) if lane.held else None
     if out:
         for head in out:
-            head._held = False
-            head._transit = head._op
+            head._release()
     if lane.idle and _lanes.get(fd) is lane:
         del _lanes[fd]
     return out or None
@@ -304,37 +308,32 @@ def _hand_over(cbs: list[aiocb]) -> None:
 def _submit_released(cbs: list[aiocb]) -> None:
     """Submit requests in transit.  If the engine was closed under us, they
     and everything held behind them are cancelled."""
-    ops = [cb._op for cb in cbs]
+    ops = [_op_of(cb) for cb in cbs]
     eng = cbs[0]._engine
     assert eng is not None
     try:
-        eng.submit(ops)  # type: ignore[arg-type]
+        eng.submit(ops)
     except EngineClosedError:
         doomed: list[Operation] = []
         with _state_lock:
             for cb in cbs:
                 lane = cb._lane
                 if lane is not None:
-                    for h in lane.held:
-                        h._held = False
-                        h._lane = None
-                        doomed.append(h._op)  # type: ignore[arg-type]
+                    doomed.extend(h._unlane() for h in lane.held)
                     lane.held.clear()
             _wake_transit_locked()
         for op in [*ops, *doomed]:
-            if op is not None and op.state is not OpState.DONE:
+            if op.state is not OpState.DONE:
                 op.complete(-errno.ECANCELED)
         return
-    _end_transit(ops)  # type: ignore[arg-type]
+    _end_transit(ops)
 
 
 def _end_transit(ops: list[Operation]) -> None:
     """The engine has *ops* now: an aio_cancel may ask it to cancel them."""
     with _state_lock:
         for op in ops:
-            cb: aiocb = op.context
-            if cb._transit is op:
-                cb._transit = None
+            op.context._handed(op)
         if _transit_waiters:
             _wake_transit_locked()
 
@@ -345,44 +344,24 @@ def _wake_transit_locked() -> None:
     _transit_waiters.clear()
 
 
-def _mark_locked(cb: aiocb, op: Operation, group: _Group | None, eng: Engine) -> None:
-    cb._state = _INPROGRESS
-    cb._moved = 0
-    cb._keep = False
-    cb._error = errno.EINPROGRESS
-    cb._return = -1
-    cb._op = op
-    cb._fd = op.fd
-    cb._group = group
-    cb._engine = eng
-    fdset = _by_fd.get(op.fd)
-    if fdset is None:
-        fdset = _by_fd[op.fd] = {}
-    fdset[cb] = None
-
-
 def _unmark_locked(cb: aiocb) -> None:
-    op = cb._op
-    cb._state = _NEW
-    cb._op = None
-    cb._group = None
-    cb._notice = None
-    cb._transit = None
-    fdset = _by_fd.get(cb._fd)
+    """Give back a request the engine never took (``_state_lock`` held)."""
+    held = cb._state == HELD
+    lane = cb._lane
+    fd = cb._fd
+    op = cb._give_back()
+    fdset = _by_fd.get(fd)
     if fdset is not None:
         fdset.pop(cb, None)
         if not fdset:
-            del _by_fd[cb._fd]
-    lane = cb._lane
+            del _by_fd[fd]
     if lane is not None:
-        cb._lane = None
-        if cb._held:
-            cb._held = False
+        if held:
             lane.held.remove(cb)
         else:
             lane.active -= 1
-        if lane.idle and _lanes.get(cb._fd) is lane:
-            del _lanes[cb._fd]
+        if lane.idle and _lanes.get(fd) is lane:
+            del _lanes[fd]
     if op is not None:
         op.on_done = None
         for p in op.pins:
@@ -403,11 +382,11 @@ def _cancel_submitted(cb: aiocb, op: Operation, eng: Engine) -> CancelOutcome:
     while True:
         with _state_lock:
             if cb._op is not op:
-                if cb._state == _INPROGRESS and (cb._moved or cb._keep):
+                if cb._in_progress and (cb._moved or cb._keep):
                     cb._keep = True  # carried on in parts (see _on_done)
                     return CancelOutcome.RUNNING
                 return CancelOutcome.DONE
-            if cb._transit is not op:
+            if cb._state != TRANSIT:
                 break
             w = _Waiter()
             _transit_waiters.append(w)
@@ -423,19 +402,15 @@ def _cancel_submitted(cb: aiocb, op: Operation, eng: Engine) -> CancelOutcome:
     with _state_lock:
         if cb._op is not op:
             return CancelOutcome.DONE
-        if cb._moved or cb._keep:
+        if not cb._ask_cancel(op):
             cb._keep = True
             return CancelOutcome.RUNNING
-        cb._cancelling = True
     outcome = CancelOutcome.RUNNING  # what an exception out of cancel leaves
     try:
         outcome = eng.cancel(op)
     finally:
         with _state_lock:
-            cb._cancelling = False
-            parked, cb._parked = cb._parked, None
-            if outcome is CancelOutcome.RUNNING:
-                cb._keep = True
+            parked = cb._answered(outcome is CancelOutcome.RUNNING)
         if parked is not None and outcome is CancelOutcome.RUNNING:
             if not _carry_on(cb, op, op.buffers, 0):
                 _finish(cb, parked)
@@ -449,7 +424,7 @@ def _cancel_submitted(cb: aiocb, op: Operation, eng: Engine) -> CancelOutcome:
     # so that aio_error no longer says EINPROGRESS when we return.
     _wait_done(cb, op)
     with _state_lock:
-        if cb._op is not op and cb._state == _INPROGRESS and cb._moved:
+        if cb._op is not op and cb._in_progress and cb._moved:
             cb._keep = True  # stopped part-way: it goes on to the end
             return CancelOutcome.RUNNING
     if outcome is CancelOutcome.CANCELED and op.result != -errno.ECANCELED:
@@ -463,12 +438,8 @@ def _wait_done(cb: aiocb, op: Operation) -> None:
         if cb._op is not op:
             return
         w = _Waiter()
-        _add_waiter_locked(cb, w)
+        if cb._waiters is None:
+            cb._waiters = [w]
+        else:
+            cb._waiters.append(w)
     w.lock.acquire()
-
-
-def _add_waiter_locked(cb: aiocb, w: _Waiter) -> None:
-    if cb._waiters is None:
-        cb._waiters = [w]
-    else:
-        cb._waiters.append(w)

@@ -1,16 +1,46 @@
-"""A POSIX AIO request: the ``aiocb`` and what it records of its request.
+"""A POSIX AIO request: the ``aiocb`` and the state machine of its request.
 
-An aiocb is the request: besides the fields the caller fills in, it holds
-the request's status (never submitted, in progress, done, its result
-retrieved), the engine operation that runs it, who waits for it and the
-``lio_listio`` list it belongs to.  ``_runtime._state_lock`` guards these.
+An aiocb *is* the request: besides the fields the caller fills in, it holds
+the request's state, the engine operation that runs it, its result, who
+waits for it and the ``lio_listio`` list it belongs to.  The state is one
+field, ``_state``, and changes only through the transition methods below,
+which check that the change is legal (a bug otherwise: ``StateError``) and
+do no I/O, so that they are tested without files or threads
+(``tests/test_posix_request.py``).  Their callers hold
+``_runtime._state_lock``; the readers that take no lock (``aio_error``,
+``aio_return``, ``aio_suspend``) see the result before the state, because
+every transition stores the state last.
+
+::
+
+    NEW/DONE/RETRIEVED --begin--> TRANSIT --enter--> HELD --release--> TRANSIT
+    TRANSIT --handed--> ACTIVE --ask_cancel--> CANCELLING --answered--> ACTIVE
+    ACTIVE/CANCELLING --carry--> TRANSIT        (the next part of a request)
+    HELD --unlane--> TRANSIT                    (cancelled before it started)
+    HELD/TRANSIT/ACTIVE/CANCELLING --finish--> DONE --retrieve--> RETRIEVED
+    NEW/DONE/RETRIEVED --complete_now--> DONE   (the page-cache fast path)
+    TRANSIT/HELD --give_back--> NEW             (not submitted after all)
+    any --forget--> NEW                         (a forked child)
+
+- ``HELD``: waiting in its fd's lane (``xaio._lanes``); the engine has not
+  seen it, so a cancel takes it out at once.
+- ``TRANSIT``: on its way to the engine (or to its immediate error); an
+  ``aio_cancel`` waits until the engine has it before asking the engine.
+- ``ACTIVE``: the engine has it.  ``CANCELLING``: an ``aio_cancel`` is
+  asking the engine about it; a completion that says ECANCELED or EINTR
+  meanwhile is *parked* for that cancel to decide (see :meth:`aiocb._on_result`).
+- A request done in parts (a stream write the kernel completed short)
+  counts the bytes of its earlier parts in ``_moved``; ``_keep`` says an
+  ``aio_cancel`` answered ``AIO_NOTCANCELED``, so it must run to the end.
 """
 
 from __future__ import annotations
 
+import errno
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
+from xaio import _syscall
 from xaio._ops import Operation
 from xaio.posix._notify import Notice, sigevent
 
@@ -20,11 +50,26 @@ if TYPE_CHECKING:
 
 LIO_NOP = 2
 
-# aiocb states
-_NEW = 0  # never submitted (or submitted in the parent before fork)
-_INPROGRESS = 1
-_DONE = 2  # result available
-_RETRIEVED = 3  # aio_return has taken it
+# aiocb._state: not in progress (the first three), then in progress (>= HELD)
+NEW: Final = 0  # never submitted, given back, or submitted in the parent before fork
+DONE: Final = 1  # finished: _error and _return hold the result
+RETRIEVED: Final = 2  # aio_return has taken the result
+HELD: Final = 3
+TRANSIT: Final = 4
+ACTIVE: Final = 5
+CANCELLING: Final = 6
+_NAMES: Final = ("new", "done", "retrieved", "held", "in transit", "active", "cancelling")
+
+# what a completion of the current operation means (aiocb._on_result)
+FINISH: Final = 0  # the request is complete
+PARK: Final = 1  # the aio_cancel asking decides
+RESUBMIT: Final = 2  # stopped though it must run to the end: submit it again
+
+_STOPPED = (-errno.ECANCELED, -errno.EINTR)
+
+
+class StateError(RuntimeError):
+    """A transition the state machine does not allow (a bug in xaio)."""
 
 
 class aiocb:
@@ -67,11 +112,8 @@ class aiocb:
         "_group",
         "_engine",
         "_lane",
-        "_held",
-        "_transit",
         "_moved",
         "_keep",
-        "_cancelling",
         "_parked",
         "__weakref__",
     )
@@ -93,7 +135,7 @@ class aiocb:
         self.aio_reqprio = aio_reqprio
         self.aio_sigevent = aio_sigevent
         self.aio_lio_opcode = aio_lio_opcode
-        self._state = _NEW
+        self._state = NEW
         self._error = 0
         self._return = -1
         self._op: Operation | None = None
@@ -103,20 +145,198 @@ class aiocb:
         self._group: _Group | None = None
         self._engine: Engine | None = None
         self._lane: Lane[aiocb] | None = None  # its fd's lane (engines that do not order)
-        self._held = False  # held back in its lane, not yet given to the engine
-        self._transit: Operation | None = None  # being handed to the engine
-        # Laned engines: a request done in parts (see _on_done).
         self._moved = 0  # bytes the parts before the current one transferred
         self._keep = False  # aio_cancel said AIO_NOTCANCELED: it runs to the end
-        self._cancelling = False  # an aio_cancel is asking the engine
-        self._parked: int | None = None  # a -ECANCELED/-EINTR that cancel decides
+        self._parked: int | None = None  # a -ECANCELED/-EINTR that a cancel decides
 
     def __repr__(self) -> str:
-        state = ("new", "in progress", "done", "retrieved")[self._state]
         return (
             f"<aiocb fd={self.aio_fildes!r} offset={self.aio_offset!r} "
-            f"nbytes={self.aio_nbytes!r} {state}>"
+            f"nbytes={self.aio_nbytes!r} {_NAMES[self._state]}>"
         )
+
+    # -- the state machine (callers hold _runtime._state_lock) ----------------------
+
+    def _expect(self, *states: int) -> None:
+        if self._state not in states:
+            raise StateError(
+                f"{_NAMES[self._state]} request: expected {[_NAMES[s] for s in states]}"
+            )
+
+    @property
+    def _in_progress(self) -> bool:
+        return self._state >= HELD
+
+    def _begin(self, op: Operation, group: _Group | None, engine: Engine) -> None:
+        """Submitted: in progress from now on, in transit to *engine* (or to
+        its immediate error).
+
+        Raises:
+            OSError: EINVAL if the request is already in progress (the
+                caller's error, not a bug).
+        """
+        if self._state >= HELD:
+            raise _syscall.oserror(errno.EINVAL, "aiocb already in progress")
+        self._error = errno.EINPROGRESS
+        self._return = -1
+        self._op = op
+        self._fd = op.fd
+        self._group = group
+        self._engine = engine
+        self._lane = None
+        self._moved = 0
+        self._keep = False
+        self._parked = None
+        self._state = TRANSIT
+
+    def _enter(self, lane: Lane[aiocb], admitted: bool) -> None:
+        """Entered in its fd's lane, which *admitted* it (it goes on to the
+        engine) or holds it back (the caller appended it to ``lane.held``)."""
+        self._expect(TRANSIT)
+        self._lane = lane
+        if not admitted:
+            self._state = HELD
+
+    def _release(self) -> None:
+        """Its lane lets it start: in transit to the engine."""
+        self._expect(HELD)
+        self._state = TRANSIT
+
+    def _unlane(self) -> Operation:
+        """Taken out of its lane before it started (to be cancelled); returns
+        its operation, which the caller completes."""
+        self._expect(HELD)
+        self._lane = None
+        self._state = TRANSIT
+        assert self._op is not None
+        return self._op
+
+    def _handed(self, op: Operation) -> bool:
+        """The engine has taken *op*: True if that moved the request on
+        (False: it completed meanwhile, or *op* is no longer its own)."""
+        if self._state == TRANSIT and self._op is op:
+            self._state = ACTIVE
+            return True
+        return False
+
+    def _ask_cancel(self, op: Operation) -> bool:
+        """An ``aio_cancel`` is about to ask the engine to cancel *op*: True
+        if it may (the request is active on *op* and not bound to run to
+        the end); False otherwise."""
+        if self._state < ACTIVE or self._op is not op or self._moved or self._keep:
+            return False
+        self._state = CANCELLING
+        return True
+
+    def _answered(self, running: bool) -> int | None:
+        """The engine answered the cancel (*running*: it could not stop the
+        request, which then runs to the end).  Returns the completion parked
+        meanwhile (-ECANCELED or -EINTR), or None."""
+        parked, self._parked = self._parked, None
+        if running:
+            self._keep = True
+        if self._state == CANCELLING:
+            self._state = ACTIVE
+        return parked
+
+    def _on_result(self, op: Operation, res: int) -> int:
+        """What the completion *res* of *op* means: ``FINISH``, ``PARK``
+        (recorded here: the asking ``aio_cancel`` decides) or ``RESUBMIT``
+        (the kernel stopped a request an ``aio_cancel`` reported running)."""
+        if res in _STOPPED and self._op is op:
+            if self._state == CANCELLING:
+                self._parked = res
+                return PARK
+            if self._keep and self._state >= HELD:
+                return RESUBMIT
+        return FINISH
+
+    def _carry(self, op: Operation, nxt: Operation, moved: int) -> bool:
+        """Its operation *op* ended having moved *moved* bytes; *nxt* goes on
+        with the rest, in transit to the engine.  False if *op* is no longer
+        its current operation (the caller finishes nothing then)."""
+        if self._op is not op or self._state < TRANSIT:
+            return False
+        self._moved += moved
+        self._op = nxt
+        self._state = TRANSIT
+        return True
+
+    def _total(self, res: int) -> int:
+        """The request's result from its last part's *res*: the bytes of the
+        earlier parts added (they were transferred even if the last failed)."""
+        if self._moved:
+            return self._moved + res if res >= 0 else self._moved
+        return res
+
+    def _finish(self, res: int) -> bool:
+        """Complete the request with *res* (bytes or -errno).  False if it was
+        not in progress (a stale operation in a forked child)."""
+        if self._state < HELD:
+            return False
+        if res < 0:
+            self._error = -res
+            self._return = -1
+        else:
+            self._error = 0
+            self._return = res
+        self._op = None
+        self._lane = None
+        self._state = DONE
+        return True
+
+    def _complete_now(self, fd: int, n: int) -> None:
+        """The page-cache fast path did the whole read (*n* bytes) at once."""
+        self._error = 0
+        self._return = n
+        self._op = None
+        self._fd = fd
+        self._group = None
+        self._notice = None
+        self._state = DONE
+
+    def _give_back(self) -> Operation | None:
+        """Not submitted after all: back to NEW (``aio_error`` says EINVAL).
+        Returns the operation, whose buffers the caller releases."""
+        self._expect(TRANSIT, HELD)
+        op = self._op
+        self._op = None
+        self._group = None
+        self._notice = None
+        self._lane = None
+        self._state = NEW
+        return op
+
+    def _forget(self) -> None:
+        """In a forked child: the parent's request does not exist here."""
+        self._op = None
+        self._waiters = None
+        self._group = None
+        self._notice = None
+        self._lane = None
+        self._parked = None
+        self._state = NEW
+
+    def _status(self) -> int:
+        """``aio_error``'s answer."""
+        state = self._state
+        if state >= HELD:
+            return errno.EINPROGRESS
+        if state == NEW:
+            raise _syscall.oserror(errno.EINVAL, "aiocb was never submitted")
+        return self._error
+
+    def _retrieve(self) -> int:
+        """``aio_return``'s answer, once: DONE -> RETRIEVED."""
+        state = self._state
+        if state == DONE:
+            self._state = RETRIEVED
+            return self._return
+        if state >= HELD:
+            raise _syscall.oserror(errno.EINPROGRESS, "the request is still in progress")
+        if state == NEW:
+            raise _syscall.oserror(errno.EINVAL, "aiocb was never submitted")
+        raise _syscall.oserror(errno.EINVAL, "the return status was already retrieved")
 
 
 aiocb.__module__ = "xaio.posix"

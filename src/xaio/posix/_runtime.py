@@ -17,7 +17,7 @@ from xaio._lanes import Lane
 from xaio._ops import OpCode, Operation
 from xaio.engine import Engine, EngineClosedError, create_engine, probe
 from xaio.posix import _notify
-from xaio.posix._request import _NEW, _int_field, _Waiter, aiocb
+from xaio.posix._request import _int_field, _Waiter, aiocb
 from xaio.threads import ThreadEngine, start_thread_blocking_signals
 
 # _state_lock guards every aiocb's status fields, _by_fd, _lanes and the engine
@@ -312,16 +312,12 @@ def _shutdown() -> None:
     interpreter exit).  Requests still queued are cancelled (with their
     notifications); running ones are waited for (io_uring cancels those it
     can).  The engine choice is kept: the next request starts afresh."""
-    global _notifier
     held: list[Operation] = []
     with _state_lock:
         eng, ours, reaper = _engine, _engine_is_ours, _reaper
         _uninstall_locked()
         for lane in _lanes.values():
-            for c in lane.held:
-                c._held = False
-                c._lane = None
-                held.append(c._op)  # type: ignore[arg-type]
+            held.extend(c._unlane() for c in lane.held)
             lane.held.clear()
     for op in held:
         op.complete(-errno.ECANCELED)
@@ -358,16 +354,7 @@ def _after_fork_child() -> None:
     _notify.after_fork_child()
     for fdset in _by_fd.values():
         for cb in fdset:
-            cb._state = _NEW
-            cb._op = None
-            cb._waiters = None
-            cb._group = None
-            cb._notice = None
-            cb._lane = None
-            cb._held = False
-            cb._transit = None
-            cb._cancelling = False
-            cb._parked = None
+            cb._forget()
     _by_fd.clear()
     _lanes.clear()
     _suspenders.clear()
