@@ -17,7 +17,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from xaio._async._driver import _SLICE, _SLICE_WAKE, _STREAK, _WAKE_BUDGET, Driver, abandon
+from xaio._async._driver import _STREAK, Driver, abandon
 from xaio._ops import Operation, OpState, decode_result
 from xaio.engine import Engine
 
@@ -27,12 +27,21 @@ T = TypeVar("T")
 _DONE = OpState.DONE
 _running_loop = asyncio.get_running_loop
 _perf = time.perf_counter
+#: Seconds of immediate completions after which the driver yields to the loop.
+_SLICE = 0.0005
+#: Tasks parked by an exhausted slice that are released per loop iteration.
+_SLICE_WAKE = 1
+#: Most tasks woken by completions per loop iteration: the rest wait for the
+#: next iteration, so one burst of completions cannot hold the loop for longer
+#: than this many task steps (timers and other tasks run between).  64 is the
+#: concurrency the async layer is tuned for: 64 readers go round in one
+#: iteration and their next requests reach the kernel in one io_uring_enter,
+#: while a timer waits for at most one round of them.
+_WAKE_BUDGET = 64
 
 
 class AsyncioDriver(Driver):
     """A driver for an asyncio event loop (any implementation with ``add_reader``)."""
-
-    library = "asyncio"
 
     def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop, **kw: Any) -> None:
         super().__init__(engine, **kw)
@@ -43,6 +52,12 @@ class AsyncioDriver(Driver):
         self._deferred: list[asyncio.Future[None]] = []
         self._slice_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._release_pending = False
+        self._slice_start = 0.0  # when this loop iteration's time slice began
+        self._exhausted = False  # the slice is used up: tasks park before transferring
+        #: the default driver's sentinel async generator and loop finaliser
+        #: (see xaio._async._current); None for other drivers
+        self._agen: Any = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
         loop.add_reader(self._fd, self.on_readable)
         self._reader = True
 
@@ -102,14 +117,13 @@ class AsyncioDriver(Driver):
     def _schedule_flush(self) -> None:
         asyncio.get_running_loop().call_soon(self._flush)
 
-    def _new_slice_soon(self) -> None:
-        asyncio.get_running_loop().call_soon(self._new_slice)
-
     async def _fair(self) -> None:
-        # As Driver._fair, but an exhausted slice parks the task in a FIFO of
-        # waiters, _SLICE_WAKE of which are released per loop iteration: with
-        # 64 tasks reading cached data the loop runs a few of them per slice,
-        # round robin, instead of resuming all 64 just to yield again.
+        """Every :data:`_STREAK` calls, look at the clock; once this driver's
+        tasks have run for :data:`_SLICE` in this loop iteration, each task
+        parks in a FIFO before its next transfer, and :meth:`_new_slice`
+        releases :data:`_SLICE_WAKE` of them per iteration: with 64 tasks
+        reading cached data the loop runs a few of them per slice, round
+        robin, instead of resuming all 64 just to yield again."""
         self._streak += 1
         if self._streak < _STREAK:
             return
@@ -118,13 +132,17 @@ class AsyncioDriver(Driver):
                 self._streak = 0
                 return
             self._exhausted = True
-            self._new_slice_soon()
+            asyncio.get_running_loop().call_soon(self._new_slice)
         fut = _running_loop().create_future()
         self._slice_waiters.append(fut)
         await fut
 
     def _new_slice(self) -> None:
-        super()._new_slice()
+        """First thing in a loop iteration after the slice was used up: start
+        a new slice and release the first parked tasks."""
+        self._exhausted = False
+        self._streak = 0
+        self._slice_start = _perf()
         waiters = self._slice_waiters
         n = 0
         while waiters and n < _SLICE_WAKE:
@@ -137,7 +155,7 @@ class AsyncioDriver(Driver):
             asyncio.get_running_loop().call_soon(self._new_slice)
 
     async def _wait(self, op: Operation) -> None:
-        fut = asyncio.get_running_loop().create_future()
+        fut = _running_loop().create_future()
         op.context = fut
         try:
             await fut
@@ -158,22 +176,19 @@ class AsyncioDriver(Driver):
             abandon(op)
             raise
         if op.state is not _DONE:
-            fut = _running_loop().create_future()
-            op.context = fut
-            try:
-                await fut
-            except asyncio.CancelledError:
-                self._resumed(fut)
-                await self._cancel_and_wait(op)
-                raise
-            if self._wakeups:
-                self._wakeups -= 1
+            await self._wait(op)
         else:
             self._streak += 1
         res = op.result
         if res is None or res < 0:
             return decode_result(res if res is not None else -errno.EIO)
         return res
+
+    async def _wait_after_cancel(self, op: Operation) -> None:
+        await self._cancel_and_wait(op)
+
+    def _sibling(self, engine: Engine) -> Driver:
+        return AsyncioDriver(engine, asyncio.get_running_loop())
 
     async def _cancel_and_wait(self, op: Operation) -> None:
         self._cancel_in_engine(op)
@@ -193,9 +208,6 @@ class AsyncioDriver(Driver):
         no longer counts as about to run (see ``_wakeups``)."""
         if self._wakeups and fut.done() and not fut.cancelled():
             self._wakeups -= 1
-
-    async def _yield(self) -> None:
-        await asyncio.sleep(0)
 
     async def _wait_ready(self, fd: int, write: bool) -> None:
         loop = asyncio.get_running_loop()

@@ -366,8 +366,7 @@ class _Flight:
 
     async def start(self) -> None:
         drv = self.drv
-        if drv.library == "trio":
-            await drv._lowlevel.checkpoint_if_cancelled()  # type: ignore[attr-defined]
+        await drv._checkpoint_if_cancelled()
         try:
             self._prepare()
             if self.sent:
@@ -376,8 +375,8 @@ class _Flight:
             for op in self.ops:
                 abandon(op)
             raise
-        if drv.library == "trio" and all(op.state is _DONE for op in self.sent):
-            await drv._lowlevel.cancel_shielded_checkpoint()  # type: ignore[attr-defined]
+        if all(op.state is _DONE for op in self.sent):
+            await drv._cancel_shielded_checkpoint()
 
     async def settle(self) -> None:
         """Cancel every request still in the kernel, then wait until each
@@ -389,13 +388,7 @@ class _Flight:
         for op in pending:
             while op.state is not _DONE:
                 try:
-                    # asyncio: cancel (again: harmless) and wait, never raising;
-                    # trio: the cancelled wait cancels in the kernel, waits for
-                    # the completion, then raises Cancelled
-                    if drv.library == "asyncio":
-                        await drv._cancel_and_wait(op)  # type: ignore[attr-defined]
-                    else:
-                        await drv._wait(op)
+                    await drv._wait_after_cancel(op)
                 except BaseException:
                     continue
 

@@ -49,7 +49,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from xaio._async._checks import InvalidArgument, check_count, check_offset
-from xaio._async._current import current_driver, current_library, named_driver
+from xaio._async._current import current_library, driver_for
 from xaio._async._driver import Driver
 from xaio._memory import PAGE_SIZE, aligned_buffer, dio_alignment
 from xaio._ops import OpCode, Operation
@@ -146,12 +146,7 @@ class AsyncFile:
     # -- plumbing -------------------------------------------------------------------
 
     def _drv(self) -> Driver:
-        engine = self._engine
-        if engine is None:
-            return current_driver()
-        if isinstance(engine, str):
-            return named_driver(engine)
-        return engine.driver()
+        return driver_for(self._engine)
 
     # -- calls in flight and closing ----------------------------------------------------
 

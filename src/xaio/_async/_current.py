@@ -27,14 +27,17 @@ import sys
 import threading
 import weakref
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xaio._async._asyncio import AsyncioDriver
 from xaio._async._driver import Driver
 from xaio._async._trio import TrioDriver
 from xaio.engine import Engine, EngineClosedError, create_engine
 
-__all__ = ["current_driver", "current_library", "make_driver", "named_driver"]
+if TYPE_CHECKING:
+    from xaio._async._io import AsyncEngine
+
+__all__ = ["current_driver", "current_library", "driver_for", "make_driver", "named_driver"]
 
 _get_running_loop = asyncio._get_running_loop
 
@@ -52,9 +55,8 @@ def _after_fork_in_child() -> None:
     global _trio_runvar, _last
     parked = list(_asyncio_drivers.values())
     for drv in parked:
-        fin = getattr(drv, "_finalizer", None)
-        if fin is not None:
-            fin.detach()
+        if drv._finalizer is not None:
+            drv._finalizer.detach()
     _forked_away.append(parked)
     _asyncio_drivers.clear()
     _last = (None, None)
@@ -106,17 +108,15 @@ def _forget(driver: AsyncioDriver) -> None:
     loop = driver._loop_ref()
     if loop is not None and _asyncio_drivers.get(loop) is driver:
         del _asyncio_drivers[loop]
-    fin = getattr(driver, "_finalizer", None)
-    if fin is not None:
-        fin.detach()
+    if driver._finalizer is not None:
+        driver._finalizer.detach()
     driver.close()
 
 
 def _close_unreached(driver: AsyncioDriver) -> None:
     """The loop was garbage collected without shutting down its async
     generators: close the sentinel (synchronously) and the driver."""
-    agen = getattr(driver, "_agen", None)
-    driver._agen = None  # type: ignore[attr-defined]
+    agen, driver._agen = driver._agen, None
     driver._reader = False  # the loop, and its selector, are gone
     if agen is not None:
         try:
@@ -144,8 +144,8 @@ def _new_asyncio_driver(loop: asyncio.AbstractEventLoop) -> AsyncioDriver:
         sys.set_asyncgen_hooks(firstiter, finalizer)
     if firstiter is not None:
         firstiter(agen)
-    driver._agen = agen  # type: ignore[attr-defined]
-    driver._finalizer = weakref.finalize(loop, _close_unreached, driver)  # type: ignore[attr-defined]
+    driver._agen = agen
+    driver._finalizer = weakref.finalize(loop, _close_unreached, driver)
     return driver
 
 
@@ -219,13 +219,19 @@ def named_driver(name: str) -> Driver:
         return base
     drv = base._named.get(name)
     if drv is None or drv.closed:
-        engine = create_engine(name)
-        if base.library == "trio":
-            drv = TrioDriver(engine)
-        else:
-            drv = AsyncioDriver(engine, asyncio.get_running_loop())
-        base._named[name] = drv
+        drv = base._named[name] = base._sibling(create_engine(name))
     return drv
+
+
+def driver_for(engine: AsyncEngine | str | None) -> Driver:
+    """The driver that serves a call given ``engine=`` *engine*: an
+    :func:`xaio.open_engine` engine's own, the running loop's driver for an
+    engine kind (:func:`named_driver`), or the running loop's default one."""
+    if engine is None:
+        return current_driver()
+    if isinstance(engine, str):
+        return named_driver(engine)
+    return engine.driver()
 
 
 def make_driver(engine: Engine) -> Driver:

@@ -17,9 +17,9 @@ made once per driver, and the waiter travels in ``Operation.context``.
 cache is done in the loop's thread with ``preadv2(RWF_NOWAIT)``, which copies
 from the cache or fails with EAGAIN instead of waiting for the device --
 exactly the attempt io_uring makes inline before punting a read to a worker,
-minus the ring's per-request cost in Python (measured here: ~1.5 us for the
-system call against ~25 us for an Operation through ``UringEngine.submit`` and
-``reap``).  Such a request resolves without a Future and without touching the
+without the ring's per-request cost in Python (one system call, where the
+engine path builds an Operation, writes an SQE, submits and reaps, an order of
+magnitude more work per request).  Such a request resolves without a Future and without touching the
 event loop (the coroutine does not even yield).  A miss is not free:
 ``RWF_NOWAIT`` still starts the readahead from this thread, tens of
 microseconds and sometimes milliseconds when the device queue is full; so an
@@ -56,9 +56,8 @@ submitted at once (lowest latency, e.g. at concurrency 1).  The second
 condition matters: a fast device can finish everything before the loop gets
 round to the woken tasks, and if the first of them submitted alone (nothing in
 flight), the device would then complete it alone, and so on -- a convoy of
-one-request system calls (measured: 4 requests per ``io_uring_enter`` and ~45 us
-of CPU per O_DIRECT read at 64 tasks, against 32-64 and ~24 us with it; on
-trio, flushing every request at once costs ~100 us against ~35 us).  A
+one-request system calls, each paying the whole cost of an ``io_uring_enter``
+for one request (``benchmarks/async.md`` shows the effect on CPU per read).  A
 request that may be served from the page cache passes a checkpoint before its
 attempt (see *Fairness*); an engine-bound one does not, as its wait is one --
 on trio a second would let the other woken tasks run in between.  At
@@ -112,7 +111,6 @@ import os
 import stat
 import sys
 import termios
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -156,24 +154,8 @@ _RWF_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
 _preadv = os.preadv
 #: Immediate completions between two looks at the clock (see _fair).
 _STREAK = 16
-#: Seconds of immediate completions after which the driver yields to the loop.
-_SLICE = 0.0005
-#: Tasks parked by an exhausted slice that are released per loop iteration.
-_SLICE_WAKE = 1
-_perf = time.perf_counter
-#: Most tasks woken by completions per loop iteration (asyncio): the rest wait
-#: for the next iteration, so one burst of completions cannot hold the loop
-#: for longer than this many task steps (timers and other tasks run between;
-#: ~1 ms at 64 O_DIRECT readers here).  64 rather than 16: 64 readers then go
-#: round in one iteration and one io_uring_enter, ~3 us less CPU per read (of
-#: ~26, on a loop device), and the 1 ms ticker's p99 during 64 cold reads did
-#: not move (4.9-5.4 ms against 4.3-6.9 ms at 16, 4 alternating runs: this
-#: machine's noise; see benchmarks/async.md).
-_WAKE_BUDGET = 64
 #: Most bytes one read(2)/write(2) moves on Linux (MAX_RW_COUNT).
 MAX_RW_COUNT = 0x7FFFF000
-#: Largest pread tried inline on the hot path (bigger ones too, after the checks).
-_INLINE_MAX = INLINE_MAX
 
 #: Most bytes a stream read (``xaio.read``) takes at once beyond what is
 #: there already: the default ``pipe-max-size``; a single read(2) from a
@@ -201,8 +183,8 @@ def _first_read_size(fd: int, n: int, offset: int, direct: bool) -> int:
     try:
         st = os.fstat(fd)
     except OSError:
-        return min(n, _INLINE_MAX)
-    want = max(st.st_size - offset, 0) + 1 if stat.S_ISREG(st.st_mode) else _INLINE_MAX
+        return min(n, INLINE_MAX)
+    want = max(st.st_size - offset, 0) + 1 if stat.S_ISREG(st.st_mode) else INLINE_MAX
     if direct:
         try:
             got = dio_alignment(fd)
@@ -227,8 +209,6 @@ class Driver:
     for one event-loop library.
     """
 
-    library: str = ""
-
     def __init__(self, engine: Engine, *, owns_engine: bool = True) -> None:
         self.engine = engine
         self.owns_engine = owns_engine
@@ -240,9 +220,7 @@ class Driver:
         self._wakeups = 0
         self._queue: list[Operation] = []
         self._flush_pending = False
-        self._streak = 0
-        self._slice_start = 0.0
-        self._exhausted = False
+        self._streak = 0  # immediate completions since the last look at the clock
         self._uring = engine.name == "uring"
         #: asyncio: inline completions need no checkpoint (see _fair); trio: False
         self._inline = True
@@ -269,7 +247,23 @@ class Driver:
         wait for its completion before re-raising."""
         raise NotImplementedError
 
-    async def _yield(self) -> None:
+    async def _wait_after_cancel(self, op: Operation) -> None:
+        """Wait until *op*, already asked to cancel, has completed (asyncio:
+        never raises; trio: raises ``Cancelled`` once it has completed, when
+        the task was cancelled)."""
+        raise NotImplementedError
+
+    async def _checkpoint_if_cancelled(self) -> None:
+        """Before a request starts: raise the task's pending cancellation
+        (trio's ``checkpoint_if_cancelled``; asyncio: nothing)."""
+
+    async def _cancel_shielded_checkpoint(self) -> None:
+        """After a request that completed without waiting: let the other
+        tasks run (trio's ``cancel_shielded_checkpoint``, the second half of
+        the checkpoint every trio call is; asyncio: nothing)."""
+
+    def _sibling(self, engine: Engine) -> Driver:
+        """A new driver for *engine* on this driver's loop (owning it)."""
         raise NotImplementedError
 
     async def wait_readable(self, fd: int) -> None:
@@ -386,30 +380,10 @@ class Driver:
             self.engine.reap(0)
 
     async def _fair(self) -> None:
-        """Before a transfer that may complete at once: every :data:`_STREAK`
-        calls, look at the clock; once this driver's tasks have run for
-        :data:`_SLICE` in this loop iteration, every task yields before its
-        next transfer until the next iteration starts a new slice (trio: a
-        checkpoint every time)."""
-        self._streak += 1
-        if self._streak < _STREAK:
-            return
-        if not self._exhausted:
-            if _perf() - self._slice_start <= _SLICE:
-                self._streak = 0
-                return
-            self._exhausted = True
-            self._new_slice_soon()
-        await self._yield()
-
-    def _new_slice_soon(self) -> None:
-        """Arrange for :meth:`_new_slice` to run first thing in the next iteration."""
-        self._new_slice()
-
-    def _new_slice(self) -> None:
-        self._exhausted = False
-        self._streak = 0
-        self._slice_start = _perf()
+        """The checkpoint before a transfer that may complete at once (see
+        *Fairness*): asyncio yields only once this driver's tasks have used
+        up the loop iteration's time slice, trio every time."""
+        raise NotImplementedError
 
     async def _run(self, op: Operation) -> int:
         """Start *op* (:meth:`_start`; if that or the checkpoint before it
@@ -519,7 +493,7 @@ class Driver:
             and type(fd) is int
             and type(n) is int
             and type(offset) is int
-            and 0 < n <= _INLINE_MAX
+            and 0 < n <= INLINE_MAX
             and 0 <= fd <= INT_MAX
             and 0 <= offset <= OFF_MAX
             and self._streak < _STREAK
@@ -557,7 +531,7 @@ class Driver:
             return await self._pread_engine(fd, n, offset, buf, False)
         n = min(n, MAX_RW_COUNT)
         direct = is_direct(fd)
-        size = n if n <= _INLINE_MAX else _first_read_size(fd, n, offset, direct)
+        size = n if n <= INLINE_MAX else _first_read_size(fd, n, offset, direct)
         if direct:
             return await self._pread_engine(fd, n, offset, aligned_buffer(size), True)
         buf = bytearray(size)
@@ -583,7 +557,7 @@ class Driver:
         parts = [bytes(buf)]
         total = res
         while total < n:
-            size = min(n - total, max(total, _INLINE_MAX))
+            size = min(n - total, max(total, INLINE_MAX))
             more: bytearray | memoryview = aligned_buffer(size) if direct else bytearray(size)
             res = await self._transfer(Operation(_READ, fd, (more,), offset + total))
             parts.append(bytes(more) if res == size else bytes(memoryview(more)[:res]))
@@ -785,33 +759,7 @@ class Driver:
             n = mv.nbytes
         if n == 0:
             return os.readv(fd, (buf,))  # the kernel's answer (EBADF...); it never waits
-        bufs = (buf,)
-        nowait = _RWF_NOWAIT
-        await self._fair()  # a cancellation here consumes nothing
-        while True:
-            try:
-                if nowait:
-                    got: int = os.preadv(fd, bufs, -1, nowait)
-                else:
-                    got = os.readv(fd, bufs)
-                return got
-            except BlockingIOError:
-                pass
-            except OSError as e:
-                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL) or not nowait:
-                    raise
-                # RWF_NOWAIT unsupported here (a tty...): non-blocking fds and
-                # regular files read directly; others after readiness.
-                if not is_stream(fd):
-                    return await self._file_rw(_READ, fd, buf)
-                if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK:
-                    nowait = 0
-                    continue
-                await self._wait_readable_or_direct(fd)
-                return int(os.readv(fd, bufs))
-            if not is_stream(fd):  # a regular file not in the page cache
-                return await self._file_rw(_READ, fd, buf)
-            await self._wait_readable_or_direct(fd)
+        return await self._stream(_READ, fd, buf, n)
 
     async def read(self, fd: int, n: int) -> bytes:
         """Read at most *n* bytes from a stream fd (read(2), ``os.read``).
@@ -847,42 +795,47 @@ class Driver:
             if not mv.c_contiguous:
                 raise ValueError("buffer must be C-contiguous")
             n = mv.nbytes
-        bufs = (data,)
+        return await self._stream(_WRITE, fd, data, n)
+
+    async def _stream(self, opcode: OpCode, fd: int, buf: Any, n: int) -> int:
+        """One read(2) or write(2) of the *n*-byte *buf* on *fd* that never
+        blocks the loop: tried with ``RWF_NOWAIT``; on EAGAIN the task waits
+        for readiness in the event loop and tries again.  Where the fd takes
+        no ``RWF_NOWAIT`` (a tty...), a non-blocking fd is used as it is and
+        a blocking one after readiness; a regular file goes to the engine."""
+        bufs = (buf,)
+        write = opcode is _WRITE
         nowait = _RWF_NOWAIT
-        await self._fair()  # a cancellation here writes nothing
+        await self._fair()  # a cancellation here has moved nothing
         while True:
             try:
-                if nowait:
-                    done: int = os.pwritev(fd, bufs, -1, nowait)
+                if write:
+                    done: int = os.pwritev(fd, bufs, -1, nowait) if nowait else os.writev(fd, bufs)
+                    if done or n == 0:
+                        return done
                 else:
-                    done = os.writev(fd, bufs)
-                if done or n == 0:
-                    return done
+                    return os.preadv(fd, bufs, -1, nowait) if nowait else os.readv(fd, bufs)
             except BlockingIOError:
                 pass
             except OSError as e:
                 if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL) or not nowait:
                     raise
                 if not is_stream(fd):
-                    return await self._file_rw(_WRITE, fd, data)
+                    return await self._file_rw(opcode, fd, buf)
                 if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK:
                     nowait = 0
                     continue
-                await self._wait_writable_or_direct(fd)
-                return int(os.writev(fd, bufs))
-            if not is_stream(fd):
-                return await self._file_rw(_WRITE, fd, data)
-            await self._wait_writable_or_direct(fd)
+                await self._wait_stream(fd, write)
+                return int(os.writev(fd, bufs) if write else os.readv(fd, bufs))
+            if not is_stream(fd):  # a regular file not in the page cache
+                return await self._file_rw(opcode, fd, buf)
+            await self._wait_stream(fd, write)
 
-    async def _wait_readable_or_direct(self, fd: int) -> None:
+    async def _wait_stream(self, fd: int, write: bool) -> None:
+        """Wait until *fd* is writable (*write*) or readable; at once for an
+        fd epoll refuses (``/dev/null``...: it never blocks)."""
         try:
-            await self.wait_readable(fd)
-        except PermissionError:  # epoll refuses it (/dev/null...): it never blocks
-            return
-
-    async def _wait_writable_or_direct(self, fd: int) -> None:
-        try:
-            await self.wait_writable(fd)
+            await (self.wait_writable(fd) if write else self.wait_readable(fd))
         except PermissionError:
             return
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import codecs
 import errno
+import fcntl
 import io
 import locale
 import os
@@ -17,7 +18,8 @@ from types import TracebackType
 from typing import Any, Union
 
 from xaio._async._binary import AsyncFile
-from xaio._async._current import current_driver, named_driver
+from xaio._async._checks import is_direct
+from xaio._async._current import driver_for
 from xaio._async._driver import Driver
 from xaio._async._io import AsyncEngine
 from xaio._async._pathops import OP_OPENAT, run_pathop
@@ -163,17 +165,10 @@ async def _open(
         flags |= os.O_DIRECT
         if m.writable:
             flags = flags & ~(os.O_APPEND | os.O_ACCMODE) | os.O_RDWR
-    if engine is None:
-        drv = current_driver()
-    elif isinstance(engine, str):
-        drv = named_driver(engine)
-    else:
-        drv = engine.driver()
+    drv = driver_for(engine)
     if is_fd:
         fd = file
-        if direct and not fcntl_has_direct(fd):
-            import fcntl
-
+        if direct and not is_direct(fd):
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_DIRECT)
     elif opener is not None:
         fd = opener(file, flags)
@@ -222,12 +217,6 @@ async def _open(
         newline,
         line_buffering=buffering == 1,
     )
-
-
-def fcntl_has_direct(fd: int) -> bool:
-    import fcntl
-
-    return bool(fcntl.fcntl(fd, fcntl.F_GETFL) & getattr(os, "O_DIRECT", 0))
 
 
 class OpenContext:

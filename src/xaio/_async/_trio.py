@@ -37,8 +37,6 @@ class _TrioCancel:
 class TrioDriver(Driver):
     """A driver for one ``trio.run``: a system task waits on the engine's fd."""
 
-    library = "trio"
-
     def __init__(self, engine: Engine, **kw: Any) -> None:
         import outcome
         import trio
@@ -186,8 +184,17 @@ class TrioDriver(Driver):
             if self._wakeups:
                 self._wakeups -= 1
 
-    async def _yield(self) -> None:
-        await self._lowlevel.checkpoint()
+    async def _wait_after_cancel(self, op: Operation) -> None:
+        await self._wait(op)
+
+    async def _checkpoint_if_cancelled(self) -> None:
+        await self._lowlevel.checkpoint_if_cancelled()
+
+    async def _cancel_shielded_checkpoint(self) -> None:
+        await self._lowlevel.cancel_shielded_checkpoint()
+
+    def _sibling(self, engine: Engine) -> Driver:
+        return TrioDriver(engine)
 
     async def _fair(self) -> None:
         await self._lowlevel.checkpoint()
