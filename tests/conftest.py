@@ -8,29 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ._async_helpers import ENGINES, LIBS, skip_unavailable
-
-PATTERN_BLOCK = 4096
-
-
-def pattern(size: int, seed: int = 0) -> bytes:
-    """Deterministic content where every 4 KiB block differs."""
-    out = bytearray()
-    block = 0
-    while len(out) < size:
-        out += (f"{seed:04d}:{block:08d}:".encode() * 512)[:PATTERN_BLOCK]
-        block += 1
-    return bytes(out[:size])
-
-
-def resizable(b: bytearray) -> bool:
-    """False while *b* is pinned (an export exists), True once released."""
-    try:
-        b.append(0)
-    except BufferError:
-        return False
-    b.pop()
-    return True
+from .support import ENGINES, LIBS, pattern, skip_unavailable
 
 
 @pytest.fixture
@@ -75,16 +53,6 @@ def eventfd() -> Iterator[int]:
     fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
     yield fd
     os.close(fd)
-
-
-def aio_nr() -> int:
-    with open("/proc/sys/fs/aio-nr") as f:
-        return int(f.read())
-
-
-def aio_max_nr() -> int:
-    with open("/proc/sys/fs/aio-max-nr") as f:
-        return int(f.read())
 
 
 @pytest.fixture(params=LIBS)

@@ -27,14 +27,14 @@ from xaio._async._current import current_driver
 from xaio._ops import OpCode, Operation
 from xaio.linux import _engine as linux_engine
 
-from ._async_helpers import (
+from .support import (
     aio_nr,
     open_fds,
     own_aio_rings,
+    pattern,
     run,
     skip_unavailable,
 )
-from .conftest import pattern
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -16,8 +16,7 @@ import pytest
 import xaio
 from xaio._async._current import current_driver
 
-from ._async_helpers import fds_after_a_first_run, open_fds, run
-from .conftest import pattern, resizable
+from .support import fds_after_a_first_run, open_fds, pattern, resizable, run
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -23,7 +23,7 @@ import xaio
 from xaio._ops import CancelOutcome, OpCode, Operation, OpState
 from xaio.engine import ENGINE_NAMES, Engine, EngineClosedError, create_engine, probe
 
-from .conftest import pattern
+from .support import pattern, reap_until
 
 _PROBE = probe()
 
@@ -37,14 +37,6 @@ def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
     assert eng.name == name
     yield eng
     eng.close()
-
-
-def reap_until(eng: Engine, ops: Sequence[Operation], timeout: float = 10.0) -> None:
-    """Reap until every one of *ops* is done."""
-    deadline = time.monotonic() + timeout
-    while not all(op.done for op in ops):
-        assert time.monotonic() < deadline, f"not done: {[o for o in ops if not o.done]}"
-        eng.reap(timeout=0.5)
 
 
 def run(eng: Engine, ops: Sequence[Operation], timeout: float = 10.0) -> list[int]:

@@ -20,7 +20,7 @@ from xaio._ops import CancelOutcome, OpCode, Operation
 from xaio.linux import LinuxAioEngine
 from xaio.threads import ThreadEngine
 
-from ._async_helpers import open_fds, skip_unavailable
+from .support import open_fds, skip_unavailable
 
 pytestmark = pytest.mark.timeout(60)
 

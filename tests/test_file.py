@@ -13,7 +13,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -25,18 +24,9 @@ import pytest
 import xaio
 from xaio._ops import OpCode
 
-from ._async_helpers import ENGINES, open_fds, run, skip_unavailable
+from .support import ENGINES, open_fds, run, skip_unavailable, wait_until_async
 
 pytestmark = pytest.mark.timeout(60)
-
-
-async def wait_until(cond: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    """Poll *cond* (yielding to the loop) until it holds; fail after *timeout*."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await anyio.sleep(0.001)
 
 
 # ---------------------------------------------------------------------------------
@@ -106,7 +96,9 @@ def test_close_waits_for_the_files_requests_before_releasing_the_fd(
             async with anyio.create_task_group() as tg:
                 # occupy the engine's one worker: a read of an empty pipe
                 tg.start_soon(drv._file_rw, OpCode.READ, r, bytearray(1))
-                await wait_until(lambda: eng.engine.statistics()["running"] == 1, "the blocker")
+                await wait_until_async(
+                    lambda: eng.engine.statistics()["running"] == 1, "the blocker"
+                )
                 f = await xaio.open(slow, "r+b", engine=eng)
                 fd = f.fileno()
                 outcomes: list[Any] = []
@@ -119,13 +111,13 @@ def test_close_waits_for_the_files_requests_before_releasing_the_fd(
 
                 for i in range(16):
                     tg.start_soon(writer, i)
-                await wait_until(lambda: drv._inflight == 17, "16 queued writes")
+                await wait_until_async(lambda: drv._inflight == 17, "16 queued writes")
                 await f.close()
                 g = os.open(other, os.O_RDWR)
                 try:
                     assert g == fd  # the number was reused
                     os.write(w, b"x")  # free the worker
-                    await wait_until(lambda: len(outcomes) == 16, "the writers")
+                    await wait_until_async(lambda: len(outcomes) == 16, "the writers")
                     assert os.pread(g, 2048, 0) == b"o" * 1024
                 finally:
                     os.close(g)

@@ -16,7 +16,7 @@ from xaio._fork import Owner
 from xaio._ops import OpCode, Operation
 from xaio.linux import LinuxAioEngine
 
-from .conftest import pattern
+from .support import pattern
 
 
 def _in_child(body: Callable[[], int]) -> int:

@@ -17,13 +17,15 @@ import textwrap
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from xaio._ops import CancelOutcome, OpCode, Operation
 from xaio.engine import ENGINE_NAMES, Engine, create_engine, probe
 from xaio.threads import ThreadEngine
+
+from .support import reap_until, wait_until
 
 _PROBE = probe()
 TIMEOUT = 30.0
@@ -45,20 +47,6 @@ def engine(engine_name: str) -> Iterator[Engine]:
     eng = create_engine(engine_name)
     yield eng
     eng.close()
-
-
-def wait_until(pred: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.005)
-
-
-def reap_until(eng: Engine, ops: list[Operation], timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not all(op.done for op in ops):
-        assert time.monotonic() < deadline, f"not done: {[o for o in ops if not o.done]}"
-        eng.reap(0.1)
 
 
 def run_script(body: str, *args: str) -> subprocess.CompletedProcess[str]:

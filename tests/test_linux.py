@@ -46,8 +46,7 @@ from xaio.linux import (
     io_submit,
 )
 
-from ._async_helpers import own_aio_rings
-from .conftest import aio_max_nr, aio_nr, pattern
+from .support import aio_max_nr, aio_nr, own_aio_rings, pattern
 
 CONVENTIONS = ["linux", "libaio"]
 

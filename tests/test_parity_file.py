@@ -37,7 +37,7 @@ from hypothesis.stateful import (
 
 import xaio
 
-from ._async_helpers import ENGINES, run, skip_unavailable
+from .support import ENGINES, run, skip_unavailable
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 import xaio
 from xaio import aligned_buffer
 
-from ._async_helpers import ENGINES, skip_unavailable
+from .support import ENGINES, skip_unavailable
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -23,7 +23,7 @@ import pytest
 from xaio import libaio, linux
 from xaio.linux import Iocb, IOContext
 
-from .conftest import pattern
+from .support import pattern
 
 pytestmark = pytest.mark.skipif(
     platform.machine() != "x86_64", reason="the reference uses x86-64 system call numbers"

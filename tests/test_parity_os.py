@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 import xaio
 from xaio._async._current import current_driver
 
-from ._async_helpers import ENGINES, run, skip_unavailable
+from .support import ENGINES, run, skip_unavailable
 
 pytestmark = pytest.mark.timeout(120)
 

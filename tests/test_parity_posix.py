@@ -28,7 +28,7 @@ import pytest
 from benchmarks._glibc import glibc_aiocb, glibc_sigevent, load, unavailable_reason
 
 import xaio.posix as P
-from tests._async_helpers import unused_fd
+from tests.support import unused_fd
 from tests.test_posix import engine_unavailable
 from xaio.posix import _runtime as R
 

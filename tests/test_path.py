@@ -15,7 +15,7 @@ import pytest
 
 import xaio
 
-from ._async_helpers import fds_after_a_first_run, open_fds, run
+from .support import fds_after_a_first_run, open_fds, run
 
 pytestmark = pytest.mark.timeout(120)
 

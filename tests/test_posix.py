@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import xaio.posix as P
-from tests._async_helpers import unused_fd
+from tests.support import unused_fd, wait_until
 from xaio.engine import probe
 from xaio.posix import _runtime as R
 
@@ -36,15 +36,6 @@ SIG = signal.SIGRTMIN + 3
 
 
 # --- helpers -------------------------------------------------------------------------
-
-
-def wait_until(pred: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    """Poll a condition that has no event to wait on (bounded)."""
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.001)
 
 
 def wait_done(*cbs: P.aiocb, timeout: float = TIMEOUT) -> None:

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,25 +24,9 @@ from xaio._ops import CancelOutcome, OpCode, Operation, OpState
 from xaio.engine import EngineClosedError
 from xaio.threads import ThreadEngine
 
-from .conftest import pattern
+from .support import pattern, reap_until, wait_until
 
 TIMEOUT = 10.0
-
-
-def wait_until(pred: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.001)
-
-
-def reap_until(eng: ThreadEngine, ops: list[Operation], timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not all(op.done for op in ops):
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, "operations did not complete"
-        eng.reap(remaining)
 
 
 @pytest.fixture(autouse=True)

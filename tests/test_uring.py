@@ -24,7 +24,7 @@ from xaio._ops import CancelOutcome, OpCode, Operation, OpState
 from xaio.engine import EngineClosedError
 from xaio.uring import AT_FDCWD, STATX_SIZE, Ring, UringEngine
 
-from .conftest import pattern, resizable
+from .support import pattern, reap_until, resizable
 
 REASON = uring.unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"io_uring unavailable: {REASON}")
@@ -114,7 +114,7 @@ def test_sqpoll_on_request(data_fd: int) -> None:
     with eng:
         ops = [Operation(OpCode.NOP, -1) for _ in range(20)]
         eng.submit(ops)
-        _reap_until(eng, ops)
+        reap_until(eng, ops)
         assert all(op.result == 0 for op in ops)
 
 
@@ -691,13 +691,6 @@ def test_unclosed_ring_warns() -> None:
 # --- the engine ----------------------------------------------------------------------
 
 
-def _reap_until(eng: UringEngine, ops: list[Operation]) -> None:
-    deadline = time.monotonic() + T
-    while not all(op.done for op in ops):
-        assert time.monotonic() < deadline, ops
-        eng.reap(0.1)
-
-
 def test_engine_every_opcode(engine: UringEngine, data_fd: int, pipe: tuple[int, int]) -> None:
     _r, w = pipe
     out = bytearray(100)
@@ -712,7 +705,7 @@ def test_engine_every_opcode(engine: UringEngine, data_fd: int, pipe: tuple[int,
         Operation(OpCode.POLL, w, flags=select.POLLOUT, on_done=done.append),
     ]
     assert engine.submit(ops) == 6
-    _reap_until(engine, ops)
+    reap_until(engine, ops)
     assert [op.result for op in ops][:5] == [10, 7, 0, 0, 0]
     assert ops[5].result is not None and ops[5].result & select.POLLOUT
     assert len(done) == 6 and all(op.state is OpState.DONE for op in ops)
@@ -721,7 +714,7 @@ def test_engine_every_opcode(engine: UringEngine, data_fd: int, pipe: tuple[int,
         Operation(OpCode.READV, data_fd, [a, b], 600_000),
     ]
     engine.submit(reads)
-    _reap_until(engine, reads)
+    reap_until(engine, reads)
     assert reads[0].result == 100 and out[:10] == b"0123456789"
     assert reads[1].result == 7 and a + b == b"abcdefg"
     assert reads[0].value() == 100
@@ -761,7 +754,7 @@ def test_engine_bad_batch_larger_than_the_sq_takes_nothing(data_fd: int) -> None
         assert eng.statistics()["ring"]["enter"] == enters
         assert all(op.state is OpState.QUEUED for op in good)
         assert eng.submit(good) == 9
-        _reap_until(eng, good)
+        reap_until(eng, good)
         assert [op.result for op in good] == [4] * 9
 
 
@@ -776,7 +769,7 @@ def test_engine_bad_operation_midway_is_taken_back(engine: UringEngine, data_fd:
     assert engine.ring.sq_ready() == 0 and engine.statistics()["in_flight"] == 0
     assert all(op.key == -1 and op.state is OpState.QUEUED for op in good)
     assert engine.submit(good) == 5
-    _reap_until(engine, good)
+    reap_until(engine, good)
     assert [op.result for op in good] == [8] * 5
     assert engine.statistics()["submitted"] == 5
 
@@ -798,14 +791,14 @@ def test_engine_register_buffers_edges(engine: UringEngine, pipe: tuple[int, int
     os.write(w, b"x" * 8192)
     longer = Operation(OpCode.READ, r, [view], -1)  # 8 KiB from the 4 KiB buffer's start
     engine.submit([longer])
-    _reap_until(engine, [longer])
+    reap_until(engine, [longer])
     assert longer.result == 8192 and engine.statistics()["fixed"] == 0
     inner = Operation(OpCode.READ, r, [view[100:200]], -1)  # blocks: the pipe is empty
     engine.submit([inner])
     assert engine.statistics()["fixed"] == 1
     engine.unregister_buffers()
     os.write(w, b"hello")
-    _reap_until(engine, [inner])
+    reap_until(engine, [inner])
     assert inner.result == 5 and mem[100:105] == b"hello"
     assert engine.register_buffers([mem])  # registering again after unregistering
     del view, longer, inner
@@ -822,7 +815,7 @@ def test_engine_batch_larger_than_both_rings() -> None:
         enters = eng.statistics()["ring"]["enter"]
         assert eng.submit(ops) == 300
         assert eng.statistics()["ring"]["enter"] - enters <= 300 // 4 + 1
-        _reap_until(eng, ops)
+        reap_until(eng, ops)
         assert all(op.result == 0 for op in ops)
         assert eng.statistics()["in_flight"] == 0
 
@@ -838,7 +831,7 @@ def test_engine_callback_error_loses_and_repeats_nothing(engine: UringEngine) ->
     engine.submit(ops)
     with pytest.raises(ZeroDivisionError):
         engine.reap(T)
-    _reap_until(engine, ops)
+    reap_until(engine, ops)
     assert sorted(map(id, seen)) == sorted(map(id, ops))  # each exactly once
     assert engine.statistics()["in_flight"] == 0
 
@@ -873,7 +866,7 @@ def test_engine_reap_survives_signals(engine: UringEngine) -> None:
 def test_engine_errors_never_raise(engine: UringEngine) -> None:
     op = Operation(OpCode.READ, 12345, [bytearray(4)], 0)
     engine.submit([op])
-    _reap_until(engine, [op])
+    reap_until(engine, [op])
     assert op.result == -errno.EBADF
     with pytest.raises(OSError) as info:
         op.value()
@@ -924,7 +917,7 @@ def test_engine_cancel_pending_read(engine: UringEngine, pipe: tuple[int, int], 
     engine.submit([op])
     assert engine.cancel(op) is CancelOutcome.CANCELED
     assert not op.done and not resizable(buf)  # pinned until reaped
-    _reap_until(engine, [op])
+    reap_until(engine, [op])
     assert op.result == -errno.ECANCELED and resizable(buf)
     assert engine.cancel(op) is CancelOutcome.DONE
     os.write(w, b"keep")
@@ -935,7 +928,7 @@ def test_engine_cancel_completed(engine: UringEngine, data_fd: int) -> None:
     op = Operation(OpCode.READ, data_fd, [bytearray(10)], 0)
     engine.submit([op])  # page-cached: completes inside the submit syscall
     assert engine.cancel(op) is CancelOutcome.DONE
-    _reap_until(engine, [op])
+    reap_until(engine, [op])
     assert op.result == 10
     stranger = Operation(OpCode.NOP, -1)
     assert engine.cancel(stranger) is CancelOutcome.DONE

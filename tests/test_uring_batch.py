@@ -19,7 +19,7 @@ from xaio._ops import CancelOutcome, OpCode, Operation, OpState
 from xaio.uring import SlotInFlightError, UringBatch, UringEngine
 from xaio.uring._engine import _DEFER_FLUSH
 
-from .conftest import pattern, resizable
+from .support import pattern, resizable
 
 REASON = uring.unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"io_uring unavailable: {REASON}")

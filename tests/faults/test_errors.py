@@ -18,8 +18,8 @@ import pytest
 
 import xaio
 import xaio.posix as P
-from tests._async_helpers import run
 from tests.faults._fusefs import FaultFS
+from tests.support import run
 from xaio import linux
 from xaio.posix import _runtime as R
 

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 import xaio
-from tests._async_helpers import run
 from tests.faults._fusefs import FaultFS
 from tests.faults._measure import LagMeter
+from tests.support import run
 from xaio.engine import (
     KIND_BLOCKING,
     KIND_BUFFERED,

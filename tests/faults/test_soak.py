@@ -33,8 +33,8 @@ from typing import Any
 import pytest
 
 import xaio
-from tests._async_helpers import ENGINES, run, skip_unavailable
 from tests.faults._measure import assert_released, snapshot
+from tests.support import ENGINES, run, skip_unavailable
 
 BLOCK = 4096
 NBLOCKS = 256

@@ -1,0 +1,175 @@
+"""What the tests share besides fixtures (those live in conftest.py).
+
+Known file content (:func:`pattern`), whether a buffer is pinned
+(:func:`resizable`), waits on state (:func:`wait_until`, :func:`reap_until`,
+:func:`wait_until_async`: a deadline loop polling a condition, never a bare
+sleep), the engines and event-loop libraries the suites run on, running a
+coroutine function under each library, and this process's fds and AIO
+contexts.  Test files import from here, never from each other or from
+conftest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import resource
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import pytest
+
+from xaio._ops import Operation
+from xaio.engine import Engine, probe
+
+LIBS = ["asyncio", "uvloop", "trio", "anyio-asyncio", "anyio-trio"]
+ENGINES = ["uring", "linux", "thread"]
+
+#: How long a wait on state may take before the test fails (a bug fails, it does not hang).
+TIMEOUT = 10.0
+PATTERN_BLOCK = 4096
+
+
+def pattern(size: int, seed: int = 0) -> bytes:
+    """Deterministic content where every 4 KiB block differs."""
+    out = bytearray()
+    block = 0
+    while len(out) < size:
+        out += (f"{seed:04d}:{block:08d}:".encode() * 512)[:PATTERN_BLOCK]
+        block += 1
+    return bytes(out[:size])
+
+
+def resizable(b: bytearray) -> bool:
+    """False while *b* is pinned (an export exists), True once released."""
+    try:
+        b.append(0)
+    except BufferError:
+        return False
+    b.pop()
+    return True
+
+
+# ---------------------------------------------------------------------------------
+# Waiting on state
+# ---------------------------------------------------------------------------------
+
+
+def wait_until(pred: Callable[[], bool], timeout: float = TIMEOUT, what: str = "condition") -> None:
+    """Poll *pred* (a condition with no event to wait on) until it holds.
+
+    Raises:
+        AssertionError: *pred* still false after *timeout* seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout:g}s")
+        time.sleep(0.001)
+
+
+async def wait_until_async(
+    pred: Callable[[], bool], what: str = "condition", timeout: float = TIMEOUT
+) -> None:
+    """:func:`wait_until` inside a task: polls *pred*, yielding to the event loop
+    (any library anyio supports) between polls."""
+    import anyio
+
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what} ({timeout:g}s)")
+        await anyio.sleep(0.001)
+
+
+def reap_until(eng: Engine, ops: Sequence[Operation], timeout: float = TIMEOUT) -> None:
+    """Reap *eng* until every one of *ops* is done.
+
+    Raises:
+        AssertionError: some are still not done after *timeout* seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while not all(op.done for op in ops):
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"not done within {timeout:g}s: {[o for o in ops if not o.done]}"
+        eng.reap(remaining)
+
+
+# ---------------------------------------------------------------------------------
+# Engines and event-loop libraries
+# ---------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def engine_reasons() -> dict[str, str | None]:
+    return probe()
+
+
+def skip_unavailable(engine: str) -> None:
+    reason = engine_reasons().get(engine)
+    if reason is not None:
+        pytest.skip(f"engine {engine} unavailable here: {reason}")
+
+
+def run(lib: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    """Run ``fn(*args)`` to completion under *lib* (a fresh loop / trio run)."""
+    if lib == "asyncio":
+        return asyncio.run(fn(*args))  # type: ignore[arg-type]
+    if lib == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        return uvloop.run(fn(*args))
+    if lib == "trio":
+        trio = pytest.importorskip("trio")
+        return trio.run(fn, *args)
+    anyio = pytest.importorskip("anyio")
+    backend = lib.split("-", 1)[1]
+    return anyio.run(fn, *args, backend=backend)
+
+
+# ---------------------------------------------------------------------------------
+# This process's fds and AIO contexts
+# ---------------------------------------------------------------------------------
+
+
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+async def _nothing() -> None:
+    pass
+
+
+def fds_after_a_first_run(lib: str) -> set[str]:
+    """The open fds once *lib* has run a loop (uvloop keeps a pipe for the
+    process from its first loop on)."""
+    run(lib, _nothing)
+    return open_fds()
+
+
+def unused_fd() -> int:
+    """An fd number that is not open, far above the highest open one: an fd
+    made meanwhile (a worker's wake-up eventfd, an engine's) takes the
+    lowest free number, never this one (a closed fd's number it may)."""
+    fd = max(map(int, os.listdir("/proc/self/fd"))) + 256
+    assert fd < resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return fd
+
+
+def aio_nr() -> int:
+    """System-wide count of AIO events reserved (other processes change it too)."""
+    with open("/proc/sys/fs/aio-nr") as f:
+        return int(f.read())
+
+
+def aio_max_nr() -> int:
+    """The system-wide limit on reserved AIO events (``fs.aio-max-nr``)."""
+    with open("/proc/sys/fs/aio-max-nr") as f:
+        return int(f.read())
+
+
+def own_aio_rings() -> int:
+    """Linux AIO contexts of this process: each maps its ring as ``/[aio]``."""
+    with open("/proc/self/maps") as f:
+        return sum(1 for line in f if "/[aio]" in line)
