@@ -328,6 +328,70 @@ def test_submit_after_close_is_refused(engine: Engine, data_fd: int) -> None:
     engine.close()  # idempotent
 
 
+def test_fileno_after_close_raises(engine: Engine) -> None:
+    """One behaviour on every engine: a closed engine has no fd to watch, and
+    says so as a closed file does (EngineClosedError is a ValueError too),
+    never with a number the next fd may reuse."""
+    assert engine.fileno() >= 0
+    engine.close()
+    with pytest.raises(EngineClosedError):
+        engine.fileno()
+    with pytest.raises(ValueError):
+        engine.fileno()
+
+
+def test_raw_linux_aio_engine_fileno_after_close() -> None:
+    if _PROBE["linux"] is not None:
+        pytest.skip(f"linux engine unavailable here: {_PROBE['linux']}")
+    from xaio.linux import LinuxAioEngine
+
+    eng = LinuxAioEngine(8)
+    assert eng.fileno() >= 0
+    eng.close()
+    with pytest.raises(EngineClosedError):
+        eng.fileno()
+
+
+def test_owns_until_delivered(engine: Engine, pipe: tuple[int, int]) -> None:
+    r, w = pipe
+    op = Operation(OpCode.READ, r, [bytearray(4)], -1)
+    other = Operation(OpCode.READ, r, [bytearray(4)], -1)
+    assert not engine.owns(op)
+    engine.submit([op])
+    assert engine.owns(op) and not engine.owns(other)
+    os.write(w, b"data")
+    reap_until(engine, [op])
+    assert op.result == 4 and not engine.owns(op)
+
+
+def test_capability_flags_are_honest(engine: Engine, pipe: tuple[int, int]) -> None:
+    """What the flags promise, on the engine that sets them."""
+    r, w = pipe
+    assert not engine.delivers_itself  # create_engine's engines are reaped
+    if engine.completes_in_submit:
+        nop = Operation(OpCode.NOP, -1)
+        engine.submit([nop])
+        assert engine.reap(0) == 1 and nop.result == 0  # found without waiting
+    op = Operation(OpCode.READ, r, [bytearray(4)], -1)
+    engine.submit([op])
+    outcome = engine.cancel(op)
+    if engine.cancels_running:
+        assert outcome is CancelOutcome.CANCELED
+    else:
+        assert outcome in (CancelOutcome.CANCELED, CancelOutcome.RUNNING)
+        os.write(w, b"data")
+    reap_until(engine, [op])
+    expected = -errno.ECANCELED if outcome is CancelOutcome.CANCELED else 4
+    assert op.result == expected
+
+
+def test_a_thread_engine_completing_in_workers_delivers_itself() -> None:
+    from xaio.threads import ThreadEngine
+
+    with ThreadEngine(2, complete_in_worker=True) as eng:
+        assert eng.delivers_itself
+
+
 def test_close_with_work_in_flight(engine: Engine, pipe: tuple[int, int]) -> None:
     r, w = pipe
     done: list[int] = []
@@ -512,12 +576,10 @@ def test_register_buffers(engine: Engine, data_fd: int, direct_fd: int) -> None:
 
 
 def test_read_nowait(engine: Engine, data_fd: int, tmp_path: Path) -> None:
-    """The page-cache fast path of the engines that have one (thread, uring):
+    """The page-cache fast path (``Engine.read_nowait``) of every engine:
     a cached read is done at once; end of file, errors, streams, O_APPEND and
     O_DIRECT fds are left to the normal path; a closed engine declines."""
-    read_nowait = getattr(engine, "read_nowait", None)
-    if read_nowait is None:
-        pytest.skip(f"the {engine.name} engine has no page-cache fast path")
+    read_nowait = engine.read_nowait
     os.pread(data_fd, 4096, 0)  # cached
     expected = pattern(1 << 20)
     buf = bytearray(8)

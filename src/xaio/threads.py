@@ -44,7 +44,7 @@ Some facts about running I/O on threads (and what glibc's POSIX AIO does)
 - A worker holds its engine only while it takes work (a weak reference
   otherwise), so an engine nobody holds is collected even while workers wait
   or run.  Its finaliser warns (``ResourceWarning``) and *abandons* it
-  (:meth:`ThreadEngine._abandon`): what has not started and what waits for
+  (:meth:`ThreadEngine.abandon`): what has not started and what waits for
   readiness is cancelled, idle workers exit, the eventfd is closed, and a
   worker still in a system call exits when that returns, its operation's
   buffers held by the worker until then.  Nothing waits, so the garbage
@@ -265,10 +265,12 @@ class ThreadEngine(Engine):
                 (:func:`xaio._ops.check_batch`).
         """
         check_batch(ops)
-        return self._submit_checked(ops)
+        return self.submit_checked(ops)
 
-    def _submit_checked(self, ops: Sequence[Operation]) -> int:
-        """:meth:`submit` of a batch that passed ``check_batch`` (RoutedEngine)."""
+    def submit_checked(self, ops: Sequence[Operation]) -> int:
+        """:meth:`submit` of a batch that already passed
+        :func:`xaio._ops.check_batch`: for an engine that checks a batch once
+        and hands parts of it to other engines (:class:`xaio.engine.RoutedEngine`)."""
         try:
             self._hold_files(ops)
             return self._take(ops)
@@ -504,12 +506,18 @@ class ThreadEngine(Engine):
     def fileno(self) -> int:
         """The eventfd that is readable while completions wait for :meth:`reap`."""
         if self._efd < 0:
-            raise ValueError("the thread engine is closed")
+            raise EngineClosedError("engine is closed")
         return self._efd
 
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def delivers_itself(self) -> bool:
+        """True if made with ``complete_in_worker``: each worker completes
+        its operation itself and :meth:`reap` has nothing to do."""
+        return self._direct
 
     def close(self) -> None:
         """Stop accepting, cancel what has not started and what waits for
@@ -572,7 +580,7 @@ class ThreadEngine(Engine):
         self._idle.clear()
         return cancelled
 
-    def _abandon(self) -> None:
+    def abandon(self) -> None:
         """Close without waiting for anything: the finaliser's close, for an
         engine nobody holds any more (or left open at interpreter exit).
         What has not started and what waits for readiness is cancelled, idle
@@ -658,7 +666,7 @@ class ThreadEngine(Engine):
             return
         if not self._closed:
             warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=1)
-        self._abandon()
+        self.abandon()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"

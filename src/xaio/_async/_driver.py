@@ -221,7 +221,8 @@ class Driver:
         self._queue: list[Operation] = []
         self._flush_pending = False
         self._streak = 0  # immediate completions since the last look at the clock
-        self._uring = engine.name == "uring"
+        #: reap right after each submit (see "Reap right after submit")
+        self._reap_after_submit = engine.completes_in_submit
         #: asyncio: inline completions need no checkpoint (see _fair); trio: False
         self._inline = True
         self._nowait = NowaitReader()  # its flag cache: may an fd be read inline?
@@ -233,6 +234,12 @@ class Driver:
         self._pathring_failed = False
         #: drivers of other engine kinds on this loop (``named_driver``), closed with this one
         self._named: dict[str, Driver] = {}
+
+    @property
+    def in_flight(self) -> int:
+        """How many requests of this driver are submitted (or queued here)
+        and not yet completed."""
+        return self._inflight
 
     # -- backend hooks -------------------------------------------------------------
 
@@ -312,7 +319,7 @@ class Driver:
             self._inflight -= 1
             op.on_done = None
             raise
-        if self._uring:
+        if self._reap_after_submit:
             engine.reap(0)
 
     def start_all(self, ops: Sequence[Operation]) -> None:
@@ -333,7 +340,7 @@ class Driver:
             for op in ops:
                 op.on_done = None
             raise
-        if self._uring:
+        if self._reap_after_submit:
             self.engine.reap(0)
 
     def _flush(self) -> None:
@@ -351,7 +358,7 @@ class Driver:
                 if op.state is OpState.QUEUED:
                     op.complete(-err)
             return
-        if self._uring:
+        if self._reap_after_submit:
             self.engine.reap(0)
 
     def _unqueue(self, op: Operation) -> bool:

@@ -313,7 +313,7 @@ class AsyncEngine:
         drv = self._driver
         if drv is not None:
             drv.close()  # detach from the loop; it does not own the engine
-        if self.engine.name == "linux" and drv is not None and not drv._inflight:
+        if self.engine.slow_close and drv is not None and not drv.in_flight:
             # nothing in flight: no completion can be delivered in that thread
             await drv.run_in_thread(self.engine.close)
         else:

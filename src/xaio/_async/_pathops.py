@@ -127,8 +127,9 @@ class PathRing:
 
 
 def path_ring(driver: Driver) -> PathRing | None:
-    """The driver's PathRing (made on first use) if its engine is io_uring, else None."""
-    if driver.engine.name != "uring":
+    """The driver's PathRing (made on first use) if its engine runs path
+    operations in the kernel (``Engine.kernel_path_ops``: io_uring), else None."""
+    if not driver.engine.kernel_path_ops:
         return None
     pring = driver._pathring
     if pring is None:

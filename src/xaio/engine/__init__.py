@@ -31,7 +31,13 @@ The protocol (:class:`Engine`) is deliberately small:
   raises makes ``reap`` raise, and the completions not yet delivered come
   with the next ``reap`` -- none is lost or delivered twice (contract tests).
 - ``fileno()`` is an eventfd that is readable while completions are waiting
-  (``reap`` clears it), for event loops.
+  (``reap`` clears it), for event loops.  Once the engine is closed it raises
+  :class:`EngineClosedError` (a :class:`ValueError` too, as a closed file's
+  ``fileno()``): the old number may already be another fd's.
+- ``owns(op)`` says whether *op* was taken and not yet delivered (what the
+  caller of a ``submit`` interrupted by Ctrl-C asks); ``read_nowait(fd,
+  buffer, offset, nbytes)`` reads from the page cache in the calling thread,
+  or returns None when the request must be submitted.
 - ``close()`` stops accepting, cancels what it can, waits for the rest, then
   releases every kernel object.  Idempotent.  An unclosed engine that is
   garbage collected warns (``ResourceWarning``) and closes without waiting
@@ -40,6 +46,14 @@ The protocol (:class:`Engine`) is deliberately small:
   abandoned, never waited for.  In a forked child every inherited engine is
   closed at once and its ``close()`` does not wait; the parent's requests
   are not touched.
+
+Callers branch on the engine's capability flags, never on its ``name``:
+``completes_in_submit`` (reap right after a submit), ``cancels_running``
+(a running request can be stopped, so ``close`` never waits for ever),
+``thread_bound`` (a waiting request dies with the thread that submitted it),
+``slow_close`` (run ``close`` off an event loop), ``kernel_path_ops`` (path
+operations have a kernel path beside the engine) and ``delivers_itself``
+(nobody needs to reap).
 
 Threads: ``submit`` and ``cancel`` may be called from any thread while one
 thread is inside ``reap``.  One kernel fact limits this on io_uring: a request

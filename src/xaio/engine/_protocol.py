@@ -16,14 +16,78 @@ from xaio._ops import CancelOutcome, Operation
 __all__ = ["Engine", "EngineClosedError"]
 
 
-class EngineClosedError(RuntimeError):
-    """The engine was closed; it accepts no more operations."""
+class EngineClosedError(RuntimeError, ValueError):
+    """The engine was closed; it accepts no more operations.
+
+    A :class:`RuntimeError` (a call on an engine in the wrong state) and a
+    :class:`ValueError`, as a closed file's ``fileno()`` raises.
+    """
 
 
 class Engine(abc.ABC):
-    """The engine protocol (see the module documentation)."""
+    """The engine protocol (see the module documentation).
+
+    The capability flags say what callers may count on; no caller asks an
+    engine's ``name`` for behaviour.
+
+    Attributes:
+        name: The engine's kind, ``"uring"``, ``"linux"`` or ``"thread"``:
+            the name :func:`~xaio.engine.create_engine` takes, for choosing
+            and showing an engine (the flags below say how it behaves).
+        completes_in_submit: ``submit`` may complete requests before it
+            returns (io_uring runs a page-cache hit or a ready pipe inside
+            ``io_uring_enter``): a ``reap(0)`` right after a submit delivers
+            them without a wake-up.
+        cancels_running: Running requests can be cancelled (io_uring), so
+            :meth:`close` never waits for a request that waits for ever (a
+            read on an empty pipe).  Without it, :meth:`cancel` of a running
+            request says ``RUNNING`` and :meth:`close` waits for it to end.
+        thread_bound: A request still waiting (a pipe, a socket, a poll)
+            when the thread that submitted it exits is cancelled by the
+            kernel (io_uring): submit requests that must outlive their thread
+            from one that lives on.
+        slow_close: :meth:`close` takes tens of milliseconds even when
+            nothing is in flight (``io_destroy`` waits for an RCU grace
+            period): an event loop runs it in a worker thread.
+        kernel_path_ops: Path operations (``openat``, ``statx``,
+            ``renameat``, ``unlinkat``, ``mkdirat``) run asynchronously in the
+            kernel beside this engine's requests (io_uring): the async layer
+            runs them there, else on threads.
+    """
 
     name: ClassVar[str]
+    completes_in_submit: ClassVar[bool] = False
+    cancels_running: ClassVar[bool] = False
+    thread_bound: ClassVar[bool] = False
+    slow_close: ClassVar[bool] = False
+    kernel_path_ops: ClassVar[bool] = False
+
+    @property
+    def delivers_itself(self) -> bool:
+        """True if finished operations are completed (``on_done`` run) by
+        the engine's own threads as they finish, so nobody needs to call
+        :meth:`reap` (a thread engine made with ``complete_in_worker``)."""
+        return False
+
+    @abc.abstractmethod
+    def owns(self, op: Operation) -> bool:
+        """True if *op* was given to this engine (a :meth:`submit` took it)
+        and its completion has not been delivered: what the caller of a
+        ``submit`` interrupted by an exception from a signal handler
+        (Ctrl-C) asks about each operation it handed over."""
+
+    def read_nowait(self, fd: int, buffer: Any, offset: int, nbytes: int) -> int | None:
+        """Read *nbytes* at *offset* of *fd* into *buffer* in this thread if
+        the page cache holds them all (``preadv2(RWF_NOWAIT)``), the fast
+        path of a cached read (:class:`xaio._inline.NowaitReader`).
+
+        Returns:
+            *nbytes* when the whole read was done; None when the request
+            must be submitted instead (not cached, a short read, an error, an
+            O_DIRECT or O_APPEND fd, ordered work queued on *fd*, a closed
+            engine, or an engine without the fast path).
+        """
+        return None
 
     @abc.abstractmethod
     def submit(self, ops: Sequence[Operation]) -> int:
@@ -51,7 +115,13 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def fileno(self) -> int:
-        """An fd readable while completions are waiting to be reaped."""
+        """An fd readable while completions are waiting to be reaped.
+
+        Raises:
+            EngineClosedError: the engine is closed (also a
+                :class:`ValueError`, as a closed file's ``fileno()``); the
+                number it returned before may already belong to another fd.
+        """
 
     @abc.abstractmethod
     def close(self) -> None:

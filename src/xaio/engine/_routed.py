@@ -30,6 +30,7 @@ class RoutedEngine(Engine):
     """
 
     name = "linux"
+    slow_close = True
 
     def __init__(self, capacity: int = 256, threads: int = 8) -> None:
         from xaio.linux import LinuxAioEngine
@@ -56,6 +57,13 @@ class RoutedEngine(Engine):
         return self._aio.owns(op) or self._threads.owns(op)
 
     def fileno(self) -> int:
+        """An epoll fd, readable while either engine has completions.
+
+        Raises:
+            EngineClosedError: the engine is closed.
+        """
+        if self._closed:
+            raise EngineClosedError("engine is closed")
         return self._epoll.fileno()
 
     def submit(self, ops: Sequence[Operation]) -> int:
@@ -64,9 +72,9 @@ class RoutedEngine(Engine):
         check_batch(ops)  # before either engine takes anything
         aio, threaded = route(ops, KIND_DIRECT)
         if aio:
-            self._aio._submit_checked(aio)
+            self._aio.submit_checked(aio)
         if threaded:
-            self._threads._submit_checked(threaded)
+            self._threads.submit_checked(threaded)
         return len(ops)
 
     def cancel(self, op: Operation) -> CancelOutcome:
@@ -134,7 +142,7 @@ class RoutedEngine(Engine):
         try:
             self._aio.close()
         finally:
-            self._threads._abandon()
+            self._threads.abandon()
             self._epoll.close()
 
 

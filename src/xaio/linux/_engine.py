@@ -147,6 +147,7 @@ class LinuxAioEngine(Engine):
     """
 
     name = "linux"
+    slow_close = True
 
     def __init__(self, capacity: int = 256) -> None:
         if not isinstance(capacity, int) or capacity <= 0:
@@ -188,6 +189,13 @@ class LinuxAioEngine(Engine):
         return self._closed
 
     def fileno(self) -> int:
+        """The eventfd that is readable while completions wait for :meth:`reap`.
+
+        Raises:
+            EngineClosedError: the engine is closed.
+        """
+        if self._closed:
+            raise EngineClosedError("engine is closed")
         return self._efd
 
     def submit(self, ops: Sequence[Operation]) -> int:
@@ -203,10 +211,12 @@ class LinuxAioEngine(Engine):
             OSError: EINVAL in a forked child.
         """
         check_batch(ops)
-        return self._submit_checked(ops)
+        return self.submit_checked(ops)
 
-    def _submit_checked(self, ops: Sequence[Operation]) -> int:
-        """:meth:`submit` of a batch that passed ``check_batch`` (RoutedEngine)."""
+    def submit_checked(self, ops: Sequence[Operation]) -> int:
+        """:meth:`submit` of a batch that already passed
+        :func:`xaio._ops.check_batch`: for an engine that checks a batch once
+        and hands parts of it to other engines (:class:`xaio.engine.RoutedEngine`)."""
         with self._lock:
             if self._closed:
                 raise EngineClosedError("engine is closed")

@@ -238,7 +238,6 @@ def _recover_enqueue(eng: Engine, items: list[tuple[aiocb, Operation, int]]) -> 
     wait in their lane, complete as usual, and so do those with an immediate
     error.  A no-op after the errors ``_enqueue`` raises itself (those undo
     their marks)."""
-    owns = getattr(eng, "owns", None)
     errs: list[tuple[Operation, int]] = []
     with _state_lock:
         for cb, op, err in items:
@@ -250,7 +249,7 @@ def _recover_enqueue(eng: Engine, items: list[tuple[aiocb, Operation, int]]) -> 
                 errs.append((op, err))
             elif cb._state == HELD:
                 continue  # waits in its lane
-            elif owns is not None and owns(op):
+            elif eng.owns(op):
                 cb._handed(op)
             else:
                 _unmark_locked(cb)

@@ -78,7 +78,7 @@ def _install_locked(eng: Engine, ours: bool) -> None:
     unless the engine completes operations itself."""
     global _engine, _engine_is_ours, _reaper, _read_nowait
     reaper = None
-    if not (isinstance(eng, ThreadEngine) and eng._direct):
+    if not eng.delivers_itself:
         reaper = _Reaper(eng)
     try:
         if reaper is not None:
@@ -88,7 +88,7 @@ def _install_locked(eng: Engine, ours: bool) -> None:
         # start after the thread began; an engine nobody would reap is not
         if reaper is None or reaper.thread.ident is not None:
             _engine, _engine_is_ours, _reaper = eng, ours, reaper
-            _read_nowait = getattr(eng, "read_nowait", None)
+            _read_nowait = eng.read_nowait
         elif ours:
             eng.close()
 
@@ -123,8 +123,8 @@ def _submitter(eng: Engine) -> _Reaper | None:
     on a full socket) completes with ECANCELED.  A POSIX AIO request must
     outlive the thread that queued it, so on io_uring only the main thread
     (which lives as long as the process) and the reaper thread submit; any
-    other thread hands its requests to the reaper."""
-    if eng.name != "uring":
+    other thread hands its requests to the reaper (``Engine.thread_bound``)."""
+    if not eng.thread_bound:
         return None
     reaper = _reaper
     if reaper is None or reaper.engine is not eng:  # pragma: no cover - being replaced
@@ -327,12 +327,12 @@ def _shutdown() -> None:
 
 
 def _at_exit() -> None:
-    """At interpreter exit, close an io_uring engine we own (cancelling what
-    is in flight: this cannot block for ever).  The thread engine is left to
-    die with the process, as glibc's helpers do: a worker blocked on an empty
-    pipe would never let a close finish."""
+    """At interpreter exit, close an engine we own that cancels running
+    requests (io_uring: ``Engine.cancels_running``; this cannot block for
+    ever).  Any other is left to die with the process, as glibc's helpers
+    are: a worker blocked on an empty pipe would never let a close finish."""
     eng = _engine
-    if _engine_is_ours and eng is not None and eng.name == "uring":
+    if _engine_is_ours and eng is not None and eng.cancels_running:
         _shutdown()
 
 
@@ -361,15 +361,11 @@ def _after_fork_child() -> None:
     _transit_waiters.clear()
     eng = _engine
     if eng is not None and _engine_is_ours:
-        if isinstance(eng, ThreadEngine):
-            eng.forget_after_fork()
-        elif eng.name == "uring":
-            # Closed on first use here (it then only drops the child's copies
-            # of the ring fd and mappings): not now, as xaio.uring's own fork
-            # hook, which tells the engine it is in a child, may not have run
-            # yet, and the parent's reaper may have held the engine's lock.
-            _orphans.append(eng)
-        # a "linux" engine is dropped: its threads and AIO context are the parent's
+        # Closed on first use here, where close() only drops the child's
+        # copies of the engine's fds and mappings (each engine's own fork hook
+        # marks it as inherited): not now, as that hook may not have run yet,
+        # and the parent's reaper may have held the engine's lock.
+        _orphans.append(eng)
     if isinstance(_choice, Engine):
         _choice = "thread"  # the caller's engine belongs to the parent
     _engine = None

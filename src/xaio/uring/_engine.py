@@ -139,6 +139,10 @@ class UringEngine(Engine):
     """
 
     name: ClassVar[str] = "uring"
+    completes_in_submit: ClassVar[bool] = True
+    cancels_running: ClassVar[bool] = True
+    thread_bound: ClassVar[bool] = True
+    kernel_path_ops: ClassVar[bool] = True
 
     def __init__(self, entries: int = 256, *, setup_flags: int = 0) -> None:
         """Create the ring, its eventfd, and register the eventfd.
@@ -355,7 +359,7 @@ class UringEngine(Engine):
             self._arm_threads()
         if ops:
             self.submit(ops)
-        threads._submit_checked(threaded)
+        threads.submit_checked(threaded)
         return len(ops) + len(threaded)
 
     def _arm_threads(self) -> None:
@@ -562,7 +566,7 @@ class UringEngine(Engine):
                 i += 1
             if threads_ready and self._threads is not None:
                 try:
-                    n += self._threads._deliver()
+                    n += self._threads.reap(0)
                 finally:
                     if not self._closed:
                         self._arm_threads()
@@ -646,6 +650,14 @@ class UringEngine(Engine):
                 if n:
                     return n
         return 0
+
+    def owns(self, op: Operation) -> bool:
+        """True if *op* was given to this engine and has not been delivered."""
+        threads = self._threads
+        if threads is not None and threads.owns(op):
+            return True
+        with self._lock:
+            return op.state is not _DONE and op.key >= 0 and self._inflight.get(op.key) is op
 
     def cancel(self, op: Operation) -> CancelOutcome:
         """Try to cancel *op* in the kernel and say what happened.
@@ -828,7 +840,7 @@ class UringEngine(Engine):
                 warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self, stacklevel=2)
         finally:
             if self._threads is not None:
-                self._threads._abandon()  # as RoutedEngine's: never wait here
+                self._threads.abandon()  # as RoutedEngine's: never wait here
             try:
                 self.close()
             except Exception:  # pragma: no cover - interpreter shutdown
