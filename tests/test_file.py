@@ -1,5 +1,6 @@
 """The async file objects (``xaio.open``): closing, cancellation, collection,
-O_DIRECT modes, engine selection and the builtin file's surface.
+O_DIRECT modes, engine selection, and the builtin file's surface in binary,
+text, O_DIRECT and FIFO files.
 
 The differential suite against the builtin ``open`` is tests/test_parity_file.py.
 """
@@ -24,7 +25,7 @@ import pytest
 import xaio
 from xaio._ops import OpCode
 
-from .support import ENGINES, open_fds, run, skip_unavailable, wait_until_async
+from .support import ENGINES, open_fds, pattern, run, skip_unavailable, wait_until_async
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -405,5 +406,352 @@ def test_text_cancellation_loses_nothing(lib: str, how: str) -> None:
             tg.start_soon(drain)
         await f.close()
         assert "".join(got) == payload.decode()
+
+    run(lib, main)
+
+
+# ---------------------------------------------------------------------------------
+# the builtin file's surface, binary, text, O_DIRECT and FIFO
+# ---------------------------------------------------------------------------------
+
+
+THREE_LINES = b"hello\nsecond line\nthird"
+
+
+@pytest.fixture
+def three_lines(tmp_path: Path) -> Path:
+    """A file holding :data:`THREE_LINES`."""
+    p = tmp_path / "f.bin"
+    p.write_bytes(THREE_LINES)
+    return p
+
+
+def test_binary_write_mode(lib: str, engine_name: str, tmp_path: Path) -> None:
+    """ "wb": the attributes, write and writelines (any bytes-like), tell, no
+    reading; the bytes are on disk once the file is closed."""
+    p = tmp_path / "f.bin"
+
+    async def main() -> None:
+        async with xaio.open(p, "wb") as f:
+            assert f.mode == "wb" and f.name == p and not f.closed
+            assert await f.write(b"hello\n") == 6
+            await f.writelines([b"second line\n", memoryview(b"third")])
+            assert await f.tell() == 23
+            with pytest.raises(io.UnsupportedOperation):
+                await f.read()
+        assert f.closed
+        assert p.read_bytes() == THREE_LINES
+
+    run(lib, main)
+
+
+def test_binary_read_methods(lib: str, engine_name: str, three_lines: Path) -> None:
+    """peek, readline, read, read1, readinto and readall each return what the
+    builtin's do, and move the position by what they return."""
+
+    async def main() -> None:
+        async with xaio.open(three_lines, "rb") as f:
+            peeked = await f.peek(1)
+            assert peeked and THREE_LINES.startswith(peeked)
+            assert await f.tell() == 0
+            assert await f.readline() == b"hello\n"
+            assert await f.read(3) == b"sec"
+            assert await f.read1(3) == b"ond"
+            b = bytearray(5)
+            assert await f.readinto(b) == 5 and b == b" line"
+            assert await f.tell() == 17
+            assert await f.readall() == b"\nthird"
+            assert await f.read() == b""
+
+    run(lib, main)
+
+
+def test_binary_seek_whence(lib: str, engine_name: str, three_lines: Path) -> None:
+    """seek from the start, the position and the end; a seek before the
+    start fails with an OSError and leaves the position."""
+
+    async def main() -> None:
+        async with xaio.open(three_lines, "rb") as f:
+            assert await f.seek(-5, os.SEEK_END) == 18
+            assert await f.read() == b"third"
+            assert await f.seek(-3, os.SEEK_CUR) == 20
+            assert await f.read(1) == b"i"
+            assert await f.seek(6) == 6
+            with pytest.raises(OSError):
+                await f.seek(-100, os.SEEK_CUR)
+            assert await f.tell() == 6
+
+    run(lib, main)
+
+
+def test_binary_overwrite_then_iterate(lib: str, engine_name: str, three_lines: Path) -> None:
+    """ "rb+": a write after a read lands at the position; async iteration
+    and readlines then see it."""
+
+    async def main() -> None:
+        async with xaio.open(three_lines, "rb+") as f:
+            await f.seek(20)
+            assert await f.write(b"RD!") == 3
+            assert await f.seek(0) == 0
+            assert [line async for line in f] == [b"hello\n", b"second line\n", b"thRD!"]
+            await f.seek(0)
+            assert await f.readlines() == [b"hello\n", b"second line\n", b"thRD!"]
+        assert three_lines.read_bytes() == b"hello\nsecond line\nthRD!"
+
+    run(lib, main)
+
+
+def test_binary_positional_calls_keep_the_position(
+    lib: str, engine_name: str, three_lines: Path
+) -> None:
+    """pread and pwrite work at their offset and leave the position alone."""
+
+    async def main() -> None:
+        async with xaio.open(three_lines, "rb+") as f:
+            assert await f.read(6) == b"hello\n"
+            assert await f.pread(5, 0) == b"hello"
+            assert await f.pwrite(b"J", 0) == 1
+            assert await f.tell() == 6
+            assert await f.read(6) == b"second"
+        assert three_lines.read_bytes() == b"J" + THREE_LINES[1:]
+
+    run(lib, main)
+
+
+def test_binary_truncate_and_fsync(lib: str, engine_name: str, three_lines: Path) -> None:
+    """truncate returns the new size and the file has it; fsync returns."""
+
+    async def main() -> None:
+        async with xaio.open(three_lines, "rb+") as f:
+            assert await f.truncate(5) == 5
+            await f.fsync()
+            assert os.path.getsize(three_lines) == 5
+        assert three_lines.read_bytes() == b"hello"
+
+    run(lib, main)
+
+
+def test_binary_append_mode(lib: str, engine_name: str, three_lines: Path) -> None:
+    """ "ab+" starts at the end, and every write goes to the end whatever the
+    position."""
+
+    async def main() -> None:
+        async with xaio.open(three_lines, "ab+") as f:
+            assert await f.tell() == 23
+            await f.write(b" world")
+            await f.seek(0)
+            assert await f.read() == THREE_LINES + b" world"
+            await f.seek(0)
+            await f.write(b"!")
+        assert three_lines.read_bytes() == THREE_LINES + b" world!"
+
+    run(lib, main)
+
+
+def test_binary_open_errors(lib: str, engine_name: str, tmp_path: Path, three_lines: Path) -> None:
+    """Opening raises what the builtin open raises: FileExistsError for "x"
+    on an existing file, FileNotFoundError, IsADirectoryError, and ValueError
+    for a bad mode (at once, before anything is awaited)."""
+
+    async def main() -> None:
+        with pytest.raises(FileExistsError):
+            await xaio.open(three_lines, "xb")
+        with pytest.raises(FileNotFoundError):
+            await xaio.open(tmp_path / "nope", "rb")
+        with pytest.raises(IsADirectoryError):
+            await xaio.open(tmp_path, "rb")
+        with pytest.raises(ValueError):
+            xaio.open(three_lines, "rw")
+
+    run(lib, main)
+
+
+def test_binary_transfers_bigger_than_the_buffer(
+    lib: str, engine_name: str, tmp_path: Path
+) -> None:
+    """Writes through a small buffer, reads larger than the default buffer,
+    and unbuffered reads give back every byte in order."""
+    p = tmp_path / "big.bin"
+    data = pattern(300_000)
+
+    async def main() -> None:
+        async with xaio.open(p, "wb", buffering=1000) as f:
+            for i in range(0, len(data), 7000):
+                await f.write(data[i : i + 7000])
+        assert p.read_bytes() == data
+        async with xaio.open(p, "rb") as f:
+            assert await f.read(10) == data[:10]
+            assert await f.read(200_000) == data[10:200_010]
+            assert await f.read() == data[200_010:]
+        async with xaio.open(p, "rb", buffering=0) as f:
+            assert await f.read(5) == data[:5]
+            assert await f.readall() == data[5:]
+
+    run(lib, main)
+
+
+@pytest.mark.parametrize(
+    "encoding,newline",
+    [
+        ("utf-8", None),
+        ("latin-1", ""),
+        ("utf-16", None),
+        ("utf-8", "\r\n"),
+        ("cp1252", "\r"),
+        ("utf-8", "\n"),
+    ],
+)
+def test_text_file(lib: str, tmp_path: Path, encoding: str, newline: str | None) -> None:
+    p = tmp_path / "t.txt"
+    lines = ["héllo wörld\n", "ça va?\r\n", "x" * 9000 + "\n", "\n", "last"]
+    if encoding == "cp1252":
+        lines = [s.replace("ö", "o") for s in lines]
+
+    async def main() -> None:
+        async with xaio.open(p, "w", encoding=encoding, newline=newline) as f:
+            for s in lines:
+                assert await f.write(s) == len(s)
+        with open(p, "w", encoding=encoding, newline=newline) as g:
+            g.writelines(lines)
+        reference = p.read_bytes()
+        async with xaio.open(p, "w", encoding=encoding, newline=newline) as f:
+            await f.writelines(lines)
+        assert p.read_bytes() == reference
+        with open(p, encoding=encoding, newline=newline) as g:
+            want_lines = g.readlines()
+            g.seek(0)
+            want_all = g.read()
+        async with xaio.open(p, encoding=encoding, newline=newline) as f:
+            assert f.encoding == encoding and f.mode == "r"
+            assert [line async for line in f] == want_lines
+        async with xaio.open(p, "r", encoding=encoding, newline=newline) as f:
+            assert await f.read() == want_all
+            assert await f.read() == ""
+            await f.seek(0)
+            got = await f.read(7)
+            assert got == want_all[:7]
+            # tell/seek round trip at every line boundary
+            await f.seek(0)
+            marks = []
+            while True:
+                pos = await f.tell()
+                line = await f.readline()
+                if not line:
+                    break
+                marks.append((pos, line))
+            for pos, line in reversed(marks):
+                await f.seek(pos)
+                assert await f.readline() == line
+        async with xaio.open(p, "r+", encoding=encoding, newline=newline) as f:
+            await f.readline()
+            pos = await f.tell()
+            await f.seek(0, os.SEEK_END)
+            await f.write("!")
+            await f.seek(pos)
+            assert await f.readline() == want_lines[1]
+        assert p.read_bytes().endswith("!".encode(encoding)[-1:])
+
+    run(lib, main)
+
+
+def test_text_errors_and_modes(tmp_path: Path) -> None:
+    p = tmp_path / "e.txt"
+    p.write_bytes(b"ok\xffbad\n")
+
+    async def main() -> None:
+        async with xaio.open(p, encoding="utf-8") as f:
+            with pytest.raises(UnicodeDecodeError):
+                await f.read()
+        async with xaio.open(p, encoding="utf-8", errors="replace") as f:
+            assert await f.read() == "ok\ufffdbad\n"
+        with pytest.raises(LookupError):
+            await xaio.open(p, encoding="no-such-codec")
+        with pytest.raises(ValueError):
+            await xaio.open(p, "rb", encoding="utf-8")
+        with pytest.raises(ValueError):
+            await xaio.open(p, "r", buffering=0)
+        with pytest.raises(ValueError):
+            await xaio.open(p, newline="x")
+        async with xaio.open(p, "w", buffering=1) as f:  # line buffered
+            await f.write("a\n")
+            assert p.read_bytes() == b"a\n"
+            with pytest.raises(TypeError):
+                await f.write(b"bytes")  # type: ignore[arg-type]
+
+    asyncio.run(main())
+
+
+def test_direct_file(lib: str, engine_name: str, tmp_path: Path) -> None:
+    p = tmp_path / "d.bin"
+    try:
+        fd = os.open(tmp_path / "probe", os.O_RDWR | os.O_CREAT | os.O_DIRECT)
+        os.close(fd)
+    except OSError as e:
+        pytest.skip(f"O_DIRECT unsupported here: {e}")
+
+    async def main() -> None:
+        model = bytearray()
+
+        def put(off: int, data: bytes) -> None:
+            if off > len(model):
+                model.extend(bytes(off - len(model)))
+            model[off : off + len(data)] = data
+
+        async with xaio.open(p, "wb+", direct=True) as f:
+            for off, data in [
+                (0, pattern(10_000)),
+                (3, b"unaligned"),
+                (4095, b"across-a-block-boundary"),
+                (20_000, b"past the end, leaves a hole"),
+                (8192, pattern(8192, seed=3)),
+            ]:
+                assert await f.pwrite(data, off) == len(data)
+                put(off, data)
+                assert os.path.getsize(p) == len(model)
+            assert await f.pread(len(model) + 100, 0) == bytes(model)
+            assert await f.pread(7, 4093) == bytes(model[4093:4100])
+            await f.seek(0)
+            assert await f.read(5) == bytes(model[:5])
+            assert await f.read() == bytes(model[5:])
+            await f.seek(5)
+            await f.write(b"buffered write")
+            put(5, b"buffered write")
+            await f.seek(0, os.SEEK_END)
+            await f.write(b"tail")
+            put(len(model), b"tail")
+        assert p.read_bytes() == bytes(model)
+        async with xaio.open(p, "rb", direct=True) as f:
+            assert [line async for line in f] == [bytes(x) for x in io.BytesIO(model)]
+
+    run(lib, main)
+
+
+def test_fifo_file_objects(lib: str, engine_name: str, tmp_path: Path) -> None:
+    """Opening a FIFO waits for the other end without blocking the loop; the
+    file objects stream through it; a cancelled read loses nothing."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+
+    async def main() -> None:
+        got: list[bytes] = []
+
+        timed_out = anyio.Event()
+
+        async def reader() -> None:
+            async with xaio.open(fifo, "rb") as f:
+                assert not f.seekable()
+                with anyio.move_on_after(0.05) as scope:
+                    await f.read(100)  # nothing yet: cancelled, consumed nothing
+                assert scope.cancelled_caught
+                timed_out.set()
+                got.append(await f.readline())
+                got.append(await f.read())
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reader)
+            async with xaio.open(fifo, "wb") as w:
+                await timed_out.wait()
+                await w.write(b"first line\nthe rest")
+        assert got == [b"first line\n", b"the rest"]
 
     run(lib, main)
