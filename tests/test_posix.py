@@ -1343,6 +1343,52 @@ def test_inline_read_refuses_bad_buffers_like_the_normal_path(tfile: int) -> Non
 
 
 @pytest.mark.usefixtures("engine")
+def test_inline_read_checks_the_other_fields_like_the_normal_path(tfile: int) -> None:
+    """The fast path takes a valid priority and a sigevent (the request is
+    notified), and refuses what the normal path refuses, with its error: a
+    bool or out-of-range priority, a bool fd or offset, a bad sigevent."""
+    import mmap
+
+    os.pread(tfile, 8192, 0)
+    R._get_engine()
+    before = inline_count()
+    cb = P.aiocb(tfile, 0, mmap.mmap(-1, 4096), 4096, aio_reqprio=P.AIO_PRIO_DELTA_MAX)
+    P.aio_read(cb)
+    assert P.aio_error(cb) == 0 and P.aio_return(cb) == 4096
+    got: list[Any] = []
+    done = threading.Event()
+    sev = P.sigevent(
+        P.SIGEV_THREAD, sigev_value=7, sigev_notify_function=lambda v: (got.append(v), done.set())
+    )
+    cb = P.aiocb(tfile, 0, mmap.mmap(-1, 4096), 4096, aio_sigevent=sev)
+    P.aio_read(cb)
+    assert P.aio_error(cb) == 0 and P.aio_return(cb) == 4096
+    assert done.wait(TIMEOUT) and got == [7]
+    assert inline_count() == before + 2
+    cases: list[tuple[dict[str, Any], type[Exception], int | None]] = [
+        ({"aio_reqprio": False}, TypeError, None),
+        ({"aio_reqprio": 0.0}, TypeError, None),
+        ({"aio_reqprio": P.AIO_PRIO_DELTA_MAX + 1}, OSError, errno.EINVAL),
+        ({"aio_reqprio": -1}, OSError, errno.EINVAL),
+        ({"aio_fildes": True}, TypeError, None),
+        ({"aio_offset": True}, TypeError, None),
+        ({"aio_sigevent": P.sigevent(P.SIGEV_SIGNAL, 0)}, OSError, errno.EINVAL),
+    ]
+    for fields, exc, err in cases:
+        cb = P.aiocb(
+            **{"aio_fildes": tfile, "aio_buf": mmap.mmap(-1, 4096), "aio_nbytes": 4096, **fields}
+        )
+        with pytest.raises(exc) as ei:
+            P.aio_read(cb)
+        if err is not None:
+            assert isinstance(ei.value, OSError) and ei.value.errno == err
+        with pytest.raises(OSError) as en:
+            P.aio_error(cb)  # not submitted
+        assert en.value.errno == errno.EINVAL
+    assert inline_count() == before + 2
+
+
+@pytest.mark.usefixtures("engine")
 def test_inline_read_refused_for_direct_append_and_streams(tmp_path: Path) -> None:
     """The user's aiocb shape (an mmap buffer, explicit aio_nbytes) on an
     O_DIRECT fd, an O_APPEND fd and a pipe goes to the engine: not inline,

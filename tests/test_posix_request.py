@@ -1,5 +1,6 @@
 """The state machine of a POSIX AIO request (xaio.posix._request), without
-I/O: every transition, the answers of aio_error/aio_return in each state,
+I/O: every transition, the answers of aio_error/aio_return (its queries,
+which do no I/O either) in each state,
 and the transitions it refuses.  The requests that travel through real
 engines are tested in test_posix.py and test_posix_uring.py."""
 
@@ -12,7 +13,7 @@ import pytest
 
 from xaio._lanes import PARALLEL, Lane
 from xaio._ops import OpCode, Operation
-from xaio.posix import aiocb
+from xaio.posix import aio_error, aio_return, aiocb
 from xaio.posix._request import (
     ACTIVE,
     CANCELLING,
@@ -57,24 +58,24 @@ def errno_of(fn: Any) -> int:
 def test_a_new_request_was_never_submitted() -> None:
     cb = aiocb()
     assert cb._state == NEW and not cb._in_progress
-    assert errno_of(cb._status) == errno.EINVAL
-    assert errno_of(cb._retrieve) == errno.EINVAL
+    assert errno_of(lambda: aio_error(cb)) == errno.EINVAL
+    assert errno_of(lambda: aio_return(cb)) == errno.EINVAL
     assert "new" in repr(cb)
 
 
 def test_submitted_request_is_in_progress_until_finished() -> None:
     cb, o = begun()
     assert cb._state == TRANSIT and cb._in_progress and cb._op is o and cb._fd == 7
-    assert cb._status() == errno.EINPROGRESS
-    assert errno_of(cb._retrieve) == errno.EINPROGRESS
+    assert aio_error(cb) == errno.EINPROGRESS
+    assert errno_of(lambda: aio_return(cb)) == errno.EINPROGRESS
     assert errno_of(lambda: cb._begin(op(), None, ENGINE)) == errno.EINVAL  # in progress
     assert cb._finish(8)
     assert cb._state == DONE and cb._op is None and cb._lane is None
-    assert cb._status() == 0
-    assert cb._retrieve() == 8
+    assert aio_error(cb) == 0
+    assert aio_return(cb) == 8
     assert cb._state == RETRIEVED
-    assert errno_of(cb._retrieve) == errno.EINVAL  # only once
-    assert cb._status() == 0
+    assert errno_of(lambda: aio_return(cb)) == errno.EINVAL  # only once
+    assert aio_error(cb) == 0
     assert not cb._finish(8)  # a stale completion changes nothing
     cb._begin(op(), None, ENGINE)  # resubmitted after its status was taken
     assert cb._state == TRANSIT
@@ -83,7 +84,7 @@ def test_submitted_request_is_in_progress_until_finished() -> None:
 def test_a_failure_is_recorded_as_errno_and_minus_one() -> None:
     cb, _ = active()
     cb._finish(-errno.EBADF)
-    assert cb._status() == errno.EBADF and cb._retrieve() == -1
+    assert aio_error(cb) == errno.EBADF and aio_return(cb) == -1
 
 
 def test_lane_holds_then_releases() -> None:
@@ -104,7 +105,7 @@ def test_a_held_request_is_taken_out_of_its_lane_to_be_cancelled() -> None:
     assert cb._unlane() is o
     assert cb._state == TRANSIT and cb._lane is None
     cb._finish(-errno.ECANCELED)
-    assert cb._status() == errno.ECANCELED
+    assert aio_error(cb) == errno.ECANCELED
 
 
 def test_cancel_parks_a_stop_and_hands_it_to_the_canceller() -> None:
@@ -137,7 +138,7 @@ def test_a_request_in_parts_counts_the_bytes_of_each() -> None:
     assert cb._total(5) == 8
     assert cb._total(-errno.EPIPE) == 3  # what was written before the error
     cb._finish(cb._total(5))
-    assert cb._retrieve() == 8
+    assert aio_return(cb) == 8
 
 
 def test_cancel_is_asked_only_of_the_current_active_operation() -> None:
@@ -152,9 +153,9 @@ def test_cancel_is_asked_only_of_the_current_active_operation() -> None:
 def test_give_back_and_fast_path_and_fork() -> None:
     cb, o = begun()
     assert cb._give_back() is o
-    assert cb._state == NEW and errno_of(cb._status) == errno.EINVAL
-    cb._complete_now(9, 8)
-    assert cb._state == DONE and cb._fd == 9 and cb._retrieve() == 8
+    assert cb._state == NEW and errno_of(lambda: aio_error(cb)) == errno.EINVAL
+    cb._complete_now(8)
+    assert cb._state == DONE and aio_return(cb) == 8
     cb, _ = active()
     cb._forget()
     assert cb._state == NEW and cb._op is None

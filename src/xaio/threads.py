@@ -465,9 +465,11 @@ class ThreadEngine(Engine):
         """
         if self._closed:
             return None
-        lane = self._lanes.get(fd)
-        if lane is not None and not lane.passable:
-            return None
+        lanes = self._lanes
+        if lanes:
+            lane = lanes.get(fd)
+            if lane is not None and not lane.passable:
+                return None
         return self._nowait.read(fd, buffer, offset, nbytes)
 
     def reap(self, timeout: float | None = 0.0, *, max_n: int = 0) -> int:

@@ -115,6 +115,7 @@ from xaio.posix._notify import (
     SIGEV_NONE,
     SIGEV_SIGNAL,
     SIGEV_THREAD,
+    Notice,
     check_sigevent,
     notify,
     sigevent,
@@ -126,6 +127,8 @@ from xaio.posix._request import (
     _Group,
     _int_field,
     _Waiter,
+    aio_error,
+    aio_return,
     aiocb,
 )
 from xaio.posix._runtime import _by_fd, _lanes, _state_lock, _suspenders, aio_init
@@ -247,6 +250,7 @@ def _submit_one(cb: Any, opcode: OpCode) -> None:
 
 
 _MMAP: Final = mmap.mmap
+_ZERO: Final = 0
 
 
 def aio_read(cb: aiocb) -> None:
@@ -271,16 +275,52 @@ def aio_read(cb: aiocb) -> None:
     # requests back (read_nowait itself refuses O_DIRECT, O_APPEND and
     # stream fds, and the thread engine its own held-back work).  Anything
     # unusual (wrong types, a read-only or too short buffer, a bad sigevent)
-    # takes the normal path, which reports it.
+    # takes the normal path, which reports it.  The aiocb a C program fills
+    # in (an mmap or bytearray of exactly aio_nbytes, priority 0, no
+    # sigevent) is recognised with a few identity tests first.
     read_nowait = _runtime._read_nowait
-    if read_nowait is None or not isinstance(cb, aiocb) or cb._state >= HELD:
+    if read_nowait is None or (type(cb) is not aiocb and not isinstance(cb, aiocb)):
         _submit_one(cb, OpCode.READ)
         return
+    if cb._state >= HELD:
+        raise _syscall.oserror(errno.EINVAL, "aiocb already in progress")
+    buf = cb.aio_buf
+    tb = type(buf)
+    nbytes = cb.aio_nbytes
     fd = cb.aio_fildes
     off = cb.aio_offset
+    if (
+        (tb is _MMAP or tb is bytearray)
+        and cb.aio_reqprio is _ZERO  # an identity test: anything else goes below
+        and cb.aio_sigevent is None
+        and (nbytes is None or (type(nbytes) is int and nbytes == len(buf)))
+    ):
+        n = len(buf)
+        notice = None
+    else:
+        buf, n, notice = _inline_shape(cb, buf, nbytes)
+    if (
+        0 < n <= INLINE_MAX
+        and type(fd) is int
+        and type(off) is int
+        and 0 <= off <= _INT64_MAX
+        and (not _lanes or _lane_open(fd))
+        and read_nowait(fd, buf, off, n) is not None
+    ):
+        cb._complete_now(n)
+        if notice is not None:
+            notify(notice)
+        return
+    _submit_one(cb, OpCode.READ)
+
+
+def _inline_shape(cb: aiocb, buf: Any, nbytes: Any) -> tuple[Any, int, Notice | None]:
+    """For :func:`aio_read`'s fast path, an aiocb of another shape: the
+    buffer to read into, the bytes to read (0: not here) and the checked
+    sigevent."""
     prio = cb.aio_reqprio
-    buf = cb.aio_buf
-    nbytes = cb.aio_nbytes
+    if type(prio) is not int or not 0 <= prio <= AIO_PRIO_DELTA_MAX:
+        return buf, 0, None
     tb = type(buf)
     if tb is bytearray or tb is _MMAP:  # len() is the size in bytes
         size = len(buf)
@@ -288,9 +328,8 @@ def aio_read(cb: aiocb) -> None:
         try:
             view = memoryview(buf)
         except (TypeError, ValueError):  # not a buffer, or a released view
-            size = 0
-        else:
-            size = 0 if view.readonly or not view.c_contiguous else view.nbytes
+            return buf, 0, None
+        size = 0 if view.readonly or not view.c_contiguous else view.nbytes
     if nbytes is None:
         n = size
     elif type(nbytes) is int and 0 < nbytes <= size:
@@ -298,24 +337,9 @@ def aio_read(cb: aiocb) -> None:
         if n != size:
             buf = memoryview(buf).cast("B")[:n]
     else:
-        n = 0
-    if (
-        0 < n <= INLINE_MAX
-        and type(fd) is int
-        and type(off) is int
-        and type(prio) is int
-        and 0 <= prio <= AIO_PRIO_DELTA_MAX
-        and 0 <= off <= _INT64_MAX
-        and (not _lanes or _lane_open(fd))
-    ):
-        sev = cb.aio_sigevent
-        notice = None if sev is None else check_sigevent(sev)
-        if read_nowait(fd, buf, off, n) is not None:
-            cb._complete_now(fd, n)
-            if notice is not None:
-                notify(notice)
-            return
-    _submit_one(cb, OpCode.READ)
+        return buf, 0, None
+    sev = cb.aio_sigevent
+    return buf, n, None if sev is None else check_sigevent(sev)
 
 
 def aio_write(cb: aiocb) -> None:
@@ -360,43 +384,6 @@ def aio_fsync(op: int, cb: aiocb) -> None:
         raise _syscall.oserror(errno.EINVAL, "aiocb already in progress")
     operation, err = _prepare(cb, code, fd, False)
     _enqueue([(cb, operation, err)], None)
-
-
-def aio_error(cb: aiocb) -> int:
-    """The error status of the request of *cb* (``aio_error(3)``).
-
-    Returns:
-        ``EINPROGRESS`` while it runs, 0 if it succeeded, ``ECANCELED`` if
-        it was cancelled, otherwise the errno it failed with.
-
-    Raises:
-        OSError: EINVAL if *cb* was never submitted.
-        TypeError: *cb* is not an aiocb.
-    """
-    if type(cb) is not aiocb:
-        cb = _check_cb(cb)
-    return cb._status()
-
-
-def aio_return(cb: aiocb) -> int:
-    """The return status of the finished request of *cb*, once
-    (``aio_return(3)``).
-
-    Returns:
-        The bytes transferred (0 for ``aio_fsync``), or -1 if it failed
-        (see :func:`aio_error` for why).
-
-    Raises:
-        OSError: EINVAL if *cb* was never submitted or its status was already
-            retrieved; EINPROGRESS if the request has not finished.
-        TypeError: *cb* is not an aiocb.
-    """
-    if type(cb) is not aiocb:
-        cb = _check_cb(cb)
-    # No lock: the result is stored before the state that says DONE, and
-    # only a concurrent aio_return of the same aiocb (which C leaves
-    # undefined) could see DONE twice.
-    return cb._retrieve()
 
 
 def aio_cancel(fd: int, cb: aiocb | None = None) -> int:

@@ -8,8 +8,8 @@ which check that the change is legal (a bug otherwise: ``StateError``) and
 do no I/O, so that they are tested without files or threads
 (``tests/test_posix_request.py``).  Their callers hold
 ``_runtime._state_lock``; the readers that take no lock (``aio_error``,
-``aio_return``, ``aio_suspend``) see the result before the state, because
-every transition stores the state last.
+``aio_return``, ``aio_suspend``, below and in :mod:`xaio.posix`) see the
+result before the state, because every transition stores the state last.
 
 ::
 
@@ -285,14 +285,12 @@ class aiocb:
         self._state = DONE
         return True
 
-    def _complete_now(self, fd: int, n: int) -> None:
-        """The page-cache fast path did the whole read (*n* bytes) at once."""
+    def _complete_now(self, n: int) -> None:
+        """The page-cache fast path did the whole read (*n* bytes) at once.
+        Not in progress before, so it has no operation, lane, list or
+        notice to clear."""
         self._error = 0
         self._return = n
-        self._op = None
-        self._fd = fd
-        self._group = None
-        self._notice = None
         self._state = DONE
 
     def _give_back(self) -> Operation | None:
@@ -316,27 +314,6 @@ class aiocb:
         self._lane = None
         self._parked = None
         self._state = NEW
-
-    def _status(self) -> int:
-        """``aio_error``'s answer."""
-        state = self._state
-        if state >= HELD:
-            return errno.EINPROGRESS
-        if state == NEW:
-            raise _syscall.oserror(errno.EINVAL, "aiocb was never submitted")
-        return self._error
-
-    def _retrieve(self) -> int:
-        """``aio_return``'s answer, once: DONE -> RETRIEVED."""
-        state = self._state
-        if state == DONE:
-            self._state = RETRIEVED
-            return self._return
-        if state >= HELD:
-            raise _syscall.oserror(errno.EINPROGRESS, "the request is still in progress")
-        if state == NEW:
-            raise _syscall.oserror(errno.EINVAL, "aiocb was never submitted")
-        raise _syscall.oserror(errno.EINVAL, "the return status was already retrieved")
 
 
 aiocb.__module__ = "xaio.posix"
@@ -368,6 +345,63 @@ class _Group:
         self.failed = False
         self.notice = notice
         self.waiter = waiter
+
+
+# -- the queries of the state machine (no lock: see the module docstring) ----------
+
+_EINPROGRESS: Final = errno.EINPROGRESS
+
+
+def aio_error(cb: aiocb) -> int:
+    """The error status of the request of *cb* (``aio_error(3)``).
+
+    Returns:
+        ``EINPROGRESS`` while it runs, 0 if it succeeded, ``ECANCELED`` if
+        it was cancelled, otherwise the errno it failed with.
+
+    Raises:
+        OSError: EINVAL if *cb* was never submitted.
+        TypeError: *cb* is not an aiocb.
+    """
+    if type(cb) is not aiocb:
+        cb = _check_cb(cb)
+    state = cb._state
+    if state >= HELD:
+        return _EINPROGRESS
+    if state == NEW:
+        raise _syscall.oserror(errno.EINVAL, "aiocb was never submitted")
+    return cb._error
+
+
+def aio_return(cb: aiocb) -> int:
+    """The return status of the finished request of *cb*, once
+    (``aio_return(3)``).
+
+    Returns:
+        The bytes transferred (0 for ``aio_fsync``), or -1 if it failed
+        (see :func:`aio_error` for why).
+
+    Raises:
+        OSError: EINVAL if *cb* was never submitted or its status was already
+            retrieved; EINPROGRESS if the request has not finished.
+        TypeError: *cb* is not an aiocb.
+    """
+    if type(cb) is not aiocb:
+        cb = _check_cb(cb)
+    # DONE -> RETRIEVED without the lock: the result is stored before the
+    # state that says DONE, and only a concurrent aio_return of the same
+    # aiocb (which C leaves undefined) could see DONE twice.
+    if cb._state == DONE:
+        cb._state = RETRIEVED
+        return cb._return
+    if cb._state >= HELD:
+        raise _syscall.oserror(errno.EINPROGRESS, "the request is still in progress")
+    if cb._state == NEW:
+        raise _syscall.oserror(errno.EINVAL, "aiocb was never submitted")
+    raise _syscall.oserror(errno.EINVAL, "the return status was already retrieved")
+
+
+aio_error.__module__ = aio_return.__module__ = "xaio.posix"
 
 
 def _check_cb(cb: Any) -> aiocb:
