@@ -681,6 +681,33 @@ def test_text_errors_and_modes(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("call", ["read", "readline", "readlines"])
+def test_text_decode_error_consumes_the_chunk_as_io(lib: str, tmp_path: Path, call: str) -> None:
+    """A read that meets undecodable bytes raises UnicodeDecodeError and, as
+    io.TextIOWrapper's, has consumed the chunk it decoded: the next read (and
+    tell(), which io refuses after readlines) give what the builtin file gives."""
+    p = tmp_path / "bad.txt"
+    # "ab", a lone UTF-16 low surrogate (undecodable with errors="strict"), "cd"
+    p.write_bytes("ab".encode("utf-16-le") + b"\x00\xde" + "cd".encode("utf-16-le"))
+    args = (1,) if call == "read" else ()
+
+    with open(p, encoding="utf-16-le") as g:
+        with pytest.raises(UnicodeDecodeError):
+            getattr(g, call)(*args)
+        where = None if call == "readlines" else g.tell()
+        rest = g.read()
+
+    async def main() -> None:
+        async with xaio.open(p, encoding="utf-16-le") as f:
+            with pytest.raises(UnicodeDecodeError):
+                await getattr(f, call)(*args)
+            if where is not None:
+                assert await f.tell() == where
+            assert await f.read() == rest
+
+    run(lib, main)
+
+
 def test_direct_file(lib: str, engine_name: str, tmp_path: Path) -> None:
     p = tmp_path / "d.bin"
     try:

@@ -37,9 +37,12 @@ class _Detached:
 class AsyncTextFile:
     """A text async file over an :class:`AsyncFile` (see the module essay).
 
-    A read cancelled (or failing) part way loses nothing: on a stream the
-    text it had taken goes back in front of the decoded text, on a seekable
-    file the reader returns to where that read began.
+    A read cancelled (or failing with an ``OSError``) part way loses
+    nothing: on a stream the text it had taken goes back in front of the
+    decoded text, on a seekable file the reader returns to where that read
+    began.  A ``UnicodeDecodeError`` consumes what the read took and the
+    chunk it was found in, as ``io.TextIOWrapper``'s does: reading on goes
+    past the bad bytes.
     """
 
     _CHUNK = 8192
@@ -150,7 +153,11 @@ class AsyncTextFile:
         pos0 = self.buffer._tell() if self.buffer._seekable else 0
         state0 = dec.getstate()
         chunk = await self.buffer.read1(self._CHUNK)
-        text = dec.decode(chunk, final=not chunk)
+        try:
+            text = dec.decode(chunk, final=not chunk)
+        except UnicodeDecodeError:
+            self._reset_read(reset_decoder=False)  # the chunk is consumed
+            raise
         self._snap = (pos0, state0, chunk)
         self._decoded = text
         self._dpos = 0
@@ -217,11 +224,12 @@ class AsyncTextFile:
         if n < 0:
             dec = self._get_decoder()
             data = await self.buffer.read()  # nothing is consumed if it is cancelled
-            text: str = self._decoded[self._dpos :] + dec.decode(data, final=True)
+            held = self._decoded[self._dpos :]
             self._decoded = ""
             self._dpos = 0
             self._snap = (0, None, b"")
             self._reading = True  # the decoder (and its newlines) stays
+            text: str = held + dec.decode(data, final=True)
             return text
         dpos = self._dpos
         if len(self._decoded) - dpos >= n:  # at hand: no read, nothing to undo
@@ -241,6 +249,8 @@ class AsyncTextFile:
                 parts.append(self._decoded[self._dpos : self._dpos + take])
                 self._dpos += take
                 total += take
+        except UnicodeDecodeError:
+            raise  # consumed (see the class doc)
         except BaseException:
             self._undo(saved, parts)
             raise
@@ -265,6 +275,8 @@ class AsyncTextFile:
         saved = self._save()
         try:
             return await self._readline(limit, parts)
+        except UnicodeDecodeError:
+            raise  # consumed (see the class doc)
         except BaseException:
             self._undo(saved, parts)
             raise
@@ -321,6 +333,8 @@ class AsyncTextFile:
                 total += len(line)
                 if 0 < h < total:  # io: stop once the total exceeds the hint
                     break
+        except UnicodeDecodeError:
+            raise
         except BaseException:
             self._undo(saved, lines)
             raise
