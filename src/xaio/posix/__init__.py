@@ -122,6 +122,7 @@ from xaio.posix._notify import (
 )
 from xaio.posix._request import (
     HELD,
+    LIO_NOP,
     NEW,
     _check_cb,
     _Group,
@@ -167,7 +168,6 @@ AIO_NOTCANCELED: Final = 1
 AIO_ALLDONE: Final = 2
 LIO_READ: Final = 0
 LIO_WRITE: Final = 1
-LIO_NOP: Final = 2
 LIO_WAIT: Final = 0
 LIO_NOWAIT: Final = 1
 AIO_PRIO_DELTA_MAX: Final = 20
@@ -428,11 +428,10 @@ def aio_cancel(fd: int, cb: aiocb | None = None) -> int:
         # so cancelling a running one releases nothing we are cancelling).
         work: list[tuple[aiocb, Operation, Engine]] = []
         for c in targets:
-            op, eng = c._op, c._engine
-            if op is None or eng is None:  # pragma: no cover - defensive
-                continue
-            lane = c._lane
-            if c._state == HELD and lane is not None:
+            op, eng, lane = c._op, c._engine, c._lane
+            assert op is not None and eng is not None  # set while in progress
+            if c._state == HELD:
+                assert lane is not None
                 lane.held.remove(c)
                 held.append(c._unlane())
                 more = _lane_release_locked(c._fd, lane)

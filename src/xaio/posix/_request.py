@@ -48,7 +48,8 @@ if TYPE_CHECKING:
     from xaio._lanes import Lane
     from xaio.engine import Engine
 
-LIO_NOP = 2
+#: glibc's value (<aio.h>), the default ``aio_lio_opcode``; exported by xaio.posix.
+LIO_NOP: Final = 2
 
 # aiocb._state: not in progress (the first three), then in progress (>= HELD)
 NEW: Final = 0  # never submitted, given back, or submitted in the parent before fork
