@@ -4,7 +4,6 @@ the essay of :mod:`xaio.linux`."""
 
 from __future__ import annotations
 
-import array
 import ctypes
 import errno
 import os
@@ -30,7 +29,6 @@ from xaio.linux._iocb import (
     _U32,
     _U64,
     Iocb,
-    IocbInFlightError,
     IOEvent,
     _new_event,
 )
@@ -94,6 +92,7 @@ class IOContext:
         "_ring",
         "_waiters",
         "_spare_events",
+        "_spare_ptrs",
         "__weakref__",
     )
 
@@ -124,6 +123,8 @@ class IOContext:
         self._waiters = 0
         # io_event arrays for that system call, reused (one per waiting thread).
         self._spare_events: list[Any] = []
+        # Pointer arrays for io_submit, reused (one per submitting thread).
+        self._spare_ptrs: list[_Pointers] = []
         with _live_lock:
             _live[ctx_id] = self
 
@@ -207,16 +208,17 @@ class IOContext:
         the kernel: its Iocb leaves the in-flight table and its buffers are
         released (as :meth:`Iocb._release` does)."""
         pop = self._inflight.pop
-        setattr_ = object.__setattr__
-        out: list[IOEvent] = []
-        append = out.append
         with self._lock:
-            for data, obj, res, res2 in raw:
-                owner = pop(obj, None)
+            out: list[IOEvent] = [
+                _new_event(IOEvent, (data, pop(obj, None), res, res2))
+                for data, obj, res, res2 in raw
+            ]
+            for event in out:
+                owner = event[1]
                 if owner is not None:
-                    setattr_(owner, "_pins", ())
-                    setattr_(owner, "_ctx", None)
-                append(_new_event(IOEvent, (data, owner, res, res2)))
+                    flight = owner._flight
+                    flight.pins = ()
+                    flight.ctx = None
         self._stats["reaped"] += len(raw)
         return out
 
@@ -282,31 +284,42 @@ def _setup(nr_events: Any) -> tuple[int, IOContext | None]:
     return 0, IOContext(ctx_id, nr)
 
 
+class _Pointers:
+    """An array of ``struct iocb *`` for ``io_submit``, with the address of
+    every chunk of ``_SUBMIT_CHUNK`` entries made once as a call argument."""
+
+    __slots__ = ("array", "chunks")
+
+    def __init__(self, n: int) -> None:
+        self.array: Any = (ctypes.c_void_p * n)()
+        base = ctypes.addressof(self.array)
+        self.chunks = [ctypes.c_void_p(base + i * 8) for i in range(0, n, _SUBMIT_CHUNK)]
+
+
 def _submit(ctx: IOContext, iocbs: Iterable[Iocb]) -> int:
-    ctx = _as_context(ctx)
+    if type(ctx) is not IOContext:
+        ctx = _as_context(ctx)
     batch = list(iocbs)
     for obj in batch:
         if type(obj) is not Iocb and not isinstance(obj, Iocb):
             i = next(i for i, o in enumerate(batch) if not isinstance(o, Iocb))
             raise TypeError(f"iocbs[{i}] must be an Iocb, not {type(batch[i]).__name__!r}")
-    if len(set(map(id, batch))) != len(batch):
-        raise IocbInFlightError("the same Iocb appears twice in one submission")
     if ctx._destroyed or ctx._foreign:
         return -errno.EINVAL
     # The kernel takes at most the ring's size in one call.
     n = min(len(batch), ctx._ring_nr)
     addresses = [obj._address for obj in batch]
     prepared = 0
-    setattr_ = object.__setattr__
     try:
         # Register before the syscall: a completion may be reaped by another
-        # thread before io_submit even returns.
+        # thread before io_submit even returns.  An Iocb listed twice is in
+        # flight when its second entry is prepared: refused like any other.
         with ctx._lock:
             if ctx._destroyed or ctx._foreign:
                 return -errno.EINVAL
             for obj in batch:
                 obj._prepare()
-                setattr_(obj, "_ctx", ctx)
+                obj._flight.ctx = ctx
                 prepared += 1
             ctx._inflight.update(zip(addresses[:n], batch, strict=False))
     except BaseException:
@@ -314,17 +327,20 @@ def _submit(ctx: IOContext, iocbs: Iterable[Iocb]) -> int:
             obj._release()
         raise
     ret = 0
-    ptrs = array.array("Q", addresses[:n])
+    spare = ctx._spare_ptrs
+    ptrs = spare.pop() if spare else _Pointers(ctx._ring_nr)
+    ptrs.array[:n] = addresses[:n]
+    chunks = ptrs.chunks
     # One call per _SUBMIT_CHUNK requests (the device starts on the first
     # ones while the kernel prepares the next; see the module's essay): the
     # answer is the same as one call's, since the kernel takes requests in
     # order and stops at the first it refuses.
     done = 0
     try:
-        base = ptrs.buffer_info()[0]
         while done < n:
             m = n - done if n - done < _SUBMIT_CHUNK else _SUBMIT_CHUNK
-            r = _FAST_SUBMIT(ctx._cid, m, ctypes.c_void_p(base + done * 8))
+            # done is a multiple of _SUBMIT_CHUNK: a short answer ends the loop
+            r = _FAST_SUBMIT(ctx._cid, m, chunks[done // _SUBMIT_CHUNK])
             if r <= 0:
                 ret = r
                 break
@@ -339,6 +355,7 @@ def _submit(ctx: IOContext, iocbs: Iterable[Iocb]) -> int:
         _unsubmit(ctx, batch[done:])
         ctx._stats["submitted"] += done
         raise
+    spare.append(ptrs)
     if done < len(batch):
         _unsubmit(ctx, batch[done:])
     ctx._stats["submitted"] += done

@@ -71,7 +71,6 @@ _INT_FIELDS: dict[str, tuple[int, int, int, Any, int]] = {
         ("aio_resfd", -(1 << 31), _U32, "<I", _U32),
     )
 }
-_IMAGE_FIELDS = {name: spec for name, spec in _INT_FIELDS.items() if name != "aio_lio_opcode"}
 #: aio_key: set to this in each iocb before io_submit; the kernel writes 0
 #: into it when it takes the request, which tells an interrupted submission
 #: which requests the kernel took.
@@ -82,6 +81,26 @@ _c_char_from_buffer = ctypes.c_char.from_buffer
 _addressof = ctypes.addressof
 # What the ready image holds in place of the buffer (Iocb._kind).
 _NO_BUFFER, _ONE_BUFFER, _VECTOR = 0, 1, 2
+
+
+class _Flight:
+    """The state of an :class:`Iocb` that each submission and reap change,
+    in an object of its own: storing into it is a plain attribute store,
+    where storing into the Iocb goes through its ``__setattr__``."""
+
+    __slots__ = ("ctx", "pins", "ready")
+
+    def __init__(self) -> None:
+        #: The context the request is in flight on, else None.
+        self.ctx: IOContext | None = None
+        #: What the kernel may use while the request is in flight: the
+        #: buffer exports (and a vectored request's iovec array), referred to
+        #: only from here, so that dropping the tuple releases them.
+        self.pins: tuple[Any, ...] = ()
+        #: True while the Iocb's ``struct iocb`` holds every field as checked
+        #: and written by the last :meth:`Iocb._build` plus the integer
+        #: fields set since.
+        self.ready = False
 
 
 def _int_field(name: str, value: Any) -> int:
@@ -133,9 +152,7 @@ class Iocb:
         "_struct",
         "_mem",
         "_address",
-        "_pins",
-        "_ctx",
-        "_ready",
+        "_flight",
         "_kind",
         "_writable",
         "_export",
@@ -158,14 +175,8 @@ class Iocb:
     _struct: iocb
     _mem: memoryview
     _address: int
-    #: What the kernel may use while the request is in flight: the buffer
-    #: exports (and a vectored request's iovec array), referred to only from
-    #: here, so that dropping the tuple releases them.
-    _pins: tuple[Any, ...]
-    _ctx: IOContext | None
-    #: True while ``_struct`` holds every field as checked and written by the
-    #: last full :meth:`_prepare` plus the integer fields set since.
-    _ready: bool
+    #: What submission and reaping change (see :class:`_Flight`).
+    _flight: _Flight
     _kind: int
     _writable: bool
     #: The single buffer is a bytearray or a writable 1-D byte memoryview,
@@ -177,8 +188,7 @@ class Iocb:
 
     def __init__(self) -> None:
         s = object.__setattr__
-        s(self, "_ctx", None)
-        s(self, "_ready", False)
+        s(self, "_flight", _Flight())
         for name in _FIELDS:
             s(self, name, 0)
         s(self, "aio_buf", None)
@@ -187,7 +197,6 @@ class Iocb:
         s(self, "_struct", st)
         s(self, "_mem", memoryview(st).cast("B"))
         s(self, "_address", ctypes.addressof(st))
-        s(self, "_pins", ())
         s(self, "_kind", _NO_BUFFER)
         s(self, "_writable", False)
         s(self, "_export", False)
@@ -195,17 +204,25 @@ class Iocb:
         s(self, "_pin_nbytes", 0)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in _FIELD_SET:
-            if self._ctx is not None:
+        spec = _IMAGE_FIELDS.get(name)
+        if spec is not None:
+            # an integer field: stored through its slot (cheaper than
+            # object.__setattr__), and into the ready image if valid
+            flight = self._flight
+            if flight.ctx is not None:
                 raise IocbInFlightError(f"cannot set {name}: the Iocb is in flight")
-            object.__setattr__(self, name, value)
-            if self._ready:
-                spec = _IMAGE_FIELDS.get(name)
-                if spec is not None and type(value) is int and spec[0] <= value <= spec[1]:
+            spec[5](self, value)
+            if flight.ready:
+                if type(value) is int and spec[0] <= value <= spec[1]:
                     spec[3](self._mem, spec[2], value & spec[4])
                 else:
-                    # the next submission checks everything again
-                    object.__setattr__(self, "_ready", False)
+                    flight.ready = False  # the next submission checks everything
+        elif name in _FIELD_SET:
+            flight = self._flight
+            if flight.ctx is not None:
+                raise IocbInFlightError(f"cannot set {name}: the Iocb is in flight")
+            object.__setattr__(self, name, value)
+            flight.ready = False  # the next submission checks everything
         else:
             object.__setattr__(self, name, value)
 
@@ -238,7 +255,7 @@ class Iocb:
     def in_flight(self) -> bool:
         """True from a successful submission until its event is reaped (or
         its context destroyed)."""
-        return self._ctx is not None
+        return self._flight.ctx is not None
 
     # --- constructors ------------------------------------------------------------
     @classmethod
@@ -398,9 +415,10 @@ class Iocb:
         with the same length, only the pin is taken again; otherwise
         :meth:`_build` checks every field.  Raises TypeError/ValueError before
         anything reaches the kernel."""
-        if self._ctx is not None:
-            raise IocbInFlightError("this Iocb is already in flight")
-        if self._ready:
+        flight = self._flight
+        if flight.ctx is not None:
+            raise IocbInFlightError("this Iocb is already in flight (or listed twice)")
+        if flight.ready:
             kind = self._kind
             if kind == _ONE_BUFFER:
                 buf = self.aio_buf
@@ -412,13 +430,13 @@ class Iocb:
                     if p is not None:
                         if _addressof(p) == self._pin_address and len(buf) == self._pin_nbytes:
                             _KEY.pack_into(self._mem, _KEY_OFFSET, _UNSENT_KEY)
-                            object.__setattr__(self, "_pins", (p,))
+                            flight.pins = (p,)
                             return
                     else:
                         p = Pin(buf, self._writable)
                         if p.address == self._pin_address and p.nbytes == self._pin_nbytes:
                             _KEY.pack_into(self._mem, _KEY_OFFSET, _UNSENT_KEY)
-                            object.__setattr__(self, "_pins", (p,))
+                            flight.pins = (p,)
                             return
                 del p  # the buffer moved or was resized: drop that export
             elif kind == _NO_BUFFER:
@@ -428,7 +446,8 @@ class Iocb:
 
     def _build(self) -> None:
         """Check every field, pin the buffers and fill ``struct iocb``."""
-        object.__setattr__(self, "_ready", False)
+        flight = self._flight
+        flight.ready = False
         opcode = _int_field("aio_lio_opcode", self.aio_lio_opcode)
         reqprio = _int_field("aio_reqprio", self.aio_reqprio)
         fd = _int_field("aio_fildes", self.aio_fildes)
@@ -506,7 +525,7 @@ class Iocb:
         st.aio_flags = flags
         st.aio_resfd = resfd & _U32
         s = object.__setattr__
-        s(self, "_pins", pins)
+        flight.pins = pins
         s(self, "_kind", kind)
         s(self, "_writable", writable)
         if kind == _ONE_BUFFER:
@@ -524,15 +543,16 @@ class Iocb:
             )
             s(self, "_pin_address", address)
             s(self, "_pin_nbytes", pins[0].nbytes)
-        s(self, "_ready", True)
+        flight.ready = True
 
     def _release(self) -> None:
         # (IOContext._events does the same for each reaped request.)
-        object.__setattr__(self, "_pins", ())
-        object.__setattr__(self, "_ctx", None)
+        flight = self._flight
+        flight.pins = ()
+        flight.ctx = None
 
     def __repr__(self) -> str:
-        state = " in flight" if self._ctx is not None else ""
+        state = " in flight" if self._flight.ctx is not None else ""
         buf = self.aio_buf
         desc = (
             f"{type(buf).__name__}[{len(buf)}]"
@@ -543,6 +563,16 @@ class Iocb:
             f"<Iocb op={self.aio_lio_opcode} fd={self.aio_fildes} buf={desc} "
             f"nbytes={self.aio_nbytes} offset={self.aio_offset} data={self.aio_data}{state}>"
         )
+
+
+#: The integer fields a prepared Iocb writes into its image as they are set
+#: (not the opcode, whose change touches the buffer rules): their
+#: ``_INT_FIELDS`` entry and the setter of their slot.
+_IMAGE_FIELDS: dict[str, tuple[int, int, int, Any, int, Any]] = {
+    name: (*spec, Iocb.__dict__[name].__set__)
+    for name, spec in _INT_FIELDS.items()
+    if name != "aio_lio_opcode"
+}
 
 
 class IOEvent(NamedTuple):
