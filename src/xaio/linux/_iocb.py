@@ -54,33 +54,37 @@ _FIELDS = (
 _FIELD_SET = frozenset(_FIELDS)
 
 #: The integer fields: the range each accepts, and where and how it is stored
-#: in ``struct iocb`` (the value masked to the field's width, so a negative
-#: value lands as the two's complement the kernel reads).  Setting one of them
+#: in ``struct iocb``: log2 of its size (which of ``Iocb._views``), its index
+#: there, and the mask to its width (so a negative value lands as the two's
+#: complement the kernel reads).  Setting one of them
 #: on a prepared :class:`Iocb` (not the opcode, whose change touches the
 #: buffer rules) checks it and writes it into the ready image at once.
-_INT_FIELDS: dict[str, tuple[int, int, int, Any, int]] = {
-    name: (lo, hi, getattr(iocb, name).offset, struct.Struct(fmt).pack_into, mask)
-    for name, lo, hi, fmt, mask in (
-        ("aio_data", 0, _U64, "<Q", _U64),
-        ("aio_lio_opcode", 0, _U16, "<H", _U16),
-        ("aio_reqprio", -0x8000, 0x7FFF, "<H", _U16),
-        ("aio_fildes", -(1 << 31), _U32, "<I", _U32),
-        ("aio_offset", -(1 << 63), (1 << 63) - 1, "<Q", _U64),
-        ("aio_rw_flags", -(1 << 31), _U32, "<I", _U32),
-        ("aio_flags", 0, _U32, "<I", _U32),
-        ("aio_resfd", -(1 << 31), _U32, "<I", _U32),
+_INT_FIELDS: dict[str, tuple[int, int, int, int, int]] = {
+    name: (lo, hi, width, getattr(iocb, name).offset >> width, (1 << (8 << width)) - 1)
+    for name, lo, hi, width in (
+        ("aio_data", 0, _U64, 3),
+        ("aio_lio_opcode", 0, _U16, 1),
+        ("aio_reqprio", -0x8000, 0x7FFF, 1),
+        ("aio_fildes", -(1 << 31), _U32, 2),
+        ("aio_offset", -(1 << 63), (1 << 63) - 1, 3),
+        ("aio_rw_flags", -(1 << 31), _U32, 2),
+        ("aio_flags", 0, _U32, 2),
+        ("aio_resfd", -(1 << 31), _U32, 2),
     )
 }
 #: aio_key: set to this in each iocb before io_submit; the kernel writes 0
 #: into it when it takes the request, which tells an interrupted submission
 #: which requests the kernel took.
 _UNSENT_KEY = 1
-_KEY = struct.Struct("<I")
+_KEY = struct.Struct("=I")
 _KEY_OFFSET = iocb.aio_key.offset
+_KEY_WORD = _KEY_OFFSET >> 2  # in Iocb._views[2]
 _c_char_from_buffer = ctypes.c_char.from_buffer
 _addressof = ctypes.addressof
 # What the ready image holds in place of the buffer (Iocb._kind).
 _NO_BUFFER, _ONE_BUFFER, _VECTOR = 0, 1, 2
+# How a single buffer is pinned again (Iocb._export).
+_MOVABLE, _FIXED = 1, 2
 
 
 class _Flight:
@@ -151,6 +155,7 @@ class Iocb:
         "callback",
         "_struct",
         "_mem",
+        "_views",
         "_address",
         "_flight",
         "_kind",
@@ -174,14 +179,20 @@ class Iocb:
     _nbytes: Any
     _struct: iocb
     _mem: memoryview
+    #: ``_struct`` as bytes, 16-, 32- and 64-bit words (``_VIEW_FORMATS``):
+    #: a field is stored by an item assignment, cheaper than ``pack_into``.
+    _views: tuple[memoryview, ...]
     _address: int
     #: What submission and reaping change (see :class:`_Flight`).
     _flight: _Flight
     _kind: int
     _writable: bool
-    #: The single buffer is a bytearray or a writable 1-D byte memoryview,
-    #: which a one-char ctypes export holds (as in ``Pin``).
-    _export: bool
+    #: How the single buffer is pinned again: ``_MOVABLE`` (a bytearray,
+    #: which may have been resized and moved between two submissions) or
+    #: ``_FIXED`` (a writable 1-D byte memoryview: its memory and length
+    #: stay as they are while the view lives), both held by a one-char ctypes
+    #: export (as in ``Pin``); else 0, by a ``Pin``.
+    _export: int
     #: The single buffer's address and length when ``_struct`` was built.
     _pin_address: int
     _pin_nbytes: int
@@ -195,11 +206,13 @@ class Iocb:
         s(self, "callback", None)
         st = iocb()
         s(self, "_struct", st)
-        s(self, "_mem", memoryview(st).cast("B"))
+        mem = memoryview(st).cast("B")
+        s(self, "_mem", mem)
+        s(self, "_views", (mem, mem.cast("H"), mem.cast("I"), mem.cast("Q")))
         s(self, "_address", ctypes.addressof(st))
         s(self, "_kind", _NO_BUFFER)
         s(self, "_writable", False)
-        s(self, "_export", False)
+        s(self, "_export", 0)
         s(self, "_pin_address", 0)
         s(self, "_pin_nbytes", 0)
 
@@ -214,7 +227,7 @@ class Iocb:
             spec[5](self, value)
             if flight.ready:
                 if type(value) is int and spec[0] <= value <= spec[1]:
-                    spec[3](self._mem, spec[2], value & spec[4])
+                    self._views[spec[2]][spec[3]] = value & spec[4]
                 else:
                     flight.ready = False  # the next submission checks everything
         elif name in _FIELD_SET:
@@ -422,25 +435,28 @@ class Iocb:
             kind = self._kind
             if kind == _ONE_BUFFER:
                 buf = self.aio_buf
+                export = self._export
                 try:
-                    p: Any = _c_char_from_buffer(buf) if self._export else None
+                    p: Any = _c_char_from_buffer(buf) if export else None
                 except (TypeError, ValueError):  # released or emptied: _build says why
                     p = None
                 else:
                     if p is not None:
-                        if _addressof(p) == self._pin_address and len(buf) == self._pin_nbytes:
-                            _KEY.pack_into(self._mem, _KEY_OFFSET, _UNSENT_KEY)
+                        if export == _FIXED or (
+                            _addressof(p) == self._pin_address and len(buf) == self._pin_nbytes
+                        ):
+                            self._views[2][_KEY_WORD] = _UNSENT_KEY
                             flight.pins = (p,)
                             return
                     else:
                         p = Pin(buf, self._writable)
                         if p.address == self._pin_address and p.nbytes == self._pin_nbytes:
-                            _KEY.pack_into(self._mem, _KEY_OFFSET, _UNSENT_KEY)
+                            self._views[2][_KEY_WORD] = _UNSENT_KEY
                             flight.pins = (p,)
                             return
                 del p  # the buffer moved or was resized: drop that export
             elif kind == _NO_BUFFER:
-                _KEY.pack_into(self._mem, _KEY_OFFSET, _UNSENT_KEY)
+                self._views[2][_KEY_WORD] = _UNSENT_KEY
                 return
         self._build()
 
@@ -530,17 +546,13 @@ class Iocb:
         s(self, "_writable", writable)
         if kind == _ONE_BUFFER:
             t = type(buf)
-            s(
-                self,
-                "_export",
-                pins[0].nbytes > 0
-                and (
-                    t is bytearray
-                    or (
-                        t is memoryview and buf.ndim == 1 and buf.format == "B" and not buf.readonly
-                    )
-                ),
-            )
+            export = 0
+            if pins[0].nbytes > 0:
+                if t is bytearray:
+                    export = _MOVABLE
+                elif t is memoryview and buf.ndim == 1 and buf.format == "B" and not buf.readonly:
+                    export = _FIXED
+            s(self, "_export", export)
             s(self, "_pin_address", address)
             s(self, "_pin_nbytes", pins[0].nbytes)
         flight.ready = True
@@ -568,7 +580,7 @@ class Iocb:
 #: The integer fields a prepared Iocb writes into its image as they are set
 #: (not the opcode, whose change touches the buffer rules): their
 #: ``_INT_FIELDS`` entry and the setter of their slot.
-_IMAGE_FIELDS: dict[str, tuple[int, int, int, Any, int, Any]] = {
+_IMAGE_FIELDS: dict[str, tuple[int, int, int, int, int, Any]] = {
     name: (*spec, Iocb.__dict__[name].__set__)
     for name, spec in _INT_FIELDS.items()
     if name != "aio_lio_opcode"
