@@ -17,6 +17,7 @@ import os
 import resource
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -95,6 +96,49 @@ def reap_until(eng: Engine, ops: Sequence[Operation], timeout: float = TIMEOUT) 
         remaining = deadline - time.monotonic()
         assert remaining > 0, f"not done within {timeout:g}s: {[o for o in ops if not o.done]}"
         eng.reap(remaining)
+
+
+#: x86-64 system call numbers, as /proc/self/task/*/syscall shows them
+READ_SYSCALLS = frozenset({0, 17, 19, 295, 327})  # read, pread64, readv, preadv, preadv2
+WRITE_SYSCALLS = frozenset({1, 18, 20, 296, 328})  # write, pwrite64, writev, pwritev, pwritev2
+POLL_SYSCALLS = frozenset({7, 271})  # poll, ppoll
+
+
+def wait_blocked_in(
+    syscalls: frozenset[int], fd: int | None = None, timeout: float = TIMEOUT
+) -> None:
+    """Wait until a thread of this process is inside one of *syscalls* (on
+    *fd*, the first argument, unless None), as ``/proc/self/task/*/syscall``
+    shows it: the number, then the arguments.
+
+    Raises:
+        AssertionError: no thread got there within *timeout* seconds.
+    """
+
+    def blocked() -> bool:
+        for task in Path("/proc/self/task").iterdir():
+            try:
+                fields = (task / "syscall").read_text().split()
+            except OSError:
+                continue
+            if (
+                len(fields) > 1
+                and fields[0].isdigit()
+                and int(fields[0]) in syscalls
+                and (fd is None or int(fields[1], 16) == fd)
+            ):
+                return True
+        return False
+
+    wait_until(blocked, timeout, f"a thread blocked in {sorted(syscalls)} on fd {fd}")
+
+
+def sq_thread_sleeps(ring: Any) -> bool:
+    """Whether the SQPOLL thread of *ring* (an :class:`xaio.uring.Ring`) has gone
+    to sleep: the kernel sets ``IORING_SQ_NEED_WAKEUP`` in the SQ flags."""
+    from xaio._abi import uring as abi
+
+    return bool(ring._sq32[ring._sq_kflags] & abi.IORING_SQ_NEED_WAKEUP)
 
 
 # ---------------------------------------------------------------------------------

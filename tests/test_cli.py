@@ -27,6 +27,8 @@ from xaio.cli import cp as _cp
 from xaio.cli._job import Job, latency_stats, parse_size
 from xaio.engine import probe
 
+from .support import wait_until
+
 TIMEOUT = 60
 
 
@@ -370,11 +372,39 @@ def running_bench(tmp_path: Path, *args: str) -> Iterator[subprocess.Popen[str]]
 
 
 def wait_for_file(directory: Path, proc: subprocess.Popen[str], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not any(directory.iterdir()):
+    def appeared() -> bool:
         assert proc.poll() is None, "bench exited early"
-        assert time.monotonic() < deadline, "no temporary file appeared"
-        time.sleep(0.05)
+        return any(directory.iterdir())
+
+    wait_until(appeared, timeout, "a temporary file")
+
+
+def wait_for_timed_loop(directory: Path, proc: subprocess.Popen[str]) -> None:
+    """Wait until the bench of *proc* is in its timed loop: it has reopened its
+    file in *directory* read-only and read a first MiB through it."""
+    where = os.path.realpath(directory) + "/"
+
+    def reading() -> bool:
+        assert proc.poll() is None, "bench exited early"
+        for fd in Path(f"/proc/{proc.pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+                info = Path(f"/proc/{proc.pid}/fdinfo/{fd.name}").read_text()
+            except OSError:  # closed meanwhile
+                continue
+            flags = int(info.split("flags:")[1].split()[0], 8)
+            if target.startswith(where) and flags & os.O_ACCMODE == os.O_RDONLY:
+                return True
+        return False
+
+    def rchar() -> int:
+        assert proc.poll() is None, "bench exited early"
+        io = Path(f"/proc/{proc.pid}/io").read_text()
+        return int(io.split("rchar:")[1].split()[0])
+
+    wait_until(reading, 20, "the bench reading its file")
+    start = rchar()
+    wait_until(lambda: rchar() >= start + (1 << 20), 20, "a first MiB read")
 
 
 @pytest.mark.parametrize(("api", "sig", "status", "word"), [
@@ -386,8 +416,7 @@ def test_bench_signal_exits_cleanly(
     tmp_path: Path, api: str, sig: signal.Signals, status: int, word: str
 ) -> None:
     with running_bench(tmp_path, "--api", api, "--engine", "thread") as proc:
-        wait_for_file(tmp_path, proc)
-        time.sleep(0.7)  # well into the timed loop
+        wait_for_timed_loop(tmp_path, proc)
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == status, err
@@ -644,14 +673,11 @@ def test_cp_sigint_removes_partial_copy(tmp_path: Path) -> None:
     )  # fmt: skip
 
     def started() -> bool:  # the temporary copy beside dst has data
+        assert proc.poll() is None, "cp finished before it could be interrupted"
         return any(p.stat().st_blocks for p in tmp_path.iterdir() if p != src)
 
     try:
-        deadline = time.monotonic() + 20
-        while not started():
-            assert proc.poll() is None, "cp finished before it could be interrupted"
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_until(started, 20, "the copy started")
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=TIMEOUT)
     finally:

@@ -23,7 +23,7 @@ import xaio
 from xaio._ops import CancelOutcome, OpCode, Operation, OpState
 from xaio.engine import ENGINE_NAMES, Engine, EngineClosedError, create_engine, probe
 
-from .support import pattern, reap_until
+from .support import POLL_SYSCALLS, pattern, reap_until, wait_blocked_in, wait_until
 
 _PROBE = probe()
 
@@ -213,46 +213,47 @@ def test_reap_at_most_max_n(engine: Engine, data_path: Path, direct: bool) -> No
         pytest.skip(f"O_DIRECT not supported here: {e}")
     try:
         ops = [Operation(OpCode.READ, fd, [xaio.aligned_buffer(4096)], i * 4096) for i in range(10)]
+        data = pattern(10 * 4096)
         engine.submit(ops)
+        # all ten have read the file (their buffers hold it) and their
+        # completions wait: the first reap must stop at 3
+        wait_until(
+            lambda: (
+                all(op.buffers[0] == data[i * 4096 : (i + 1) * 4096] for i, op in enumerate(ops))
+                and bool(select.select([engine.fileno()], [], [], 0)[0])
+            ),
+            what="ten reads done",
+        )
         deadline = time.monotonic() + 10
         delivered = 0
         sizes = []
         while delivered < 10:
             assert time.monotonic() < deadline
-            if delivered == 0:
-                time.sleep(0.2)  # let all ten finish: the first reap must stop at 3
             n = engine.reap(timeout=0.5, max_n=3)
             assert n <= 3
-            if n and delivered + n < 10:
+            delivered += n
+            assert sum(op.done for op in ops) == delivered  # the rest wait for the next reap
+            if n and delivered < 10:
                 readable, _, _ = select.select([engine.fileno()], [], [], 2.0)
                 assert readable, "completions wait but the fd is not readable"
-            delivered += n
             sizes.append(n)
         assert sizes[0] == 3
-        assert sum(op.done for op in ops) == 10 and all(op.result == 4096 for op in ops)
+        assert all(op.result == 4096 for op in ops)
     finally:
         os.close(fd)
 
 
 def test_cancel_pending_poll(engine: Engine, pipe: tuple[int, int]) -> None:
+    """A POLL waiting for its fd is cancelled on every engine: in the kernel,
+    or (threads) taken from the worker waiting in poll(2) for it."""
     r, _ = pipe
     op = Operation(OpCode.POLL, r, flags=select.POLLIN)
     engine.submit([op])
-    time.sleep(0.05)
-    outcome = engine.cancel(op)
     if engine.name == "thread":
-        # a worker is blocked in poll(): the thread engine cannot stop it
-        assert outcome in (CancelOutcome.RUNNING, CancelOutcome.CANCELED)
-        if outcome is CancelOutcome.RUNNING:
-            os.write(pipe[1], b"x")
-    else:
-        assert outcome is CancelOutcome.CANCELED
-    deadline = time.monotonic() + 5
-    while not op.done and time.monotonic() < deadline:
-        engine.reap(0.5)
-    assert op.done
-    if outcome is CancelOutcome.CANCELED:
-        assert op.result == -errno.ECANCELED
+        wait_blocked_in(POLL_SYSCALLS)  # a worker waits for the pipe
+    assert engine.cancel(op) is CancelOutcome.CANCELED
+    reap_until(engine, [op], 5)
+    assert op.result == -errno.ECANCELED
     assert engine.cancel(op) is CancelOutcome.DONE
 
 

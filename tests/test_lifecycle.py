@@ -25,7 +25,7 @@ from xaio._ops import CancelOutcome, OpCode, Operation
 from xaio.engine import ENGINE_NAMES, Engine, create_engine, probe
 from xaio.threads import ThreadEngine
 
-from .support import reap_until, wait_until
+from .support import open_fds, reap_until, wait_until
 
 _PROBE = probe()
 TIMEOUT = 30.0
@@ -204,10 +204,6 @@ sys.exit(0)
 
 
 # --- garbage collection -------------------------------------------------------------------
-
-
-def open_fds() -> set[str]:
-    return set(os.listdir("/proc/self/fd"))
 
 
 def test_unclosed_engine_with_a_pending_pipe_read_is_collected_at_once(

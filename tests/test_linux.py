@@ -1279,12 +1279,15 @@ def test_aligned_buffer_bad_arguments() -> None:
 
 
 def test_no_resource_warnings_in_normal_use(data_fd: int) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         with io_setup(2) as c:
-            io_submit(c, [Iocb.pread(data_fd, bytearray(1), 0)])
-            wait_events(c, 1)
+            buf = bytearray(1)
+            assert io_submit(c, [Iocb.pread(data_fd, buf, 0)]) == 1
+            (ev,) = wait_events(c, 1)
         gc.collect()
+    assert ev.res == 1 and buf == pattern(1)
+    assert [str(w.message) for w in caught] == []
 
 
 def test_batch_chunked_submission_and_duplicate_slots(ctx: IOContext, direct_fd: int) -> None:

@@ -28,7 +28,7 @@ import pytest
 from benchmarks._glibc import glibc_aiocb, glibc_sigevent, load, unavailable_reason
 
 import xaio.posix as P
-from tests.support import unused_fd
+from tests.support import WRITE_SYSCALLS, unused_fd, wait_blocked_in
 from tests.test_posix import engine_unavailable
 from xaio.posix import _runtime as R
 
@@ -227,35 +227,6 @@ def files(tmp_path: Path) -> Iterator[Callable[[str], int]]:
         os.close(fd)
 
 
-_READ_SYSCALLS = {0, 17, 19, 295, 327}  # x86-64 read, pread64, readv, preadv, preadv2
-
-
-_WRITE_SYSCALLS = {1, 18, 20, 296, 328}  # x86-64 write, pwrite64, writev, pwritev, pwritev2
-
-
-def wait_blocked_reading(fd: int | None, syscalls: set[int] = _READ_SYSCALLS) -> None:
-    """Wait until a thread of this process is in a read system call (or one
-    of *syscalls*) on *fd* (None: any fd, as a write runs on the engine's
-    reference to the file) (from /proc/self/task/*/syscall: the number,
-    then the arguments)."""
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        for task in Path("/proc/self/task").iterdir():
-            try:
-                fields = (task / "syscall").read_text().split()
-            except OSError:
-                continue
-            if (
-                len(fields) > 1
-                and fields[0].isdigit()
-                and int(fields[0]) in syscalls
-                and (fd is None or int(fields[1], 16) == fd)
-            ):
-                return
-        assert time.monotonic() < deadline, f"no thread blocked in {syscalls} on fd {fd}"
-        time.sleep(0.001)
-
-
 def both(scenario: Callable[[A, str], Any]) -> None:
     """Run *scenario* with xaio and with glibc; their records must be equal."""
     got = scenario(Xaio(), "xaio")
@@ -410,7 +381,7 @@ def test_cancel(engine: str, tmp_path: Path, files: Callable[[str], int]) -> Non
             running = a.cb(w, 0, b"z" * 10)
             queued = a.cb(w, 0, b"q")
             a.write(running)
-            wait_blocked_reading(None, _WRITE_SYSCALLS)  # running: a thread is in write(2)
+            wait_blocked_in(WRITE_SYSCALLS)  # running: a thread is in write(2)
             a.write(queued)  # queued behind it (glibc too: one fd, one helper)
             out.append(a.cancel(w, queued))
             out.append((a.error(queued), a.ret(queued)))

@@ -486,20 +486,29 @@ def test_suspend_timeout_is_eagain(pipe: tuple[int, int]) -> None:
 
 @pytest.mark.usefixtures("engine")
 def test_suspend_returns_at_once(tfile: int, pipe: tuple[int, int]) -> None:
+    """aio_suspend returns at once -- with a zero timeout it does not time out
+    (EAGAIN) -- for an empty list, a list of None, and a list holding a cb that
+    is not in progress (never submitted, done, done and retrieved) beside one
+    that is; the one in progress alone times out."""
     r, w = pipe
-    P.aio_suspend([])
-    P.aio_suspend([None, None])
+    assert P.aio_suspend([], 0) is None
+    assert P.aio_suspend([None, None], 0) is None
     pending = P.aiocb(r, 0, bytearray(1))
     P.aio_read(pending)
-    P.aio_suspend([pending, P.aiocb(tfile)])  # never submitted: not in progress
+    with pytest.raises(OSError) as e:
+        P.aio_suspend([pending], 0)
+    assert e.value.errno == errno.EAGAIN
+    assert P.aio_suspend([pending, P.aiocb(tfile)], 0) is None  # never submitted
     done = P.aiocb(tfile, 0, bytearray(1))
     P.aio_read(done)
     wait_done(done)
-    P.aio_suspend([pending, None, done])
-    P.aio_return(done)
-    P.aio_suspend([pending, done], 0)  # retrieved: still not in progress
+    assert P.aio_suspend([pending, None, done], 0) is None
+    assert P.aio_return(done) == 1
+    assert P.aio_suspend([pending, done], 0) is None  # retrieved: still not in progress
+    assert P.aio_error(pending) == errno.EINPROGRESS
     os.write(w, b"x")
     wait_done(pending)
+    assert P.aio_return(pending) == 1
 
 
 @pytest.mark.usefixtures("engine")

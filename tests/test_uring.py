@@ -24,7 +24,7 @@ from xaio._ops import CancelOutcome, OpCode, Operation, OpState
 from xaio.engine import EngineClosedError
 from xaio.uring import AT_FDCWD, STATX_SIZE, Ring, UringEngine
 
-from .support import pattern, reap_until, resizable
+from .support import pattern, reap_until, resizable, sq_thread_sleeps, wait_until
 
 REASON = uring.unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"io_uring unavailable: {REASON}")
@@ -103,10 +103,7 @@ def test_sqpoll_on_request(data_fd: int) -> None:
         got = take(r, 10)
         assert all(got[i] == (8, 0) for i in range(10))
         assert all(b == pattern(10 * 4096)[i * 4096 : i * 4096 + 8] for i, b in enumerate(bufs))
-        deadline = time.monotonic() + T
-        while not r._sq32[r._sq_kflags] & abi.IORING_SQ_NEED_WAKEUP:  # idle after 1 ms
-            assert time.monotonic() < deadline
-            time.sleep(0.001)
+        wait_until(lambda: sq_thread_sleeps(r), T, "the SQ thread asleep")  # idle after 1 ms
         r.prep_nop(user_data=99)  # the thread sleeps: submit must wake it
         r.submit_and_wait(1, timeout=T)
         assert take(r, 1) == {99: (0, 0)}

@@ -19,7 +19,7 @@ from xaio._ops import CancelOutcome, OpCode, Operation, OpState
 from xaio.uring import SlotInFlightError, UringBatch, UringEngine
 from xaio.uring._engine import _DEFER_FLUSH
 
-from .support import pattern, resizable
+from .support import pattern, resizable, sq_thread_sleeps, wait_until
 
 REASON = uring.unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"io_uring unavailable: {REASON}")
@@ -254,7 +254,7 @@ def test_engine_hands_over_callback_submissions_in_groups(data_fd: int) -> None:
             for i in range(16)
         ]
         eng.submit(ops)
-        time.sleep(0.05)  # page-cached: all 16 have completed
+        wait_until(lambda: eng.ring.cq_ready() == 16, T, "16 completions in the CQ")
         before = eng.ring.statistics()["enter"]
         assert eng.reap(0) == 16
         # 16 one-operation submissions, handed over in groups of _DEFER_FLUSH
@@ -335,7 +335,7 @@ def test_sqpoll_ring_wakes_its_thread(data_fd: int) -> None:
         b.prep_pread(0, data_fd, buf, 4096)
         for i in range(2):
             if i:
-                time.sleep(1.2)  # the SQ thread sleeps now
+                wait_until(lambda: sq_thread_sleeps(b.ring), T, "the SQ thread asleep")
             b.submit([0])
             assert reap_all(b, 1) == {0: 32}
             assert bytes(buf) == EXPECTED[4096 : 4096 + 32]
@@ -380,7 +380,7 @@ def test_reap_at_most_max_nr(batch: UringBatch, data_fd: int) -> None:
     for i in range(8):
         batch.prep_pread(i, data_fd, bufs[i], i * 512)
     batch.submit(list(range(8)))
-    time.sleep(0.05)  # page-cached: all 8 are in the CQ
+    wait_until(lambda: batch.ring.cq_ready() == 8, T, "8 completions in the CQ")
     assert batch.reap(1, timeout=T, max_nr=3) == 3
     assert batch.in_flight == 5
     first = set(batch.done_slots[:3])
