@@ -415,9 +415,52 @@ class RingPrep(RingQueue):
             p, abi.IORING_OP_OPENAT, dirfd, p.address, mode, 0, user_data, flags, sqe_flags
         )
 
+    def prep_openat_direct(
+        self,
+        dirfd: int,
+        path: str | bytes | os.PathLike[str] | os.PathLike[bytes],
+        flags: int,
+        mode: int,
+        file_index: int,
+        *,
+        user_data: int = 0,
+        sqe_flags: int = 0,
+    ) -> int:
+        """Queue openat(2) into the registered file slot *file_index*
+        (io_uring_prep_openat_direct(3)): the file becomes a *direct
+        descriptor*, used as the fd of later requests with
+        ``IOSQE_FIXED_FILE`` (also requests linked after this one, since the
+        slot is known when they are prepared), never in the process's fd table.
+        :data:`~xaio._abi.uring.IORING_FILE_INDEX_ALLOC` lets the kernel pick
+        a free slot and report it as res.  The file table must be registered
+        (:meth:`register_files`, ``-1`` for free slots); a slot in use is
+        replaced.  ``O_CLOEXEC`` is refused (EINVAL): direct descriptors are
+        never inherited.  Linux 5.15.
+
+        Returns:
+            The SQE index.  The CQE's res is 0 (the slot with
+            ``IORING_FILE_INDEX_ALLOC``) or -errno.
+
+        Raises:
+            ValueError: *path* contains a NUL byte, or *user_data* in flight.
+        """
+        p = self._path(path)
+        slot = file_index if file_index == abi.IORING_FILE_INDEX_ALLOC else file_index + 1
+        return self._prep_held(
+            p, abi.IORING_OP_OPENAT, dirfd, p.address, mode, 0, user_data, flags, sqe_flags, 0, slot
+        )
+
     def prep_close(self, fd: int, *, user_data: int = 0, sqe_flags: int = 0) -> int:
         """Queue close(2) of *fd* (io_uring_prep_close(3))."""
         return self._prep_rw(abi.IORING_OP_CLOSE, fd, 0, 0, 0, user_data, 0, sqe_flags)
+
+    def prep_close_direct(self, file_index: int, *, user_data: int = 0, sqe_flags: int = 0) -> int:
+        """Queue the close of the direct descriptor in slot *file_index*
+        (io_uring_prep_close_direct(3)); the slot is free once its CQE (res
+        0, or -EBADF for an empty slot) has come.  Linux 5.15."""
+        return self._prep_rw(
+            abi.IORING_OP_CLOSE, 0, 0, 0, 0, user_data, 0, sqe_flags, 0, file_index + 1
+        )
 
     def prep_statx(
         self,
