@@ -137,6 +137,7 @@ async def _open_fd(drv: Driver, file: Any, flags: int) -> int:
         OP_OPENAT,
         lambda ring, ud: ring.prep_openat(_AT_FDCWD, file, flags, 0o666, user_data=ud),
         lambda: os.open(file, flags, 0o666),
+        os.close,  # cancelled, yet opened: close it
     )
     if res < 0:
         e = -res
@@ -201,6 +202,8 @@ async def _open(
             closefd=closefd,
             direct=direct,
             engine=engine,
+            st=st,
+            fresh=not is_fd and opener is None,
         )
     except BaseException:
         if closefd:

@@ -14,6 +14,17 @@ Ring until their CQE has been reaped.
 Otherwise -- another engine, or a kernel without the opcode
 (``IORING_REGISTER_PROBE``) -- the same calls run the :mod:`os` function in a
 worker thread, waiting for it to finish if the task is cancelled.
+
+*Chains.*  :meth:`PathRing.run_chain` submits several linked SQEs at once
+(``IOSQE_IO_LINK``: each starts when the one before has finished) and wakes
+its task once every one of their CQEs has come, with all their results: the
+whole-file read (:mod:`xaio._async._wholefile`) opens into a *direct
+descriptor* (a slot of the ring's registered file table, see
+:meth:`PathRing.take_slot`), reads and closes it in one submission.  A
+cancelled chain is cancelled SQE by SQE except the ones the caller marks as
+not to be cancelled (the close of the slot), and is waited for until its last
+CQE, so that the slot is known to be closed or still open when the caller
+goes on.
 """
 
 from __future__ import annotations
@@ -29,6 +40,23 @@ from xaio._ops import OpCode, Operation, OpState
 
 __all__ = ["PathRing", "path_ring", "run_pathop"]
 
+#: Registered file slots of a PathRing: direct descriptors open at once.
+SLOTS = 64
+
+
+class _Chain:
+    """The CQEs of one :meth:`PathRing.run_chain`: *results* fill in as they
+    come; the token *op* completes with the last."""
+
+    __slots__ = ("op", "uds", "results", "left", "keep")
+
+    def __init__(self, op: Operation, uds: list[int], keep: frozenset[int]) -> None:
+        self.op = op
+        self.uds = uds
+        self.results: list[int] = [-errno.ECANCELED] * len(uds)
+        self.left = len(uds)
+        self.keep = keep  # indexes of SQEs a cancel leaves alone
+
 
 class PathRing:
     """A small io_uring for path operations, bound to one driver (see module essay)."""
@@ -37,7 +65,7 @@ class PathRing:
         from xaio.uring import Ring
 
         self._driver = driver
-        self.ring = Ring(32)
+        self.ring = Ring(256)
         try:
             self._efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         except BaseException:
@@ -51,9 +79,15 @@ class PathRing:
             self.ring.close()
             os.close(self._efd)
             raise
-        self._ops: dict[int, Operation] = {}
+        self._ops: dict[int, Operation | tuple[_Chain, int] | int] = {}
         self._next = 1
         self._closed = False
+        self._slots: list[int] | None = None  # free file slots, once registered
+        self._slots_failed = False
+        #: the whole-file reads' state (_wholefile._Buffers), and whether the
+        #: kernel turned out unable to open into a slot
+        self.wholefile: Any = None
+        self.wholefile_failed = False
 
     def has(self, opcode: int) -> bool:
         """True if the kernel knows *opcode* (an ``IORING_OP_*``)."""
@@ -67,19 +101,43 @@ class PathRing:
         if self._closed:
             return
         for ud, res, _fl in self.ring.peek_batch():
-            op = self._ops.pop(ud, None)
-            if op is not None and op.state is not OpState.DONE:
-                op.complete(res)
+            entry = self._ops.pop(ud, None)
+            if entry is None:
+                continue
+            if type(entry) is tuple:
+                chain, i = entry
+                chain.results[i] = res
+                chain.left -= 1
+                if not chain.left and chain.op.state is not OpState.DONE:
+                    chain.op.complete(0)
+            elif type(entry) is int:  # a slot's close (close_slot): free either way
+                if self._slots is not None:
+                    self._slots.append(entry)
+            elif entry.state is not OpState.DONE:  # type: ignore[union-attr]
+                entry.complete(res)  # type: ignore[union-attr]
 
-    async def run(self, prep: Callable[[int], Any]) -> int:
+    def _ud(self, n: int = 1) -> int:
+        """The first of *n* fresh user_data values."""
+        ud = self._next
+        self._next = ud + n if ud < (1 << 62) else 1
+        return ud
+
+    async def run(
+        self, prep: Callable[[int], Any], undo: Callable[[int], Any] | None = None
+    ) -> int:
         """Queue one SQE with ``prep(user_data)``, submit, wait for its CQE.
+
+        Args:
+            prep: fills the SQE.
+            undo: called with the CQE's ``res`` when the task was cancelled
+                but the request had done its work all the same (e.g. close
+                the fd an open made).
 
         Returns:
             The CQE's ``res`` (>= 0 or -errno).
         """
         drv = self._driver
-        ud = self._next
-        self._next = ud + 1 if ud < (1 << 62) else 1
+        ud = self._ud()
         op = Operation(OpCode.NOP, -1, on_done=drv._on_done, context=None)
         prep(ud)
         op.state = OpState.SUBMITTED
@@ -93,13 +151,104 @@ class PathRing:
             raise
         self._on_ready()  # completed inline (a cached statx)?
         if op.state is not OpState.DONE:
-            await drv._wait(op)
+            try:
+                await drv._wait(op)
+            except BaseException:
+                # (the wait returns only once the CQE came, cancelled or not)
+                if undo is not None and op.result is not None and op.result >= 0:
+                    undo(op.result)
+                raise
         assert op.result is not None
         return op.result
 
+    async def run_chain(
+        self, prep: Callable[[list[int]], Any], n: int, keep: frozenset[int] = frozenset()
+    ) -> list[int]:
+        """Queue *n* SQEs with ``prep(user_datas)`` (the caller links them),
+        submit, wait for all their CQEs.
+
+        Args:
+            prep: fills the SQEs, one per user_data given, in order.
+            n: how many SQEs *prep* queues.
+            keep: indexes of SQEs that a cancellation of the chain must not
+                cancel (they still run, unless a link failure cancels them).
+
+        Returns:
+            The CQEs' ``res``, in SQE order.  When the task is cancelled, the
+            chain has still finished (every CQE came) when CancelledError is
+            raised.
+        """
+        drv = self._driver
+        first = self._ud(n)
+        uds = list(range(first, first + n))
+        op = Operation(OpCode.NOP, -1, on_done=drv._on_done, context=None)
+        chain = _Chain(op, uds, keep)
+        prep(uds)
+        op.state = OpState.SUBMITTED
+        ops = self._ops
+        for i, ud in enumerate(uds):
+            ops[ud] = (chain, i)
+        drv._inflight += 1
+        try:
+            self.ring.submit()
+        except BaseException:
+            for ud in uds:
+                ops.pop(ud, None)
+            op.complete(-errno.EIO)
+            raise
+        self._on_ready()  # completed inline?
+        if op.state is not OpState.DONE:
+            await drv._wait(op)
+        return chain.results
+
+    def take_slot(self) -> int:
+        """A free slot of the registered file table (registered, sparse, on
+        first use), or -1 if there is none free or the kernel cannot."""
+        slots = self._slots
+        if slots is None:
+            if self._slots_failed:
+                return -1
+            try:
+                self.ring.register_files([-1] * SLOTS)
+            except OSError:
+                self._slots_failed = True
+                return -1
+            slots = self._slots = list(range(SLOTS - 1, -1, -1))
+        return slots.pop() if slots else -1
+
+    def give_slot(self, slot: int) -> None:
+        """Put back a slot known to be closed."""
+        if self._slots is not None:
+            self._slots.append(slot)
+
+    def close_slot(self, slot: int) -> None:
+        """Close the direct descriptor in *slot* without waiting: the slot is
+        free again when the close's CQE has come."""
+        if self._closed:
+            return  # closing the ring closed every slot
+        ud = self._ud()
+        self.ring.prep_close_direct(slot, user_data=ud)
+        self._ops[ud] = slot
+        self.ring.submit()
+
+    def slots_in_use(self) -> int:
+        """How many registered file slots are taken (open or closing)."""
+        return 0 if self._slots is None else SLOTS - len(self._slots)
+
     def cancel(self, op: Operation) -> bool:
         """Cancel *op* if it is one of ours; True if it was ours."""
-        for ud, o in self._ops.items():
+        for ud, o in list(self._ops.items()):
+            if type(o) is tuple:
+                chain = o[0]
+                if chain.op is not op:
+                    continue
+                for j, cud in enumerate(chain.uds):
+                    if j not in chain.keep and cud in self._ops:
+                        try:
+                            self.ring.sync_cancel(cud)
+                        except OSError:
+                            pass
+                return True
             if o is op:
                 try:
                     self.ring.sync_cancel(ud)
@@ -121,8 +270,9 @@ class PathRing:
             finally:
                 os.close(self._efd)
                 ops, self._ops = self._ops, {}
-                for op in ops.values():
-                    if op.state is not OpState.DONE:
+                for entry in ops.values():
+                    op = entry[0].op if type(entry) is tuple else entry
+                    if isinstance(op, Operation) and op.state is not OpState.DONE:
                         op.complete(-errno.ECANCELED)
 
 
@@ -148,9 +298,16 @@ async def run_pathop(
     opcode: int,
     prep: Callable[[Any, int], Any],
     fallback: Callable[[], Any],
+    undo: Callable[[Any], Any] | None = None,
 ) -> Any:
     """Run a path operation on io_uring (``prep(ring, user_data)``) when the
     kernel has *opcode*, else ``fallback()`` in a worker thread.
+
+    Args:
+        undo: called with the result (a CQE's ``res`` >= 0, or what
+            *fallback* returned) of an operation that completed although
+            the task was cancelled: what it made would otherwise be lost
+            (the fd of an open).
 
     Returns:
         The CQE's ``res`` (an int, maybe -errno) on io_uring, or
@@ -159,8 +316,22 @@ async def run_pathop(
     pring = path_ring(driver)
     if pring is not None and pring.has(opcode):
         ring = pring.ring
-        return await pring.run(lambda ud: prep(ring, ud))
-    return await driver.run_in_thread(fallback)
+        return await pring.run(lambda ud: prep(ring, ud), undo)
+    if undo is None:
+        return await driver.run_in_thread(fallback)
+    made: list[Any] = []
+
+    def call() -> Any:
+        made.append(fallback())
+        return made[0]
+
+    try:
+        return await driver.run_in_thread(call)
+    except BaseException:
+        # (run_in_thread returns only once the call has finished)
+        for value in made:
+            undo(value)
+        raise
 
 
 OP_OPENAT = abi.IORING_OP_OPENAT
