@@ -105,8 +105,13 @@ class AsyncFile:
         closefd: bool,
         direct: bool,
         engine: AsyncEngine | str | None,
+        st: os.stat_result | None = None,
+        fresh: bool = False,
     ) -> None:
-        st = os.fstat(fd)
+        # st: fd's fstat if the caller has it; fresh: fd was just opened by
+        # path, so its position is 0 (or the end, for append)
+        if st is None:
+            st = os.fstat(fd)
         self._fd = fd
         self._fd_open = True  # False once the fd was closed (or given up, closefd=False)
         #: requests in flight (see _io): task -> its trio CancelScope (asyncio: None)
@@ -133,7 +138,7 @@ class AsyncFile:
             buffer_size = max(_round_up(buffer_size or _DIRECT_BUFFER, self._align), self._align)
         self._bufsize = buffer_size
         self._pos = 0
-        if self._seekable:
+        if self._seekable and (append or not fresh):
             self._pos = os.lseek(fd, 0, os.SEEK_END if append else os.SEEK_CUR)
         self._rbuf = b""  # read-ahead: bytes at file offset _roff (streams: unread bytes)
         self._roff = 0
@@ -500,19 +505,48 @@ class AsyncFile:
         out = [bytes(self._buffered())]
         pos = self._pos + len(out[0])
         while True:  # the position moves at the end (a cancellation leaves it)
-            want = max(self._size_hint - pos, 0) + 1
-            want = max(want, self._bufsize, 8192)
-            chunk = await self._raw_read_at(want, pos)
+            size = self._size_hint
+            if self._direct:
+                want = max(max(size - pos, 0) + 1, self._bufsize, 8192)
+                chunk = await self._raw_read_at(want, pos)
+                if len(chunk) < want:  # (it read on until the end of the file)
+                    out.append(chunk)
+                    pos += len(chunk)
+                    break
+            else:
+                # The size from fstat, plus one byte to see the end of the file
+                # (as the builtin's readall): a read that ends at that size is
+                # the last; other files (/proc's, of size 0) read until nothing
+                # comes.
+                want = size - pos + 1 if size > pos else max(self._bufsize, 8192)
+                chunk = await self._read_once(want, pos, size - pos)
+                if chunk and len(chunk) < want and pos + len(chunk) >= size > 0:
+                    out.append(chunk)
+                    pos += len(chunk)
+                    break
             if not chunk:
                 break
             out.append(chunk)
             pos += len(chunk)
-            if len(chunk) < want:
-                self._size_hint = pos
-                break
+            self._size_hint = max(size, pos)
         self._pos = pos
-        self._size_hint = max(self._size_hint, pos)
+        self._size_hint = pos
         return b"".join(out)
+
+    async def _read_once(self, n: int, offset: int, expect: int) -> bytes:
+        """One read of up to *n* bytes at *offset*: from the page cache in
+        this thread when the *expect* bytes there are cached
+        (:meth:`Driver.read_cached`), else one engine request."""
+        buf = bytearray(n)
+        if expect > 0:
+            drv = self._drv()
+            await drv._fair()
+            if self._closed:
+                raise ValueError(_CLOSED)
+            if drv.read_cached(self._fd, buf, offset, expect) is not None:
+                return bytes(memoryview(buf)[:expect])
+        got = await self._op(OpCode.READ, buf, offset)
+        return bytes(buf) if got == n else bytes(memoryview(buf)[:got])
 
     async def read1(self, size: int | None = -1) -> bytes:
         """Read up to *size* bytes with at most one underlying read (``BufferedReader.read1``)."""

@@ -423,6 +423,21 @@ class Driver:
             self._cachestat = CacheStat()
         cold[fd] = 8 if self._cachestat.works else -64
 
+    def read_cached(self, fd: int, buf: Any, offset: int, n: int) -> int | None:
+        """Read *n* bytes at *offset* into the writable *buf* (at least *n*
+        long: a larger one also reads what lies after them, e.g. one byte to
+        find the end of the file) from the page cache, in this thread, if the
+        fd allows it (:meth:`_try_inline_read`, which marks the fd cold when
+        it misses).  The caller has passed a checkpoint (:meth:`_fair`).
+
+        Returns:
+            *n* when exactly *n* bytes came, else None: the caller reads
+            through the engine.
+        """
+        if fd in self._cold or self._inline_ok(fd):
+            return self._try_inline_read(fd, (buf,), offset, n)
+        return None
+
     def _try_inline_read(self, fd: int, bufs: tuple[Any, ...], offset: int, n: int) -> int | None:
         """Try the read from the page cache in this thread (``preadv2`` with
         ``RWF_NOWAIT``, which fails with EAGAIN instead of waiting for the

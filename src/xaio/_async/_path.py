@@ -22,6 +22,7 @@ raises otherwise (``PermissionError``).
 from __future__ import annotations
 
 import errno
+import io
 import os
 import pathlib
 import secrets
@@ -33,6 +34,7 @@ from xaio import os as _xos
 from xaio._async._current import current_driver
 from xaio._async._io import fsync as _fsync
 from xaio._async._open import OpenContext, open
+from xaio._async._wholefile import read_bytes as _read_bytes
 
 __all__ = ["Path"]
 
@@ -390,15 +392,16 @@ class Path:
         return open(str(self._path), mode, buffering, encoding, errors, newline)
 
     async def read_bytes(self) -> bytes:
-        """``pathlib.Path.read_bytes``: the whole file."""
-        async with open(str(self._path), "rb") as f:
-            data: bytes = await f.read()
-        return data
+        """``pathlib.Path.read_bytes``: the whole file, in one request where
+        the engine can (:mod:`xaio._async._wholefile`)."""
+        return await _read_bytes(current_driver(), str(self._path))
 
     async def read_text(self, encoding: str | None = None, errors: str | None = None) -> str:
-        """``pathlib.Path.read_text``: the whole file, decoded (universal newlines)."""
-        async with open(str(self._path), "r", encoding=encoding, errors=errors) as f:
-            return await f.read()  # type: ignore[no-any-return]
+        """``pathlib.Path.read_text``: the whole file (as :meth:`read_bytes`),
+        decoded as the builtin text file decodes it (universal newlines)."""
+        data = await _read_bytes(current_driver(), str(self._path))
+        with io.TextIOWrapper(io.BytesIO(data), encoding=encoding, errors=errors) as f:
+            return f.read()
 
     async def write_bytes(self, data: Any, *, atomic: bool = False, fsync: bool = False) -> int:
         """``pathlib.Path.write_bytes``: make the file hold the bytes-like *data*.

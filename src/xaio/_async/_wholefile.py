@@ -1,0 +1,186 @@
+"""Whole-file reads in one request: what ``xaio.Path.read_bytes`` runs.
+
+``pathlib.Path.read_bytes`` is three system calls and more (open, fstat, read
+until a read returns nothing, close).  Done one by one through an engine that
+is three or four round trips; here it is one:
+
+*On io_uring* (the driver's :class:`~xaio._async._pathops.PathRing`) one
+submission of four linked SQEs: ``OPENAT`` into a registered file slot (a
+*direct descriptor*: never in the fd table, so nothing to close from Python
+and nothing a fork could inherit), ``READ`` of up to the buffer's size from
+the file position, ``READ`` of one more byte, which must find the end of the
+file (the builtin's "read until a read returns nothing"), and ``CLOSE`` of the
+slot.  The slot is named in the SQEs themselves, not allocated by the kernel
+(``IORING_FILE_INDEX_ALLOC``), because the linked reads must name it when they
+are prepared.  The two reads are *hard* links, so the close runs whatever
+they return; a failed open fails the rest of the chain (every later SQE
+completes with ECANCELED), leaving nothing open.  The kernel runs the chain
+inline when it can look the path up without blocking, else in its workers:
+the event loop never waits for it.  The buffer comes from a small pool and is
+sized from the largest file read so far (the result is a copy of what was
+read); when the second read finds more bytes (a file larger than the buffer,
+or one that grew), the file is read again in a worker thread, as the builtin
+does it -- the result of that one read stands alone, so it is never a mix of
+two versions of the file.
+
+*Elsewhere* (the thread and Linux AIO engines, a kernel without direct
+descriptors, every slot taken) one hand-off to a worker thread runs the
+builtin ``open(path, "rb").read()``: open, fstat, read, close, and one wake-up.
+
+Either way the result and the exceptions are the builtin's:
+``FileNotFoundError``, ``PermissionError``, ``IsADirectoryError``... with the
+path as ``filename``.  A cancelled read is cancelled in the kernel SQE by SQE
+(the close excepted) and waited for: when CancelledError reaches the caller,
+no slot or fd of it is open.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from xaio._abi import uring as abi
+from xaio._async._driver import Driver
+from xaio._async._pathops import PathRing, path_ring
+
+__all__ = ["read_bytes"]
+
+_AT_FDCWD = -100
+_LINK = abi.IOSQE_IO_LINK
+_FIXED_HARD = abi.IOSQE_FIXED_FILE | abi.IOSQE_IO_HARDLINK
+#: Opcodes a chain needs.
+_CHAIN_OPS = (abi.IORING_OP_OPENAT, abi.IORING_OP_READ, abi.IORING_OP_CLOSE)
+#: The smallest and the largest buffer of a chain; larger files go to a thread.
+_MIN_BUF = 16 * 1024
+_MAX_BUF = 1 << 20
+#: Buffers kept for reuse per PathRing.
+_POOL = 16
+#: The chain's SQEs: open, read, read one more byte, close (never cancelled).
+_OPEN, _READ, _PROBE, _CLOSE = 0, 1, 2, 3
+_KEEP_CLOSE = frozenset({_CLOSE})
+
+
+def _read_blocking(path: Any) -> bytes:
+    """``pathlib.Path.read_bytes``: the builtin's open, read and close (in a worker)."""
+    with open(path, "rb") as f:
+        return f.read()
+
+
+class _Buffers:
+    """The read buffers of one PathRing's chains, sized from the largest file
+    read so far (a power of two in [_MIN_BUF, _MAX_BUF])."""
+
+    __slots__ = ("size", "free")
+
+    def __init__(self) -> None:
+        self.size = _MIN_BUF
+        self.free: list[bytearray] = []
+
+    def take(self) -> bytearray:
+        free = self.free
+        while free:
+            buf = free.pop()
+            if len(buf) == self.size:
+                return buf
+        return bytearray(self.size)
+
+    def give(self, buf: bytearray) -> None:
+        if len(buf) == self.size and len(self.free) < _POOL:
+            self.free.append(buf)
+
+    def saw(self, size: int) -> None:
+        """A file of *size* bytes was read: later buffers hold such a file whole."""
+        if size >= self.size and self.size < _MAX_BUF:
+            self.size = min(1 << size.bit_length(), _MAX_BUF)
+            self.free.clear()
+
+
+def _chains(pring: PathRing) -> _Buffers | None:
+    """The ring's buffer pool, or None if this kernel cannot run a chain."""
+    bufs: _Buffers | None = pring.wholefile
+    if bufs is None:
+        if pring.wholefile_failed or not all(map(pring.has, _CHAIN_OPS)):
+            return None
+        bufs = pring.wholefile = _Buffers()
+    return bufs
+
+
+async def read_bytes(drv: Driver, path: Any) -> bytes:
+    """Read the file at *path* whole (see the module essay).
+
+    Args:
+        drv: the running loop's driver.
+        path: a path (str, bytes or os.PathLike), as the builtin ``open`` takes.
+
+    Returns:
+        The file's bytes.
+
+    Raises:
+        OSError: as ``open(path, "rb").read()`` (``FileNotFoundError``,
+            ``IsADirectoryError``, ``PermissionError``...), with *path* as
+            the exception's ``filename``.
+        ValueError: a NUL byte in *path*.
+    """
+    pring = path_ring(drv)
+    if pring is not None:
+        bufs = _chains(pring)
+        if bufs is not None:
+            slot = pring.take_slot()
+            if slot >= 0:
+                data = await _read_chain(pring, bufs, slot, path)
+                if data is not None:
+                    return data
+    return await drv.run_in_thread(_read_blocking, path)
+
+
+async def _read_chain(pring: PathRing, bufs: _Buffers, slot: int, path: Any) -> bytes | None:
+    """One chain on *slot* (taken by the caller, given back here).
+
+    Returns:
+        The file's bytes, or None when the file is larger than the buffer
+        (or the kernel cannot open into a slot): the caller reads it otherwise.
+    """
+    ring = pring.ring
+    buf = bufs.take()
+    probe = bytearray(1)
+
+    def prep(uds: list[int]) -> None:
+        ring.prep_openat_direct(
+            _AT_FDCWD, path, os.O_RDONLY, 0, slot, user_data=uds[_OPEN], sqe_flags=_LINK
+        )
+        ring.prep_read(slot, buf, -1, user_data=uds[_READ], sqe_flags=_FIXED_HARD)
+        ring.prep_read(slot, probe, -1, user_data=uds[_PROBE], sqe_flags=_FIXED_HARD)
+        ring.prep_close_direct(slot, user_data=uds[_CLOSE])
+
+    try:
+        opened, got, more, shut = await pring.run_chain(prep, 4, _KEEP_CLOSE)
+    except BaseException:
+        # Cancelled: the chain has finished all the same (run_chain waited for
+        # every CQE), but whether its close ran is not known here: close the
+        # slot again (an empty slot's close fails harmlessly).  The buffer is
+        # not reused: it stays with the ring's pins if the submit failed.
+        pring.close_slot(slot)
+        raise
+    if opened >= 0 and shut < 0:
+        pring.close_slot(slot)
+    else:
+        pring.give_slot(slot)
+    if opened > 0:  # a kernel that ignores the slot gave a plain fd
+        os.close(opened)
+        pring.wholefile_failed = True
+        pring.wholefile = None
+        return None
+    try:
+        if opened < 0:
+            raise OSError(-opened, os.strerror(-opened), path)
+        if got < 0:
+            raise OSError(-got, os.strerror(-got), path)
+        if more < 0:
+            raise OSError(-more, os.strerror(-more))
+        if more:
+            bufs.saw(got + more)
+            return None
+        bufs.saw(got)
+        return bytes(memoryview(buf)[:got])
+    finally:
+        bufs.give(buf)

@@ -1,0 +1,245 @@
+"""Whole-file reads: ``xaio.Path.read_bytes`` / ``read_text`` and ``read()``
+of a file just opened give the builtin's bytes, in one request per file where
+the engine can, and leave no fd and no registered file slot open after errors,
+a file that changes while it is read, and cancellations -- on every event-loop
+library and every engine."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import random
+import re
+import threading
+import time
+from typing import Any
+
+import anyio
+import pytest
+
+import xaio
+from xaio._async._current import current_driver
+
+from .support import open_fds, pattern, run, skip_unavailable, wait_until_async
+
+pytestmark = pytest.mark.timeout(240)
+
+#: Around the chain's buffer sizes (16 KiB growing by powers of two to 1 MiB),
+#: up and down again, so that files outgrow the buffer and fit it again.
+SIZES = [0, 1, 4095, 16383, 16384, 16385, 70_000, 300_000, 1_500_000, 16_384, 5, 0]
+
+
+def ring_slots_open() -> list[str]:
+    """The registered file slots in use of the running driver's path ring
+    (its ``/proc/self/fdinfo`` lists them); empty without one."""
+    pring = current_driver()._pathring
+    if pring is None:
+        return []
+    with open(f"/proc/self/fdinfo/{pring.ring.fd}") as f:
+        return [ln.strip() for ln in f if re.match(r"\s+\d+: ", ln)]
+
+
+async def wait_nothing_open(fds: set[str]) -> None:
+    """Wait until the process has exactly *fds* open and the driver's path
+    ring no slot (a close of a slot completes after the read returned)."""
+    await wait_until_async(
+        lambda: open_fds() == fds and not ring_slots_open(),
+        "every fd and registered file slot of the reads to be closed",
+    )
+
+
+async def baseline() -> set[str]:
+    """The fds open once the driver, its engine and its path ring exist."""
+    await xaio.Path("/proc/self/cmdline").read_bytes()
+    async with xaio.open("/proc/self/cmdline", "rb") as f:
+        await f.read()
+    return open_fds()
+
+
+def test_whole_files_as_builtin(lib: str, engine_name: str, tmp_path: pathlib.Path) -> None:
+    paths = []
+    for i, size in enumerate(SIZES):
+        p = tmp_path / f"f{i}"
+        p.write_bytes(pattern(size, seed=i))
+        paths.append(p)
+    crlf = tmp_path / "crlf.txt"
+    crlf.write_bytes("a\r\nb\rc\n\u00e9".encode())
+    # /proc files: regular, of size 0, read in short pieces
+    paths += [pathlib.Path("/proc/self/cmdline"), pathlib.Path("/proc/self/environ")]
+    expected = [p.read_bytes() for p in paths]
+
+    async def main() -> list[Any]:
+        fds = await baseline()
+        got: list[Any] = []
+        for p in paths:
+            got.append(await xaio.Path(p).read_bytes())
+            async with xaio.open(p, "rb") as f:
+                got.append(await f.read())
+        got.append(await xaio.Path(crlf).read_text(encoding="utf-8"))
+        got.append(await xaio.Path(crlf).read_text(encoding="ascii", errors="replace"))
+        await wait_nothing_open(fds)
+        return got
+
+    got = run(lib, main)
+    want = [x for e in expected for x in (e, e)]
+    want += [crlf.read_text(encoding="utf-8"), crlf.read_text(encoding="ascii", errors="replace")]
+    assert len(got) == len(want)
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        assert g == w, f"read {i}: {len(g)} bytes, expected {len(w)}"
+
+
+def test_errors_leave_nothing_open(lib: str, engine_name: str, tmp_path: pathlib.Path) -> None:
+    (tmp_path / "f").write_bytes(b"x")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "loop").symlink_to("loop")
+    cases = ["missing", "d", "f/under", "loop", "d/../missing"]
+
+    def outcome(e: BaseException) -> Any:
+        return (type(e), getattr(e, "errno", None), getattr(e, "filename", None))
+
+    expected = []
+    for name in cases:
+        with pytest.raises(OSError) as ei:
+            (tmp_path / name).read_bytes()
+        expected.append(outcome(ei.value))
+
+    async def main() -> list[Any]:
+        fds = await baseline()
+        got = []
+        for _ in range(3):
+            for name in cases:
+                try:
+                    await xaio.Path(tmp_path / name).read_bytes()
+                except OSError as e:
+                    got.append(outcome(e))
+        await wait_nothing_open(fds)
+        return got
+
+    assert run(lib, main) == expected * 3
+
+
+def test_file_changing_while_read(lib: str, engine_name: str, tmp_path: pathlib.Path) -> None:
+    """A writer grows and shrinks the file while it is read whole: as with
+    pathlib, each result is a prefix of the one pattern the file always
+    holds, except for zeros where the read raced a truncation or an
+    extension (the kernel lets a read see those; the builtin's does too)."""
+    data = pattern(1 << 20, seed=7)
+    p = tmp_path / "f"
+    p.write_bytes(data[:100_000])
+    stop = threading.Event()
+
+    def churn() -> None:
+        fd = os.open(p, os.O_WRONLY)
+        rnd = random.Random(1)
+        size = 100_000
+        try:
+            while not stop.is_set():
+                new = rnd.choice([0, 1, 4096, 16_385, 70_000, 300_000, 1 << 20])
+                if new > size:
+                    os.pwrite(fd, data[size:new], size)
+                else:
+                    os.ftruncate(fd, new)
+                size = new
+        finally:
+            os.close(fd)
+
+    async def main() -> list[bytes]:
+        fds = await baseline()
+        out: list[bytes] = []
+        deadline = time.monotonic() + 20
+        # (a pause between reads lets the writer thread have the GIL)
+        while len(out) < 100 or (len({len(r) for r in out}) < 4 and time.monotonic() < deadline):
+            out.append(await xaio.Path(p).read_bytes())
+            async with xaio.open(p, "rb") as f:
+                out.append(await f.read())
+            await anyio.sleep(0.001)
+        await wait_nothing_open(fds)
+        return out
+
+    t = threading.Thread(target=churn)
+    t.start()
+    try:
+        results = run(lib, main)
+    finally:
+        stop.set()
+        t.join()
+    for r in results:
+        if r != data[: len(r)]:
+            wrong = [j for j in range(len(r)) if r[j] != data[j] and r[j] != 0]
+            assert not wrong, f"{len(r)} bytes, wrong from {wrong[0]}"
+    assert len({len(r) for r in results}) > 1, "the file never changed under the reads"
+
+
+def test_cancelled_reads_leave_nothing_open(
+    lib: str, engine_name: str, tmp_path: pathlib.Path
+) -> None:
+    """Tasks reading whole files (and missing ones) cancelled at every
+    moment: afterwards no fd and no registered file slot is open, and the
+    reads that finished returned the right bytes."""
+    files = []
+    for i, size in enumerate([1, 16_384, 70_000, 300_000] * 4):
+        p = tmp_path / f"f{i}"
+        p.write_bytes(pattern(size, seed=i))
+        files.append((p, pattern(size, seed=i)))
+    files.append((tmp_path / "missing", None))
+
+    async def reader(k: int) -> None:
+        for j in range(len(files)):
+            p, want = files[(k + j) % len(files)]
+            try:
+                if j % 2:
+                    got = await xaio.Path(p).read_bytes()
+                else:
+                    async with xaio.open(p, "rb") as f:
+                        got = await f.read()
+            except FileNotFoundError:
+                assert want is None
+                continue
+            assert got == want
+
+    async def main() -> int:
+        fds = await baseline()
+        rnd = random.Random(3)
+        cancelled = 0
+        for _ in range(40):
+            with anyio.move_on_after(rnd.choice([0, 0.0001, 0.0005, 0.002, 0.01])) as scope:
+                async with anyio.create_task_group() as tg:
+                    for k in range(8):
+                        tg.start_soon(reader, k)
+            cancelled += scope.cancelled_caught
+        await wait_nothing_open(fds)
+        return cancelled
+
+    assert run(lib, main) > 0
+
+
+def test_one_submission_per_file_on_uring(lib: str, tmp_path: pathlib.Path) -> None:
+    """On io_uring a whole file is one submission of the path ring and no
+    request of the engine; a file opened and read whole from the page
+    cache needs no engine request either."""
+    skip_unavailable("uring")
+    p = tmp_path / "f"
+    p.write_bytes(pattern(50_000))
+    p.read_bytes()  # in the page cache
+
+    async def main() -> tuple[int, int, int]:
+        await baseline()
+        drv = current_driver()
+        pring = drv._pathring
+        if pring is None or pring.wholefile is None:
+            pytest.skip("no direct descriptors here")
+        submitted = drv.engine.statistics()["submitted"]
+        enters = pring.ring.statistics()["enter"]
+        for _ in range(10):
+            assert await xaio.Path(p).read_bytes() == p.read_bytes()
+        path_enters = pring.ring.statistics()["enter"] - enters
+        engine_path = drv.engine.statistics()["submitted"] - submitted
+        for _ in range(10):
+            async with xaio.open(p, "rb") as f:
+                assert await f.read() == p.read_bytes()
+        engine_open = drv.engine.statistics()["submitted"] - submitted
+        return path_enters, engine_path, engine_open
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XAIO_ENGINE", "uring")
+        assert run(lib, main) == (10, 0, 0)
