@@ -12,6 +12,7 @@ import errno
 import gc
 import os
 import select
+import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -730,3 +731,67 @@ def test_submit_takes_any_sequence(engine: Engine, data_fd: int) -> None:
         engine.submit(collections.deque([*good, bad]))
     assert all(op.state is OpState.QUEUED and op.key == -1 for op in good)
     assert run(engine, collections.deque(good)) == [4, 4, 4]
+
+
+def test_classify_says_kind_and_positional_io(data_fd: int, direct_fd: int, tmp_path: Path) -> None:
+    """One look at an fd answers both questions: what os.pread would refuse
+    before any transfer (ESPIPE, EBADF) and how an engine routes it."""
+    from xaio.engine import KIND_BUFFERED, KIND_DIRECT, KIND_OTHER, fd_kind
+    from xaio.engine._route import classify
+
+    r, w = os.pipe()
+    a, b = socket.socketpair()
+    efd = os.eventfd(0)
+    master, slave = os.openpty()
+    null = os.open("/dev/null", os.O_RDWR)
+    dfd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        assert classify(data_fd) == fd_kind(data_fd) == KIND_BUFFERED
+        assert classify(direct_fd) == fd_kind(direct_fd) == KIND_DIRECT
+        assert classify(null) == classify(dfd) == KIND_OTHER  # positional I/O
+        for fd in (r, w, a.fileno(), efd, slave):
+            assert classify(fd) == -errno.ESPIPE, fd
+            assert fd_kind(fd) == KIND_OTHER
+            with pytest.raises(OSError) as e:
+                os.pread(fd, 1, 0)
+            assert e.value.errno == errno.ESPIPE
+        assert classify(987654) == classify(-1) == -errno.EBADF
+        assert fd_kind(987654) == KIND_OTHER
+    finally:
+        a.close()
+        b.close()
+        for fd in (r, w, efd, master, slave, null, dfd):
+            os.close(fd)
+
+
+@pytest.mark.parametrize("name", ["uring", "linux"])
+def test_an_async_request_classifies_its_fd_once(
+    name: str, direct_fd: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The async layer's ESPIPE check and the engine's routing share one
+    look at the fd: the engine does not ask fd_kind again."""
+    import asyncio
+
+    from xaio.engine import _route
+
+    if _PROBE[name] is not None:
+        pytest.skip(f"{name} engine unavailable here: {_PROBE[name]}")
+    asked: list[int] = []
+    real = _route.fd_kind
+
+    def counting_fd_kind(fd: int) -> int:
+        asked.append(fd)
+        return real(fd)
+
+    monkeypatch.setattr(_route, "fd_kind", counting_fd_kind)
+    buf = xaio.aligned_buffer(4096)
+
+    async def main() -> None:
+        async with xaio.open_engine(name) as eng:
+            assert await eng.preadinto(direct_fd, buf, 4096) == 4096
+            assert await eng.pwrite(direct_fd, buf, 8192) == 4096
+            assert await eng.pread(direct_fd, 4096, 0) == pattern(4096)
+
+    asyncio.run(main())
+    assert bytes(buf) == pattern(8192)[4096:]
+    assert asked == []

@@ -86,6 +86,12 @@ class Operation:
     path of a benchmark or a file object can :meth:`rearm` it for the next
     request on the same buffers without pinning again; its buffers are given
     back by :meth:`release` (or when the operation is garbage collected).
+
+    *kind* is what :func:`xaio.engine.fd_kind` says of *fd*, when the caller
+    classified the fd already for this request (the async layer does, to
+    answer ESPIPE before submitting): an engine that routes by kind uses it
+    instead of asking again.  -1 (the default, and after :meth:`rearm`): not
+    known.
     """
 
     __slots__ = (
@@ -101,6 +107,7 @@ class Operation:
         "key",
         "on_done",
         "context",
+        "kind",
     )
 
     def __init__(
@@ -126,6 +133,7 @@ class Operation:
         self.key = -1
         self.on_done = on_done
         self.context = context
+        self.kind = -1
         # identity tests: an IntEnum member's hash is a Python-level call
         if opcode is _READ or opcode is _READV:
             self.pins: list[Pin] = (
@@ -197,6 +205,7 @@ class Operation:
         self.state = _QUEUED
         self.result = None
         self.key = -1
+        self.kind = -1
 
     def release(self) -> None:
         """Give the buffers of a reusable, completed operation back (idempotent).

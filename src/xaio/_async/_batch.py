@@ -326,24 +326,25 @@ class _Flight:
         length, RWF_NOWAIT on a buffered file); the rest is to be sent."""
         early = self.early
         sent = self.sent
-        positional: dict[int, OSError | None] = {}  # per fd: check_positional's answer
+        answers: dict[int, int | OSError] = {}  # per fd: check_positional's answer
         for i, op in enumerate(self.ops):
             if op.opcode not in _TRANSFERS:
                 sent.append(op)
                 continue
             fd = op.fd
-            err = positional.get(fd, _PENDING)
-            if err is _PENDING:
+            answer = answers.get(fd)
+            if answer is None:
                 try:
-                    check_positional(fd)
-                    err = None
+                    answer = check_positional(fd)
                 except OSError as e:
-                    err = e
-                positional[fd] = err
-            if err is not None:
-                early[i] = OSError(err.errno, err.strerror)
+                    answer = e
+                answers[fd] = answer
+            if isinstance(answer, OSError):
+                early[i] = OSError(answer.errno, answer.strerror)
                 abandon(op)
-            elif op.flags or len(op.pins) != 1 or not op.pins[0].nbytes:
+                continue
+            op.kind = answer  # the engine routes by it without looking again
+            if op.flags or len(op.pins) != 1 or not op.pins[0].nbytes:
                 if not op.nbytes or (op.flags & _RWF_NOWAIT and not is_direct(fd)):
                     early[i] = self._now(op)
                 else:

@@ -17,12 +17,12 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import stat
 from collections.abc import Sequence
 from typing import Any
 
 from xaio._memory import dio_alignment
 from xaio._syscall import oserror
+from xaio.engine._route import classify
 
 __all__ = [
     "INT_MAX",
@@ -156,46 +156,25 @@ def is_stream(fd: int) -> bool:
     return False
 
 
-_POSITIONAL_TYPES = (stat.S_IFREG, stat.S_IFBLK, stat.S_IFDIR)
-_fstat = os.fstat
-
-
-def check_positional(fd: int) -> None:
+def check_positional(fd: int) -> int:
     """Raise what ``os.pread``/``os.pwrite`` raise on *fd* before any
     transfer: ESPIPE for an fd without positional I/O, EBADF for one that is
-    not open.
+    not open; else return the fd's kind, for the request's
+    :attr:`Operation.kind <xaio._ops.Operation>`.
 
-    The kernel decides it per open file (``FMODE_PREAD``/``FMODE_PWRITE``):
-    ``os.pread`` on a pipe, socket, FIFO, tty or eventfd fails with ESPIPE.
     io_uring does not ask -- it reads a stream at its "current position" --
     and the thread engine's workers fall back to ``read`` on ESPIPE (the POSIX
-    AIO rule), so the driver answers before anything is submitted, from the
-    fd's type: one ``fstat`` per request that goes to an engine (~1.4 us;
-    requests served from the page cache learn it from their own attempt).
-    Regular files, block devices and directories (whose reads then fail with
-    EISDIR, as ``os.pread``'s do) take positional I/O; character devices when
-    they can seek (``/dev/zero`` can, a tty cannot); FIFOs, sockets and
-    anonymous inodes (eventfd, timerfd, signalfd...) do not.  Nothing is
-    cached: fd numbers are reused as soon as they are closed.
+    AIO rule), so the driver answers before anything is submitted, with
+    :func:`xaio.engine._route.classify`: one look at the fd per request that
+    goes to an engine (requests served from the page cache learn it from
+    their own attempt), whose kind the engine's routing then uses instead of
+    looking again.  Nothing is cached: fd numbers are reused as soon as they
+    are closed.
     """
-    try:
-        kind = stat.S_IFMT(_fstat(fd).st_mode)
-    except OSError as e:
-        raise oserror(e.errno or errno.EBADF) from None
-    if kind in _POSITIONAL_TYPES:
-        return
-    if kind == stat.S_IFCHR:
-        try:
-            _lseek(fd, 0, _SEEK_CUR)
-        except OSError as e:
-            if e.errno == errno.ESPIPE:
-                raise oserror(errno.ESPIPE) from None
-        return
-    raise oserror(errno.ESPIPE)
-
-
-_SEEK_CUR = os.SEEK_CUR
-_lseek = os.lseek
+    kind = classify(fd)
+    if kind < 0:
+        raise oserror(-kind)
+    return kind
 
 
 def is_direct(fd: int) -> bool:

@@ -132,7 +132,7 @@ from xaio._async._checks import (
 from xaio._inline import INLINE_MAX, NowaitReader
 from xaio._memory import PAGE_SIZE, aligned_buffer, dio_alignment
 from xaio._ops import OpCode, Operation, OpState
-from xaio.engine import Engine, EngineClosedError
+from xaio.engine import KIND_BUFFERED, KIND_DIRECT, Engine, EngineClosedError
 
 __all__ = ["Driver", "abandon"]
 
@@ -150,6 +150,8 @@ def abandon(op: Operation) -> None:
 
 _DONE = OpState.DONE
 _READ, _WRITE, _READV, _WRITEV = OpCode.READ, OpCode.WRITE, OpCode.READV, OpCode.WRITEV
+#: the kinds whose O_DIRECT flag the kind itself says
+_FILE_KINDS = (KIND_BUFFERED, KIND_DIRECT)
 _RWF_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
 _preadv = os.preadv
 #: Immediate completions between two looks at the clock (see _fair).
@@ -545,17 +547,16 @@ class Driver:
         offset = check_offset(offset)
         if n == 0:
             return os.pread(fd, 0, offset)  # the kernel's answer; nothing to wait for
-        if not positional:
-            check_positional(fd)
+        kind = -1 if positional else check_positional(fd)
         if buf is not None:
             if fd in self._cold and self._try_inline_read(fd, (buf,), offset, n) is not None:
                 return bytes(buf)
-            return await self._pread_engine(fd, n, offset, buf, False)
+            return await self._pread_engine(fd, n, offset, buf, False, kind)
         n = min(n, MAX_RW_COUNT)
-        direct = is_direct(fd)
+        direct = kind == KIND_DIRECT if kind in _FILE_KINDS else is_direct(fd)
         size = n if n <= INLINE_MAX else _first_read_size(fd, n, offset, direct)
         if direct:
-            return await self._pread_engine(fd, n, offset, aligned_buffer(size), True)
+            return await self._pread_engine(fd, n, offset, aligned_buffer(size), True, kind)
         buf = bytearray(size)
         # (only reads that may be served inline pass a checkpoint here: an
         # engine-bound one has its own in _run, and a second one would let
@@ -564,15 +565,18 @@ class Driver:
             await self._fair()
             if self._try_inline_read(fd, (buf,), offset, n) is not None:
                 return bytes(buf)
-        return await self._pread_engine(fd, n, offset, buf, False)
+        return await self._pread_engine(fd, n, offset, buf, False, kind)
 
     async def _pread_engine(
-        self, fd: int, n: int, offset: int, buf: bytearray | memoryview, direct: bool
+        self, fd: int, n: int, offset: int, buf: bytearray | memoryview, direct: bool, kind: int
     ) -> bytes:
         """Read into *buf* through the engine; while a read fills it and fewer
         than *n* bytes were asked for, read on into a fresh buffer of twice
-        the bytes read so far (aligned if *direct*)."""
-        res = await self._transfer(Operation(_READ, fd, (buf,), offset))
+        the bytes read so far (aligned if *direct*).  *kind*: the fd's
+        :func:`check_positional` answer (-1: not asked)."""
+        op = Operation(_READ, fd, (buf,), offset)
+        op.kind = kind
+        res = await self._transfer(op)
         size = len(buf)
         if res < size or size >= n:
             return bytes(buf) if res == size else bytes(memoryview(buf)[:res])
@@ -581,7 +585,9 @@ class Driver:
         while total < n:
             size = min(n - total, max(total, INLINE_MAX))
             more: bytearray | memoryview = aligned_buffer(size) if direct else bytearray(size)
-            res = await self._transfer(Operation(_READ, fd, (more,), offset + total))
+            op = Operation(_READ, fd, (more,), offset + total)
+            op.kind = kind
+            res = await self._transfer(op)
             parts.append(bytes(more) if res == size else bytes(memoryview(more)[:res]))
             total += res
             if res < size:
@@ -644,7 +650,7 @@ class Driver:
             return os.preadv(fd, (buf,), offset)  # the kernel's answer (ESPIPE, EBADF...)
         try:
             if not positional:
-                check_positional(fd)
+                op.kind = check_positional(fd)
             # (O_DIRECT fds go straight to the engine, see _pread)
             if fd in self._cold or (self._inline_ok(fd) if inline_ok is None else inline_ok):
                 await self._fair()
@@ -671,7 +677,7 @@ class Driver:
         offset = check_offset(offset)
         op = Operation(_WRITE, fd, (data,), offset)
         try:
-            check_positional(fd)
+            op.kind = check_positional(fd)
         except BaseException:
             abandon(op)
             raise
@@ -704,7 +710,7 @@ class Driver:
             return os.preadv(fd, bufs, offset, flags)
         inline = bool(not flags and n and (fd in self._cold or self._inline_ok(fd)))
         try:
-            check_positional(fd)
+            op.kind = check_positional(fd)
             if inline:  # (see _pread)
                 await self._fair()
         except BaseException:
@@ -740,7 +746,7 @@ class Driver:
             await self._fair()
             return os.pwritev(fd, bufs, offset, flags)
         try:
-            check_positional(fd)
+            op.kind = check_positional(fd)
         except BaseException:
             abandon(op)
             raise

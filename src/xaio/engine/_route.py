@@ -9,6 +9,7 @@ engine; the public home of these names is :mod:`xaio.engine`.
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import os
 import struct
@@ -20,6 +21,7 @@ from xaio._syscall import fast_syscall
 
 __all__ = [
     "fd_kind",
+    "classify",
     "route",
     "is_direct_regular",
     "KIND_OTHER",
@@ -63,6 +65,7 @@ _STATX_MNT_ID_UNIQUE = 0x4000  # Linux 6.8; before it the device number is the k
 _STATX_MODE_DEV = struct.Struct("<I24xH106xII")  # stx_mask, stx_mode, stx_dev_major/minor
 _STATX_MNT_ID = struct.Struct("<144xQ")
 _S_IFMT, _S_IFREG, _S_IFBLK = 0o170000, 0o100000, 0o060000
+_S_IFDIR, _S_IFCHR = 0o040000, 0o020000
 _statx = fast_syscall("statx")
 _EMPTY_PATH = ctypes.c_char_p(b"")
 _tls = threading.local()  # each thread's statx buffer
@@ -111,19 +114,56 @@ def fd_kind(fd: int) -> int:
         :data:`KIND_BLOCKING`.  Never raises: an fd that is not open is
         ``KIND_OTHER``, and its request fails in the engine as usual.
     """
+    return _classify(fd, False)
+
+
+def classify(fd: int) -> int:
+    """:func:`fd_kind` and whether *fd* takes positional I/O, in one look.
+
+    The async layer asks it once per request that goes to an engine and
+    hands the kind on in :attr:`Operation.kind <xaio._ops.Operation>`, so the
+    fd is classified once: to answer what ``os.pread``/``os.pwrite`` would
+    answer before any transfer, and to route.  The kernel decides positional
+    I/O per open file (``FMODE_PREAD``/``FMODE_PWRITE``): regular files,
+    block devices and directories (whose reads then fail with EISDIR) take
+    it; character devices when they can seek (``/dev/zero`` can, a tty
+    cannot); FIFOs, sockets and anonymous inodes (eventfd, timerfd...) do
+    not.  Costs what :func:`fd_kind` costs, plus an ``lseek`` for character
+    devices.
+
+    Returns:
+        A ``KIND_*`` value, or ``-errno.EBADF`` (*fd* is not open) or
+        ``-errno.ESPIPE`` (no positional I/O on it).
+    """
+    return _classify(fd, True)
+
+
+def _classify(fd: int, positional: bool) -> int:
+    """:func:`fd_kind`; with *positional*, :func:`classify`."""
     if type(fd) is not int or fd < 0 or fd > 0x7FFFFFFF:
-        return KIND_OTHER
+        return -errno.EBADF if positional else KIND_OTHER
     buf = getattr(_tls, "statx", None)
     if buf is None:
         buf = _tls.statx = ctypes.create_string_buffer(256)
         _tls.address = ctypes.c_void_p(ctypes.addressof(buf))
     flags = _AT_EMPTY_PATH | _AT_STATX_DONT_SYNC
-    if _statx(fd, _EMPTY_PATH, flags, _STATX_TYPE | _STATX_MNT_ID_UNIQUE, _tls.address) < 0:
-        return KIND_OTHER
+    err = _statx(fd, _EMPTY_PATH, flags, _STATX_TYPE | _STATX_MNT_ID_UNIQUE, _tls.address)
+    if err < 0:
+        if not positional:
+            return KIND_OTHER
+        if err == -errno.EBADF:
+            return err
+        try:  # no statx here (seccomp, an old kernel): the type from fstat
+            fmt = os.fstat(fd).st_mode & _S_IFMT
+        except OSError as e:
+            return -(e.errno or errno.EBADF)
+        return KIND_OTHER if _takes_positional(fd, fmt) else -errno.ESPIPE
     mask, mode, major, minor = _STATX_MODE_DEV.unpack_from(buf)
     fmt = mode & _S_IFMT
     if fmt != _S_IFREG and fmt != _S_IFBLK:
-        return KIND_OTHER
+        if not positional or _takes_positional(fd, fmt):
+            return KIND_OTHER
+        return -errno.ESPIPE
     key = (-1, _STATX_MNT_ID.unpack_from(buf)[0]) if mask & _STATX_MNT_ID_UNIQUE else (major, minor)
     blocks = _blocking_mounts.get(key)
     if blocks is None:
@@ -137,6 +177,19 @@ def fd_kind(fd: int) -> int:
     except OSError:
         return KIND_OTHER
     return KIND_DIRECT if direct else KIND_BUFFERED
+
+
+def _takes_positional(fd: int, fmt: int) -> bool:
+    """Whether an fd of file type *fmt* takes ``pread``/``pwrite``."""
+    if fmt in (_S_IFREG, _S_IFBLK, _S_IFDIR):
+        return True
+    if fmt != _S_IFCHR:
+        return False
+    try:
+        os.lseek(fd, 0, os.SEEK_CUR)
+    except OSError as e:
+        return e.errno != errno.ESPIPE
+    return True
 
 
 def is_direct_regular(fd: int) -> bool:
@@ -154,9 +207,10 @@ def route(
     routing rule of the engines that run some requests on threads.
 
     A poll always goes to the kernel.  A request on an fd (read, write,
-    fsync...) goes to the kernel only if :func:`fd_kind` allows it, asked
-    once per fd per batch, so all of one fd's requests in a batch take the
-    same way:
+    fsync...) goes to the kernel only if its fd's kind allows it: the
+    operation's ``kind`` when its caller classified the fd (:func:`classify`),
+    else :func:`fd_kind` asked once per fd per batch, so all of one fd's
+    requests in a batch take the same way:
 
     - *kernel_kind* :data:`KIND_DIRECT` (the ``linux`` engine): only
       :data:`KIND_DIRECT` fds at an explicit offset (Linux AIO blocks in
@@ -179,10 +233,13 @@ def route(
             code = op.opcode
             if code is _POLL or code is _NOP:
                 continue
-            fd = op.fd
-            kind = kinds.get(fd)
-            if kind is None:
-                kind = kinds[fd] = fd_kind(fd)
+            kind = op.kind  # the caller's classify(), if it asked
+            if kind < 0:
+                fd = op.fd
+                known = kinds.get(fd)
+                if known is None:
+                    known = kinds[fd] = fd_kind(fd)
+                kind = known
             if kind == KIND_BLOCKING:
                 if some is None:
                     some = []
@@ -199,10 +256,13 @@ def route(
             kernel.append(op)
             continue
         if code is not _NOP and op.offset >= 0:
-            fd = op.fd
-            kind = kinds.get(fd)
-            if kind is None:
-                kind = kinds[fd] = fd_kind(fd)
+            kind = op.kind
+            if kind < 0:
+                fd = op.fd
+                known = kinds.get(fd)
+                if known is None:
+                    known = kinds[fd] = fd_kind(fd)
+                kind = known
             if kind == KIND_DIRECT:
                 kernel.append(op)
                 continue
