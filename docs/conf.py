@@ -41,7 +41,7 @@ nitpicky = True
 # Names from the standard library and the other async libraries: the docs are
 # built offline, so there is no intersphinx inventory to resolve them against.
 _EXTERNAL = (
-    r"(collections\.abc|typing|typing_extensions|types|ctypes|_ctypes|asyncio|trio|anyio"
+    r"(argparse|collections\.abc|typing|typing_extensions|types|ctypes|_ctypes|asyncio|trio|anyio"
     r"|sniffio|os|io|mmap|socket|signal|threading|concurrent\.futures|enum|array"
     r"|selectors|select|pathlib|weakref|contextlib|dataclasses|posix)(\..*)?"
 )

@@ -1,5 +1,9 @@
 """The documentation covers the public API and describes what is.
 
+- the public surface (in the spirit of trio's test_exports.py): every public
+  module has an ``__all__`` whose names all exist, once each; every class and
+  function among them, and every public method and property of those
+  classes, has a docstring;
 - every name a public module exports (``__all__``) is documented on its
   reference page (docs/reference/), and nothing else is;
 - no page of the docs, nor a docstring they render, mentions an issue number
@@ -28,7 +32,12 @@ REFERENCE = {
     "xaio.uring": "uring.rst",
     "xaio.posix": "posix.rst",
     "xaio.os": "os.rst",
+    "xaio.threads": "threads.rst",
+    "xaio.cli": "cli.rst",
 }
+# public-named modules without a reference page of their own: the commands of
+# the CLI, documented by ``xaio COMMAND --help`` and the page of xaio.cli
+COMMANDS = {"xaio.cli.bench", "xaio.cli.info", "xaio.cli.cp"}
 # modules whose docstrings the Design pages render as essays (docs/essays.rst)
 ESSAYS = [
     "xaio.threads",
@@ -52,6 +61,81 @@ def documented_names(page: Path) -> tuple[str, list[str]]:
     modules = _MODULE.findall(text)
     assert len(modules) == 1, f"{page.name}: expected one '.. module::', found {modules}"
     return modules[0], _DOCUMENTED.findall(text)
+
+
+def _public_modules() -> set[str]:
+    """Every module of src/xaio with no private (underscored) part in its name."""
+    src = ROOT / "src"
+    found = set()
+    for path in (src / "xaio").rglob("*.py"):
+        parts = list(path.relative_to(src).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        if parts[-1] == "__main__" or any(p.startswith("_") for p in parts):
+            continue
+        found.add(".".join(parts))
+    return found
+
+
+def test_every_public_module_has_a_reference_page() -> None:
+    assert _public_modules() == set(REFERENCE) | COMMANDS
+
+
+@pytest.mark.parametrize("module", sorted(REFERENCE))
+def test_exports_exist_once(module: str) -> None:
+    mod = importlib.import_module(module)
+    exported = mod.__all__
+    assert exported, f"{module}.__all__ is empty"
+    duplicates = sorted({n for n in exported if exported.count(n) > 1})
+    assert not duplicates, f"{module}.__all__ lists {duplicates} more than once"
+    missing = [n for n in exported if not hasattr(mod, n)]
+    assert not missing, f"{module}.__all__ lists {missing}, which {module} does not define"
+
+
+def _undocumented(qualname: str, obj: object) -> list[str]:
+    """*obj* (a class or function) and, for a class, its public methods and
+    properties, that have no docstring (a method may take its base's)."""
+    if not (inspect.isclass(obj) or inspect.isfunction(obj) or inspect.isbuiltin(obj)):
+        return []  # a constant, a module: documented on its page
+    own = vars(obj).get("__doc__") if inspect.isclass(obj) else obj.__doc__
+    out = [] if own and own.strip() else [qualname]
+    if inspect.isclass(obj):
+        for name, member in vars(obj).items():
+            if name.startswith("_"):
+                continue
+            if isinstance(member, (staticmethod, classmethod)):
+                member = member.__func__
+            if not (inspect.isfunction(member) or isinstance(member, property)):
+                continue
+            if not (inspect.getdoc(getattr(obj, name)) or "").strip():
+                out.append(f"{qualname}.{name}")
+    return out
+
+
+@pytest.mark.parametrize("module", sorted(REFERENCE))
+def test_exports_have_docstrings(module: str) -> None:
+    mod = importlib.import_module(module)
+    missing = [u for n in mod.__all__ for u in _undocumented(f"{module}.{n}", getattr(mod, n))]
+    assert not missing, f"no docstring: {missing}"
+
+
+def test_undocumented_is_found() -> None:
+    class Bare:
+        def method(self) -> None:
+            pass
+
+    class Told:
+        """A class."""
+
+        @property
+        def size(self) -> int:
+            """A property."""
+            return 0
+
+    assert _undocumented("Bare", Bare) == ["Bare", "Bare.method"]
+    assert _undocumented("Told", Told) == []
+    assert _undocumented("f", lambda: None) == ["f"]
+    assert _undocumented("N", 4096) == []
 
 
 @pytest.mark.parametrize("module", sorted(REFERENCE))

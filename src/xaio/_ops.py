@@ -53,6 +53,11 @@ class OpCode(enum.IntEnum):
 
 
 class OpState(enum.IntEnum):
+    """Where an operation is: QUEUED (not yet handed to an engine), SUBMITTED,
+    CANCEL_REQUESTED (a cancel was asked for; its completion is still to come)
+    and DONE (its completion was reaped: the result is set, the buffers
+    released)."""
+
     QUEUED = 0
     SUBMITTED = 1
     CANCEL_REQUESTED = 2
@@ -150,6 +155,11 @@ class Operation:
         return sum(p.nbytes for p in self.pins)
 
     def mark_submitted(self) -> None:
+        """QUEUED -> SUBMITTED, as an engine hands the operation over.
+
+        Raises:
+            RuntimeError: the operation is not QUEUED (submitted twice).
+        """
         if self.state is not OpState.QUEUED:
             raise RuntimeError(f"cannot submit an operation in state {self.state.name}")
         self.state = OpState.SUBMITTED
@@ -220,6 +230,7 @@ class Operation:
 
     @property
     def done(self) -> bool:
+        """True once the completion was reaped (state DONE)."""
         return self.state is OpState.DONE
 
     def value(self) -> int:

@@ -259,10 +259,10 @@ class ThreadEngine(Engine):
         (``preadv2(RWF_NOWAIT)``) and delivered by the next :meth:`reap`, as
         if a worker had run it at once.
 
-        Raises (nothing was taken):
-            EngineClosedError: the engine is closed.
+        Raises:
+            EngineClosedError: the engine is closed (nothing was taken).
             RuntimeError, TypeError, ValueError: a malformed batch
-                (:func:`xaio._ops.check_batch`).
+                (:func:`xaio._ops.check_batch`); nothing was taken.
         """
         check_batch(ops)
         return self.submit_checked(ops)

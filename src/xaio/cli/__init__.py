@@ -17,11 +17,11 @@ library itself:
     do not), the io_uring opcodes, ``aio-nr``/``aio-max-nr``,
     ``kernel.io_uring_disabled``, the O_DIRECT alignment of a path.
 ``xaio cp SRC DST``
-    a copy with a queue of large requests in flight (:mod:`xaio.cli.cp`), replacing
+    a copy with a queue of large requests in flight (``xaio.cli.cp``), replacing
     a regular destination atomically (temporary file, rename once complete).
 
 The package: this module holds the parser and :func:`main`; each command has
-its module (:mod:`xaio.cli.bench`, :mod:`xaio.cli.info`, :mod:`xaio.cli.cp`);
+its module (``xaio.cli.bench``, ``xaio.cli.info``, ``xaio.cli.cp``);
 ``_ui`` prints (rich or plain), ``_job`` says what a bench job is and what it
 measured, and ``_runner`` runs it through an engine and an API, or through fio.
 

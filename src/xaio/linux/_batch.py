@@ -206,6 +206,7 @@ class IOBatch:
         return self._nbusy
 
     def is_busy(self, slot: int) -> bool:
+        """True while *slot* is submitted and its completion not yet reaped."""
         return self._busy[slot]
 
     # -- submitting and reaping ---------------------------------------------------

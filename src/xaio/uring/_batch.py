@@ -135,6 +135,7 @@ class UringBatch:
         return self._nbusy
 
     def is_busy(self, slot: int) -> bool:
+        """True while *slot* is submitted and its completion not yet reaped."""
         return self._busy[slot]
 
     # -- preparing slots --------------------------------------------------------------
