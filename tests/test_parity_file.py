@@ -77,6 +77,11 @@ class FileParity(RuleBasedStateMachine):
         self.text = self.kind == "text"
         self.cookies: list[int] = [0]  # text: positions xaio's tell() gave
         self.reading = False  # text: read since the last write or seek
+        #: text: readlines ran since the last seek.  io's readlines iterates
+        #: (next()), which turns its tell() off, and a flush() turns it back on
+        #: without the decoder snapshot: its tell() then gives a number unrelated
+        #: to the position (4 in a 2-byte file), until a seek.
+        self.iterated = False
 
     def run(self, coro: Any) -> Any:
         return self.loop.run_until_complete(coro)
@@ -165,6 +170,7 @@ class FileParity(RuleBasedStateMachine):
     @rule(hint=st.sampled_from([-1, 0, 1, 5, 20]))
     def readlines(self, hint: int) -> None:
         self.both("readlines", hint)
+        self.iterated = self.text
 
     @rule()
     def flush(self) -> None:
@@ -180,7 +186,7 @@ class FileParity(RuleBasedStateMachine):
         except OSError:  # io: "telling position disabled by next() call" (readlines)
             return
         mine = self.run(self.mine.tell())
-        if ref < 1 << 64:  # io's cookie is a plain byte offset here
+        if ref < 1 << 64 and not self.iterated:  # io's cookie is a plain byte offset here
             assert mine == ref
         self.cookies.append(mine)
 
@@ -251,6 +257,7 @@ class FileParity(RuleBasedStateMachine):
         io's seek takes) first."""
         if self.reading:
             self.reading = False
+            self.iterated = False
             pos = self.run(self.mine.tell())
             self.ref.seek(pos)
             self.run(self.mine.seek(pos))
@@ -264,12 +271,14 @@ class FileParity(RuleBasedStateMachine):
         own cookies differ where its decoder holds state)."""
         cookie = data.draw(st.sampled_from(self.cookies))
         self.reading = False
+        self.iterated = False
         self.both("seek", cookie)
 
     @precondition(lambda self: self.text)
     @rule()
     def seek_end(self) -> None:
         self.reading = False
+        self.iterated = False
         self.ref.seek(0, os.SEEK_END)
         self.run(self.mine.seek(0, os.SEEK_END))
 
