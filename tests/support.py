@@ -102,6 +102,7 @@ def reap_until(eng: Engine, ops: Sequence[Operation], timeout: float = TIMEOUT) 
 READ_SYSCALLS = frozenset({0, 17, 19, 295, 327})  # read, pread64, readv, preadv, preadv2
 WRITE_SYSCALLS = frozenset({1, 18, 20, 296, 328})  # write, pwrite64, writev, pwritev, pwritev2
 POLL_SYSCALLS = frozenset({7, 271})  # poll, ppoll
+GETEVENTS_SYSCALLS = frozenset({208, 333})  # io_getevents, io_pgetevents
 
 
 def wait_blocked_in(

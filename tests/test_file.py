@@ -35,6 +35,12 @@ pytestmark = pytest.mark.timeout(60)
 # ---------------------------------------------------------------------------------
 
 
+def in_a_call(f: Any) -> bool:
+    """Whether a task is inside a call on *f* (binary or text): the calls
+    close() must end."""
+    return bool(getattr(f, "buffer", f)._calls)
+
+
 def test_close_ends_a_pending_pipe_read(lib: str, engine_name: str) -> None:
     """A task inside ``f.read()`` on an empty pipe ends promptly with the
     closed-file ValueError when another task closes the file."""
@@ -59,7 +65,7 @@ def test_close_ends_a_pending_pipe_read(lib: str, engine_name: str) -> None:
                 with anyio.fail_after(10):
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(reader)
-                        await anyio.sleep(0.02)  # let the reader wait on the pipe
+                        await wait_until_async(lambda f=f: in_a_call(f), "the reader's call")
                         await f.close()
                 (err,) = outcome
                 assert isinstance(err, ValueError)
@@ -140,7 +146,7 @@ def test_close_cancelled_still_releases_the_fd(tmp_path: Path) -> None:
         f = await xaio.open(r, "rb")
         try:
             reader = asyncio.ensure_future(f.read(1))
-            await asyncio.sleep(0.01)
+            await wait_until_async(lambda: in_a_call(f), "the reader's call")
             closer = asyncio.ensure_future(f.close())
             await asyncio.sleep(0)
             closer.cancel()
@@ -170,7 +176,7 @@ def test_asyncio_cancel_of_the_reader_and_close_together() -> None:
         f = await xaio.open(r, "rb", closefd=False)
         try:
             reader = asyncio.ensure_future(f.read(1))
-            await asyncio.sleep(0.01)
+            await wait_until_async(lambda: in_a_call(f), "the reader's call")
             reader.cancel()
             await f.close()
             with pytest.raises(asyncio.CancelledError):

@@ -46,7 +46,14 @@ from xaio.linux import (
     io_submit,
 )
 
-from .support import aio_max_nr, aio_nr, own_aio_rings, pattern
+from .support import (
+    GETEVENTS_SYSCALLS,
+    aio_max_nr,
+    aio_nr,
+    own_aio_rings,
+    pattern,
+    wait_blocked_in,
+)
 
 CONVENTIONS = ["linux", "libaio"]
 
@@ -216,7 +223,7 @@ def test_destroy_wakes_a_thread_blocked_in_getevents(pipe: tuple[int, int]) -> N
     t = threading.Thread(target=waiter)
     t.start()
     entered.wait(5)
-    time.sleep(0.1)  # let it block in the kernel
+    wait_blocked_in(GETEVENTS_SYSCALLS)  # it waits in the kernel
     t0 = time.monotonic()
     io_destroy(c)  # cancels the poll, wakes the waiter
     t.join(10)
