@@ -48,14 +48,12 @@ message and the file's name.  Only regular files and block devices are
 copied (their size is known).
 
 *Engine.*  :func:`auto_engine` picks the thread engine for a buffered copy
-and the default engine (io_uring where it works) for an O_DIRECT one.
-Measured here (Linux 6.18, ext4 on virtio, 512 MiB, cold source cache, four
-alternating rounds): buffered, 16 threads copied in 0.36-0.64 s where
-io_uring took 0.51-1.30 s (4 MiB requests) or 1.09-2.03 s (1 MiB requests):
-ext4 has no asynchronous buffered writes, so io_uring hands every write to an
-io-wq worker, and io-wq runs the buffered writes of one file one at a time.
-With O_DIRECT the device is the limit and the engines are within noise of
-each other.
+and the default engine (io_uring where it works) for an O_DIRECT one.  A
+file system without asynchronous buffered writes (ext4) makes io_uring hand
+every buffered write to an io-wq worker, and io-wq runs the buffered writes
+of one file one at a time, where the thread engine runs them side by side.
+With O_DIRECT the device is the limit, and io_uring needs no thread.  The
+comparison, measured, is in ``benchmarks/cp.md``.
 
 *Mode.*  A regular destination gets the source's permission bits
 (``st_mode & 0o7777``), whatever the umask.
@@ -607,7 +605,7 @@ def verify(
 
 def cmd_cp(args: argparse.Namespace, ui: UI) -> int:
     """``xaio cp SRC DST``."""
-    # defaults measured in benchmarks/cp.md: O_DIRECT wants a deeper queue of larger requests
+    # the defaults benchmarks/cp.md compares: O_DIRECT wants a deeper queue of larger requests
     if args.bs is None:
         args.bs = 8 << 20 if args.direct else 4 << 20
     if args.iodepth is None:
