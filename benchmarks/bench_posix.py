@@ -245,9 +245,9 @@ def main() -> None:
     ap.add_argument("--no-uring", action="store_true", help="skip the xaio-on-io_uring column")
     args = ap.parse_args()
     if args.no_inline:
-        import xaio._inline
+        import xaio._pagecache
 
-        xaio._inline._RWF_NOWAIT = None
+        xaio._pagecache._RWF_NOWAIT = None
     lib = _load_glibc()
     reason = None if args.no_uring else probe()["uring"]
     uring = not args.no_uring and reason is None

@@ -26,7 +26,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "xaio"
 LAYERS: list[tuple[str, int, tuple[str, ...]]] = [
     ("abi", 0, ("xaio._abi",)),
     ("syscall", 1, ("xaio._syscall",)),
-    ("memory", 2, ("xaio._buffers", "xaio._memory", "xaio._inline", "xaio._pagecache")),
+    ("memory", 2, ("xaio._buffers", "xaio._memory", "xaio._pagecache")),
     ("ops", 3, ("xaio._ops",)),
     ("shared", 4, ("xaio._inflight", "xaio._lanes", "xaio._fork")),
     ("protocol", 5, ("xaio.engine._protocol", "xaio.engine._route")),

@@ -1436,7 +1436,7 @@ def test_inline_read_is_bounded(tmp_path: Path) -> None:
     """A cached read larger than INLINE_MAX is handed to the engine (aio_read
     copies no more than the bound in the caller's thread); a small read
     queued after it on the same file is done inline, before it."""
-    from xaio._inline import INLINE_MAX
+    from xaio._pagecache import INLINE_MAX
 
     size = INLINE_MAX + 8192
     data = random.Random(7).randbytes(size)
@@ -1472,7 +1472,7 @@ def test_inline_read_refused_behind_held_back_work(
     an aio_fsync that waits for a read the one worker has not started): it
     is not done inline, and completes after them.  The thread engine holds
     them itself; the linux engine's requests are held in posix's lanes."""
-    from xaio._inline import INLINE_MAX
+    from xaio._pagecache import INLINE_MAX
 
     reason = engine_unavailable(engine_name)
     if reason is not None:

@@ -470,7 +470,7 @@ def test_complete_in_worker_mode_reads_nothing_in_submit(data_fd: int) -> None:
 def test_reads_above_inline_max_go_to_workers(tmp_path: Path) -> None:
     """A cached read bigger than INLINE_MAX is left to a worker (the copy
     outweighs the hand-off); one of exactly INLINE_MAX bytes is done in submit."""
-    from xaio._inline import INLINE_MAX
+    from xaio._pagecache import INLINE_MAX
 
     path = tmp_path / "big.bin"
     data = os.urandom(INLINE_MAX + 4096)

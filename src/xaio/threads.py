@@ -95,9 +95,9 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-from xaio._inline import INLINE_MAX, NowaitReader
 from xaio._lanes import Lane, fd_order, waits_for_all
 from xaio._ops import CancelOutcome, OpCode, Operation, OpState, check_batch
+from xaio._pagecache import INLINE_MAX, NowaitReader
 from xaio.engine._protocol import Engine, EngineClosedError
 
 __all__ = ["ThreadEngine", "start_thread_blocking_signals"]
@@ -351,7 +351,7 @@ class ThreadEngine(Engine):
 
     def _read_cached(self, ops: Sequence[Operation], serial: dict[int, int]) -> dict[int, int]:
         """Do the READs of *ops* that the page cache holds whole, here and now
-        (:class:`xaio._inline.NowaitReader`), as a worker would have: the
+        (:class:`xaio._pagecache.NowaitReader`), as a worker would have: the
         thread hand-off costs tens of microseconds, a cached 4 KiB read about
         two.  Only positional reads of at most ``INLINE_MAX`` bytes on fds
         with no ordered work queued (not a stream, nothing held back on the
@@ -448,7 +448,7 @@ class ThreadEngine(Engine):
 
     def read_nowait(self, fd: int, buffer: Any, offset: int, nbytes: int) -> int | None:
         """Try a read that the page cache can satisfy at once, in this thread
-        (:class:`xaio._inline.NowaitReader`: ``preadv2(RWF_NOWAIT)``, not on
+        (:class:`xaio._pagecache.NowaitReader`: ``preadv2(RWF_NOWAIT)``, not on
         O_DIRECT or O_APPEND fds), unless ordered (stream) work is queued on
         the fd or requests are held back on it (behind a sync).
 

@@ -129,9 +129,10 @@ from xaio._async._checks import (
     is_direct,
     is_stream,
 )
-from xaio._inline import INLINE_MAX, NowaitReader
 from xaio._memory import PAGE_SIZE, aligned_buffer, dio_alignment
 from xaio._ops import OpCode, Operation, OpState
+from xaio._pagecache import INLINE_MAX, NowaitReader, nowait_preadv
+from xaio._syscall import oserror
 from xaio.engine import KIND_BUFFERED, KIND_DIRECT, Engine, EngineClosedError
 
 __all__ = ["Driver", "abandon"]
@@ -153,7 +154,8 @@ _READ, _WRITE, _READV, _WRITEV = OpCode.READ, OpCode.WRITE, OpCode.READV, OpCode
 #: the kinds whose O_DIRECT flag the kind itself says
 _FILE_KINDS = (KIND_BUFFERED, KIND_DIRECT)
 _RWF_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
-_preadv = os.preadv
+_nowait_preadv = nowait_preadv
+_MISS, _NOT_POSITIONAL = -errno.EAGAIN, -errno.ESPIPE  # nowait_preadv's answers
 #: Immediate completions between two looks at the clock (see _fair).
 _STREAK = 16
 #: Most bytes one read(2)/write(2) moves on Linux (MAX_RW_COUNT).
@@ -403,7 +405,7 @@ class Driver:
         """May a read on *fd* be tried with ``RWF_NOWAIT`` straight away?
 
         Not on O_DIRECT fds (a NOWAIT direct read still waits for the device)
-        nor O_APPEND ones (:meth:`xaio._inline.NowaitReader.flags_ok`, whose
+        nor O_APPEND ones (:meth:`xaio._pagecache.NowaitReader.flags_ok`, whose
         cache is looked at again every 64 reads), nor on fds whose last
         attempts missed the page cache (*cold* fds: see :meth:`_missed`)."""
         return self._nowait.flags_ok(fd) and fd not in self._cold
@@ -464,16 +466,12 @@ class Driver:
             if cs is None or not self._nowait.flags_ok(fd) or not cs.cached(fd, offset, n):
                 self._cold[fd] = 8
                 return None
-        try:
-            got: int = _preadv(fd, bufs, offset, _RWF_NOWAIT)
-        except BlockingIOError:
-            self._missed(fd)
-            return None
-        except (OSError, OverflowError, ValueError, TypeError, BufferError):
-            self._nowait.decline(fd)
-            return None
+        got = _nowait_preadv(fd, bufs, offset)
         if got != n:
-            self._missed(fd)
+            if got >= 0 or got == _MISS:
+                self._missed(fd)
+            else:
+                self._nowait.decline(fd)
             return None
         if cold is not None:
             if cold <= 1:
@@ -524,20 +522,16 @@ class Driver:
             and self._inline_ok(fd)
         ):
             buf = bytearray(n)
-            try:
-                got = _preadv(fd, (buf,), offset, _RWF_NOWAIT)
-            except BlockingIOError:
-                got = -1
-            except OSError as e:
-                if e.errno == errno.ESPIPE:
-                    raise
-                got = -2  # the engine reports it (or the fs lacks RWF_NOWAIT)
+            got = _nowait_preadv(fd, (buf,), offset)
             if got == n:
                 self._streak += 1
                 return bytes(buf)
+            if got == _NOT_POSITIONAL:
+                raise oserror(errno.ESPIPE)
             self._missed(fd)
-            # (the attempt passed the kernel's ESPIPE check unless it failed)
-            return await self._pread(fd, n, offset, buf, got != -2)
+            # (the attempt passed the kernel's ESPIPE check unless it failed;
+            # any other error the engine reports, or the fs lacks RWF_NOWAIT)
+            return await self._pread(fd, n, offset, buf, got >= 0 or got == _MISS)
         return await self._pread(fd, check_count(n), offset, None, False)
 
     async def _pread(
@@ -627,18 +621,10 @@ class Driver:
             if inline_ok:
                 n = buf.nbytes if isinstance(buf, memoryview) else len(buf)
                 if n:
-                    try:
-                        got = _preadv(fd, (buf,), offset, _RWF_NOWAIT)
-                        positional = True
-                    except BlockingIOError:
-                        got = -1
-                        positional = True
-                    except OSError as e:
-                        if e.errno == errno.ESPIPE:
-                            raise
-                        got = -1
-                    except (TypeError, ValueError, BufferError):
-                        got = -1
+                    got = _nowait_preadv(fd, (buf,), offset)
+                    if got == _NOT_POSITIONAL:
+                        raise oserror(errno.ESPIPE)
+                    positional = got >= 0 or got == _MISS
                     if got == n:
                         self._streak += 1
                         return got

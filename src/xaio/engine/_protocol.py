@@ -79,7 +79,7 @@ class Engine(abc.ABC):
     def read_nowait(self, fd: int, buffer: Any, offset: int, nbytes: int) -> int | None:
         """Read *nbytes* at *offset* of *fd* into *buffer* in this thread if
         the page cache holds them all (``preadv2(RWF_NOWAIT)``), the fast
-        path of a cached read (:class:`xaio._inline.NowaitReader`).
+        path of a cached read (:class:`xaio._pagecache.NowaitReader`).
 
         Returns:
             *nbytes* when the whole read was done; None when the request

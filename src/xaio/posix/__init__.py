@@ -77,7 +77,7 @@ Some facts about POSIX AIO on Linux, what glibc does, and what we do better
 - Page-cache hits skip the engine: ``aio_read`` first asks the engine's
   ``read_nowait`` (thread, uring and linux engines: ``preadv2(RWF_NOWAIT)``
   in the caller's thread, never on O_DIRECT, O_APPEND or stream fds, see
-  :mod:`xaio._inline`).  A hit is complete -- recorded and notified -- when
+  :mod:`xaio._pagecache`).  A hit is complete -- recorded and notified -- when
   ``aio_read`` returns, with no thread hand-off and no ring round trip.
   Every aiocb shape takes it (any writable buffer, explicit ``aio_nbytes``,
   subclasses), for at most ``INLINE_MAX`` bytes (a larger read goes to the
@@ -98,8 +98,8 @@ from collections.abc import Iterable
 from typing import Any, Final
 
 from xaio import _syscall
-from xaio._inline import INLINE_MAX
 from xaio._ops import CancelOutcome, OpCode, Operation
+from xaio._pagecache import INLINE_MAX
 from xaio.engine import Engine
 from xaio.posix import _runtime
 from xaio.posix._dispatch import (

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from xaio import _syscall
 from xaio._abi import uring as abi
 from xaio._fork import Owner
-from xaio._inline import NowaitReader
 from xaio._ops import (
     IOV_MAX,
     CancelOutcome,
@@ -28,6 +27,7 @@ from xaio._ops import (
     OpState,
     check_batch,
 )
+from xaio._pagecache import NowaitReader
 from xaio._syscall import oserror
 from xaio.engine._protocol import Engine, EngineClosedError
 from xaio.engine._route import KIND_BLOCKING, route
@@ -804,7 +804,7 @@ class UringEngine(Engine):
 
     def read_nowait(self, fd: int, buffer: Any, offset: int, nbytes: int) -> int | None:
         """Try a read that the page cache can satisfy at once, in this thread,
-        without the ring (:class:`xaio._inline.NowaitReader`:
+        without the ring (:class:`xaio._pagecache.NowaitReader`:
         ``preadv2(RWF_NOWAIT)``, the attempt io_uring would make inline, minus
         the ring's round trip and the wake-up of a reaping thread; not on
         O_DIRECT or O_APPEND fds, never on streams).

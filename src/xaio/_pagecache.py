@@ -1,4 +1,9 @@
-"""The page-cache fast path shared by the engines: a read done at once.
+"""The page-cache fast path: a read done at once, in the caller's thread.
+
+The one place xaio reads with ``RWF_NOWAIT`` to find out whether the page
+cache holds a range (:func:`nowait_preadv`), and the rule of when that is
+tried (:class:`NowaitReader`), for the engines' ``read_nowait`` (and so POSIX
+``aio_read``) and the async drivers alike.
 
 ``preadv2(RWF_NOWAIT)`` copies from the page cache and fails with EAGAIN
 instead of waiting for the device -- the attempt io_uring itself makes inline
@@ -25,11 +30,13 @@ way.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["NowaitReader", "INLINE_MAX"]
+__all__ = ["NowaitReader", "INLINE_MAX", "NOT_TRIED", "nowait_preadv"]
 
 #: Largest read tried inline: beyond it the copy itself dwarfs the hand-off it
 #: saves, and a partly cached range copies that much for nothing.
@@ -38,6 +45,29 @@ INLINE_MAX = 1 << 20
 _RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 _NO_INLINE_FLAGS = os.O_APPEND | getattr(os, "O_DIRECT", 0)
 _RECHECK = 64
+
+#: :func:`nowait_preadv`: the call was refused before the kernel saw it (a
+#: buffer it cannot use, a number out of range): the normal path says why.
+NOT_TRIED = -(1 << 20)
+
+
+def nowait_preadv(fd: int, buffers: Sequence[Any], offset: int) -> int:
+    """One ``preadv2(fd, buffers, offset, RWF_NOWAIT)``: never waits for the
+    device, never raises.
+
+    Returns:
+        The bytes read (fewer than asked: the rest is not cached, or end of
+        file); ``-errno.EAGAIN`` when the range is not all in the page cache;
+        another ``-errno`` the kernel answered (``-ESPIPE`` on a stream,
+        ``-EOPNOTSUPP`` on a file system without ``RWF_NOWAIT``...); or
+        :data:`NOT_TRIED`.
+    """
+    try:
+        return os.preadv(fd, buffers, offset, _RWF_NOWAIT)  # type: ignore[arg-type]
+    except OSError as e:
+        return -(e.errno or errno.EIO)
+    except (TypeError, BufferError, OverflowError, ValueError):
+        return NOT_TRIED
 
 
 class NowaitReader:
@@ -92,14 +122,10 @@ class NowaitReader:
             entry[1] -= 1
             if not entry[0]:
                 return None
-        try:
-            n: int = os.preadv(fd, (buffer,), offset, _RWF_NOWAIT)  # type: ignore[arg-type]
-        except (TypeError, BufferError):  # the buffer, not the fd
-            return None
-        except (OSError, OverflowError, ValueError):
-            self._flags.pop(fd, None)
-            return None
+        n = nowait_preadv(fd, (buffer,), offset)
         if n != nbytes:
+            if n < 0 and n != NOT_TRIED:
+                self._flags.pop(fd, None)  # the kernel's answer: look at the fd again
             return None
         self.count += 1
         return n

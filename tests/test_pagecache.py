@@ -1,0 +1,71 @@
+"""The page-cache fast path (xaio._pagecache): the one RWF_NOWAIT read and
+the rule of when it is tried."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from xaio._pagecache import NOT_TRIED, NowaitReader, nowait_preadv
+
+from .support import pattern
+
+
+def test_a_cached_range_is_read_at_once(data_fd: int) -> None:
+    os.pread(data_fd, 8192, 0)  # cached
+    buf = bytearray(100)
+    assert nowait_preadv(data_fd, (buf,), 4000) == 100
+    assert buf == pattern(4100)[4000:]
+    size = os.fstat(data_fd).st_size
+    assert nowait_preadv(data_fd, (buf,), size - 10) == 10  # end of file: short
+    assert nowait_preadv(data_fd, (buf,), size) == 0
+
+
+def test_the_kernel_answer_comes_back_as_a_negative_errno(
+    data_fd: int, pipe: tuple[int, int]
+) -> None:
+    assert nowait_preadv(pipe[0], (bytearray(4),), 0) == -errno.ESPIPE
+    assert nowait_preadv(987654, (bytearray(4),), 0) == -errno.EBADF
+    assert nowait_preadv(data_fd, (bytearray(4),), -5) == -errno.EINVAL
+
+
+def test_what_the_call_refuses_is_not_tried(data_fd: int) -> None:
+    assert nowait_preadv(data_fd, (b"read-only",), 0) == NOT_TRIED
+    assert nowait_preadv(data_fd, (bytearray(4),), 1 << 64) == NOT_TRIED
+    view = memoryview(bytearray(4))
+    view.release()
+    assert nowait_preadv(data_fd, (view,), 0) == NOT_TRIED
+
+
+def test_an_uncached_range_says_eagain() -> None:
+    path = Path("/var/tmp") / f"xaio-pagecache-{os.getpid()}.bin"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+    try:
+        os.write(fd, pattern(1 << 20))
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # out of the page cache
+        got = nowait_preadv(fd, (bytearray(4096),), 512 * 1024)
+        if got == -errno.EOPNOTSUPP:
+            pytest.skip("this file system has no RWF_NOWAIT")
+        assert got == -errno.EAGAIN
+    finally:
+        os.close(fd)
+        path.unlink()
+
+
+def test_the_reader_skips_o_append_and_o_direct(data_path: Path, data_fd: int) -> None:
+    reader = NowaitReader()
+    os.pread(data_fd, 4096, 0)
+    buf = bytearray(16)
+    assert reader.read(data_fd, buf, 0, 16) == 16 and reader.count == 1
+    afd = os.open(data_path, os.O_RDWR | os.O_APPEND)
+    try:
+        assert not reader.flags_ok(afd)
+        assert reader.read(afd, buf, 0, 16) is None
+    finally:
+        os.close(afd)
+    assert reader.read(data_fd, buf, 1 << 30, 16) is None  # short: the caller submits
+    assert reader.count == 1
