@@ -243,3 +243,38 @@ def test_one_submission_per_file_on_uring(lib: str, tmp_path: pathlib.Path) -> N
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("XAIO_ENGINE", "uring")
         assert run(lib, main) == (10, 0, 0)
+
+
+def test_reads_share_the_loop(lib: str, engine_name: str, tmp_path: pathlib.Path) -> None:
+    """Whole-file reads that complete at once (page-cached) still let the
+    loop's other tasks run while many of them go on."""
+    p = tmp_path / "f"
+    p.write_bytes(pattern(16_384))
+    p.read_bytes()
+    todo = [p] * 3000
+
+    async def main() -> int:
+        await baseline()
+        ticks = 0
+        done = False
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not done:
+                ticks += 1
+                await anyio.sleep(0)
+
+        async def reader() -> None:
+            while todo:
+                todo.pop()
+                await xaio.Path(p).read_bytes()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ticker)
+            async with anyio.create_task_group() as readers:
+                for _ in range(16):
+                    readers.start_soon(reader)
+            done = True
+        return ticks
+
+    assert run(lib, main) >= 5

@@ -137,6 +137,7 @@ class PathRing:
             The CQE's ``res`` (>= 0 or -errno).
         """
         drv = self._driver
+        await drv._fair()  # it may complete inline: share the loop (trio: a checkpoint)
         ud = self._ud()
         op = Operation(OpCode.NOP, -1, on_done=drv._on_done, context=None)
         prep(ud)
@@ -179,6 +180,7 @@ class PathRing:
             raised.
         """
         drv = self._driver
+        await drv._fair()  # it may complete inline: share the loop (trio: a checkpoint)
         first = self._ud(n)
         uds = list(range(first, first + n))
         op = Operation(OpCode.NOP, -1, on_done=drv._on_done, context=None)
