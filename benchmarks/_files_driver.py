@@ -9,7 +9,8 @@ that library.  ``--lib`` picks the reader:
 - ``xaio-open``: ``async with xaio.open(p, "rb") as f: data = await f.read()``
   (the engine is the default one, or ``XAIO_ENGINE``);
 - ``xaio-path``: ``data = await xaio.Path(p).read_bytes()``;
-- ``aiofiles``: ``async with aiofiles.open(p, "rb") as f: data = await f.read()``.
+- ``aiofiles``: ``async with aiofiles.open(p, "rb") as f: data = await f.read()``;
+- ``idle``: no reader, the ticker alone for 0.3 s (the machine's own lag).
 
 ``--tasks`` workers take the next path from the list until it is used up,
 ``--passes`` times over; a 1 ms ticker task runs beside them and its lateness
@@ -62,6 +63,13 @@ def make_reader(lib: str) -> Reader:
             return data
 
         return read_aiofiles
+    if lib == "idle":
+
+        async def read_nothing(p: str) -> bytes:
+            await asyncio.sleep(0.3)
+            return b""
+
+        return read_nothing
     raise SystemExit(f"unknown --lib {lib!r}")
 
 
@@ -130,6 +138,8 @@ def main() -> None:
             size, path = line.rstrip("\n").split("\t", 1)
             files.append((path, int(size)))
     read = make_reader(args.lib)
+    if args.lib == "idle":  # one task sleeping 0.3 s, the sizes not checked
+        files, args.tasks, args.passes = [(files[0][0], 0)] * 2, 1, 1
     print(json.dumps(asyncio.run(run(read, files, args.tasks, args.passes))))
 
 

@@ -15,6 +15,7 @@ Contenders, each measured in a fresh process by ``_files_driver.py`` with a
 - ``xaio path [E]``: ``await xaio.Path(p).read_bytes()``
 
   for each engine E that works here (``XAIO_ENGINE=E``);
+- ``(ticker alone)``: no reader, the lag of the machine itself;
 - ``aiofiles`` and ``aiofiles-x`` (its C++ backend does the system calls
   inside the event loop), each installed from the package index into its own
   virtual environment under ``--venvs`` (both install the module
@@ -70,6 +71,10 @@ class Contender:
     @property
     def is_peer(self) -> bool:
         return self.lib == "aiofiles"
+
+    @property
+    def is_xaio(self) -> bool:
+        return self.lib.startswith("xaio")
 
 
 # --- the files ---------------------------------------------------------------------------
@@ -227,6 +232,7 @@ def main() -> None:
             continue
         contenders.append(Contender(f"xaio open [{eng}]", sys.executable, "xaio-open", eng))
         contenders.append(Contender(f"xaio path [{eng}]", sys.executable, "xaio-path", eng))
+    contenders.append(Contender("(ticker alone)", sys.executable, "idle"))
     versions = {}
     if not args.no_peers:
         for name, req in PEERS.items():
@@ -291,14 +297,14 @@ def report(
             rs = results[(c.name, shape)]
             fps = [x["files_per_s"] for x in rs]
             ratio = ""
-            if not c.is_peer and peers:
+            if c.is_xaio and peers:
                 ratio = f"{median([f / best_peer(shape, i)[1] for i, f in enumerate(fps)]):.2f}x"
             rows.append(
                 [
                     shape,
                     c.name,
-                    f"{median(fps):,.0f}",
-                    f"{median([x['mib_per_s'] for x in rs]):,.0f}",
+                    f"{median(fps):,.0f}" if c.lib != "idle" else "-",
+                    f"{median([x['mib_per_s'] for x in rs]):,.0f}" if c.lib != "idle" else "-",
                     f"{median([x['lag_p50'] for x in rs]):.2f}",
                     f"{median([x['lag_p99'] for x in rs]):.2f}",
                     f"{median([x['lag_max'] for x in rs]):.2f}",
@@ -324,8 +330,9 @@ def report(
             row: list[object] = [r + 1]
             for c in contenders:
                 x = results[(c.name, shape)][r]
-                cell = f"{x['files_per_s']:,.0f} ({x['lag_p99']:.1f})"
-                if not c.is_peer and peers:
+                cell = f"{x['files_per_s']:,.0f} " if c.lib != "idle" else ""
+                cell += f"({x['lag_p99']:.1f})"
+                if c.is_xaio and peers:
                     cell += f" {x['files_per_s'] / peer_v:.2f}x"
                 row.append(cell)
             prow.append(row)
