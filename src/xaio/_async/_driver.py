@@ -18,9 +18,10 @@ cache is done in the loop's thread with ``preadv2(RWF_NOWAIT)``, which copies
 from the cache or fails with EAGAIN instead of waiting for the device --
 exactly the attempt io_uring makes inline before punting a read to a worker,
 without the ring's per-request cost in Python (one system call, where the
-engine path builds an Operation, writes an SQE, submits and reaps, an order of
-magnitude more work per request).  Such a request resolves without a Future and without touching the
-event loop (the coroutine does not even yield).  A miss is not free:
+engine path builds an Operation, writes an SQE, submits and reaps: an order
+of magnitude more work per request).  Such a request resolves without a
+Future and without touching the event loop (the coroutine does not even
+yield).  A miss is not free:
 ``RWF_NOWAIT`` still starts the readahead from this thread, tens of
 microseconds and sometimes milliseconds when the device queue is full; so an
 fd that misses turns *cold* and asks ``cachestat(2)`` (Linux 6.5: page-cache

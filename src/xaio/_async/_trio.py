@@ -48,7 +48,6 @@ class TrioDriver(Driver):
         self._inline = False  # trio: every call is a checkpoint (see _fair)
         self._fd = engine.fileno()
         self._token = trio.lowlevel.current_trio_token()
-        self._stopped = trio.Event()
         #: the flusher system task while it is parked (None while it runs)
         self._flusher: Any = None
         trio.lowlevel.spawn_system_task(self._reader, name="xaio engine reader")
@@ -89,7 +88,6 @@ class TrioDriver(Driver):
         except self._trio.ClosedResourceError:
             pass  # close() called notify_closing: stop reading
         finally:
-            self._stopped.set()
             if self.owns_engine:
                 self.close()
 
