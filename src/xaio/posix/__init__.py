@@ -279,26 +279,31 @@ def aio_read(cb: aiocb) -> None:
     # in (an mmap or bytearray of exactly aio_nbytes, priority 0, no
     # sigevent) is recognised with a few identity tests first.
     read_nowait = _runtime._read_nowait
-    if read_nowait is None or (type(cb) is not aiocb and not isinstance(cb, aiocb)):
+    if (
+        read_nowait is None
+        or (type(cb) is not aiocb and not isinstance(cb, aiocb))
+        or cb._state >= HELD  # refused by the normal path
+    ):
         _submit_one(cb, OpCode.READ)
         return
-    if cb._state >= HELD:
-        raise _syscall.oserror(errno.EINVAL, "aiocb already in progress")
     buf = cb.aio_buf
     tb = type(buf)
     nbytes = cb.aio_nbytes
     fd = cb.aio_fildes
     off = cb.aio_offset
+    n = -1
     if (
         (tb is _MMAP or tb is bytearray)
         and cb.aio_reqprio is _ZERO  # an identity test: anything else goes below
         and cb.aio_sigevent is None
-        and (nbytes is None or (type(nbytes) is int and nbytes == len(buf)))
     ):
-        n = len(buf)
-        notice = None
-    else:
+        n = len(buf)  # the size in bytes
+        if nbytes is not None and (type(nbytes) is not int or nbytes != n):
+            n = -1
+    if n < 0:
         buf, n, notice = _inline_shape(cb, buf, nbytes)
+    else:
+        notice = None
     if (
         0 < n <= INLINE_MAX
         and type(fd) is int
