@@ -1,5 +1,5 @@
 """glibc's POSIX AIO (librt) through ctypes, for the benchmarks and the
-differential tests (tests/test_parity_posix.py) that run it beside xaio.posix.
+differential tests (tests/posix/test_parity_posix.py) that run it beside xaio.posix.
 
 ``struct aiocb`` and ``struct sigevent`` are laid out as glibc has them on
 x86-64 (168 and 64 bytes); :func:`load` returns the library with the

@@ -48,7 +48,7 @@ from xaio.engine import probe
 BLOCK = 4096
 
 
-# --- glibc's POSIX AIO through ctypes (shared with tests/test_parity_posix.py) --------
+# --- glibc's POSIX AIO through ctypes (shared with tests/posix/test_parity_posix.py) --------
 
 
 def _load_glibc() -> Any:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,13 +41,35 @@ def direct_fd(data_path: Path) -> Iterator[int]:
 
 @pytest.fixture
 def pipe() -> Iterator[tuple[int, int]]:
-    r, w = os.pipe()
+    """A pipe (read end, write end), both ends closed after the test unless
+    the test closed them."""
+    r, w = os.pipe2(os.O_CLOEXEC)
     yield r, w
     for fd in (r, w):
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
+
+
+@pytest.fixture
+def tfile(tmp_path: Path) -> Iterator[int]:
+    """A 16 KiB file of ``bytes(range(256))`` repeated, opened O_RDWR."""
+    fd = os.open(tmp_path / "t.bin", os.O_RDWR | os.O_CREAT, 0o600)
+    os.write(fd, bytes(range(256)) * 64)
+    yield fd
+    os.close(fd)
+
+
+@pytest.fixture
+def dgram() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A datagram socketpair whose sender is full: the next blocking send blocks."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            a.send(b"f" * 512, socket.MSG_DONTWAIT)
+    yield a, b
+    a.close()
+    b.close()
 
 
 @pytest.fixture

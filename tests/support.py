@@ -2,28 +2,37 @@
 
 Known file content (:func:`pattern`), whether a buffer is pinned
 (:func:`resizable`), waits on state (:func:`wait_until`, :func:`reap_until`,
-:func:`wait_until_async`: a deadline loop polling a condition, never a bare
-sleep), the engines and event-loop libraries the suites run on, running a
-coroutine function under each library, and this process's fds and AIO
-contexts.  Test files import from here, never from each other or from
+:func:`wait_until_async`, :func:`wait_blocked_in`: a deadline loop polling a
+condition, never a bare sleep), the engines and event-loop libraries the
+suites run on, running a coroutine function under each library, this
+process's fds and AIO contexts, and the POSIX AIO suite's signals and
+waits.  Test files import from here, never from each other or from
 conftest.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import functools
 import os
 import resource
+import signal
+import socket
+import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from xaio._ops import Operation
 from xaio.engine import Engine, probe
+
+if TYPE_CHECKING:
+    import xaio.posix as P
 
 LIBS = ["asyncio", "uvloop", "trio", "anyio-asyncio", "anyio-trio"]
 ENGINES = ["uring", "linux", "thread"]
@@ -218,3 +227,115 @@ def own_aio_rings() -> int:
     """Linux AIO contexts of this process: each maps its ring as ``/[aio]``."""
     with open("/proc/self/maps") as f:
         return sum(1 for line in f if "/[aio]" in line)
+
+
+# ---------------------------------------------------------------------------------
+# POSIX AIO: engines, waits and signals
+# ---------------------------------------------------------------------------------
+
+#: The real-time signal the POSIX tests ask notifications on.
+SIG = signal.SIGRTMIN + 3
+
+
+def engine_unavailable(name: str) -> str | None:
+    """Why POSIX AIO cannot run on engine *name* here (None if it can)."""
+    if name == "thread":
+        return None
+    if name == "uring":
+        from xaio.uring import unavailable_reason
+
+        return unavailable_reason()
+    return probe()[name]
+
+
+def wait_done(*cbs: P.aiocb, timeout: float = TIMEOUT) -> None:
+    """Wait until none of *cbs* is in progress."""
+    import xaio.posix as P
+
+    deadline = time.monotonic() + timeout
+    for cb in cbs:
+        while P.aio_error(cb) == errno.EINPROGRESS:
+            P.aio_suspend([cb], max(0.0, deadline - time.monotonic()))
+
+
+def engine_running() -> int:
+    """Requests the POSIX AIO engine has started: running on a worker (thread
+    engine, the linux engine's threads) or handed to the kernel (io_uring)."""
+    from xaio.posix import _runtime as R
+
+    eng = R._engine
+    if eng is None:
+        return 0
+    st_ = eng.statistics()
+    if isinstance(st_.get("threads"), dict):  # the linux engine: its threads
+        st_ = st_["threads"]
+    return int(st_["running"] if "running" in st_ else st_["in_flight"])
+
+
+def drain(b: socket.socket, *cbs: P.aiocb) -> None:
+    """Receive on *b* until every cb is done."""
+    import xaio.posix as P
+
+    deadline = time.monotonic() + TIMEOUT
+    b.settimeout(0.01)
+    while any(P.aio_error(cb) == errno.EINPROGRESS for cb in cbs):
+        assert time.monotonic() < deadline
+        with contextlib.suppress(TimeoutError, BlockingIOError):
+            b.recv(65536)
+    b.settimeout(None)
+
+
+def threads_accepting(sigs: tuple[int, ...]) -> list[str]:
+    """Other threads of this process that do not block all of *sigs* (read
+    from /proc): a process-directed signal could be delivered to them."""
+    me = threading.get_native_id()
+    found = []
+    for task in Path("/proc/self/task").iterdir():
+        if int(task.name) == me:
+            continue
+        # a thread that exits meanwhile: ENOENT or ESRCH
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError, StopIteration):
+            status = (task / "status").read_text()
+            blk = int(next(x for x in status.splitlines() if x.startswith("SigBlk")).split()[1], 16)
+            if any(not blk & (1 << (s - 1)) for s in sigs):
+                found.append(next(x for x in status.splitlines() if x.startswith("Name")))
+    return found
+
+
+@contextlib.contextmanager
+def blocked(*sigs: int) -> Iterator[None]:
+    """Block *sigs* here, so that the tests collect them with sigtimedwait.
+
+    The signals xaio queues are process-directed: a thread of another
+    library that does not block them (trio keeps idle worker threads for 10 s
+    after the async tests) would take one and be killed by it.  So first wait
+    until no such thread is left, as an application blocks signals before it
+    starts its threads."""
+    wait_until(lambda: not threads_accepting(sigs), 30, f"no other thread accepting {sigs}")
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        yield
+    finally:
+        for s in sigs:  # never leave a pending signal to kill the process
+            while signal.sigtimedwait([s], 0) is not None:
+                pass
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def next_signal(sig: int = SIG, timeout: float = TIMEOUT) -> Any:
+    """The next *sig* queued to this process (blocked here: see :func:`blocked`)."""
+    info = signal.sigtimedwait([sig], timeout)
+    assert info is not None, "no signal arrived"
+    return info
+
+
+def no_signal(sig: int = SIG) -> bool:
+    """True if no *sig* is pending."""
+    return signal.sigtimedwait([sig], 0) is None
+
+
+def sigev(value: int) -> P.sigevent:
+    """A SIGEV_SIGNAL notification of :data:`SIG` carrying *value*."""
+    import xaio.posix as P
+
+    return P.sigevent(P.SIGEV_SIGNAL, SIG, value)

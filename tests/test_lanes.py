@@ -1,7 +1,7 @@
 """The per-fd ordering rule (xaio._lanes), without I/O: which request may
 start, which waits, what a completion releases.  Its two users (the thread
 engine, POSIX AIO on io_uring) are tested with real fds in test_threads.py,
-test_posix.py and test_posix_uring.py."""
+tests/posix/test_posix.py and tests/posix/test_posix_uring.py."""
 
 from __future__ import annotations
 

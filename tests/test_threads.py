@@ -43,26 +43,6 @@ def eng() -> Iterator[ThreadEngine]:
     e.close()
 
 
-@pytest.fixture
-def tfile(tmp_path: Path) -> Iterator[int]:
-    fd = os.open(tmp_path / "t.bin", os.O_RDWR | os.O_CREAT, 0o600)
-    os.write(fd, bytes(range(256)) * 16)
-    yield fd
-    os.close(fd)
-
-
-@pytest.fixture
-def full_dgram() -> Iterator[tuple[socket.socket, socket.socket]]:
-    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    with contextlib.suppress(BlockingIOError):
-        while True:
-            a.send(b"f" * 512, socket.MSG_DONTWAIT)
-    yield a, b
-    a.close()
-    b.close()
-
-
 def test_constructing_starts_no_thread() -> None:
     base = threading.active_count()
     e = ThreadEngine()
@@ -142,10 +122,8 @@ def test_stream_read_with_offset_falls_back_to_read(eng: ThreadEngine) -> None:
         os.close(w)
 
 
-def test_cancel_outcomes(
-    eng: ThreadEngine, full_dgram: tuple[socket.socket, socket.socket]
-) -> None:
-    a, b = full_dgram
+def test_cancel_outcomes(eng: ThreadEngine, dgram: tuple[socket.socket, socket.socket]) -> None:
+    a, b = dgram
     ops = [Operation(OpCode.WRITE, a.fileno(), [bytes([65 + i]) * 512]) for i in range(3)]
     eng.submit(ops)
     wait_until(lambda: eng.statistics()["running"] == 1)
@@ -170,10 +148,8 @@ def test_cancel_outcomes(
     assert st["cancelled"] == 1 and st["completed"] == 3 and st["submitted"] == 3
 
 
-def test_fsync_is_a_barrier(
-    eng: ThreadEngine, full_dgram: tuple[socket.socket, socket.socket]
-) -> None:
-    a, b = full_dgram
+def test_fsync_is_a_barrier(eng: ThreadEngine, dgram: tuple[socket.socket, socket.socket]) -> None:
+    a, b = dgram
     w = Operation(OpCode.WRITE, a.fileno(), [b"w" * 512])
     f = Operation(OpCode.FSYNC, a.fileno())
     eng.submit([w, f])
@@ -237,9 +213,9 @@ def test_idle_workers_exit_and_max_threads(tfile: int) -> None:
 
 
 def test_close_cancels_queued_and_refuses_more(
-    full_dgram: tuple[socket.socket, socket.socket],
+    dgram: tuple[socket.socket, socket.socket],
 ) -> None:
-    a, b = full_dgram
+    a, b = dgram
     e = ThreadEngine(threads=1)
     ops = [Operation(OpCode.WRITE, a.fileno(), [b"x" * 512]) for _ in range(3)]
     e.submit(ops)

@@ -6,7 +6,7 @@ waits for it and the ``lio_listio`` list it belongs to.  The state is one
 field, ``_state``, and changes only through the transition methods below,
 which check that the change is legal (a bug otherwise: ``StateError``) and
 do no I/O, so that they are tested without files or threads
-(``tests/test_posix_request.py``).  Their callers hold
+(``tests/posix/test_posix_request.py``).  Their callers hold
 ``_runtime._state_lock``; the readers that take no lock (``aio_error``,
 ``aio_return``, ``aio_suspend``, below and in :mod:`xaio.posix`) see the
 result before the state, because every transition stores the state last.

@@ -28,8 +28,7 @@ import pytest
 from benchmarks._glibc import glibc_aiocb, glibc_sigevent, load, unavailable_reason
 
 import xaio.posix as P
-from tests.support import WRITE_SYSCALLS, unused_fd, wait_blocked_in
-from tests.test_posix import engine_unavailable
+from tests.support import WRITE_SYSCALLS, engine_unavailable, unused_fd, wait_blocked_in
 from xaio.posix import _runtime as R
 
 GLIBC_REASON = unavailable_reason()

@@ -27,170 +27,23 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import xaio.posix as P
-from tests.support import unused_fd, wait_until
-from xaio.engine import probe
+from tests.support import (
+    SIG,
+    TIMEOUT,
+    blocked,
+    drain,
+    engine_running,
+    engine_unavailable,
+    next_signal,
+    no_signal,
+    sigev,
+    unused_fd,
+    wait_done,
+    wait_until,
+)
 from xaio.posix import _runtime as R
 
-TIMEOUT = 10.0
-SIG = signal.SIGRTMIN + 3
-
-
-# --- helpers -------------------------------------------------------------------------
-
-
-def wait_done(*cbs: P.aiocb, timeout: float = TIMEOUT) -> None:
-    """Wait until none of *cbs* is in progress."""
-    deadline = time.monotonic() + timeout
-    for cb in cbs:
-        while P.aio_error(cb) == errno.EINPROGRESS:
-            P.aio_suspend([cb], max(0.0, deadline - time.monotonic()))
-
-
-def engine_running() -> int:
-    """Requests the engine has started: running on a worker (thread engine,
-    the linux engine's threads) or handed to the kernel (io_uring)."""
-    eng = R._engine
-    if eng is None:
-        return 0
-    st_ = eng.statistics()
-    if isinstance(st_.get("threads"), dict):  # the linux engine: its threads
-        st_ = st_["threads"]
-    return int(st_["running"] if "running" in st_ else st_["in_flight"])
-
-
-def _threads_accepting(sigs: tuple[int, ...]) -> list[str]:
-    """Other threads of this process that do not block all of *sigs* (read
-    from /proc): a process-directed signal could be delivered to them."""
-    me = threading.get_native_id()
-    found = []
-    for task in Path("/proc/self/task").iterdir():
-        if int(task.name) == me:
-            continue
-        # a thread that exits meanwhile: ENOENT or ESRCH
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError, StopIteration):
-            status = (task / "status").read_text()
-            blk = int(next(x for x in status.splitlines() if x.startswith("SigBlk")).split()[1], 16)
-            if any(not blk & (1 << (s - 1)) for s in sigs):
-                found.append(next(x for x in status.splitlines() if x.startswith("Name")))
-    return found
-
-
-@contextlib.contextmanager
-def blocked(*sigs: int) -> Iterator[None]:
-    """Block *sigs* here, so that the tests collect them with sigtimedwait.
-
-    The signals xaio queues are process-directed: a thread of another
-    library that does not block them (trio keeps idle worker threads for 10 s
-    after the async tests) would take one and be killed by it.  So first wait
-    until no such thread is left, as an application blocks signals before it
-    starts its threads."""
-    deadline = time.monotonic() + 30
-    while others := _threads_accepting(sigs):
-        assert time.monotonic() < deadline, f"threads that accept {sigs}: {others}"
-        time.sleep(0.05)
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
-    try:
-        yield
-    finally:
-        for s in sigs:  # never leave a pending signal to kill the process
-            while signal.sigtimedwait([s], 0) is not None:
-                pass
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-def next_signal(sig: int = SIG, timeout: float = TIMEOUT) -> Any:
-    info = signal.sigtimedwait([sig], timeout)
-    assert info is not None, "no signal arrived"
-    return info
-
-
-def no_signal(sig: int = SIG) -> bool:
-    return signal.sigtimedwait([sig], 0) is None
-
-
-def sigev(value: int) -> P.sigevent:
-    return P.sigevent(P.SIGEV_SIGNAL, SIG, value)
-
-
-def open_fds() -> set[int]:
-    return {int(x) for x in os.listdir("/proc/self/fd")}
-
-
-@pytest.fixture(autouse=True)
-def clean_posix() -> Iterator[None]:
-    """Each test starts from a fresh POSIX AIO state and must leave no thread
-    and no fd behind."""
-    R._shutdown()
-    P.aio_init()
-    base_threads = set(threading.enumerate())
-    base_fds = open_fds()
-    yield
-    R._shutdown()
-    P.aio_init()
-    # threads of other libraries may end meanwhile; none may be left over
-    left = set(threading.enumerate()) - base_threads
-    assert not left, f"threads left behind: {left}"
-    leaked = open_fds() - base_fds
-    assert not leaked, f"leaked fds {leaked}"
-
-
-ENGINES = ["thread", "uring"]
-
-
-def engine_unavailable(name: str) -> str | None:
-    """Why *name* cannot run here (None if it can)."""
-    if name == "thread":
-        return None
-    if name == "uring":
-        from xaio.uring import unavailable_reason
-
-        return unavailable_reason()
-    return probe()[name]
-
-
-@pytest.fixture(params=ENGINES)
-def engine(request: pytest.FixtureRequest, clean_posix: None) -> Iterator[str]:
-    """Run the test with POSIX AIO on each engine (``aio_init(engine=name)``);
-    the autouse fixture restores the default afterwards."""
-    name: str = request.param
-    reason = engine_unavailable(name)
-    if reason is not None:
-        pytest.skip(f"engine {name!r} unavailable: {reason}")
-    P.aio_init(engine=name)
-    yield name
-
-
-@pytest.fixture
-def dgram() -> Iterator[tuple[socket.socket, socket.socket]]:
-    """A datagram socketpair whose sender is full: the next blocking send blocks."""
-    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    with contextlib.suppress(BlockingIOError):
-        while True:
-            a.send(b"f" * 512, socket.MSG_DONTWAIT)
-    yield a, b
-    a.close()
-    b.close()
-
-
-def drain(b: socket.socket, *cbs: P.aiocb) -> None:
-    """Receive on *b* until every cb is done."""
-    deadline = time.monotonic() + TIMEOUT
-    b.settimeout(0.01)
-    while any(P.aio_error(cb) == errno.EINPROGRESS for cb in cbs):
-        assert time.monotonic() < deadline
-        with contextlib.suppress(TimeoutError, BlockingIOError):
-            b.recv(65536)
-    b.settimeout(None)
-
-
-@pytest.fixture
-def tfile(tmp_path: Path) -> Iterator[int]:
-    fd = os.open(tmp_path / "f.bin", os.O_RDWR | os.O_CREAT, 0o600)
-    os.write(fd, bytes(range(256)) * 64)
-    yield fd
-    os.close(fd)
-
+pytestmark = pytest.mark.usefixtures("clean_posix")
 
 # --- basics ----------------------------------------------------------------------------
 

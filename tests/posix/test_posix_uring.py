@@ -4,7 +4,7 @@ cancelled (``AIO_CANCELED`` only when it really was) -- and the engine choice
 itself (by name, owned and closed by xaio.posix, fresh after fork).
 
 The engine-independent statements of SPEC §3 run on both engines in
-tests/test_posix.py; this file holds the engine-specific ones.
+tests/posix/test_posix.py; this file holds the engine-specific ones.
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ from typing import Any
 import pytest
 
 import xaio.posix as P
-from tests import test_posix as _tp
-from tests.test_posix import (
+from tests.support import (
     SIG,
     TIMEOUT,
     blocked,
@@ -39,10 +38,7 @@ from tests.test_posix import (
 )
 from xaio.posix import _runtime as R
 
-# The shared fixtures (the autouse one checks for leaked threads and fds).
-clean_posix = _tp.clean_posix
-dgram = _tp.dgram
-tfile = _tp.tfile
+pytestmark = pytest.mark.usefixtures("clean_posix")
 
 URING_REASON = engine_unavailable("uring")
 needs_uring = pytest.mark.skipif(
@@ -56,15 +52,6 @@ def uring(clean_posix: None) -> Iterator[None]:
         pytest.skip(f"io_uring unavailable: {URING_REASON}")
     P.aio_init(engine="uring")
     yield
-
-
-@pytest.fixture
-def pipe() -> Iterator[tuple[int, int]]:
-    r, w = os.pipe2(os.O_CLOEXEC)
-    yield r, w
-    for fd in (r, w):
-        with contextlib.suppress(OSError):
-            os.close(fd)
 
 
 # --- a request in progress on a pipe -------------------------------------------------
