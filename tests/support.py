@@ -112,6 +112,7 @@ READ_SYSCALLS = frozenset({0, 17, 19, 295, 327})  # read, pread64, readv, preadv
 WRITE_SYSCALLS = frozenset({1, 18, 20, 296, 328})  # write, pwrite64, writev, pwritev, pwritev2
 POLL_SYSCALLS = frozenset({7, 271})  # poll, ppoll
 GETEVENTS_SYSCALLS = frozenset({208, 333})  # io_getevents, io_pgetevents
+URING_ENTER_SYSCALLS = frozenset({426})  # io_uring_enter
 
 
 def wait_blocked_in(

@@ -24,7 +24,15 @@ from xaio._ops import CancelOutcome, OpCode, Operation, OpState
 from xaio.engine import EngineClosedError
 from xaio.uring import AT_FDCWD, STATX_SIZE, Ring, UringEngine
 
-from .support import pattern, reap_until, resizable, sq_thread_sleeps, wait_until
+from .support import (
+    URING_ENTER_SYSCALLS,
+    pattern,
+    reap_until,
+    resizable,
+    sq_thread_sleeps,
+    wait_blocked_in,
+    wait_until,
+)
 
 REASON = uring.unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"io_uring unavailable: {REASON}")
@@ -1011,7 +1019,7 @@ def test_engine_close_wakes_a_blocked_reaper() -> None:
     result: list[int] = []
     t = threading.Thread(target=lambda: result.append(eng.reap(None)))
     t.start()
-    time.sleep(0.05)  # let it block in io_uring_enter (closing first is fine too)
+    wait_blocked_in(URING_ENTER_SYSCALLS, eng.ring.fileno())  # it waits in the kernel
     eng.close()
     t.join(T)
     assert not t.is_alive() and result == [0]
