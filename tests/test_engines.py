@@ -24,16 +24,21 @@ import xaio
 from xaio._ops import CancelOutcome, OpCode, Operation, OpState
 from xaio.engine import ENGINE_NAMES, Engine, EngineClosedError, create_engine, probe
 
-from .support import POLL_SYSCALLS, pattern, reap_until, wait_blocked_in, wait_until
-
-_PROBE = probe()
+from .support import (
+    POLL_SYSCALLS,
+    engine_reasons,
+    pattern,
+    reap_until,
+    skip_unavailable,
+    wait_blocked_in,
+    wait_until,
+)
 
 
 @pytest.fixture(params=ENGINE_NAMES)
 def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
     name = request.param
-    if _PROBE[name] is not None:
-        pytest.skip(f"{name} engine unavailable here: {_PROBE[name]}")
+    skip_unavailable(name)
     eng = create_engine(name)
     assert eng.name == name
     yield eng
@@ -343,8 +348,7 @@ def test_fileno_after_close_raises(engine: Engine) -> None:
 
 
 def test_raw_linux_aio_engine_fileno_after_close() -> None:
-    if _PROBE["linux"] is not None:
-        pytest.skip(f"linux engine unavailable here: {_PROBE['linux']}")
+    skip_unavailable("linux")
     from xaio.linux import LinuxAioEngine
 
     eng = LinuxAioEngine(8)
@@ -463,7 +467,7 @@ def test_create_engine_choice_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("XAIO_ENGINE")
     eng = create_engine()
     try:
-        best = next(n for n in ENGINE_NAMES if _PROBE[n] is None)
+        best = next(n for n in ENGINE_NAMES if engine_reasons()[n] is None)
         assert eng.name == best
     finally:
         eng.close()
@@ -669,8 +673,7 @@ def test_linux_engine_reads_events_either_way(user_ring: bool, direct_fd: int) -
     """The linux engine reads completions from the context's ring in user
     memory (x86-64) or, where it cannot, through io_getevents: the same
     results, and the eventfd never misses a completion."""
-    if _PROBE["linux"] is not None:
-        pytest.skip(f"linux engine unavailable here: {_PROBE['linux']}")
+    skip_unavailable("linux")
     from xaio.linux import LinuxAioEngine
 
     with LinuxAioEngine(32) as eng:
@@ -703,8 +706,7 @@ def test_linux_engine_backlog_op_spoiled_after_submit_fails_alone(direct_fd: int
     """An operation waiting in the linux engine's backlog whose field is
     changed to garbage after submit completes with -EINVAL when its turn
     comes; the ones around it are not stranded."""
-    if _PROBE["linux"] is not None:
-        pytest.skip(f"linux engine unavailable here: {_PROBE['linux']}")
+    skip_unavailable("linux")
     from xaio.linux import LinuxAioEngine
 
     with LinuxAioEngine(2) as eng:
@@ -774,8 +776,7 @@ def test_an_async_request_classifies_its_fd_once(
 
     from xaio.engine import _route
 
-    if _PROBE[name] is not None:
-        pytest.skip(f"{name} engine unavailable here: {_PROBE[name]}")
+    skip_unavailable(name)
     asked: list[int] = []
     real = _route.fd_kind
 

@@ -22,24 +22,12 @@ from collections.abc import Iterator
 import pytest
 
 from xaio._ops import CancelOutcome, OpCode, Operation
-from xaio.engine import ENGINE_NAMES, Engine, create_engine, probe
+from xaio.engine import ENGINE_NAMES, Engine, create_engine
 from xaio.threads import ThreadEngine
 
-from .support import open_fds, reap_until, wait_until
+from .support import open_fds, reap_until, skip_unavailable, wait_until
 
-_PROBE = probe()
 TIMEOUT = 30.0
-
-
-def available(name: str) -> str:
-    if _PROBE[name] is not None:
-        pytest.skip(f"{name} engine unavailable here: {_PROBE[name]}")
-    return name
-
-
-@pytest.fixture(params=ENGINE_NAMES)
-def engine_name(request: pytest.FixtureRequest) -> str:
-    return available(request.param)
 
 
 @pytest.fixture
@@ -117,9 +105,10 @@ SCENARIOS = [*ENGINE_NAMES, "posix-thread", "posix-uring"]
 
 def script_args(scenario: str) -> list[str]:
     if scenario.startswith("posix-"):
-        available(scenario[6:])
+        skip_unavailable(scenario[6:])
         return ["posix", scenario[6:]]
-    return [available(scenario)]
+    skip_unavailable(scenario)
+    return [scenario]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -336,7 +325,7 @@ def test_closed_linux_engines_leave_their_context_for_the_next(direct_fd: int) -
     from xaio import linux
     from xaio.linux import _engine as linux_engine
 
-    available("linux")
+    skip_unavailable("linux")
     linux_engine._destroy_idle_contexts()  # earlier tests' (other capacities) fill the pool
     seen: list[object] = []  # held: no address is reused
     for _ in range(5):
