@@ -91,13 +91,55 @@ def test_keys_are_small_and_reused() -> None:
         table.add(again)
 
 
-def test_discard_unsubmitted_and_cancel_all_queued() -> None:
+def test_discard_unsubmitted_frees_the_key() -> None:
     table = InFlight()
     a, b = Operation(OpCode.NOP, -1), Operation(OpCode.NOP, -1)
-    ka, _ = table.add(a), table.add(b)
-    assert table.discard_unsubmitted(ka) is a and a.key == -1
-    done = table.cancel_all_queued()
-    assert done == [b] and b.result == -errno.ECANCELED and len(table) == 0
+    ka, kb = table.add(a), table.add(b)
+    assert table.discard_unsubmitted(ka) is a and a.key == -1 and len(table) == 1
+    assert table.complete(kb, -errno.ECANCELED) is b and b.result == -errno.ECANCELED
+    assert len(table) == 0
+
+
+def test_enter_all_is_all_or_nothing_and_take_back() -> None:
+    table = InFlight()
+    a, b = Operation(OpCode.NOP, -1), Operation(OpCode.NOP, -1)
+    first = table.next_key()
+    table.enter_all([a, b])
+    assert a.key == first and table.get(first) is a and b.state is OpState.SUBMITTED
+    table.hold(b.key, "iovecs")
+    table.take_back(b)
+    assert b.key == -1 and b.state is OpState.QUEUED and len(table) == 1
+    c = Operation(OpCode.NOP, -1)
+    with pytest.raises(RuntimeError):
+        table.enter_all([c, c])  # listed twice: none is entered
+    with pytest.raises(RuntimeError):
+        table.enter_all([c, a])  # a is in flight already
+    assert c.state is OpState.QUEUED and c.key == -1 and len(table) == 1
+
+
+def test_complete_each_stops_at_the_limit_and_survives_on_done() -> None:
+    table = InFlight()
+    seen: list[int] = []
+
+    def on_done(op: Operation) -> None:
+        seen.append(op.key)
+        if op.context == "raise":
+            raise ZeroDivisionError
+
+    ops = [Operation(OpCode.NOP, -1, on_done=on_done, context=c) for c in ("", "raise", "")]
+    keys = [table.add(o) for o in ops]
+    for o in ops:
+        o.mark_submitted()
+    cqes = [(keys[0], 0, 0), (keys[1], 0, 0), (keys[2], 0, 0), (1 << 63, 0, 0)]
+    with pytest.raises(ZeroDivisionError):
+        table.complete_each(cqes, 1 << 63)
+    # the raising one stays, DONE: handled again it only frees its key
+    assert cqes[0] == (keys[1], 0, 0) and ops[1].done and table.get(keys[1]) is ops[1]
+    table.complete_each(cqes, 1 << 63)
+    assert cqes == [(1 << 63, 0, 0)] and len(table) == 0
+    assert seen == keys and table.completed == 3
+    table.complete_each([(99, 0, 0)], 1 << 63)  # not in the table: skipped
+    assert table.completed == 3
 
 
 def test_submit_twice_refused() -> None:

@@ -21,7 +21,7 @@ the state; the buffers stay pinned until the target's completion is reaped.
 from __future__ import annotations
 
 import enum
-import errno
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -78,7 +78,7 @@ _READ, _READV, _WRITE, _WRITEV = OpCode.READ, OpCode.READV, OpCode.WRITE, OpCode
 _FSYNC, _FDATASYNC, _POLL, _NOP = OpCode.FSYNC, OpCode.FDATASYNC, OpCode.POLL, OpCode.NOP
 #: The most buffers one READV/WRITEV takes (the kernel's UIO_MAXIOV).
 IOV_MAX = 1024
-_QUEUED, _DONE = OpState.QUEUED, OpState.DONE
+_QUEUED, _SUBMITTED, _DONE = OpState.QUEUED, OpState.SUBMITTED, OpState.DONE
 
 
 class Operation:
@@ -301,15 +301,60 @@ class InFlight:
     Keys are reused after completion (lowest free first is not promised), so
     they can index preallocated arrays (iocb slots) or serve as io_uring
     ``user_data``.  The table holds a strong reference to each operation, and
-    through it to its pinned buffers, until :meth:`complete`.
+    through it to its pinned buffers, until its completion is reaped; it also
+    holds what the kernel reads on the operation's behalf (an iovec array,
+    :meth:`hold`) until then.
+
+    The methods an engine calls while a signal handler may raise (Ctrl-C)
+    make no call between the changes that must go together, so an exception
+    comes before or after each of them, never in the middle.
     """
 
-    __slots__ = ("_ops", "_free", "_next")
+    __slots__ = ("_ops", "_free", "_next", "_held", "completed")
 
     def __init__(self) -> None:
         self._ops: dict[int, Operation] = {}
         self._free: list[int] = []
         self._next = 0
+        self._held: dict[int, Any] = {}
+        #: How many operations :meth:`complete_each` completed so far.
+        self.completed = 0
+
+    def next_key(self) -> int:
+        """The key the next operation entered takes."""
+        free = self._free
+        return free[-1] if free else self._next
+
+    def enter_all(self, ops: Sequence[Operation]) -> None:
+        """Enter every operation of *ops* as SUBMITTED, each under a key of
+        its own, the first under :meth:`next_key`: all of them, or none when
+        this raises.  If the engine then fails to hand their requests over,
+        :meth:`take_back` undoes it.
+
+        Raises:
+            RuntimeError: an operation is not QUEUED (or is listed twice).
+        """
+        table = self._ops
+        free = self._free
+        n = 0
+        try:
+            for op in ops:
+                if op.state is not _QUEUED:
+                    raise RuntimeError(f"cannot submit an operation in state {op.state.name}")
+                if free:
+                    key = free[-1]
+                    del free[-1]
+                else:
+                    key = self._next
+                    self._next = key + 1
+                op.key = key
+                table[key] = op
+                op.state = _SUBMITTED
+                n += 1
+        except BaseException:
+            for op in itertools.islice(ops, n):  # any Sequence (a deque too)
+                self.take_back(op)
+            raise
 
     def add(self, op: Operation) -> int:
         """Enter *op* (QUEUED) and return its key."""
@@ -323,9 +368,25 @@ class InFlight:
         self._ops[key] = op
         return key
 
+    def hold(self, key: int, obj: Any) -> None:
+        """Keep *obj* (memory the kernel reads for the operation under *key*,
+        e.g. its iovec array) alive until that operation leaves the table."""
+        self._held[key] = obj
+
+    def take_back(self, op: Operation) -> None:
+        """Undo :meth:`enter` for an operation whose request never reached
+        the kernel: it is QUEUED again and its key is free."""
+        key = op.key
+        del self._ops[key]
+        self._held.pop(key, None)
+        self._free.append(key)
+        op.key = -1
+        op.state = _QUEUED
+
     def discard_unsubmitted(self, key: int) -> Operation:
         """Take back an operation the kernel refused (never submitted)."""
         op = self._ops.pop(key)
+        self._held.pop(key, None)
         self._free.append(key)
         op.key = -1
         return op
@@ -338,17 +399,48 @@ class InFlight:
         op = self._ops.pop(key, None)
         if op is None:
             raise KeyError(f"completion for unknown key {key}")
+        self._held.pop(key, None)
         self._free.append(key)
         op.complete(result)
         return op
 
-    def cancel_all_queued(self) -> list[Operation]:
-        """Complete with -ECANCELED every operation still QUEUED."""
-        done = []
-        for key, op in list(self._ops.items()):
-            if op.state is OpState.QUEUED:
-                done.append(self.complete(key, -errno.ECANCELED))
-        return done
+    def complete_each(self, completions: list[tuple[int, int, int]], limit: int) -> None:
+        """Complete, in order, the operations named by the leading entries
+        ``(key, result, flags)`` of *completions*, up to the first whose key
+        is *limit* or more (one of the engine's own), removing each entry
+        once it is handled -- also when an ``on_done`` callback raises, or a
+        signal handler does: the rest stay in *completions* for the caller to
+        hand back later, and none is handled twice.
+
+        An entry counts as handled only once its operation is completed and
+        its key is free, with no call between the freeing and the count.  An
+        entry handled again (an ``on_done`` raised after the operation was
+        completed) finds the operation DONE under the same key and only frees
+        the key.  A key not in the table (a completion some other process
+        posted on a shared ring) is skipped.  :attr:`completed` counts the
+        operations completed.
+        """
+        table = self._ops
+        free = self._free
+        held = self._held
+        i = done = 0
+        try:
+            for key, result, _flags in completions:
+                if key >= limit:
+                    break
+                op = table.get(key)
+                if op is not None:
+                    if op.state is not _DONE and op.key == key:  # not completed yet
+                        done += 1
+                        op.complete(result)
+                    if held:
+                        held.pop(key, None)
+                    del table[key]
+                    free += (key,)
+                i += 1
+        finally:
+            del completions[:i]
+            self.completed += done
 
     def __len__(self) -> int:
         return len(self._ops)
