@@ -149,7 +149,7 @@ def sq_thread_sleeps(ring: Any) -> bool:
     to sleep: the kernel sets ``IORING_SQ_NEED_WAKEUP`` in the SQ flags."""
     from xaio._abi import uring as abi
 
-    return bool(ring._sq32[ring._sq_kflags] & abi.IORING_SQ_NEED_WAKEUP)
+    return bool(ring.sq_flags & abi.IORING_SQ_NEED_WAKEUP)
 
 
 # ---------------------------------------------------------------------------------

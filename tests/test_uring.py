@@ -399,7 +399,7 @@ def test_cq_overflow_loses_nothing_with_nodrop() -> None:
             r.prep_nop(user_data=i)  # a full SQ is submitted automatically
         r.submit()
         assert r.cq_ready() == 2  # the rest waits in the kernel's overflow list
-        assert r._sq32[r._sq_kflags] & abi.IORING_SQ_CQ_OVERFLOW
+        assert r.cq_has_overflow()
         got: list[tuple[int, int, int]] = []
         for _ in range(200):
             if len(got) >= 64:

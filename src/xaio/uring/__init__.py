@@ -52,9 +52,10 @@ reading the CQEs, and finish reading the CQEs before the store of our head
 lets the kernel reuse the slots.  Each Python-level access to the mapping is a
 separate C call, which the C compiler cannot reorder, so what remains is the
 CPU.  On x86-64 (TSO) loads are not reordered with older loads and stores are
-not reordered with older loads: the plain accesses in :meth:`Ring.peek_batch`
+not reordered with older loads: the plain accesses of the CQ protocol
+(``RingQueue._take_cqes``, behind :meth:`Ring.peek_batch` and every reap)
 *are* acquire/release there.  This is the one place the code relies on x86-64
-ordering.  On arm64 they are not, so there :meth:`Ring.peek_batch` puts a full
+ordering.  On arm64 they are not, so there the CQ protocol puts a full
 fence (the acquire and release of a :class:`threading.Lock`, i.e. an atomic
 read-modify-write with acquire and a store-release, which together order the
 preceding tail load before the following CQE loads, and the CQE loads before
@@ -63,6 +64,13 @@ the SQ side: a kernel thread reads the tail concurrently, so
 ``Ring._submit_sqpoll`` fences before the tail store and again between it
 and the load of ``IORING_SQ_NEED_WAKEUP`` -- a store->load order that even
 x86-64 keeps only with a locked instruction (liburing's ``io_uring_smp_mb``).
+
+*The layers.*  Like liburing, the :class:`Ring` is set up (``_setup``:
+``io_uring_setup``, the mappings), queued on (``_queue``: the SQ/CQ protocol,
+the one place the ring's indices move and CQEs are read), prepared
+(``_prep``: :func:`~xaio.uring._prep.prep_rw` writes every SQE xaio makes)
+and registered with (``_register``); :class:`UringBatch` and
+:class:`UringEngine` drive a Ring through that protocol.
 
 *Two paths.*  :class:`UringEngine` takes :class:`~xaio._ops.Operation` records
 (any opcode, any buffer, from any thread) and builds an SQE for each, checking
@@ -73,18 +81,17 @@ the buffer lies in one the caller registered (``register_buffers``);
 keeps a ready-made SQE image whose offset alone changes, its buffer is
 registered with the ring (``READ_FIXED``: the kernel skips pinning the pages
 per request, ~0.8 us of system time per 4 KiB O_DIRECT read here), and
-completions are read from the CQ straight into two preallocated lists.  The
+completions are taken from the mapped CQ into two preallocated lists.  The
 block layer plugs a submission of more than two requests until the syscall
-returns, and this machine's virtio disk completes a batch almost together, so
-how a reaped batch is handed back matters: ``UringBatch.submit(slots, chunk)``
+returns, and a virtio disk completes a batch almost together, so how a
+reaped batch is handed back matters: ``UringBatch.submit(slots, chunk)``
 enters once per *chunk* SQEs, and the engine hands submissions made by
 ``on_done`` callbacks over in groups of four while it delivers the rest
 (``_DEFER_FLUSH``).  One enter per request costs a virtio kick each (~20 us
-of system time per read, measured).  Taking a few completions at a time
+of system time per read).  Taking a few completions at a time
 (``UringBatch.reap(max_nr=8)``, ``UringEngine.reap(max_n=16)``) and
 resubmitting them before taking the rest lets the device start on them while
-Python handles the others: in alternating runs against fio at depth 64 that
-moved the engine from 0.82x to 1.01x and the batch from 0.89x to 0.94x.
+Python handles the others, which keeps a deep queue as busy as fio keeps it.
 
 *Unavailable.*  ``io_uring_setup`` fails with ``ENOSYS`` when the kernel lacks
 io_uring (or a seccomp filter says so), and with ``EPERM`` when
@@ -98,7 +105,7 @@ xaio also requires ``IORING_FEAT_NODROP`` and ``IORING_FEAT_EXT_ARG`` (Linux
 *Overflow.*  With ``IORING_FEAT_NODROP`` a full CQ does not lose completions:
 the kernel queues them internally and sets ``IORING_SQ_CQ_OVERFLOW`` in the SQ
 flags; an ``io_uring_enter(IORING_ENTER_GETEVENTS)`` moves them into the CQ as
-it drains.  :meth:`Ring.peek_batch` does that flush when it sees the flag.
+it drains.  The CQ protocol does that flush when it sees the flag.
 Measured here: a ring with a 2-entry CQ given 64 NOPs keeps 62 in the kernel's
 list and hands all of them over, in order, as the CQ is drained.
 ``io_uring_enter`` may answer ``EBUSY`` or ``EAGAIN`` (overflow not flushable,

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import errno
 import struct
 import time
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
 from xaio._abi import uring as abi
 from xaio._buffers import Pin, pin
-from xaio._syscall import oserror
-from xaio.uring._queue import _NEEDS_FENCE, _fence
+from xaio.uring._prep import prep_rw
 from xaio.uring._ring import Ring
-from xaio.uring._setup import _SQE_SIZE, _U32, _U64
-
-_pack_sqe = abi.SQE_STRUCT.pack_into
-_unpack_cqe = abi.CQE_STRUCT.unpack_from
+from xaio.uring._setup import _SQE_SIZE, _U32, _U64, Completion, finalize
 
 
 class SlotInFlightError(RuntimeError):
@@ -36,11 +30,11 @@ class UringBatch:
     image; preparing a slot (:meth:`prep_pread`...) pins its buffer once,
     :meth:`set_offset` patches only the offset, and :meth:`submit` copies the
     images of the given slots into the SQ (one C-level copy each, ``user_data``
-    = the slot) and enters the kernel.  :meth:`reap` reads CQEs straight from
+    = the slot) and enters the kernel.  :meth:`reap` takes CQEs from
     the mapped CQ into the preallocated lists :attr:`done_slots` /
     :attr:`done_res`, making a system call only to wait.  Python's cost per
-    request is about a third of the :class:`UringEngine` path, which builds an
-    SQE from an :class:`~xaio._ops.Operation` each time (benchmarks/notes.md).
+    request is well below the :class:`UringEngine` path's, which builds an
+    SQE from an :class:`~xaio._ops.Operation` each time.
 
     Buffers: a slot's buffer stays pinned from :meth:`prep_pread` until the
     slot is re-prepared with another buffer or the batch is closed; the ring
@@ -68,6 +62,7 @@ class UringBatch:
         "_closed",
         "_fixed",
         "_ready",
+        "_cqes",
     )
 
     def __init__(self, capacity: int, *, fixed_buffers: bool = True, setup_flags: int = 0) -> None:
@@ -105,6 +100,7 @@ class UringBatch:
         #: The results of the slots in :attr:`done_slots`, in the same order.
         self.done_res: list[int] = [0] * capacity
         self._ready = [False] * capacity
+        self._cqes: list[Completion] = []  # scratch for _take
         self._fixed = bool(fixed_buffers)
         if self._fixed:
             try:
@@ -121,8 +117,7 @@ class UringBatch:
     def is_registered(self, slot: int) -> bool:
         """True if *slot*'s buffer is registered (its requests use ``*_FIXED``):
         the ring's table (slot = buffer index) holds it."""
-        table = self._ring._fixed_buffers
-        return slot < len(table) and table[slot] is not None
+        return self._ring.is_buffer_registered(slot)
 
     @property
     def ring(self) -> Ring:
@@ -185,9 +180,9 @@ class UringBatch:
                 opcode, buf_index = abi.IORING_OP_READ_FIXED, slot
             elif opcode == abi.IORING_OP_WRITE:
                 opcode, buf_index = abi.IORING_OP_WRITE_FIXED, slot
-        _pack_sqe(
-            self._images[slot], 0, opcode, 0, ioprio, fd, offset & _U64, address, nbytes,
-            op_flags & _U32, slot, buf_index, 0, 0, 0, 0,
+        prep_rw(
+            self._images[slot], 0, opcode, fd, address, nbytes, offset, slot,
+            op_flags & _U32, 0, buf_index, 0, 0, ioprio,
         )  # fmt: skip
         self._ready[slot] = True
 
@@ -239,7 +234,8 @@ class UringBatch:
             slots: slot numbers, each idle and prepared (at most *capacity*).
             chunk: 0 enters the kernel once for all of them; N > 0 once per N
                 SQEs (the block layer plugs a submission of more than 2
-                requests until the call ends: see :data:`_SUBMIT_CHUNK`).
+                requests until the call ends, so smaller groups get the device
+                started sooner; see the module essay).
 
         Returns:
             ``len(slots)``: the kernel takes every SQE (per-request errors
@@ -272,25 +268,16 @@ class UringBatch:
                     raise SlotInFlightError(f"slot {s} is in flight (or listed twice)")
                 raise ValueError(f"slot {s!r} is not a prepared slot of this batch")
             busy[s] = True
-        sqes = ring._sqes
+        sqes, tail, mask = ring._sq_begin()
         images = self._images
-        keep = ring._keep
-        pins = self._pins
-        mask = ring._sq_mask
-        tail = ring._sqe_tail
         for s in slots:
             o = (tail & mask) << 6
             sqes[o : o + 64] = images[s]
-            keep[s] = pins[s]
-            tail = (tail + 1) & _U32
-        ring._sqe_tail = tail
+            tail += 1
+        ring._sq_end(tail)
+        ring._hold_each(slots, self._pins)
         self._nbusy += n
-        if ring._sqpoll:  # the kernel's thread takes them: fence, publish, wake it
-            ring._submit_sqpoll()
-            return n
-        ring._sq32[ring._sq_ktail] = tail
-        ring._enter_pending(n, chunk if chunk > 0 else 0)
-        ring._stats["submitted"] += n
+        ring._hand_over(chunk if chunk > 0 else 0)
         return n
 
     def reap(self, min_nr: int = 1, timeout: float | None = None, max_nr: int = 0) -> int:
@@ -325,57 +312,31 @@ class UringBatch:
         deadline = None if timeout is None else time.monotonic() + timeout
         while n < min_nr:
             left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-            ret = ring._enter_wait(0, min_nr - n, left)
-            if ret < 0 and ret not in (-errno.ETIME, -errno.EBUSY, -errno.EAGAIN):
-                raise oserror(-ret)
+            ready = ring._wait(min_nr - n, left)
             n = self._take(n, limit)
-            if ret == -errno.ETIME:
+            if not ready:
                 break
         return n
 
     def _take(self, n: int, limit: int) -> int:
         """Move the CQEs waiting in the CQ into done_slots/done_res from index
-        *n*, until *limit* entries are filled.  The same ring protocol as
-        ``Ring.peek_batch`` (overflow flush, fences, head store), in one pass
-        straight into the lists: going through ``peek_batch`` (a tuple list,
-        then its hold-table pass, then ours) gave 1-27% fewer page-cached
-        reads per second on this path in three alternating runs."""
-        ring = self._ring
-        cq32 = ring._cq32
-        head = ring._cq_head
-        tail = cq32[ring._cq_ktail]
-        if head == tail:
-            if not ring._sq32[ring._sq_kflags] & abi.IORING_SQ_CQ_OVERFLOW:
-                return n
-            ring._stats["overflow_flush"] += 1
-            ring._enter(0, 0, abi.IORING_ENTER_GETEVENTS)
-            tail = cq32[ring._cq_ktail]
-        if _NEEDS_FENCE:
-            _fence()  # acquire: the tail load before the CQE loads
-        mm = ring._cq_mm
-        base = ring._cqes
-        mask = ring._cq_mask
+        *n*, until *limit* entries are filled; returns the new count."""
+        cqes = self._cqes
+        self._ring._take_cqes(cqes, limit - n)
         busy = self._busy
-        keep = ring._keep
+        capacity = self.capacity
         done_slots = self.done_slots
         done_res = self.done_res
         start = n
-        while head != tail and n < limit:
-            ud, res, _fl = _unpack_cqe(mm, base + ((head & mask) << 4))
-            head = (head + 1) & _U32
-            if ud >= self.capacity or not busy[ud]:  # pragma: no cover - not ours
+        for ud, res, _fl in cqes:
+            if ud >= capacity or not busy[ud]:  # pragma: no cover - not ours
                 continue
             busy[ud] = False
-            del keep[ud]
             done_slots[n] = ud
             done_res[n] = res
             n += 1
-        if _NEEDS_FENCE:
-            _fence()  # release: the CQE loads before the head store
-        cq32[ring._cq_khead] = head
-        ring._cq_head = head
+        cqes.clear()
         self._nbusy -= n - start
-        ring._stats["reaped"] += n - start
         return n
 
     # -- closing ------------------------------------------------------------------
@@ -396,15 +357,7 @@ class UringBatch:
     def __del__(self) -> None:
         if getattr(self, "_closed", True):
             return
-        try:
-            if not self._ring._owner.foreign:
-                # may raise (warnings as errors): the finally still closes
-                warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self, stacklevel=2)
-        finally:
-            try:
-                self.close()
-            except Exception:  # pragma: no cover - interpreter shutdown
-                pass
+        finalize(self, self._ring._forked())
 
     def __enter__(self) -> UringBatch:
         return self

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import bisect
 import ctypes
 import errno
 import itertools
-import operator
 import os
 import select
 import threading
@@ -19,7 +17,6 @@ from xaio import _syscall
 from xaio._abi import uring as abi
 from xaio._fork import Owner
 from xaio._ops import (
-    IOV_MAX,
     CancelOutcome,
     InFlight,
     OpCode,
@@ -31,36 +28,26 @@ from xaio._pagecache import NowaitReader
 from xaio._syscall import oserror
 from xaio.engine._protocol import Engine, EngineClosedError
 from xaio.engine._route import KIND_BLOCKING, route
-from xaio.uring._prep import iovecs
+from xaio.uring._prep import iovecs, prep_rw
 from xaio.uring._ring import Ring
 from xaio.uring._setup import (
     _U32,
-    _U64,
     Completion,
     _graveyard,
+    finalize,
 )
 
 if TYPE_CHECKING:
     from xaio.threads import ThreadEngine
 
-_IOV_MAX = IOV_MAX
-_pack_sqe = abi.SQE_STRUCT.pack_into
-
-#: SQEs handed to the kernel per io_uring_enter by UringEngine.submit (0: all).
-#: Linux AIO gains from small chunks (io_submit plugs the block queue for the
-#: whole call, see xaio.linux); on io_uring chunks of 4 measured no better than
-#: one enter for the whole batch (O_DIRECT, depth 32/64), and page-cached reads,
-#: which complete inside the enter, only pay more syscalls.  So: one enter.
-_SUBMIT_CHUNK = 0
 
 #: While UringEngine.reap delivers completions, submissions made by the
 #: ``on_done`` callbacks are held in the SQ and handed over every this many
 #: SQEs (and whatever is left when the delivery ends).  One enter per request
 #: costs a virtio kick per request (~20 us of system time per 4 KiB O_DIRECT
-#: read here, against ~6 us batched); one enter for the whole batch leaves the
+#: read, against ~6 us batched); one enter for the whole batch leaves the
 #: device idle while Python delivers and re-arms the rest (the device completes
-#: a batch almost together).  Four keeps the device fed and the kicks few:
-#: see benchmarks/notes.md.
+#: a batch almost together).  Four keeps the device fed and the kicks few.
 _DEFER_FLUSH = 4
 
 
@@ -107,10 +94,10 @@ _CANCEL_ANY_ALL = abi.IORING_ASYNC_CANCEL_ANY | abi.IORING_ASYNC_CANCEL_ALL
 
 _READ, _WRITE, _READV, _WRITEV = OpCode.READ, OpCode.WRITE, OpCode.READV, OpCode.WRITEV
 _FSYNC, _FDATASYNC, _POLL, _NOP = OpCode.FSYNC, OpCode.FDATASYNC, OpCode.POLL, OpCode.NOP
-_SUBMITTED, _QUEUED, _DONE = OpState.SUBMITTED, OpState.QUEUED, OpState.DONE
+_QUEUED, _DONE = OpState.QUEUED, OpState.DONE
 _OP_READ, _OP_WRITE = abi.IORING_OP_READ, abi.IORING_OP_WRITE
 _OP_READ_FIXED, _OP_WRITE_FIXED = abi.IORING_OP_READ_FIXED, abi.IORING_OP_WRITE_FIXED
-_span_start = operator.itemgetter(0)
+_OP_READV, _OP_WRITEV = abi.IORING_OP_READV, abi.IORING_OP_WRITEV
 
 
 class UringEngine(Engine):
@@ -171,14 +158,13 @@ class UringEngine(Engine):
         self._lock = threading.RLock()
         self._reap_lock = threading.RLock()  # an on_done may reap (blocking) again
         self._inflight = InFlight()
-        self._vecs: dict[int, Any] = {}
         self._cancel_results: dict[int, int] = {}
         self._stash: list[Completion] = []
         self._batch: list[Completion] = []
         self._sync_cancel = True
         self._delivering = False
-        self._waiting = 0
         self._owner = Owner("io_uring engine")
+        self._deferred = False  # SQEs an on_done submitted may wait in the SQ
         self._counts = {
             "submitted": 0,
             "fixed": 0,
@@ -191,8 +177,7 @@ class UringEngine(Engine):
         self._rw_mask = _U32
         if not setup_flags & abi.IORING_SETUP_IOPOLL and hipri_accepted():
             self._rw_mask = _U32 & ~_RWF_HIPRI
-        # registered buffers (register_buffers): (start, end, index), by start
-        self._fixed_spans: list[tuple[int, int, int]] = []
+        self._fixed = False  # buffers registered (register_buffers)
         #: runs what xaio.engine.route sends to threads (made on first use)
         self._threads: ThreadEngine | None = None
         self._closed = False
@@ -251,11 +236,7 @@ class UringEngine(Engine):
             if self._closed:
                 raise EngineClosedError("engine is closed")
             self._ring.register_buffers(buffers)
-            self._fixed_spans = sorted(
-                (p.address, p.address + p.nbytes, i)
-                for i, p in enumerate(self._ring._fixed_buffers)
-                if p is not None
-            )
+            self._fixed = True
         return True
 
     def unregister_buffers(self) -> None:
@@ -269,21 +250,10 @@ class UringEngine(Engine):
         """
         self._owner.check()
         with self._lock:
-            if not self._fixed_spans or self._closed:
+            if not self._fixed or self._closed:
                 return
-            self._fixed_spans = []
+            self._fixed = False
             self._ring.unregister_buffers()
-
-    def _fixed_index(self, address: int, nbytes: int) -> int:
-        """The index of the registered buffer holding ``[address,
-        address + nbytes)``, or -1."""
-        spans = self._fixed_spans
-        i = bisect.bisect_right(spans, address, key=_span_start) - 1
-        if i >= 0:
-            _start, end, index = spans[i]
-            if address + nbytes <= end:
-                return index
-        return -1
 
     def submit(self, ops: Sequence[Operation]) -> int:
         """Write one SQE per operation and enter the kernel once.
@@ -311,10 +281,7 @@ class UringEngine(Engine):
             if threaded:
                 return self._submit_routed(ops, threaded)
             ring = self._ring
-            sq32 = ring._sq32
-            khead = ring._sq_khead
-            start = ring._sqe_tail
-            if len(ops) > ring._sq_n - ((start - sq32[khead]) & _U32):
+            if len(ops) > ring.sq_space_left():
                 # no room for the whole batch: _make_room hands SQEs to the
                 # kernel midway, so nothing can be taken back -- check first
                 check_batch(ops)
@@ -325,23 +292,14 @@ class UringEngine(Engine):
                 try:
                     self._write_sqes(ops, False)
                 except Exception:
-                    self._take_back(ops, start)
                     check_batch(ops)  # the precise error, if it was ours
                     raise
-                except BaseException:  # KeyboardInterrupt midway: same undo
-                    self._take_back(ops, start)
-                    raise
             self._counts["submitted"] += len(ops)
-            # publish the tail and enter once (Ring.submit, inlined)
-            if ring._sqpoll:
-                ring.submit()
-                return len(ops)
-            tail = ring._sqe_tail
-            sq32[ring._sq_ktail] = tail
-            pending = (tail - sq32[khead]) & _U32
-            if self._delivering and pending < _DEFER_FLUSH:
-                return len(ops)  # on_done submitting: _deliver hands it over
-            ring._enter_pending(pending, _SUBMIT_CHUNK)
+            if self._delivering:  # an on_done submitting: hand over in groups
+                self._deferred = True
+                ring._hand_over(0, _DEFER_FLUSH)
+            else:
+                ring._hand_over()
         return len(ops)
 
     def _submit_routed(self, ops: Sequence[Operation], threaded: Sequence[Operation]) -> int:
@@ -370,54 +328,35 @@ class UringEngine(Engine):
         self._ring.prep_poll_add(self._threads.fileno(), select.POLLIN, user_data=_THREADS_READY)
         self._ring.submit()
 
-    def _take_back(self, ops: Sequence[Operation], start: int) -> None:
-        """Undo a :meth:`_write_sqes` that raised: every operation it entered
-        (the first ``tail - start``: the tail moves only once an operation is
-        entered) is QUEUED again and out of the in-flight table, and the SQ
-        tail goes back to *start* (nothing was published)."""
-        ring = self._ring
-        entered = (ring._sqe_tail - start) & _U32
-        ring._sqe_tail = start
-        table = self._inflight._ops
-        free = self._inflight._free
-        for op in itertools.islice(ops, entered):  # any Sequence (a deque too)
-            key = op.key
-            del table[key]
-            free.append(key)
-            self._vecs.pop(key, None)
-            op.key = -1
-            op.state = _QUEUED
-
     def _write_sqes(self, ops: Sequence[Operation], make_room: bool) -> None:
-        """Write one SQE per operation and enter each in the in-flight table
-        (under the lock; the tail is published by :meth:`submit`).
+        """Enter the operations in the in-flight table and write one SQE each
+        (under the lock; :meth:`submit` publishes the tail).
 
-        An operation is entered only once its SQE is written, and
-        ``ring._sqe_tail`` counts exactly the operations entered, also when
-        this raises: those before the bad one.  A duplicate shows up as an
-        operation no longer QUEUED."""
+        Each operation is checked as its SQE is written (a bad field raises
+        as its SQE is packed).  Then (or when a signal handler raises midway)
+        every operation is taken back and the SQ tail goes back to where it
+        was: nothing was published, so the kernel never sees them.  With
+        *make_room* (a batch larger than the SQ's free room, which the caller
+        checked first) SQEs reach the kernel midway: only the operations whose
+        SQEs were not written are taken back."""
         ring = self._ring
-        sqes = ring._sqes
         inflight = self._inflight
-        table = inflight._ops
-        free = inflight._free
-        sq32 = ring._sq32
-        khead = ring._sq_khead
-        n_sq = ring._sq_n
-        mask = ring._sq_mask
-        fixed = self._fixed_spans
+        hold = inflight.hold
+        fixed_index = ring._fixed_index if self._fixed else None
         rw_mask = self._rw_mask
         nfixed = 0
-        tail = ring._sqe_tail
+        sqes, tail, mask = ring._sq_begin()
+        start = tail
+        first = inflight.next_key()
         try:
+            inflight.enter_all(ops)  # all or none
             for op in ops:
-                if op.state is not _QUEUED:
-                    raise RuntimeError("operation not QUEUED")  # check_batch says which
-                if make_room and (tail - sq32[khead]) & _U32 >= n_sq:
-                    ring._sqe_tail = tail
-                    ring._make_room()
-                # InFlight.add, inlined: the key is taken once the SQE is written
-                key = free[-1] if free else inflight._next
+                if make_room:
+                    ring._sq_end(tail)
+                    if not ring.sq_space_left():
+                        ring._make_room()
+                key = op.key
+                at = (tail & mask) << 6
                 code = op.opcode
                 if code is _READ or code is _WRITE:
                     pins = op.pins
@@ -425,92 +364,49 @@ class UringEngine(Engine):
                         raise ValueError("READ/WRITE takes exactly one buffer")
                     p = pins[0]
                     # a registered buffer holding it: READ_FIXED / WRITE_FIXED
-                    index = self._fixed_index(p.address, p.nbytes) if fixed else -1
+                    index = fixed_index(p.address, p.nbytes) if fixed_index else -1
                     if index < 0:
                         opcode = _OP_READ if code is _READ else _OP_WRITE
                         index = 0
                     else:
                         opcode = _OP_READ_FIXED if code is _READ else _OP_WRITE_FIXED
                         nfixed += 1
-                    _pack_sqe(
-                        sqes,
-                        (tail & mask) << 6,
-                        opcode,
-                        0,
-                        0,
-                        op.fd,
-                        op.offset & _U64,
-                        p.address,
-                        p.nbytes,
-                        op.flags & rw_mask,
-                        key,
-                        index,
-                        0,
-                        0,
-                        0,
-                        0,
-                    )
+                    prep_rw(
+                        sqes, at, opcode, op.fd, p.address, p.nbytes, op.offset, key,
+                        op.flags & rw_mask, 0, index,
+                    )  # fmt: skip
                 elif code is _READV or code is _WRITEV:
-                    if len(op.pins) > _IOV_MAX:
-                        raise ValueError(f"at most {_IOV_MAX} buffers")
-                    iovs = iovecs(op.pins)
-                    _pack_sqe(
-                        sqes,
-                        (tail & mask) << 6,
-                        abi.IORING_OP_READV if code is _READV else abi.IORING_OP_WRITEV,
-                        0,
-                        0,
-                        op.fd,
-                        op.offset & _U64,
-                        ctypes.addressof(iovs),
-                        len(op.pins),
-                        op.flags & rw_mask,
-                        key,
-                        0,
-                        0,
-                        0,
-                        0,
-                        0,
-                    )
-                    self._vecs[key] = iovs
+                    vecs = iovecs(op.pins)
+                    opcode = _OP_READV if code is _READV else _OP_WRITEV
+                    prep_rw(
+                        sqes, at, opcode, op.fd, ctypes.addressof(vecs), len(op.pins),
+                        op.offset, key, op.flags & rw_mask,
+                    )  # fmt: skip
+                    hold(key, vecs)
                 elif code is _FSYNC or code is _FDATASYNC:
                     flags = abi.IORING_FSYNC_DATASYNC if code is _FDATASYNC else 0
-                    _pack_sqe(
-                        sqes, (tail & mask) << 6, abi.IORING_OP_FSYNC, 0, 0, op.fd,
-                        0, 0, 0, flags, key, 0, 0, 0, 0, 0,
-                    )  # fmt: skip
+                    prep_rw(sqes, at, abi.IORING_OP_FSYNC, op.fd, 0, 0, 0, key, flags)
                 elif code is _POLL:
-                    _pack_sqe(
-                        sqes, (tail & mask) << 6, abi.IORING_OP_POLL_ADD, 0, 0, op.fd,
-                        0, 0, 0, op.flags & _U32, key, 0, 0, 0, 0, 0,
-                    )  # fmt: skip
+                    events = op.flags & _U32
+                    prep_rw(sqes, at, abi.IORING_OP_POLL_ADD, op.fd, 0, 0, 0, key, events)
                 else:
-                    _pack_sqe(
-                        sqes, (tail & mask) << 6, abi.IORING_OP_NOP, 0, 0, -1,
-                        0, 0, 0, 0, key, 0, 0, 0, 0, 0,
-                    )  # fmt: skip
-                if free:
-                    free.pop()
-                else:
-                    inflight._next = key + 1
-                op.key = key
-                table[key] = op
-                op.state = _SUBMITTED
-                tail = (tail + 1) & _U32
-        finally:
-            ring._sqe_tail = tail
+                    prep_rw(sqes, at, abi.IORING_OP_NOP, -1, 0, 0, 0, key)
+                tail += 1
+            ring._sq_end(tail)  # in the try: a signal at this call undoes it all
+        except BaseException:
+            if ops and inflight.get(first) is ops[0]:  # entered: take back the unsent
+                for op in itertools.islice(ops, tail - start if make_room else 0, None):
+                    inflight.take_back(op)
+            ring._sq_end(tail if make_room else start)
+            raise
         if nfixed:
             self._counts["fixed"] += nfixed
 
     def _flush_deferred(self) -> None:
         """Hand over SQEs an ``on_done`` submitted during delivery (under the lock)."""
-        ring = self._ring
-        if ring._closed or ring._sqpoll:
-            return
-        sq32 = ring._sq32
-        pending = (sq32[ring._sq_ktail] - sq32[ring._sq_khead]) & _U32
-        if pending:
-            ring._enter_pending(pending, _SUBMIT_CHUNK)
+        if self._deferred and not self._ring.closed:
+            self._ring._hand_over()
+            self._deferred = False  # after: a signal in between leaves it to the next
 
     def _drain_eventfd(self) -> None:
         if _syscall.drain_eventfd(self._efd):
@@ -524,46 +420,31 @@ class UringEngine(Engine):
         (re-entrantly) starts from a fresh list and never sees these CQEs, whose
         keys may by then name new operations.  If an ``on_done`` callback
         raises, the exception propagates and the CQEs not yet handled go back
-        to ``self._batch``, to be delivered by the next reap -- never twice.
-
-        So does an exception from a signal handler (Ctrl-C), which can come at
-        any call or loop jump: a CQE counts as handled (``i``) only after its
-        operation is completed and its key is free, and the key is freed
-        together with that count, with no call in between.  A CQE taken up
-        again finds its operation completed already (DONE, under the same
-        key) and only finishes the bookkeeping.
+        to ``self._batch``, to be delivered by the next reap -- never twice
+        (:meth:`xaio._ops.InFlight.complete_each` says how, also for an
+        exception from a signal handler).
 
         Submissions made by the callbacks are handed to the kernel in groups
         of ``_DEFER_FLUSH`` and, at the latest, before this returns (see
         ``_DEFER_FLUSH``)."""
-        n = 0
-        i = 0
         inflight = self._inflight
-        table = inflight._ops  # InFlight.complete, inlined
-        free = inflight._free
-        vecs = self._vecs
+        before = inflight.completed
+        n = 0
         outer = self._delivering
         self._delivering = True
         cqes: list[Completion] = []
         threads_ready = False
         try:
             cqes, self._batch = self._batch, cqes
-            for ud, res, _fl in cqes:
-                if ud < _TAG:
-                    op = table.get(ud)
-                    if op is not None:  # else not ours (e.g. posted by a forked child)
-                        if op.state is not _DONE and op.key == ud:  # not done yet
-                            n += 1
-                            op.complete(res)
-                        if vecs:
-                            vecs.pop(ud, None)
-                        del table[ud]
-                        free += (ud,)
-                elif ud & _CANCEL_TAG == _CANCEL_TAG:
-                    self._cancel_results[ud & ~_CANCEL_TAG] = res
-                elif ud == _THREADS_READY:
-                    threads_ready = True
-                i += 1
+            while cqes:
+                inflight.complete_each(cqes, _TAG)
+                if cqes:  # one of the engine's own CQEs
+                    ud, res, _fl = cqes[0]
+                    if ud & _CANCEL_TAG == _CANCEL_TAG:
+                        self._cancel_results[ud & ~_CANCEL_TAG] = res
+                    elif ud == _THREADS_READY:
+                        threads_ready = True
+                    del cqes[0]
             if threads_ready and self._threads is not None:
                 try:
                     n += self._threads.reap(0)
@@ -571,12 +452,12 @@ class UringEngine(Engine):
                     if not self._closed:
                         self._arm_threads()
         finally:
-            del cqes[:i]
             if cqes:  # an on_done raised (or Ctrl-C): the rest go first next time
                 self._batch[:0] = cqes
+            n += inflight.completed - before
             self._counts["completed"] += n
             self._delivering = outer
-            if not outer:
+            if not outer and self._deferred:
                 self._flush_deferred()
         return n
 
@@ -597,15 +478,12 @@ class UringEngine(Engine):
         for :meth:`close`."""
         with self._lock:
             ring = self._ring
-            if ring._closed:
+            if ring.closed:
                 return 0
             pending = self._batch  # not empty only if a delivery was interrupted
-            if ring._cq32[ring._cq_ktail] == ring._cq_head and not self._stash and not pending:
+            if not ring.cq_ready() and not self._stash and not pending:
                 self._drain_eventfd()
-                if (
-                    ring._cq32[ring._cq_ktail] == ring._cq_head
-                    and not ring._sq32[ring._sq_kflags] & abi.IORING_SQ_CQ_OVERFLOW
-                ):
+                if not ring.cq_ready() and not ring.cq_has_overflow():
                     return 0
             if self._stash:
                 pending += self._stash  # no call between the two stores
@@ -643,9 +521,7 @@ class UringEngine(Engine):
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return 0
-                ret = self._ring._enter_wait(0, 1, left)
-                if ret < 0 and ret not in (-errno.ETIME, -errno.EBUSY, -errno.EAGAIN):
-                    raise oserror(-ret)
+                self._ring._wait(1, left)
                 n = self._reap_nowait(max_n)
                 if n:
                     return n
@@ -834,17 +710,9 @@ class UringEngine(Engine):
     def __del__(self) -> None:
         if getattr(self, "_closed", True):
             return
-        try:
-            if not self._owner.foreign:
-                # may raise (warnings as errors): the finally still closes
-                warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self, stacklevel=2)
-        finally:
-            if self._threads is not None:
-                self._threads.abandon()  # as RoutedEngine's: never wait here
-            try:
-                self.close()
-            except Exception:  # pragma: no cover - interpreter shutdown
-                pass
+        if self._threads is not None:
+            self._threads.abandon()  # as RoutedEngine's: never wait here
+        finalize(self, self._owner.foreign)
 
     def __repr__(self) -> str:
         return f"<xaio.uring.UringEngine {'closed' if self._closed else 'open'}>"

@@ -1,4 +1,4 @@
-"""Preparing SQEs: the ``prep_*`` helpers, each funnelled into one ``_prep_rw``.
+"""Preparing SQEs: :func:`prep_rw`, and the ``prep_*`` helpers that funnel into it.
 
 The helpers keep liburing's names and take their arguments in :mod:`os`
 order; Python buffers they are given are pinned by the ring until the CQE
@@ -18,8 +18,40 @@ from xaio._ops import IOV_MAX
 from xaio.uring._queue import RingQueue
 from xaio.uring._setup import _SQE_SIZE, _U32, _U64, STATX_SIZE
 
-_IOV_MAX = IOV_MAX
 _pack_sqe = abi.SQE_STRUCT.pack_into
+
+
+def prep_rw(
+    sqes: Any,
+    at: int,
+    opcode: int,
+    fd: int,
+    addr: int,
+    length: int,
+    offset: int,
+    user_data: int,
+    op_flags: int = 0,
+    sqe_flags: int = 0,
+    buf_index: int = 0,
+    file_index: int = 0,
+    addr3: int = 0,
+    ioprio: int = 0,
+) -> None:
+    """Write one 64-byte SQE at byte *at* of *sqes* (the ring's SQE array, or
+    a :class:`~xaio.uring.UringBatch` slot's image): every SQE xaio makes is
+    written here, as liburing's io_uring_prep_rw fills every SQE its prep
+    helpers make.  *addr* must come from a live Pin or a ctypes object kept
+    alive until the request's CQE is taken.  The fields are the kernel's
+    unsigned ones, but for *fd* (a C ``int``) and *offset* (-1: the file
+    position): a caller holding other values masks them (:meth:`RingPrep._prep_rw`).
+
+    Raises:
+        struct.error: a field that is not an int, or out of its C range.
+    """
+    _pack_sqe(
+        sqes, at, opcode, sqe_flags, ioprio, fd, offset & _U64, addr, length, op_flags,
+        user_data, buf_index, 0, file_index, addr3, 0,
+    )  # fmt: skip
 
 
 def iovecs(pins: Sequence[Pin]) -> Any:
@@ -28,8 +60,8 @@ def iovecs(pins: Sequence[Pin]) -> Any:
     Raises:
         ValueError: more than ``IOV_MAX`` buffers.
     """
-    if len(pins) > _IOV_MAX:
-        raise ValueError(f"at most {_IOV_MAX} buffers, not {len(pins)}")
+    if len(pins) > IOV_MAX:
+        raise ValueError(f"at most {IOV_MAX} buffers, not {len(pins)}")
     return iovec_array(pins)
 
 
@@ -51,34 +83,16 @@ class RingPrep(RingQueue):
         addr3: int = 0,
         ioprio: int = 0,
     ) -> int:
-        """Fill one SQE (every prep helper funnels here, as in liburing's
-        io_uring_prep_rw).  *addr* must come from a live Pin or a ctypes object
-        the caller keeps alive until the CQE is reaped.  Returns the SQE index."""
+        """Fill the next free SQE (every prep helper funnels here) and return
+        its index; see :func:`prep_rw`.  The 64- and 32-bit fields take any
+        int, reduced to their width as C does."""
         idx = self._sqe()
-        _pack_sqe(
-            self._sqes,
-            idx * _SQE_SIZE,
-            opcode,
-            sqe_flags,
+        prep_rw(
+            self._sqes, idx * _SQE_SIZE, opcode, fd, addr & _U64, length & _U32, offset,
+            user_data & _U64, op_flags & _U32, sqe_flags, buf_index, file_index, addr3 & _U64,
             ioprio,
-            fd,
-            offset & _U64,
-            addr & _U64,
-            length & _U32,
-            op_flags & _U32,
-            user_data & _U64,
-            buf_index,
-            0,
-            file_index,
-            addr3 & _U64,
-            0,
-        )
+        )  # fmt: skip
         return idx
-
-    def _hold(self, user_data: int, obj: Any) -> None:
-        if user_data in self._keep:
-            raise ValueError(f"user_data {user_data} is already in flight with buffers")
-        self._keep[user_data] = obj
 
     def _prep_held(
         self,
@@ -94,6 +108,7 @@ class RingPrep(RingQueue):
         buf_index: int = 0,
         file_index: int = 0,
     ) -> int:
+        """:meth:`_prep_rw`, holding *keep* until the CQE of *user_data* is taken."""
         if user_data in self._keep:
             raise ValueError(f"user_data {user_data} is already in flight with buffers")
         idx = self._prep_rw(
@@ -199,18 +214,8 @@ class RingPrep(RingQueue):
             TypeError: a buffer is not writable.
             ValueError: more than 1024 buffers, or *user_data* already in flight.
         """
-        pins = pin_many(buffers, writable=True)
-        iovs = iovecs(pins)
-        return self._prep_held(
-            (pins, iovs),
-            abi.IORING_OP_READV,
-            fd,
-            ctypes.addressof(iovs),
-            len(pins),
-            offset,
-            user_data,
-            rw_flags,
-            sqe_flags,
+        return self._prep_vectored(
+            abi.IORING_OP_READV, True, fd, buffers, offset, user_data, rw_flags, sqe_flags
         )
 
     def prep_writev(
@@ -229,18 +234,27 @@ class RingPrep(RingQueue):
             TypeError: a buffer is not bytes-like.
             ValueError: more than 1024 buffers, or *user_data* already in flight.
         """
-        pins = pin_many(buffers, writable=False)
+        return self._prep_vectored(
+            abi.IORING_OP_WRITEV, False, fd, buffers, offset, user_data, rw_flags, sqe_flags
+        )
+
+    def _prep_vectored(
+        self,
+        opcode: int,
+        writable: bool,
+        fd: int,
+        buffers: Sequence[Any],
+        offset: int,
+        user_data: int,
+        rw_flags: int,
+        sqe_flags: int,
+    ) -> int:
+        """A READV/WRITEV over *buffers*, holding their pins and iovecs."""
+        pins = pin_many(buffers, writable=writable)
         iovs = iovecs(pins)
+        addr = ctypes.addressof(iovs)
         return self._prep_held(
-            (pins, iovs),
-            abi.IORING_OP_WRITEV,
-            fd,
-            ctypes.addressof(iovs),
-            len(pins),
-            offset,
-            user_data,
-            rw_flags,
-            sqe_flags,
+            (pins, iovs), opcode, fd, addr, len(pins), offset, user_data, rw_flags, sqe_flags
         )
 
     def _fixed(self, buf: Any, buf_index: int, writable: bool) -> Pin:

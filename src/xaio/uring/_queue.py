@@ -8,10 +8,12 @@ kernel's tail with the memory ordering the essay in :mod:`xaio.uring` explains.
 from __future__ import annotations
 
 import errno
+import mmap
 import platform
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from xaio import _syscall
 from xaio._abi import uring as abi
@@ -41,7 +43,13 @@ _io_uring_enter: Callable[..., int] = _syscall.io_uring_enter_fast
 
 
 class RingQueue(RingSetup):
-    """The SQ and CQ of a :class:`~xaio.uring.Ring`: submit, peek, wait."""
+    """The SQ and CQ of a :class:`~xaio.uring.Ring`: submit, peek, wait.
+
+    :class:`~xaio.uring.UringBatch` and :class:`~xaio.uring.UringEngine`
+    write SQEs and take CQEs through the underscored methods of the
+    "driving the ring" section, so that the ring's indices and its hold
+    table change only here.
+    """
 
     def sq_space_left(self) -> int:
         """Free SQE slots (io_uring_sq_space_left(3))."""
@@ -54,6 +62,16 @@ class RingQueue(RingSetup):
     def cq_ready(self) -> int:
         """CQEs waiting in the CQ (io_uring_cq_ready(3); not counting overflow)."""
         return (int(self._cq32[self._cq_ktail]) - self._cq_head) & _U32
+
+    def cq_has_overflow(self) -> bool:
+        """True if the kernel keeps CQEs that did not fit in the CQ
+        (io_uring_cq_has_overflow(3)); the next :meth:`peek_batch` flushes them."""
+        return bool(self._sq32[self._sq_kflags] & abi.IORING_SQ_CQ_OVERFLOW)
+
+    @property
+    def sq_flags(self) -> int:
+        """The kernel's SQ flags (``IORING_SQ_NEED_WAKEUP``, ``IORING_SQ_CQ_OVERFLOW``...)."""
+        return int(self._sq32[self._sq_kflags])
 
     @property
     def cq_overflow(self) -> int:
@@ -120,22 +138,6 @@ class RingQueue(RingSetup):
             self._make_room()
             idx = self.get_sqe()
         return idx
-
-    def _enter_pending(self, pending: int, chunk: int) -> None:
-        """Hand *pending* published SQEs to the kernel, at most *chunk* per
-        io_uring_enter (0: all in one); on EINTR or EBUSY/EAGAIN backpressure
-        fall back to :meth:`submit`, which retries carefully.  The hot path of
-        ``UringEngine.submit`` and ``UringBatch.submit`` (no SQPOLL)."""
-        step = chunk or pending
-        fd = self.fd
-        stats = self._stats
-        while pending:
-            stats["enter"] += 1
-            ret = _io_uring_enter(fd, pending if pending < step else step, 0, 0, 0, 0)
-            if ret <= 0:
-                self.submit()
-                return
-            pending -= ret
 
     def _make_room(self) -> None:
         """Submit what is queued; with SQPOLL, wait until the SQ thread has
@@ -222,9 +224,7 @@ class RingQueue(RingSetup):
         self._check()
         if self._sqpoll:
             n = self._submit_sqpoll()
-            ret = self._enter_wait(0, wait_nr, timeout)
-            if ret < 0 and ret not in (-errno.ETIME, -errno.EBUSY, -errno.EAGAIN):
-                raise oserror(-ret)
+            self._wait(wait_nr, timeout)
             return n
         n = self._publish()
         ret = self._enter_wait(n, wait_nr, timeout)
@@ -257,49 +257,7 @@ class RingQueue(RingSetup):
         self._check()
         if out is None:
             out = []
-        cq32 = self._cq32
-        head = self._cq_head
-        tail = cq32[self._cq_ktail]
-        if head == tail:
-            if not self._sq32[self._sq_kflags] & abi.IORING_SQ_CQ_OVERFLOW:
-                return out
-            self._stats["overflow_flush"] += 1
-            self._enter(0, 0, abi.IORING_ENTER_GETEVENTS)
-            tail = cq32[self._cq_ktail]
-        if _NEEDS_FENCE:
-            _fence()  # acquire: the tail load before the CQE loads
-        n = (tail - head) & _U32
-        if max_n and n > max_n:
-            n = max_n
-        if n:
-            # one slice of the mapping per contiguous run (two if the run wraps),
-            # unpacked by iter_unpack in C: no Python-level step per CQE
-            mm = self._cq_mm
-            base = self._cqes
-            first = head & self._cq_mask
-            run = self._cq_n - first
-            if run > n:
-                run = n
-            lo = base + (first << 4)
-            items = list(_iter_cqes(mm[lo : lo + (run << 4)]))
-            if run < n:
-                items += _iter_cqes(mm[base : base + ((n - run) << 4)])
-            keep = self._keep
-            if keep:  # a request's last CQE: the kernel is done with its objects
-                for ud, _res, fl in items:
-                    if not fl & abi.IORING_CQE_F_MORE:
-                        keep.pop(ud, None)
-            head = (head + n) & _U32
-            if _NEEDS_FENCE:
-                _fence()  # release: the CQE loads before the head store
-            # The CQEs join *out* and leave the ring with no call in between
-            # (an exception from a signal handler, Ctrl-C's KeyboardInterrupt,
-            # is raised only at a call or a loop's jump): it comes before both
-            # or after both, and a CQE is never lost nor taken twice.
-            out += items
-            cq32[self._cq_khead] = head
-            self._cq_head = head
-            self._stats["reaped"] += n
+        self._take_cqes(out, max_n)
         return out
 
     def peek_cqe(self) -> Completion | None:
@@ -331,14 +289,12 @@ class RingQueue(RingSetup):
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-            ret = self._enter_wait(0, 1, left)
+            ready = self._wait(1, left)
             got = self.peek_cqe()
             if got is not None:
                 return got
-            if ret == -errno.ETIME or (left is not None and left <= 0):
+            if not ready or (left is not None and left <= 0):
                 return None
-            if ret < 0 and ret not in (-errno.EBUSY, -errno.EAGAIN):
-                raise oserror(-ret)
 
     def wait_cqes(self, n: int, timeout: float | None = None) -> list[Completion]:
         """Wait until *n* completions were taken or *timeout* expired; return them."""
@@ -351,7 +307,116 @@ class RingQueue(RingSetup):
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 break
-            ret = self._enter_wait(0, n - len(out), left)
-            if ret < 0 and ret not in (-errno.ETIME, -errno.EBUSY, -errno.EAGAIN):
-                raise oserror(-ret)
+            self._wait(n - len(out), left)
         return out
+
+    # --- driving the ring (UringBatch, UringEngine) ---------------------------------
+
+    def _take_cqes(self, out: list[Completion], max_n: int) -> int:
+        """The CQ protocol: append the CQEs waiting (at most *max_n* if > 0)
+        to *out*, flushing a CQ overflow first, and release the held objects
+        of each request whose last CQE this is.  Returns how many were taken.
+        No check of the ring's state: the callers made it."""
+        cq32 = self._cq32
+        head = self._cq_head
+        tail = cq32[self._cq_ktail]
+        if head == tail:
+            if not self._sq32[self._sq_kflags] & abi.IORING_SQ_CQ_OVERFLOW:
+                return 0
+            self._stats["overflow_flush"] += 1
+            self._enter(0, 0, abi.IORING_ENTER_GETEVENTS)
+            tail = cq32[self._cq_ktail]
+        if _NEEDS_FENCE:
+            _fence()  # acquire: the tail load before the CQE loads
+        n: int = (tail - head) & _U32
+        if max_n and n > max_n:
+            n = max_n
+        if n:
+            # one slice of the mapping per contiguous run (two if the run wraps),
+            # unpacked by iter_unpack in C: no Python-level step per CQE
+            mm = self._cq_mm
+            base = self._cqes
+            first = head & self._cq_mask
+            run = self._cq_n - first
+            if run > n:
+                run = n
+            lo = base + (first << 4)
+            items = list(_iter_cqes(mm[lo : lo + (run << 4)]))
+            if run < n:
+                items += _iter_cqes(mm[base : base + ((n - run) << 4)])
+            keep = self._keep
+            if keep:  # a request's last CQE: the kernel is done with its objects
+                for ud, _res, fl in items:
+                    if not fl & abi.IORING_CQE_F_MORE:
+                        keep.pop(ud, None)
+            head = (head + n) & _U32
+            if _NEEDS_FENCE:
+                _fence()  # release: the CQE loads before the head store
+            # The CQEs join *out* and leave the ring with no call in between
+            # (an exception from a signal handler, Ctrl-C's KeyboardInterrupt,
+            # is raised only at a call or a loop's jump): it comes before both
+            # or after both, and a CQE is never lost nor taken twice.
+            out += items
+            cq32[self._cq_khead] = head
+            self._cq_head = head
+            self._stats["reaped"] += n
+        return n
+
+    def _sq_begin(self) -> tuple[mmap.mmap, int, int]:
+        """Where the caller writes SQEs: the SQE memory, the SQ tail and the
+        index mask (SQE *i* from here lies at ``((tail + i) & mask) << 6``).
+        :meth:`_sq_end` then moves the tail past them (the caller holds the
+        ring and checked :meth:`sq_space_left`)."""
+        return self._sqes, self._sqe_tail, self._sq_mask
+
+    def _sq_end(self, tail: int) -> None:
+        """Move the SQ tail to *tail*: past the SQEs written since
+        :meth:`_sq_begin`, or back to take unpublished ones back."""
+        self._sqe_tail = tail & _U32
+
+    def _hold_each(self, user_data: Sequence[int], objs: Sequence[Any]) -> None:
+        """Hold ``objs[u]`` for each *u* of *user_data* until the CQE carrying
+        *u* is taken (the memory its request reads or writes)."""
+        keep = self._keep
+        for u in user_data:
+            keep[u] = objs[u]
+
+    def _hand_over(self, chunk: int = 0, defer_below: int = 0) -> None:
+        """Publish the SQ tail and hand the pending SQEs to the kernel, at most
+        *chunk* per io_uring_enter (0: all in one); with SQPOLL, wake its
+        thread if it sleeps.  Fewer than *defer_below* pending are only
+        published: a later hand-over takes them.  On EINTR or EBUSY/EAGAIN
+        backpressure it falls back to :meth:`submit`, which retries carefully."""
+        if self._sqpoll:
+            self._submit_sqpoll()
+            return
+        pending = self._publish()
+        if pending < defer_below or not pending:
+            return
+        step = chunk or pending
+        fd = self.fd
+        stats = self._stats
+        while pending:
+            stats["enter"] += 1
+            ret = _io_uring_enter(fd, pending if pending < step else step, 0, 0, 0, 0)
+            if ret <= 0:
+                self.submit()
+                return
+            stats["submitted"] += ret
+            pending -= ret
+
+    def _wait(self, min_complete: int, timeout: float | None) -> bool:
+        """Wait until *min_complete* CQEs are ready or *timeout* seconds have
+        passed (None: no limit), submitting nothing.  Returns False on
+        timeout.
+
+        Raises:
+            OSError: the kernel's error, but for EBUSY/EAGAIN (the CQ overflow
+                the next take flushes).
+        """
+        ret = self._enter_wait(0, min_complete, timeout)
+        if ret == -errno.ETIME:
+            return False
+        if ret < 0 and ret not in (-errno.EBUSY, -errno.EAGAIN):
+            raise oserror(-ret)
+        return True

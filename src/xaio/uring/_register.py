@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import errno
+import operator
 from collections.abc import Sequence
 from typing import Any
 
 from xaio import _syscall
 from xaio._abi import uring as abi
-from xaio._buffers import iovec_array, pin, pin_many
+from xaio._buffers import Pin, iovec_array, pin, pin_many
 from xaio._syscall import check, oserror
 from xaio.uring._prep import iovecs
 from xaio.uring._setup import _U64, RingSetup
+
+_span_start = operator.itemgetter(0)
 
 
 class RingRegister(RingSetup):
@@ -38,7 +42,6 @@ class RingRegister(RingSetup):
         arg = ctypes.c_int32(fd)
         op = abi.IORING_REGISTER_EVENTFD_ASYNC if async_only else abi.IORING_REGISTER_EVENTFD
         check(self._register(op, ctypes.addressof(arg), 1))
-        self._eventfd = fd
 
     def unregister_eventfd(self) -> None:
         """io_uring_unregister_eventfd(3).
@@ -47,7 +50,6 @@ class RingRegister(RingSetup):
             OSError: ENXIO if none is registered.
         """
         check(self._register(abi.IORING_UNREGISTER_EVENTFD, 0, 0))
-        self._eventfd = None
 
     def register_files(self, fds: Sequence[int]) -> None:
         """Register *fds* as fixed files (io_uring_register_files(3)); use the
@@ -61,7 +63,6 @@ class RingRegister(RingSetup):
             raise ValueError("no files to register")
         arr = (ctypes.c_int32 * len(fds))(*fds)
         check(self._register(abi.IORING_REGISTER_FILES, ctypes.addressof(arr), len(fds)))
-        self._files_registered = True
 
     def unregister_files(self) -> None:
         """io_uring_unregister_files(3).
@@ -70,7 +71,6 @@ class RingRegister(RingSetup):
             OSError: ENXIO if none are registered.
         """
         check(self._register(abi.IORING_UNREGISTER_FILES, 0, 0))
-        self._files_registered = False
 
     def register_buffers(self, buffers: Sequence[Any]) -> None:
         """Register writable *buffers* as fixed buffers for ``*_fixed`` I/O
@@ -91,7 +91,7 @@ class RingRegister(RingSetup):
             for p in pins:
                 p.release()
             raise oserror(-ret)
-        self._fixed_buffers = list(pins)
+        self._set_fixed(list(pins))
 
     def register_buffers_sparse(self, nr: int) -> None:
         """Register a table of *nr* empty fixed-buffer slots, to be filled with
@@ -108,7 +108,7 @@ class RingRegister(RingSetup):
         check(
             self._register(abi.IORING_REGISTER_BUFFERS2, ctypes.addressof(reg), ctypes.sizeof(reg))
         )
-        self._fixed_buffers = [None] * nr
+        self._set_fixed([None] * nr)
 
     def register_buffers_update(self, offset: int, buffers: Sequence[Any]) -> None:
         """Replace the registered buffers from slot *offset* on with *buffers*
@@ -133,11 +133,13 @@ class RingRegister(RingSetup):
                 if p is not None:
                     p.release()
             raise oserror(-ret)
+        table = list(self._fixed_buffers)
         for i, p in enumerate(pins):
-            old = self._fixed_buffers[offset + i]
+            old = table[offset + i]
             if old is not None:
                 old.release()
-            self._fixed_buffers[offset + i] = p
+            table[offset + i] = p
+        self._set_fixed(table)
 
     def unregister_buffers(self) -> None:
         """io_uring_unregister_buffers(3); the buffers are unpinned (requests in
@@ -147,10 +149,34 @@ class RingRegister(RingSetup):
             OSError: ENXIO if none are registered.
         """
         check(self._register(abi.IORING_UNREGISTER_BUFFERS, 0, 0))
-        pins, self._fixed_buffers = self._fixed_buffers, []
+        pins = self._fixed_buffers
+        self._set_fixed([])
         for p in pins:
             if p is not None:
                 p.release()
+
+    def _set_fixed(self, table: list[Pin | None]) -> None:
+        """Record the registered buffer table and the spans it covers."""
+        self._fixed_buffers = table
+        self._fixed_spans = sorted(
+            (p.address, p.address + p.nbytes, i) for i, p in enumerate(table) if p is not None
+        )
+
+    def is_buffer_registered(self, index: int) -> bool:
+        """True if the fixed-buffer slot *index* holds a registered buffer."""
+        table = self._fixed_buffers
+        return 0 <= index < len(table) and table[index] is not None
+
+    def _fixed_index(self, address: int, nbytes: int) -> int:
+        """The index of a registered buffer holding ``[address, address +
+        nbytes)``, or -1."""
+        spans = self._fixed_spans
+        i = bisect.bisect_right(spans, address, key=_span_start) - 1
+        if i >= 0:
+            _start, end, index = spans[i]
+            if address + nbytes <= end:
+                return index
+        return -1
 
     def probe(self) -> frozenset[int]:
         """The ``IORING_OP_*`` opcodes this kernel supports

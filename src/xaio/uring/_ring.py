@@ -8,7 +8,7 @@ import warnings
 
 from xaio.uring._prep import RingPrep
 from xaio.uring._register import RingRegister
-from xaio.uring._setup import _U64, SetupFunction, _graveyard
+from xaio.uring._setup import _U64, SetupFunction, _graveyard, finalize
 
 _reason_cache: list[str | None] = []
 
@@ -79,7 +79,7 @@ class Ring(RingPrep, RingRegister):
         fd and mappings (the parent's ring is untouched)."""
         if self._closed:
             return
-        if not self._owner.foreign:
+        if not self._forked():
             try:
                 if self._keep:
                     self._drain_held()
@@ -105,15 +105,7 @@ class Ring(RingPrep, RingRegister):
     def __del__(self) -> None:
         if getattr(self, "_closed", True):
             return
-        try:
-            if not self._owner.foreign:
-                # may raise (warnings as errors): the finally still closes
-                warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self, stacklevel=2)
-        finally:
-            try:
-                self.close()
-            except Exception:  # pragma: no cover - interpreter shutdown
-                pass
+        finalize(self, self._forked())
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"fd={self.fd} sq={self.sq_entries}"

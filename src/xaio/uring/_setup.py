@@ -12,6 +12,7 @@ import ctypes
 import errno
 import mmap
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -74,6 +75,21 @@ def _unavailable(err: int, detail: str | None = None) -> OSError:
 
 #: Memory of requests that could not be stopped before a close: kept alive for ever.
 _graveyard: list[Any] = []
+
+
+def finalize(obj: Any, forked: bool) -> None:
+    """The ``__del__`` of a ring, or of what owns one, that was not closed:
+    warn (``ResourceWarning``; not in a forked child, whose close only drops
+    its copies of the fd and mappings), then close."""
+    try:
+        if not forked:
+            # may raise (warnings as errors): the finally still closes
+            warnings.warn(f"unclosed {obj!r}", ResourceWarning, source=obj, stacklevel=3)
+    finally:
+        try:
+            obj.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
 
 
 class RingSetup:
@@ -160,8 +176,8 @@ class RingSetup:
         self._owner = Owner("io_uring ring")
         self._probe: frozenset[int] | None = None
         self._fixed_buffers: list[Pin | None] = []
-        self._eventfd: int | None = None
-        self._files_registered = False
+        # the registered buffers as (start, end, index), by start
+        self._fixed_spans: list[tuple[int, int, int]] = []
         # the EXT_ARG wait argument, preallocated
         self._ts = abi.kernel_timespec()
         self._arg = abi.io_uring_getevents_arg()
@@ -202,7 +218,6 @@ class RingSetup:
         self._sq_khead = so.head // 4
         self._sq_ktail = so.tail // 4
         self._sq_kflags = so.flags // 4
-        self._sq_kdropped = so.dropped // 4
         self._sq_mask: int = sq32[so.ring_mask // 4]
         self._sq_n: int = sq32[so.ring_entries // 4]
         array = so.array // 4
@@ -219,7 +234,12 @@ class RingSetup:
 
     # --- state --------------------------------------------------------------------
 
+    def _forked(self) -> bool:
+        """True in a forked child: the ring belongs to the parent."""
+        return self._owner.foreign
+
     def _check(self) -> None:
+        """Refuse use in a forked child, or once closed."""
         self._owner.check()
         if self._closed:
             raise _closed_error()
