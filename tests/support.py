@@ -152,6 +152,37 @@ def sq_thread_sleeps(ring: Any) -> bool:
     return bool(ring.sq_flags & abi.IORING_SQ_NEED_WAKEUP)
 
 
+def in_child(fn: Callable[[], int], timeout: float = 30.0) -> int:
+    """Run *fn* in a forked child: its exit status (what *fn* returns, 1 if
+    it raises, -N if signal N killed it).
+
+    Raises:
+        AssertionError: the child did not exit within *timeout* seconds
+            (it is killed).
+    """
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            code = fn()
+        finally:
+            os._exit(code)
+    status: list[int] = []
+
+    def exited() -> bool:
+        done, st = os.waitpid(pid, os.WNOHANG)
+        status.append(st)
+        return done != 0
+
+    try:
+        wait_until(exited, timeout, "the child's exit")
+    except AssertionError:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        raise
+    return os.waitstatus_to_exitcode(status[-1])
+
+
 # ---------------------------------------------------------------------------------
 # Engines and event-loop libraries
 # ---------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import os
 import time
-from collections.abc import Callable
 
 import pytest
 
@@ -16,27 +15,7 @@ from xaio._fork import Owner
 from xaio._ops import OpCode, Operation
 from xaio.linux import LinuxAioEngine
 
-from .support import pattern
-
-
-def _in_child(body: Callable[[], int]) -> int:
-    """The exit code of *body* run in a forked child (killed after 30 s)."""
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        code = 1
-        try:
-            code = body()
-        finally:
-            os._exit(code)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.005)
-    os.kill(pid, 9)
-    os.waitpid(pid, 0)
-    raise AssertionError("child hung")
+from .support import in_child, pattern
 
 
 def test_owner_is_this_process_until_a_fork() -> None:
@@ -55,7 +34,7 @@ def test_owner_is_this_process_until_a_fork() -> None:
             return 0 if ok else 3
         return 4
 
-    assert _in_child(child) == 0
+    assert in_child(child) == 0
     assert not owner.foreign  # the parent is still the owner
     owner.check()
 
@@ -84,7 +63,7 @@ def test_linux_engine_refuses_use_in_a_forked_child(direct_fd: int) -> None:
             eng.close()  # drops the child's eventfd only, waits for nothing
             return 0 if codes == [errno.EINVAL] * 2 else 3
 
-        assert _in_child(child) == 0
+        assert in_child(child) == 0
         deadline = time.monotonic() + 10
         while not op.done and time.monotonic() < deadline:
             eng.reap(0.1)
@@ -115,7 +94,7 @@ def test_uring_ring_and_engine_name_their_owner_in_a_forked_child() -> None:
                 eng.close()
                 return 0
 
-            assert _in_child(child) == 0
+            assert in_child(child) == 0
             ring.prep_nop(user_data=7)
             assert ring.submit() == 1  # the parent still owns both
         finally:

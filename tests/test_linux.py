@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ from .support import (
     GETEVENTS_SYSCALLS,
     aio_max_nr,
     aio_nr,
+    in_child,
     own_aio_rings,
     pattern,
     wait_blocked_in,
@@ -655,19 +656,6 @@ def test_cancel_never_submitted_is_einval(conv: str, ctx: IOContext, data_fd: in
 # ---------------------------------------------------------------------------------
 
 
-def _in_child(fn: Callable[[], int]) -> int:
-    """Run *fn* in a forked child; return its exit status (a crash is -signal)."""
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        code = 99
-        try:
-            code = fn()
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
-
-
 def test_forked_child_gets_einval(ctx: IOContext, data_fd: int, pipe: tuple[int, int]) -> None:
     r, w = pipe
     p = Iocb.poll(r, select.POLLIN, data=7)
@@ -695,7 +683,7 @@ def test_forked_child_gets_einval(ctx: IOContext, data_fd: int, pipe: tuple[int,
             ok = ok and io_getevents(c2, 1, 1, 5)[0].res == 4
         return 0 if ok else 1
 
-    assert _in_child(child) == 0
+    assert in_child(child) == 0
     # the parent's request is untouched and still completes here
     os.write(w, b"x")
     (ev,) = wait_events(ctx, 1)
@@ -1009,7 +997,7 @@ def test_forked_child_never_reads_the_parents_ring(ctx: IOContext, data_fd: int)
             ok = ok and e.errno == errno.EINVAL
         return 0 if ok else 2
 
-    assert _in_child(child) == 0
+    assert in_child(child) == 0
     (ev,) = wait_events(ctx, 1)
     assert ev.data == 5 and ev.res == 8
 

@@ -26,6 +26,7 @@ from xaio.uring import AT_FDCWD, STATX_SIZE, Ring, UringEngine
 
 from .support import (
     URING_ENTER_SYSCALLS,
+    in_child,
     pattern,
     reap_until,
     resizable,
@@ -591,26 +592,6 @@ def test_registered_eventfd(ring: Ring, eventfd: int) -> None:
 # --- fork and close ------------------------------------------------------------------
 
 
-def _in_child(fn: object) -> int:
-    """Run *fn* in a forked child; return its exit status (0 = passed)."""
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        code = 1
-        try:
-            code = fn()  # type: ignore[operator]
-        finally:
-            os._exit(code)
-    deadline = time.monotonic() + T
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.005)
-    os.kill(pid, 9)
-    os.waitpid(pid, 0)
-    raise AssertionError("child hung")
-
-
 def test_fork_child_refuses_parent_ring(pipe: tuple[int, int]) -> None:
     r, w = pipe
     ring = Ring(8)
@@ -643,7 +624,7 @@ def test_fork_child_refuses_parent_ring(pipe: tuple[int, int]) -> None:
         return 0 if codes == [errno.EINVAL] * 7 else 2
 
     try:
-        assert _in_child(child) == 0
+        assert in_child(child) == 0
         # the parent's ring and engine still work, nothing was stolen
         os.write(w, b"hello")
         assert take(ring, 1) == {1: (5, 0)} and buf == b"hello"
