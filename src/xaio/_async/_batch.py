@@ -2,31 +2,60 @@
 
 A batch collects positional reads, writes and syncs, hands them all to the
 engine in one ``Engine.submit`` (one ``io_uring_enter``, one ``io_submit``,
-one hand-off to the threads), and waits for them with one await.
+one hand-off to the threads), and waits for them with one await
+(:meth:`Batch.run`), or yields each result as it lands
+(:meth:`Batch.as_completed`), taking new requests while it iterates.
 
 *Checks before the kernel.*  Each request's arguments are checked when it is
 added (the ``TypeError``/``ValueError`` of :func:`xaio.pread` & co, from the
 same ``check_*`` helpers), so a bad argument raises there and nothing runs.
 What the OS reports is per request: an fd without a position gives that
 request ``ESPIPE`` (:func:`xaio._async._checks.check_positional`, asked once
-per fd per run), a zero-length transfer gets the system call's own answer,
-and an error of one request is that request's result, not the batch's.
+per fd per submission), a zero-length transfer gets the system call's own
+answer, and an error of one request is that request's result, not the
+batch's.
 
-*Waiting and cancelling.*  The requests travel through the running loop's
-driver like any other (:meth:`xaio._async._driver.Driver.start_all` submits
-them; the driver's completion callback wakes the waiter).  The batch waits
-for its requests one after the other in the order they were added, skipping
-those already done, so it wakes about once per reaped batch of completions.
-When the wait is cancelled, every request still in the kernel is cancelled
-at once, and the batch then waits -- through further cancellations -- until
-each has completed (the driver's own cancel-and-wait, request by request):
-when the cancellation reaches the caller, no buffer is used any more.
+*One callback, one waiter.*  The requests of a batch travel through the
+running loop's driver, but they complete through one callback of their own
+(:class:`_Flight`), not the driver's per-request one: it counts the request
+out, puts it on the batch's list of landed requests and wakes the batch's
+one waiting task -- for :meth:`Batch.run` once the last request has landed,
+for :meth:`Batch.as_completed` once per reaped group of completions.  No
+Future per request, no task switch per request: a group of 64 completions
+reaped together costs one wake-up.
+
+*Keeping the queue full.*  A batch awaited as a whole leaves the device idle
+between rounds: the last read of a round must land before the next round is
+submitted, and the first of the next round reaches the device only after
+Python has looked at every result of the previous one.  An iteration over
+:meth:`Batch.as_completed` that adds a new request for each result it takes
+keeps as many requests in the kernel as it started with.  The requests added
+while iterating are handed to the engine together: every
+:data:`_FLUSH_EVERY` of them while the iterator works through a group of
+results (so the device starts on the first ones while Python handles the
+rest), and the remainder before the iterator waits -- or, if the loop body
+awaits something else in between, in the driver's next flush (the loop's
+``call_soon``; trio's flusher task).  Before it waits, the iterator looks at
+the completion queue once more (``engine.reap(0)``: for io_uring a look at
+the ring in user memory, no system call), so completions that landed during
+that submission are taken without a round trip through the event loop.  It
+yields to the loop once it has run for :data:`_SLICE` seconds without
+waiting, so a device that always has the next completion ready cannot starve
+the loop's other tasks.
+
+*Waiting and cancelling.*  When the wait (or the iteration) is cancelled,
+every request still queued or in the kernel is cancelled at once, and the
+batch then waits -- through further cancellations -- until each has
+completed: when the cancellation reaches the caller, no buffer is used any
+more.  Leaving an ``async with batch.as_completed()`` block does the same.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
+import time
 from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -43,12 +72,14 @@ from xaio._async._checks import (
 )
 from xaio._async._current import current_driver
 from xaio._async._driver import Driver, abandon
+from xaio._async._trio import _TrioCancel
 from xaio._ops import OpCode, Operation, OpState, decode_result
+from xaio.engine import EngineClosedError
 
 if TYPE_CHECKING:
     from xaio._async._io import AsyncEngine
 
-__all__ = ["Batch", "BatchResult"]
+__all__ = ["Batch", "BatchResult", "AsCompleted"]
 
 #: A request's result: bytes transferred, None for a sync, or its OSError.
 BatchResult = int | None | OSError
@@ -60,6 +91,14 @@ _TRANSFERS = (OpCode.READ, OpCode.WRITE, OpCode.READV, OpCode.WRITEV)
 _INT_MAX = 0x7FFFFFFF
 _OFF_MAX = (1 << 63) - 1
 _READS = (OpCode.READ, OpCode.READV)
+_SINGLE_USE = "this batch has already run (a Batch is single-use)"
+#: Requests added during an iteration that are handed to the engine together
+#: while the iterator still has results to yield (the rest go before it waits).
+_FLUSH_EVERY = 16
+#: Seconds an iteration may run without waiting before it yields to the loop.
+_SLICE = 0.0005
+_perf = time.perf_counter
+_running_loop = asyncio.get_running_loop
 
 
 def _decode(op: Operation) -> BatchResult:
@@ -78,6 +117,14 @@ def _decode(op: Operation) -> BatchResult:
     raise AssertionError("decode_result returned for a failed request")  # pragma: no cover
 
 
+def _result(op: Operation) -> BatchResult:
+    """:func:`_decode`, with the common case (a read that worked) inline."""
+    res = op.result
+    if res is not None and res >= 0 and op.opcode is _READ:
+        return res
+    return _decode(op)
+
+
 class Batch:
     """Positional reads, writes and syncs submitted together and awaited together.
 
@@ -92,49 +139,67 @@ class Batch:
     All the requests go to the engine in one submission and run concurrently,
     so they are in no particular order relative to each other: a sync in the
     same batch as a write does not wait for it (put it in the next batch).
-    Keep each fd open and each buffer untouched until the batch's await has
-    returned (or its cancellation has reached you).  A request holds its
-    buffer (a ``bytearray`` cannot be resized) from the moment it is added
-    until it has completed, or until the batch is dropped unrun.
+    Keep each fd open and each buffer untouched until the request's result
+    is in your hands (or the cancellation of the await has reached you).  A
+    request holds its buffer (a ``bytearray`` cannot be resized) from the
+    moment it is added until it has completed, or until the batch is dropped
+    unrun.
 
-    A batch is single-use: once :meth:`run` or :meth:`as_completed` has
-    started, adding to it or running it again raises ``RuntimeError``.  Make
-    a new one per round (it is cheap: a list of requests).
+    A batch runs once: after :meth:`run`, or once the iteration of
+    :meth:`as_completed` has ended, adding to it or running it again raises
+    ``RuntimeError``.  Make a new one per round (it is cheap: a list of
+    requests) -- or keep one iteration of :meth:`as_completed` going and
+    add a request for each result it yields.
 
     Args:
         engine: an :class:`xaio.AsyncEngine` to run on; None (the default)
             uses the running loop's default engine, as :func:`xaio.pread` does.
     """
 
-    __slots__ = ("_ops", "_engine", "_started")
+    __slots__ = ("_ops", "_engine", "_started", "_count", "_flight")
 
     def __init__(self, engine: AsyncEngine | None = None) -> None:
         self._ops: list[Operation] = []
         self._engine = engine
         self._started = False
+        self._count = 0  # requests added so far (the next one's index)
+        #: the iteration of as_completed that takes new requests (else None)
+        self._flight: _Flight | None = None
 
     def __len__(self) -> int:
-        return len(self._ops)
+        """How many requests were added (also those added while iterating)."""
+        return self._count
 
     def __repr__(self) -> str:
-        state = "started" if self._started else "not started"
-        return f"<xaio.Batch of {len(self._ops)} requests, {state}>"
+        if self._flight is not None:
+            state = "iterating"
+        else:
+            state = "started" if self._started else "not started"
+        return f"<xaio.Batch of {self._count} requests, {state}>"
 
     # -- adding requests ---------------------------------------------------------
 
     def _add(self, op: Operation) -> int:
-        if self._started:
+        """Take *op*: into the list to run, or -- while :meth:`as_completed`
+        iterates -- to the engine with the iteration's next submission."""
+        i = self._count
+        if not self._started:
+            self._ops.append(op)
+        elif self._flight is not None:
+            self._flight.add(op, i)
+        else:
             op.complete(-errno.ECANCELED)  # give its buffers back
-            raise RuntimeError("this batch has already run (a Batch is single-use)")
-        self._ops.append(op)
-        return len(self._ops) - 1
+            raise RuntimeError(_SINGLE_USE)
+        self._count = i + 1
+        return i
 
     def preadinto(self, fd: int, buf: Any, offset: int) -> int:
         """Add a read from *fd* at *offset* into the writable buffer *buf*
         (``os.preadv(fd, [buf], offset)``; as :func:`xaio.preadinto`).
 
         Returns:
-            The request's index in the results.
+            The request's index: its place in :meth:`run`'s results, and
+            what :meth:`as_completed` yields with its result.
 
         Raises:
             TypeError: *buf* is not a writable bytes-like object; a non-int
@@ -143,6 +208,8 @@ class Batch:
                 (``xaio.InvalidArgument``, also an ``OSError`` EINVAL).
             OSError: ``EBADF`` for a negative fd.
             RuntimeError: the batch has already run.
+            xaio.engine.EngineClosedError: added while iterating, and the
+                engine is closed.
         """
         if not (
             type(fd) is int
@@ -154,17 +221,19 @@ class Batch:
             offset = check_offset(offset)
         op = Operation(_READ, fd, (buf,), offset)
         if self._started:
-            return self._add(op)  # (raises)
+            return self._add(op)
         ops = self._ops
         ops.append(op)
-        return len(ops) - 1
+        i = self._count
+        self._count = i + 1
+        return i
 
     def pwrite(self, fd: int, data: Any, offset: int) -> int:
         """Add a write of the bytes-like *data* to *fd* at *offset*
         (pwrite(2); as :func:`xaio.pwrite`).
 
         Returns:
-            The request's index in the results.
+            The request's index.
 
         Raises:
             TypeError, ValueError, OSError, RuntimeError: as :meth:`preadinto`.
@@ -178,7 +247,7 @@ class Batch:
         (preadv2(2); as :func:`xaio.preadv`, ``RWF_*`` *flags* included).
 
         Returns:
-            The request's index in the results.
+            The request's index.
 
         Raises:
             TypeError, ValueError, OSError, RuntimeError: as :meth:`preadinto`,
@@ -194,7 +263,7 @@ class Batch:
         :func:`xaio.pwritev`, ``RWF_*`` *flags* included).
 
         Returns:
-            The request's index in the results.
+            The request's index.
 
         Raises:
             TypeError, ValueError, OSError, RuntimeError: as :meth:`preadv`.
@@ -208,7 +277,7 @@ class Batch:
         """Add an fsync(2) of *fd* (as :func:`xaio.fsync`); its result is None.
 
         Returns:
-            The request's index in the results.
+            The request's index.
 
         Raises:
             TypeError: *fd* is not an int.
@@ -221,7 +290,7 @@ class Batch:
         """Add an fdatasync(2) of *fd* (as :func:`xaio.fdatasync`); its result is None.
 
         Returns:
-            The request's index in the results.
+            The request's index.
 
         Raises:
             TypeError, ValueError, RuntimeError: as :meth:`fsync`.
@@ -232,10 +301,11 @@ class Batch:
 
     def _begin(self) -> tuple[Driver, list[Operation]]:
         if self._started:
-            raise RuntimeError("this batch has already run (a Batch is single-use)")
+            raise RuntimeError(_SINGLE_USE)
         drv = current_driver() if self._engine is None else self._engine.driver()
         self._started = True
-        return drv, self._ops
+        ops, self._ops = self._ops, []
+        return drv, ops
 
     async def run(self) -> list[BatchResult]:
         """Submit every request in one submission and wait for all of them.
@@ -256,142 +326,334 @@ class Batch:
             xaio.engine.EngineClosedError: the engine is closed.
         """
         drv, ops = self._begin()
-        flight = _Flight(drv, ops)
-        await flight.start()
-        try:
-            for op in flight.sent:
-                if op.state is not _DONE:
-                    await drv._wait(op)
-        except BaseException:
-            await flight.settle()
-            raise
-        out = flight.early
-        for i, op in enumerate(ops):
-            if out[i] is _PENDING:
-                res = op.result
-                out[i] = res if res is not None and res >= 0 and op.opcode is _READ else _decode(op)
-        return out
+        flight = _Flight(drv)
+        await flight.start(ops)
+        if flight.live:
+            await flight.wait(True)
+        return [_result(op) for op in ops]
 
     def as_completed(self) -> AsCompleted:
         """Submit every request in one submission and iterate over
-        ``(index, result)`` pairs as the requests complete::
+        ``(index, result)`` pairs as the requests complete, taking new
+        requests while iterating::
 
             async with batch.as_completed() as landed:
                 async for i, result in landed:
-                    ...
+                    ...                           # use request i's buffer
+                    batch.preadinto(fd, buf, off) # joins this iteration
 
-        Results are as :meth:`run`'s.  The iterator waits for the oldest
-        request still in flight and then yields every request completed by
-        then (those in the order they were added): a request that lands
-        early is yielded no later than the oldest one before it.  Leaving
-        the ``async with`` block (or
-        cancelling the iteration) cancels the requests that have not
-        completed and waits for them; a bare ``async for`` left early leaves
-        them to complete on their own (their buffers stay in use until then).
+        Results are as :meth:`run`'s; each is yielded as soon as it has
+        landed (a group of completions reaped together is yielded in the
+        order the engine reported them, after answers the batch gave
+        without the kernel, such as ``ESPIPE``).  A request added to the
+        batch while the iteration runs (from the loop body, or from another
+        task) is submitted with the iteration's next submission and yielded
+        like the others; the iteration ends once every request added so far
+        has been yielded.  A loop body that adds one request per result
+        keeps as many requests in the kernel as it started with: this is
+        the form to use for a stream of reads (a data loader, a checksummer)
+        at the device's full speed.
+
+        Leaving the ``async with`` block, or cancelling the iteration,
+        cancels every request that has not completed and returns (or lets
+        the cancellation through) once each has: no buffer is in use any
+        more.  A bare ``async for`` left early leaves them to complete on
+        their own (their buffers stay in use until then).
 
         Returns:
             An :class:`AsCompleted` iterator (the requests are submitted on
             its first step).
+
+        Raises:
+            RuntimeError: the batch has already run.
         """
         if self._started:
-            raise RuntimeError("this batch has already run (a Batch is single-use)")
+            raise RuntimeError(_SINGLE_USE)
         return AsCompleted(self)
 
 
-class _Pending:
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "<pending>"
-
-
-_PENDING: Any = _Pending()
-
-
 class _Flight:
-    """The requests of one batch run on one driver."""
+    """The requests of one batch on one driver, from submission until each
+    has landed: their ``on_done`` callback, the list of those that landed,
+    and the one task waiting for them."""
 
-    __slots__ = ("drv", "ops", "sent", "early")
+    __slots__ = (
+        "drv",
+        "trio",
+        "live",
+        "landed",
+        "waiter",
+        "wait_all",
+        "positional",
+        "pending",
+        "flush_scheduled",
+        "on_done",
+    )
 
-    def __init__(self, drv: Driver, ops: list[Operation]) -> None:
+    def __init__(self, drv: Driver) -> None:
         self.drv = drv
-        self.ops = ops
-        #: requests handed to the engine
-        self.sent: list[Operation] = []
-        #: per request: its result if it was answered here, else _PENDING
-        self.early: list[Any] = [_PENDING] * len(ops)
+        self.trio = drv.library == "trio"
+        #: requests handed to the driver that have not landed
+        self.live: set[Operation] = set()
+        #: requests that landed and were not taken yet (index in op.context)
+        self.landed: list[Operation] = []
+        #: the waiting task: an asyncio Future, a trio task or _TrioCancel
+        self.waiter: Any = None
+        #: wake the waiter only once nothing is live (else at every landing)
+        self.wait_all = False
+        #: per fd, check_positional's answer for the requests being submitted
+        self.positional: dict[int, int | OSError] = {}
+        #: requests added while iterating, for the next submission
+        self.pending: list[Operation] = []
+        self.flush_scheduled = False
+        self.on_done = self._on_done
 
-    def _prepare(self) -> None:
-        """Answer here what the kernel would answer at once (ESPIPE, zero
-        length, RWF_NOWAIT on a buffered file); the rest is to be sent."""
-        early = self.early
-        sent = self.sent
-        answers: dict[int, int | OSError] = {}  # per fd: check_positional's answer
-        for i, op in enumerate(self.ops):
-            if op.opcode not in _TRANSFERS:
-                sent.append(op)
-                continue
-            fd = op.fd
-            answer = answers.get(fd)
-            if answer is None:
-                try:
-                    answer = check_positional(fd)
-                except OSError as e:
-                    answer = e
-                answers[fd] = answer
-            if isinstance(answer, OSError):
-                early[i] = OSError(answer.errno, answer.strerror)
-                abandon(op)
-                continue
+    # -- completion ----------------------------------------------------------------
+
+    def _on_done(self, op: Operation) -> None:
+        """A request of this batch completed (in the loop's thread)."""
+        self.drv._inflight -= 1
+        live = self.live
+        live.discard(op)
+        self.landed.append(op)
+        w = self.waiter
+        if w is not None and (not live or not self.wait_all):
+            self.waiter = None
+            self._wake(w)
+
+    def _wake(self, w: Any) -> None:
+        if not self.trio:
+            if not w.done():
+                w.set_result(None)
+        elif type(w) is _TrioCancel:
+            self.drv._lowlevel.reschedule(w.task, self.drv._outcome.capture(w.raise_cancel))  # type: ignore[attr-defined]
+        else:
+            self.drv._lowlevel.reschedule(w)  # type: ignore[attr-defined]
+
+    # -- submission ----------------------------------------------------------------
+
+    def _answer(self, op: Operation) -> bool:
+        """Answer *op* here if the kernel would answer it at once (ESPIPE,
+        a zero length, RWF_NOWAIT on a buffered file): True if it was."""
+        if op.opcode not in _TRANSFERS:
+            return False
+        fd = op.fd
+        positional = self.positional
+        answer = positional.get(fd)
+        if answer is None:
+            try:
+                answer = check_positional(fd)
+            except OSError as e:
+                answer = e
+            positional[fd] = answer
+        if isinstance(answer, OSError):
+            res = -(answer.errno or errno.EBADF)
+        else:
             op.kind = answer  # the engine routes by it without looking again
-            if op.flags or len(op.pins) != 1 or not op.pins[0].nbytes:
-                if not op.nbytes or (op.flags & _RWF_NOWAIT and not is_direct(fd)):
-                    early[i] = self._now(op)
-                else:
-                    sent.append(op)
-            else:
-                sent.append(op)
+            if not (op.flags or len(op.pins) != 1 or not op.pins[0].nbytes):
+                return False
+            if op.nbytes and not (op.flags & _RWF_NOWAIT and not is_direct(fd)):
+                return False
+            res = self._now(op)
+        op.on_done = None
+        op.complete(res)
+        self.landed.append(op)
+        w = self.waiter
+        if w is not None and not self.wait_all:  # added by another task
+            self.waiter = None
+            self._wake(w)
+        return True
 
     @staticmethod
-    def _now(op: Operation) -> BatchResult:
+    def _now(op: Operation) -> int:
         """Do *op* in this thread: the system call's own answer for a
-        zero-length transfer or a ``RWF_NOWAIT`` one (which never waits)."""
-        bufs = op.buffers
-        abandon(op)
+        zero-length transfer or a ``RWF_NOWAIT`` one (which never waits);
+        bytes transferred or -errno."""
         try:
             if op.opcode in _READS:
-                return os.preadv(op.fd, bufs, op.offset, op.flags)
-            return os.pwritev(op.fd, bufs, op.offset, op.flags)
+                return os.preadv(op.fd, op.buffers, op.offset, op.flags)
+            return os.pwritev(op.fd, op.buffers, op.offset, op.flags)
         except OSError as e:
-            return e
+            return -(e.errno or errno.EIO)
 
-    async def start(self) -> None:
+    async def start(self, ops: list[Operation]) -> None:
+        """Answer what can be answered here and hand the rest of *ops* to
+        the engine in one submission (trio: a checkpoint before, and after
+        if nothing needs waiting for)."""
         drv = self.drv
-        await drv._checkpoint_if_cancelled()
+        if self.trio:
+            await drv._lowlevel.checkpoint_if_cancelled()  # type: ignore[attr-defined]
         try:
-            self._prepare()
-            if self.sent:
-                drv.start_all(self.sent)
+            sent = []
+            for i, op in enumerate(ops):
+                op.context = i
+                if not self._answer(op):
+                    sent.append(op)
+            self.positional.clear()
+            if sent:
+                self._submit(sent)
         except BaseException:
-            for op in self.ops:
+            for op in ops:
                 abandon(op)
             raise
-        if all(op.state is _DONE for op in self.sent):
-            await drv._cancel_shielded_checkpoint()
+        if self.trio and not self.live:
+            await drv._lowlevel.cancel_shielded_checkpoint()  # type: ignore[attr-defined]
+
+    def _submit(self, ops: list[Operation]) -> None:
+        """Hand *ops* to the engine in one ``submit`` and reap right after
+        (what completed inside the submission lands without a round trip).
+        When it raises, no operation was taken."""
+        drv = self.drv
+        if drv.closed:
+            raise EngineClosedError("the engine is closed")
+        on_done = self.on_done
+        for op in ops:
+            op.on_done = on_done
+        self.live.update(ops)
+        drv._inflight += len(ops)
+        try:
+            drv.engine.submit(ops)
+        except BaseException:
+            drv._inflight -= len(ops)
+            self.live.difference_update(ops)
+            for op in ops:
+                op.on_done = None
+            raise
+        if drv._uring:
+            drv.engine.reap(0)
+
+    def add(self, op: Operation, index: int) -> None:
+        """Take *op* (request *index*) into the running iteration: answered
+        here, or pending for the iteration's next submission."""
+        if self.drv.closed:
+            op.complete(-errno.ECANCELED)  # give its buffers back
+            raise EngineClosedError("the engine is closed")
+        op.context = index
+        if self._answer(op):
+            return
+        self.pending.append(op)
+        if not self.flush_scheduled:
+            # the iterator submits these as it goes; this is for a loop body
+            # that awaits something else before asking for the next result
+            self.flush_scheduled = True
+            self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if self.trio:
+            token = self.drv._token  # type: ignore[attr-defined]
+            token.run_sync_soon(self._flush_soon)
+        else:
+            _running_loop().call_soon(self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self.flush_scheduled = False
+        if self.pending:
+            self.flush()
+
+    def flush(self) -> None:
+        """Submit the pending requests (one ``engine.submit``); if the
+        engine refuses them, each fails with its errno (it lands)."""
+        ops, self.pending = self.pending, []
+        self.positional.clear()
+        try:
+            self._submit(ops)
+        except Exception as e:
+            err = e.errno if isinstance(e, OSError) and e.errno else errno.EIO
+            if isinstance(e, EngineClosedError):
+                err = errno.ECANCELED
+            for op in ops:
+                if op.state is OpState.QUEUED:
+                    op.on_done = None
+                    op.complete(-err)
+                    self.landed.append(op)
+        except BaseException:
+            for op in ops:
+                abandon(op)
+            raise
+
+    # -- waiting -------------------------------------------------------------------
+
+    def cancel_all(self) -> None:
+        """Cancel every request of this batch that has not landed: the
+        pending ones here, the others in the kernel."""
+        for op in self.pending:
+            abandon(op)
+        self.pending.clear()
+        drv = self.drv
+        for op in list(self.live):
+            drv._cancel_in_engine(op)
+
+    async def wait(self, wait_all: bool) -> None:
+        """Wait until a request lands (*wait_all*: until none is live).
+
+        On cancellation every request still live is cancelled, and the
+        cancellation is let through once each has landed (through further
+        cancellations): no buffer is in use any more."""
+        if self.trio:
+            await self._wait_trio(wait_all)
+            return
+        fut = _running_loop().create_future()
+        self.waiter = fut
+        self.wait_all = wait_all
+        try:
+            await fut
+        except BaseException:
+            self.waiter = None
+            await self.settle()
+            raise
+
+    async def _wait_trio(self, wait_all: bool) -> None:
+        ll = self.drv._lowlevel  # type: ignore[attr-defined]
+        task = ll.current_task()
+        self.waiter = task
+        self.wait_all = wait_all
+
+        def abort(raise_cancel: Any) -> Any:
+            self.waiter = None
+            self.cancel_all()
+            if not self.live:
+                return ll.Abort.SUCCEEDED
+            # landed by on_done once the last live request has landed
+            self.waiter = _TrioCancel(task, raise_cancel)
+            self.wait_all = True
+            return ll.Abort.FAILED
+
+        await ll.wait_task_rescheduled(abort)
+
+    async def pause(self) -> None:
+        """Let the loop run its other tasks once (with :meth:`wait`'s
+        cancellation rule)."""
+        try:
+            if self.trio:
+                await self.drv._lowlevel.checkpoint()  # type: ignore[attr-defined]
+            else:
+                await asyncio.sleep(0)
+        except BaseException:
+            await self.settle()
+            raise
 
     async def settle(self) -> None:
-        """Cancel every request still in the kernel, then wait until each
-        has completed, through further cancellations."""
-        drv = self.drv
-        pending = [op for op in self.sent if op.state is not _DONE]
-        for op in pending:
-            drv._cancel_in_engine(op)
-        for op in pending:
-            while op.state is not _DONE:
+        """Cancel every request that has not landed and wait until each
+        has; a cancellation that comes meanwhile is let through afterwards."""
+        self.cancel_all()
+        if self.trio:
+            while self.live:
+                await self._wait_trio(True)  # cancelled: lets it through once settled
+        else:
+            cancelled = False
+            loop = _running_loop()
+            while self.live:
+                fut = loop.create_future()
+                self.waiter = fut
+                self.wait_all = True
                 try:
-                    await drv._wait_after_cancel(op)
-                except BaseException:
-                    continue
+                    await fut
+                except asyncio.CancelledError:
+                    cancelled = True
+                finally:
+                    self.waiter = None
+            if cancelled:
+                raise asyncio.CancelledError
 
 
 class AsCompleted:
@@ -399,74 +661,100 @@ class AsCompleted:
     pairs as requests complete; an async context manager whose exit cancels
     and waits for the requests that have not completed."""
 
-    __slots__ = ("_batch", "_flight", "_ready", "_next", "_closed")
+    __slots__ = ("_batch", "_flight", "_ready", "_next", "_closed", "_since")
 
     def __init__(self, batch: Batch) -> None:
         self._batch = batch
         self._flight: _Flight | None = None
-        self._ready: list[tuple[int, BatchResult]] = []
+        self._ready: list[Operation] = []
         self._next = 0  # index in _ready
         self._closed = False
+        self._since = 0.0  # when the iteration last waited or yielded
 
     def __aiter__(self) -> AsCompleted:
         return self
 
     async def __anext__(self) -> tuple[int, BatchResult]:
-        flight = self._flight
-        if flight is None:
-            if self._closed:
-                raise StopAsyncIteration
-            drv, ops = self._batch._begin()
-            flight = self._flight = _Flight(drv, ops)
-            await flight.start()
-            self._collect()
-        while self._next >= len(self._ready):
-            if self._closed:
-                raise StopAsyncIteration
-            waiting = next((op for op in flight.sent if op.state is not _DONE), None)
-            if waiting is None:
-                self._collect()
-                if self._next >= len(self._ready):
-                    self._closed = True
-                    raise StopAsyncIteration
-                break
-            try:
-                await flight.drv._wait(waiting)
-            except BaseException:
-                self._closed = True
-                await flight.settle()
-                raise
-            self._collect()
-        item = self._ready[self._next]
-        self._next += 1
-        return item
-
-    def _collect(self) -> None:
-        """Move every request answered or completed since the last look to
-        the ready list (in the order they were added)."""
-        flight = self._flight
-        assert flight is not None
-        early = flight.early
         ready = self._ready
-        for i, op in enumerate(flight.ops):
-            r = early[i]
-            if r is _PENDING and op.state is _DONE:
-                early[i] = r = _Reported(_decode(op))
-                ready.append((i, r.value))
-            elif r is not _PENDING and type(r) is not _Reported:
-                early[i] = _Reported(r)
-                ready.append((i, r))
+        i = self._next
+        if i < len(ready):
+            fl = self._flight
+            if fl is not None and len(fl.pending) >= _FLUSH_EVERY:
+                fl.flush()
+            op = ready[i]
+            self._next = i + 1
+            return op.context, _result(op)
+        return await self._refill()
+
+    async def _refill(self) -> tuple[int, BatchResult]:
+        """Take the next group of landed requests, submitting what was added
+        and waiting if nothing has landed; the first of the group."""
+        fl = self._flight
+        if fl is None:
+            if self._closed:
+                raise StopAsyncIteration
+            batch = self._batch
+            drv, ops = batch._begin()
+            fl = self._flight = _Flight(drv)
+            batch._flight = fl
+            self._since = _perf()
+            try:
+                await fl.start(ops)
+            except BaseException:
+                self._end()
+                raise
+        while True:
+            if self._closed:
+                raise StopAsyncIteration
+            if fl.pending:
+                fl.flush()
+            elif fl.live and not fl.landed and fl.drv._uring:
+                fl.drv.engine.reap(0)  # a look at the ring: no system call
+            if fl.landed:
+                if _perf() - self._since > _SLICE:
+                    try:
+                        await fl.pause()
+                    except BaseException:
+                        self._end()
+                        raise
+                    self._since = _perf()
+                    continue
+                break
+            if not fl.live:
+                self._end()
+                raise StopAsyncIteration
+            try:
+                await fl.wait(False)
+            except BaseException:
+                self._end()
+                raise
+            self._since = _perf()
+        ready, fl.landed = fl.landed, []
+        self._ready = ready
+        self._next = 1
+        op = ready[0]
+        return op.context, _result(op)
+
+    def _end(self) -> None:
+        """The iteration is over: requests added from now on are refused."""
+        self._closed = True
+        self._ready = []
+        self._next = 0
+        self._batch._flight = None
 
     async def aclose(self) -> None:
         """Stop iterating: cancel the requests that have not completed and
         wait for them (a batch not started yet is not started)."""
-        self._closed = True
-        if self._flight is not None:
-            await self._flight.settle()
+        fl = self._flight
+        if not self._closed:
+            self._end()
+        if fl is not None:
+            await fl.settle()
         elif not self._batch._started:
             self._batch._started = True  # it will not run: give the buffers back
             for op in self._batch._ops:
                 abandon(op)
+            self._batch._ops = []
 
     async def __aenter__(self) -> AsCompleted:
         return self
@@ -478,10 +766,3 @@ class AsCompleted:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
-
-
-class _Reported:
-    __slots__ = ("value",)
-
-    def __init__(self, value: BatchResult) -> None:
-        self.value = value
