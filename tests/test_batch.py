@@ -389,3 +389,186 @@ def test_buffer_pool_in_a_direct_batch(lib: str, engine_name: str, direct_fd: in
         assert len(pool) == 16
 
     run(lib, main)
+
+
+def test_as_completed_takes_requests_while_iterating(
+    lib: str, engine_name: str, data_path: Path
+) -> None:
+    """A loop body that adds a read per result keeps the batch going: every
+    request is yielded once, with the bytes at its offset, the adds reach
+    the engine in groups (not one submission each), and when the iteration
+    ends nothing is in flight and every buffer is free."""
+    expected = pattern(1 << 20)
+    total = 600
+
+    async def main() -> None:
+        fd = os.open(data_path, os.O_RDONLY)
+        drv = current_driver()
+        calls: list[int] = []
+        submit = drv.engine.submit
+
+        def counting_submit(ops: Any) -> int:
+            calls.append(len(ops))
+            return submit(ops)
+
+        drv.engine.submit = counting_submit  # type: ignore[method-assign]
+        try:
+            batch = xaio.Batch()
+            where: dict[int, tuple[bytearray, int]] = {}
+            pool = [bytearray(4096) for _ in range(64)]
+
+            def add(buf: bytearray) -> None:
+                off = (len(batch) * 7919) % 255 * 4096 + len(batch) % 7
+                where[batch.preadinto(fd, buf, off)] = (buf, off)
+
+            for buf in pool:
+                add(buf)
+            seen = []
+            async with batch.as_completed() as landed:
+                async for i, result in landed:
+                    buf, off = where.pop(i)
+                    assert result == 4096
+                    assert bytes(buf) == expected[off : off + 4096]
+                    seen.append(i)
+                    if len(batch) < total:
+                        add(buf)
+            assert sorted(seen) == list(range(total)) and len(batch) == total
+            assert not where
+            assert drv._inflight == 0
+            assert all(resizable(b) for b in pool)
+            assert sum(calls) == total and len(calls) <= total // 4, calls
+            with pytest.raises(RuntimeError, match="single-use"):
+                batch.preadinto(fd, pool[0], 0)
+            assert resizable(pool[0])
+        finally:
+            drv.engine.submit = submit  # type: ignore[method-assign]
+            os.close(fd)
+
+    run(lib, main)
+
+
+def test_as_completed_wakes_once_per_reaped_group(
+    lib: str, engine_name: str, data_path: Path
+) -> None:
+    """The iterating task is woken at most once per engine reap that
+    delivered something (never once per request)."""
+    from xaio._async import _batch
+
+    async def main() -> None:
+        fd = os.open(data_path, os.O_RDONLY | os.O_DIRECT)
+        drv = current_driver()
+        reaps = 0
+        reap = drv.engine.reap
+
+        def counting_reap(*args: Any, **kw: Any) -> int:
+            nonlocal reaps
+            n = reap(*args, **kw)
+            reaps += n > 0
+            return n
+
+        parks = 0
+        wait = _batch._Flight.wait
+
+        async def counting_wait(self: Any, wait_all: bool) -> None:
+            nonlocal parks
+            parks += 1
+            await wait(self, wait_all)
+
+        drv.engine.reap = counting_reap  # type: ignore[method-assign]
+        _batch._Flight.wait = counting_wait  # type: ignore[method-assign]
+        try:
+            batch = xaio.Batch()
+            bufs = [xaio.aligned_buffer(4096) for _ in range(128)]
+            for i, buf in enumerate(bufs):
+                batch.preadinto(fd, buf, i * 8192)
+            got = [i async for i, _ in batch.as_completed()]
+        finally:
+            drv.engine.reap = reap  # type: ignore[method-assign]
+            _batch._Flight.wait = wait  # type: ignore[method-assign]
+            os.close(fd)
+        assert sorted(got) == list(range(128))
+        assert parks <= reaps + 1, (parks, reaps)
+
+    try:
+        run(lib, main)
+    except OSError as e:  # pragma: no cover - a file system without O_DIRECT
+        pytest.skip(f"O_DIRECT not supported here: {e}")
+
+
+def test_as_completed_streamed_failures_fail_only_themselves(
+    lib: str, engine_name: str, data_path: Path
+) -> None:
+    """Requests added while iterating get their own errno, as os gives it,
+    and the others their bytes."""
+    ro = os.open(data_path, os.O_RDONLY)
+    wo = os.open(data_path, os.O_WRONLY)
+    r, w = os.pipe()
+
+    async def main() -> dict[int, Any]:
+        batch = xaio.Batch()
+        batch.preadinto(ro, bytearray(8), 0)
+        got: dict[int, Any] = {}
+        async with batch.as_completed() as landed:
+            async for i, result in landed:
+                got[i] = result
+                if i == 0:
+                    batch.preadinto(r, bytearray(4), 0)  # 1: ESPIPE
+                    batch.pwrite(ro, b"x", 0)  # 2: EBADF
+                    batch.preadinto(wo, bytearray(4), 0)  # 3: EBADF
+                    batch.preadinto(ro, bytearray(5), 4096)  # 4: 5 bytes
+                    batch.preadinto(ro, bytearray(0), 0)  # 5: zero length
+        return got
+
+    try:
+        got = run(lib, main)
+    finally:
+        for fd in (ro, wo, r, w):
+            os.close(fd)
+    assert sorted(got) == list(range(6))
+    assert got[0] == 8 and got[4] == 5 and got[5] == 0
+    errors = [got[i] for i in (1, 2, 3)]
+    assert all(isinstance(e, OSError) for e in errors), errors
+    assert [e.errno for e in errors] == [errno.ESPIPE, errno.EBADF, errno.EBADF]
+
+
+async def _cancel_stream_in_flight(fd: int, limit: int) -> tuple[list[bytearray], bool, int]:
+    """Stream cold 64 KiB reads (a new one per result) and cancel the
+    iteration from outside after *limit* results; return the buffers,
+    whether the iteration was cancelled, and how many results it saw."""
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    bufs = [bytearray(65536) for _ in range(32)]
+    batch = xaio.Batch()
+    slot: dict[int, bytearray] = {}
+    for i, buf in enumerate(bufs):
+        slot[batch.preadinto(fd, buf, (i * 37 % 256) * 65536)] = buf
+    seen = 0
+    cancelled = True
+    with anyio.CancelScope() as scope:
+        async with batch.as_completed() as landed:
+            async for i, _result in landed:
+                seen += 1
+                if seen == limit:
+                    scope.cancel()  # delivered at the iteration's next wait
+                buf = slot.pop(i)
+                slot[batch.preadinto(fd, buf, (len(batch) * 37 % 256) * 65536)] = buf
+        cancelled = False
+    return bufs, cancelled, seen
+
+
+def test_as_completed_cancelled_while_streaming(lib: str, engine_name: str, tmp_path: Path) -> None:
+    """Cancelling an iteration that keeps adding requests cancels every
+    request not yet landed (those queued for the next submission too) and
+    lets the cancellation through only once each has completed."""
+    _, fd = _cold_file(tmp_path)
+
+    async def main() -> None:
+        for limit in (1, 5, 40):
+            bufs, cancelled, seen = await _cancel_stream_in_flight(fd, limit)
+            assert cancelled and seen >= limit
+            assert current_driver()._inflight == 0
+            assert all(resizable(b) for b in bufs)
+
+    try:
+        run(lib, main)
+    finally:
+        os.close(fd)

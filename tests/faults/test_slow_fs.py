@@ -241,3 +241,52 @@ def test_cancel_and_close_with_a_slow_request(
         assert engine.statistics()["name"] == engine_name
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("lib", ["asyncio", "trio"])
+def test_batch_as_completed_yields_what_lands_first(
+    engine_name: str, lib: str, slow_file: str, tmp_path: Any, no_leaks: None
+) -> None:
+    """A batch iterated with ``as_completed`` yields each result as it lands:
+    the reads of a local file come out while the first request, on the slow
+    file system, is still in flight; then the iteration waits for it.  Left
+    early, the iteration cancels what is in flight and returns once its
+    buffer is free."""
+    from tests.conftest import resizable
+
+    local = tmp_path / "local.bin"
+    local.write_bytes(bytes(range(256)) * 64)
+    slow = os.open(slow_file, os.O_RDONLY)
+    fast = os.open(local, os.O_RDONLY)
+
+    async def main() -> None:
+        batch = xaio.Batch()
+        slow_buf = bytearray(4096)
+        batch.preadinto(slow, slow_buf, 0)
+        for i in range(8):
+            batch.preadinto(fast, bytearray(512), i * 512)
+        t0 = time.monotonic()
+        order = []
+        async with batch.as_completed() as landed:
+            async for i, result in landed:
+                order.append((i, result, time.monotonic() - t0))
+        assert [i for i, _, _ in order][-1] == 0, order
+        assert sorted(i for i, _, _ in order) == list(range(9))
+        assert order[0][2] < DELAY / 2, order
+        assert order[-1][1] == 4096 and order[-1][2] >= DELAY * 0.9
+        assert bytes(slow_buf) == bytes(range(256)) * 16
+
+        batch = xaio.Batch()
+        batch.preadinto(slow, slow_buf, 4096)
+        batch.preadinto(fast, bytearray(512), 0)
+        async with batch.as_completed() as landed:
+            async for i, _result in landed:
+                assert i == 1
+                break
+        assert resizable(slow_buf)  # the slow read completed or was cancelled
+
+    try:
+        run(lib, main)
+    finally:
+        os.close(slow)
+        os.close(fast)

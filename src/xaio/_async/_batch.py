@@ -503,24 +503,13 @@ class _Flight:
         """Hand *ops* to the engine in one ``submit`` and reap right after
         (what completed inside the submission lands without a round trip).
         When it raises, no operation was taken."""
-        drv = self.drv
-        if drv.closed:
-            raise EngineClosedError("the engine is closed")
-        on_done = self.on_done
-        for op in ops:
-            op.on_done = on_done
-        self.live.update(ops)
-        drv._inflight += len(ops)
+        live = self.live
+        live.update(ops)
         try:
-            drv.engine.submit(ops)
+            self.drv.start_all(ops, self.on_done)
         except BaseException:
-            drv._inflight -= len(ops)
-            self.live.difference_update(ops)
-            for op in ops:
-                op.on_done = None
+            live.difference_update(ops)
             raise
-        if drv._uring:
-            drv.engine.reap(0)
 
     def add(self, op: Operation, index: int) -> None:
         """Take *op* (request *index*) into the running iteration: answered

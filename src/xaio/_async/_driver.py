@@ -327,14 +327,18 @@ class Driver:
         if self._reap_after_submit:
             engine.reap(0)
 
-    def start_all(self, ops: Sequence[Operation]) -> None:
+    def start_all(
+        self, ops: Sequence[Operation], on_done: Callable[[Operation], None] | None = None
+    ) -> None:
         """Hand every operation of *ops* to the engine in one ``submit``
         (:class:`xaio.Batch`), whatever is in flight, and reap right after.
-        Each completes through this driver's ``on_done`` as :meth:`_start`'s
-        do.  When it raises, no operation was taken."""
+        Each completes through *on_done* (default: this driver's, as
+        :meth:`_start`'s do); a caller's own *on_done* takes each out of
+        ``_inflight`` itself.  When it raises, no operation was taken."""
         if self.closed:
             raise EngineClosedError("the engine is closed")
-        on_done = self._on_done
+        if on_done is None:
+            on_done = self._on_done
         for op in ops:
             op.on_done = on_done
         self._inflight += len(ops)
