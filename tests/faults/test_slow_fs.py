@@ -21,7 +21,7 @@ import pytest
 import xaio
 from tests.faults._fusefs import FaultFS
 from tests.faults._measure import LagMeter
-from tests.support import run
+from tests.support import resizable, run
 from xaio.engine import (
     KIND_BLOCKING,
     KIND_BUFFERED,
@@ -252,8 +252,6 @@ def test_batch_as_completed_yields_what_lands_first(
     file system, is still in flight; then the iteration waits for it.  Left
     early, the iteration cancels what is in flight and returns once its
     buffer is free."""
-    from tests.conftest import resizable
-
     local = tmp_path / "local.bin"
     local.write_bytes(bytes(range(256)) * 64)
     slow = os.open(slow_file, os.O_RDONLY)

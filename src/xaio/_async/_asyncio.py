@@ -17,7 +17,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from xaio._async._driver import _STREAK, Driver, abandon
+from xaio._async._driver import _STREAK, Driver, Parked, abandon
 from xaio._ops import Operation, OpState, decode_result
 from xaio.engine import Engine
 
@@ -186,6 +186,39 @@ class AsyncioDriver(Driver):
 
     async def _wait_after_cancel(self, op: Operation) -> None:
         await self._cancel_and_wait(op)
+
+    async def _park(self, parked: Parked, on_cancel: Callable[[], bool]) -> None:
+        fut = _running_loop().create_future()
+        parked.waiter = fut
+        try:
+            await fut
+        except asyncio.CancelledError:
+            parked.waiter = None
+            if not on_cancel():
+                loop = _running_loop()
+                while True:  # until _unpark, through further cancellations
+                    fut = parked.waiter = loop.create_future()
+                    try:
+                        await fut
+                        break
+                    except asyncio.CancelledError:
+                        if parked.waiter is None:
+                            break  # _unpark came, then a cancellation
+                        parked.waiter = None
+            raise
+
+    def _unpark(self, parked: Parked) -> None:
+        fut = parked.waiter
+        if fut is not None:
+            parked.waiter = None
+            if not fut.done():
+                fut.set_result(None)
+
+    async def _checkpoint(self) -> None:
+        await asyncio.sleep(0)
+
+    def _call_soon(self, fn: Callable[[], None]) -> None:
+        _running_loop().call_soon(fn)
 
     def _sibling(self, engine: Engine) -> Driver:
         return AsyncioDriver(engine, asyncio.get_running_loop())

@@ -52,7 +52,6 @@ more.  Leaving an ``async with batch.as_completed()`` block does the same.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import time
@@ -71,8 +70,7 @@ from xaio._async._checks import (
     is_direct,
 )
 from xaio._async._current import current_driver
-from xaio._async._driver import Driver, abandon
-from xaio._async._trio import _TrioCancel
+from xaio._async._driver import Driver, Parked, abandon
 from xaio._ops import OpCode, Operation, OpState, decode_result
 from xaio.engine import EngineClosedError
 
@@ -98,7 +96,6 @@ _FLUSH_EVERY = 16
 #: Seconds an iteration may run without waiting before it yields to the loop.
 _SLICE = 0.0005
 _perf = time.perf_counter
-_running_loop = asyncio.get_running_loop
 
 
 def _decode(op: Operation) -> BatchResult:
@@ -372,17 +369,15 @@ class Batch:
         return AsCompleted(self)
 
 
-class _Flight:
+class _Flight(Parked):
     """The requests of one batch on one driver, from submission until each
     has landed: their ``on_done`` callback, the list of those that landed,
-    and the one task waiting for them."""
+    and the one task waiting for them (``waiter``, see :class:`Parked`)."""
 
     __slots__ = (
         "drv",
-        "trio",
         "live",
         "landed",
-        "waiter",
         "wait_all",
         "positional",
         "pending",
@@ -391,14 +386,12 @@ class _Flight:
     )
 
     def __init__(self, drv: Driver) -> None:
+        super().__init__()
         self.drv = drv
-        self.trio = drv.library == "trio"
         #: requests handed to the driver that have not landed
         self.live: set[Operation] = set()
         #: requests that landed and were not taken yet (index in op.context)
         self.landed: list[Operation] = []
-        #: the waiting task: an asyncio Future, a trio task or _TrioCancel
-        self.waiter: Any = None
         #: wake the waiter only once nothing is live (else at every landing)
         self.wait_all = False
         #: per fd, check_positional's answer for the requests being submitted
@@ -416,19 +409,8 @@ class _Flight:
         live = self.live
         live.discard(op)
         self.landed.append(op)
-        w = self.waiter
-        if w is not None and (not live or not self.wait_all):
-            self.waiter = None
-            self._wake(w)
-
-    def _wake(self, w: Any) -> None:
-        if not self.trio:
-            if not w.done():
-                w.set_result(None)
-        elif type(w) is _TrioCancel:
-            self.drv._lowlevel.reschedule(w.task, self.drv._outcome.capture(w.raise_cancel))  # type: ignore[attr-defined]
-        else:
-            self.drv._lowlevel.reschedule(w)  # type: ignore[attr-defined]
+        if self.waiter is not None and (not live or not self.wait_all):
+            self.drv._unpark(self)
 
     # -- submission ----------------------------------------------------------------
 
@@ -458,10 +440,8 @@ class _Flight:
         op.on_done = None
         op.complete(res)
         self.landed.append(op)
-        w = self.waiter
-        if w is not None and not self.wait_all:  # added by another task
-            self.waiter = None
-            self._wake(w)
+        if self.waiter is not None and not self.wait_all:  # added by another task
+            self.drv._unpark(self)
         return True
 
     @staticmethod
@@ -481,8 +461,7 @@ class _Flight:
         the engine in one submission (trio: a checkpoint before, and after
         if nothing needs waiting for)."""
         drv = self.drv
-        if self.trio:
-            await drv._lowlevel.checkpoint_if_cancelled()  # type: ignore[attr-defined]
+        await drv._checkpoint_if_cancelled()
         try:
             sent = []
             for i, op in enumerate(ops):
@@ -496,8 +475,8 @@ class _Flight:
             for op in ops:
                 abandon(op)
             raise
-        if self.trio and not self.live:
-            await drv._lowlevel.cancel_shielded_checkpoint()  # type: ignore[attr-defined]
+        if not self.live:
+            await drv._cancel_shielded_checkpoint()
 
     def _submit(self, ops: list[Operation]) -> None:
         """Hand *ops* to the engine in one ``submit`` and reap right after
@@ -525,14 +504,7 @@ class _Flight:
             # the iterator submits these as it goes; this is for a loop body
             # that awaits something else before asking for the next result
             self.flush_scheduled = True
-            self._schedule_flush()
-
-    def _schedule_flush(self) -> None:
-        if self.trio:
-            token = self.drv._token  # type: ignore[attr-defined]
-            token.run_sync_soon(self._flush_soon)
-        else:
-            _running_loop().call_soon(self._flush_soon)
+            self.drv._call_soon(self._flush_soon)
 
     def _flush_soon(self) -> None:
         self.flush_scheduled = False
@@ -572,51 +544,29 @@ class _Flight:
         for op in list(self.live):
             drv._cancel_in_engine(op)
 
+    def _on_cancel(self) -> bool:
+        """The waiting task is cancelled: cancel what has not landed; True
+        if nothing is left to wait for (else wake only once all landed)."""
+        self.cancel_all()
+        if not self.live:
+            return True
+        self.wait_all = True
+        return False
+
     async def wait(self, wait_all: bool) -> None:
         """Wait until a request lands (*wait_all*: until none is live).
 
-        On cancellation every request still live is cancelled, and the
+        On cancellation every request not landed is cancelled, and the
         cancellation is let through once each has landed (through further
         cancellations): no buffer is in use any more."""
-        if self.trio:
-            await self._wait_trio(wait_all)
-            return
-        fut = _running_loop().create_future()
-        self.waiter = fut
         self.wait_all = wait_all
-        try:
-            await fut
-        except BaseException:
-            self.waiter = None
-            await self.settle()
-            raise
-
-    async def _wait_trio(self, wait_all: bool) -> None:
-        ll = self.drv._lowlevel  # type: ignore[attr-defined]
-        task = ll.current_task()
-        self.waiter = task
-        self.wait_all = wait_all
-
-        def abort(raise_cancel: Any) -> Any:
-            self.waiter = None
-            self.cancel_all()
-            if not self.live:
-                return ll.Abort.SUCCEEDED
-            # landed by on_done once the last live request has landed
-            self.waiter = _TrioCancel(task, raise_cancel)
-            self.wait_all = True
-            return ll.Abort.FAILED
-
-        await ll.wait_task_rescheduled(abort)
+        await self.drv._park(self, self._on_cancel)
 
     async def pause(self) -> None:
         """Let the loop run its other tasks once (with :meth:`wait`'s
         cancellation rule)."""
         try:
-            if self.trio:
-                await self.drv._lowlevel.checkpoint()  # type: ignore[attr-defined]
-            else:
-                await asyncio.sleep(0)
+            await self.drv._checkpoint()
         except BaseException:
             await self.settle()
             raise
@@ -625,24 +575,8 @@ class _Flight:
         """Cancel every request that has not landed and wait until each
         has; a cancellation that comes meanwhile is let through afterwards."""
         self.cancel_all()
-        if self.trio:
-            while self.live:
-                await self._wait_trio(True)  # cancelled: lets it through once settled
-        else:
-            cancelled = False
-            loop = _running_loop()
-            while self.live:
-                fut = loop.create_future()
-                self.waiter = fut
-                self.wait_all = True
-                try:
-                    await fut
-                except asyncio.CancelledError:
-                    cancelled = True
-                finally:
-                    self.waiter = None
-            if cancelled:
-                raise asyncio.CancelledError
+        while self.live:
+            await self.wait(True)
 
 
 class AsCompleted:
@@ -697,7 +631,7 @@ class AsCompleted:
                 raise StopAsyncIteration
             if fl.pending:
                 fl.flush()
-            elif fl.live and not fl.landed and fl.drv._uring:
+            elif fl.live and not fl.landed and fl.drv._reap_after_submit:
                 fl.drv.engine.reap(0)  # a look at the ring: no system call
             if fl.landed:
                 if _perf() - self._since > _SLICE:

@@ -205,6 +205,16 @@ def _first_read_size(fd: int, n: int, offset: int, direct: bool) -> int:
 # ---------------------------------------------------------------------------------
 
 
+class Parked:
+    """A task parked by :meth:`Driver._park`: ``waiter`` holds what wakes it
+    (an asyncio Future, a trio task) while it is parked, else None."""
+
+    __slots__ = ("waiter",)
+
+    def __init__(self) -> None:
+        self.waiter: Any = None
+
+
 class Driver:
     """One engine bound to one running event loop (see the module essay).
 
@@ -276,6 +286,31 @@ class Driver:
 
     def _sibling(self, engine: Engine) -> Driver:
         """A new driver for *engine* on this driver's loop (owning it)."""
+        raise NotImplementedError
+
+    async def _park(self, parked: Parked, on_cancel: Callable[[], bool]) -> None:
+        """Suspend the running task until :meth:`_unpark` is called with
+        *parked* (which holds what wakes it meanwhile).
+
+        If the task is cancelled while parked, ``on_cancel()`` is called
+        (in the loop's thread, possibly inside trio's abort): True means
+        nothing is left to wait for, and the cancellation is raised at once;
+        False means the task stays parked -- through further cancellations
+        -- until :meth:`_unpark`, and the cancellation is raised then.  This
+        is how a batch waits for many requests with one wake-up."""
+        raise NotImplementedError
+
+    def _unpark(self, parked: Parked) -> None:
+        """Wake the task parked on *parked* (nothing if none is)."""
+        raise NotImplementedError
+
+    async def _checkpoint(self) -> None:
+        """Let the loop's other tasks run once (a cancellation may come here)."""
+        raise NotImplementedError
+
+    def _call_soon(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` in the loop's thread soon, after the running task
+        yields to the loop."""
         raise NotImplementedError
 
     async def wait_readable(self, fd: int) -> None:

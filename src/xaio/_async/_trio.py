@@ -14,7 +14,7 @@ import errno
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from xaio._async._driver import Driver, abandon
+from xaio._async._driver import Driver, Parked, abandon
 from xaio._ops import Operation, OpState, decode_result
 from xaio.engine import Engine
 
@@ -190,6 +190,36 @@ class TrioDriver(Driver):
 
     async def _cancel_shielded_checkpoint(self) -> None:
         await self._lowlevel.cancel_shielded_checkpoint()
+
+    async def _park(self, parked: Parked, on_cancel: Callable[[], bool]) -> None:
+        ll = self._lowlevel
+        task = ll.current_task()
+        parked.waiter = task
+
+        def abort(raise_cancel: Callable[[], Any]) -> Any:
+            parked.waiter = None
+            if on_cancel():
+                return ll.Abort.SUCCEEDED
+            parked.waiter = _TrioCancel(task, raise_cancel)  # _unpark raises it
+            return ll.Abort.FAILED
+
+        await ll.wait_task_rescheduled(abort)
+
+    def _unpark(self, parked: Parked) -> None:
+        w = parked.waiter
+        if w is None:
+            return
+        parked.waiter = None
+        if type(w) is _TrioCancel:
+            self._lowlevel.reschedule(w.task, self._outcome.capture(w.raise_cancel))
+        else:
+            self._lowlevel.reschedule(w)
+
+    async def _checkpoint(self) -> None:
+        await self._lowlevel.checkpoint()
+
+    def _call_soon(self, fn: Callable[[], None]) -> None:
+        self._token.run_sync_soon(fn)
 
     def _sibling(self, engine: Engine) -> Driver:
         return TrioDriver(engine)
