@@ -328,7 +328,10 @@ def _submit(ctx: IOContext, iocbs: Iterable[Iocb]) -> int:
         raise
     ret = 0
     spare = ctx._spare_ptrs
-    ptrs = spare.pop() if spare else _Pointers(ctx._ring_nr)
+    try:
+        ptrs = spare.pop()  # (another thread may take the last one first)
+    except IndexError:
+        ptrs = _Pointers(ctx._ring_nr)
     ptrs.array[:n] = addresses[:n]
     chunks = ptrs.chunks
     # One call per _SUBMIT_CHUNK requests (the device starts on the first
@@ -440,8 +443,10 @@ def _getevents(
         want_min = max(min_nr - len(raw), 0)
         want_max = nr - len(raw)
         if ring is not None:
-            spare = ctx._spare_events
-            events = spare.pop() if spare else (io_event * ctx._ring_nr)()
+            try:
+                events = ctx._spare_events.pop()  # (or another thread takes it)
+            except IndexError:
+                events = (io_event * ctx._ring_nr)()
         else:
             events = (io_event * max(nr, 1))()
         ev_addr = ctypes.addressof(events)
