@@ -445,7 +445,7 @@ class RingPrep(RingQueue):
         descriptor*, used as the fd of later requests with
         ``IOSQE_FIXED_FILE`` (also requests linked after this one, since the
         slot is known when they are prepared), never in the process's fd table.
-        :data:`~xaio._abi.uring.IORING_FILE_INDEX_ALLOC` lets the kernel pick
+        ``IORING_FILE_INDEX_ALLOC`` (``0xFFFFFFFF``) lets the kernel pick
         a free slot and report it as res.  The file table must be registered
         (:meth:`register_files`, ``-1`` for free slots); a slot in use is
         replaced.  ``O_CLOEXEC`` is refused (EINVAL): direct descriptors are
