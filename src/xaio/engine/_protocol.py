@@ -46,7 +46,7 @@ class Engine(abc.ABC):
             when the thread that submitted it exits is cancelled by the
             kernel (io_uring): submit requests that must outlive their thread
             from one that lives on.
-        slow_close: :meth:`close` takes tens of milliseconds even when
+        slow_close: :meth:`close` may take tens of milliseconds even when
             nothing is in flight (``io_destroy`` waits for an RCU grace
             period): an event loop runs it in a worker thread.
         kernel_path_ops: Path operations (``openat``, ``statx``,
