@@ -488,7 +488,7 @@ class UringEngine(Engine):
             if self._stash:
                 pending += self._stash  # no call between the two stores
                 self._stash = []
-            ring.peek_batch(pending, max_n)
+            ring._take_cqes(pending, max_n)  # reap checked the owner, here: not closed
             return self._deliver()
 
     def reap(self, timeout: float | None = 0.0, *, max_n: int = 0) -> int:
