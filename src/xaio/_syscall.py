@@ -24,7 +24,6 @@ integers derived by the caller from live Python buffers (see
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno as _errno
 import os
 from collections.abc import Callable
@@ -59,11 +58,20 @@ __all__ = [
     "drain_eventfd",
 ]
 
-_libc_name = ctypes.util.find_library("c") or "libc.so.6"
+# glibc by its soname: no search (ctypes.util.find_library runs ldconfig and
+# imports a dozen modules) unless that fails (musl)
+_libc_name = "libc.so.6"
+_libc: ctypes.CDLL | None
 try:
-    _libc: ctypes.CDLL | None = ctypes.CDLL(_libc_name, use_errno=True)
-except OSError:  # pragma: no cover - not a glibc/musl system
-    _libc = None
+    _libc = ctypes.CDLL(_libc_name, use_errno=True)
+except OSError:  # pragma: no cover - not glibc
+    import ctypes.util
+
+    _libc_name = ctypes.util.find_library("c") or _libc_name
+    try:
+        _libc = ctypes.CDLL(_libc_name, use_errno=True)
+    except OSError:
+        _libc = None
 
 
 def oserror(err: int, *args: Any) -> OSError:

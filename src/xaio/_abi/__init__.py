@@ -10,7 +10,7 @@ constant here against it.
 
 from __future__ import annotations
 
-import platform
+import os
 import sys
 
 __all__ = ["ARCH", "SYSCALLS", "SYS", "syscall_number"]
@@ -55,7 +55,7 @@ SYSCALLS: dict[str, dict[str, int]] = {
 
 
 def _arch() -> str:
-    machine = platform.machine().lower()
+    machine = os.uname().machine.lower()
     if machine in ("x86_64", "amd64"):
         return "x86_64"
     if machine in ("aarch64", "arm64"):

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import errno
 import mmap
-import platform
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from xaio import _syscall
+from xaio._abi import ARCH
 from xaio._abi import uring as abi
 from xaio._syscall import check, oserror
 from xaio.uring._setup import _U32, Completion, RingSetup
@@ -25,7 +25,7 @@ _iter_cqes = abi.CQE_STRUCT.iter_unpack
 
 # x86-64 is TSO: plain loads/stores already have acquire/release semantics (see
 # the module essay).  Anywhere else, peek_batch fences with a lock round trip.
-_NEEDS_FENCE = platform.machine().lower() not in ("x86_64", "amd64")
+_NEEDS_FENCE = ARCH != "x86_64"
 _fence_lock = threading.Lock()
 
 
