@@ -81,6 +81,20 @@ class _Mode:
         self.file_mode = fm
 
 
+#: Parsed modes, by mode string (a _Mode is never changed once made).
+_MODES: dict[str, _Mode] = {}
+
+
+def _mode(mode: str) -> _Mode:
+    """``_Mode(mode)``, parsed once per mode string."""
+    m = _MODES.get(mode) if type(mode) is str else None
+    if m is None:
+        m = _Mode(mode)
+        if len(_MODES) < 64:
+            _MODES[mode] = m
+    return m
+
+
 def _validate(
     file: Any,
     mode: str,
@@ -91,7 +105,7 @@ def _validate(
     closefd: bool,
 ) -> tuple[_Mode, str | None, bool]:
     """The builtin open()'s argument checks (before anything is opened)."""
-    m = _Mode(mode)
+    m = _mode(mode)
     if not isinstance(buffering, int) or isinstance(buffering, bool):
         raise TypeError(f"buffering must be an int, not {type(buffering).__name__!r}")
     if m.binary:
@@ -156,8 +170,9 @@ async def _open(
     opener: Callable[[Any, int], int] | None,
     direct: bool,
     engine: AsyncEngine | str | None,
+    checked: tuple[_Mode, str | None, bool],
 ) -> AsyncFile | AsyncTextFile:
-    m, text_encoding, is_fd = _validate(file, mode, buffering, encoding, errors, newline, closefd)
+    m, text_encoding, is_fd = checked  # what open() found validating the arguments
     flags = m.flags
     if direct:
         # The partial blocks of an unaligned write are read, patched and written
@@ -298,7 +313,7 @@ def open(
         OSError: what opening reports (``FileNotFoundError``, ``IsADirectoryError``,
             ``EINVAL`` for ``O_DIRECT`` on a file system without it...).
     """
-    _validate(file, mode, buffering, encoding, errors, newline, closefd)
+    checked = _validate(file, mode, buffering, encoding, errors, newline, closefd)
     if isinstance(engine, str):
         if engine not in ENGINE_NAMES:
             raise ValueError(
@@ -310,5 +325,5 @@ def open(
             f"not {type(engine).__name__!r}"
         )
     return OpenContext(
-        (file, mode, buffering, encoding, errors, newline, closefd, opener, direct, engine)
+        (file, mode, buffering, encoding, errors, newline, closefd, opener, direct, engine, checked)
     )
