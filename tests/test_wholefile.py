@@ -278,3 +278,43 @@ def test_reads_share_the_loop(lib: str, engine_name: str, tmp_path: pathlib.Path
         return ticks
 
     assert run(lib, main) >= 5
+
+
+def test_cold_files_are_not_read_from_the_loop(
+    lib: str, engine_name: str, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files read whole after their pages were dropped: after the first
+    miss, the loop's thread asks the page cache (cachestat) before trying a
+    file, instead of starting every file's readahead itself with a
+    RWF_NOWAIT read (counted here around the real call)."""
+    from xaio._async import _driver
+
+    if not _driver.CacheStat().works:
+        pytest.skip("no cachestat(2) here")
+    files = []
+    for i in range(30):
+        p = tmp_path / f"f{i}"
+        p.write_bytes(pattern(20_000, seed=i))
+        files.append(p)
+    os.sync()
+    attempts = 0
+    real = _driver._nowait_preadv
+
+    def counting(*args: Any) -> int:
+        nonlocal attempts
+        attempts += 1
+        return real(*args)
+
+    monkeypatch.setattr(_driver, "_nowait_preadv", counting)
+
+    async def main() -> None:
+        await baseline()
+        opened = [await xaio.open(p, "rb") for p in files]  # fds all different
+        for f in opened:
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        for i, f in enumerate(opened):
+            assert await f.read() == pattern(20_000, seed=i)
+            await f.close()
+
+    run(lib, main)
+    assert attempts <= 3

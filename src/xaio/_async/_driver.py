@@ -244,6 +244,8 @@ class Driver:
         #: cold fds (recent misses): hits still needed to be warm (< 0: skips left)
         self._cold: dict[int, int] = {}
         self._cachestat: CacheStat | None = None
+        #: read_cached: > 0 after a miss, the calls left that ask cachestat first
+        self._fresh_cold = 0
         self._on_done = self._make_on_done()
         self._pathring: Any = None  # xaio.os's io_uring Ring (_pathops.PathRing), made on demand
         self._pathring_failed = False
@@ -474,13 +476,28 @@ class Driver:
         fd allows it (:meth:`_try_inline_read`, which marks the fd cold when
         it misses).  The caller has passed a checkpoint (:meth:`_fair`).
 
+        The fds read here are mostly fresh ones (files just opened to be read
+        whole), which the per-fd *cold* marks do not cover: after a miss, the
+        next calls ask ``cachestat(2)`` first, so that a workload of files
+        not in the page cache does not start every file's readahead from the
+        loop's thread (see :meth:`_missed`).
+
         Returns:
             *n* when exactly *n* bytes came, else None: the caller reads
             through the engine.
         """
-        if fd in self._cold or self._inline_ok(fd):
-            return self._try_inline_read(fd, (buf,), offset, n)
-        return None
+        if not (fd in self._cold or self._inline_ok(fd)):
+            return None
+        if self._fresh_cold and fd not in self._cold:
+            cs = self._cachestat
+            if cs is not None and cs.works and not cs.cached(fd, offset, n):
+                self._fresh_cold = 8
+                return None
+            self._fresh_cold -= 1
+        got = self._try_inline_read(fd, (buf,), offset, n)
+        if got is None:
+            self._fresh_cold = 8
+        return got
 
     def _try_inline_read(self, fd: int, bufs: tuple[Any, ...], offset: int, n: int) -> int | None:
         """Try the read from the page cache in this thread (``preadv2`` with
