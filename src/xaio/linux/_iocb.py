@@ -224,10 +224,11 @@ class Iocb:
             flight = self._flight
             if flight.ctx is not None:
                 raise IocbInFlightError(f"cannot set {name}: the Iocb is in flight")
-            spec[5](self, value)
+            lo, hi, width, index, mask, store = spec
+            store(self, value)
             if flight.ready:
-                if type(value) is int and spec[0] <= value <= spec[1]:
-                    self._views[spec[2]][spec[3]] = value & spec[4]
+                if type(value) is int and lo <= value <= hi:
+                    self._views[width][index] = value & mask
                 else:
                     flight.ready = False  # the next submission checks everything
         elif name in _FIELD_SET:
