@@ -11,13 +11,19 @@ cancellation, no engine protocol: not a usable library, a measuring stick.
 It alternates, round after round, with ``await xaio.preadinto`` (the default
 engine, 64 tasks, same file; under asyncio, and under trio when it is
 installed), with ``xaio.Batch`` (one task: 64 reads submitted and awaited as
-one batch, round after round; asyncio and trio) and fio's io_uring engine at
-iodepth 64 (and at iodepth 64 in batches: ``--iodepth_batch_submit=64
---iodepth_batch_complete_min=64``, the batch's own access pattern), and
-prints ops/s, the CPU time of the loop thread per read, and each one's paired
-ratios to both fio runs and the per-round numbers::
+one batch, round after round; asyncio and trio), with one iteration of
+``xaio.Batch.as_completed`` that adds a read for each result (the README's
+data-loader shape: 64 reads in flight all the time; asyncio and trio), and
+with fio's io_uring engine at iodepth 64, run between every two contenders:
+each contender's ratio is to the mean of the fio runs just before and just
+after it.  Once per round fio also runs at iodepth 64 in batches
+(``--iodepth_batch_submit=64 --iodepth_batch_complete_min=64``, the access
+pattern of a batch awaited as one).  It prints ops/s, the CPU time of the
+loop thread per read, the median of the per-round ratios and every round's
+numbers::
 
     python benchmarks/floor_async.py [--rounds 5] [--seconds 2] [--size-mb 512] [--dir DIR]
+                                     [--only TEXT]
 """
 
 from __future__ import annotations
@@ -225,18 +231,85 @@ def batch_trio_run(path: Path, seconds: float) -> tuple[float, float]:
         os.close(fd)
 
 
+async def _stream(fd: int, nblocks: int, seconds: float) -> tuple[float, float]:
+    """One task keeping ``TASKS`` random reads in flight through one
+    iteration of :meth:`xaio.Batch.as_completed`, a new read added for each
+    result (the README's shape); returns (reads/s, CPU us per read of this
+    thread) over *seconds* after a warm-up."""
+    rnd = random.Random(0)
+    pool = xaio.BufferPool(BLOCK, TASKS, file=fd)
+    batch = xaio.Batch()
+    slot = {}
+    for _ in range(TASKS):
+        buf = pool.acquire()
+        slot[batch.preadinto(fd, buf, rnd.randrange(nblocks) * BLOCK)] = buf
+    start = time.perf_counter() + 0.2
+    end = start + seconds
+    n = 0
+    c0 = t0 = 0.0
+    async with batch.as_completed() as landed:
+        async for i, result in landed:
+            if result != BLOCK:
+                raise OSError(f"short or failed read: {result!r}")
+            buf = slot.pop(i)
+            now = time.perf_counter()
+            if now >= end:
+                continue  # let the iteration drain
+            if now >= start:
+                if not n:
+                    c0, t0 = time.thread_time(), now
+                n += 1
+            slot[batch.preadinto(fd, buf, rnd.randrange(nblocks) * BLOCK)] = buf
+    t1, c1 = time.perf_counter(), time.thread_time()
+    return n / (min(t1, end) - t0), (c1 - c0) / n * 1e6
+
+
+def stream_run(path: Path, seconds: float) -> tuple[float, float]:
+    """``xaio.Batch.as_completed`` refilled per result, under asyncio."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    try:
+        return asyncio.run(_stream(fd, os.fstat(fd).st_size // BLOCK, seconds))
+    finally:
+        os.close(fd)
+
+
+def stream_trio_run(path: Path, seconds: float) -> tuple[float, float]:
+    """``xaio.Batch.as_completed`` refilled per result, under trio."""
+    import trio
+
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    try:
+        return trio.run(_stream, fd, os.fstat(fd).st_size // BLOCK, seconds)
+    finally:
+        os.close(fd)
+
+
+def _fio(path: Path, seconds: float, batches: bool = False) -> float:
+    extra = (
+        [f"--iodepth_batch_submit={TASKS}", f"--iodepth_batch_complete_min={TASKS}"]
+        if batches
+        else []
+    )
+    return fio_iops(
+        path, engine="io_uring", iodepth=TASKS, seconds=seconds, direct=True, extra=extra
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--size-mb", type=int, default=512)
     ap.add_argument("--dir", default=None, help="where to create the test file (not tmpfs)")
+    ap.add_argument(
+        "--only", default="", help="run only the contenders whose name contains this text"
+    )
     args = ap.parse_args()
-    path = make_file(args.size_mb << 20, args.dir)
     contenders: list[tuple[str, Callable[[Path, float], tuple[float, float]]]] = [
         ("floor (Ring + Futures)", floor_run),
         ("xaio.preadinto", xaio_run),
         ("xaio.Batch of 64, one await", batch_run),
+        ("xaio.Batch.as_completed, refilled", stream_run),
     ]
     try:
         import trio  # noqa: F401
@@ -245,53 +318,49 @@ def main() -> None:
     else:
         contenders.append(("xaio.preadinto, trio", xaio_trio_run))
         contenders.append(("xaio.Batch of 64, one await, trio", batch_trio_run))
+        contenders.append(("xaio.Batch.as_completed, refilled, trio", stream_trio_run))
+    contenders = [(name, fn) for name, fn in contenders if args.only in name]
+    fio = have_fio()
+    path = make_file(args.size_mb << 20, args.dir)
     rates: dict[str, list[float]] = {}
     cpu: dict[str, list[float]] = {}
+    #: per contender and round: its rate over the mean of the fio qd64 runs
+    #: just before and just after it (fio, c1, fio, c2, fio...)
+    ratios: dict[str, list[float]] = {}
     try:
         for r in range(args.rounds):
+            before = _fio(path, args.seconds) if fio else 0.0
+            if fio:
+                rates.setdefault("fio io_uring", []).append(before)
             for name, fn in contenders:
                 rate, us = fn(path, args.seconds)
                 rates.setdefault(name, []).append(rate)
                 cpu.setdefault(name, []).append(us)
-            if have_fio():
-                rates.setdefault("fio io_uring", []).append(
-                    fio_iops(
-                        path, engine="io_uring", iodepth=TASKS, seconds=args.seconds, direct=True
-                    )
-                )
-                rates.setdefault(FIO_BATCH, []).append(
-                    fio_iops(
-                        path,
-                        engine="io_uring",
-                        iodepth=TASKS,
-                        seconds=args.seconds,
-                        direct=True,
-                        extra=[
-                            f"--iodepth_batch_submit={TASKS}",
-                            f"--iodepth_batch_complete_min={TASKS}",
-                        ],
-                    )
-                )
+                if fio:
+                    after = _fio(path, args.seconds)
+                    rates["fio io_uring"].append(after)
+                    ratios.setdefault(name, []).append(rate / ((before + after) / 2))
+                    before = after
+            if fio:
+                batches = _fio(path, args.seconds, batches=True)
+                rates.setdefault(FIO_BATCH, []).append(batches)
+                ratios.setdefault(FIO_BATCH, []).append(batches / before)
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
     finally:
         path.unlink()
-    fio = rates.get("fio io_uring")
-    fio_batch = rates.get(FIO_BATCH)
-
-    def paired(xs: list[float], ref: list[float] | None) -> str:
-        if not ref:
-            return ""
-        return f"{statistics.median(a / b for a, b in zip(xs, ref, strict=True)):.2f}x"
 
     print(f"O_DIRECT 4 KiB random reads, {TASKS} tasks / iodepth {TASKS}, {args.rounds} rounds")
-    print("| path | median ops/s | CPU us per read | paired ratio to fio | to fio, batches |")
-    print("|------|--------------|-----------------|---------------------|-----------------|")
+    print("(ratio: to the mean of the fio qd64 runs just before and after, per round)")
+    print("| path | median ops/s | CPU us per read | median paired ratio to fio qd64 |")
+    print("|------|--------------|-----------------|---------------------------------|")
     for name, xs in rates.items():
         cpu_us = f"{statistics.median(cpu[name]):.1f}" if name in cpu else ""
-        row = f"| {name} | {statistics.median(xs):,.0f} | {cpu_us} | {paired(xs, fio)} |"
-        print(f"{row} {paired(xs, fio_batch)} |")
+        ratio = f"{statistics.median(ratios[name]):.2f}x" if name in ratios else ""
+        print(f"| {name} | {statistics.median(xs):,.0f} | {cpu_us} | {ratio} |")
+    for name, xs in ratios.items():
+        print(f"per round, {name}: " + ", ".join(f"{x:.2f}x" for x in xs))
     for name, xs in rates.items():
-        print(f"per round, {name}: " + ", ".join(f"{x:,.0f}" for x in xs))
+        print(f"per round ops/s, {name}: " + ", ".join(f"{x:,.0f}" for x in xs))
 
 
 if __name__ == "__main__":
