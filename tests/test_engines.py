@@ -766,25 +766,32 @@ def test_classify_says_kind_and_positional_io(data_fd: int, direct_fd: int, tmp_
             os.close(fd)
 
 
-@pytest.mark.parametrize("name", ["uring", "linux"])
+@pytest.mark.parametrize("name", ENGINE_NAMES)
 def test_an_async_request_classifies_its_fd_once(
     name: str, direct_fd: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The async layer's ESPIPE check and the engine's routing share one
-    look at the fd: the engine does not ask fd_kind again."""
+    """The async layer's ESPIPE check, the engine's routing and the thread
+    engine's ordering share one look at the fd: neither asks again."""
     import asyncio
 
+    import xaio.threads
     from xaio.engine import _route
 
     skip_unavailable(name)
-    asked: list[int] = []
-    real = _route.fd_kind
+    asked: list[tuple[str, int]] = []
+    real_kind, real_order = _route.fd_kind, xaio.threads.fd_order
 
     def counting_fd_kind(fd: int) -> int:
-        asked.append(fd)
-        return real(fd)
+        asked.append(("fd_kind", fd))
+        return real_kind(fd)
+
+    def counting_fd_order(fd: int, file: bool | None = None) -> int:
+        if file is None:
+            asked.append(("fd_order", fd))
+        return real_order(fd, file)
 
     monkeypatch.setattr(_route, "fd_kind", counting_fd_kind)
+    monkeypatch.setattr(xaio.threads, "fd_order", counting_fd_order)
     buf = xaio.aligned_buffer(4096)
 
     async def main() -> None:

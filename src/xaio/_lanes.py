@@ -48,16 +48,23 @@ _SYNCS = (OpCode.FSYNC, OpCode.FDATASYNC)
 T = TypeVar("T")
 
 
-def fd_order(fd: int) -> int:
+def fd_order(fd: int, file: bool | None = None) -> int:
     """How requests on *fd* are ordered: ``STREAM`` for stream fds (anything
     but a regular file or block device), ``SERIAL`` for O_APPEND fds, else
     ``PARALLEL``.  A bad fd is parallel: its requests fail with EBADF when
-    they run."""
-    try:
-        mode = os.fstat(fd).st_mode
-    except (OSError, OverflowError, ValueError):
-        return PARALLEL
-    if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+    they run.
+
+    Args:
+        file: whether *fd* is a regular file or block device, when the
+            caller knows it already (an operation's ``kind``); None: look.
+    """
+    if file is None:
+        try:
+            mode = os.fstat(fd).st_mode
+        except (OSError, OverflowError, ValueError):
+            return PARALLEL
+        file = stat.S_ISREG(mode) or stat.S_ISBLK(mode)
+    if not file:
         return STREAM
     try:
         return SERIAL if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND else PARALLEL

@@ -99,6 +99,7 @@ from xaio._lanes import Lane, fd_order, waits_for_all
 from xaio._ops import CancelOutcome, OpCode, Operation, OpState, check_batch
 from xaio._pagecache import INLINE_MAX, NowaitReader
 from xaio.engine._protocol import Engine, EngineClosedError
+from xaio.engine._route import KIND_OTHER
 
 __all__ = ["ThreadEngine", "start_thread_blocking_signals"]
 
@@ -306,7 +307,8 @@ class ThreadEngine(Engine):
         for op in ops:
             fd = op.fd
             if fd not in lanes and fd not in serial:
-                serial[fd] = fd_order(fd)
+                kind = op.kind  # the caller's classify(), if it asked
+                serial[fd] = fd_order(fd, None if kind < 0 else kind != KIND_OTHER)
         done_here: dict[int, int] = {}
         if not self._direct and not self._closed:
             done_here = self._read_cached(ops, serial)
