@@ -318,3 +318,26 @@ def test_cold_files_are_not_read_from_the_loop(
 
     run(lib, main)
     assert attempts <= 3
+
+
+def test_files_beyond_the_largest_buffer_go_to_a_thread(lib: str, tmp_path: pathlib.Path) -> None:
+    """A file larger than a chain's largest buffer is read twice (the chain
+    finds it larger, a worker reads it whole); the next ones skip the chain."""
+    skip_unavailable("uring")
+    p = tmp_path / "big"
+    p.write_bytes(pattern(3 << 20))
+
+    async def main() -> int:
+        await baseline()
+        pring = current_driver()._pathring
+        if pring is None or pring.wholefile is None:
+            pytest.skip("no direct descriptors here")
+        for _ in range(3):  # the buffers grow to their largest
+            assert await xaio.Path(p).read_bytes() == pattern(3 << 20)
+        enters = pring.ring.statistics()["enter"]
+        assert await xaio.Path(p).read_bytes() == pattern(3 << 20)
+        return int(pring.ring.statistics()["enter"] - enters)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XAIO_ENGINE", "uring")
+        assert run(lib, main) == 0

@@ -21,7 +21,8 @@ sized from the largest file read so far (the result is a copy of what was
 read); when the second read finds more bytes (a file larger than the buffer,
 or one that grew), the file is read again in a worker thread, as the builtin
 does it -- the result of that one read stands alone, so it is never a mix of
-two versions of the file.
+two versions of the file.  Buffers grow to 1 MiB at most; after a file larger
+than that, the next few go to the thread straight away.
 
 *Elsewhere* (the thread and Linux AIO engines, a kernel without direct
 descriptors, every slot taken) one hand-off to a worker thread runs the
@@ -70,11 +71,14 @@ class _Buffers:
     """The read buffers of one PathRing's chains, sized from the largest file
     read so far (a power of two in [_MIN_BUF, _MAX_BUF])."""
 
-    __slots__ = ("size", "free")
+    __slots__ = ("size", "free", "skip")
 
     def __init__(self) -> None:
         self.size = _MIN_BUF
         self.free: list[bytearray] = []
+        #: files still to read in a thread straight away, after one larger
+        #: than _MAX_BUF (whose chain read was wasted)
+        self.skip = 0
 
     def take(self) -> bytearray:
         free = self.free
@@ -90,9 +94,12 @@ class _Buffers:
 
     def saw(self, size: int) -> None:
         """A file of *size* bytes was read: later buffers hold such a file whole."""
-        if size >= self.size and self.size < _MAX_BUF:
-            self.size = min(1 << size.bit_length(), _MAX_BUF)
-            self.free.clear()
+        if size >= self.size:
+            if self.size < _MAX_BUF:
+                self.size = min(1 << size.bit_length(), _MAX_BUF)
+                self.free.clear()
+            else:
+                self.skip = 8
 
 
 def _chains(pring: PathRing) -> _Buffers | None:
@@ -124,12 +131,17 @@ async def read_bytes(drv: Driver, path: Any) -> bytes:
     pring = path_ring(drv)
     if pring is not None:
         bufs = _chains(pring)
-        if bufs is not None:
+        if bufs is not None and bufs.skip:
+            bufs.skip -= 1
+        elif bufs is not None:
             slot = pring.take_slot()
             if slot >= 0:
                 data = await _read_chain(pring, bufs, slot, path)
                 if data is not None:
                     return data
+                data = await drv.run_in_thread(_read_blocking, path)
+                bufs.saw(len(data))
+                return data
     return await drv.run_in_thread(_read_blocking, path)
 
 
@@ -178,7 +190,6 @@ async def _read_chain(pring: PathRing, bufs: _Buffers, slot: int, path: Any) -> 
         if more < 0:
             raise OSError(-more, os.strerror(-more))
         if more:
-            bufs.saw(got + more)
             return None
         bufs.saw(got)
         return bytes(memoryview(buf)[:got])
