@@ -291,6 +291,49 @@ def test_path_operations(ring: Ring, tmp_path: Path) -> None:
     assert not d.exists()
 
 
+def _slots_open(ring: Ring) -> list[str]:
+    """The ring's registered file slots in use, as /proc/self/fdinfo lists them."""
+    with open(f"/proc/self/fdinfo/{ring.fd}") as f:
+        return [ln.split()[0] for ln in f if ln.startswith(" ") and ln.split()[0][:-1].isdigit()]
+
+
+def test_direct_descriptors(ring: Ring, data_path: Path) -> None:
+    """openat into a file slot, a linked read on it, a close of the slot: one
+    submission, no fd in the process; a failed open cancels what is linked
+    after it; closing an empty slot is EBADF."""
+    ring.register_files([-1] * 4)
+    fds = set(os.listdir("/proc/self/fd"))
+    buf = bytearray(4096)
+    ring.prep_openat_direct(
+        AT_FDCWD, data_path, os.O_RDONLY, 0, 2, user_data=1, sqe_flags=abi.IOSQE_IO_LINK
+    )
+    ring.prep_read(2, buf, 0, user_data=2, sqe_flags=abi.IOSQE_FIXED_FILE)
+    ring.submit()
+    assert take(ring, 2) == {1: (0, 0), 2: (4096, 0)}
+    assert bytes(buf) == pattern(4096)
+    assert _slots_open(ring) == ["2:"]
+    assert set(os.listdir("/proc/self/fd")) == fds
+    ring.prep_close_direct(2, user_data=3)
+    ring.submit()
+    assert take(ring, 1) == {3: (0, 0)}
+    assert _slots_open(ring) == []
+    ring.prep_close_direct(2, user_data=4)
+    ring.submit()
+    assert take(ring, 1) == {4: (-errno.EBADF, 0)}
+
+    ring.prep_openat_direct(
+        AT_FDCWD, data_path.parent / "missing", os.O_RDONLY, 0, 1, user_data=5,
+        sqe_flags=abi.IOSQE_IO_LINK,
+    )  # fmt: skip
+    ring.prep_read(1, buf, 0, user_data=6, sqe_flags=abi.IOSQE_FIXED_FILE)
+    ring.submit()
+    assert take(ring, 2) == {5: (-errno.ENOENT, 0), 6: (-errno.ECANCELED, 0)}
+    ring.prep_openat_direct(AT_FDCWD, data_path, os.O_RDONLY | os.O_CLOEXEC, 0, 1, user_data=7)
+    ring.submit()
+    assert take(ring, 1) == {7: (-errno.EINVAL, 0)}  # O_CLOEXEC: refused
+    assert _slots_open(ring) == []
+
+
 def test_socket_read_write(ring: Ring) -> None:
     a, b = socket.socketpair()
     with a, b:
