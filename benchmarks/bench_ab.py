@@ -32,8 +32,8 @@ a second: this VM's disk drifts by 2x within seconds, so only short
 alternating rounds compare anything.  Prints, per contender, the median ops/s,
 the median of the per-round ratios to the first contender, the user and
 system time per request of the xaio contenders (``getrusage``), and every
-round.  The numbers quoted as "exploratory A/Bs" in benchmarks/notes.md come
-from runs like::
+round.  The variant comparisons quoted in benchmarks/notes.md come from runs
+like::
 
     python benchmarks/bench_ab.py --depth 64 fio-io_uring engine engine:coop uringbatch:8
 """

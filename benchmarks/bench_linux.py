@@ -37,8 +37,8 @@ def xaio_iops(path: Path, depth: int, seconds: float, chunk: int = 8, reap_max: 
     ``IOBatch``, resubmitting with one io_submit per *chunk* requests and
     reaping at most *reap_max* completions at a time (0: all that are there;
     8 measured best: the device starts on the first ones sooner).  Chunks of
-    8 measured better than 4 on 2026-12-02, when this machine was CPU-bound
-    at 90-100k IOPS (fewer system calls; benchmarks/notes.md)."""
+    8 measure better than 4 when this machine is CPU-bound at 90-100k IOPS
+    (fewer system calls; benchmarks/notes.md)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
     blocks = os.fstat(fd).st_size // BLOCK
     rng = random.Random(1234 + depth)
