@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
 import os
 import shutil
@@ -422,6 +423,28 @@ def test_bench_signal_exits_cleanly(
     assert proc.returncode == status, err
     assert "Traceback" not in err
     assert err.strip().splitlines() == [f"xaio bench: error: {word}"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_interrupted_as_the_fill_ends_removes_the_file(tmp_path: Path) -> None:
+    """Ctrl-C as the "preparing file" bar closes -- the file is full, no run
+    has begun -- still removes the temporary file."""
+    from xaio.cli import build_parser
+    from xaio.cli._ui import UI
+    from xaio.cli.bench import cmd_bench
+
+    class InterruptedUI(UI):
+        @contextlib.contextmanager
+        def progress(self, description: str, total: float) -> Iterator[Any]:
+            yield lambda completed, info: None
+            if description == "preparing file":
+                raise KeyboardInterrupt
+
+    args = build_parser().parse_args(
+        ["bench", "--size", "1M", "--number", "10", "--directory", str(tmp_path)]
+    )
+    with pytest.raises(KeyboardInterrupt):
+        cmd_bench(args, InterruptedUI(io.StringIO()))
     assert list(tmp_path.iterdir()) == []
 
 

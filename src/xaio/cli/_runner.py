@@ -42,6 +42,7 @@ Nothing here prints: the CLI renders :class:`Result` objects.
 from __future__ import annotations
 
 import array
+import contextlib
 import errno
 import json
 import os
@@ -52,7 +53,8 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 from xaio._memory import aligned_buffer, dio_alignment
@@ -68,7 +70,7 @@ __all__ = [
     "file_size",
     "fio_available",
     "fio_counterpart",
-    "prepare_file",
+    "bench_file",
     "run",
     "run_fio",
 ]
@@ -85,19 +87,28 @@ Progress = Callable[[float, int, float], None]
 # ---------------------------------------------------------------------------------
 
 
-def prepare_file(
+#: ``fill_progress()``: a context manager (a progress bar) yielding
+#: ``update(bytes_written, total)``, entered while the file is filled
+FillProgress = Callable[[], AbstractContextManager[Callable[[int, int], None]]]
+
+
+@contextlib.contextmanager
+def bench_file(
     job: Job,
     path: str | None,
     directory: str | None,
-    progress: Callable[[int, int], None] | None = None,
-) -> tuple[str, bool]:
-    """Find or make the file the job runs on.
+    fill_progress: FillProgress | None = None,
+) -> Iterator[tuple[str, bool]]:
+    """Find or make the file the job runs on, for the length of a ``with``
+    block; yields the path and whether it is temporary.
 
     With *path* None, a temporary file of ``job.size`` bytes is created in
-    *directory* (default: the system temporary directory) and filled with
-    random data; the caller must remove it (the second item says so).  An
-    existing *path* must hold at least ``job.size`` bytes; a missing one is
-    created and filled like the temporary file (and kept).
+    *directory* (default: the system temporary directory), filled with
+    random data, and removed when the block ends, however it ends: an
+    error, Ctrl-C, at any moment from its creation on.  An existing *path*
+    must hold at least ``job.size`` bytes; a missing one is created and
+    filled like the temporary file, and kept (removed only if the filling
+    fails).
 
     Raises:
         BenchError: the path is unusable (with the reason).
@@ -120,13 +131,10 @@ def prepare_file(
                 )
             if not os.access(path, os.W_OK if job.writes else os.R_OK):
                 raise BenchError(f"cannot use --file {path}: permission denied")
-            return path, False
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        except OSError as e:
-            raise BenchError(f"cannot create --file {path}: {e.strerror}") from None
-        _fill(fd, path, job, progress, remove=True)
-        return path, False
+        elif not _create_filled(path, 0o644, job, fill_progress):
+            raise BenchError(f"cannot create --file {path}: File exists")
+        yield path, False
+        return
     directory = directory or tempfile.gettempdir()
     try:
         vfs = os.statvfs(directory)
@@ -138,12 +146,21 @@ def prepare_file(
             f"not enough space in {directory} for a {format_size(job.size)} file "
             f"({format_size(free)} free): use --directory or a smaller --size"
         )
+    name = ""
     try:
-        fd, name = tempfile.mkstemp(prefix="xaio-bench-", suffix=".dat", dir=directory)
-    except OSError as e:
-        raise BenchError(f"cannot create a file in {directory}: {e.strerror}") from None
-    _fill(fd, name, job, progress, remove=True)
-    return name, True
+        for _ in range(100):
+            # the name is known before the file exists: whatever interrupts
+            # the creation, the finally below removes it
+            name = os.path.join(directory, f"xaio-bench-{os.urandom(6).hex()}.dat")
+            if _create_filled(name, 0o600, job, fill_progress):
+                break
+            name = ""  # somebody else's
+        else:
+            raise BenchError(f"cannot create a file in {directory}: no free name")
+        yield name, True
+    finally:
+        if name:
+            _unlink_quietly(name)
 
 
 def file_size(path: str) -> int:
@@ -155,28 +172,43 @@ def file_size(path: str) -> int:
         os.close(fd)
 
 
-def _fill(
-    fd: int, name: str, job: Job, progress: Callable[[int, int], None] | None, remove: bool
-) -> None:
-    """Write *job.size* random bytes to *fd* and close it; on any failure
-    (including Ctrl-C) the file is removed."""
+def _create_filled(name: str, mode: int, job: Job, fill_progress: FillProgress | None) -> bool:
+    """Create *name* (``O_EXCL``) and write *job.size* random bytes to it;
+    False if it exists already.  On any other failure -- an I/O error,
+    Ctrl-C at any moment once the create is under way -- *name* is removed.
+
+    Raises:
+        BenchError: the file could not be created or filled (with the reason).
+    """
+    mine = True  # from here *name* may be a file this call created
+    fd = -1
     try:
-        chunk = os.urandom(min(job.size, 1 << 20))
-        done = 0
-        while done < job.size:
-            done += os.write(fd, chunk[: min(len(chunk), job.size - done)])
-            if progress is not None:
-                progress(done, job.size)
-        if job.direct:
-            os.fdatasync(fd)  # O_DIRECT reads would flush the dirty pages anyway
+        try:
+            fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        except OSError as e:
+            mine = False
+            if isinstance(e, FileExistsError):
+                return False
+            raise BenchError(f"cannot create {name}: {e.strerror}") from None
+        with fill_progress() if fill_progress is not None else contextlib.nullcontext() as upd:
+            chunk = os.urandom(min(job.size, 1 << 20))
+            done = 0
+            while done < job.size:
+                done += os.write(fd, chunk[: min(len(chunk), job.size - done)])
+                if upd is not None:
+                    upd(done, job.size)
+            if job.direct:
+                os.fdatasync(fd)  # O_DIRECT reads would flush the dirty pages anyway
     except BaseException as e:
-        os.close(fd)
-        if remove:
+        if mine:
             _unlink_quietly(name)
         if isinstance(e, OSError):
             raise BenchError(f"cannot fill {name}: {e.strerror}") from None
         raise
-    os.close(fd)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    return True
 
 
 def _unlink_quietly(name: str) -> None:

@@ -12,9 +12,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import platform
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any
 
 from xaio.cli import _runner
@@ -89,17 +88,15 @@ def cmd_bench(args: argparse.Namespace, ui: UI) -> int:
         report_ui = UI(out_file)
     else:
         out_file = None
-    try:
+
+    @contextlib.contextmanager
+    def fill_bar() -> Iterator[Callable[[int, int], None]]:
         with ui.progress("preparing file", job.size) as upd:
-            path, temporary = _runner.prepare_file(
-                job, args.file, args.directory, lambda done, total: upd(done, format_size(done))
-            )
-        try:
+            yield lambda done, total: upd(done, format_size(done))
+
+    try:
+        with _runner.bench_file(job, args.file, args.directory, fill_bar) as (path, temporary):
             results = _bench_runs(job, path, engines, args, ui)
-        finally:
-            if temporary:
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
         if human:
             report_ui.print(f"[bold]xaio bench[/bold]: {job.describe()}")
             report_ui.print(f"file: {path}" + (" (temporary, removed)" if temporary else ""))
