@@ -6,8 +6,9 @@
   classes, has a docstring;
 - every name a public module exports (``__all__``) is documented on its
   reference page (docs/reference/), and nothing else is;
-- no page of the docs, nor a docstring they render, mentions an issue number
-  or a date (the history is in CHANGELOG.md and git).
+- no page of the docs, nor a docstring they render, nor README.md or the
+  benchmark notes (benchmarks/*.md), mentions an issue number or a date: they
+  describe what is; the history is in CHANGELOG.md and git.
 
 The examples on the pages run in tests/test_readme.py; ``sphinx-build -W -n``
 (in CI: ``nox -s docs``) fails on a broken reference.
@@ -184,11 +185,19 @@ def _rendered_docstrings() -> dict[str, str]:
     return docs
 
 
-def test_no_history_in_docs() -> None:
-    found = []
+def _pages_describing_what_is() -> list[Path]:
+    """The pages held to describe what is: the docs' sources, README.md and the
+    benchmark notes next to the scripts (CHANGELOG.md keeps the history)."""
     pages = [p for p in DOCS.rglob("*") if p.suffix in {".md", ".rst", ".py"}]
     pages = [p for p in pages if "_build" not in p.parts]
-    assert len(pages) >= 10
+    return [*pages, ROOT / "README.md", *sorted((ROOT / "benchmarks").glob("*.md"))]
+
+
+def test_no_history_in_docs() -> None:
+    found = []
+    pages = _pages_describing_what_is()
+    assert len(pages) >= 15
+    assert {"README.md", "notes.md", "async.md", "posix.md", "cp.md"} <= {p.name for p in pages}
     for page in pages:
         for match in _HISTORY.finditer(page.read_text()):
             found.append(f"{page.relative_to(ROOT)}: {match.group()!r}")
