@@ -107,6 +107,31 @@ def reap_until(eng: Engine, ops: Sequence[Operation], timeout: float = TIMEOUT) 
         eng.reap(remaining)
 
 
+def completions_waiting(eng: Engine) -> int:
+    """Completions *eng* holds for :meth:`~xaio.engine.Engine.reap`: posted
+    (by the kernel or a worker) and not yet delivered.  A peek at each
+    engine's private state, for a test that needs a whole batch posted
+    before its first reap (finished data in the buffers comes before the
+    completion is posted)."""
+    from xaio.engine._routed import RoutedEngine
+    from xaio.linux._engine import LinuxAioEngine
+    from xaio.threads import ThreadEngine
+    from xaio.uring._engine import UringEngine
+
+    if isinstance(eng, RoutedEngine):
+        return completions_waiting(eng._aio) + completions_waiting(eng._threads)
+    if isinstance(eng, ThreadEngine):
+        with eng._mutex:
+            return len(eng._done)
+    if isinstance(eng, UringEngine):
+        return eng._ring.cq_ready() + len(eng._stash)
+    if isinstance(eng, LinuxAioEngine):
+        ring, nr = eng._ring, eng._ring_nr
+        assert ring is not None, "the AIO ring is not readable from user space here"
+        return (ring[3] - ring[2]) % nr + len(eng._ready)
+    raise TypeError(f"no peek for {type(eng).__name__}")
+
+
 #: x86-64 system call numbers, as /proc/self/task/*/syscall shows them
 READ_SYSCALLS = frozenset({0, 17, 19, 295, 327})  # read, pread64, readv, preadv, preadv2
 WRITE_SYSCALLS = frozenset({1, 18, 20, 296, 328})  # write, pwrite64, writev, pwritev, pwritev2

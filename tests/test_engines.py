@@ -26,6 +26,7 @@ from xaio.engine import ENGINE_NAMES, Engine, EngineClosedError, create_engine, 
 
 from .support import (
     POLL_SYSCALLS,
+    completions_waiting,
     engine_reasons,
     pattern,
     reap_until,
@@ -221,15 +222,12 @@ def test_reap_at_most_max_n(engine: Engine, data_path: Path, direct: bool) -> No
         ops = [Operation(OpCode.READ, fd, [xaio.aligned_buffer(4096)], i * 4096) for i in range(10)]
         data = pattern(10 * 4096)
         engine.submit(ops)
-        # all ten have read the file (their buffers hold it) and their
-        # completions wait: the first reap must stop at 3
-        wait_until(
-            lambda: (
-                all(op.buffers[0] == data[i * 4096 : (i + 1) * 4096] for i, op in enumerate(ops))
-                and bool(select.select([engine.fileno()], [], [], 0)[0])
-            ),
-            what="ten reads done",
-        )
+        # all ten completions are posted (a worker fills the buffer before it
+        # posts) and wait: the first reap must stop at 3
+        wait_until(lambda: completions_waiting(engine) == 10, what="ten completions posted")
+        assert select.select([engine.fileno()], [], [], 0)[0], "completions wait, fd not readable"
+        assert all(op.buffers[0] == data[i * 4096 : (i + 1) * 4096] for i, op in enumerate(ops))
+        assert not any(op.done for op in ops)
         deadline = time.monotonic() + 10
         delivered = 0
         sizes = []
