@@ -280,10 +280,22 @@ def aio_max_nr() -> int:
         return int(f.read())
 
 
-def own_aio_rings() -> int:
-    """Linux AIO contexts of this process: each maps its ring as ``/[aio]``."""
+def own_aio_ring_sizes() -> list[int]:
+    """The ring sizes in bytes (sorted) of this process's Linux AIO contexts:
+    each maps its ring as ``/[aio]``, sized by the events it reserves (what
+    ``/proc/sys/fs/aio-nr`` counts, system-wide)."""
+    sizes = []
     with open("/proc/self/maps") as f:
-        return sum(1 for line in f if "/[aio]" in line)
+        for line in f:
+            if "/[aio]" in line:
+                start, end = line.split(None, 1)[0].split("-")
+                sizes.append(int(end, 16) - int(start, 16))
+    return sorted(sizes)
+
+
+def own_aio_rings() -> int:
+    """Linux AIO contexts of this process (see :func:`own_aio_ring_sizes`)."""
+    return len(own_aio_ring_sizes())
 
 
 # ---------------------------------------------------------------------------------
