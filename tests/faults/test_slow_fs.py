@@ -16,6 +16,7 @@ import os
 import time
 from typing import Any
 
+import anyio
 import pytest
 
 import xaio
@@ -251,7 +252,8 @@ def test_batch_as_completed_yields_what_lands_first(
     the reads of a local file come out while the first request, on the slow
     file system, is still in flight; then the iteration waits for it.  Left
     early, the iteration cancels what is in flight and returns once its
-    buffer is free."""
+    buffer is free.  A request another task adds while the iterator waits
+    joins the iteration."""
     local = tmp_path / "local.bin"
     local.write_bytes(bytes(range(256)) * 64)
     slow = os.open(slow_file, os.O_RDONLY)
@@ -273,6 +275,25 @@ def test_batch_as_completed_yields_what_lands_first(
         assert order[0][2] < DELAY / 2, order
         assert order[-1][1] == 4096 and order[-1][2] >= DELAY * 0.9
         assert bytes(slow_buf) == bytes(range(256)) * 16
+
+        # a request added by another task while the iterator waits joins the
+        # iteration and is yielded before the slow one
+        batch = xaio.Batch()
+        batch.preadinto(slow, slow_buf, 0)
+        late = bytearray(512)
+
+        async def add_later() -> None:
+            await anyio.sleep(DELAY / 10)
+            batch.preadinto(fast, late, 512)
+
+        order = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(add_later)
+            async with batch.as_completed() as landed:
+                async for i, result in landed:
+                    order.append((i, result))
+        assert order == [(1, 512), (0, 4096)]
+        assert bytes(late) == (bytes(range(256)) * 4)[512:1024]
 
         batch = xaio.Batch()
         batch.preadinto(slow, slow_buf, 4096)
