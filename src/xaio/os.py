@@ -17,8 +17,8 @@ the int).  What only :mod:`os` itself can judge -- a bool or an ``__index__``
 object used as an fd, a buffer used as a path, an fd or ``dir_fd`` outside
 the C ``int`` range, an fd with ``dir_fd`` or ``follow_symlinks=False`` -- runs
 the :mod:`os` function in a worker thread instead, so its answer is the
-:mod:`os` one by construction.  ``tests/test_parity_os.py`` runs every function
-side by side with :mod:`os` on every engine.
+:mod:`os` one by construction.  ``tests/async_/test_parity_os.py`` runs every
+function side by side with :mod:`os` on every engine.
 
 Beyond :mod:`os`: :func:`scandir` reads the whole directory in a thread and
 returns an iterator that is also a context manager (``with await

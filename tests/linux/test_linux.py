@@ -24,6 +24,15 @@ from typing import Any
 import pytest
 
 import xaio
+from tests.support import (
+    GETEVENTS_SYSCALLS,
+    aio_max_nr,
+    aio_nr,
+    in_child,
+    own_aio_rings,
+    pattern,
+    wait_blocked_in,
+)
 from xaio import _syscall, libaio, linux
 from xaio.linux import (
     IOCB_CMD_FDSYNC,
@@ -44,16 +53,6 @@ from xaio.linux import (
     io_pgetevents,
     io_setup,
     io_submit,
-)
-
-from .support import (
-    GETEVENTS_SYSCALLS,
-    aio_max_nr,
-    aio_nr,
-    in_child,
-    own_aio_rings,
-    pattern,
-    wait_blocked_in,
 )
 
 CONVENTIONS = ["linux", "libaio"]

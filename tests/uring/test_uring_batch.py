@@ -14,15 +14,11 @@ from collections.abc import Iterator
 import pytest
 
 import xaio
+from tests.support import pattern, resizable, sq_thread_sleeps, wait_until
 from xaio import uring
 from xaio._ops import CancelOutcome, OpCode, Operation, OpState
 from xaio.uring import SlotInFlightError, UringBatch, UringEngine
 from xaio.uring._engine import _DEFER_FLUSH
-
-from .support import pattern, resizable, sq_thread_sleeps, wait_until
-
-REASON = uring.unavailable_reason()
-pytestmark = pytest.mark.skipif(REASON is not None, reason=f"io_uring unavailable: {REASON}")
 
 T = 5.0
 EXPECTED = pattern(1 << 20)

@@ -20,10 +20,9 @@ from typing import Any
 
 import pytest
 
+from tests.support import pattern
 from xaio import libaio, linux
 from xaio.linux import Iocb, IOContext
-
-from .support import pattern
 
 pytestmark = pytest.mark.skipif(
     platform.machine() != "x86_64", reason="the reference uses x86-64 system call numbers"

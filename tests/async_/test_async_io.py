@@ -21,10 +21,9 @@ import anyio
 import pytest
 
 import xaio
+from tests.support import pattern, run, skip_unavailable, wait_until_async
 from xaio._async._current import current_driver
 from xaio._ops import OpCode, Operation
-
-from .support import pattern, run, skip_unavailable, wait_until_async
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -18,9 +18,8 @@ import anyio
 import pytest
 
 import xaio
+from tests.support import open_fds, pattern, run, skip_unavailable, wait_until_async
 from xaio._async._current import current_driver
-
-from .support import open_fds, pattern, run, skip_unavailable, wait_until_async
 
 pytestmark = pytest.mark.timeout(240)
 

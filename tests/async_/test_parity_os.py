@@ -32,9 +32,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import xaio
+from tests.support import ENGINES, run, skip_unavailable
 from xaio._async._current import current_driver
-
-from .support import ENGINES, run, skip_unavailable
 
 pytestmark = pytest.mark.timeout(120)
 

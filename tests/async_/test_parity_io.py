@@ -24,9 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import xaio
+from tests.support import ENGINES, skip_unavailable
 from xaio import aligned_buffer
-
-from .support import ENGINES, skip_unavailable
 
 pytestmark = pytest.mark.timeout(120)
 

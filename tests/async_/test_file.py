@@ -2,7 +2,7 @@
 O_DIRECT modes, engine selection, and the builtin file's surface in binary,
 text, O_DIRECT and FIFO files.
 
-The differential suite against the builtin ``open`` is tests/test_parity_file.py.
+The differential suite against the builtin ``open`` is tests/async_/test_parity_file.py.
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ import anyio
 import pytest
 
 import xaio
+from tests.support import ENGINES, open_fds, pattern, run, skip_unavailable, wait_until_async
 from xaio._ops import OpCode
-
-from .support import ENGINES, open_fds, pattern, run, skip_unavailable, wait_until_async
 
 pytestmark = pytest.mark.timeout(60)
 

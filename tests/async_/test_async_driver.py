@@ -17,10 +17,9 @@ import anyio
 import pytest
 
 import xaio
+from tests.support import open_fds, own_aio_ring_sizes, pattern, run, wait_until, wait_until_async
 from xaio._async._current import current_driver
 from xaio.linux import _engine as linux_engine
-
-from .support import open_fds, own_aio_ring_sizes, pattern, run, wait_until, wait_until_async
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -1,5 +1,5 @@
 """``xaio.os`` on every engine and event-loop library: each function once,
-and cancellation.  tests/test_parity_os.py compares every function with
+and cancellation.  tests/async_/test_parity_os.py compares every function with
 :mod:`os` argument by argument."""
 
 from __future__ import annotations
@@ -12,11 +12,10 @@ import anyio
 import pytest
 
 import xaio
-from xaio._async._current import current_driver
-
-from .support import (
+from tests.support import (
     run,
 )
+from xaio._async._current import current_driver
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -18,13 +18,7 @@ from pathlib import Path
 import pytest
 
 import xaio
-from xaio import uring
-from xaio._abi import uring as abi
-from xaio._ops import CancelOutcome, OpCode, Operation, OpState
-from xaio.engine import EngineClosedError
-from xaio.uring import AT_FDCWD, STATX_SIZE, Ring, UringEngine
-
-from .support import (
+from tests.support import (
     URING_ENTER_SYSCALLS,
     in_child,
     pattern,
@@ -34,9 +28,11 @@ from .support import (
     wait_blocked_in,
     wait_until,
 )
-
-REASON = uring.unavailable_reason()
-pytestmark = pytest.mark.skipif(REASON is not None, reason=f"io_uring unavailable: {REASON}")
+from xaio import uring
+from xaio._abi import uring as abi
+from xaio._ops import CancelOutcome, OpCode, Operation, OpState
+from xaio.engine import EngineClosedError
+from xaio.uring import AT_FDCWD, STATX_SIZE, Ring, UringEngine
 
 T = 5.0  # every wait is bounded: a bug fails, it does not hang
 

@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 
 import xaio
-
-from .support import fds_after_a_first_run, open_fds, run
+from tests.support import fds_after_a_first_run, open_fds, run
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -14,9 +14,8 @@ import anyio
 import pytest
 
 import xaio
+from tests.support import fds_after_a_first_run, open_fds, pattern, resizable, run
 from xaio._async._current import current_driver
-
-from .support import fds_after_a_first_run, open_fds, pattern, resizable, run
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -36,8 +36,7 @@ from hypothesis.stateful import (
 )
 
 import xaio
-
-from .support import ENGINES, run, skip_unavailable
+from tests.support import ENGINES, run, skip_unavailable
 
 pytestmark = pytest.mark.timeout(300)
 

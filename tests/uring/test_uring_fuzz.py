@@ -17,9 +17,6 @@ from xaio import uring
 from xaio._ops import OpCode, Operation, OpState
 from xaio.uring import Ring, UringEngine
 
-REASON = uring.unavailable_reason()
-pytestmark = pytest.mark.skipif(REASON is not None, reason=f"io_uring unavailable: {REASON}")
-
 SIZE = 1 << 16
 FUZZ = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
