@@ -142,11 +142,17 @@ not to block (FUSE, NFS, CIFS...) is not punted to io-wq: ``io_uring_enter``
 runs it inline, and a batch of them one after the other (measured here on a
 FUSE file taking 1 s per read: four reads, buffered or O_DIRECT, kept
 ``io_uring_enter`` for 4 s; ``IOSQE_ASYNC`` makes that 1 s).  And io_uring
-gets a short transfer there wrong: a FUSE daemon serving 300 of 4096 bytes
-makes a READ carry on at the wrong file offset (bytes 300.. of the buffer
-hold the file's bytes 0..) and report 600 or 4096, and an O_DIRECT WRITE
-report more than was written, with or without ``IOSQE_ASYNC``, where
-``os.preadv``/``os.pwrite`` say 300 (Linux 6.18).  So
+gets a short transfer there wrong.  It finishes a short read or write on a
+regular file by issuing the rest (the iovec advanced past what was done, at
+the kiocb's position, which the file system is expected to advance); FUSE's
+direct I/O for an asynchronous kiocb (a ``direct_io`` mount, or
+``O_DIRECT``) transfers at a copy of that position and leaves it where it
+was.  So a FUSE daemon serving 300 of 4096 bytes makes a READ at offset 0
+report 4096 (600 with ``IOSQE_ASYNC``: one more try) with the file's bytes
+0..300 over and over in the buffer, and an O_DIRECT WRITE report 4096 (600)
+with each 300-byte piece written at offset 0 in turn, where ``os.preadv`` /
+``os.pwrite`` say 300 (Linux 6.18).  With ``O_DIRECT`` on a FUSE mount
+without ``direct_io`` the bytes are right but the count is above theirs.  So
 :meth:`UringEngine.submit` sends every request on such an fd to a thread
 engine (:func:`xaio.engine.route`, :func:`xaio.engine.fd_kind` asked once
 per fd per batch), made on first use; a poll on the ring watches that
