@@ -124,7 +124,8 @@ def completions_waiting(eng: Engine) -> int:
         with eng._mutex:
             return len(eng._done)
     if isinstance(eng, UringEngine):
-        return eng._ring.cq_ready() + len(eng._stash)
+        with eng._lock:
+            return eng._ring.cq_ready() + len(eng._stash) + len(eng._batch)
     if isinstance(eng, LinuxAioEngine):
         ring, nr = eng._ring, eng._ring_nr
         assert ring is not None, "the AIO ring is not readable from user space here"

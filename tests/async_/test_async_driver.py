@@ -17,7 +17,15 @@ import anyio
 import pytest
 
 import xaio
-from tests.support import open_fds, own_aio_ring_sizes, pattern, run, wait_until, wait_until_async
+from tests.support import (
+    completions_waiting,
+    open_fds,
+    own_aio_ring_sizes,
+    pattern,
+    run,
+    wait_until,
+    wait_until_async,
+)
 from xaio._async._current import current_driver
 from xaio.linux import _engine as linux_engine
 
@@ -247,22 +255,6 @@ def test_cached_reads_do_not_starve_other_tasks(lib: str, data_path: Path) -> No
 # ---------------------------------------------------------------------------------
 # batching and the driver's bookkeeping
 # ---------------------------------------------------------------------------------
-
-
-def completions_waiting(eng: Any) -> int:
-    """How many completions *eng* holds for its next reap (a look inside
-    each engine, for a test that must know the kernel is done)."""
-    if eng.name == "uring":
-        with eng._lock:
-            return int(eng._ring.cq_ready()) + len(eng._stash) + len(eng._batch)
-    if eng.name == "thread":
-        with eng._mutex:
-            return len(eng._done)
-    # the linux engine (O_DIRECT reads on kernel AIO): each completion adds 1
-    # to its eventfd, whose counter /proc shows without reading it
-    fdinfo = Path(f"/proc/self/fdinfo/{eng._aio.fileno()}").read_text()
-    line = next(x for x in fdinfo.splitlines() if x.startswith("eventfd-count:"))
-    return int(line.split()[1], 16)
 
 
 @pytest.mark.parametrize("name", ["uring", "linux", "thread"])
