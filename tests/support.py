@@ -107,6 +107,14 @@ def reap_until(eng: Engine, ops: Sequence[Operation], timeout: float = TIMEOUT) 
         eng.reap(remaining)
 
 
+def threads_started_since(before: set[threading.Thread]) -> list[threading.Thread]:
+    """The live threads that were not running when *before* was taken
+    (``set(threading.enumerate())``).  A thread of an earlier test that
+    ends meanwhile does not count, as it would in a comparison of
+    ``threading.active_count()``."""
+    return [t for t in threading.enumerate() if t not in before and t.is_alive()]
+
+
 def completions_waiting(eng: Engine) -> int:
     """Completions *eng* holds for :meth:`~xaio.engine.Engine.reap`: posted
     (by the kernel or a worker) and not yet delivered.  A peek at each

@@ -24,16 +24,16 @@ from xaio._ops import CancelOutcome, OpCode, Operation, OpState
 from xaio.engine import EngineClosedError
 from xaio.threads import ThreadEngine
 
-from .support import pattern, reap_until, wait_until
+from .support import pattern, reap_until, threads_started_since, wait_until
 
 TIMEOUT = 10.0
 
 
 @pytest.fixture(autouse=True)
 def no_thread_leak() -> Iterator[None]:
-    base = threading.active_count()
+    before = set(threading.enumerate())
     yield
-    assert threading.active_count() == base
+    assert not threads_started_since(before)
 
 
 @pytest.fixture
@@ -44,9 +44,9 @@ def eng() -> Iterator[ThreadEngine]:
 
 
 def test_constructing_starts_no_thread() -> None:
-    base = threading.active_count()
+    before = set(threading.enumerate())
     e = ThreadEngine()
-    assert threading.active_count() == base
+    assert not threads_started_since(before)
     assert e.name == "thread" and not e.closed
     e.close()
     assert e.closed
@@ -195,16 +195,16 @@ def test_file_position_writes_run_in_submission_order(tmp_path: Path) -> None:
 
 
 def test_idle_workers_exit_and_max_threads(tfile: int) -> None:
-    base = threading.active_count()
+    before = set(threading.enumerate())
     e = ThreadEngine(threads=2, idle_time=0.02)
     try:
         ops = [Operation(OpCode.READ, tfile, [bytearray(8)], i) for i in range(100)]
         e.submit(ops)
-        assert threading.active_count() <= base + 2
+        assert len(threads_started_since(before)) <= 2
         reap_until(e, ops)
         assert e.statistics()["spawned"] <= 100
         wait_until(lambda: e.statistics()["threads"] == 0, timeout=5)
-        wait_until(lambda: threading.active_count() == base, timeout=5)
+        wait_until(lambda: not threads_started_since(before), timeout=5)
         more = [Operation(OpCode.READ, tfile, [bytearray(8)], 0)]
         e.submit(more)  # a new worker is started for new work
         reap_until(e, more)

@@ -37,6 +37,7 @@ from tests.support import (
     next_signal,
     no_signal,
     sigev,
+    threads_started_since,
     unused_fd,
     wait_done,
     wait_until,
@@ -819,7 +820,7 @@ def test_positional_io_on_regular_file_is_not_serialised(
 
 
 def test_aio_init_threads_and_idle_time(tfile: int) -> None:
-    base = threading.active_count()
+    before = set(threading.enumerate())
     P.aio_init(threads=2, num=8, idle_time=0.05)
     cbs = [P.aiocb(tfile, i, bytearray(1)) for i in range(50)]
     for cb in cbs:
@@ -829,8 +830,8 @@ def test_aio_init_threads_and_idle_time(tfile: int) -> None:
     assert eng is not None
     st_ = eng.statistics()
     assert st_["max_threads"] == 2 and st_["num"] == 8 and st_["spawned"] <= 2
-    assert threading.active_count() <= base + 2
-    wait_until(lambda: threading.active_count() == base, timeout=5)  # idle threads exit
+    assert len(threads_started_since(before)) <= 2
+    wait_until(lambda: not threads_started_since(before), timeout=5)  # idle threads exit
 
 
 def test_aio_init_bad_arguments() -> None:

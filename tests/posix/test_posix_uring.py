@@ -33,6 +33,7 @@ from tests.support import (
     next_signal,
     no_signal,
     sigev,
+    threads_started_since,
     wait_done,
     wait_until,
 )
@@ -339,11 +340,11 @@ def test_forked_child_uses_a_fresh_ring(pipe: tuple[int, int]) -> None:
 
 @needs_uring
 def test_engine_by_name_is_owned_and_closed_on_switch(tfile: int) -> None:
-    base = threading.active_count()
+    before = set(threading.enumerate())
     P.aio_init(engine="uring")
     eng = R._engine
     assert eng is not None and eng.name == "uring" and not eng.closed
-    assert threading.active_count() == base + 1  # the reaper
+    assert len(threads_started_since(before)) == 1  # the reaper
     P.aio_init(engine="uring")  # same choice: nothing changes
     assert R._engine is eng
     cb = P.aiocb(tfile, 0, bytearray(4))
@@ -352,7 +353,7 @@ def test_engine_by_name_is_owned_and_closed_on_switch(tfile: int) -> None:
     assert P.aio_return(cb) == 4
     P.aio_init()  # back to the thread engine: ours, so closed
     assert eng.closed
-    assert threading.active_count() == base
+    assert not threads_started_since(before)
 
 
 @needs_uring
