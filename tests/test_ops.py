@@ -6,7 +6,9 @@ completion before the target's, a completion racing a cancel request.
 
 from __future__ import annotations
 
+import collections
 import ctypes
+import dis
 import errno
 import gc
 import mmap
@@ -140,6 +142,55 @@ def test_complete_each_stops_at_the_limit_and_survives_on_done() -> None:
     assert seen == keys and table.completed == 3
     table.complete_each([(99, 0, 0)], 1 << 63)  # not in the table: skipped
     assert table.completed == 3
+
+
+def test_enter_head_and_retire_head_move_whole() -> None:
+    table = InFlight()
+    a, b = Operation(OpCode.READ, 3, [bytearray(4)], 0), Operation(OpCode.POLL, 3, flags=1)
+    backlog, unsent = collections.deque([a, b]), []
+    filled: list[tuple[int, Operation]] = []
+
+    def refuse(key: int, op: Operation) -> None:
+        filled.append((key, op))
+        raise ValueError
+
+    first = table.next_key()
+    with pytest.raises(ValueError):
+        table.enter_head(backlog, unsent, refuse)  # nothing moves
+    assert filled == [(first, a)] and list(backlog) == [a, b] and not unsent
+    assert len(table) == 0 and a.key == -1 and table.next_key() == first
+    assert table.enter_head(backlog, unsent, lambda k, o: filled.append((k, o))) == first
+    assert filled[-1] == (first, a) and list(backlog) == [b] and unsent == [a]
+    assert table.get(first) is a and a.key == first and a.state is OpState.SUBMITTED
+    kb = table.enter_head(backlog, unsent)
+    table.hold(kb, "iovecs")
+
+    ready: list[tuple[Operation, int]] = []
+    events = [("event of a",), ("event of b",)]
+    with pytest.raises(KeyError):
+        table.retire_head(99, 0, events, ready)  # nothing moves
+    assert len(events) == 2 and not ready and len(table) == 2
+    table.retire_head(first, 4, events, ready, lambda op, res: 0)  # not a poll
+    assert events == [("event of b",)] and ready == [(a, 4)] and a.key == -1
+    assert first not in table and a.state is OpState.SUBMITTED
+    table.retire_head(kb, 0x19, events, ready, lambda op, res: res & op.flags)
+    assert not events and ready[1] == (b, 1) and len(table) == 0
+    assert table.next_key() in (first, kb)  # keys are free again
+
+
+@pytest.mark.parametrize("name", ["enter_head", "retire_head"])
+def test_moves_make_no_call_between_their_changes(name: str) -> None:
+    """The Ctrl-C rule of the moves: a signal handler runs only at a call (or
+    a function's entry, or a loop's jump back), so no call, and no loop, may
+    come after the first change of the table or a list."""
+    changes = ("STORE_SUBSCR", "DELETE_SUBSCR", "STORE_ATTR")
+    seen_change = False
+    for ins in dis.get_instructions(getattr(InFlight, name)):
+        if ins.opname in changes or ins.argrepr == "+=":  # list += in place
+            seen_change = True
+        if seen_change:
+            assert "CALL" not in ins.opname and "BACKWARD" not in ins.opname, ins
+    assert seen_change
 
 
 def test_submit_twice_refused() -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import enum
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, MutableSequence, Sequence
 from typing import Any
 
 from xaio._buffers import Pin, pin_many
@@ -79,6 +79,7 @@ _FSYNC, _FDATASYNC, _POLL, _NOP = OpCode.FSYNC, OpCode.FDATASYNC, OpCode.POLL, O
 #: The most buffers one READV/WRITEV takes (the kernel's UIO_MAXIOV).
 IOV_MAX = 1024
 _QUEUED, _SUBMITTED, _DONE = OpState.QUEUED, OpState.SUBMITTED, OpState.DONE
+_POLL = OpCode.POLL
 
 
 class Operation:
@@ -355,6 +356,83 @@ class InFlight:
             for op in itertools.islice(ops, n):  # any Sequence (a deque too)
                 self.take_back(op)
             raise
+
+    def enter_head(
+        self,
+        source: MutableSequence[Operation],
+        dest: list[Operation],
+        prepare: Callable[[int, Operation], object] | None = None,
+    ) -> int:
+        """Enter ``source[0]`` (QUEUED) as SUBMITTED under :meth:`next_key`,
+        and move it from the head of *source* to the end of *dest*: the
+        table and both lists change together.  ``prepare(key, operation)``,
+        if given, runs first (e.g. fills the request in the engine's slot
+        *key*); if it raises, nothing changed.
+
+        The changes make no call (no loop either): a signal handler runs
+        only where the interpreter checks for one (a function's entry, a
+        loop's jump back, a call), so an exception it raises (Ctrl-C) comes
+        before the whole move or after it, never in the middle.  The one
+        call, to *prepare*, comes before any change.  The caller does none
+        of the move itself.
+
+        Returns:
+            The key.
+
+        Raises:
+            Whatever *prepare* raises.
+        """
+        op = source[0]
+        free = self._free
+        key = free[-1] if free else self._next
+        if prepare is not None:
+            prepare(key, op)
+        if free:
+            del free[-1]
+        else:
+            self._next = key + 1
+        del source[0]
+        op.key = key
+        self._ops[key] = op
+        op.state = _SUBMITTED
+        dest += (op,)
+        return key
+
+    def retire_head(
+        self,
+        key: int,
+        result: int,
+        source: MutableSequence[Any],
+        ready: list[tuple[Operation, int]],
+        poll_result: Callable[[Operation, int], int] | None = None,
+    ) -> None:
+        """Remove the operation under *key* (its key is free again), drop the
+        head of *source* (what named it: an event, or the operation itself),
+        and append ``(operation, result)`` to *ready*, for the engine to
+        complete the operation at its next reap: the table and both lists
+        change together.  What :meth:`hold` kept for it is let go.  The
+        operation keeps its state.
+
+        The changes make no call, as in :meth:`enter_head`: an exception
+        from a signal handler comes before the whole move or after it.  The
+        one call, ``poll_result(operation, result)`` for a POLL operation
+        (the result the engine delivers instead), comes before any change.
+        The caller does none of the move itself.
+
+        Raises:
+            KeyError: nothing is in flight under *key* (nothing changed).
+        """
+        op = self._ops[key]
+        if poll_result is not None and op.opcode is _POLL:
+            result = poll_result(op, result)
+        held = self._held
+        if key in held:
+            del held[key]
+        del self._ops[key]
+        self._free += (key,)
+        op.key = -1
+        del source[0]
+        ready += ((op, result),)
 
     def add(self, op: Operation) -> int:
         """Enter *op* (QUEUED) and return its key."""
