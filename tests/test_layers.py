@@ -165,3 +165,38 @@ def test_import_starts_no_thread_and_no_engine() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout) <= 4  # stdin, stdout, stderr and the listdir fd
+
+
+#: engine modules -> the objects whose fields they leave alone (a local name,
+#: or an attribute name, minus leading underscores), and the class of each
+_DRIVERS = {
+    "uring/_batch.py": ("ring", "inflight"),
+    "uring/_engine.py": ("ring", "inflight"),
+    **{str(p.relative_to(SRC)): ("inflight",) for p in sorted((SRC / "linux").glob("*.py"))},
+}
+
+
+@pytest.mark.parametrize("rel", sorted(_DRIVERS))
+def test_engines_reach_no_ring_or_inflight_field(rel: str) -> None:
+    """The engines drive an io_uring Ring through its methods (the SQ/CQ
+    protocol lives in the ring's queue layer alone) and keep operations
+    through InFlight's methods (which hold the Ctrl-C rule of each move):
+    none reads or writes a private field of either."""
+    from xaio._ops import InFlight
+    from xaio.uring import Ring
+
+    def methods(cls: type) -> set[str]:
+        return {n for n in dir(cls) if callable(getattr(cls, n, None))}
+
+    classes = {"ring": Ring, "inflight": InFlight}
+    allowed = {kind: methods(classes[kind]) for kind in _DRIVERS[rel]}
+    bad = []
+    for node in ast.walk(ast.parse((SRC / rel).read_text())):
+        if not isinstance(node, ast.Attribute) or not node.attr.startswith("_"):
+            continue
+        base = node.value
+        owner = base.attr if isinstance(base, ast.Attribute) else getattr(base, "id", "")
+        kind = owner.lstrip("_")
+        if kind in allowed and node.attr not in allowed[kind]:
+            bad.append(f"{rel}:{node.lineno} {owner}.{node.attr}")
+    assert bad == []

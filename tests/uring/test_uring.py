@@ -1103,30 +1103,3 @@ def test_kernel_cancels_waiting_requests_of_an_exited_submitter() -> None:
         eng.close()
         os.close(r)
         os.close(w)
-
-
-def test_batch_and_engine_reach_no_ring_or_inflight_field() -> None:
-    """UringBatch and UringEngine drive a Ring through its methods (the SQ/CQ
-    protocol lives in the ring's queue layer alone) and keep operations through
-    InFlight's methods: neither reads nor writes a private field of either."""
-    import ast
-    import inspect
-
-    from xaio._ops import InFlight
-    from xaio.uring import _batch, _engine
-
-    def methods(cls: type) -> set[str]:
-        return {n for n in dir(cls) if callable(getattr(cls, n, None))}
-
-    allowed = {"ring": methods(Ring), "inflight": methods(InFlight)}
-    bad = []
-    for module in (_batch, _engine):
-        for node in ast.walk(ast.parse(inspect.getsource(module))):
-            if not isinstance(node, ast.Attribute) or not node.attr.startswith("_"):
-                continue
-            base = node.value
-            owner = base.attr if isinstance(base, ast.Attribute) else getattr(base, "id", "")
-            kind = owner.lstrip("_")
-            if kind in allowed and node.attr not in allowed[kind]:
-                bad.append(f"{module.__name__}:{node.lineno} {owner}.{node.attr}")
-    assert bad == []

@@ -123,6 +123,18 @@ _E_DONE = OpState.DONE
 _E_HELD = frozenset({OpCode.WRITE, OpCode.WRITEV, OpCode.FSYNC, OpCode.FDATASYNC})
 
 
+def _poll_result(op: Operation, res: int) -> int:
+    """What a poll delivers for the event result *res*: poll(2)'s revents."""
+    if op.state is _E_CANCEL_REQUESTED:
+        return -errno.ECANCELED  # a cancelled poll reports 0
+    if res > 0:
+        # a poll completed by a wake-up reports the waker's whole mask (a
+        # pipe: POLLIN|POLLRDNORM); poll(2) and io_uring keep what was asked,
+        # and errors/hang-ups
+        res &= op.flags | _POLL_ALWAYS
+    return res
+
+
 class LinuxAioEngine(Engine):
     """The :class:`~xaio.engine.Engine` protocol on one Linux AIO context.
 
@@ -268,9 +280,10 @@ class LinuxAioEngine(Engine):
         """Move backlog operations into free slots and submit them (lock held).
 
         An operation moves from the backlog to ``self._unsent`` (filled into
-        its iocb and entered in the in-flight table) by statements without a
-        call, and leaves ``self._unsent`` when ``io_submit`` says the kernel
-        took it.  An exception from a signal handler (Ctrl-C) that comes as
+        its iocb, then entered in the in-flight table) in one
+        :meth:`InFlight.enter_head <xaio._ops.InFlight.enter_head>`, and
+        leaves ``self._unsent`` when ``io_submit`` says the kernel took it.
+        An exception from a signal handler (Ctrl-C) that comes as
         ``io_submit`` returns, before that bookkeeping, leaves taken iocbs in
         ``self._unsent``: :meth:`_settle` then tells them apart by their
         ``aio_key``, which the kernel sets to 0 in every iocb it reads
@@ -282,16 +295,16 @@ class LinuxAioEngine(Engine):
         if not backlog and not unsent:
             return
         inflight = self._inflight
-        table = inflight._ops
-        free = inflight._free
-        room = self.capacity - len(table)
+        room = self.capacity - len(inflight)
+        enter = inflight.enter_head
+        fill = self._fill
         while backlog and room > 0:
-            op = backlog[0]
-            # InFlight.add, inlined (check_batch ruled out a second entry)
-            key = free[-1] if free else inflight._next
             try:
-                self._fill(key, op)
+                # filled into its iocb, then the whole move, under one key
+                # (check_batch ruled out a second entry)
+                enter(backlog, unsent, fill)
             except Exception as e:
+                op = backlog[0]
                 # taken by submit, so it ends as a completion: a field changed
                 # to garbage since submit (check_batch vetted it), no memory,
                 # or an fd that was not open at submit
@@ -301,16 +314,6 @@ class LinuxAioEngine(Engine):
                     op, -errno.EBADF if getattr(e, "errno", 0) == errno.EBADF else -errno.EINVAL
                 )
                 continue
-            # taken, with no call in between (see above)
-            del backlog[0]
-            if free:
-                del free[-1]
-            else:
-                inflight._next = key + 1
-            op.key = key
-            table[key] = op
-            op.state = _E_SUBMITTED
-            unsent += (op,)
             room -= 1
         ptrs = self._ptrs
         base = self._base
@@ -328,15 +331,10 @@ class LinuxAioEngine(Engine):
             if ret == -errno.EAGAIN:
                 break  # ring full (events not reaped yet): the rest go next time
             # the request first in line was refused: it completes with the
-            # error (its move to _ready without a call, as above)
-            bad = unsent[0]
-            key = bad.key
+            # error (its move to _ready in one call, as above)
+            key = unsent[0].key
             self._iovecs[key] = None
-            del table[key]
-            free += (key,)
-            bad.key = -1
-            del unsent[0]
-            self._ready += ((bad, ret),)
+            inflight.retire_head(key, ret, unsent, self._ready)
             os.eventfd_write(self._efd, 1)
 
     def _maybe_left(self) -> int:
@@ -524,35 +522,20 @@ class LinuxAioEngine(Engine):
     def _match_events(self) -> None:
         """Turn the events in ``self._events_taken`` into ``(op, res)``
         entries of ``self._ready`` and free their slots (lock held).  Each
-        event is handled by statements without a call (see :meth:`_reap_now`)."""
+        event leaves ``self._events_taken`` in the same
+        :meth:`InFlight.retire_head <xaio._ops.InFlight.retire_head>` that
+        frees its slot and enters it in ``self._ready`` (see
+        :meth:`_reap_now`)."""
         events = self._events_taken
         base = self._base
         iovecs = self._iovecs
         ready = self._ready
-        inflight = self._inflight
-        table = inflight._ops  # InFlight.discard_unsubmitted, inlined
-        free = inflight._free
-        j = 0
-        try:
-            for _data, obj, res, _res2 in events:
-                key = (obj - base) >> _IOCB_SHIFT
-                op = table[key]
-                if op.opcode is _E_POLL:
-                    if op.state is _E_CANCEL_REQUESTED:
-                        res = -errno.ECANCELED  # a cancelled poll reports 0
-                    elif res > 0:
-                        # a poll completed by a wake-up reports the waker's
-                        # whole mask (a pipe: POLLIN|POLLRDNORM); poll(2) and
-                        # io_uring keep what was asked, and errors/hang-ups
-                        res &= op.flags | _POLL_ALWAYS
-                iovecs[key] = None
-                del table[key]
-                op.key = -1
-                ready += ((op, res),)
-                free += (key,)
-                j += 1
-        finally:
-            del events[:j]
+        retire = self._inflight.retire_head
+        while events:
+            _data, obj, res, _res2 = events[0]
+            key = (obj - base) >> _IOCB_SHIFT
+            iovecs[key] = None  # the kernel is done with it
+            retire(key, res, events, ready, _poll_result)
 
     def _getevents(self, out: list[tuple[int, int, int, int]], want: int) -> None:
         """Up to *want* events through ``io_getevents`` (no wait), into *out*."""
