@@ -92,7 +92,7 @@ import time
 import warnings
 import weakref
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from xaio._lanes import Lane, fd_order, waits_for_all
@@ -133,29 +133,39 @@ def start_thread_blocking_signals(thread: threading.Thread) -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+def _transfer(
+    fd: int,
+    op: Operation,
+    flags: int,
+    positional: Callable[[int, Sequence[Any], int, int], int],
+    stream: Callable[[int, Sequence[Any]], int],
+) -> int:
+    """The read or write of *op* on *fd* with *flags*: *positional*
+    (``os.preadv``/``os.pwritev``) at ``op.offset``; at the file position
+    where the offset is -1 or the fd has none (``ESPIPE``): *positional* at
+    -1 when there are flags, else *stream* (``os.readv``/``os.writev``).
+
+    Raises:
+        OSError: what the kernel reports.
+    """
+    if op.offset >= 0:
+        try:
+            return positional(fd, op.buffers, op.offset, flags)
+        except OSError as e:
+            if e.errno != errno.ESPIPE:
+                raise
+    return positional(fd, op.buffers, -1, flags) if flags else stream(fd, op.buffers)
+
+
 def _run(op: Operation, fd: int) -> int:
     """Run *op* in this thread on *fd* (``op.fd``, or the engine's reference
     to its file); return its result (bytes, or -errno)."""
     code = op.opcode
     try:
-        if code in _READS:
-            flags = op.flags  # RWF_*: preadv2, as os.preadv takes them
-            if op.offset >= 0:
-                try:
-                    return os.preadv(fd, op.buffers, op.offset, flags)
-                except OSError as e:
-                    if e.errno != errno.ESPIPE:
-                        raise
-            return os.preadv(fd, op.buffers, -1, flags) if flags else os.readv(fd, op.buffers)
+        if code in _READS:  # RWF_* flags: preadv2, as os.preadv takes them
+            return _transfer(fd, op, op.flags, os.preadv, os.readv)
         if code in _WRITES:
-            flags = op.flags
-            if op.offset >= 0:
-                try:
-                    return os.pwritev(fd, op.buffers, op.offset, flags)
-                except OSError as e:
-                    if e.errno != errno.ESPIPE:
-                        raise
-            return os.pwritev(fd, op.buffers, -1, flags) if flags else os.writev(fd, op.buffers)
+            return _transfer(fd, op, op.flags, os.pwritev, os.writev)
         if code is OpCode.FSYNC:
             os.fsync(fd)
             return 0
@@ -996,13 +1006,7 @@ def _read_nowait(op: Operation) -> int:
     fd = op.fd
     flags = op.flags | os.RWF_NOWAIT
     try:
-        if op.offset >= 0:
-            try:
-                return os.preadv(fd, op.buffers, op.offset, flags)
-            except OSError as e:
-                if e.errno != errno.ESPIPE:
-                    raise
-        return os.preadv(fd, op.buffers, -1, flags)
+        return _transfer(fd, op, flags, os.preadv, os.readv)
     except OSError as e:
         if e.errno == errno.EOPNOTSUPP:  # a tty: ready, so the read returns soon
             return _run(op, fd)
