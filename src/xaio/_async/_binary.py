@@ -58,12 +58,13 @@ from xaio._syscall import oserror
 if TYPE_CHECKING:
     from xaio._async._io import AsyncEngine
 
-__all__ = ["AsyncFile", "size_arg"]
+__all__ = ["AsyncFile", "read_lines", "size_arg"]
 
 _DIRECT_BUFFER = 128 * 1024
 _CLOSED = "I/O operation on closed file."
 _current_task = asyncio.current_task
 T = TypeVar("T")
+S = TypeVar("S", bytes, str)
 
 
 def size_arg(size: Any) -> int:
@@ -73,6 +74,21 @@ def size_arg(size: Any) -> int:
     if not isinstance(size, int) or isinstance(size, bool):
         raise TypeError(f"argument should be integer or None, not {type(size).__name__!r}")
     return size
+
+
+async def read_lines(readline: Callable[[], Awaitable[S]], hint: int, lines: list[S]) -> None:
+    """Append what *readline* returns to *lines* until it returns an empty
+    line (end of file) or, when *hint* > 0, until their total length exceeds
+    *hint* (as ``io``'s ``readlines``)."""
+    total = 0
+    while True:
+        line = await readline()
+        if not line:
+            return
+        lines.append(line)
+        total += len(line)
+        if 0 < hint < total:
+            return
 
 
 class AsyncFile:
@@ -618,17 +634,9 @@ class AsyncFile:
         """Read lines until end of file (or until *hint* bytes were read)."""
         h = size_arg(hint)
         lines: list[bytes] = []
-        total = 0
         pos = self._pos
         try:
-            while True:
-                line = await self.readline()
-                if not line:
-                    break
-                lines.append(line)
-                total += len(line)
-                if 0 < h < total:  # io: stop once the total exceeds the hint
-                    break
+            await read_lines(self.readline, h, lines)
         except BaseException:  # a cancellation loses nothing
             if self._regular:
                 self._pos = pos

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
 from typing import Any
 
-from xaio._async._binary import AsyncFile, size_arg
+from xaio._async._binary import AsyncFile, read_lines, size_arg
 from xaio._syscall import oserror
 
 __all__ = ["AsyncTextFile"]
@@ -322,17 +322,9 @@ class AsyncTextFile:
         """Read lines until end of file (or until *hint* characters)."""
         h = size_arg(hint)
         lines: list[str] = []
-        total = 0
         saved = self._save()
         try:
-            while True:
-                line = await self.readline()
-                if not line:
-                    break
-                lines.append(line)
-                total += len(line)
-                if 0 < h < total:  # io: stop once the total exceeds the hint
-                    break
+            await read_lines(self.readline, h, lines)
         except UnicodeDecodeError:
             raise
         except BaseException:
