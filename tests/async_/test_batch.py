@@ -571,3 +571,42 @@ def test_as_completed_cancelled_while_streaming(lib: str, engine_name: str, tmp_
         run(lib, main)
     finally:
         os.close(fd)
+
+
+def test_as_completed_cancelled_while_results_keep_landing(
+    lib: str, engine_name: str, tmp_path: Path
+) -> None:
+    """An iteration over page-cached reads, adding a read per result, so that
+    results are there at every wait: its scope's cancellation still ends it
+    (anyio on asyncio cancels only a task that is not about to resume, so the
+    iteration must also yield at plain checkpoints)."""
+    path = tmp_path / "cached.bin"
+    path.write_bytes(pattern(1 << 20))
+    fd = os.open(path, os.O_RDONLY)
+    bound = 1_000_000  # far beyond one time slice of results
+
+    async def main() -> None:
+        bufs = [bytearray(4096) for _ in range(32)]
+        batch = xaio.Batch()
+        slot = {batch.preadinto(fd, buf, i * 4096): buf for i, buf in enumerate(bufs)}
+        seen = 0
+        with anyio.CancelScope() as scope:
+            async with batch.as_completed() as landed:
+                async for i, result in landed:
+                    assert result == 4096
+                    seen += 1
+                    if seen == 1:
+                        scope.cancel()
+                    if seen > bound:
+                        break
+                    buf = slot.pop(i)
+                    slot[batch.preadinto(fd, buf, seen % 256 * 4096)] = buf
+        assert scope.cancelled_caught
+        assert seen <= bound, "the cancellation never reached the iteration"
+        assert current_driver()._inflight == 0
+        assert all(resizable(b) for b in bufs)
+
+    try:
+        run(lib, main)
+    finally:
+        os.close(fd)

@@ -93,7 +93,12 @@ _SINGLE_USE = "this batch has already run (a Batch is single-use)"
 #: Requests added during an iteration that are handed to the engine together
 #: while the iterator still has results to yield (the rest go before it waits).
 _FLUSH_EVERY = 16
-#: Seconds an iteration may run without waiting before it yields to the loop.
+#: Seconds an iteration may run before it yields to the loop with a plain
+#: checkpoint.  A wait does not count: on asyncio, anyio delivers a
+#: cancellation only to a task whose future is not done yet, and a wait
+#: whose future the loop's I/O phase completes before anyio looks (results
+#: that keep landing) would let an iteration that keeps adding requests run
+#: on past its scope's cancellation for ever.
 _SLICE = 0.0005
 _perf = time.perf_counter
 
@@ -592,7 +597,7 @@ class AsCompleted:
         self._ready: list[Operation] = []
         self._next = 0  # index in _ready
         self._closed = False
-        self._since = 0.0  # when the iteration last waited or yielded
+        self._since = 0.0  # when the iteration last yielded at a checkpoint
 
     def __aiter__(self) -> AsCompleted:
         return self
@@ -651,7 +656,6 @@ class AsCompleted:
             except BaseException:
                 self._end()
                 raise
-            self._since = _perf()
         ready, fl.landed = fl.landed, []
         self._ready = ready
         self._next = 1
