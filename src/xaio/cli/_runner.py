@@ -377,6 +377,13 @@ def _expected_samples(job: Job) -> int:
     return min(1 << 20, int((job.runtime or 1) * 200_000))
 
 
+def _latency_samples(job: Job) -> tuple[_Samples, _Samples]:
+    """Empty read and write latency samples sized for *job* (a small write
+    one when the job writes nothing)."""
+    n = _expected_samples(job)
+    return _Samples(n), _Samples(n if job.writes else 64)
+
+
 # ---------------------------------------------------------------------------------
 # API sync: an Engine, driven directly
 # ---------------------------------------------------------------------------------
@@ -408,8 +415,7 @@ def _sync_loop(job: Job, fd: int, engine: Engine, progress: Progress | None) -> 
     except OSError:
         pass  # e.g. RLIMIT_MEMLOCK: plain requests work the same
     start = array.array("q", bytes(8 * depth))
-    lat_r = _Samples(_expected_samples(job))
-    lat_w = _Samples(64 if not job.writes else _expected_samples(job))
+    lat_r, lat_w = _latency_samples(job)
     result = Result(engine=engine.name, api="sync")
     fsync_op: list[Operation | None] = [None]
     fsync_pending = [False]
@@ -529,8 +535,7 @@ def _posix_loop(job: Job, fd: int, engine_name: str, progress: Progress | None) 
     is_write = [False] * depth
     active: list[posix.aiocb | None] = [None] * depth
     start = array.array("q", bytes(8 * depth))
-    lat_r = _Samples(_expected_samples(job))
-    lat_w = _Samples(64 if not job.writes else _expected_samples(job))
+    lat_r, lat_w = _latency_samples(job)
     result = Result(engine=engine_name, api="posix")
     number = job.number
     k = 0
@@ -650,8 +655,7 @@ async def _asyncio_main(
     bs = job.bs
     pat = _Pattern(job)
     bufs = _make_buffers(job, fd)
-    lat_r = _Samples(_expected_samples(job))
-    lat_w = _Samples(64 if not job.writes else _expected_samples(job))
+    lat_r, lat_w = _latency_samples(job)
     number = job.number
     perf = time.perf_counter_ns
     state = {"k": 0, "done": 0, "stop": False, "writes": 0}
