@@ -438,6 +438,30 @@ class Driver:
         up the loop iteration's time slice, trio every time."""
         raise NotImplementedError
 
+    async def _at_once(
+        self,
+        op: Operation,
+        call: Callable[[int, Sequence[Any], int, int], int],
+        fd: int,
+        bufs: Sequence[Any],
+        offset: int,
+        flags: int,
+    ) -> int:
+        """Finish *op* and make its vectored *call* (``os.preadv`` or
+        ``os.pwritev``) in this thread, as the system call answers it: an
+        empty transfer (the kernel checks no flag then), or a ``RWF_NOWAIT``
+        one on a file not open with O_DIRECT (it never waits; made after the
+        checkpoint of :meth:`_fair`).
+
+        Raises:
+            OSError: what the kernel reports.
+        """
+        n = op.nbytes
+        op.complete(0)
+        if n:
+            await self._fair()
+        return call(fd, bufs, offset, flags)
+
     async def _run(self, op: Operation) -> int:
         """Start *op* (:meth:`_start`; if that or the checkpoint before it
         fails, :func:`abandon` it), wait for it, return its decoded result."""
@@ -744,13 +768,8 @@ class Driver:
         bufs = check_buffers(buffers)
         op = Operation(_READV, fd, bufs, offset, flags)
         n = op.nbytes
-        if n == 0:  # the system call's answer: preadv2 checks no flag then
-            op.complete(0)
-            return os.preadv(fd, bufs, offset, flags)
-        if flags & _RWF_NOWAIT and not is_direct(fd):
-            op.complete(0)
-            await self._fair()
-            return os.preadv(fd, bufs, offset, flags)
+        if not n or (flags & _RWF_NOWAIT and not is_direct(fd)):
+            return await self._at_once(op, os.preadv, fd, bufs, offset, flags)
         inline = bool(not flags and n and (fd in self._cold or self._inline_ok(fd)))
         try:
             op.kind = check_positional(fd)
@@ -781,13 +800,8 @@ class Driver:
         flags = check_flags(flags)
         bufs = check_buffers(buffers)
         op = Operation(_WRITEV, fd, bufs, offset, flags)
-        if not op.nbytes:  # the system call's answer: pwritev2 checks no flag then
-            op.complete(0)
-            return os.pwritev(fd, bufs, offset, flags)
-        if flags & _RWF_NOWAIT and not is_direct(fd):
-            op.complete(0)
-            await self._fair()
-            return os.pwritev(fd, bufs, offset, flags)
+        if not op.nbytes or (flags & _RWF_NOWAIT and not is_direct(fd)):
+            return await self._at_once(op, os.pwritev, fd, bufs, offset, flags)
         try:
             op.kind = check_positional(fd)
         except BaseException:
