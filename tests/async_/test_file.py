@@ -787,3 +787,25 @@ def test_fifo_file_objects(lib: str, engine_name: str, tmp_path: Path) -> None:
         assert got == [b"first line\n", b"the rest"]
 
     run(lib, main)
+
+
+@pytest.mark.parametrize("text", ["a\r", "\ra", "\r\na", "a\rb\r\nc"])
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16-le", "utf-16", "utf-32"])
+def test_text_tell_around_a_carriage_return(encoding: str, text: str, tmp_path: Path) -> None:
+    """Universal newlines hold a ``\\r`` back (it may start ``\\r\\n``) and
+    turn ``\\r\\n`` into one character; tell() after a character counts the
+    bytes up to it in the file's encoding, so seeking there reads on as io
+    does."""
+    path = tmp_path / "t.txt"
+    path.write_bytes(text.encode(encoding))
+    with open(path, encoding=encoding, newline=None) as f:
+        want = [f.readline(1), f.read()]
+
+    async def main() -> list[Any]:
+        async with await xaio.open(path, encoding=encoding, newline=None) as f:
+            first = await f.readline(1)
+            pos = await f.tell()
+            await f.seek(pos)
+            return [first, await f.read()]
+
+    assert asyncio.run(main()) == want

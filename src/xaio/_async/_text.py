@@ -34,6 +34,14 @@ class _Detached:
         raise ValueError("underlying buffer has been detached")
 
 
+def _cr_size(encoding: str) -> int:
+    """How many bytes a carriage return takes in *encoding* (2 in UTF-16),
+    not counting a byte order mark."""
+    enc = codecs.getincrementalencoder(encoding)("strict")
+    enc.encode("")  # a BOM-writing encoder (UTF-16, UTF-32) writes it here
+    return len(enc.encode("\r")) or len(enc.encode("\r", final=True))
+
+
 class AsyncTextFile:
     """A text async file over an :class:`AsyncFile` (see the module essay).
 
@@ -401,19 +409,49 @@ class AsyncTextFile:
         if self._dpos >= len(self._decoded):
             # everything decoded was consumed; bytes still held by the decoder count
             held, flag = self._decoder.getstate()
-            pending_cr = 1 if self._newline in (None, "") and flag & 1 else 0
+            pending_cr = _cr_size(self.encoding) if self._newline in (None, "") and flag & 1 else 0
             return self.buffer._tell() - len(held) - pending_cr
         if self._dpos == 0:
             return pos0
-        dec = self._make_decoder()
+        return pos0 + self._replay(state0, chunk, self._dpos)
+
+    def _replay(self, state0: Any, chunk: bytes, n: int) -> int:
+        """The byte offset in *chunk* just after the first *n* characters
+        decoded from it (decoder state *state0* before it).
+
+        The codec decodes the chunk a byte at a time without the newline
+        layer, so every character gets the offset where its last byte is;
+        then the newline rule is applied to that sequence: under universal
+        newlines a ``\\r`` held back from the previous chunk comes first (its
+        bytes are before the chunk), and with translation ``\\r\\n`` is one
+        character, ending where its ``\\n`` does."""
+        universal = self._newline is None or self._newline == ""
+        raw: Any = codecs.getincrementaldecoder(self.encoding)(self.errors)
+        ends: list[tuple[str, int]] = []
         if state0 is not None:
-            dec.setstate(state0)
-        count = 0
+            if universal:
+                buf, flag = state0
+                raw.setstate((buf, flag >> 1))
+                if flag & 1:
+                    ends.append(("\r", 0))
+            else:
+                raw.setstate(state0)
         for i in range(len(chunk)):
-            count += len(dec.decode(chunk[i : i + 1]))
-            if count >= self._dpos:
-                return pos0 + i + 1 - (count - self._dpos)
-        return pos0 + len(chunk)  # pragma: no cover
+            for ch in raw.decode(chunk[i : i + 1]):
+                ends.append((ch, i + 1))
+        count = 0
+        translate = self._newline is None
+        k = 0
+        while k < len(ends):
+            ch, end = ends[k]
+            if translate and ch == "\r" and k + 1 < len(ends) and ends[k + 1][0] == "\n":
+                k += 1
+                end = ends[k][1]
+            count += 1
+            if count >= n:
+                return end
+            k += 1
+        return len(chunk)  # pragma: no cover
 
     async def seek(self, cookie: int, whence: int = os.SEEK_SET) -> int:
         """Move to a position from :meth:`tell` (or 0); ``seek(0, SEEK_END)``
