@@ -867,15 +867,15 @@ def test_cp_replaces_atomically_and_follows_a_symlink(tmp_path: Path) -> None:
 
 def test_failed_verify_keeps_the_destination_and_names_it(tmp_path: Path) -> None:
     src, dst = tmp_path / "src.bin", tmp_path / "dst.bin"
-    make_src(src, 300_000)
+    data = make_src(src, 300_000)
     old = b"the previous backup"
     dst.write_bytes(old)
     with _cp.Copy(str(src), str(dst), bs=64 << 10) as job:
         job.run()
         assert job.path != str(dst) and os.path.dirname(job.path) == str(tmp_path)
         fd = os.open(job.path, os.O_WRONLY)
-        try:  # the copy goes bad on its way to the disk
-            os.pwrite(fd, b"X", 123_456)
+        try:  # the copy goes bad on its way to the disk: a byte unlike the source's
+            os.pwrite(fd, bytes([data[123_456] ^ 0xFF]), 123_456)
         finally:
             os.close(fd)
         with pytest.raises(_cp.CopyError) as ei:
