@@ -17,7 +17,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from xaio._async._driver import _STREAK, Driver, Parked, abandon
+from xaio._async._driver import _SLICE, _STREAK, Driver, Parked, abandon
 from xaio._ops import Operation, OpState, decode_result
 from xaio.engine import Engine
 
@@ -27,8 +27,6 @@ T = TypeVar("T")
 _DONE = OpState.DONE
 _running_loop = asyncio.get_running_loop
 _perf = time.perf_counter
-#: Seconds of immediate completions after which the driver yields to the loop.
-_SLICE = 0.0005
 #: Tasks parked by an exhausted slice that are released per loop iteration.
 _SLICE_WAKE = 1
 #: Most tasks woken by completions per loop iteration: the rest wait for the

@@ -70,7 +70,7 @@ from xaio._async._checks import (
     is_direct,
 )
 from xaio._async._current import current_driver
-from xaio._async._driver import Driver, Parked, abandon
+from xaio._async._driver import _SLICE, Driver, Parked, abandon
 from xaio._ops import OpCode, Operation, OpState, decode_result
 from xaio.engine import EngineClosedError
 
@@ -93,13 +93,12 @@ _SINGLE_USE = "this batch has already run (a Batch is single-use)"
 #: Requests added during an iteration that are handed to the engine together
 #: while the iterator still has results to yield (the rest go before it waits).
 _FLUSH_EVERY = 16
-#: Seconds an iteration may run before it yields to the loop with a plain
-#: checkpoint.  A wait does not count: on asyncio, anyio delivers a
-#: cancellation only to a task whose future is not done yet, and a wait
-#: whose future the loop's I/O phase completes before anyio looks (results
-#: that keep landing) would let an iteration that keeps adding requests run
-#: on past its scope's cancellation for ever.
-_SLICE = 0.0005
+# An iteration yields to the loop with a plain checkpoint every _SLICE (the
+# driver's time slice).  A wait does not count: on asyncio, anyio delivers a
+# cancellation only to a task whose future is not done yet, and a wait whose
+# future the loop's I/O phase completes before anyio looks (results that
+# keep landing) would let an iteration that keeps adding requests run on
+# past its scope's cancellation for ever.
 _perf = time.perf_counter
 
 

@@ -159,6 +159,9 @@ _nowait_preadv = nowait_preadv
 _MISS, _NOT_POSITIONAL = -errno.EAGAIN, -errno.ESPIPE  # nowait_preadv's answers
 #: Immediate completions between two looks at the clock (see _fair).
 _STREAK = 16
+#: Seconds the loop's thread may run on immediate completions (a driver's
+#: tasks, or one batch iteration) before it yields to the loop.
+_SLICE = 0.0005
 #: Most bytes one read(2)/write(2) moves on Linux (MAX_RW_COUNT).
 MAX_RW_COUNT = 0x7FFFF000
 

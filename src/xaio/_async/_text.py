@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import codecs
 import errno
+import functools
 import io
 import os
 from collections.abc import AsyncIterator, Iterable
@@ -34,6 +35,7 @@ class _Detached:
         raise ValueError("underlying buffer has been detached")
 
 
+@functools.lru_cache(maxsize=16)
 def _cr_size(encoding: str) -> int:
     """How many bytes a carriage return takes in *encoding* (2 in UTF-16),
     not counting a byte order mark."""
