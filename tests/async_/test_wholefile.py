@@ -41,10 +41,17 @@ def ring_slots_open() -> list[str]:
 async def wait_nothing_open(fds: set[str]) -> None:
     """Wait until the process has exactly *fds* open and the driver's path
     ring no slot (a close of a slot completes after the read returned)."""
-    await wait_until_async(
-        lambda: open_fds() == fds and not ring_slots_open(),
-        "every fd and registered file slot of the reads to be closed",
-    )
+    try:
+        await wait_until_async(
+            lambda: open_fds() == fds and not ring_slots_open(),
+            "every fd and registered file slot of the reads to be closed",
+        )
+    except AssertionError as e:
+        now = open_fds()
+        raise AssertionError(
+            f"{e}: fds opened {sorted(now - fds)}, closed {sorted(fds - now)}, "
+            f"slots in use {ring_slots_open()}"
+        ) from None
 
 
 async def baseline() -> set[str]:
@@ -126,21 +133,19 @@ def test_file_changing_while_read(lib: str, engine_name: str, tmp_path: pathlib.
     p = tmp_path / "f"
     p.write_bytes(data[:100_000])
     stop = threading.Event()
+    # (the writer's fd is open before the reads' baseline of open fds is taken)
+    fd = os.open(p, os.O_WRONLY)
 
     def churn() -> None:
-        fd = os.open(p, os.O_WRONLY)
         rnd = random.Random(1)
         size = 100_000
-        try:
-            while not stop.is_set():
-                new = rnd.choice([0, 1, 4096, 16_385, 70_000, 300_000, 1 << 20])
-                if new > size:
-                    os.pwrite(fd, data[size:new], size)
-                else:
-                    os.ftruncate(fd, new)
-                size = new
-        finally:
-            os.close(fd)
+        while not stop.is_set():
+            new = rnd.choice([0, 1, 4096, 16_385, 70_000, 300_000, 1 << 20])
+            if new > size:
+                os.pwrite(fd, data[size:new], size)
+            else:
+                os.ftruncate(fd, new)
+            size = new
 
     async def main() -> list[bytes]:
         fds = await baseline()
@@ -162,6 +167,7 @@ def test_file_changing_while_read(lib: str, engine_name: str, tmp_path: pathlib.
     finally:
         stop.set()
         t.join()
+        os.close(fd)
     for r in results:
         if r != data[: len(r)]:
             wrong = [j for j in range(len(r)) if r[j] != data[j] and r[j] != 0]
