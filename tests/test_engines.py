@@ -579,11 +579,13 @@ def test_register_buffers(engine: Engine, data_fd: int, direct_fd: int) -> None:
     ops.clear()
 
 
-def test_read_nowait(engine: Engine, data_fd: int, tmp_path: Path) -> None:
-    """The page-cache fast path (``Engine.read_nowait``) of every engine:
-    a cached read is done at once; end of file, errors, streams, O_APPEND and
-    O_DIRECT fds are left to the normal path; a closed engine declines."""
-    read_nowait = engine.read_nowait
+@pytest.mark.parametrize("how", ["read_nowait", "nowait_reader"])
+def test_read_nowait(engine: Engine, data_fd: int, tmp_path: Path, how: str) -> None:
+    """The page-cache fast path (``Engine.read_nowait``, and the same bound
+    once as ``Engine.nowait_reader``) of every engine: a cached read is done
+    at once; end of file, errors, streams, O_APPEND and O_DIRECT fds are left
+    to the normal path; a closed engine declines."""
+    read_nowait = getattr(engine, how)
     os.pread(data_fd, 4096, 0)  # cached
     expected = pattern(1 << 20)
     buf = bytearray(8)

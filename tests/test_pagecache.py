@@ -69,3 +69,25 @@ def test_the_reader_skips_o_append_and_o_direct(data_path: Path, data_fd: int) -
         os.close(afd)
     assert reader.read(data_fd, buf, 1 << 30, 16) is None  # short: the caller submits
     assert reader.count == 1
+
+
+class _Gate:
+    def __init__(self, passable: bool) -> None:
+        self.passable = passable
+
+
+def test_the_reader_reads_nothing_past_a_closed_gate_nor_once_closed(data_fd: int) -> None:
+    """An fd whose gate (its owner's lane) is not passable is not read, nor
+    is anything once the reader is closed."""
+    gates: dict[int, _Gate] = {}
+    reader = NowaitReader(gates)
+    os.pread(data_fd, 4096, 0)
+    buf = bytearray(16)
+    gates[data_fd] = _Gate(False)  # work held back on the fd
+    assert reader.read(data_fd, buf, 0, 16) is None and buf == bytearray(16)
+    gates[data_fd].passable = True
+    assert reader.read(data_fd, buf, 0, 16) == 16 and buf == pattern(16)
+    del gates[data_fd]
+    assert reader.read(data_fd, buf, 16, 16) == 16 and reader.count == 2
+    reader.close()
+    assert reader.read(data_fd, buf, 0, 16) is None and reader.count == 2

@@ -2,8 +2,8 @@
 
 The one place xaio reads with ``RWF_NOWAIT`` to find out whether the page
 cache holds a range (:func:`nowait_preadv`), and the rule of when that is
-tried (:class:`NowaitReader`), for the engines' ``read_nowait`` (and so POSIX
-``aio_read``) and the async drivers alike.
+tried (:class:`NowaitReader`), for the engines' ``read_nowait`` and
+``nowait_reader`` (and so POSIX ``aio_read``) and the async drivers alike.
 
 ``preadv2(RWF_NOWAIT)`` copies from the page cache and fails with EAGAIN
 instead of waiting for the device -- the attempt io_uring itself makes inline
@@ -16,8 +16,8 @@ It is only tried where it cannot block or reorder anything:
 * not on O_DIRECT fds (a NOWAIT direct read still waits for the device) nor
   O_APPEND ones;
 * only positionally: a pipe, socket or tty fails with ESPIPE, so a stream's
-  queued reads are never overtaken (engines that keep other ordered work on
-  an fd check that themselves before asking);
+  queued reads are never overtaken (an engine that holds other ordered work
+  back on an fd gives its reader its per-fd lanes, which it looks at first);
 * all or nothing: a short read (end of file, part of the range cached) or any
   error returns None and the caller submits the request the normal way, which
   reports errors and end of file as usual.
@@ -33,8 +33,8 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 __all__ = ["NowaitReader", "INLINE_MAX", "NOT_TRIED", "nowait_preadv"]
 
@@ -70,17 +70,38 @@ def nowait_preadv(fd: int, buffers: Sequence[Any], offset: int) -> int:
         return NOT_TRIED
 
 
+class _Gate(Protocol):
+    """What a reader's owner keeps per fd with ordered work (a ``Lane``)."""
+
+    @property
+    def passable(self) -> bool:
+        """May a read on the fd complete now, overtaking nothing?"""
+
+
 class NowaitReader:
     """``preadv2(RWF_NOWAIT)`` with the per-fd flag cache described above.
 
-    ``count`` is how many reads it completed.
+    Args:
+        gates: the owner's per-fd ordering state (an engine's lanes), looked
+            up by fd at each read: no read is done while the fd's gate is not
+            ``passable`` (requests are held back there).  The owner changes
+            the mapping in place.
+
+    ``count`` is how many reads it completed; once :meth:`close` was called,
+    :meth:`read` declines every read.
     """
 
-    __slots__ = ("_flags", "count")
+    __slots__ = ("_flags", "_gates", "closed", "count")
 
-    def __init__(self) -> None:
+    def __init__(self, gates: Mapping[int, _Gate] | None = None) -> None:
         self._flags: dict[int, list[Any]] = {}  # fd -> [may read inline, reads left]
+        self._gates: Mapping[int, _Gate] = {} if gates is None else gates
+        self.closed = False
         self.count = 0
+
+    def close(self) -> None:
+        """Decline every read from now on (the owner is closed)."""
+        self.closed = True
 
     def flags_ok(self, fd: int) -> bool:
         """May reads on *fd* be tried inline at all (not O_DIRECT, not
@@ -108,13 +129,24 @@ class NowaitReader:
     def read(self, fd: int, buffer: Any, offset: int, nbytes: int) -> int | None:
         """Read *nbytes* at *offset* into *buffer* if the page cache has them all.
 
+        The hot path of every page-cache hit (POSIX ``aio_read`` calls it
+        through :attr:`xaio.engine.Engine.nowait_reader`): the flag cache and
+        :func:`nowait_preadv` are inlined.
+
         Returns:
             *nbytes* when the whole read was done here; None when the caller
             must submit the request as usual (nothing is reported here: a
             buffer the read cannot use -- read-only, closed -- is refused by
             the normal path too, with its error).
         """
-        entry = self._flags.get(fd)  # flags_ok, inlined: this is the hot path
+        if self.closed:
+            return None
+        gates = self._gates
+        if gates:
+            gate = gates.get(fd)
+            if gate is not None and not gate.passable:
+                return None
+        entry = self._flags.get(fd)
         if entry is None or entry[1] <= 0:
             if not self.flags_ok(fd):
                 return None
@@ -122,10 +154,14 @@ class NowaitReader:
             entry[1] -= 1
             if not entry[0]:
                 return None
-        n = nowait_preadv(fd, (buffer,), offset)
-        if n != nbytes:
-            if n < 0 and n != NOT_TRIED:
-                self._flags.pop(fd, None)  # the kernel's answer: look at the fd again
+        try:
+            n = os.preadv(fd, (buffer,), offset, _RWF_NOWAIT)  # type: ignore[arg-type]
+        except OSError:  # the kernel's answer: look at the fd again next time
+            self._flags.pop(fd, None)
+            return None
+        except (TypeError, BufferError, OverflowError, ValueError):  # NOT_TRIED
+            return None
+        if n != nbytes:  # short: end of file, or only part of it cached
             return None
         self.count += 1
         return n

@@ -239,7 +239,8 @@ class ThreadEngine(Engine):
         self._completed = 0
         self._cancelled = 0
         self._spawned = 0
-        self._nowait = NowaitReader()
+        #: the page-cache fast path, which reads nothing past work held in a lane
+        self._nowait = NowaitReader(self._lanes)
         #: op -> a dup of its fd (-1: not open at submit), for writes and syncs
         self._held: dict[Operation, int] = {}
         self._efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
@@ -475,14 +476,13 @@ class ThreadEngine(Engine):
             must submit the operation as usual (nothing is reported here:
             errors, short reads and EOF all go the normal way).
         """
-        if self._closed:
-            return None
-        lanes = self._lanes
-        if lanes:
-            lane = lanes.get(fd)
-            if lane is not None and not lane.passable:
-                return None
         return self._nowait.read(fd, buffer, offset, nbytes)
+
+    @property
+    def nowait_reader(self) -> Callable[[int, Any, int, int], int | None]:
+        """:meth:`read_nowait` without its frame: the reader itself, which
+        the engine's lanes gate and its close closes."""
+        return self._nowait.read
 
     def reap(self, timeout: float | None = 0.0, *, max_n: int = 0) -> int:
         """Deliver waiting completions in this thread (``op.complete(res)``).
@@ -571,6 +571,7 @@ class ThreadEngine(Engine):
         ``complete_in_worker``) and what waits for readiness (its worker
         completes it), let idle workers exit."""
         self._closed = True
+        self._nowait.close()
         cancelled: list[Operation] = []
         for lane in self._lanes.values():
             cancelled.extend(lane.held)
@@ -660,6 +661,7 @@ class ThreadEngine(Engine):
         self._nthreads = 0
         self._waking = 0
         self._closed = True
+        self._nowait.close()
         held, self._held = self._held, {}
         for fd in held.values():  # this process's copies of the references
             if fd >= 0:

@@ -159,11 +159,26 @@ def test_write_on_read_only_fd_is_ebadf_later(tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("engine")
-def test_negative_offset_is_einval_later(tfile: int) -> None:
-    cb = P.aiocb(tfile, -1, bytearray(4))
+@pytest.mark.parametrize("offset", [-1, -4096, 2**63, 2**64])
+@pytest.mark.parametrize("shape", ["bytearray", "mmap-nbytes"])
+def test_offset_out_of_range_is_einval_later(tfile: int, offset: int, shape: str) -> None:
+    """A negative offset, or one past 2**63 - 1, is EINVAL through aio_error,
+    also for the aiocb shapes the page-cache fast path takes (a cached file):
+    that path reads nothing, not even at the file position (-1 to preadv2)."""
+    import mmap
+
+    os.pread(tfile, 8192, 0)  # cached
+    R._get_engine()
+    pos = os.lseek(tfile, 100, os.SEEK_SET)
+    before = inline_count()
+    buf: Any = bytearray(4) if shape == "bytearray" else mmap.mmap(-1, 4096)
+    cb = P.aiocb(tfile, offset, buf, None if shape == "bytearray" else len(buf))
     P.aio_read(cb)
     wait_done(cb)
     assert (P.aio_error(cb), P.aio_return(cb)) == (errno.EINVAL, -1)
+    assert inline_count() == before
+    assert os.lseek(tfile, 0, os.SEEK_CUR) == pos
+    assert _bytes_of(buf) == bytes(len(buf))
 
 
 @pytest.mark.usefixtures("engine")

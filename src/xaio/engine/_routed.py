@@ -11,7 +11,7 @@ import select
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from xaio._ops import CancelOutcome, Operation, check_batch
@@ -119,6 +119,11 @@ class RoutedEngine(Engine):
         if self._closed:
             return None
         return self._threads.read_nowait(fd, buffer, offset, nbytes)
+
+    @property
+    def nowait_reader(self) -> Callable[[int, Any, int, int], int | None]:
+        """The thread engine's (closed with this engine)."""
+        return self._threads.nowait_reader
 
     def statistics(self) -> dict[str, Any]:
         threads = self._threads.statistics()

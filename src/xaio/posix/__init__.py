@@ -267,55 +267,52 @@ def aio_read(cb: aiocb) -> None:
         ValueError: ``aio_nbytes`` larger than the buffer (or negative).
     """
     # The page-cache fast path, inline (it is the hot path): the engine's
-    # read_nowait, for any writable contiguous buffer (bytearray, mmap,
-    # memoryview, array, ctypes...), with or without aio_nbytes, for at most
-    # INLINE_MAX bytes (a larger read goes to the engine, so that aio_read
-    # returns promptly and a later small read can finish first), and only
-    # where it overtakes nothing: not on an fd whose lane is serial or holds
-    # requests back (read_nowait itself refuses O_DIRECT, O_APPEND and
-    # stream fds, and the thread engine its own held-back work).  Anything
-    # unusual (wrong types, a read-only or too short buffer, a bad sigevent)
-    # takes the normal path, which reports it.  The aiocb a C program fills
-    # in (an mmap or bytearray of exactly aio_nbytes, priority 0, no
-    # sigevent) is recognised with a few identity tests first.
+    # reader (Engine.nowait_reader), for any writable contiguous buffer
+    # (bytearray, mmap, memoryview, array, ctypes...), with or without
+    # aio_nbytes, for at most INLINE_MAX bytes (a larger read goes to the
+    # engine, so that aio_read returns promptly and a later small read can
+    # finish first), and only where it overtakes nothing: not on an fd whose
+    # lane is serial or holds requests back (the reader itself refuses
+    # O_DIRECT, O_APPEND and stream fds, and the thread engine's reader its
+    # own held-back work).  Anything unusual (wrong types, a read-only or too
+    # short buffer, a bad sigevent) takes the normal path, which reports it.
+    # The aiocb a C program fills in (an mmap or bytearray of exactly
+    # aio_nbytes, priority 0, no sigevent) is recognised with a few identity
+    # tests first.  An offset beyond 2**63 - 1 is the reader's to refuse.
     read_nowait = _runtime._read_nowait
     if (
-        read_nowait is None
-        or (type(cb) is not aiocb and not isinstance(cb, aiocb))
-        or cb._state >= HELD  # refused by the normal path
+        read_nowait is not None
+        and (type(cb) is aiocb or isinstance(cb, aiocb))
+        and cb._state < HELD  # else refused by the normal path
     ):
-        _submit_one(cb, OpCode.READ)
-        return
-    buf = cb.aio_buf
-    tb = type(buf)
-    nbytes = cb.aio_nbytes
-    fd = cb.aio_fildes
-    off = cb.aio_offset
-    n = -1
-    if (
-        (tb is _MMAP or tb is bytearray)
-        and cb.aio_reqprio is _ZERO  # an identity test: anything else goes below
-        and cb.aio_sigevent is None
-    ):
-        n = len(buf)  # the size in bytes
-        if nbytes is not None and (type(nbytes) is not int or nbytes != n):
-            n = -1
-    if n < 0:
-        buf, n, notice = _inline_shape(cb, buf, nbytes)
-    else:
+        buf = cb.aio_buf
+        tb = type(buf)
+        nbytes = cb.aio_nbytes
         notice = None
-    if (
-        0 < n <= INLINE_MAX
-        and type(fd) is int
-        and type(off) is int
-        and 0 <= off <= _INT64_MAX
-        and (not _lanes or _lane_open(fd))
-        and read_nowait(fd, buf, off, n) is not None
-    ):
-        cb._complete_now(n)
-        if notice is not None:
-            notify(notice)
-        return
+        if (
+            (tb is _MMAP or tb is bytearray)
+            and cb.aio_reqprio is _ZERO  # an identity test: anything else goes below
+            and cb.aio_sigevent is None
+        ):
+            n = len(buf)  # the size in bytes
+            if nbytes is not None and (type(nbytes) is not int or nbytes != n):
+                buf, n, notice = _inline_shape(cb, buf, nbytes)
+        else:
+            buf, n, notice = _inline_shape(cb, buf, nbytes)
+        fd = cb.aio_fildes
+        off = cb.aio_offset
+        if (
+            0 < n <= INLINE_MAX
+            and type(fd) is int
+            and type(off) is int
+            and off >= 0
+            and (not _lanes or _lane_open(fd))
+            and read_nowait(fd, buf, off, n) is not None
+        ):
+            cb._complete_now(n)
+            if notice is not None:
+                notify(notice)
+            return
     _submit_one(cb, OpCode.READ)
 
 

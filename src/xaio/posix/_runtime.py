@@ -36,7 +36,7 @@ _by_fd: dict[int, dict[aiocb, None]] = {}
 _lanes: dict[int, Lane[aiocb]] = {}
 _engine: Engine | None = None
 _engine_is_ours = False  # we created it (and close it)
-#: The engine's page-cache fast path (``Engine.read_nowait``), bound once.
+#: The engine's page-cache fast path (``Engine.nowait_reader``), bound once.
 _read_nowait: Callable[[int, Any, int, int], int | None] | None = None
 #: What aio_init asked for: an engine name, or the caller's Engine.
 _choice: str | Engine = "thread"
@@ -88,7 +88,7 @@ def _install_locked(eng: Engine, ours: bool) -> None:
         # start after the thread began; an engine nobody would reap is not
         if reaper is None or reaper.thread.ident is not None:
             _engine, _engine_is_ours, _reaper = eng, ours, reaper
-            _read_nowait = eng.read_nowait
+            _read_nowait = eng.nowait_reader
         elif ours:
             eng.close()
 

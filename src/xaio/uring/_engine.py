@@ -10,7 +10,7 @@ import select
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from xaio import _syscall
@@ -611,6 +611,7 @@ class UringEngine(Engine):
         if self._owner.foreign:
             if not self._closed:
                 self._closed = True
+                self._nowait.close()
                 self._ring.close()
                 os.close(self._efd)
             return
@@ -618,6 +619,7 @@ class UringEngine(Engine):
             if self._closed:
                 return
             self._closed = True
+            self._nowait.close()
             # wake a reaper blocked in io_uring_enter so it lets go of the ring
             self._ring.prep_nop(user_data=_WAKE)
             self._ring.submit()
@@ -690,9 +692,13 @@ class UringEngine(Engine):
             must submit the operation as usual (nothing is reported here:
             errors, short reads and EOF all go the normal way).
         """
-        if self._closed:
-            return None
         return self._nowait.read(fd, buffer, offset, nbytes)
+
+    @property
+    def nowait_reader(self) -> Callable[[int, Any, int, int], int | None]:
+        """:meth:`read_nowait` without its frame: the reader itself, which
+        the engine's close closes."""
+        return self._nowait.read
 
     def statistics(self) -> dict[str, Any]:
         """Counters: submitted, completed, cancel, eventfd_reads, in_flight,
