@@ -207,6 +207,7 @@ class ThreadEngine(Engine):
     """
 
     name = "thread"
+    orders_requests = True
 
     def __init__(
         self,

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,10 @@ from tests.support import (
     wait_done,
     wait_until,
 )
+from xaio._ops import CancelOutcome, Operation
+from xaio.engine import Engine
 from xaio.posix import _runtime as R
+from xaio.threads import ThreadEngine
 
 pytestmark = pytest.mark.usefixtures("clean_posix")
 
@@ -1470,3 +1473,63 @@ def test_stream_write_nonblocking_is_short_like_write(
     b.setblocking(False)
     with pytest.raises(BlockingIOError):
         b.recv(1)  # nothing more was written
+
+
+# --- posix asks the engine's capability flags, never its class ----------------------
+
+
+class _Forwarding(Engine):
+    """An engine that is no ThreadEngine but runs everything on one: what
+    posix does with it may follow only from its flags."""
+
+    name = "thread"
+    orders_requests = True
+
+    def __init__(self) -> None:
+        self.inner = ThreadEngine(threads=2)
+
+    def owns(self, op: Operation) -> bool:
+        return self.inner.owns(op)
+
+    def submit(self, ops: Sequence[Operation]) -> int:
+        return self.inner.submit(ops)
+
+    def cancel(self, op: Operation) -> CancelOutcome:
+        return self.inner.cancel(op)
+
+    def reap(self, timeout: float | None = 0.0, *, max_n: int = 0) -> int:
+        return self.inner.reap(timeout, max_n=max_n)
+
+    def fileno(self) -> int:
+        return self.inner.fileno()
+
+    def close(self) -> None:
+        self.inner.close()
+
+    @property
+    def closed(self) -> bool:
+        return self.inner.closed
+
+
+@pytest.mark.usefixtures("clean_posix")
+def test_an_engine_that_orders_requests_gets_no_lanes(pipe: tuple[int, int]) -> None:
+    """On an engine whose flags say it orders the requests of an fd itself,
+    posix keeps no lanes: two reads on a pipe go to it at once, and it runs
+    them in order; aio_cancel gets its honest answers."""
+    r, w = pipe
+    eng = _Forwarding()
+    try:
+        P.aio_init(engine=eng)
+        first, second = P.aiocb(r, 0, bytearray(3)), P.aiocb(r, 0, bytearray(3))
+        P.aio_read(first)
+        P.aio_read(second)
+        assert R._lanes == {}  # the engine holds the second one back itself
+        assert P.aio_cancel(r, second) == P.AIO_CANCELED
+        assert (P.aio_error(second), P.aio_return(second)) == (errno.ECANCELED, -1)
+        os.write(w, b"abcdef")
+        wait_done(first)
+        assert (P.aio_return(first), bytes(first.aio_buf)) == (3, b"abc")
+        assert os.read(r, 8) == b"def"
+        P.aio_init()
+    finally:
+        eng.close()

@@ -53,8 +53,9 @@ Callers branch on the engine's capability flags, never on its ``name``:
 (a running request can be stopped, so ``close`` never waits for ever),
 ``thread_bound`` (a waiting request dies with the thread that submitted it),
 ``slow_close`` (run ``close`` off an event loop), ``kernel_path_ops`` (path
-operations have a kernel path beside the engine) and ``delivers_itself``
-(nobody needs to reap).
+operations have a kernel path beside the engine), ``orders_requests`` (it
+orders an fd's requests itself, as ``xaio._lanes`` says, and its ``submit``
+runs no ``on_done``) and ``delivers_itself`` (nobody needs to reap).
 
 Threads: ``submit`` and ``cancel`` may be called from any thread while one
 thread is inside ``reap``.  One kernel fact limits this on io_uring: a request

@@ -53,6 +53,14 @@ class Engine(abc.ABC):
             ``renameat``, ``unlinkat``, ``mkdirat``) run asynchronously in the
             kernel beside this engine's requests (io_uring): the async layer
             runs them there, else on threads.
+        orders_requests: The engine itself runs the requests of one fd in
+            the order :mod:`xaio._lanes` describes (a stream or O_APPEND fd
+            one at a time in submission order, an fsync after every request
+            submitted before it, a request at the file position alone), so a
+            caller that needs that order (POSIX AIO) keeps no lanes of its
+            own; and its ``submit`` never runs an ``on_done`` (completions
+            come from its workers or a reap), so it may be called with a lock
+            held that ``on_done`` takes (the thread engine).
     """
 
     name: ClassVar[str]
@@ -61,6 +69,7 @@ class Engine(abc.ABC):
     thread_bound: ClassVar[bool] = False
     slow_close: ClassVar[bool] = False
     kernel_path_ops: ClassVar[bool] = False
+    orders_requests: ClassVar[bool] = False
 
     @property
     def delivers_itself(self) -> bool:

@@ -133,7 +133,6 @@ from xaio.posix._request import (
     aiocb,
 )
 from xaio.posix._runtime import _by_fd, _lanes, _state_lock, _suspenders, aio_init
-from xaio.threads import ThreadEngine
 
 __all__ = [
     "aiocb",
@@ -489,7 +488,7 @@ def aio_suspend(cbs: Iterable[aiocb | None], timeout: float | None = None) -> No
     if not pending:
         return
     eng = _runtime._engine
-    if eng is not None and not isinstance(eng, ThreadEngine) and _runtime._submitter(eng) is None:
+    if eng is not None and not eng.delivers_itself and _runtime._submitter(eng) is None:
         # Deliver what the kernel has posted ourselves, no hand-off (not in a
         # short-lived thread on io_uring: it could not submit what that releases).
         eng.reap(0)

@@ -26,7 +26,6 @@ from xaio.posix._runtime import (
     _suspenders,
     _transit_waiters,
 )
-from xaio.threads import ThreadEngine
 
 
 def _on_done(op: Operation) -> None:
@@ -159,15 +158,15 @@ def _enqueue(items: list[tuple[aiocb, Operation, int]], group: _Group | None) ->
     hold them back in their lanes); complete at once those with an
     immediate error.
 
-    The thread engine orders requests itself and never calls back into
-    posix from its submit (its workers complete operations outside its own
-    lock), so it takes the requests while ``_state_lock`` is held: marking
-    and handing over is one critical section, and no ``aio_cancel`` ever
-    finds a request on its way.  Other engines may complete an operation
-    inside ``submit``, so their requests go in transit: marked under the
-    lock, submitted without it, then marked as the engine's."""
+    An engine that orders requests itself (``Engine.orders_requests``: the
+    thread engine) never calls back into posix from its submit, so it takes
+    the requests while ``_state_lock`` is held: marking and handing over is
+    one critical section, and no ``aio_cancel`` ever finds a request on its
+    way.  Other engines may complete an operation inside ``submit``, so
+    their requests go in transit: marked under the lock, submitted without
+    it, then marked as the engine's."""
     eng = _get_engine()
-    laned = not isinstance(eng, ThreadEngine)
+    laned = not eng.orders_requests
     serial: dict[int, int] = {}  # fd -> fd_order(fd)
     if laned:
         for _, op, err in items:
@@ -390,7 +389,7 @@ def _cancel_submitted(cb: aiocb, op: Operation, eng: Engine) -> CancelOutcome:
             w = _Waiter()
             _transit_waiters.append(w)
         w.lock.acquire()
-    if isinstance(eng, ThreadEngine):
+    if eng.orders_requests:
         outcome = eng.cancel(op)
         if outcome is CancelOutcome.CANCELED:
             _wait_done(cb, op)  # a reap-mode engine: let the completion land
