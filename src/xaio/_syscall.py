@@ -51,6 +51,7 @@ __all__ = [
     "io_uring_enter_fast",
     "fast_syscall",
     "statx",
+    "openat2",
     "rt_sigqueueinfo",
     "rt_tgsigqueueinfo",
     "available",
@@ -244,6 +245,40 @@ def fast_syscall(name: str) -> Callable[..., int]:
 # --- misc ------------------------------------------------------------------------
 # int statx(int dirfd, const char *path, int flags, unsigned mask, struct statx *buf)
 statx = _make("statx", 5)
+
+
+def _make_openat2() -> Callable[[int, bytes, bytes], int]:
+    number = SYS.get("openat2")
+    if _libc is None or number is None:
+
+        def unavailable(dirfd: int, path: bytes, how: bytes) -> int:
+            return -_errno.ENOSYS
+
+        return unavailable
+    # No argtypes: a bytes object travels as a pointer to its (NUL-terminated)
+    # data; the other arguments as ctypes objects of their C types.
+    raw = ctypes.CDLL(_libc_name, use_errno=True).syscall
+    raw.restype = ctypes.c_long
+    get_errno, c_int, c_size_t = ctypes.get_errno, ctypes.c_int, ctypes.c_size_t
+    nr = ctypes.c_long(number)
+    fdcwd = c_int(-100)
+    sizes: dict[int, ctypes.c_size_t] = {}
+
+    def openat2(dirfd: int, path: bytes, how: bytes) -> int:
+        """``openat2(dirfd, path, how, len(how))`` -> fd, or -errno.
+
+        *path* must hold no NUL byte; *how* is a packed ``struct open_how``."""
+        size = sizes.get(len(how))
+        if size is None:
+            size = sizes[len(how)] = c_size_t(len(how))
+        ret: int = raw(nr, fdcwd if dirfd == -100 else c_int(dirfd), path, how, size)
+        return -get_errno() if ret == -1 else ret
+
+    return openat2
+
+
+# int openat2(int dirfd, const char *path, struct open_how *how, size_t size)
+openat2 = _make_openat2()
 # int rt_sigqueueinfo(pid_t tgid, int sig, siginfo_t *info)
 rt_sigqueueinfo = _make("rt_sigqueueinfo", 3)
 # int rt_tgsigqueueinfo(pid_t tgid, pid_t tid, int sig, siginfo_t *info)

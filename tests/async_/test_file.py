@@ -8,6 +8,7 @@ The differential suite against the builtin ``open`` is tests/async_/test_parity_
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import io
 import os
@@ -787,6 +788,45 @@ def test_fifo_file_objects(lib: str, engine_name: str, tmp_path: Path) -> None:
         assert got == [b"first line\n", b"the rest"]
 
     run(lib, main)
+
+
+def test_fifo_read_whole_gets_a_later_writers_bytes(
+    lib: str, engine_name: str, tmp_path: Path
+) -> None:
+    """A FIFO opened for reading before any writer (on the cached path its
+    open does not wait for one) reads what a writer that comes later writes,
+    to its close, as the builtin's file does; the fd has the builtin's
+    status flags (no O_NONBLOCK)."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+
+    def open_writer() -> int:
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as e:  # ENXIO: no reader yet
+            assert e.errno == errno.ENXIO
+            return -1
+
+    async def main() -> tuple[bytes, bool]:
+        got: list[Any] = []
+
+        async def reader() -> None:
+            async with xaio.open(fifo, "rb") as f:
+                blocking = os.get_blocking(f.fileno())  # (uvloop's wait makes it non-blocking)
+                got.append(await f.read())
+                got.append(blocking)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reader)
+            w = -1
+            while w < 0:  # until the reader is opening
+                await anyio.sleep(0.001)
+                w = open_writer()
+            os.write(w, b"after the writer came")
+            os.close(w)
+        return got[0], got[1]
+
+    assert run(lib, main) == (b"after the writer came", True)
 
 
 @pytest.mark.parametrize("text", ["a\r", "\ra", "\r\na", "a\rb\r\nc"])

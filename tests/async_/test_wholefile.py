@@ -18,7 +18,14 @@ import anyio
 import pytest
 
 import xaio
-from tests.support import open_fds, pattern, run, skip_unavailable, wait_until_async
+from tests.support import (
+    open_fds,
+    pattern,
+    run,
+    skip_unavailable,
+    threads_started_since,
+    wait_until_async,
+)
 from xaio._async._current import current_driver
 
 pytestmark = pytest.mark.timeout(240)
@@ -52,6 +59,14 @@ async def wait_nothing_open(fds: set[str]) -> None:
             f"{e}: fds opened {sorted(now - fds)}, closed {sorted(fds - now)}, "
             f"slots in use {ring_slots_open()}"
         ) from None
+
+
+def engine_requests(stats: dict[str, Any]) -> int:
+    """The requests an engine was given, from its ``statistics()`` (a routed
+    engine's are its parts' ``submitted``)."""
+    return int(stats.get("submitted", 0)) + sum(
+        engine_requests(v) for v in stats.values() if isinstance(v, dict)
+    )
 
 
 async def baseline() -> set[str]:
@@ -219,15 +234,21 @@ def test_cancelled_reads_leave_nothing_open(
 
 
 def test_one_submission_per_file_on_uring(lib: str, tmp_path: pathlib.Path) -> None:
-    """On io_uring a whole file is one submission of the path ring and no
-    request of the engine; a file opened and read whole from the page
-    cache needs no engine request either."""
+    """On io_uring a whole file not in the page cache is one submission of
+    the path ring and no request of the engine; a file in the page cache,
+    read whole or opened and read, needs neither."""
     skip_unavailable("uring")
     p = tmp_path / "f"
     p.write_bytes(pattern(50_000))
+    os.sync()  # (dirty pages cannot be dropped)
     p.read_bytes()  # in the page cache
 
-    async def main() -> tuple[int, int, int]:
+    def drop() -> None:
+        fd = os.open(p, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+
+    async def main() -> tuple[int, int, int, int]:
         await baseline()
         drv = current_driver()
         pring = drv._pathring
@@ -237,17 +258,66 @@ def test_one_submission_per_file_on_uring(lib: str, tmp_path: pathlib.Path) -> N
         enters = pring.ring.statistics()["enter"]
         for _ in range(10):
             assert await xaio.Path(p).read_bytes() == p.read_bytes()
-        path_enters = pring.ring.statistics()["enter"] - enters
-        engine_path = drv.engine.statistics()["submitted"] - submitted
         for _ in range(10):
             async with xaio.open(p, "rb") as f:
                 assert await f.read() == p.read_bytes()
-        engine_open = drv.engine.statistics()["submitted"] - submitted
-        return path_enters, engine_path, engine_open
+        cached_enters = pring.ring.statistics()["enter"] - enters
+        enters = pring.ring.statistics()["enter"]
+        for _ in range(10):
+            drop()
+            assert await xaio.Path(p).read_bytes() == pattern(50_000)
+        cold_enters = pring.ring.statistics()["enter"] - enters
+        engine = drv.engine.statistics()["submitted"] - submitted
+        return cached_enters, cold_enters, engine, pring.slots_in_use()
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("XAIO_ENGINE", "uring")
-        assert run(lib, main) == (10, 0, 0)
+        assert run(lib, main) == (0, 10, 0, 0)
+
+
+def test_cached_files_are_read_in_the_loop_thread(
+    lib: str, engine_name: str, tmp_path: pathlib.Path
+) -> None:
+    """Files whose path and pages are cached are opened and read whole in
+    the loop's thread on every engine: nothing is handed to a worker thread
+    (counted around the driver's real hand-off) and no thread starts, no
+    engine request is made and no path ring either."""
+    files = []
+    for i, size in enumerate([1, 4096, 16_384, 70_000]):
+        p = tmp_path / f"f{i}"
+        p.write_bytes(pattern(size, seed=i))
+        p.read_bytes()
+        files.append(p)
+
+    async def main() -> tuple[int, list[threading.Thread], int, bool]:
+        drv = current_driver()
+        handed = 0
+        real = drv.run_in_thread
+
+        async def counting(fn: Any, *args: Any) -> Any:
+            nonlocal handed
+            handed += 1
+            return await real(fn, *args)
+
+        drv.run_in_thread = counting  # type: ignore[method-assign]
+        before = set(threading.enumerate())
+        submitted = engine_requests(drv.engine.statistics())
+        try:
+            for _ in range(3):
+                for i, p in enumerate(files):
+                    assert await xaio.Path(p).read_bytes() == p.read_bytes(), i
+                    async with xaio.open(p, "rb") as f:
+                        assert await f.read() == p.read_bytes(), i
+        finally:
+            del drv.run_in_thread
+        return (
+            handed,
+            threads_started_since(before),
+            engine_requests(drv.engine.statistics()) - submitted,
+            drv._pathring is None,
+        )
+
+    assert run(lib, main) == (0, [], 0, True)
 
 
 def test_reads_share_the_loop(lib: str, engine_name: str, tmp_path: pathlib.Path) -> None:

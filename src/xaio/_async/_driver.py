@@ -511,9 +511,10 @@ class Driver:
 
         Returns:
             *n* when exactly *n* bytes came, else None: the caller reads
-            through the engine.
+            through the engine (also for more than ``INLINE_MAX`` bytes,
+            whose copy would hold the loop).
         """
-        if not (fd in self._cold or self._inline_ok(fd)):
+        if n > INLINE_MAX or not (fd in self._cold or self._inline_ok(fd)):
             return None
         if self._fresh_cold and fd not in self._cold:
             cs = self._cachestat

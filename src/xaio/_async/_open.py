@@ -1,6 +1,8 @@
 """``xaio.open``: the builtin ``open``'s arguments checked as it checks them,
-the file opened (``openat`` on io_uring when the kernel has it, else
-``os.open`` in a worker thread), and the binary or text file object made.
+the file opened (in the loop's thread when the dentry cache serves the open,
+else ``openat`` on io_uring when the kernel has it, else ``os.open`` in a
+worker thread: :mod:`xaio._async._pathops`), and the binary or text file
+object made.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from collections.abc import Callable, Generator
 from types import TracebackType
 from typing import Any, Union
 
+from xaio._abi import uring as abi
 from xaio._async._binary import AsyncFile
 from xaio._async._checks import is_direct
 from xaio._async._current import driver_for
 from xaio._async._driver import Driver
 from xaio._async._io import AsyncEngine
-from xaio._async._pathops import OP_OPENAT, run_pathop
+from xaio._async._pathops import OP_OPENAT, cached_opens_work, open_cached, run_pathop
 from xaio._async._text import AsyncTextFile
 from xaio.engine import ENGINE_NAMES
 
@@ -31,6 +34,7 @@ __all__ = ["open", "OpenContext"]
 StrPath = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 _DEFAULT_BUFFER = 64 * 1024
 _AT_FDCWD = -100
+_ASYNC = abi.IOSQE_ASYNC
 
 
 class _Mode:
@@ -144,19 +148,37 @@ def _validate(
     return m, text_encoding, is_fd
 
 
-async def _open_fd(drv: Driver, file: Any, flags: int) -> int:
-    """openat(2) on io_uring when the kernel has it, else os.open in a thread."""
-    res = await run_pathop(
-        drv,
-        OP_OPENAT,
-        lambda ring, ud: ring.prep_openat(_AT_FDCWD, file, flags, 0o666, user_data=ud),
-        lambda: os.open(file, flags, 0o666),
-        os.close,  # cancelled, yet opened: close it
-    )
+async def _open_fd(drv: Driver, file: Any, flags: int) -> tuple[int, os.stat_result | None]:
+    """The open in this thread when the dentry cache serves it
+    (:func:`open_cached`, which also gives the fd's fstat), else openat(2)
+    on io_uring when the kernel has it, else os.open in a thread.
+
+    Returns:
+        The fd, and its fstat if it was taken already.
+    """
+    await drv._fair()  # (a cancellation here has opened nothing)
+    res = open_cached(file, flags)
+    if isinstance(res, tuple):
+        return res
+    if res is None:
+        # In a kernel worker at once (IOSQE_ASYNC) where open_cached works:
+        # what is left is what an inline attempt cannot do (a path not
+        # cached, creating, a FIFO waiting for its other end), so the
+        # attempt would only cost the loop.
+        sqe_flags = _ASYNC if cached_opens_work() else 0
+        res = await run_pathop(
+            drv,
+            OP_OPENAT,
+            lambda ring, ud: ring.prep_openat(
+                _AT_FDCWD, file, flags, 0o666, user_data=ud, sqe_flags=sqe_flags
+            ),
+            lambda: os.open(file, flags, 0o666),
+            os.close,  # cancelled, yet opened: close it
+        )
     if res < 0:
         e = -res
         raise OSError(e, os.strerror(e), file)
-    return int(res)
+    return int(res), None
 
 
 async def _open(
@@ -182,6 +204,7 @@ async def _open(
         if m.writable:
             flags = flags & ~(os.O_APPEND | os.O_ACCMODE) | os.O_RDWR
     drv = driver_for(engine)
+    st: os.stat_result | None = None
     if is_fd:
         fd = file
         if direct and not is_direct(fd):
@@ -192,14 +215,15 @@ async def _open(
             raise ValueError(f"opener returned {fd}")
     else:
         try:
-            fd = await _open_fd(drv, file, flags)
+            fd, st = await _open_fd(drv, file, flags)
         except PermissionError:
             if not direct or flags == m.flags | os.O_DIRECT:
                 raise
             # not readable (or appendable) by us: as asked, without read-modify-write
-            fd = await _open_fd(drv, file, m.flags | os.O_DIRECT)
+            fd, st = await _open_fd(drv, file, m.flags | os.O_DIRECT)
     try:
-        st = os.fstat(fd)
+        if st is None:
+            st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), file)
         size = buffering

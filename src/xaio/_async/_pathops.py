@@ -15,6 +15,22 @@ Otherwise -- another engine, or a kernel without the opcode
 (``IORING_REGISTER_PROBE``) -- the same calls run the :mod:`os` function in a
 worker thread, waiting for it to finish if the task is cancelled.
 
+*Opens served by the dentry cache.*  Before any of that, an open that does not
+create or truncate is tried in the loop's thread, on every engine, by
+:func:`open_cached`: ``openat2(2)`` with ``RESOLVE_CACHED`` and
+``O_NONBLOCK`` -- what io_uring itself tries inline before it punts an
+``OPENAT`` to a worker: the lookup fails with EAGAIN unless every path
+component is in the dentry cache (no disk I/O, no revalidation a network file
+system would wait for), and ``O_NONBLOCK`` keeps the open of a FIFO or a
+device from waiting.  The flag is cleared again once the file is open, so the
+fd is the one the builtin ``open`` makes.  (A FIFO opened for reading so is
+open before a writer comes, as with io_uring's inline open; its reads wait for
+readiness, which comes with the writer's data or its close.)  It is one system
+call, where the ring costs an SQE, an ``io_uring_enter``, a completion and
+their Python.  Like io_uring's inline attempt, it runs the file system's own
+open: a FUSE file whose dentry is cached is opened by asking its daemon, in
+this thread.
+
 *Chains.*  :meth:`PathRing.run_chain` submits several linked SQEs at once
 (``IOSQE_IO_LINK``: each starts when the one before has finished) and wakes
 its task once every one of their CQEs has come, with all their results: the
@@ -31,17 +47,82 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 from collections.abc import Callable
 from typing import Any
 
+from xaio import _syscall
 from xaio._abi import uring as abi
 from xaio._async._driver import Driver
 from xaio._ops import OpCode, Operation, OpState
 
-__all__ = ["PathRing", "path_ring", "run_pathop"]
+__all__ = ["PathRing", "cached_opens_work", "open_cached", "path_ring", "run_pathop"]
 
+_AT_FDCWD = -100
 #: Registered file slots of a PathRing: direct descriptors open at once.
 SLOTS = 64
+
+#: ``openat2(2)``'s ``RESOLVE_CACHED`` (include/uapi/linux/openat2.h).
+_RESOLVE_CACHED = 0x20
+#: Open flags a cached open never takes (the kernel answers EAGAIN to them).
+_NEVER_CACHED = os.O_CREAT | os.O_TRUNC | getattr(os, "O_TMPFILE", 0)
+#: Answers of a cached open that a plain open might not give: EAGAIN (not
+#: cached, or a lease to break), ENXIO (O_NONBLOCK: a FIFO with no reader),
+#: EINTR.  Anything else is the answer of the plain open too.
+_NOT_THE_ANSWER = frozenset({errno.EAGAIN, errno.ENXIO, errno.EINTR})
+#: ``struct open_how`` per open flags.
+_HOWS: dict[int, bytes] = {}
+#: cached_opens_work()'s answer, once asked.
+_cached_opens: list[bool] = []
+
+
+def cached_opens_work() -> bool:
+    """Whether :func:`open_cached` can open anything here: ``openat2(2)``
+    with ``RESOLVE_CACHED`` (Linux 5.12), probed once with ``/`` (always in
+    the dentry cache)."""
+    if not _cached_opens:
+        how = struct.pack("=QQQ", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, 0, _RESOLVE_CACHED)
+        fd = _syscall.openat2(_AT_FDCWD, b"/", how)
+        if fd >= 0:
+            os.close(fd)
+        _cached_opens.append(fd >= 0)
+    return _cached_opens[0]
+
+
+def open_cached(path: Any, flags: int) -> tuple[int, os.stat_result] | int | None:
+    """``os.open(path, flags)`` in this thread if the dentry cache can
+    serve it without waiting (see the module essay), and the fd's ``fstat``.
+
+    Returns:
+        ``(fd, fstat(fd))``; or ``-errno`` when the open failed with the
+        answer a plain open gives (ENOENT, EACCES, EISDIR...); or None when
+        it must be done the other way (not cached, creating or truncating,
+        a kernel without ``RESOLVE_CACHED``, an answer only ``O_NONBLOCK``
+        gives, a path the other way rejects with its own exception).
+    """
+    if flags & _NEVER_CACHED or not cached_opens_work():
+        return None
+    try:
+        raw = os.fsencode(path)
+    except TypeError:
+        return None
+    if b"\0" in raw:
+        return None
+    how = _HOWS.get(flags)
+    if how is None:
+        how = struct.pack("=QQQ", flags | os.O_NONBLOCK, 0, _RESOLVE_CACHED)
+        if len(_HOWS) < 64:
+            _HOWS[flags] = how
+    fd = _syscall.openat2(_AT_FDCWD, raw, how)
+    if fd < 0:
+        return None if -fd in _NOT_THE_ANSWER else fd
+    try:
+        st = os.fstat(fd)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
 
 
 class _Chain:
