@@ -107,8 +107,13 @@ def _validate(
     errors: str | None,
     newline: str | None,
     closefd: bool,
-) -> tuple[_Mode, str | None, bool]:
-    """The builtin open()'s argument checks (before anything is opened)."""
+) -> tuple[_Mode, str | None, bool, Any]:
+    """The builtin open()'s argument checks (before anything is opened).
+
+    Returns:
+        The parsed mode, the text encoding (None in binary mode), whether
+        *file* is an fd, and *file* (a path: ``os.fspath(file)``).
+    """
     m = _mode(mode)
     if not isinstance(buffering, int) or isinstance(buffering, bool):
         raise TypeError(f"buffering must be an int, not {type(buffering).__name__!r}")
@@ -140,12 +145,12 @@ def _validate(
         codecs.lookup(text_encoding)  # LookupError before opening anything
     is_fd = isinstance(file, int) and not isinstance(file, bool)
     if not is_fd:
-        os.fspath(file)  # TypeError for a bad path
+        file = os.fspath(file)  # TypeError for a bad path
         if not closefd:
             raise ValueError("Cannot use closefd=False with file name")
     elif file < 0:
         raise ValueError("negative file descriptor")
-    return m, text_encoding, is_fd
+    return m, text_encoding, is_fd, file
 
 
 async def _open_fd(drv: Driver, file: Any, flags: int) -> tuple[int, os.stat_result | None]:
@@ -192,9 +197,11 @@ async def _open(
     opener: Callable[[Any, int], int] | None,
     direct: bool,
     engine: AsyncEngine | str | None,
-    checked: tuple[_Mode, str | None, bool],
+    checked: tuple[_Mode, str | None, bool, Any],
 ) -> AsyncFile | AsyncTextFile:
-    m, text_encoding, is_fd = checked  # what open() found validating the arguments
+    # what open() found validating the arguments; a path as os.fspath gives
+    # it (the builtin's file name, in errors and ``name``, and the opener's)
+    m, text_encoding, is_fd, file = checked
     flags = m.flags
     if direct:
         # The partial blocks of an unaligned write are read, patched and written
