@@ -19,7 +19,12 @@ Run::
 
 ``--no-inline`` turns off the RWF_NOWAIT page-cache fast path of the thread
 and uring engines, to measure the worker-thread and ring paths alone;
-``--no-uring`` drops the io_uring column.  Where ``fio`` is installed, the
+``--no-uring`` drops the io_uring column; ``--cpus 0`` runs the whole process
+(every contender's threads: glibc's helpers, xaio's workers and reaper) on
+the listed CPUs only.  Each round also measures the process's CPU time
+(user + system, all threads) per request: glibc's helper thread runs beside
+the caller on a second CPU when it has one, so ops/s alone hides what a
+request costs.  Where ``fio`` is installed, the
 O_DIRECT file ends with one fio libaio run at the same depth (its IOPS in
 the last column), to show whether the device or the CPU bounds the run.
 """
@@ -33,6 +38,7 @@ import mmap
 import os
 import platform
 import random
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -150,7 +156,20 @@ def run_glibc(lib: Any, fd: int, addrs: list[int], offsets: list[int], seconds: 
 # --- driver --------------------------------------------------------------------------
 
 
-Row = tuple[str, list[float], list[float], list[float]]
+Row = tuple[str, list[float], list[float], list[float], list[list[float]]]
+
+
+def _timed(run: Callable[[], float], cpu: list[float]) -> float:
+    """Run one round: its ops/s; appends its CPU time per request (us, the
+    whole process: user + system, every thread) to *cpu*."""
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = time.perf_counter()
+    rate = run()
+    wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    used = r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime
+    cpu.append(used / (rate * wall) * 1e6)
+    return rate
 
 
 def bench(
@@ -173,6 +192,7 @@ def bench(
     xs: list[float] = []
     us: list[float] = []
     gs: list[float] = []
+    cpu: list[list[float]] = [[], [], []]  # CPU us per request: thread, uring, glibc
 
     def on(engine: str) -> None:
         if engine != current[0]:
@@ -189,13 +209,13 @@ def bench(
     for _ in range(rounds):
         before_round()
         on("thread")
-        xs.append(run_xaio(fd, bufs, offsets, seconds))
+        xs.append(_timed(lambda: run_xaio(fd, bufs, offsets, seconds), cpu[0]))
         if uring:
             before_round()
             on("uring")
-            us.append(run_xaio(fd, bufs, offsets, seconds))
+            us.append(_timed(lambda: run_xaio(fd, bufs, offsets, seconds), cpu[1]))
         before_round()
-        gs.append(run_glibc(lib, fd, addrs, offsets, seconds))
+        gs.append(_timed(lambda: run_glibc(lib, fd, addrs, offsets, seconds), cpu[2]))
     on("thread")
     print(
         f"  {label}: xaio/thread {[round(v) for v in xs]}  "
@@ -207,7 +227,12 @@ def bench(
         f"uring/glibc {_ratios(us, gs)}",
         flush=True,
     )
-    return label, xs, us, gs
+    print(
+        f"  {label} CPU us per request: thread {[round(v, 2) for v in cpu[0]]}  "
+        f"uring {[round(v, 2) for v in cpu[1]]}  glibc {[round(v, 2) for v in cpu[2]]}",
+        flush=True,
+    )
+    return label, xs, us, gs, cpu
 
 
 def _ratios(a: list[float], b: list[float]) -> list[float]:
@@ -243,7 +268,15 @@ def main() -> None:
         help="disable the RWF_NOWAIT page-cache fast path (reads go to workers or the ring)",
     )
     ap.add_argument("--no-uring", action="store_true", help="skip the xaio-on-io_uring column")
+    ap.add_argument(
+        "--cpus",
+        default=None,
+        help="comma-separated CPU numbers: run every contender's threads on these only",
+    )
     args = ap.parse_args()
+    if args.cpus is not None:
+        # before any thread exists: every thread made later inherits it
+        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
     if args.no_inline:
         import xaio._pagecache
 
@@ -260,6 +293,7 @@ def main() -> None:
         f"python {platform.python_version()}, {os.cpu_count()} cpus, "
         f"depth {args.depth}, 4 KiB random reads, {args.rounds} rounds of {args.seconds}s"
         + (", no inline fast path" if args.no_inline else "")
+        + (f", on CPUs {sorted(os.sched_getaffinity(0))}" if args.cpus is not None else "")
     )
     if args.only in (None, "cached"):
         path = make_file(args.cached_mib << 20, args.dir)
@@ -316,17 +350,22 @@ def main() -> None:
     print()
     print(
         "| file | xaio.posix thread ops/s | xaio.posix uring ops/s | glibc POSIX AIO ops/s "
-        "| thread / glibc | uring / glibc | fio libaio IOPS (same depth) |"
+        "| thread / glibc | uring / glibc | CPU us/request thread, uring, glibc "
+        "| fio libaio IOPS (same depth) |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for label, xs, us, gs in rows:
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for label, xs, us, gs, cpu in rows:
         u = "n/a" if not us else f"{statistics.median(us):,.0f}"
+        per = ", ".join("n/a" if not c else f"{statistics.median(c):.2f}" for c in cpu)
         print(
             f"| {label} | {statistics.median(xs):,.0f} | {u} | {statistics.median(gs):,.0f} "
-            f"| {_median_ratio(xs, gs)} | {_median_ratio(us, gs)} "
+            f"| {_median_ratio(xs, gs)} | {_median_ratio(us, gs)} | {per} "
             f"| {fio[label == 'O_DIRECT']} |"
         )
-    print("(ops/s: medians of the rounds; ratios: medians of the per-round paired ratios)")
+    print(
+        "(ops/s and CPU: medians of the rounds; ratios: medians of the per-round paired ratios;"
+        " CPU: user + system time of the whole process, every thread, per request)"
+    )
     print(f"load average at the end: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
 
