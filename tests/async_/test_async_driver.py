@@ -6,6 +6,8 @@ submissions, and the driver's own bookkeeping."""
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import gc
 import os
 import threading
@@ -26,7 +28,9 @@ from tests.support import (
     wait_until,
     wait_until_async,
 )
+from xaio._async import _checks
 from xaio._async._current import current_driver
+from xaio.engine import KIND_BUFFERED, KIND_DIRECT
 from xaio.linux import _engine as linux_engine
 
 pytestmark = pytest.mark.timeout(60)
@@ -491,3 +495,84 @@ def test_trio_request_cancelled_before_the_engine_is_not_pinned(direct_fd: int) 
         assert drv._inflight == 0
 
     trio.run(main)
+
+
+# ---------------------------------------------------------------------------------
+# the fd's kind (the ESPIPE answer and the routing), asked once per loop iteration
+# ---------------------------------------------------------------------------------
+
+
+def test_requests_of_one_iteration_ask_the_fds_kind_once(
+    lib: str, direct_fd: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[int] = []
+    real = _checks.check_positional
+
+    def counting(fd: int) -> int:
+        asked.append(fd)
+        return real(fd)
+
+    monkeypatch.setattr(_checks, "check_positional", counting)
+    want = pattern(16 * 4096)
+
+    async def main() -> None:
+        bufs = [xaio.aligned_buffer(4096) for _ in range(16)]
+        got: list[int] = []
+
+        async def one(i: int) -> None:
+            got.append(await xaio.preadinto(direct_fd, bufs[i], i * 4096))
+
+        async with anyio.create_task_group() as tg:  # all start in one iteration
+            for i in range(16):
+                tg.start_soon(one, i)
+        assert got == [4096] * 16
+        assert b"".join(bytes(b) for b in bufs) == want
+        assert 1 <= len(asked) <= 2, asked  # (not once per request)
+
+    run(lib, main)
+
+
+def test_an_fd_reused_in_the_same_iteration_is_asked_again(
+    lib: str, data_fd: int, pipe: tuple[int, int]
+) -> None:
+    r, w = pipe
+
+    async def main() -> None:
+        drv = current_driver()
+        fd = os.dup(data_fd)
+        try:
+            assert drv._kinds.kind(fd) == KIND_BUFFERED  # a regular file, learned
+            os.dup2(w, fd)  # the number now names the pipe's write end
+            with pytest.raises(OSError) as e:
+                await xaio.pwrite(fd, b"x", 0)
+            assert e.value.errno == errno.ESPIPE
+        finally:
+            os.close(fd)
+        os.set_blocking(r, False)
+        with pytest.raises(BlockingIOError):
+            os.read(r, 1)  # nothing reached the pipe
+
+    run(lib, main)
+
+
+def test_an_fd_whose_flags_changed_is_asked_again(lib: str, direct_fd: int) -> None:
+    async def main() -> None:
+        drv = current_driver()
+        assert drv._kinds.kind(direct_fd) == KIND_DIRECT
+        flags = fcntl.fcntl(direct_fd, fcntl.F_GETFL)
+        fcntl.fcntl(direct_fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+        assert drv._kinds.kind(direct_fd) == KIND_BUFFERED
+        fcntl.fcntl(direct_fd, fcntl.F_SETFL, flags)
+        assert drv._kinds.kind(direct_fd) == KIND_DIRECT
+
+    run(lib, main)
+
+
+def test_the_fds_kind_is_forgotten_after_the_iteration(lib: str, data_fd: int) -> None:
+    async def main() -> None:
+        drv = current_driver()
+        drv._kinds.kind(data_fd)
+        assert drv._kinds._known
+        await wait_until_async(lambda: not drv._kinds._known, "the answers forgotten")
+
+    run(lib, main)

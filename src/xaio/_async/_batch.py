@@ -11,9 +11,10 @@ added (the ``TypeError``/``ValueError`` of :func:`xaio.pread` & co, from the
 same ``check_*`` helpers), so a bad argument raises there and nothing runs.
 What the OS reports is per request: an fd without a position gives that
 request ``ESPIPE`` (:func:`xaio._async._checks.check_positional`, asked once
-per fd per submission), a zero-length transfer gets the system call's own
-answer, and an error of one request is that request's result, not the
-batch's.
+per fd per submission, through the driver's
+:class:`~xaio._async._checks.FdKinds`), a zero-length transfer gets the
+system call's own answer, and an error of one request is that request's
+result, not the batch's.
 
 *One callback, one waiter.*  The requests of a batch travel through the
 running loop's driver, but they complete through one callback of their own
@@ -64,7 +65,6 @@ from xaio._async._checks import (
     check_fd,
     check_flags,
     check_offset,
-    check_positional,
     check_sync_fd,
     dio_einval,
     is_direct,
@@ -383,7 +383,7 @@ class _Flight(Parked):
         "live",
         "landed",
         "wait_all",
-        "positional",
+        "seen",
         "pending",
         "flush_scheduled",
         "on_done",
@@ -398,8 +398,8 @@ class _Flight(Parked):
         self.landed: list[Operation] = []
         #: wake the waiter only once nothing is live (else at every landing)
         self.wait_all = False
-        #: per fd, check_positional's answer for the requests being submitted
-        self.positional: dict[int, int | OSError] = {}
+        #: per fd, its kind (the driver's FdKinds) for the requests being submitted
+        self.seen: dict[int, int] = {}
         #: requests added while iterating, for the next submission
         self.pending: list[Operation] = []
         self.flush_scheduled = False
@@ -424,18 +424,15 @@ class _Flight(Parked):
         if op.opcode not in _TRANSFERS:
             return False
         fd = op.fd
-        positional = self.positional
-        answer = positional.get(fd)
-        if answer is None:
-            try:
-                answer = check_positional(fd)
-            except OSError as e:
-                answer = e
-            positional[fd] = answer
-        if isinstance(answer, OSError):
-            res = -(answer.errno or errno.EBADF)
+        try:
+            seen = self.seen
+            kind = seen.get(fd)
+            if kind is None:
+                kind = seen[fd] = self.drv._kinds.kind(fd)
+            op.kind = kind  # the engine routes by it without looking again
+        except OSError as e:
+            res = -(e.errno or errno.EBADF)
         else:
-            op.kind = answer  # the engine routes by it without looking again
             if not (op.flags or len(op.pins) != 1 or not op.pins[0].nbytes):
                 return False
             if op.nbytes and not (op.flags & _RWF_NOWAIT and not is_direct(fd)):
@@ -472,7 +469,7 @@ class _Flight(Parked):
                 op.context = i
                 if not self._answer(op):
                     sent.append(op)
-            self.positional.clear()
+            self.seen.clear()
             if sent:
                 self._submit(sent)
         except BaseException:
@@ -519,7 +516,7 @@ class _Flight(Parked):
         """Submit the pending requests (one ``engine.submit``); if the
         engine refuses them, each fails with its errno (it lands)."""
         ops, self.pending = self.pending, []
-        self.positional.clear()
+        self.seen.clear()
         try:
             self._submit(ops)
         except Exception as e:

@@ -93,7 +93,9 @@ worker (``IOSQE_ASYNC``) or to threads.
 *The kernel's answer, on every engine.*  A positional call on an fd without
 a position (a pipe, socket, tty, eventfd) fails with ESPIPE before anything
 is submitted (:func:`~xaio._async._checks.check_positional`: io_uring would read the stream, the
-thread engine would fall back to ``read``).  ``RWF_*`` flags reach the kernel
+thread engine would fall back to ``read``), asked once per fd per loop
+iteration (:class:`~xaio._async._checks.FdKinds`, which looks at the fd's
+flags for each request: 64 tasks reading one file ask once).  ``RWF_*`` flags reach the kernel
 (``RWF_NOWAIT`` on a file not open with O_DIRECT is tried right here: it never
 waits, and io_uring would turn the kernel's EOPNOTSUPP into EAGAIN).  A zero
 length is the system call's own answer (EBADF on a write-only fd; a vectored
@@ -119,12 +121,12 @@ from xaio._async._cachestat import CacheStat
 from xaio._async._checks import (
     INT_MAX,
     OFF_MAX,
+    FdKinds,
     check_buffers,
     check_count,
     check_fd,
     check_flags,
     check_offset,
-    check_positional,
     check_sync_fd,
     dio_einval,
     is_direct,
@@ -250,6 +252,8 @@ class Driver:
         #: read_cached: > 0 after a miss, the calls left that ask cachestat first
         self._fresh_cold = 0
         self._on_done = self._make_on_done()
+        #: check_positional's answers for this loop iteration's requests
+        self._kinds = FdKinds(self._call_soon)
         self._pathring: Any = None  # xaio.os's io_uring Ring (_pathops.PathRing), made on demand
         self._pathring_failed = False
         #: drivers of other engine kinds on this loop (``named_driver``), closed with this one
@@ -626,7 +630,7 @@ class Driver:
         offset = check_offset(offset)
         if n == 0:
             return os.pread(fd, 0, offset)  # the kernel's answer; nothing to wait for
-        kind = -1 if positional else check_positional(fd)
+        kind = -1 if positional else self._kinds.kind(fd)
         if buf is not None:
             if fd in self._cold and self._try_inline_read(fd, (buf,), offset, n) is not None:
                 return bytes(buf)
@@ -721,7 +725,7 @@ class Driver:
             return os.preadv(fd, (buf,), offset)  # the kernel's answer (ESPIPE, EBADF...)
         try:
             if not positional:
-                op.kind = check_positional(fd)
+                op.kind = self._kinds.kind(fd)
             # (O_DIRECT fds go straight to the engine, see _pread)
             if fd in self._cold or (self._inline_ok(fd) if inline_ok is None else inline_ok):
                 await self._fair()
@@ -748,7 +752,7 @@ class Driver:
         offset = check_offset(offset)
         op = Operation(_WRITE, fd, (data,), offset)
         try:
-            op.kind = check_positional(fd)
+            op.kind = self._kinds.kind(fd)
         except BaseException:
             abandon(op)
             raise
@@ -776,7 +780,7 @@ class Driver:
             return await self._at_once(op, os.preadv, fd, bufs, offset, flags)
         inline = bool(not flags and n and (fd in self._cold or self._inline_ok(fd)))
         try:
-            op.kind = check_positional(fd)
+            op.kind = self._kinds.kind(fd)
             if inline:  # (see _pread)
                 await self._fair()
         except BaseException:
@@ -807,7 +811,7 @@ class Driver:
         if not op.nbytes or (flags & _RWF_NOWAIT and not is_direct(fd)):
             return await self._at_once(op, os.pwritev, fd, bufs, offset, flags)
         try:
-            op.kind = check_positional(fd)
+            op.kind = self._kinds.kind(fd)
         except BaseException:
             abandon(op)
             raise
