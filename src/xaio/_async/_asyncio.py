@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import errno
 import time
 import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from xaio._async._checks import request_error
 from xaio._async._driver import _SLICE, _STREAK, Driver, Parked, abandon
-from xaio._ops import Operation, OpState, decode_result
+from xaio._ops import Operation, OpState
 from xaio.engine import Engine
 
 __all__ = ["AsyncioDriver"]
@@ -179,7 +179,7 @@ class AsyncioDriver(Driver):
             self._streak += 1
         res = op.result
         if res is None or res < 0:
-            return decode_result(res if res is not None else -errno.EIO)
+            raise request_error(op)
         return res
 
     async def _wait_after_cancel(self, op: Operation) -> None:

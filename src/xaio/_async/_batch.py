@@ -66,12 +66,12 @@ from xaio._async._checks import (
     check_flags,
     check_offset,
     check_sync_fd,
-    dio_einval,
     is_direct,
+    request_error,
 )
 from xaio._async._current import current_driver
 from xaio._async._driver import _SLICE, Driver, Parked, abandon
-from xaio._ops import OpCode, Operation, OpState, decode_result
+from xaio._ops import OpCode, Operation, OpState
 from xaio.engine import EngineClosedError
 
 if TYPE_CHECKING:
@@ -107,15 +107,7 @@ def _decode(op: Operation) -> BatchResult:
     res = op.result
     if res is not None and res >= 0:
         return None if op.opcode in (OpCode.FSYNC, OpCode.FDATASYNC) else res
-    try:
-        decode_result(res if res is not None else -errno.EIO)
-    except OSError as e:
-        if e.errno == errno.EINVAL and op.opcode in _TRANSFERS:
-            better = dio_einval(op.fd, op.offset, op.pins)
-            if better is not None:
-                return better
-        return e
-    raise AssertionError("decode_result returned for a failed request")  # pragma: no cover
+    return request_error(op)
 
 
 def _result(op: Operation) -> BatchResult:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from xaio._memory import dio_alignment
+from xaio._ops import OpCode, Operation, decode_result
 from xaio._syscall import oserror
 from xaio.engine._route import classify
 
@@ -38,6 +39,7 @@ __all__ = [
     "check_positional",
     "FdKinds",
     "dio_einval",
+    "request_error",
     "is_direct",
     "is_stream",
 ]
@@ -289,3 +291,23 @@ def dio_einval(fd: int, offset: int, pins: Sequence[Any]) -> OSError | None:
         f" that are multiples of {off} and buffer addresses aligned to {mem} bytes: "
         + "; ".join(wrong),
     )
+
+
+_TRANSFERS = (OpCode.READ, OpCode.WRITE, OpCode.READV, OpCode.WRITEV)
+
+
+def request_error(op: Operation) -> OSError:
+    """The ``OSError`` of the failed request *op* (its result is -errno;
+    EIO if it has none): what ``os`` raises for that errno, and for the
+    EINVAL of an O_DIRECT transfer that breaks the file's alignment, one
+    that says what was needed (:func:`dio_einval`)."""
+    res = op.result
+    try:
+        decode_result(res if res is not None and res < 0 else -errno.EIO)
+    except OSError as e:
+        if e.errno == errno.EINVAL and op.opcode in _TRANSFERS:
+            better = dio_einval(op.fd, op.offset, op.pins)
+            if better is not None:
+                return better
+        return e
+    raise AssertionError("decode_result returned for a failed request")  # pragma: no cover

@@ -128,7 +128,6 @@ from xaio._async._checks import (
     check_flags,
     check_offset,
     check_sync_fd,
-    dio_einval,
     is_direct,
     is_stream,
 )
@@ -471,7 +470,8 @@ class Driver:
 
     async def _run(self, op: Operation) -> int:
         """Start *op* (:meth:`_start`; if that or the checkpoint before it
-        fails, :func:`abandon` it), wait for it, return its decoded result."""
+        fails, :func:`abandon` it), wait for it, return its result (bytes
+        transferred), or raise its :func:`~xaio._async._checks.request_error`."""
         raise NotImplementedError
 
     def _inline_ok(self, fd: int) -> bool:
@@ -569,19 +569,6 @@ class Driver:
                 self._cold[fd] = cold - 1
         return got
 
-    async def _transfer(self, op: Operation) -> int:
-        """:meth:`_run` for a read or write, whose EINVAL says what alignment
-        was needed when the fd is O_DIRECT and the request breaks it
-        (:func:`dio_einval`)."""
-        try:
-            return await self._run(op)
-        except OSError as e:
-            if e.errno == errno.EINVAL:
-                better = dio_einval(op.fd, op.offset, op.pins)
-                if better is not None:
-                    raise better from None
-            raise
-
     # -- the os-like coroutines ---------------------------------------------------------
 
     async def pread(self, fd: int, n: int, offset: int) -> bytes:
@@ -659,7 +646,7 @@ class Driver:
         :func:`check_positional` answer (-1: not asked)."""
         op = Operation(_READ, fd, (buf,), offset)
         op.kind = kind
-        res = await self._transfer(op)
+        res = await self._run(op)
         size = len(buf)
         if res < size or size >= n:
             return bytes(buf) if res == size else bytes(memoryview(buf)[:res])
@@ -670,7 +657,7 @@ class Driver:
             more: bytearray | memoryview = aligned_buffer(size) if direct else bytearray(size)
             op = Operation(_READ, fd, (more,), offset + total)
             op.kind = kind
-            res = await self._transfer(op)
+            res = await self._run(op)
             parts.append(bytes(more) if res == size else bytes(memoryview(more)[:res]))
             total += res
             if res < size:
@@ -736,7 +723,7 @@ class Driver:
         except BaseException:
             abandon(op)
             raise
-        return await self._transfer(op)
+        return await self._run(op)
 
     async def pwrite(self, fd: int, data: Any, offset: int) -> int:
         """Write the bytes-like *data* at *offset* (pwrite(2), ``os.pwrite``).
@@ -756,7 +743,7 @@ class Driver:
         except BaseException:
             abandon(op)
             raise
-        return await self._transfer(op)
+        return await self._run(op)
 
     async def preadv(self, fd: int, buffers: Sequence[Any], offset: int, flags: int = 0) -> int:
         """Read into a sequence of writable buffers at *offset* (preadv2(2), ``os.preadv``).
@@ -789,7 +776,7 @@ class Driver:
         if inline and self._try_inline_read(fd, bufs, offset, n) is not None:
             op.complete(n)
             return n
-        return await self._transfer(op)
+        return await self._run(op)
 
     async def pwritev(self, fd: int, buffers: Sequence[Any], offset: int, flags: int = 0) -> int:
         """Write a sequence of buffers at *offset* (pwritev2(2), ``os.pwritev``).
@@ -815,7 +802,7 @@ class Driver:
         except BaseException:
             abandon(op)
             raise
-        return await self._transfer(op)
+        return await self._run(op)
 
     async def fsync(self, fd: int) -> None:
         """Flush *fd*'s data and metadata to storage (fsync(2), ``os.fsync``)."""

@@ -10,12 +10,12 @@ operation's ``on_done``.  Every call is a checkpoint (trio's convention).  See
 
 from __future__ import annotations
 
-import errno
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from xaio._async._checks import request_error
 from xaio._async._driver import Driver, Parked, abandon
-from xaio._ops import Operation, OpState, decode_result
+from xaio._ops import Operation, OpState
 from xaio.engine import Engine
 
 __all__ = ["TrioDriver"]
@@ -161,7 +161,7 @@ class TrioDriver(Driver):
             await ll.cancel_shielded_checkpoint()
         res = op.result
         if res is None or res < 0:
-            return decode_result(res if res is not None else -errno.EIO)
+            raise request_error(op)
         return res
 
     async def _wait(self, op: Operation) -> None:
