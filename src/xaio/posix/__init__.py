@@ -75,10 +75,11 @@ Some facts about POSIX AIO on Linux, what glibc does, and what we do better
   running request may interrupt it) is submitted again: ``AIO_NOTCANCELED``
   means it completes normally.
 - Page-cache hits skip the engine: ``aio_read`` first asks the engine's
-  ``read_nowait`` (thread, uring and linux engines: ``preadv2(RWF_NOWAIT)``
-  in the caller's thread, never on O_DIRECT, O_APPEND or stream fds, see
-  :mod:`xaio._pagecache`).  A hit is complete -- recorded and notified -- when
-  ``aio_read`` returns, with no thread hand-off and no ring round trip.
+  reader (``Engine.nowait_reader``; thread, uring and linux engines:
+  ``preadv2(RWF_NOWAIT)`` in the caller's thread, never on O_DIRECT,
+  O_APPEND or stream fds, see :mod:`xaio._pagecache`).  A hit is complete
+  -- recorded and notified -- when ``aio_read`` returns, with no thread
+  hand-off, no ring round trip and no lock.
   Every aiocb shape takes it (any writable buffer, explicit ``aio_nbytes``,
   subclasses), for at most ``INLINE_MAX`` bytes (a larger read goes to the
   engine, so ``aio_read`` always returns promptly), and never past requests
