@@ -402,6 +402,22 @@ def main() -> None:
         )
         print("\nxaio default against the best peer (target: 1.25x cached, 0.8x of fio O_DIRECT)")
         print(table(["workload", "xaio default", "best peer", "ratio"], ratios))
+        print("\npaired, page-cached: xaio default over the best peer of each round")
+        for col in ("cached c=1", "cached c=64"):
+            per = []
+            for r, xv in enumerate(results.get(("xaio default", col), [])):
+                round_peers = [
+                    (n, v[r])
+                    for (n, c), v in results.items()
+                    if c == col and not n.startswith("xaio") and len(v) > r
+                ]
+                if round_peers:
+                    peer_n, peer_v = max(round_peers, key=lambda x: x[1])
+                    per.append(xv / peer_v)
+                    print(f"  {col} round {r + 1}: {xv:,.0f} / {peer_n} {peer_v:,.0f}")
+            if per:
+                rounds = ", ".join(f"{x:.2f}x" for x in per)
+                print(f"{col}: {rounds}; median {median(per):.2f}x")
 
         if not args.no_lag:
             lag_path = make_file(args.lag_size_mb << 20, args.dir)
