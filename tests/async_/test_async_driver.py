@@ -256,6 +256,48 @@ def test_cached_reads_do_not_starve_other_tasks(lib: str, data_path: Path) -> No
     run(lib, main)
 
 
+def test_a_released_reader_uses_the_whole_slice(
+    data_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """asyncio: a task the slice released reads on until the slice is used
+    up, not for one streak: with a slice longer than the whole run the
+    readers take a few loop iterations, not one per streak of reads."""
+    from xaio._async import _asyncio
+
+    monkeypatch.setattr(_asyncio, "_SLICE", 60.0)
+    tasks, reads = 8, 400
+    expected = pattern(1 << 20)
+
+    async def main() -> int:
+        fd = os.open(data_path, os.O_RDONLY)
+        os.pread(fd, 1 << 20, 0)  # cached
+        done = 0
+        iterations = 0
+
+        async def reader(k: int) -> None:
+            nonlocal done
+            off = k * 4096
+            want = expected[off : off + 4096]
+            for _ in range(reads):
+                assert await xaio.pread(fd, 4096, off) == want
+            done += 1
+
+        async def counter() -> None:
+            nonlocal iterations
+            while done < tasks:
+                iterations += 1
+                await asyncio.sleep(0)
+
+        try:
+            await asyncio.gather(counter(), *(reader(k) for k in range(tasks)))
+        finally:
+            os.close(fd)
+        return iterations
+
+    # one streak at a time would be tasks * reads / _STREAK = 200 iterations
+    assert asyncio.run(main()) < 50
+
+
 # ---------------------------------------------------------------------------------
 # batching and the driver's bookkeeping
 # ---------------------------------------------------------------------------------

@@ -52,6 +52,7 @@ class AsyncioDriver(Driver):
         self._release_pending = False
         self._slice_start = 0.0  # when this loop iteration's time slice began
         self._exhausted = False  # the slice is used up: tasks park before transferring
+        self._slice_pending = False  # _new_slice is scheduled
         #: the default driver's sentinel async generator and loop finaliser
         #: (see xaio._async._current); None for other drivers
         self._agen: Any = None
@@ -130,14 +131,19 @@ class AsyncioDriver(Driver):
                 self._streak = 0
                 return
             self._exhausted = True
-            asyncio.get_running_loop().call_soon(self._new_slice)
+            if not self._slice_pending:
+                self._slice_pending = True
+                asyncio.get_running_loop().call_soon(self._new_slice)
         fut = _running_loop().create_future()
         self._slice_waiters.append(fut)
         await fut
 
     def _new_slice(self) -> None:
-        """First thing in a loop iteration after the slice was used up: start
-        a new slice and release the first parked tasks."""
+        """Once per loop iteration after the slice was used up, while tasks
+        are parked: start a new slice and release the first parked tasks,
+        which (with whatever else runs in the next iteration) may use the
+        whole slice before they park again."""
+        self._slice_pending = False
         self._exhausted = False
         self._streak = 0
         self._slice_start = _perf()
@@ -148,8 +154,8 @@ class AsyncioDriver(Driver):
             if not fut.done():
                 fut.set_result(None)
                 n += 1
-        if waiters:
-            self._exhausted = True  # the others wait for a later slice
+        if waiters:  # the others, one iteration at a time
+            self._slice_pending = True
             asyncio.get_running_loop().call_soon(self._new_slice)
 
     async def _wait(self, op: Operation) -> None:

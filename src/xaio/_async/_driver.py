@@ -33,10 +33,11 @@ task and timer of the loop.  The driver looks at the clock every
 :data:`_STREAK` immediate results; once its tasks have run for :data:`_SLICE`
 in this loop iteration (a slice shared by all of them), the slice is
 exhausted: each task that comes for another transfer parks in a FIFO, and one
-parked task per iteration is released (round robin) with a fresh slice.  So
-64 tasks reading cached data hold the loop for about half a millisecond per
-iteration, and the loop does not pay for resuming 64 tasks just to suspend
-them again.  The parking comes before the transfer, so a cancellation
+parked task per iteration is released (round robin) with a fresh slice,
+which it may use whole.  So 64 tasks reading cached data hold the loop for
+about half a millisecond per iteration, and the loop does not pay for
+resuming 64 tasks just to suspend them again (nor for an iteration per
+streak).  The parking comes before the transfer, so a cancellation
 delivered there has consumed nothing.  On trio every call is a checkpoint
 instead (trio's own convention).
 
