@@ -18,9 +18,14 @@ with fio's io_uring engine at iodepth 64, run between every two contenders:
 each contender's ratio is to the mean of the fio runs just before and just
 after it.  Once per round fio also runs at iodepth 64 in batches
 (``--iodepth_batch_submit=64 --iodepth_batch_complete_min=64``, the access
-pattern of a batch awaited as one).  It prints ops/s, the CPU time of the
-loop thread per read, the median of the per-round ratios and every round's
-numbers::
+pattern of a batch awaited as one).  Three more floors measure the bare
+mechanism under each shape: a Ring driven with no event loop at all
+(``submit_and_wait``, each completion replaced at once), a Ring whose
+eventfd wakes one task that replaces every completion it finds (the floor
+of a refilled ``as_completed``), and a Ring that reads 64 blocks per
+submission and waits for all of them (the floor of ``Batch.run``); the last
+two on asyncio and trio.  It prints ops/s, the CPU time of the loop thread
+per read, the median of the per-round ratios and every round's numbers::
 
     python benchmarks/floor_async.py [--rounds 5] [--seconds 2] [--size-mb 512] [--dir DIR]
                                      [--only TEXT]
@@ -145,6 +150,182 @@ def floor_run(path: Path, seconds: float) -> tuple[float, float]:
         return asyncio.run(main())
     finally:
         os.close(fd)
+
+
+def ring_loop_run(path: Path, seconds: float) -> tuple[float, float]:
+    """The least Python can do with io_uring at all, without an event loop:
+    one :class:`xaio.uring.Ring`, ``TASKS`` reads in flight, one
+    ``io_uring_enter`` that submits and waits for a completion
+    (``submit_and_wait``), each completed read replaced at once."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    nblocks = os.fstat(fd).st_size // BLOCK
+    ring = Ring(256)
+    rnd = random.Random(0)
+    bufs = [xaio.aligned_buffer(BLOCK) for _ in range(TASKS)]
+    try:
+        for i, buf in enumerate(bufs):
+            ring.prep_read(fd, buf, rnd.randrange(nblocks) * BLOCK, user_data=i)
+        out: list[tuple[int, int, int]] = []
+        n, t0, c0 = 0, 0.0, 0.0
+        start = time.perf_counter() + 0.2
+        while True:
+            ring.submit_and_wait(1)
+            out.clear()
+            ring.peek_batch(out)
+            now = time.perf_counter()
+            if not t0 and now >= start:
+                n, t0, c0 = 0, now, time.thread_time()
+            elif t0 and now >= t0 + seconds:
+                break
+            for ud, res, _fl in out:
+                if res != BLOCK:
+                    raise OSError(f"short or failed read: {res}")
+                n += 1
+                ring.prep_read(fd, bufs[ud], rnd.randrange(nblocks) * BLOCK, user_data=ud)
+        return n / (now - t0), (time.thread_time() - c0) / n * 1e6
+    finally:
+        ring.close()
+        os.close(fd)
+
+
+class _RingWaiter:
+    """A :class:`xaio.uring.Ring` with its eventfd, and a wait until that
+    eventfd is readable in asyncio (a persistent ``add_reader``) or trio
+    (``wait_readable``): the bare wake-up path of an async layer."""
+
+    def __init__(self, trio_mode: bool) -> None:
+        self.ring = Ring(256)
+        self.efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.ring.register_eventfd(self.efd)
+        self.trio = trio_mode
+        self.fut: asyncio.Future[None] | None = None
+        if not trio_mode:
+            asyncio.get_running_loop().add_reader(self.efd, self._ready)
+
+    def _ready(self) -> None:
+        fut = self.fut
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    async def wait(self) -> None:
+        """Wait until the eventfd is readable, then reset it."""
+        if self.trio:
+            import trio
+
+            await trio.lowlevel.wait_readable(self.efd)
+        else:
+            self.fut = asyncio.get_running_loop().create_future()
+            await self.fut
+        try:
+            os.read(self.efd, 8)
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        if not self.trio:
+            asyncio.get_running_loop().remove_reader(self.efd)
+        self.ring.close()
+        os.close(self.efd)
+
+
+async def _ring_stream(
+    fd: int, nblocks: int, seconds: float, trio_mode: bool
+) -> tuple[float, float]:
+    """One task keeping ``TASKS`` reads in flight on a bare Ring: it waits
+    for the eventfd, takes every completion there and replaces each at once
+    (one submission per wake-up): the floor of a refilled ``as_completed``."""
+    w = _RingWaiter(trio_mode)
+    ring = w.ring
+    rnd = random.Random(0)
+    bufs = [xaio.aligned_buffer(BLOCK) for _ in range(TASKS)]
+    try:
+        for i, buf in enumerate(bufs):
+            ring.prep_read(fd, buf, rnd.randrange(nblocks) * BLOCK, user_data=i)
+        ring.submit()
+        out: list[tuple[int, int, int]] = []
+        n, t0, c0 = 0, 0.0, 0.0
+        start = time.perf_counter() + 0.2
+        while True:
+            await w.wait()
+            out.clear()
+            ring.peek_batch(out)
+            now = time.perf_counter()
+            if not t0 and now >= start:
+                n, t0, c0 = 0, now, time.thread_time()
+            elif t0 and now >= t0 + seconds:
+                break
+            for ud, res, _fl in out:
+                if res != BLOCK:
+                    raise OSError(f"short or failed read: {res}")
+                n += 1
+                ring.prep_read(fd, bufs[ud], rnd.randrange(nblocks) * BLOCK, user_data=ud)
+            ring.submit()
+        return n / (now - t0), (time.thread_time() - c0) / n * 1e6
+    finally:
+        w.close()  # (Ring.close cancels the reads in flight and waits for them)
+
+
+async def _ring_batches(
+    fd: int, nblocks: int, seconds: float, trio_mode: bool
+) -> tuple[float, float]:
+    """One task reading ``TASKS`` blocks per round on a bare Ring: prepare
+    64 reads, one submission, wait until all 64 completed, repeat: the floor
+    of ``Batch.run``."""
+    w = _RingWaiter(trio_mode)
+    ring = w.ring
+    rnd = random.Random(0)
+    bufs = [xaio.aligned_buffer(BLOCK) for _ in range(TASKS)]
+    out: list[tuple[int, int, int]] = []
+
+    async def one() -> None:
+        for i, buf in enumerate(bufs):
+            ring.prep_read(fd, buf, rnd.randrange(nblocks) * BLOCK, user_data=i)
+        ring.submit()
+        got = 0
+        while True:
+            out.clear()
+            ring.peek_batch(out)
+            for _ud, res, _fl in out:
+                if res != BLOCK:
+                    raise OSError(f"short or failed read: {res}")
+            got += len(out)
+            if got == TASKS:
+                return
+            await w.wait()
+
+    try:
+        end = time.perf_counter() + 0.2
+        while time.perf_counter() < end:
+            await one()
+        n, t0, c0 = 0, time.perf_counter(), time.thread_time()
+        end = t0 + seconds
+        while time.perf_counter() < end:
+            await one()
+            n += TASKS
+        return n / (time.perf_counter() - t0), (time.thread_time() - c0) / n * 1e6
+    finally:
+        w.close()
+
+
+def _ring_floor(
+    body: Callable[..., Awaitable[tuple[float, float]]], trio_mode: bool
+) -> Callable[[Path, float], tuple[float, float]]:
+    """A contender running *body* on an O_DIRECT fd of the file, under
+    asyncio or trio."""
+
+    def contender(path: Path, seconds: float) -> tuple[float, float]:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+        nblocks = os.fstat(fd).st_size // BLOCK
+        try:
+            if trio_mode:
+                import trio
+
+                return trio.run(body, fd, nblocks, seconds, True)
+            return asyncio.run(body(fd, nblocks, seconds, False))
+        finally:
+            os.close(fd)
+
+    return contender
 
 
 def _xaio_reader(path: Path) -> tuple[int, int, Reader]:
@@ -306,9 +487,12 @@ def main() -> None:
     )
     args = ap.parse_args()
     contenders: list[tuple[str, Callable[[Path, float], tuple[float, float]]]] = [
+        ("floor: Ring loop, no event loop", ring_loop_run),
         ("floor (Ring + Futures)", floor_run),
         ("xaio.preadinto", xaio_run),
+        ("floor: Ring batches of 64", _ring_floor(_ring_batches, False)),
         ("xaio.Batch of 64, one await", batch_run),
+        ("floor: Ring refilled per wake-up", _ring_floor(_ring_stream, False)),
         ("xaio.Batch.as_completed, refilled", stream_run),
     ]
     try:
@@ -317,7 +501,11 @@ def main() -> None:
         pass
     else:
         contenders.append(("xaio.preadinto, trio", xaio_trio_run))
+        contenders.append(("floor: Ring batches of 64, trio", _ring_floor(_ring_batches, True)))
         contenders.append(("xaio.Batch of 64, one await, trio", batch_trio_run))
+        contenders.append(
+            ("floor: Ring refilled per wake-up, trio", _ring_floor(_ring_stream, True))
+        )
         contenders.append(("xaio.Batch.as_completed, refilled, trio", stream_trio_run))
     contenders = [(name, fn) for name, fn in contenders if args.only in name]
     fio = have_fio()
