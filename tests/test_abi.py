@@ -4,6 +4,7 @@ installed kernel UAPI headers, compiled with the system C compiler."""
 from __future__ import annotations
 
 import ctypes
+import errno
 import importlib
 import shutil
 import subprocess
@@ -132,3 +133,34 @@ def test_syscall_numbers_match_this_machine(tmp_path: Path) -> None:
     out = _compile_and_run("\n".join(lines), tmp_path)
     got = {n: int(v) for n, v in (line.split() for line in out.splitlines())}
     assert got == SYS
+
+
+def test_fstat_cached_is_fstat(tmp_path: Path) -> None:
+    """``_syscall.fstat_cached`` (statx with AT_STATX_DONT_SYNC, decoded by
+    ``_syscall.stat_result``) gives ``os.fstat``'s answer on a local file
+    system, for every kind of fd, and its errors."""
+    import os
+
+    from xaio._syscall import fstat_cached
+
+    f = tmp_path / "f"
+    f.write_bytes(b"x" * 5000)
+    r, w = os.pipe()
+    fds = [os.open(f, os.O_RDONLY), os.open(tmp_path, os.O_RDONLY), r, w]
+    fds.append(os.open("/dev/null", os.O_RDONLY))
+    try:
+        for fd in fds:
+            got, want = fstat_cached(fd), os.fstat(fd)
+            assert got == want
+            for name in ("st_mtime_ns", "st_ctime_ns", "st_blksize", "st_blocks", "st_rdev"):
+                assert getattr(got, name) == getattr(want, name), name
+    finally:
+        for fd in fds:
+            os.close(fd)
+    with pytest.raises(OSError) as e:
+        fstat_cached(fds[0])
+    assert e.value.errno == errno.EBADF
+    with pytest.raises(OverflowError):
+        fstat_cached(1 << 40)
+    with pytest.raises(TypeError):
+        fstat_cached("0")  # type: ignore[arg-type]

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from xaio._ops import OpCode, Operation
+from xaio._syscall import fstat_cached
 
 __all__ = ["PARALLEL", "SERIAL", "STREAM", "Lane", "fd_order", "waits_for_all"]
 
@@ -60,7 +61,7 @@ def fd_order(fd: int, file: bool | None = None) -> int:
     """
     if file is None:
         try:
-            mode = os.fstat(fd).st_mode
+            mode = fstat_cached(fd).st_mode
         except (OSError, OverflowError, ValueError):
             return PARALLEL
         file = stat.S_ISREG(mode) or stat.S_ISBLK(mode)

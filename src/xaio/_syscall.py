@@ -26,6 +26,7 @@ from __future__ import annotations
 import ctypes
 import errno as _errno
 import os
+import struct
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -51,6 +52,8 @@ __all__ = [
     "io_uring_enter_fast",
     "fast_syscall",
     "statx",
+    "stat_result",
+    "fstat_cached",
     "openat2",
     "rt_sigqueueinfo",
     "rt_tgsigqueueinfo",
@@ -245,6 +248,71 @@ def fast_syscall(name: str) -> Callable[..., int]:
 # --- misc ------------------------------------------------------------------------
 # int statx(int dirfd, const char *path, int flags, unsigned mask, struct statx *buf)
 statx = _make("statx", 5)
+
+AT_EMPTY_PATH = 0x1000
+#: statx: answer from the kernel's cached attributes (no GETATTR round trip
+#: to a FUSE daemon or an NFS server)
+AT_STATX_DONT_SYNC = 0x4000
+STATX_BASIC_STATS = 0x7FF
+#: sizeof(struct statx) (linux/stat.h)
+STATX_SIZE = 256
+_STATX_HEAD = struct.Struct("<IIQIIIHxxQQQQ")  # mask .. attributes_mask (offsets 0..63)
+_STATX_TS = struct.Struct("<qI")
+_STATX_DEVS = struct.Struct("<IIII")  # rdev major/minor, dev major/minor at 128
+_fstat_fast = fast_syscall("statx")
+_EMPTY = ctypes.c_char_p(b"")
+
+
+def stat_result(buf: Any) -> os.stat_result:
+    """The ``os.stat_result`` of a ``struct statx`` that statx(2) filled with
+    ``STATX_BASIC_STATS`` (*buf*: its 256 bytes, any buffer object)."""
+    raw = bytes(buf)
+    (_mask, blksize, _attrs, nlink, uid, gid, mode, ino, size, blocks, _am) = (
+        _STATX_HEAD.unpack_from(raw, 0)
+    )
+    a_s, a_ns = _STATX_TS.unpack_from(raw, 64)
+    c_s, c_ns = _STATX_TS.unpack_from(raw, 96)
+    m_s, m_ns = _STATX_TS.unpack_from(raw, 112)
+    rmaj, rmin, dmaj, dmin = _STATX_DEVS.unpack_from(raw, 128)
+    return os.stat_result(
+        (mode, ino, os.makedev(dmaj, dmin), nlink, uid, gid, size, a_s, m_s, c_s),
+        {
+            "st_atime": a_s + a_ns * 1e-9,
+            "st_mtime": m_s + m_ns * 1e-9,
+            "st_ctime": c_s + c_ns * 1e-9,
+            "st_atime_ns": a_s * 1_000_000_000 + a_ns,
+            "st_mtime_ns": m_s * 1_000_000_000 + m_ns,
+            "st_ctime_ns": c_s * 1_000_000_000 + c_ns,
+            "st_blksize": blksize,
+            "st_blocks": blocks,
+            "st_rdev": os.makedev(rmaj, rmin),
+        },
+    )
+
+
+def fstat_cached(fd: int) -> os.stat_result:
+    """``os.fstat(fd)`` as the kernel has it cached: statx(2) with
+    ``AT_STATX_DONT_SYNC``, which never waits for a FUSE daemon or an NFS
+    server to answer a GETATTR -- what an event loop's thread may call.
+
+    The type, block size and device are the file's; the size and times may
+    be as old as the file system's attribute cache when another machine (or
+    a FUSE daemon's backing store) changed the file.  Local file systems
+    have no such cache: there it is ``os.fstat``.  Where statx is refused
+    (seccomp, an old kernel) it is ``os.fstat``.
+
+    Raises:
+        OSError: as ``os.fstat`` (EBADF...).
+    """
+    if type(fd) is not int or not 0 <= fd <= 0x7FFFFFFF:
+        return os.fstat(fd)  # os's own TypeError, OverflowError or EBADF
+    buf = ctypes.create_string_buffer(STATX_SIZE)
+    err = _fstat_fast(fd, _EMPTY, AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_BASIC_STATS, buf)
+    if err == 0:
+        return stat_result(buf)
+    if err in (-_errno.ENOSYS, -_errno.EPERM):
+        return os.fstat(fd)
+    raise oserror(err)
 
 
 def _make_openat2() -> Callable[[int, bytes, bytes], int]:

@@ -42,11 +42,11 @@ import operator as _operator
 import os as _os
 import select as _select
 import stat as _stat
-import struct
 from collections.abc import Callable, Coroutine, Iterator
 from types import SimpleNamespace
 from typing import Any, TypeVar, Union
 
+from xaio import _syscall
 from xaio._async._current import current_driver
 from xaio._async._pathops import OP_MKDIRAT, OP_RENAMEAT, OP_STATX, OP_UNLINKAT, run_pathop
 
@@ -95,12 +95,9 @@ StrPath = Union[str, bytes, "_os.PathLike[str]", "_os.PathLike[bytes]"]
 _AT_FDCWD = -100
 _AT_SYMLINK_NOFOLLOW = 0x100
 _AT_REMOVEDIR = 0x200
-_AT_EMPTY_PATH = 0x1000
-_STATX_BASIC_STATS = 0x7FF
-_STATX = struct.Struct("<IIQIIIHxxQQQQ")  # mask .. attributes_mask (offsets 0..63)
-_TS = struct.Struct("<qI")
-_DEVS = struct.Struct("<IIII")  # rdev major/minor, dev major/minor at 128
-_STATX_SIZE = 256
+_AT_EMPTY_PATH = _syscall.AT_EMPTY_PATH
+_STATX_BASIC_STATS = _syscall.STATX_BASIC_STATS
+_STATX_SIZE = _syscall.STATX_SIZE
 _INT_MIN, _INT_MAX = -(1 << 31), (1 << 31) - 1
 
 
@@ -173,31 +170,6 @@ def _error(res: int, *names: Any) -> OSError:
     return OSError(e, _os.strerror(e), *names)
 
 
-def _stat_result(buf: Any) -> _os.stat_result:
-    raw = bytes(buf)
-    (_mask, blksize, _attrs, nlink, uid, gid, mode, ino, size, blocks, _am) = _STATX.unpack_from(
-        raw, 0
-    )
-    a_s, a_ns = _TS.unpack_from(raw, 64)
-    c_s, c_ns = _TS.unpack_from(raw, 96)
-    m_s, m_ns = _TS.unpack_from(raw, 112)
-    rmaj, rmin, dmaj, dmin = _DEVS.unpack_from(raw, 128)
-    return _os.stat_result(
-        (mode, ino, _os.makedev(dmaj, dmin), nlink, uid, gid, size, a_s, m_s, c_s),
-        {
-            "st_atime": a_s + a_ns * 1e-9,
-            "st_mtime": m_s + m_ns * 1e-9,
-            "st_ctime": c_s + c_ns * 1e-9,
-            "st_atime_ns": a_s * 1_000_000_000 + a_ns,
-            "st_mtime_ns": m_s * 1_000_000_000 + m_ns,
-            "st_ctime_ns": c_s * 1_000_000_000 + c_ns,
-            "st_blksize": blksize,
-            "st_blocks": blocks,
-            "st_rdev": _os.makedev(rmaj, rmin),
-        },
-    )
-
-
 async def _statx(path: Any, dirfd: int, flags: int, fallback: Callable[[], Any]) -> Any:
     """statx(2) on the path-operation ring (*fallback* in a thread elsewhere)."""
     buf = ctypes.create_string_buffer(_STATX_SIZE)
@@ -211,7 +183,7 @@ async def _statx(path: Any, dirfd: int, flags: int, fallback: Callable[[], Any])
         return res
     if res < 0:
         raise _error(res, path)
-    return _stat_result(buf)
+    return _syscall.stat_result(buf)
 
 
 async def stat(
@@ -266,7 +238,7 @@ async def _fd_statx(fd: int, fallback: Callable[[], Any], name: Any = None) -> _
         return res
     if res < 0:
         raise _error(res, *(() if name is None else (name,)))
-    return _stat_result(buf)
+    return _syscall.stat_result(buf)
 
 
 async def lstat(path: StrPath, *, dir_fd: int | None = None) -> _os.stat_result:

@@ -309,3 +309,36 @@ def test_batch_as_completed_yields_what_lands_first(
     finally:
         os.close(slow)
         os.close(fast)
+
+
+@pytest.mark.parametrize("lib", ["asyncio", "trio"])
+def test_slow_metadata_never_stalls_the_loop(
+    engine_name: str, lib: str, faultfs: FaultFS, no_leaks: None
+) -> None:
+    """A file system slow to answer GETATTR (an fstat once its attribute
+    cache has expired): opening a file, reading it and reading a file whole
+    take the delays in the kernel's workers or in threads; the loop's own
+    look at an fd's type and size (statx with AT_STATX_DONT_SYNC) asks
+    the kernel's cached attributes, not the daemon."""
+    p = faultfs.path("meta.bin")
+    data = bytes(range(256)) * 64
+    p.write_bytes(data)
+
+    async def main() -> LagMeter:
+        async with xaio.open(os.devnull, "rb") as f:  # the driver and engine exist
+            await f.read()
+        faultfs.inject({"path": "meta.bin", "ops": ["getattr"], "delay": DELAY})
+        meter = LagMeter()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(meter.run, anyio.sleep)
+            await anyio.sleep(0.02)
+            async with xaio.open(p, "rb") as f:
+                assert await f.read() == data
+            assert await xaio.Path(p).read_bytes() == data
+            await anyio.sleep(0.02)
+            meter.stop()
+        return meter
+
+    meter = run(lib, main)
+    assert meter.ticks > 10
+    assert meter.max_lag < DELAY / 4, f"the loop was blocked {meter.max_lag:.2f} s"

@@ -53,7 +53,7 @@ from xaio._async._current import current_library, driver_for
 from xaio._async._driver import Driver
 from xaio._memory import PAGE_SIZE, aligned_buffer, dio_alignment
 from xaio._ops import OpCode, Operation
-from xaio._syscall import oserror
+from xaio._syscall import fstat_cached, oserror
 
 if TYPE_CHECKING:
     from xaio._async._io import AsyncEngine
@@ -127,7 +127,7 @@ class AsyncFile:
         # st: fd's fstat if the caller has it; fresh: fd was just opened by
         # path, so its position is 0 (or the end, for append)
         if st is None:
-            st = os.fstat(fd)
+            st = fstat_cached(fd)
         self._fd = fd
         self._fd_open = True  # False once the fd was closed (or given up, closefd=False)
         #: requests in flight (see _io): task -> its trio CancelScope (asyncio: None)

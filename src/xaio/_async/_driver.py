@@ -135,7 +135,7 @@ from xaio._async._checks import (
 from xaio._memory import PAGE_SIZE, aligned_buffer, dio_alignment
 from xaio._ops import OpCode, Operation, OpState
 from xaio._pagecache import INLINE_MAX, NowaitReader, nowait_preadv
-from xaio._syscall import oserror
+from xaio._syscall import fstat_cached, oserror
 from xaio.engine import KIND_BUFFERED, KIND_DIRECT, Engine, EngineClosedError
 
 __all__ = ["Driver", "abandon"]
@@ -191,7 +191,7 @@ def _first_read_size(fd: int, n: int, offset: int, direct: bool) -> int:
     O_DIRECT fd it is rounded up to the file's offset alignment, keeping
     *n*'s remainder (the kernel then judges the length as it would *n*)."""
     try:
-        st = os.fstat(fd)
+        st = fstat_cached(fd)
     except OSError:
         return min(n, INLINE_MAX)
     want = max(st.st_size - offset, 0) + 1 if stat.S_ISREG(st.st_mode) else INLINE_MAX

@@ -27,6 +27,7 @@ from xaio._async._driver import Driver
 from xaio._async._io import AsyncEngine
 from xaio._async._pathops import OP_OPENAT, cached_opens_work, open_cached, run_pathop
 from xaio._async._text import AsyncTextFile
+from xaio._syscall import fstat_cached
 from xaio.engine import ENGINE_NAMES
 
 __all__ = ["open", "OpenContext"]
@@ -230,7 +231,7 @@ async def _open(
             fd, st = await _open_fd(drv, file, m.flags | os.O_DIRECT)
     try:
         if st is None:
-            st = os.fstat(fd)
+            st = fstat_cached(fd)
         if stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), file)
         size = buffering

@@ -117,7 +117,7 @@ def open_cached(path: Any, flags: int) -> tuple[int, os.stat_result] | int | Non
     if fd < 0:
         return None if -fd in _NOT_THE_ANSWER else fd
     try:
-        st = os.fstat(fd)
+        st = _syscall.fstat_cached(fd)
         os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Sequence
 
 from xaio._ops import OpCode, Operation
-from xaio._syscall import fast_syscall
+from xaio._syscall import AT_EMPTY_PATH, AT_STATX_DONT_SYNC, fast_syscall
 
 __all__ = [
     "fd_kind",
@@ -58,8 +58,6 @@ BLOCKING_FS_TYPES = frozenset(
     }
 )  # fmt: skip
 
-_AT_EMPTY_PATH = 0x1000
-_AT_STATX_DONT_SYNC = 0x4000  # no GETATTR round trip to a FUSE daemon or NFS server
 _STATX_TYPE = 0x1
 _STATX_MNT_ID_UNIQUE = 0x4000  # Linux 6.8; before it the device number is the key
 _STATX_MODE_DEV = struct.Struct("<I24xH106xII")  # stx_mask, stx_mode, stx_dev_major/minor
@@ -146,7 +144,7 @@ def _classify(fd: int, positional: bool) -> int:
     if buf is None:
         buf = _tls.statx = ctypes.create_string_buffer(256)
         _tls.address = ctypes.c_void_p(ctypes.addressof(buf))
-    flags = _AT_EMPTY_PATH | _AT_STATX_DONT_SYNC
+    flags = AT_EMPTY_PATH | AT_STATX_DONT_SYNC
     err = _statx(fd, _EMPTY_PATH, flags, _STATX_TYPE | _STATX_MNT_ID_UNIQUE, _tls.address)
     if err < 0:
         if not positional:

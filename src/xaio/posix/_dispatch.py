@@ -69,7 +69,7 @@ def _blocking_stream(fd: int) -> bool:
     """Is *fd* a stream (not a regular file or block device) in blocking
     mode: where ``write(2)`` writes all it is given or fails?"""
     try:
-        mode = os.fstat(fd).st_mode
+        mode = _syscall.fstat_cached(fd).st_mode
         flags = fcntl.fcntl(fd, fcntl.F_GETFL)
     except OSError:
         return False
