@@ -1391,6 +1391,139 @@ def test_resubmission_reuses_the_checked_iocb(
         assert wait_events(ctx, 1)[0].res == 16
 
 
+def _record_submits(
+    monkeypatch: pytest.MonkeyPatch, after_call: Any = None
+) -> list[tuple[int, int]]:
+    """Record ``(requests handed, requests taken)`` of each io_submit system
+    call the public io_submit makes (the real call is made); *after_call*,
+    if given, runs after the first one returns, as another thread could."""
+    calls: list[tuple[int, int]] = []
+    real = _context._FAST_SUBMIT
+
+    def submit(cid: Any, m: int, ptrs: Any) -> int:
+        r: int = real(cid, m, ptrs)
+        calls.append((m, r))
+        if after_call is not None and len(calls) == 1:
+            after_call()
+        return r
+
+    monkeypatch.setattr(_context, "_FAST_SUBMIT", submit)
+    return calls
+
+
+@pytest.mark.parametrize("conv", CONVENTIONS)
+@pytest.mark.parametrize("change", ["released view", "shrunk bytearray"])
+def test_a_buffer_changed_late_in_a_batch_is_refused_before_any_call(
+    conv: str, change: str, ctx: IOContext, data_fd: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Resubmitted Iocbs are pinned chunk by chunk, but every one is checked
+    before the first system call: a buffer released or shrunk since the last
+    submission, last in a batch, refuses the whole batch."""
+    submit = linux.io_submit if conv == "linux" else libaio.io_submit
+    raw = [bytearray(16) for _ in range(9)]
+    bufs: list[Any] = [memoryview(b) for b in raw] if change == "released view" else raw
+    cbs = [Iocb.pread(data_fd, b, 16 * i, count=16, data=i) for i, b in enumerate(bufs)]
+    assert submit(ctx, cbs) == 9
+    wait_events(ctx, 9)
+    if change == "released view":
+        bufs[8].release()
+    else:
+        del raw[8][8:]
+    calls = _record_submits(monkeypatch)
+    with pytest.raises(ValueError):
+        submit(ctx, cbs)
+    assert calls == [] and not any(cb.in_flight for cb in cbs)
+    assert ctx.statistics()["in_flight"] == 0 and ctx.statistics()["submitted"] == 9
+    assert submit(ctx, cbs[:8]) == 8  # the others are still usable
+    assert sorted(ev.data for ev in wait_events(ctx, 8)) == list(range(8))
+
+
+@pytest.mark.parametrize("conv", CONVENTIONS)
+def test_a_buffer_released_during_the_submission_ends_it(
+    conv: str, ctx: IOContext, data_fd: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A view released (by another thread) after the first system call of a
+    batch, before its Iocb was pinned, ends the submission there: io_submit
+    returns what the kernel took, the rest are not in flight, and the
+    kernel never sees the released buffer."""
+    submit = linux.io_submit if conv == "linux" else libaio.io_submit
+    views = [memoryview(bytearray(16)) for _ in range(9)]
+    cbs = [Iocb.pread(data_fd, v, 16 * i, count=16, data=i) for i, v in enumerate(views)]
+    assert submit(ctx, cbs) == 9
+    wait_events(ctx, 9)
+    calls = _record_submits(monkeypatch, after_call=views[8].release)
+    taken = submit(ctx, cbs)
+    assert calls and taken == calls[0][1] and 0 < taken < 9
+    assert [cb.in_flight for cb in cbs] == [True] * taken + [False] * (9 - taken)
+    assert sorted(ev.data for ev in wait_events(ctx, taken)) == list(range(taken))
+    assert ctx.statistics()["in_flight"] == 0
+    with pytest.raises(ValueError):
+        submit(ctx, cbs[8:])
+
+
+def test_a_context_destroyed_during_the_submission_takes_no_more(
+    data_fd: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """io_destroy (from another thread) between two system calls of one
+    io_submit: the rest of the batch is not handed to the destroyed
+    context's id (which the kernel may already have given to a new one)."""
+    c = io_setup(16)
+    cbs = [Iocb.pread(data_fd, bytearray(16), 16 * i, data=i) for i in range(9)]
+    calls = _record_submits(monkeypatch, after_call=lambda: io_destroy(c))
+    taken = io_submit(c, cbs)
+    assert len(calls) == 1 and taken == calls[0][1] > 0
+    assert c.closed and not any(cb.in_flight for cb in cbs)
+
+
+@pytest.mark.parametrize("conv", CONVENTIONS)
+def test_an_interrupt_after_the_first_call_gives_back_the_rest(
+    conv: str, ctx: IOContext, data_fd: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C as the first system call of a batch returns: the requests the
+    kernel took stay in flight and complete; the others (pinned or not yet)
+    are given back."""
+    submit = linux.io_submit if conv == "linux" else libaio.io_submit
+    views = [xaio.aligned_buffer(16) for _ in range(9)]
+    cbs = [Iocb.pread(data_fd, v, 16 * i, count=16, data=i) for i, v in enumerate(views)]
+    assert submit(ctx, cbs) == 9
+    wait_events(ctx, 9)
+
+    def interrupt() -> None:
+        raise KeyboardInterrupt
+
+    calls = _record_submits(monkeypatch, after_call=interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        submit(ctx, cbs)
+    taken = calls[0][1]
+    assert [cb.in_flight for cb in cbs] == [True] * taken + [False] * (9 - taken)
+    assert ctx.statistics()["submitted"] == 9 + taken
+    assert sorted(ev.data for ev in wait_events(ctx, taken)) == list(range(taken))
+    monkeypatch.undo()
+    assert submit(ctx, cbs) == 9
+    assert len(wait_events(ctx, 9)) == 9
+
+
+def test_a_released_view_in_flight_keeps_its_memory(ctx: IOContext, direct_fd: int) -> None:
+    """A resubmitted request pins the memory behind its view, not the view:
+    the user's view may be released while the read is in flight, the memory
+    it showed stays put (a bytearray under it cannot be resized) until the
+    event is reaped, and the read lands there."""
+    expected = pattern(1 << 20)
+    raw = mmap.mmap(-1, 8192)
+    view = memoryview(raw)[4096:]
+    x = Iocb.pread(direct_fd, view, 0)
+    assert io_submit(ctx, [x]) == 1
+    wait_events(ctx, 1)
+    x.aio_offset = 4096
+    assert io_submit(ctx, [x]) == 1  # pinned again, not built again
+    view.release()
+    with pytest.raises(BufferError):
+        raw.close()
+    (ev,) = wait_events(ctx, 1)
+    assert ev.res == 4096 and raw[4096:] == expected[4096:8192]
+    raw.close()  # reaped: released
+
+
 @pytest.mark.parametrize("conv", CONVENTIONS)
 def test_an_iocb_listed_twice_is_refused_before_the_kernel(
     conv: str, ctx: IOContext, data_fd: int

@@ -30,7 +30,9 @@ from xaio.linux._iocb import (
     _U64,
     Iocb,
     IOEvent,
+    _claim,
     _new_event,
+    _pin_claimed,
 )
 
 if TYPE_CHECKING:
@@ -42,6 +44,9 @@ _FAST_SUBMIT = _syscall.fast_syscall("io_submit")
 #: io_submit plugs the block queue for more than 2 requests: the device sees a
 #: batch only when the call ends.  Submitting in small chunks keeps it busy.
 _SUBMIT_CHUNK = 4
+#: The first call of an io_submit takes one request: the device sees it while
+#: the call runs, and starts on it while the rest are pinned and submitted.
+_FIRST_CHUNK = 1
 _FAST_GETEVENTS = _syscall.fast_syscall("io_getevents")
 _iter_events = IO_EVENT_STRUCT.iter_unpack
 
@@ -286,14 +291,14 @@ def _setup(nr_events: Any) -> tuple[int, IOContext | None]:
 
 class _Pointers:
     """An array of ``struct iocb *`` for ``io_submit``, with the address of
-    every chunk of ``_SUBMIT_CHUNK`` entries made once as a call argument."""
+    each entry made once as a call argument."""
 
-    __slots__ = ("array", "chunks")
+    __slots__ = ("array", "at")
 
     def __init__(self, n: int) -> None:
         self.array: Any = (ctypes.c_void_p * n)()
         base = ctypes.addressof(self.array)
-        self.chunks = [ctypes.c_void_p(base + i * 8) for i in range(0, n, _SUBMIT_CHUNK)]
+        self.at = [ctypes.c_void_p(base + i * 8) for i in range(n)]
 
 
 def _submit(ctx: IOContext, iocbs: Iterable[Iocb]) -> int:
@@ -309,41 +314,49 @@ def _submit(ctx: IOContext, iocbs: Iterable[Iocb]) -> int:
     # The kernel takes at most the ring's size in one call.
     n = min(len(batch), ctx._ring_nr)
     addresses = [obj._address for obj in batch]
-    prepared = 0
-    try:
-        # Register before the syscall: a completion may be reaped by another
-        # thread before io_submit even returns.  An Iocb listed twice is in
-        # flight when its second entry is prepared: refused like any other.
-        with ctx._lock:
-            if ctx._destroyed or ctx._foreign:
-                return -errno.EINVAL
-            for obj in batch:
-                obj._prepare()
-                obj._flight.ctx = ctx
-                prepared += 1
-            ctx._inflight.update(zip(addresses[:n], batch, strict=False))
-    except BaseException:
-        for obj in batch[:prepared]:
-            obj._release()
-        raise
+    # Every Iocb is checked before the first call.  Each is registered
+    # before its own call (a completion may be reaped by another thread
+    # before io_submit even returns): the first chunk here, the rest while
+    # the device starts on it.  An Iocb listed twice is in flight when its
+    # second entry is checked: refused like any other.
+    first = n if n < _FIRST_CHUNK else _FIRST_CHUNK
+    with ctx._lock:
+        if ctx._destroyed or ctx._foreign:
+            return -errno.EINVAL
+        _claim(batch, ctx)
+        ctx._inflight.update(zip(addresses[:first], batch, strict=False))
     ret = 0
     spare = ctx._spare_ptrs
     try:
         ptrs = spare.pop()  # (another thread may take the last one first)
     except IndexError:
         ptrs = _Pointers(ctx._ring_nr)
-    ptrs.array[:n] = addresses[:n]
-    chunks = ptrs.chunks
+    array = ptrs.array
+    array[:first] = addresses[:first]
+    at = ptrs.at
     # One call per _SUBMIT_CHUNK requests (the device starts on the first
     # ones while the kernel prepares the next; see the module's essay): the
     # answer is the same as one call's, since the kernel takes requests in
-    # order and stops at the first it refuses.
+    # order and stops at the first it refuses.  The buffers _claim left
+    # unpinned are pinned before the first call for its chunk, after it for
+    # the rest.
     done = 0
     try:
+        _pin_claimed(batch, 0, first)  # raises before any call: given back below
         while done < n:
-            m = n - done if n - done < _SUBMIT_CHUNK else _SUBMIT_CHUNK
-            # done is a multiple of _SUBMIT_CHUNK: a short answer ends the loop
-            r = _FAST_SUBMIT(ctx._cid, m, chunks[done // _SUBMIT_CHUNK])
+            if done == first:
+                with ctx._lock:
+                    if ctx._destroyed or ctx._foreign:
+                        ret = -errno.EINVAL
+                        break
+                    ctx._inflight.update(zip(addresses[first:n], batch[first:n], strict=False))
+                array[first:n] = addresses[first:n]
+                try:
+                    _pin_claimed(batch, first, n)
+                except (TypeError, ValueError):
+                    break  # a buffer another thread changed since _claim: the end
+            m = first if not done else n - done if n - done < _SUBMIT_CHUNK else _SUBMIT_CHUNK
+            r = _FAST_SUBMIT(ctx._cid, m, at[done])
             if r <= 0:
                 ret = r
                 break
@@ -351,8 +364,9 @@ def _submit(ctx: IOContext, iocbs: Iterable[Iocb]) -> int:
             if r < m:
                 break
     except BaseException:
-        # Interrupted (Ctrl-C) around a call: the requests the kernel took
-        # have aio_key zeroed; give back the others.
+        # Interrupted (Ctrl-C) around a call, or a buffer refused before the
+        # first call: the requests the kernel took have aio_key zeroed; give
+        # back the others.
         while done < n and not _KEY.unpack_from(batch[done]._mem, _KEY_OFFSET)[0]:
             done += 1
         _unsubmit(ctx, batch[done:])

@@ -80,6 +80,7 @@ _KEY = struct.Struct("=I")
 _KEY_OFFSET = iocb.aio_key.offset
 _KEY_WORD = _KEY_OFFSET >> 2  # in Iocb._views[2]
 _c_char_from_buffer = ctypes.c_char.from_buffer
+_memoryview = memoryview
 _addressof = ctypes.addressof
 # What the ready image holds in place of the buffer (Iocb._kind).
 _NO_BUFFER, _ONE_BUFFER, _VECTOR = 0, 1, 2
@@ -188,10 +189,13 @@ class Iocb:
     _kind: int
     _writable: bool
     #: How the single buffer is pinned again: ``_MOVABLE`` (a bytearray,
-    #: which may have been resized and moved between two submissions) or
-    #: ``_FIXED`` (a writable 1-D byte memoryview: its memory and length
-    #: stay as they are while the view lives), both held by a one-char ctypes
-    #: export (as in ``Pin``); else 0, by a ``Pin``.
+    #: which may have been resized and moved between two submissions), held
+    #: by a one-char ctypes export (as in ``Pin``), or ``_FIXED`` (a
+    #: writable 1-D byte memoryview: its memory and length stay as they are
+    #: while the view lives), held by a new view of it, which holds the
+    #: exporter's buffer as long as it lives even if the user's view is
+    #: released; else 0, by a ``Pin`` (and 0 for every other kind of
+    #: request).
     _export: int
     #: The single buffer's address and length when ``_struct`` was built.
     _pin_address: int
@@ -435,31 +439,41 @@ class Iocb:
         if flight.ready:
             kind = self._kind
             if kind == _ONE_BUFFER:
-                buf = self.aio_buf
-                export = self._export
-                try:
-                    p: Any = _c_char_from_buffer(buf) if export else None
-                except (TypeError, ValueError):  # released or emptied: _build says why
-                    p = None
-                else:
-                    if p is not None:
-                        if export == _FIXED or (
-                            _addressof(p) == self._pin_address and len(buf) == self._pin_nbytes
-                        ):
-                            self._views[2][_KEY_WORD] = _UNSENT_KEY
-                            flight.pins = (p,)
-                            return
-                    else:
-                        p = Pin(buf, self._writable)
-                        if p.address == self._pin_address and p.nbytes == self._pin_nbytes:
-                            self._views[2][_KEY_WORD] = _UNSENT_KEY
-                            flight.pins = (p,)
-                            return
-                del p  # the buffer moved or was resized: drop that export
+                p = self._pin_again()
+                if p is not None:
+                    self._views[2][_KEY_WORD] = _UNSENT_KEY
+                    flight.pins = (p,)
+                    return
             elif kind == _NO_BUFFER:
                 self._views[2][_KEY_WORD] = _UNSENT_KEY
                 return
         self._build()
+
+    def _pin_again(self) -> Any:
+        """The pin of the single buffer of a ready Iocb, taken again, if the
+        buffer is still where ``struct iocb`` says, with the same length;
+        else None (released, emptied, moved or resized: :meth:`_build` says
+        what is wrong or writes where it is now)."""
+        buf = self.aio_buf
+        export = self._export
+        if export == _FIXED:
+            try:
+                return _memoryview(buf)
+            except ValueError:  # released
+                return None
+        if export:
+            try:
+                c = _c_char_from_buffer(buf)
+            except (TypeError, ValueError):
+                return None
+            if _addressof(c) == self._pin_address and len(buf) == self._pin_nbytes:
+                return c
+            return None
+        p = Pin(buf, self._writable)
+        if p.address == self._pin_address and p.nbytes == self._pin_nbytes:
+            return p
+        p.release()
+        return None
 
     def _build(self) -> None:
         """Check every field, pin the buffers and fill ``struct iocb``."""
@@ -545,17 +559,17 @@ class Iocb:
         flight.pins = pins
         s(self, "_kind", kind)
         s(self, "_writable", writable)
+        export = 0
         if kind == _ONE_BUFFER:
             t = type(buf)
-            export = 0
             if pins[0].nbytes > 0:
                 if t is bytearray:
                     export = _MOVABLE
                 elif t is memoryview and buf.ndim == 1 and buf.format == "B" and not buf.readonly:
                     export = _FIXED
-            s(self, "_export", export)
             s(self, "_pin_address", address)
             s(self, "_pin_nbytes", pins[0].nbytes)
+        s(self, "_export", export)
         flight.ready = True
 
     def _release(self) -> None:
@@ -576,6 +590,62 @@ class Iocb:
             f"<Iocb op={self.aio_lio_opcode} fd={self.aio_fildes} buf={desc} "
             f"nbytes={self.aio_nbytes} offset={self.aio_offset} data={self.aio_data}{state}>"
         )
+
+
+def _claim(batch: list[Iocb], ctx: IOContext) -> None:
+    """Check every Iocb of *batch* for a submission on *ctx* and mark it in
+    flight there, before any of them reaches the kernel.
+
+    A ready Iocb whose single buffer takes a one-char export (``_export``)
+    and still has the length its ``struct iocb`` says is checked here and
+    pinned by :func:`_pin_claimed` just before its own ``io_submit`` call,
+    so that the kernel gets the first requests of a large batch without
+    waiting for the pins of the last; every other Iocb is prepared (pinned,
+    or checked in full) here.  Its ``aio_key`` is set here either way (an
+    interrupted submission reads it to tell which requests the kernel took).
+
+    Raises:
+        IocbInFlightError: an Iocb is in flight, or listed twice.
+        TypeError, ValueError: a field or buffer the kernel must not see.
+        Every Iocb marked is released again before the exception leaves.
+    """
+    marked = 0
+    try:
+        for obj in batch:
+            flight = obj._flight
+            if flight.ready and obj._export and flight.ctx is None:
+                try:
+                    size = len(obj.aio_buf)
+                except ValueError:  # a released view: _prepare says so
+                    size = -1
+                if size == obj._pin_nbytes:
+                    obj._views[2][_KEY_WORD] = _UNSENT_KEY
+                    flight.ctx = ctx
+                    marked += 1
+                    continue
+            obj._prepare()
+            flight.ctx = ctx
+            marked += 1
+    except BaseException:
+        for obj in batch[:marked]:
+            obj._release()
+        raise
+
+
+def _pin_claimed(batch: list[Iocb], start: int, stop: int) -> None:
+    """Pin the buffers that :func:`_claim` left unpinned in
+    ``batch[start:stop]``.  A buffer changed since (by another thread) is
+    checked in full again (:meth:`Iocb._build`), which may raise TypeError
+    or ValueError; the caller then submits nothing from *start* on."""
+    for obj in batch[start:stop]:
+        flight = obj._flight
+        if flight.pins or not obj._export:
+            continue  # prepared by _claim, or no buffer to pin
+        p = obj._pin_again()
+        if p is None:
+            obj._build()
+        else:
+            flight.pins = (p,)
 
 
 #: The integer fields a prepared Iocb writes into its image as they are set
