@@ -1533,3 +1533,61 @@ def test_an_engine_that_orders_requests_gets_no_lanes(pipe: tuple[int, int]) -> 
         P.aio_init()
     finally:
         eng.close()
+
+
+# --- the hand-off to an engine that posix keeps lanes for ---------------------------
+
+
+class _CountingLock:
+    """The real lock, counting its takes per thread."""
+
+    def __init__(self, lock: Any) -> None:
+        self.lock = lock
+        self.takes: dict[int, int] = {}
+
+    def acquire(self, *args: Any) -> bool:
+        got: bool = self.lock.acquire(*args)
+        if got:
+            me = threading.get_ident()
+            self.takes[me] = self.takes.get(me, 0) + 1
+        return got
+
+    def release(self) -> None:
+        self.lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+@pytest.mark.parametrize("engine_name", ["uring", "linux"])
+def test_handing_a_request_over_takes_the_state_lock_once(
+    clean_posix: None, pipe: tuple[int, int], monkeypatch: pytest.MonkeyPatch, engine_name: str
+) -> None:
+    """aio_read of a request that goes to the engine (a read on an empty
+    pipe) takes posix's lock once in the caller's thread: to mark it in
+    progress; marking it as the engine's takes none.  An aio_cancel of it
+    afterwards still finds it in the engine's hands and cancels it."""
+    from xaio.posix import _dispatch
+
+    reason = engine_unavailable(engine_name)
+    if reason is not None:
+        pytest.skip(f"engine {engine_name!r} unavailable: {reason}")
+    P.aio_init(engine=engine_name)
+    r, w = pipe
+    warm = P.aiocb(r, 0, bytearray(1))
+    P.aio_read(warm)  # starts the engine and its threads
+    os.write(w, b"x")
+    wait_done(warm)
+    counting = _CountingLock(R._state_lock)
+    for module in (R, _dispatch, P):
+        monkeypatch.setattr(module, "_state_lock", counting)
+    cb = P.aiocb(r, 0, bytearray(4))
+    P.aio_read(cb)
+    assert counting.takes.get(threading.get_ident()) == 1
+    assert P.aio_error(cb) == errno.EINPROGRESS
+    wait_until(lambda: engine_running() == 1)
+    assert P.aio_cancel(r, cb) == P.AIO_CANCELED  # waiting for the pipe: not started
+    assert (P.aio_error(cb), P.aio_return(cb)) == (errno.ECANCELED, -1)

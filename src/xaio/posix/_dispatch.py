@@ -328,11 +328,21 @@ def _submit_released(cbs: list[aiocb]) -> None:
 
 
 def _end_transit(ops: list[Operation]) -> None:
-    """The engine has *ops* now: an aio_cancel may ask it to cancel them."""
-    with _state_lock:
-        for op in ops:
-            op.context._handed(op)
-        if _transit_waiters:
+    """The engine has *ops* now: an aio_cancel may ask it to cancel them.
+
+    Each request is marked as sent (``aiocb._sent``) without the lock, and
+    the lock is taken only if an aio_cancel waits for a request in transit:
+    then they are moved on (``_handed``) and it is woken.  An aio_cancel
+    that comes later finds the mark and moves the request on itself (see
+    :func:`_cancel_submitted`).  Each side writes before it reads what the
+    other writes (here the mark, then ``_transit_waiters``; there its
+    waiter, then the mark), so one of them always sees the other."""
+    for op in ops:
+        op.context._sent = op
+    if _transit_waiters:
+        with _state_lock:
+            for op in ops:
+                op.context._handed(op)
             _wake_transit_locked()
 
 
@@ -379,7 +389,7 @@ def _cancel_submitted(cb: aiocb, op: Operation, eng: Engine) -> CancelOutcome:
     # Wait until the request is really in the engine's hands.
     while True:
         with _state_lock:
-            if cb._op is not op:
+            if cb._op is not op or (cb._in_progress and (cb._moved or cb._keep)):
                 if cb._in_progress and (cb._moved or cb._keep):
                     cb._keep = True  # carried on in parts (see _on_done)
                     return CancelOutcome.RUNNING
@@ -388,6 +398,10 @@ def _cancel_submitted(cb: aiocb, op: Operation, eng: Engine) -> CancelOutcome:
                 break
             w = _Waiter()
             _transit_waiters.append(w)
+            if cb._sent is op:  # submitted, and its submitter saw no waiter (_end_transit)
+                _transit_waiters.remove(w)
+                cb._handed(op)
+                break
         w.lock.acquire()
     if eng.orders_requests:
         outcome = eng.cancel(op)

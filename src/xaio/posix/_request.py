@@ -26,6 +26,10 @@ result before the state, because every transition stores the state last.
   seen it, so a cancel takes it out at once.
 - ``TRANSIT``: on its way to the engine (or to its immediate error); an
   ``aio_cancel`` waits until the engine has it before asking the engine.
+  Once ``submit`` returned, the submitter marks the request ``_sent``
+  without the lock (one lock take per hand-off, see
+  ``xaio.posix._dispatch._end_transit``); it stays ``TRANSIT`` until an
+  ``aio_cancel`` that finds the mark moves it on (``handed``), or it ends.
 - ``ACTIVE``: the engine has it.  ``CANCELLING``: an ``aio_cancel`` is
   asking the engine about it; a completion that says ECANCELED or EINTR
   meanwhile is *parked* for that cancel to decide (see :meth:`aiocb._on_result`).
@@ -116,6 +120,7 @@ class aiocb:
         "_moved",
         "_keep",
         "_parked",
+        "_sent",
         "__weakref__",
     )
 
@@ -149,6 +154,9 @@ class aiocb:
         self._moved = 0  # bytes the parts before the current one transferred
         self._keep = False  # aio_cancel said AIO_NOTCANCELED: it runs to the end
         self._parked: int | None = None  # a -ECANCELED/-EINTR that a cancel decides
+        #: the operation its submitter saw the engine take, marked without the
+        #: lock (see xaio.posix._dispatch._end_transit): a hint, not a state
+        self._sent: Operation | None = None
 
     def __repr__(self) -> str:
         return (
@@ -188,6 +196,7 @@ class aiocb:
         self._moved = 0
         self._keep = False
         self._parked = None
+        self._sent = None
         self._state = TRANSIT
 
     def _enter(self, lane: Lane[aiocb], admitted: bool) -> None:
@@ -282,6 +291,7 @@ class aiocb:
             self._error = 0
             self._return = res
         self._op = None
+        self._sent = None
         self._lane = None
         self._state = DONE
         return True
@@ -314,6 +324,7 @@ class aiocb:
         self._notice = None
         self._lane = None
         self._parked = None
+        self._sent = None
         self._state = NEW
 
 
