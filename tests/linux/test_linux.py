@@ -1439,26 +1439,31 @@ def test_a_buffer_changed_late_in_a_batch_is_refused_before_any_call(
 
 
 @pytest.mark.parametrize("conv", CONVENTIONS)
+@pytest.mark.parametrize("n", [_context._SPLIT_AFTER, _context._SPLIT_AFTER + 4])
 def test_a_buffer_released_during_the_submission_ends_it(
-    conv: str, ctx: IOContext, data_fd: int, monkeypatch: pytest.MonkeyPatch
+    conv: str, n: int, ctx: IOContext, data_fd: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A view released (by another thread) after the first system call of a
-    batch, before its Iocb was pinned, ends the submission there: io_submit
-    returns what the kernel took, the rest are not in flight, and the
-    kernel never sees the released buffer."""
+    """A large batch pins its buffers after its first system call: a view
+    released (by another thread) in between, before its Iocb was pinned,
+    ends the submission there -- io_submit returns what the kernel took,
+    the rest are not in flight, and the kernel never sees the released
+    buffer.  A small batch is pinned whole before its first call."""
     submit = linux.io_submit if conv == "linux" else libaio.io_submit
-    views = [memoryview(bytearray(16)) for _ in range(9)]
+    views = [memoryview(bytearray(16)) for _ in range(n)]
     cbs = [Iocb.pread(data_fd, v, 16 * i, count=16, data=i) for i, v in enumerate(views)]
-    assert submit(ctx, cbs) == 9
-    wait_events(ctx, 9)
-    calls = _record_submits(monkeypatch, after_call=views[8].release)
+    assert submit(ctx, cbs) == n
+    wait_events(ctx, n)
+    calls = _record_submits(monkeypatch, after_call=views[-1].release)
     taken = submit(ctx, cbs)
-    assert calls and taken == calls[0][1] and 0 < taken < 9
-    assert [cb.in_flight for cb in cbs] == [True] * taken + [False] * (9 - taken)
+    if n <= _context._SPLIT_AFTER:
+        assert taken == n and calls[0][0] > 1
+    else:
+        assert calls and taken == calls[0][1] == calls[0][0] < n
+    assert [cb.in_flight for cb in cbs] == [True] * taken + [False] * (n - taken)
     assert sorted(ev.data for ev in wait_events(ctx, taken)) == list(range(taken))
     assert ctx.statistics()["in_flight"] == 0
     with pytest.raises(ValueError):
-        submit(ctx, cbs[8:])
+        submit(ctx, cbs[-1:])
 
 
 def test_a_context_destroyed_during_the_submission_takes_no_more(
@@ -1467,8 +1472,8 @@ def test_a_context_destroyed_during_the_submission_takes_no_more(
     """io_destroy (from another thread) between two system calls of one
     io_submit: the rest of the batch is not handed to the destroyed
     context's id (which the kernel may already have given to a new one)."""
-    c = io_setup(16)
-    cbs = [Iocb.pread(data_fd, bytearray(16), 16 * i, data=i) for i in range(9)]
+    c = io_setup(32)
+    cbs = [Iocb.pread(data_fd, bytearray(16), 16 * i, data=i) for i in range(20)]
     calls = _record_submits(monkeypatch, after_call=lambda: io_destroy(c))
     taken = io_submit(c, cbs)
     assert len(calls) == 1 and taken == calls[0][1] > 0

@@ -54,9 +54,10 @@ on them.
   and ``IOBatch.submit`` takes a *chunk*: the device starts on the first
   requests while the kernel prepares the next.  A larger chunk makes fewer
   system calls, which pays when the CPU, not the device, is the bottleneck.
-  :func:`io_submit` checks every request before its first call, which takes
-  one request (not plugged: the device starts on it during the call), and
-  pins the buffers of the rest after it.
+  :func:`io_submit` checks every request before its first call; in a batch
+  of more than 16, that call takes one request (not plugged: the device
+  starts on it during the call), and the buffers of the rest are pinned
+  after it.
 
 Man pages: io_setup(2), io_submit(2), io_getevents(2), io_pgetevents(2),
 io_cancel(2), io_destroy(2), aio(7).

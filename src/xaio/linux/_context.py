@@ -44,9 +44,12 @@ _FAST_SUBMIT = _syscall.fast_syscall("io_submit")
 #: io_submit plugs the block queue for more than 2 requests: the device sees a
 #: batch only when the call ends.  Submitting in small chunks keeps it busy.
 _SUBMIT_CHUNK = 4
-#: The first call of an io_submit takes one request: the device sees it while
-#: the call runs, and starts on it while the rest are pinned and submitted.
+#: The first call of an io_submit of more than _SPLIT_AFTER requests takes one
+#: request: the device sees it while the call runs, and starts on it while the
+#: rest are registered, pinned and submitted.  A smaller batch has all that done
+#: before its first call, which costs less than the split's own bookkeeping.
 _FIRST_CHUNK = 1
+_SPLIT_AFTER = 16
 _FAST_GETEVENTS = _syscall.fast_syscall("io_getevents")
 _iter_events = IO_EVENT_STRUCT.iter_unpack
 
@@ -316,10 +319,10 @@ def _submit(ctx: IOContext, iocbs: Iterable[Iocb]) -> int:
     addresses = [obj._address for obj in batch]
     # Every Iocb is checked before the first call.  Each is registered
     # before its own call (a completion may be reaped by another thread
-    # before io_submit even returns): the first chunk here, the rest while
-    # the device starts on it.  An Iocb listed twice is in flight when its
-    # second entry is checked: refused like any other.
-    first = n if n < _FIRST_CHUNK else _FIRST_CHUNK
+    # before io_submit even returns): in a large batch the first chunk here,
+    # the rest while the device starts on it.  An Iocb listed twice is in
+    # flight when its second entry is checked: refused like any other.
+    first = _FIRST_CHUNK if n > _SPLIT_AFTER else n
     with ctx._lock:
         if ctx._destroyed or ctx._foreign:
             return -errno.EINVAL
@@ -338,8 +341,8 @@ def _submit(ctx: IOContext, iocbs: Iterable[Iocb]) -> int:
     # ones while the kernel prepares the next; see the module's essay): the
     # answer is the same as one call's, since the kernel takes requests in
     # order and stops at the first it refuses.  The buffers _claim left
-    # unpinned are pinned before the first call for its chunk, after it for
-    # the rest.
+    # unpinned are pinned before the first call for the first chunk (for the
+    # whole batch when it is small), after it for the rest.
     done = 0
     try:
         _pin_claimed(batch, 0, first)  # raises before any call: given back below
@@ -355,7 +358,9 @@ def _submit(ctx: IOContext, iocbs: Iterable[Iocb]) -> int:
                     _pin_claimed(batch, first, n)
                 except (TypeError, ValueError):
                     break  # a buffer another thread changed since _claim: the end
-            m = first if not done else n - done if n - done < _SUBMIT_CHUNK else _SUBMIT_CHUNK
+            m = n - done if n - done < _SUBMIT_CHUNK else _SUBMIT_CHUNK
+            if first < m and not done:
+                m = first
             r = _FAST_SUBMIT(ctx._cid, m, at[done])
             if r <= 0:
                 ret = r
