@@ -6,6 +6,7 @@ library and every engine."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pathlib
 import random
@@ -281,6 +282,65 @@ def test_one_submission_per_file_on_uring(lib: str, tmp_path: pathlib.Path) -> N
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("XAIO_ENGINE", "uring")
         assert run(lib, main) == (0, 10, 0, 0)
+
+
+def test_opens_and_chains_of_one_iteration_share_an_enter(tmp_path: pathlib.Path) -> None:
+    """asyncio, io_uring: the opens and whole-file chains that go to the
+    kernel's workers (a creating open, a file whose pages are not cached)
+    and are made in one loop iteration reach the kernel in one
+    io_uring_enter, not one each (a task the fairness slice parks may make
+    it two)."""
+    skip_unavailable("uring")
+    files = []
+    for i in range(8):
+        p = tmp_path / f"f{i}"
+        p.write_bytes(pattern(20_000, seed=i))
+        files.append(p)
+    os.sync()  # (dirty pages cannot be dropped)
+
+    def drop(p: pathlib.Path) -> None:
+        fd = os.open(p, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+
+    async def create(p: pathlib.Path) -> None:
+        async with xaio.open(p, "wb") as f:
+            await f.write(b"x")
+
+    async def main() -> tuple[int, int]:
+        await baseline()
+        pring = current_driver()._pathring
+        if pring is None or pring.wholefile is None:
+            pytest.skip("no direct descriptors here")
+        submits = 0  # submit calls that handed SQEs over (counted around the real one)
+        real = pring.ring.submit
+
+        def counting() -> int:
+            nonlocal submits
+            n = real()
+            submits += n > 0
+            return n
+
+        pring.ring.submit = counting  # type: ignore[method-assign]
+        drv = current_driver()
+        # (a fresh streak: the slice parks no task before 16 checkpoints,
+        # two per task here)
+        drv._streak = 0
+        await asyncio.gather(*(create(tmp_path / f"new{i}") for i in range(8)))
+        creating, submits = submits, 0
+        for p in files:
+            drop(p)
+        drv._streak = 0
+        got = await asyncio.gather(*(xaio.Path(p).read_bytes() for p in files))
+        assert got == [pattern(20_000, seed=i) for i in range(8)]
+        return creating, submits
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XAIO_ENGINE", "uring")
+        creating, reading = asyncio.run(main())
+    # one each would be 8; the fairness slice may leave a task for the next
+    # iteration's submit
+    assert creating <= 2 and reading <= 2, (creating, reading)
 
 
 def test_cached_files_are_read_in_the_loop_thread(

@@ -180,6 +180,7 @@ async def _open_fd(drv: Driver, file: Any, flags: int) -> tuple[int, os.stat_res
             ),
             lambda: os.open(file, flags, 0o666),
             os.close,  # cancelled, yet opened: close it
+            later=bool(sqe_flags),
         )
     if res < 0:
         e = -res

@@ -161,6 +161,8 @@ class PathRing:
             os.close(self._efd)
             raise
         self._ops: dict[int, Operation | tuple[_Chain, int] | int] = {}
+        self._unsent: list[int] = []  # user_data of SQEs left to _flush
+        self._flush_pending = False
         self._next = 1
         self._closed = False
         self._slots: list[int] | None = None  # free file slots, once registered
@@ -204,7 +206,10 @@ class PathRing:
         return ud
 
     async def run(
-        self, prep: Callable[[int], Any], undo: Callable[[int], Any] | None = None
+        self,
+        prep: Callable[[int], Any],
+        undo: Callable[[int], Any] | None = None,
+        later: bool = False,
     ) -> int:
         """Queue one SQE with ``prep(user_data)``, submit, wait for its CQE.
 
@@ -213,6 +218,8 @@ class PathRing:
             undo: called with the CQE's ``res`` when the task was cancelled
                 but the request had done its work all the same (e.g. close
                 the fd an open made).
+            later: submit with the other SQEs of this loop iteration
+                (:meth:`_submit_later`), for one that cannot complete inline.
 
         Returns:
             The CQE's ``res`` (>= 0 or -errno).
@@ -225,13 +232,16 @@ class PathRing:
         op.state = OpState.SUBMITTED
         self._ops[ud] = op
         drv._inflight += 1
-        try:
-            self.ring.submit()
-        except BaseException:
-            self._ops.pop(ud, None)
-            op.complete(-errno.EIO)
-            raise
-        self._on_ready()  # completed inline (a cached statx)?
+        if later:
+            self._submit_later((ud,))
+        else:
+            try:
+                self.ring.submit()
+            except BaseException:
+                self._ops.pop(ud, None)
+                op.complete(-errno.EIO)
+                raise
+            self._on_ready()  # completed inline (a cached statx)?
         if op.state is not OpState.DONE:
             try:
                 await drv._wait(op)
@@ -244,7 +254,11 @@ class PathRing:
         return op.result
 
     async def run_chain(
-        self, prep: Callable[[list[int]], Any], n: int, keep: frozenset[int] = frozenset()
+        self,
+        prep: Callable[[list[int]], Any],
+        n: int,
+        keep: frozenset[int] = frozenset(),
+        later: bool = False,
     ) -> list[int]:
         """Queue *n* SQEs with ``prep(user_datas)`` (the caller links them),
         submit, wait for all their CQEs.
@@ -254,6 +268,7 @@ class PathRing:
             n: how many SQEs *prep* queues.
             keep: indexes of SQEs that a cancellation of the chain must not
                 cancel (they still run, unless a link failure cancels them).
+            later: as :meth:`run`'s.
 
         Returns:
             The CQEs' ``res``, in SQE order.  When the task is cancelled, the
@@ -272,17 +287,50 @@ class PathRing:
         for i, ud in enumerate(uds):
             ops[ud] = (chain, i)
         drv._inflight += 1
-        try:
-            self.ring.submit()
-        except BaseException:
-            for ud in uds:
-                ops.pop(ud, None)
-            op.complete(-errno.EIO)
-            raise
-        self._on_ready()  # completed inline?
+        if later:
+            self._submit_later(uds)
+        else:
+            try:
+                self.ring.submit()
+            except BaseException:
+                for ud in uds:
+                    ops.pop(ud, None)
+                op.complete(-errno.EIO)
+                raise
+            self._on_ready()  # completed inline?
         if op.state is not OpState.DONE:
             await drv._wait(op)
         return chain.results
+
+    def _submit_later(self, uds: Any) -> None:
+        """Leave the SQEs of *uds* (queued, their entries made) to one
+        io_uring_enter at the end of this loop iteration with the others
+        queued so (:meth:`_flush`): for SQEs that go to the kernel's workers
+        anyway (``IOSQE_ASYNC``), which gain nothing from an enter of their
+        own but its cost in the loop's thread."""
+        self._unsent.extend(uds)
+        if not self._flush_pending:
+            self._flush_pending = True
+            self._driver._call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Submit what :meth:`_submit_later` left; if the kernel refuses,
+        each of those requests fails with its errno (EIO if it gave none)."""
+        self._flush_pending = False
+        unsent, self._unsent = self._unsent, []
+        if self._closed or not unsent:
+            return
+        try:
+            self.ring.submit()
+        except Exception as e:
+            err = e.errno if isinstance(e, OSError) and e.errno else errno.EIO
+            for ud in unsent:
+                entry = self._ops.pop(ud, None)
+                op = entry[0].op if type(entry) is tuple else entry
+                if isinstance(op, Operation) and op.state is not OpState.DONE:
+                    op.complete(-err)
+            return
+        self._on_ready()
 
     def take_slot(self) -> int:
         """A free slot of the registered file table (registered, sparse, on
@@ -382,6 +430,7 @@ async def run_pathop(
     prep: Callable[[Any, int], Any],
     fallback: Callable[[], Any],
     undo: Callable[[Any], Any] | None = None,
+    later: bool = False,
 ) -> Any:
     """Run a path operation on io_uring (``prep(ring, user_data)``) when the
     kernel has *opcode*, else ``fallback()`` in a worker thread.
@@ -391,6 +440,8 @@ async def run_pathop(
             *fallback* returned) of an operation that completed although
             the task was cancelled: what it made would otherwise be lost
             (the fd of an open).
+        later: the SQE cannot complete inline (``IOSQE_ASYNC``): it is
+            submitted with the others of this loop iteration.
 
     Returns:
         The CQE's ``res`` (an int, maybe -errno) on io_uring, or
@@ -399,7 +450,7 @@ async def run_pathop(
     pring = path_ring(driver)
     if pring is not None and pring.has(opcode):
         ring = pring.ring
-        return await pring.run(lambda ud: prep(ring, ud), undo)
+        return await pring.run(lambda ud: prep(ring, ud), undo, later)
     if undo is None:
         return await driver.run_in_thread(fallback)
     made: list[Any] = []

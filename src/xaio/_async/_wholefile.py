@@ -208,7 +208,8 @@ async def _read_chain(pring: PathRing, bufs: _Buffers, slot: int, path: Any) -> 
 
     # (the chain runs when the caches did not serve the file: an inline
     # attempt would fail, or start the readahead from the loop's thread)
-    head = _LINK | _ASYNC if cached_opens_work() else _LINK
+    later = cached_opens_work()
+    head = _LINK | _ASYNC if later else _LINK
 
     def prep(uds: list[int]) -> None:
         ring.prep_openat_direct(
@@ -219,7 +220,7 @@ async def _read_chain(pring: PathRing, bufs: _Buffers, slot: int, path: Any) -> 
         ring.prep_close_direct(slot, user_data=uds[_CLOSE])
 
     try:
-        opened, got, more, shut = await pring.run_chain(prep, 4, _KEEP_CLOSE)
+        opened, got, more, shut = await pring.run_chain(prep, 4, _KEEP_CLOSE, later)
     except BaseException:
         # Cancelled: the chain has finished all the same (run_chain waited for
         # every CQE), but whether its close ran is not known here: close the
