@@ -15,6 +15,7 @@ import pytest
 
 import xaio
 from tests.support import fds_after_a_first_run, open_fds, pattern, resizable, run
+from xaio._async import _checks
 from xaio._async._current import current_driver
 
 pytestmark = pytest.mark.timeout(120)
@@ -610,3 +611,28 @@ def test_as_completed_cancelled_while_results_keep_landing(
         run(lib, main)
     finally:
         os.close(fd)
+
+
+def test_a_batch_asks_each_fds_kind_once(
+    lib: str, direct_fd: int, data_fd: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[int] = []
+    real = _checks.check_positional
+
+    def counting(fd: int) -> int:
+        asked.append(fd)
+        return real(fd)
+
+    monkeypatch.setattr(_checks, "check_positional", counting)
+    want = pattern(64 * 4096)
+
+    async def main() -> None:
+        bufs = [xaio.aligned_buffer(4096) for _ in range(64)]
+        batch = xaio.Batch()
+        for i, buf in enumerate(bufs):
+            batch.preadinto(direct_fd if i % 2 else data_fd, buf, i * 4096)
+        assert await batch.run() == [4096] * 64
+        assert b"".join(bytes(b) for b in bufs) == want
+        assert sorted(asked) == sorted([direct_fd, data_fd])  # once per fd, not per request
+
+    run(lib, main)
