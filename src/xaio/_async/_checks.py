@@ -193,10 +193,13 @@ class FdKinds:
     us; this asks it once per fd per loop iteration, and answers the other
     requests of the iteration from what it learned as long as the fd's
     ``F_GETFL`` flags (one ``fcntl``, ~0.3 us) are those the fd had then: an
-    fd number closed and reused meanwhile by another open file shows other
-    flags (a pipe or socket has no ``O_LARGEFILE``, an ``O_DIRECT`` file has
-    its flag), and an fd whose flags changed (``O_DIRECT`` set or cleared)
-    is asked again.  Failures are not kept: they raise each time.
+    fd number closed and reused meanwhile by a pipe or a socket shows other
+    flags (neither has ``O_LARGEFILE``, which every ``open`` sets on 64-bit
+    Linux), and an fd whose flags changed (``O_DIRECT`` set or cleared) is
+    asked again.  What it cannot see is a number closed and reopened, in the
+    same iteration, on another file opened with the same flags: a regular
+    file for a regular file gets the same answer, a tty would not.  Failures
+    are not kept: they raise each time.
 
     Args:
         call_soon: schedules a call at the end of the loop iteration (the
