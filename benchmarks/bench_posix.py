@@ -159,16 +159,22 @@ def run_glibc(lib: Any, fd: int, addrs: list[int], offsets: list[int], seconds: 
 Row = tuple[str, list[float], list[float], list[float], list[list[float]]]
 
 
-def _timed(run: Callable[[], float], cpu: list[float]) -> float:
-    """Run one round: its ops/s; appends its CPU time per request (us, the
-    whole process: user + system, every thread) to *cpu*."""
+def timed(run: Callable[[], float]) -> tuple[float, float]:
+    """Run one round: its ops/s and its CPU time per request (us, the whole
+    process: user + system, every thread)."""
     r0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     rate = run()
     wall = time.perf_counter() - t0
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     used = r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime
-    cpu.append(used / (rate * wall) * 1e6)
+    return rate, used / (rate * wall) * 1e6
+
+
+def _timed(run: Callable[[], float], cpu: list[float]) -> float:
+    """:func:`timed`, appending the CPU time per request to *cpu*."""
+    rate, used = timed(run)
+    cpu.append(used)
     return rate
 
 

@@ -30,7 +30,6 @@ import ctypes
 import mmap
 import os
 import random
-import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -41,6 +40,7 @@ import bench_posix
 import xaio.posix as P
 from _common import make_file
 from _glibc import glibc_aiocb
+from bench_posix import timed
 
 BLOCK = 4096
 N = 20_000
@@ -142,15 +142,14 @@ def pin(cpus: set[int]) -> None:
             pass
 
 
-def timed(run: Callable[[], float]) -> tuple[float, float]:
-    """(ops/s, CPU us per request of the whole process)."""
-    r0 = resource.getrusage(resource.RUSAGE_SELF)
-    t0 = time.perf_counter()
-    rate = run()
-    wall = time.perf_counter() - t0
-    r1 = resource.getrusage(resource.RUSAGE_SELF)
-    used = r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime
-    return rate, used / (rate * wall) * 1e6
+def cached_offsets(path: Any, size: int) -> list[int]:
+    """Read the file at *path* into the page cache; the random block
+    offsets every contender reads, the same for each."""
+    with open(path, "rb") as f:
+        while f.read(1 << 20):
+            pass
+    rng = random.Random(42)
+    return [rng.randrange(size // BLOCK) * BLOCK for _ in range(1 << 16)]
 
 
 def main() -> None:
@@ -166,11 +165,7 @@ def main() -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
         try:
-            with open(path, "rb") as f:  # into the page cache
-                while f.read(1 << 20):
-                    pass
-            rng = random.Random(42)
-            offsets = [rng.randrange(size // BLOCK) * BLOCK for _ in range(1 << 16)]
+            offsets = cached_offsets(path, size)
             P.aio_init()
             print("ns per call (least of 30 interleaved loops of 20,000 calls):")
             for name, ns in per_call(fd, offsets, lib).items():

@@ -55,7 +55,6 @@ import ctypes
 import functools
 import mmap
 import os
-import random
 import resource
 import statistics
 import time
@@ -239,7 +238,7 @@ def measure(row: Row, seconds: float) -> None:
     before = RingRun(**vars(row.ring)) if row.ring is not None else None
     t0 = resource.getrusage(resource.RUSAGE_THREAD)
     w0 = time.perf_counter()
-    rate, cpu = floor_posix.timed(lambda: row.run(seconds))
+    rate, cpu = bench_posix.timed(lambda: row.run(seconds))
     wall = time.perf_counter() - w0
     t1 = resource.getrusage(resource.RUSAGE_THREAD)
     caller = t1.ru_utime - t0.ru_utime + t1.ru_stime - t0.ru_stime
@@ -270,11 +269,7 @@ def main() -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
         try:
-            with open(path, "rb") as f:  # into the page cache
-                while f.read(1 << 20):
-                    pass
-            rng = random.Random(42)
-            offsets = [rng.randrange(size // BLOCK) * BLOCK for _ in range(1 << 16)]
+            offsets = floor_posix.cached_offsets(path, size)
             bufs = [mmap.mmap(-1, BLOCK) for _ in range(args.depth)]
             addrs = [ctypes.addressof(ctypes.c_char.from_buffer(b)) for b in bufs]
             P.aio_init()

@@ -79,6 +79,23 @@ def eventfd() -> Iterator[int]:
     os.close(fd)
 
 
+@pytest.fixture
+def kind_checks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The fds the async layer asks ``check_positional`` about (the ESPIPE
+    answer and the routing), in order, while the test runs."""
+    from xaio._async import _checks
+
+    asked: list[int] = []
+    real = _checks.check_positional
+
+    def counting(fd: int) -> int:
+        asked.append(fd)
+        return real(fd)
+
+    monkeypatch.setattr(_checks, "check_positional", counting)
+    return asked
+
+
 @pytest.fixture(params=LIBS)
 def lib(request: pytest.FixtureRequest) -> str:
     """Each async library the layer supports (asyncio, uvloop, trio, anyio...)."""

@@ -28,7 +28,6 @@ from tests.support import (
     wait_until,
     wait_until_async,
 )
-from xaio._async import _checks
 from xaio._async._current import current_driver
 from xaio.engine import KIND_BUFFERED, KIND_DIRECT
 from xaio.linux import _engine as linux_engine
@@ -545,16 +544,9 @@ def test_trio_request_cancelled_before_the_engine_is_not_pinned(direct_fd: int) 
 
 
 def test_requests_of_one_iteration_ask_the_fds_kind_once(
-    lib: str, direct_fd: int, monkeypatch: pytest.MonkeyPatch
+    lib: str, direct_fd: int, kind_checks: list[int]
 ) -> None:
-    asked: list[int] = []
-    real = _checks.check_positional
-
-    def counting(fd: int) -> int:
-        asked.append(fd)
-        return real(fd)
-
-    monkeypatch.setattr(_checks, "check_positional", counting)
+    asked = kind_checks
     want = pattern(16 * 4096)
 
     async def main() -> None:

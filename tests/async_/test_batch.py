@@ -15,7 +15,6 @@ import pytest
 
 import xaio
 from tests.support import fds_after_a_first_run, open_fds, pattern, resizable, run
-from xaio._async import _checks
 from xaio._async._current import current_driver
 
 pytestmark = pytest.mark.timeout(120)
@@ -614,16 +613,9 @@ def test_as_completed_cancelled_while_results_keep_landing(
 
 
 def test_a_batch_asks_each_fds_kind_once(
-    lib: str, direct_fd: int, data_fd: int, monkeypatch: pytest.MonkeyPatch
+    lib: str, direct_fd: int, data_fd: int, kind_checks: list[int]
 ) -> None:
-    asked: list[int] = []
-    real = _checks.check_positional
-
-    def counting(fd: int) -> int:
-        asked.append(fd)
-        return real(fd)
-
-    monkeypatch.setattr(_checks, "check_positional", counting)
+    asked = kind_checks
     want = pattern(64 * 4096)
 
     async def main() -> None:
