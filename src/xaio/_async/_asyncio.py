@@ -171,7 +171,9 @@ class AsyncioDriver(Driver):
 
     async def _run(self, op: Operation) -> int:
         """Start *op*, wait for it (one Future, made only if it did not
-        complete at once), return its decoded result."""
+        complete at once), return its decoded result.  (The wait is
+        :meth:`_wait`'s, written out here: one coroutine frame less per
+        request, on the path every engine-bound request takes.)"""
         try:
             if self._streak >= _STREAK:
                 await self._fair()  # a cancellation here: nothing was started
@@ -180,7 +182,15 @@ class AsyncioDriver(Driver):
             abandon(op)
             raise
         if op.state is not _DONE:
-            await self._wait(op)
+            fut = op.context = _running_loop().create_future()
+            try:
+                await fut
+            except asyncio.CancelledError:
+                self._resumed(fut)
+                await self._cancel_and_wait(op)
+                raise
+            if self._wakeups:  # _resumed, written out (fut is done, not cancelled)
+                self._wakeups -= 1
         else:
             self._streak += 1
         res = op.result

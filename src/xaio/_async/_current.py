@@ -181,16 +181,16 @@ def current_driver() -> Driver:
                 adrv = _asyncio_drivers[loop] = _new_asyncio_driver(loop)
             _last = (adrv._loop_ref, adrv)
             return adrv
-    if current_library() == "trio":
+    if lib == "trio" or current_library() == "trio":
         return _current_trio_driver()
     raise RuntimeError("xaio's coroutines must run inside asyncio or trio")  # pragma: no cover
 
 
 def _current_trio_driver() -> TrioDriver:
     global _trio_runvar
-    import trio
-
     if _trio_runvar is None:
+        import trio
+
         with _lock:
             if _trio_runvar is None:
                 _trio_runvar = trio.lowlevel.RunVar("xaio_driver")
