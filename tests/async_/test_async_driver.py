@@ -610,3 +610,58 @@ def test_the_fds_kind_is_forgotten_after_the_iteration(lib: str, data_fd: int) -
         await wait_until_async(lambda: not drv._kinds._known, "the answers forgotten")
 
     run(lib, main)
+
+
+def test_trio_runs_call_soon_in_the_flusher(direct_fd: int) -> None:
+    """On trio the driver's ``_call_soon`` (which forgets the fds' kinds at
+    the end of a scheduling batch) is run by the flusher, woken with a
+    ``reschedule``, not by trio's entry queue (two system calls on its
+    wake-up socket and a task step per batch); a request queued in the same
+    batch still waits for the batch (one submit for both)."""
+    import trio
+
+    async def main() -> None:
+        drv = current_driver()
+        await wait_until_async(lambda: drv._flusher is not None, "the flusher parked")
+        ran: list[str] = []
+        drv._call_soon(lambda: ran.append(trio.lowlevel.current_task().name))
+        buf = xaio.aligned_buffer(4096)
+        assert await xaio.preadinto(direct_fd, buf, 0) == 4096
+        await wait_until_async(lambda: bool(ran), "the callback run")
+        assert ran == ["xaio engine flusher"]
+        drv._kinds.kind(direct_fd)  # the answers are forgotten by the flusher too
+        await wait_until_async(lambda: not drv._kinds._known, "the answers forgotten")
+
+    trio.run(main)
+
+
+def test_trio_requests_of_one_batch_submit_together(direct_fd: int) -> None:
+    """Three trio tasks reading in one scheduling batch: the first request,
+    with nothing in flight, goes to the engine at once; the other two wait
+    for the flusher -- already woken by the first request's ``_call_soon``
+    (which forgets the fd's kind) -- and reach the engine in one submit."""
+    import trio
+
+    sizes: list[int] = []
+
+    async def main() -> None:
+        drv = current_driver()
+        await wait_until_async(lambda: drv._flusher is not None, "the flusher parked")
+        real_submit = drv.engine.submit
+
+        def submit(ops: Any) -> int:
+            sizes.append(len(ops))
+            return real_submit(ops)
+
+        drv.engine.submit = submit  # type: ignore[method-assign]
+        bufs = [xaio.aligned_buffer(4096) for _ in range(3)]
+
+        async def one(i: int) -> None:
+            assert await xaio.preadinto(direct_fd, bufs[i], i * 4096) == 4096
+
+        async with trio.open_nursery() as nursery:  # all three run in one batch
+            for i in range(3):
+                nursery.start_soon(one, i)
+        assert sizes == [1, 2]
+
+    trio.run(main)

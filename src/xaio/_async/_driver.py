@@ -714,8 +714,11 @@ class Driver:
         try:
             if not positional:
                 op.kind = self._kinds.kind(fd)
-            # (O_DIRECT fds go straight to the engine, see _pread)
-            if fd in self._cold or (self._inline_ok(fd) if inline_ok is None else inline_ok):
+            # (O_DIRECT fds go straight to the engine, see _pread: the kind
+            # says O_DIRECT without another look at the fd)
+            if op.kind != KIND_DIRECT and (
+                fd in self._cold or (self._inline_ok(fd) if inline_ok is None else inline_ok)
+            ):
                 await self._fair()
                 inline = self._try_inline_read(fd, (buf,), offset, n)
                 if inline is not None:

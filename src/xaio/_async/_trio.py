@@ -2,7 +2,9 @@
 
 trio has no ``call_soon`` and no Futures: a system task (the *reader*) waits
 in ``trio.lowlevel.wait_readable`` on the engine's fd, another (the
-*flusher*) hands each scheduling batch's queued requests to the engine, and a
+*flusher*) hands each scheduling batch's queued requests to the engine and
+runs what the driver asks to run "soon" (``_call_soon``: trio's own
+``run_sync_soon`` costs two system calls on its wake-up socket), and a
 waiting task is parked with ``wait_task_rescheduled`` and rescheduled by the
 operation's ``on_done``.  Every call is a checkpoint (trio's convention).  See
 :mod:`xaio._async._driver` for what the driver does on every loop.
@@ -50,6 +52,10 @@ class TrioDriver(Driver):
         self._token = trio.lowlevel.current_trio_token()
         #: the flusher system task while it is parked (None while it runs)
         self._flusher: Any = None
+        #: the flusher was rescheduled and has not run yet
+        self._flusher_woken = False
+        #: _call_soon's callbacks, run by the flusher before it flushes
+        self._soon: list[Callable[[], None]] = []
         trio.lowlevel.spawn_system_task(self._reader, name="xaio engine reader")
         trio.lowlevel.spawn_system_task(self._flush_task, name="xaio engine flusher")
 
@@ -117,10 +123,12 @@ class TrioDriver(Driver):
 
     async def _flush_task(self) -> None:
         """trio has no ``call_soon``: this system task plays its part.  Woken
-        by the first request queued in a scheduling batch, it runs in the next
-        batch -- after every task that was runnable with the submitter (e.g.
-        all those woken by one reap) has queued its request -- and hands the
-        whole queue to the engine in one submit."""
+        by the first request queued in a scheduling batch (or the first
+        :meth:`_call_soon`), it runs in the next batch -- after every task
+        that was runnable with the submitter (e.g. all those woken by one
+        reap) has queued its request -- runs the callbacks of
+        :meth:`_call_soon` and hands the whole queue to the engine in one
+        submit."""
         ll = self._lowlevel
 
         def abort(_raise_cancel: Callable[[], Any]) -> Any:
@@ -131,21 +139,42 @@ class TrioDriver(Driver):
             while not self.closed:
                 self._flusher = ll.current_task()
                 await ll.wait_task_rescheduled(abort)
+                self._flusher_woken = False
+                self._run_soon()
                 self._flush()
         except self._trio.Cancelled:
             pass  # the run is ending
         finally:
             self._flusher = None
+            self._flusher_woken = False
+            self._run_soon()
             if self._queue and not self.closed:
                 self._flush()
 
-    def _schedule_flush(self) -> None:
+    def _run_soon(self) -> None:
+        """Run the callbacks :meth:`_call_soon` left for the flusher."""
+        soon = self._soon
+        while soon:
+            self._soon = []
+            for fn in soon:
+                fn()
+            soon = self._soon
+
+    def _wake_flusher(self) -> bool:
+        """Make the flusher run in trio's next scheduling batch (a
+        ``reschedule``, no system call); False if it cannot (not parked:
+        not started yet, or gone)."""
         task = self._flusher
-        if task is None:  # not parked (not started yet, or gone): flush now
-            self._flush()
-            return
+        if task is None:
+            return self._flusher_woken
         self._flusher = None
+        self._flusher_woken = True
         self._lowlevel.reschedule(task)
+        return True
+
+    def _schedule_flush(self) -> None:
+        if not self._wake_flusher():  # no flusher to run it: flush now
+            self._flush()
 
     async def _run(self, op: Operation) -> int:
         ll = self._lowlevel
@@ -231,7 +260,12 @@ class TrioDriver(Driver):
         await self._lowlevel.checkpoint()
 
     def _call_soon(self, fn: Callable[[], None]) -> None:
-        self._token.run_sync_soon(fn)
+        # by the flusher when it can (the entry queue's run_sync_soon costs
+        # two system calls on trio's wake-up socket and a task step)
+        if self._wake_flusher():
+            self._soon.append(fn)
+        else:
+            self._token.run_sync_soon(fn)
 
     def _sibling(self, engine: Engine) -> Driver:
         return TrioDriver(engine)
