@@ -793,10 +793,9 @@ def test_fifo_file_objects(lib: str, engine_name: str, tmp_path: Path) -> None:
 def test_fifo_read_whole_gets_a_later_writers_bytes(
     lib: str, engine_name: str, tmp_path: Path
 ) -> None:
-    """A FIFO opened for reading before any writer (on the cached path its
-    open does not wait for one) reads what a writer that comes later writes,
-    to its close, as the builtin's file does; the fd has the builtin's
-    status flags (no O_NONBLOCK)."""
+    """A FIFO opened for reading is open once a writer comes, as with the
+    builtin, reads what the writer writes, to its close, and has the
+    builtin's status flags (no O_NONBLOCK)."""
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
 
@@ -810,14 +809,20 @@ def test_fifo_read_whole_gets_a_later_writers_bytes(
     async def main() -> tuple[bytes, bool]:
         got: list[Any] = []
 
+        opened = anyio.Event()
+
         async def reader() -> None:
             async with xaio.open(fifo, "rb") as f:
+                opened.set()
                 blocking = os.get_blocking(f.fileno())  # (uvloop's wait makes it non-blocking)
                 got.append(await f.read())
                 got.append(blocking)
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(reader)
+            with anyio.move_on_after(0.2):
+                await opened.wait()
+            assert not opened.is_set(), "the FIFO was open before any writer came"
             w = -1
             while w < 0:  # until the reader is opening
                 await anyio.sleep(0.001)

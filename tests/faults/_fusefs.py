@@ -2,11 +2,14 @@
 directory whose requests can be delayed, failed or cut short, per file and per
 request kind, from the test that mounted it.
 
-Run as a program (``python _fusefs.py BACKING MOUNTPOINT RULES [--cached]``)
+Run as a program (``python _fusefs.py BACKING MOUNTPOINT RULES [--cached] [--names]``)
 it is the daemon: fusepy over libfuse 2, multithreaded (concurrent requests
 are served concurrently, so four requests delayed by 1 s take 1 s, not 4 s),
 in the foreground.  Mounted with ``direct_io`` unless ``--cached``: every
-read and write then reaches the daemon instead of the page cache.
+read and write then reaches the daemon instead of the page cache.  The
+kernel keeps no names or attributes (entry and attribute timeouts of 0, so
+every lookup asks the daemon) unless ``--names``: then it keeps both for
+60 s, as most FUSE file systems (sshfs...) let it.
 
 The test side is :class:`FaultFS` (the ``faultfs`` fixture in
 ``tests/faults/conftest.py``): :meth:`FaultFS.inject` writes the rules file
@@ -79,7 +82,7 @@ class Rules:
         return None
 
 
-def _daemon(backing: str, mountpoint: str, rules_path: str, cached: bool) -> None:
+def _daemon(backing: str, mountpoint: str, rules_path: str, cached: bool, names: bool) -> None:
     from fuse import FUSE, FuseOSError, Operations
 
     rules = Rules(rules_path)
@@ -199,8 +202,8 @@ def _daemon(backing: str, mountpoint: str, rules_path: str, cached: bool) -> Non
         direct_io=not cached,
         allow_other=False,
         default_permissions=False,
-        attr_timeout=0,
-        entry_timeout=0,
+        attr_timeout=60 if names else 0,
+        entry_timeout=60 if names else 0,
         fsname="xaio-faults",
     )
 
@@ -237,7 +240,7 @@ class FaultFS:
         backing: the directory the daemon serves (the real files).
     """
 
-    def __init__(self, base: Path, *, cached: bool = False) -> None:
+    def __init__(self, base: Path, *, cached: bool = False, names: bool = False) -> None:
         import subprocess
 
         self.backing = base / "backing"
@@ -250,6 +253,8 @@ class FaultFS:
         argv = [sys.executable, __file__, str(self.backing), str(self.root), str(self._rules)]
         if cached:
             argv.append("--cached")
+        if names:
+            argv.append("--names")
         self._log = open(base / "daemon.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
@@ -302,6 +307,6 @@ class FaultFS:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    _cached = "--cached" in args
-    _backing, _mountpoint, _rules = (a for a in args if a != "--cached")
-    _daemon(_backing, _mountpoint, _rules, _cached)
+    _flags = {a for a in args if a.startswith("--")}
+    _backing, _mountpoint, _rules = (a for a in args if not a.startswith("--"))
+    _daemon(_backing, _mountpoint, _rules, "--cached" in _flags, "--names" in _flags)

@@ -23,13 +23,15 @@ create or truncate is tried in the loop's thread, on every engine, by
 component is in the dentry cache (no disk I/O, no revalidation a network file
 system would wait for), and ``O_NONBLOCK`` keeps the open of a FIFO or a
 device from waiting.  The flag is cleared again once the file is open, so the
-fd is the one the builtin ``open`` makes.  (A FIFO opened for reading so is
-open before a writer comes, as with io_uring's inline open; its reads wait for
-readiness, which comes with the writer's data or its close.)  It is one system
+fd is the one the builtin ``open`` makes.  It is one system
 call, where the ring costs an SQE, an ``io_uring_enter``, a completion and
-their Python.  Like io_uring's inline attempt, it runs the file system's own
-open: a FUSE file whose dentry is cached is opened by asking its daemon, in
-this thread.
+their Python.  The open runs the file system's own open, which a FUSE daemon
+or a network file system may take long to answer even for a cached name; so
+an ``O_PATH`` open with ``RESOLVE_CACHED`` comes first (it runs no file
+system's open), and :func:`~xaio.engine._route.classify` of that fd sends
+files on such file systems (:data:`~xaio.engine.KIND_BLOCKING`) and streams
+(a FIFO, whose builtin open waits for the other end; a tty) the other way.
+Both cost about as much as the open itself.
 
 *Chains.*  :meth:`PathRing.run_chain` submits several linked SQEs at once
 (``IOSQE_IO_LINK``: each starts when the one before has finished) and wakes
@@ -55,6 +57,8 @@ from xaio import _syscall
 from xaio._abi import uring as abi
 from xaio._async._driver import Driver
 from xaio._ops import OpCode, Operation, OpState
+from xaio.engine import KIND_BLOCKING
+from xaio.engine._route import classify
 
 __all__ = ["PathRing", "cached_opens_work", "open_cached", "path_ring", "run_pathop"]
 
@@ -70,8 +74,10 @@ _NEVER_CACHED = os.O_CREAT | os.O_TRUNC | getattr(os, "O_TMPFILE", 0)
 #: cached, or a lease to break), ENXIO (O_NONBLOCK: a FIFO with no reader),
 #: EINTR.  Anything else is the answer of the plain open too.
 _NOT_THE_ANSWER = frozenset({errno.EAGAIN, errno.ENXIO, errno.EINTR})
-#: ``struct open_how`` per open flags.
-_HOWS: dict[int, bytes] = {}
+#: ``struct open_how`` per open flags: the probe's and the open's.
+_HOWS: dict[int, tuple[bytes, bytes]] = {}
+#: Open flags the probe keeps (they decide what the path names).
+_PROBE_KEEPS = os.O_NOFOLLOW | os.O_DIRECTORY
 #: cached_opens_work()'s answer, once asked.
 _cached_opens: list[bool] = []
 
@@ -108,12 +114,24 @@ def open_cached(path: Any, flags: int) -> tuple[int, os.stat_result] | int | Non
         return None
     if b"\0" in raw:
         return None
-    how = _HOWS.get(flags)
-    if how is None:
-        how = struct.pack("=QQQ", flags | os.O_NONBLOCK, 0, _RESOLVE_CACHED)
+    hows = _HOWS.get(flags)
+    if hows is None:
+        probe_flags = os.O_PATH | os.O_CLOEXEC | (flags & _PROBE_KEEPS)
+        hows = (
+            struct.pack("=QQQ", probe_flags, 0, _RESOLVE_CACHED),
+            struct.pack("=QQQ", flags | os.O_NONBLOCK, 0, _RESOLVE_CACHED),
+        )
         if len(_HOWS) < 64:
-            _HOWS[flags] = how
-    fd = _syscall.openat2(_AT_FDCWD, raw, how)
+            _HOWS[flags] = hows
+    probe = _syscall.openat2(_AT_FDCWD, raw, hows[0])
+    if probe >= 0:  # (else the open fails as the probe did, running no open)
+        try:
+            kind = classify(probe)
+        finally:
+            os.close(probe)
+        if kind < 0 or kind == KIND_BLOCKING:
+            return None  # a stream, or a file system whose open may wait
+    fd = _syscall.openat2(_AT_FDCWD, raw, hows[1])
     if fd < 0:
         return None if -fd in _NOT_THE_ANSWER else fd
     try:
