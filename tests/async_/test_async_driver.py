@@ -665,3 +665,49 @@ def test_trio_requests_of_one_batch_submit_together(direct_fd: int) -> None:
         assert sizes == [1, 2]
 
     trio.run(main)
+
+
+@pytest.mark.parametrize("name", ["uring", "linux"])
+def test_a_long_queue_reaches_the_engine_before_the_flush(
+    lib: str, name: str, direct_fd: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forty requests made in one loop iteration: the first goes to the
+    engine at once (nothing in flight), the others queue for the flush, but
+    every 16 queued are handed over as they come -- the device starts on them
+    while the loop is still running the other tasks -- and the flush takes the
+    last 7.  (Not on the thread engine: its workers may finish each read
+    before the next task runs, and then nothing is in flight.)"""
+    if xaio.engine.probe()[name] is not None:
+        pytest.skip(f"{name} engine unavailable here")
+    monkeypatch.setenv("XAIO_ENGINE", name)
+    want = pattern(40 * 4096)
+    sizes: list[int] = []
+
+    async def main() -> None:
+        drv = current_driver()
+        assert drv.engine.name == name
+        real_submit = drv.engine.submit
+
+        def submit(ops: Any) -> int:
+            sizes.append(len(ops))
+            return real_submit(ops)
+
+        drv.engine.submit = submit  # type: ignore[method-assign]
+        # a read io_uring completes inside the submit (a fast device) must not
+        # be delivered before the next task runs: completions come only
+        # through the loop's I/O phase, between iterations
+        drv._reap_after_submit = False
+        # (on trio, until its flusher task has started, each request is flushed at once)
+        await wait_until_async(lambda: getattr(drv, "_flusher", drv) is not None, "a flusher")
+        bufs = [xaio.aligned_buffer(4096) for _ in range(40)]
+
+        async def one(i: int) -> None:
+            assert await xaio.preadinto(direct_fd, bufs[i], i * 4096) == 4096
+
+        async with anyio.create_task_group() as tg:  # all start in one iteration
+            for i in range(40):
+                tg.start_soon(one, i)
+        assert b"".join(bytes(b) for b in bufs) == want
+        assert sizes == [1, 16, 16, 7]
+
+    run(lib, main)
