@@ -32,7 +32,7 @@ Python has looked at every result of the previous one.  An iteration over
 :meth:`Batch.as_completed` that adds a new request for each result it takes
 keeps as many requests in the kernel as it started with.  The requests added
 while iterating are handed to the engine together: every
-:data:`_FLUSH_EVERY` of them while the iterator works through a group of
+:data:`~xaio._async._driver.EARLY` of them while the iterator works through a group of
 results (so the device starts on the first ones while Python handles the
 rest), and the remainder before the iterator waits -- or, if the loop body
 awaits something else in between, in the driver's next flush (the loop's
@@ -70,7 +70,7 @@ from xaio._async._checks import (
     request_error,
 )
 from xaio._async._current import current_driver
-from xaio._async._driver import _SLICE, Driver, Parked, abandon
+from xaio._async._driver import _SLICE, EARLY, Driver, Parked, abandon
 from xaio._ops import OpCode, Operation, OpState
 from xaio.engine import EngineClosedError
 
@@ -90,9 +90,6 @@ _INT_MAX = 0x7FFFFFFF
 _OFF_MAX = (1 << 63) - 1
 _READS = (OpCode.READ, OpCode.READV)
 _SINGLE_USE = "this batch has already run (a Batch is single-use)"
-#: Requests added during an iteration that are handed to the engine together
-#: while the iterator still has results to yield (the rest go before it waits).
-_FLUSH_EVERY = 16
 # An iteration yields to the loop with a plain checkpoint every _SLICE (the
 # driver's time slice).  A wait does not count: on asyncio, anyio delivers a
 # cancellation only to a task whose future is not done yet, and a wait whose
@@ -595,7 +592,7 @@ class AsCompleted:
         i = self._next
         if i < len(ready):
             fl = self._flight
-            if fl is not None and len(fl.pending) >= _FLUSH_EVERY:
+            if fl is not None and len(fl.pending) >= EARLY:
                 fl.flush()
             op = ready[i]
             self._next = i + 1

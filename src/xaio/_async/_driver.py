@@ -53,7 +53,7 @@ handed over together by one ``engine.submit`` scheduled with
 the *flusher*, woken by the first queued request: it runs in trio's next
 scheduling batch): the tasks woken by one batch of completions run in one
 loop iteration, so their next requests reach the kernel in one system call
--- or in a few: every :data:`_EARLY` requests queued are handed over at once,
+-- or in a few: every :data:`EARLY` requests queued are handed over at once,
 so that the device starts on the first of them while the loop still runs
 the other woken tasks (one ``io_uring_enter`` per 16 requests costs little;
 a device idle for the whole iteration costs a third of the throughput at 64
@@ -165,8 +165,8 @@ _RWF_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
 _nowait_preadv = nowait_preadv
 _MISS, _NOT_POSITIONAL = -errno.EAGAIN, -errno.ESPIPE  # nowait_preadv's answers
 #: Queued requests handed to the engine at once, before the flush
-#: (see "Batching under load").
-_EARLY = 16
+#: (see "Batching under load"); a Batch iteration's new requests too.
+EARLY = 16
 #: Immediate completions between two looks at the clock (see _fair).
 _STREAK = 16
 #: Seconds the loop's thread may run on immediate completions (a driver's
@@ -369,7 +369,7 @@ class Driver:
             if not self._flush_pending:
                 self._flush_pending = True
                 self._schedule_flush()
-            elif len(queue) >= _EARLY:
+            elif len(queue) >= EARLY:
                 self._submit_queue()
             return
         engine = self.engine
