@@ -107,6 +107,18 @@ def reap_until(eng: Engine, ops: Sequence[Operation], timeout: float = TIMEOUT) 
         eng.reap(remaining)
 
 
+def count_submits(eng: Engine, sizes: list[int]) -> None:
+    """Make *eng* append to *sizes* the size of every batch its ``submit``
+    is given (the submit itself is unchanged)."""
+    real_submit = eng.submit
+
+    def submit(ops: Sequence[Operation]) -> int:
+        sizes.append(len(ops))
+        return real_submit(ops)
+
+    eng.submit = submit  # type: ignore[method-assign]
+
+
 def threads_started_since(before: set[threading.Thread]) -> list[threading.Thread]:
     """The live threads that were not running when *before* was taken
     (``set(threading.enumerate())``).  A thread of an earlier test that

@@ -21,6 +21,7 @@ import pytest
 import xaio
 from tests.support import (
     completions_waiting,
+    count_submits,
     open_fds,
     own_aio_ring_sizes,
     pattern,
@@ -323,12 +324,7 @@ def test_tasks_woken_together_submit_together(
     async def main() -> None:
         drv = current_driver()
         assert drv.engine.name == name
-        real_submit = drv.engine.submit
-
-        def submit(ops: Any) -> int:
-            sizes.append(len(ops))
-            return real_submit(ops)
-
+        count_submits(drv.engine, sizes)
         real_reap = drv.engine.reap
         delivered = [0]
 
@@ -337,7 +333,6 @@ def test_tasks_woken_together_submit_together(
             delivered[0] += n
             return n
 
-        drv.engine.submit = submit  # type: ignore[method-assign]
         drv.engine.reap = reap  # type: ignore[method-assign]
         bufs = [xaio.aligned_buffer(4096) for _ in range(8)]
         issued = [0] * 8  # reads each task has asked for
@@ -647,13 +642,7 @@ def test_trio_requests_of_one_batch_submit_together(direct_fd: int) -> None:
     async def main() -> None:
         drv = current_driver()
         await wait_until_async(lambda: drv._flusher is not None, "the flusher parked")
-        real_submit = drv.engine.submit
-
-        def submit(ops: Any) -> int:
-            sizes.append(len(ops))
-            return real_submit(ops)
-
-        drv.engine.submit = submit  # type: ignore[method-assign]
+        count_submits(drv.engine, sizes)
         bufs = [xaio.aligned_buffer(4096) for _ in range(3)]
 
         async def one(i: int) -> None:
@@ -686,13 +675,7 @@ def test_a_long_queue_reaches_the_engine_before_the_flush(
     async def main() -> None:
         drv = current_driver()
         assert drv.engine.name == name
-        real_submit = drv.engine.submit
-
-        def submit(ops: Any) -> int:
-            sizes.append(len(ops))
-            return real_submit(ops)
-
-        drv.engine.submit = submit  # type: ignore[method-assign]
+        count_submits(drv.engine, sizes)
         # a read io_uring completes inside the submit (a fast device) must not
         # be delivered before the next task runs: completions come only
         # through the loop's I/O phase, between iterations

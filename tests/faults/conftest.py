@@ -35,6 +35,17 @@ def faultfs_cached(tmp_path: Path) -> Iterator[FaultFS]:
 
 
 @pytest.fixture
+def faultfs_names(tmp_path: Path) -> Iterator[FaultFS]:
+    """Like ``faultfs_cached``, and the kernel keeps names and attributes for
+    60 s (as sshfs lets it): a lookup of a cached name asks no daemon."""
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"no FUSE here: {reason}")
+    with FaultFS(tmp_path, cached=True, names=True) as fs:
+        yield fs
+
+
+@pytest.fixture
 def no_leaks() -> Iterator[None]:
     """Fails the test if it leaves an fd, thread, AIO context or mapping behind."""
     import trio  # noqa: F401  (its first import maps its extension modules)

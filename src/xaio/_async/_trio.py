@@ -187,14 +187,8 @@ class TrioDriver(Driver):
         if op.state is not _DONE:
             # _wait, written out: one coroutine frame less per request
             task = op.context = ll.current_task()
-
-            def abort(raise_cancel: Callable[[], Any]) -> Any:
-                op.context = _TrioCancel(task, raise_cancel)
-                self._cancel_in_engine(op)
-                return ll.Abort.FAILED
-
             try:
-                await ll.wait_task_rescheduled(abort)
+                await ll.wait_task_rescheduled(self._aborter(op, task))
             finally:
                 if self._wakeups:
                     self._wakeups -= 1
@@ -205,20 +199,27 @@ class TrioDriver(Driver):
             raise request_error(op)
         return res
 
-    async def _wait(self, op: Operation) -> None:
-        ll = self._lowlevel
-        task = ll.current_task()
-        op.context = task
+    def _aborter(self, op: Operation, task: Any) -> Callable[[Callable[[], Any]], Any]:
+        """The abort callback of *task* waiting for *op*: a cancellation
+        cancels *op* in the engine and never ends the wait itself (only
+        on_done reschedules the task, once *op* has completed)."""
+        failed = self._lowlevel.Abort.FAILED
 
         def abort(raise_cancel: Callable[[], Any]) -> Any:
             op.context = _TrioCancel(task, raise_cancel)
             self._cancel_in_engine(op)
-            return ll.Abort.FAILED
+            return failed
 
+        return abort
+
+    async def _wait(self, op: Operation) -> None:
+        ll = self._lowlevel
+        task = ll.current_task()
+        op.context = task
         try:
             # only on_done reschedules this task (abort never succeeds), and it
             # counted the wake-up
-            await ll.wait_task_rescheduled(abort)
+            await ll.wait_task_rescheduled(self._aborter(op, task))
         finally:
             if self._wakeups:
                 self._wakeups -= 1
