@@ -2,8 +2,9 @@
 
 A floor for ``bench_async.py``'s O_DIRECT column: 64 tasks read random 4 KiB
 blocks through the least an asyncio layer over io_uring can do in Python --
-one :class:`xaio.uring.Ring`, its eventfd in ``loop.add_reader``, one SQE
-(``Ring.prep_read``, which pins the buffer) and one Future per read, one
+one :class:`xaio.uring.UringBatch` (a prepared 64-byte SQE image per task,
+of which only the offset changes; no registered buffers, as the engine's
+requests), its eventfd in ``loop.add_reader``, one Future per read, one
 ``io_uring_enter`` per loop iteration, every completion delivered in the
 reader callback.  No argument checks, no page-cache attempt, no fairness, no
 cancellation, no engine protocol: not a usable library, a measuring stick.
@@ -19,13 +20,14 @@ each contender's ratio is to the mean of the fio runs just before and just
 after it.  Once per round fio also runs at iodepth 64 in batches
 (``--iodepth_batch_submit=64 --iodepth_batch_complete_min=64``, the access
 pattern of a batch awaited as one).  Three more floors measure the bare
-mechanism under each shape: a Ring driven with no event loop at all
-(``submit_and_wait``, each completion replaced at once), a Ring whose
-eventfd wakes one task that replaces every completion it finds (the floor
-of a refilled ``as_completed``), and a Ring that reads 64 blocks per
-submission and waits for all of them (the floor of ``Batch.run``); the last
-two on asyncio and trio.  It prints ops/s, the CPU time of the loop thread
-per read, the median of the per-round ratios and every round's numbers::
+mechanism under each shape, all on prepared SQE images (``UringBatch``):
+slots driven with no event loop at all (each group of completions given new
+offsets and resubmitted at once), slots whose ring's eventfd wakes one task
+that resubmits every completion it finds (the floor of a refilled
+``as_completed``), and 64 slots submitted together and waited for together
+(the floor of ``Batch.run``); the last two on asyncio and trio.  It prints
+ops/s, the CPU time of the loop thread per read, the median of the
+per-round ratios and every round's numbers::
 
     python benchmarks/floor_async.py [--rounds 5] [--seconds 2] [--size-mb 512] [--dir DIR]
                                      [--only TEXT]
@@ -45,7 +47,7 @@ from pathlib import Path
 
 import xaio
 from _common import fio_iops, have_fio, make_file
-from xaio.uring import Ring
+from xaio.uring import UringBatch
 
 BLOCK = 4096
 TASKS = 64
@@ -103,36 +105,43 @@ def floor_run(path: Path, seconds: float) -> tuple[float, float]:
 
     async def main() -> tuple[float, float]:
         loop = asyncio.get_running_loop()
-        ring = Ring(256)
+        batch = UringBatch(TASKS, fixed_buffers=False)
+        ring = batch.ring
         efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         ring.register_eventfd(efd)
-        waiters: dict[int, asyncio.Future[int]] = {}
-        free = list(range(1024))
+        waiters: list[asyncio.Future[int] | None] = [None] * TASKS
+        slots: dict[int, int] = {}  # id(buffer) -> its slot, prepared on first use
+        pending: list[int] = []
         flush_pending = False
-        out: list[tuple[int, int, int]] = []
 
         def flush() -> None:
             nonlocal flush_pending
             flush_pending = False
-            ring.submit()
+            batch.submit(pending)
+            pending.clear()
 
         def on_readable() -> None:
             try:
                 os.read(efd, 8)
             except BlockingIOError:
                 pass
-            out.clear()
-            ring.peek_batch(out)
-            for ud, res, _fl in out:
-                free.append(ud)
-                waiters.pop(ud).set_result(res)
+            n = batch.reap(0)
+            done_slots, done_res = batch.done_slots, batch.done_res
+            for i in range(n):
+                fut = waiters[done_slots[i]]
+                assert fut is not None
+                fut.set_result(done_res[i])
 
         async def read(buf: memoryview, offset: int) -> int:
             nonlocal flush_pending
-            key = free.pop()
-            ring.prep_read(fd, buf, offset, user_data=key)
-            fut = loop.create_future()
-            waiters[key] = fut
+            slot = slots.get(id(buf))
+            if slot is None:
+                slot = slots[id(buf)] = len(slots)
+                batch.prep_pread(slot, fd, buf, offset)
+            else:
+                batch.set_offset(slot, offset)
+            pending.append(slot)
+            fut = waiters[slot] = loop.create_future()
             if not flush_pending:
                 flush_pending = True
                 loop.call_soon(flush)
@@ -143,7 +152,7 @@ def floor_run(path: Path, seconds: float) -> tuple[float, float]:
             return await _drive(read, nblocks, seconds)
         finally:
             loop.remove_reader(efd)
-            ring.close()
+            batch.close()
             os.close(efd)
 
     try:
@@ -154,49 +163,52 @@ def floor_run(path: Path, seconds: float) -> tuple[float, float]:
 
 def ring_loop_run(path: Path, seconds: float) -> tuple[float, float]:
     """The least Python can do with io_uring at all, without an event loop:
-    one :class:`xaio.uring.Ring`, ``TASKS`` reads in flight, one
-    ``io_uring_enter`` that submits and waits for a completion
-    (``submit_and_wait``), each completed read replaced at once."""
+    a :class:`xaio.uring.UringBatch` (prepared SQE images) with ``TASKS``
+    reads in flight, each completed read given a new offset and resubmitted
+    with the others reaped together (one ``io_uring_enter`` to submit, one
+    to wait when nothing has completed)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
     nblocks = os.fstat(fd).st_size // BLOCK
-    ring = Ring(256)
+    batch = UringBatch(TASKS, fixed_buffers=False)
     rnd = random.Random(0)
     bufs = [xaio.aligned_buffer(BLOCK) for _ in range(TASKS)]
     try:
         for i, buf in enumerate(bufs):
-            ring.prep_read(fd, buf, rnd.randrange(nblocks) * BLOCK, user_data=i)
-        out: list[tuple[int, int, int]] = []
+            batch.prep_pread(i, fd, buf, rnd.randrange(nblocks) * BLOCK)
+        batch.submit(range(TASKS))
         n, t0, c0 = 0, 0.0, 0.0
         start = time.perf_counter() + 0.2
         while True:
-            ring.submit_and_wait(1)
-            out.clear()
-            ring.peek_batch(out)
+            got = batch.reap(1)
             now = time.perf_counter()
             if not t0 and now >= start:
                 n, t0, c0 = 0, now, time.thread_time()
             elif t0 and now >= t0 + seconds:
                 break
-            for ud, res, _fl in out:
-                if res != BLOCK:
-                    raise OSError(f"short or failed read: {res}")
-                n += 1
-                ring.prep_read(fd, bufs[ud], rnd.randrange(nblocks) * BLOCK, user_data=ud)
+            slots = batch.done_slots[:got]
+            for i in range(got):
+                if batch.done_res[i] != BLOCK:
+                    raise OSError(f"short or failed read: {batch.done_res[i]}")
+                batch.set_offset(slots[i], rnd.randrange(nblocks) * BLOCK)
+            n += got
+            batch.submit(slots)
         return n / (now - t0), (time.thread_time() - c0) / n * 1e6
     finally:
-        ring.close()
+        batch.close()
         os.close(fd)
 
 
 class _RingWaiter:
-    """A :class:`xaio.uring.Ring` with its eventfd, and a wait until that
-    eventfd is readable in asyncio (a persistent ``add_reader``) or trio
-    (``wait_readable``): the bare wake-up path of an async layer."""
+    """A :class:`xaio.uring.UringBatch` of ``TASKS`` slots (prepared SQE
+    images, no registered buffers: as the engine's requests) with an eventfd
+    on its ring, and a wait until that eventfd is readable in asyncio (a
+    persistent ``add_reader``) or trio (``wait_readable``): the bare
+    wake-up path of an async layer."""
 
     def __init__(self, trio_mode: bool) -> None:
-        self.ring = Ring(256)
+        self.batch = UringBatch(TASKS, fixed_buffers=False)
         self.efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self.ring.register_eventfd(self.efd)
+        self.batch.ring.register_eventfd(self.efd)
         self.trio = trio_mode
         self.fut: asyncio.Future[None] | None = None
         if not trio_mode:
@@ -224,71 +236,74 @@ class _RingWaiter:
     def close(self) -> None:
         if not self.trio:
             asyncio.get_running_loop().remove_reader(self.efd)
-        self.ring.close()
+        self.batch.close()  # cancels the reads in flight and waits for them
         os.close(self.efd)
 
 
 async def _ring_stream(
     fd: int, nblocks: int, seconds: float, trio_mode: bool
 ) -> tuple[float, float]:
-    """One task keeping ``TASKS`` reads in flight on a bare Ring: it waits
-    for the eventfd, takes every completion there and replaces each at once
-    (one submission per wake-up): the floor of a refilled ``as_completed``."""
+    """One task keeping ``TASKS`` reads in flight on prepared SQE images: it
+    waits for the eventfd, takes every completion there, gives each slot a
+    new offset (``set_offset``) and resubmits them together (one submission
+    per wake-up): the floor of a refilled ``as_completed``."""
     w = _RingWaiter(trio_mode)
-    ring = w.ring
+    batch = w.batch
     rnd = random.Random(0)
     bufs = [xaio.aligned_buffer(BLOCK) for _ in range(TASKS)]
     try:
         for i, buf in enumerate(bufs):
-            ring.prep_read(fd, buf, rnd.randrange(nblocks) * BLOCK, user_data=i)
-        ring.submit()
-        out: list[tuple[int, int, int]] = []
+            batch.prep_pread(i, fd, buf, rnd.randrange(nblocks) * BLOCK)
+        batch.submit(range(TASKS))
         n, t0, c0 = 0, 0.0, 0.0
         start = time.perf_counter() + 0.2
         while True:
             await w.wait()
-            out.clear()
-            ring.peek_batch(out)
+            got = batch.reap(0)
             now = time.perf_counter()
             if not t0 and now >= start:
                 n, t0, c0 = 0, now, time.thread_time()
             elif t0 and now >= t0 + seconds:
                 break
-            for ud, res, _fl in out:
-                if res != BLOCK:
-                    raise OSError(f"short or failed read: {res}")
-                n += 1
-                ring.prep_read(fd, bufs[ud], rnd.randrange(nblocks) * BLOCK, user_data=ud)
-            ring.submit()
+            slots = batch.done_slots[:got]
+            for i in range(got):
+                if batch.done_res[i] != BLOCK:
+                    raise OSError(f"short or failed read: {batch.done_res[i]}")
+                batch.set_offset(slots[i], rnd.randrange(nblocks) * BLOCK)
+            n += got
+            if got:
+                batch.submit(slots)
         return n / (now - t0), (time.thread_time() - c0) / n * 1e6
     finally:
-        w.close()  # (Ring.close cancels the reads in flight and waits for them)
+        w.close()
 
 
 async def _ring_batches(
     fd: int, nblocks: int, seconds: float, trio_mode: bool
 ) -> tuple[float, float]:
-    """One task reading ``TASKS`` blocks per round on a bare Ring: prepare
-    64 reads, one submission, wait until all 64 completed, repeat: the floor
-    of ``Batch.run``."""
+    """One task reading ``TASKS`` blocks per round on prepared SQE images:
+    give each slot a new offset, one submission, wait until all 64
+    completed, repeat: the floor of ``Batch.run``."""
     w = _RingWaiter(trio_mode)
-    ring = w.ring
+    batch = w.batch
     rnd = random.Random(0)
     bufs = [xaio.aligned_buffer(BLOCK) for _ in range(TASKS)]
-    out: list[tuple[int, int, int]] = []
+    slots = range(TASKS)
+    for i, buf in enumerate(bufs):
+        batch.prep_pread(i, fd, buf, 0)
 
     async def one() -> None:
-        for i, buf in enumerate(bufs):
-            ring.prep_read(fd, buf, rnd.randrange(nblocks) * BLOCK, user_data=i)
-        ring.submit()
+        for i in slots:
+            batch.set_offset(i, rnd.randrange(nblocks) * BLOCK)
+        batch.submit(slots)
         got = 0
         while True:
-            out.clear()
-            ring.peek_batch(out)
-            for _ud, res, _fl in out:
-                if res != BLOCK:
-                    raise OSError(f"short or failed read: {res}")
-            got += len(out)
+            n = batch.reap(0)
+            res = batch.done_res
+            for i in range(n):
+                if res[i] != BLOCK:
+                    raise OSError(f"short or failed read: {res[i]}")
+            got += n
             if got == TASKS:
                 return
             await w.wait()
@@ -487,12 +502,12 @@ def main() -> None:
     )
     args = ap.parse_args()
     contenders: list[tuple[str, Callable[[Path, float], tuple[float, float]]]] = [
-        ("floor: Ring loop, no event loop", ring_loop_run),
-        ("floor (Ring + Futures)", floor_run),
+        ("floor: SQE images, no event loop", ring_loop_run),
+        ("floor: SQE images + Futures", floor_run),
         ("xaio.preadinto", xaio_run),
-        ("floor: Ring batches of 64", _ring_floor(_ring_batches, False)),
+        ("floor: SQE images, batches of 64", _ring_floor(_ring_batches, False)),
         ("xaio.Batch of 64, one await", batch_run),
-        ("floor: Ring refilled per wake-up", _ring_floor(_ring_stream, False)),
+        ("floor: SQE images, refilled per wake-up", _ring_floor(_ring_stream, False)),
         ("xaio.Batch.as_completed, refilled", stream_run),
     ]
     try:
@@ -501,10 +516,12 @@ def main() -> None:
         pass
     else:
         contenders.append(("xaio.preadinto, trio", xaio_trio_run))
-        contenders.append(("floor: Ring batches of 64, trio", _ring_floor(_ring_batches, True)))
+        contenders.append(
+            ("floor: SQE images, batches of 64, trio", _ring_floor(_ring_batches, True))
+        )
         contenders.append(("xaio.Batch of 64, one await, trio", batch_trio_run))
         contenders.append(
-            ("floor: Ring refilled per wake-up, trio", _ring_floor(_ring_stream, True))
+            ("floor: SQE images, refilled per wake-up, trio", _ring_floor(_ring_stream, True))
         )
         contenders.append(("xaio.Batch.as_completed, refilled, trio", stream_trio_run))
     contenders = [(name, fn) for name, fn in contenders if args.only in name]
