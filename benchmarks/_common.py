@@ -7,14 +7,17 @@ never absolute numbers compared across runs.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
+import mmap
 import os
 import shutil
 import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,42 @@ def make_file(size: int, directory: str | None = None) -> Path:
     finally:
         os.close(fd)
     return Path(name)
+
+
+@contextlib.contextmanager
+def locked_in_cache(path: Path) -> Iterator[None]:
+    """Keep every page of *path* in the page cache while the block runs: a
+    shared read-only mapping of the file, ``mlock``-ed (page-cache pages that
+    a mapping locks are not reclaimed, so a "cached" benchmark stays cached
+    when the machine's memory reclaim or another program's cache dropping
+    runs meanwhile).  Best effort: without the privilege, the block runs
+    unlocked."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_long,
+    ]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    size = path.stat().st_size
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+    finally:
+        os.close(fd)
+    if addr in (None, ctypes.c_void_p(-1).value):
+        yield
+        return
+    try:
+        libc.mlock(addr, size)  # faults every page in; a failure leaves it unlocked
+        yield
+    finally:
+        libc.munmap(addr, size)
 
 
 def drive_batch(
