@@ -91,3 +91,30 @@ def test_the_reader_reads_nothing_past_a_closed_gate_nor_once_closed(data_fd: in
     assert reader.read(data_fd, buf, 16, 16) == 16 and reader.count == 2
     reader.close()
     assert reader.read(data_fd, buf, 0, 16) is None and reader.count == 2
+
+
+def test_the_reader_looks_at_the_flags_again_after_a_while(data_path: Path, data_fd: int) -> None:
+    """The flag cache is a bounded hint: an fd number that now names an
+    O_APPEND file (closed and reused) is declined within _RECHECK reads, and
+    a declined fd is looked at again after as many."""
+    from xaio._pagecache import _RECHECK
+
+    reader = NowaitReader()
+    os.pread(data_fd, 4096, 0)
+    buf = bytearray(16)
+    fd = os.dup(data_fd)
+    try:
+        assert reader.read(fd, buf, 0, 16) == 16
+        afd = os.open(data_path, os.O_RDWR | os.O_APPEND)
+        os.dup2(afd, fd)  # the same number, an O_APPEND file now
+        os.close(afd)
+        got = [reader.read(fd, buf, 0, 16) for _ in range(_RECHECK)]
+        assert got[-1] is None and got.count(None) >= 1
+        assert not reader.flags_ok(fd)
+        os.dup2(data_fd, fd)  # a plain file again
+        got = [reader.read(fd, buf, 0, 16) for _ in range(_RECHECK + 1)]
+        assert got[-1] == 16 and got[0] is None
+        reader.decline(fd)
+        assert reader.read(fd, buf, 0, 16) is None
+    finally:
+        os.close(fd)

@@ -45,6 +45,7 @@ INLINE_MAX = 1 << 20
 _RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 _NO_INLINE_FLAGS = os.O_APPEND | getattr(os, "O_DIRECT", 0)
 _RECHECK = 64
+_preadv = os.preadv
 
 #: :func:`nowait_preadv`: the call was refused before the kernel saw it (a
 #: buffer it cannot use, a number out of range): the normal path says why.
@@ -89,12 +90,17 @@ class NowaitReader:
 
     ``count`` is how many reads it completed; once :meth:`close` was called,
     :meth:`read` declines every read.
+
+    The cache holds one int per fd, so that a hit costs one lookup and one
+    store: ``n > 0`` -- reads may be tried inline, *n* more before the flags
+    are looked at again; ``n < 0`` -- they may not, for ``-n`` more reads;
+    absent (or 0) -- look now.
     """
 
     __slots__ = ("_flags", "_gates", "closed", "count")
 
     def __init__(self, gates: Mapping[int, _Gate] | None = None) -> None:
-        self._flags: dict[int, list[Any]] = {}  # fd -> [may read inline, reads left]
+        self._flags: dict[int, int] = {}  # fd -> reads left (see the class docstring)
         self._gates: Mapping[int, _Gate] = {} if gates is None else gates
         self.closed = False
         self.count = 0
@@ -107,24 +113,32 @@ class NowaitReader:
         """May reads on *fd* be tried inline at all (not O_DIRECT, not
         O_APPEND, a valid fd, RWF_NOWAIT known)?  Cached, as described above."""
         cache = self._flags
-        entry = cache.get(fd)
-        if entry is None or entry[1] <= 0:
-            if len(cache) > 1024:
-                cache.clear()
-            try:
-                ok = _RWF_NOWAIT is not None and not (
-                    fcntl.fcntl(fd, fcntl.F_GETFL) & _NO_INLINE_FLAGS
-                )
-            except (OSError, OverflowError, ValueError):
-                ok = False
-            entry = cache[fd] = [ok, _RECHECK]
-        entry[1] -= 1
-        return bool(entry[0])
+        left = cache.get(fd, 0)
+        if left > 0:
+            cache[fd] = left - 1
+            return True
+        if left < 0:
+            cache[fd] = left + 1
+            return False
+        return self._look(fd)
+
+    def _look(self, fd: int) -> bool:
+        """Look at the flags of *fd* (one ``fcntl``), cache and return the answer
+        of :meth:`flags_ok`; one read of the budget is used."""
+        cache = self._flags
+        if len(cache) > 1024:
+            cache.clear()
+        try:
+            ok = _RWF_NOWAIT is not None and not (fcntl.fcntl(fd, fcntl.F_GETFL) & _NO_INLINE_FLAGS)
+        except (OSError, OverflowError, ValueError):
+            ok = False
+        cache[fd] = _RECHECK - 1 if ok else 1 - _RECHECK
+        return ok
 
     def decline(self, fd: int) -> None:
         """An inline read on *fd* failed (not with EAGAIN): do not try again
         before the flags are looked at anew."""
-        self._flags[fd] = [False, _RECHECK]
+        self._flags[fd] = -_RECHECK
 
     def read(self, fd: int, buffer: Any, offset: int, nbytes: int) -> int | None:
         """Read *nbytes* at *offset* into *buffer* if the page cache has them all.
@@ -146,18 +160,16 @@ class NowaitReader:
             gate = gates.get(fd)
             if gate is not None and not gate.passable:
                 return None
-        entry = self._flags.get(fd)
-        if entry is None or entry[1] <= 0:
-            if not self.flags_ok(fd):
-                return None
-        else:
-            entry[1] -= 1
-            if not entry[0]:
-                return None
+        flags = self._flags
+        left = flags.get(fd, 0)
+        if left > 0:
+            flags[fd] = left - 1
+        elif not self.flags_ok(fd):
+            return None
         try:
-            n = os.preadv(fd, (buffer,), offset, _RWF_NOWAIT)  # type: ignore[arg-type]
+            n = _preadv(fd, (buffer,), offset, _RWF_NOWAIT)  # type: ignore[arg-type]
         except OSError:  # the kernel's answer: look at the fd again next time
-            self._flags.pop(fd, None)
+            flags.pop(fd, None)
             return None
         except (TypeError, BufferError, OverflowError, ValueError):  # NOT_TRIED
             return None
