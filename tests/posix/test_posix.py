@@ -1371,6 +1371,73 @@ def test_inline_read_refused_behind_held_back_work(
     assert bytes(small.aio_buf) == bytes(range(10, 110))
 
 
+@pytest.mark.usefixtures("engine")
+def test_inline_read_sees_every_field_change(tmp_path: Path, tfile: int) -> None:
+    """The fast path checks the fields of a C-shaped aiocb once, not at each
+    call: setting any of them (or resizing the bytearray it reads into)
+    between two reads of the same aiocb is honoured all the same -- the new
+    buffer, length, priority, sigevent and fd, with the normal path's errors."""
+    import mmap
+
+    data = bytes(range(256)) * 64
+    os.pread(tfile, 8192, 0)  # in the page cache
+    R._get_engine()
+    before = inline_count()
+    cb = P.aiocb(aio_fildes=tfile, aio_buf=mmap.mmap(-1, 4096), aio_nbytes=4096)
+    P.aio_read(cb)
+    assert P.aio_error(cb) == 0 and P.aio_return(cb) == 4096
+    assert inline_count() == before + 1
+
+    def read(offset: int) -> int:
+        cb.aio_offset = offset
+        P.aio_read(cb)
+        wait_done(cb)
+        return P.aio_return(cb)
+
+    buf = bytearray(100)
+    cb.aio_buf, cb.aio_nbytes = buf, 50  # another buffer, part of it
+    assert read(10) == 50 and buf == data[10:60] + bytes(50)
+    cb.aio_nbytes = None  # all of it
+    assert read(20) == 100 and buf == data[20:120]
+    assert inline_count() == before + 3
+    cb.aio_nbytes = 101
+    with pytest.raises(ValueError):
+        P.aio_read(cb)
+    cb.aio_nbytes = 100
+    cb.aio_reqprio = P.AIO_PRIO_DELTA_MAX + 1
+    with pytest.raises(OSError) as ei:
+        P.aio_read(cb)
+    assert ei.value.errno == errno.EINVAL
+    cb.aio_reqprio = 0
+    got: list[Any] = []
+    done = threading.Event()
+    cb.aio_sigevent = P.sigevent(
+        P.SIGEV_THREAD, sigev_value=3, sigev_notify_function=lambda v: (got.append(v), done.set())
+    )
+    assert read(0) == 100 and done.wait(TIMEOUT) and got == [3]
+    cb.aio_sigevent = None
+    assert read(25) == 100 and buf == data[25:125]
+    buf.extend(bytes(50))  # resized under the aiocb: aio_nbytes (100) still rules
+    assert read(30) == 100 and buf == data[30:130] + bytes(50)
+    cb.aio_nbytes = None
+    assert read(40) == 150 and buf == data[40:190]
+    del buf[60:]
+    cb.aio_nbytes = 100
+    with pytest.raises(ValueError):  # shorter than aio_nbytes now
+        P.aio_read(cb)
+    cb.aio_nbytes = None
+    assert read(50) == 60 and buf == data[50:110]
+    n = inline_count()
+    afd = os.open(tmp_path / "a", os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(afd, data[:100])
+        cb.aio_fildes = afd  # an O_APPEND fd: never inline
+        assert read(0) == 60 and buf == data[:60]
+        assert inline_count() == n
+    finally:
+        os.close(afd)
+
+
 # --- stream writes: all of it, as write(2) on that fd ------------------------------------
 
 

@@ -250,7 +250,6 @@ def _submit_one(cb: Any, opcode: OpCode) -> None:
 
 
 _MMAP: Final = mmap.mmap
-_ZERO: Final = 0
 
 
 def aio_read(cb: aiocb) -> None:
@@ -276,62 +275,103 @@ def aio_read(cb: aiocb) -> None:
     # O_DIRECT, O_APPEND and stream fds, and the thread engine's reader its
     # own held-back work).  Anything unusual (wrong types, a read-only or too
     # short buffer, a bad sigevent) takes the normal path, which reports it.
-    # The aiocb a C program fills in (an mmap or bytearray of exactly
-    # aio_nbytes, priority 0, no sigevent) is recognised with a few identity
-    # tests first.  An offset beyond 2**63 - 1 is the reader's to refuse.
+    # The aiocb a C program fills in (a bytearray or an mmap of aio_nbytes,
+    # a valid priority, no sigevent) is checked once, when its fields were
+    # set (cb._shape, see _fast_shape); only aio_offset and the length of the
+    # buffer (a bytearray can be resized) are looked at each time.  Other
+    # shapes are checked at each call (_inline_shape).  An offset beyond
+    # 2**63 - 1 is the reader's to refuse.
     read_nowait = _runtime._read_nowait
     if (
         read_nowait is not None
         and (type(cb) is aiocb or isinstance(cb, aiocb))
         and cb._state < HELD  # else refused by the normal path
     ):
-        buf = cb.aio_buf
-        tb = type(buf)
-        nbytes = cb.aio_nbytes
-        notice = None
-        if (
-            (tb is _MMAP or tb is bytearray)
-            and cb.aio_reqprio is _ZERO  # an identity test: anything else goes below
-            and cb.aio_sigevent is None
-        ):
-            n = len(buf)  # the size in bytes
-            if nbytes is not None and (type(nbytes) is not int or nbytes != n):
-                buf, n, notice = _inline_shape(cb, buf, nbytes)
+        shape = cb._shape
+        if shape is None:
+            shape = cb._shape = _fast_shape(cb)
+        if shape:
+            fd, buf, n = shape
+            off = cb.aio_offset
+            if len(buf) != n:  # resized: look again next time
+                cb._shape = None
+            elif (
+                type(off) is int
+                and off >= 0
+                and (not _lanes or _lane_open(fd))
+                and read_nowait(fd, buf, off, n) is not None
+            ):
+                cb._complete_now(n)
+                return
         else:
-            buf, n, notice = _inline_shape(cb, buf, nbytes)
-        fd = cb.aio_fildes
-        off = cb.aio_offset
-        if (
-            0 < n <= INLINE_MAX
-            and type(fd) is int
-            and type(off) is int
-            and off >= 0
-            and (not _lanes or _lane_open(fd))
-            and read_nowait(fd, buf, off, n) is not None
-        ):
-            cb._complete_now(n)
-            if notice is not None:
-                notify(notice)
-            return
+            buf, n, notice = _inline_shape(cb)
+            fd = cb._fildes
+            off = cb.aio_offset
+            if (
+                0 < n <= INLINE_MAX
+                and type(fd) is int
+                and type(off) is int
+                and off >= 0
+                and (not _lanes or _lane_open(fd))
+                and read_nowait(fd, buf, off, n) is not None
+            ):
+                cb._complete_now(n)
+                if notice is not None:
+                    notify(notice)
+                return
     _submit_one(cb, OpCode.READ)
 
 
-def _inline_shape(cb: aiocb, buf: Any, nbytes: Any) -> tuple[Any, int, Notice | None]:
-    """For :func:`aio_read`'s fast path, an aiocb of another shape: the
-    buffer to read into, the bytes to read (0: not here) and the checked
-    sigevent."""
-    prio = cb.aio_reqprio
+def _fast_shape(cb: aiocb) -> tuple[Any, ...]:
+    """For :func:`aio_read`'s fast path, what the fields of *cb* but
+    ``aio_offset`` say, found once (the aiocb keeps it until one of them is
+    set): ``(fd, buffer, nbytes)`` for the shape a C program fills in -- an
+    int fd, a bytearray or an mmap of exactly ``aio_nbytes`` (or None)
+    bytes, at most ``INLINE_MAX``, a valid priority, no sigevent -- that
+    needs no check at each call; ``()`` for any other shape."""
+    fd = cb._fildes
+    buf = cb._buf
+    tb = type(buf)
+    prio = cb._reqprio
+    if (
+        type(fd) is not int
+        or (tb is not bytearray and tb is not _MMAP)
+        or type(prio) is not int
+        or not 0 <= prio <= AIO_PRIO_DELTA_MAX
+        or cb._sigevent is not None
+    ):
+        return ()
+    try:
+        n = len(buf)  # the size in bytes
+    except ValueError:  # a closed mmap
+        return ()
+    nbytes = cb._nbytes
+    if (nbytes is not None and (type(nbytes) is not int or nbytes != n)) or not 0 < n <= INLINE_MAX:
+        return ()
+    return (fd, buf, n)
+
+
+def _inline_shape(cb: aiocb) -> tuple[Any, int, Notice | None]:
+    """For :func:`aio_read`'s fast path, an aiocb of a shape
+    :func:`_fast_shape` does not keep: the buffer to read into, the bytes
+    to read (0: not here) and the checked sigevent."""
+    buf = cb._buf
+    prio = cb._reqprio
     if type(prio) is not int or not 0 <= prio <= AIO_PRIO_DELTA_MAX:
         return buf, 0, None
     tb = type(buf)
     if tb is bytearray or tb is _MMAP:  # len() is the size in bytes
-        size = len(buf)
+        try:
+            size = len(buf)
+        except ValueError:  # a closed mmap
+            return buf, 0, None
     else:
         try:
             view = memoryview(buf)
         except (TypeError, ValueError):  # not a buffer, or a released view
             return buf, 0, None
         size = 0 if view.readonly or not view.c_contiguous else view.nbytes
+    nbytes = cb._nbytes
     if nbytes is None:
         n = size
     elif type(nbytes) is int and 0 < nbytes <= size:
@@ -340,7 +380,7 @@ def _inline_shape(cb: aiocb, buf: Any, nbytes: Any) -> tuple[Any, int, Notice | 
             buf = memoryview(buf).cast("B")[:n]
     else:
         return buf, 0, None
-    sev = cb.aio_sigevent
+    sev = cb._sigevent
     return buf, n, None if sev is None else check_sigevent(sev)
 
 

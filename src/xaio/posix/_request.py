@@ -100,13 +100,14 @@ class aiocb:
     """
 
     __slots__ = (
-        "aio_fildes",
+        "_fildes",
         "aio_offset",
-        "aio_buf",
-        "aio_nbytes",
-        "aio_reqprio",
-        "aio_sigevent",
+        "_buf",
+        "_nbytes",
+        "_reqprio",
+        "_sigevent",
         "aio_lio_opcode",
+        "_shape",
         "_state",
         "_error",
         "_return",
@@ -134,13 +135,17 @@ class aiocb:
         aio_sigevent: sigevent | None = None,
         aio_lio_opcode: int = LIO_NOP,
     ) -> None:
-        self.aio_fildes = aio_fildes
+        self._fildes = aio_fildes
         self.aio_offset = aio_offset
-        self.aio_buf = aio_buf
-        self.aio_nbytes = aio_nbytes
-        self.aio_reqprio = aio_reqprio
-        self.aio_sigevent = aio_sigevent
+        self._buf = aio_buf
+        self._nbytes = aio_nbytes
+        self._reqprio = aio_reqprio
+        self._sigevent = aio_sigevent
         self.aio_lio_opcode = aio_lio_opcode
+        #: what the page-cache fast path of aio_read found of the fields
+        #: above but aio_offset (see xaio.posix._fast_shape); None: not looked
+        #: at since one of them was set
+        self._shape: tuple[Any, ...] | None = None
         self._state = NEW
         self._error = 0
         self._return = -1
@@ -157,6 +162,60 @@ class aiocb:
         #: the operation its submitter saw the engine take, marked without the
         #: lock (see xaio.posix._dispatch._end_transit): a hint, not a state
         self._sent: Operation | None = None
+
+    # The fields the fast path of aio_read checks once, not at every call:
+    # setting one drops what it found (aio_offset, which a loop sets per
+    # request, is a plain field, checked at each call).
+
+    @property
+    def aio_fildes(self) -> int:
+        """The file descriptor."""
+        return self._fildes
+
+    @aio_fildes.setter
+    def aio_fildes(self, value: int) -> None:
+        self._fildes = value
+        self._shape = None
+
+    @property
+    def aio_buf(self) -> Any:
+        """The buffer."""
+        return self._buf
+
+    @aio_buf.setter
+    def aio_buf(self, value: Any) -> None:
+        self._buf = value
+        self._shape = None
+
+    @property
+    def aio_nbytes(self) -> int | None:
+        """The bytes to transfer (None: ``len(aio_buf)``)."""
+        return self._nbytes
+
+    @aio_nbytes.setter
+    def aio_nbytes(self, value: int | None) -> None:
+        self._nbytes = value
+        self._shape = None
+
+    @property
+    def aio_reqprio(self) -> int:
+        """The request priority decrease."""
+        return self._reqprio
+
+    @aio_reqprio.setter
+    def aio_reqprio(self, value: int) -> None:
+        self._reqprio = value
+        self._shape = None
+
+    @property
+    def aio_sigevent(self) -> sigevent | None:
+        """The notification (None: ``SIGEV_NONE``)."""
+        return self._sigevent
+
+    @aio_sigevent.setter
+    def aio_sigevent(self, value: sigevent | None) -> None:
+        self._sigevent = value
+        self._shape = None
 
     def __repr__(self) -> str:
         return (
