@@ -484,3 +484,37 @@ def test_files_beyond_the_largest_buffer_go_to_a_thread(lib: str, tmp_path: path
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("XAIO_ENGINE", "uring")
         assert run(lib, main) == 0
+
+
+def test_an_open_not_in_the_dentry_cache_looks_up_once(
+    lib: str, engine_name: str, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A path the dentry cache cannot serve (a name never looked up) costs
+    the loop's thread one cached lookup (the O_PATH probe), not a second
+    one for the open, which would fail as the probe did (counted around
+    the real openat2); the open then goes the other way and fails as the
+    builtin's."""
+    from xaio import _syscall
+
+    names = [f"never-looked-up-{i}-{random.getrandbits(64):x}" for i in range(5)]
+    calls = 0
+    real = _syscall.openat2
+
+    def counting(*args: Any) -> int:
+        nonlocal calls
+        calls += 1
+        return real(*args)
+
+    async def main() -> None:
+        nonlocal calls
+        await baseline()
+        monkeypatch.setattr(_syscall, "openat2", counting)
+        for i, name in enumerate(names):
+            calls = 0
+            with pytest.raises(FileNotFoundError):
+                async with xaio.open(tmp_path / name, "rb"):
+                    pass
+            assert calls <= 1, (i, calls)
+            (tmp_path / name).write_bytes(b"x")  # (from here on in the dentry cache)
+
+    run(lib, main)

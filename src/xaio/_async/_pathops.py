@@ -31,7 +31,9 @@ an ``O_PATH`` open with ``RESOLVE_CACHED`` comes first (it runs no file
 system's open), and :func:`~xaio.engine._route.classify` of that fd sends
 files on such file systems (:data:`~xaio.engine.KIND_BLOCKING`) and streams
 (a FIFO, whose builtin open waits for the other end; a tty) the other way.
-Both cost about as much as the open itself.
+Both cost about as much as the open itself.  When the probe finds the path
+not cached (EAGAIN), so would the open's lookup: the attempt ends there, and a
+cold open costs the loop's thread one lookup, not two.
 
 *Chains.*  :meth:`PathRing.run_chain` submits several linked SQEs at once
 (``IOSQE_IO_LINK``: each starts when the one before has finished) and wakes
@@ -124,7 +126,11 @@ def open_cached(path: Any, flags: int) -> tuple[int, os.stat_result] | int | Non
         if len(_HOWS) < 64:
             _HOWS[flags] = hows
     probe = _syscall.openat2(_AT_FDCWD, raw, hows[0])
-    if probe >= 0:  # (else the open fails as the probe did, running no open)
+    if probe < 0:
+        if -probe in _NOT_THE_ANSWER:
+            return None  # not cached: the open's lookup would fail as the probe's did
+        # (else the open fails as the probe did, running no file system's open)
+    else:
         try:
             kind = classify(probe)
         finally:
