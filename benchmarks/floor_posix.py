@@ -16,7 +16,11 @@
   alternating: ops/s and the process's CPU time (user + system, every
   thread) per request.  glibc runs each request on a helper thread, so its
   rate depends on whether that thread gets a CPU of its own; xaio's cached
-  reads run in the caller's thread.
+  reads run in the caller's thread;
+- whether a second Python thread could use the second CPU as glibc's
+  helper does: the bare ``os.preadv`` loop in one thread, then in two
+  threads at once (each its own buffer; the GIL is released only inside
+  the system call), alternating: the summed ops/s of both.
 
 Run::
 
@@ -31,6 +35,7 @@ import mmap
 import os
 import random
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -133,6 +138,30 @@ def per_call(fd: int, offsets: list[int], lib: Any) -> dict[str, float]:
     return best
 
 
+def preadv_threads(fd: int, offsets: list[int], seconds: float, threads: int) -> float:
+    """The bare ``os.preadv(RWF_NOWAIT)`` loop run by *threads* threads at
+    once for *seconds*: their summed ops/s."""
+    counts: list[int] = []
+
+    def loop() -> None:
+        buf, preadv, nowait, n = mmap.mmap(-1, BLOCK), os.preadv, os.RWF_NOWAIT, 0
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            for off in offsets[:4096]:
+                preadv(fd, (buf,), off, nowait)
+            n += 4096
+        counts.append(n)
+
+    others = [threading.Thread(target=loop) for _ in range(threads - 1)]
+    t0 = time.perf_counter()
+    for t in others:
+        t.start()
+    loop()
+    for t in others:
+        t.join()
+    return sum(counts) / (time.perf_counter() - t0)
+
+
 def pin(cpus: set[int]) -> None:
     """Every thread of this process (and those made later) on *cpus*."""
     for tid in os.listdir("/proc/self/task"):
@@ -190,6 +219,13 @@ def main() -> None:
                             )
                         )
                 pin(every)
+                one_two = [
+                    (
+                        preadv_threads(fd, offsets, args.seconds, 1),
+                        preadv_threads(fd, offsets, args.seconds, 2),
+                    )
+                    for _ in range(args.rounds)
+                ]
                 print(
                     "the loop of bench_posix.py, cached (ops/s; CPU us per request), every round:"
                 )
@@ -198,6 +234,11 @@ def main() -> None:
                     cpu = ", ".join(f"{c:.2f}" for _, c in got)
                     med = statistics.median(r for r, _ in got)
                     print(f"  {name:14s} median {med:9,.0f} ops/s  [{rates}]  CPU us [{cpu}]")
+                print("bare os.preadv RWF_NOWAIT loop, ops/s summed over the threads, every round:")
+                for i, label in enumerate(("1 thread", "2 threads")):
+                    got2 = [r[i] for r in one_two]
+                    rates = ", ".join(f"{r:,.0f}" for r in got2)
+                    print(f"  {label:14s} median {statistics.median(got2):9,.0f} ops/s  [{rates}]")
         finally:
             os.close(fd)
     finally:
