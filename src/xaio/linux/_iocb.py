@@ -6,7 +6,7 @@ from __future__ import annotations
 import ctypes
 import struct
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 from xaio._abi.aio import (
     IOCB_CMD_FDSYNC,
@@ -25,6 +25,7 @@ from xaio._buffers import Pin, buffer_length, iovec_array, pin, pin_many
 if TYPE_CHECKING:
     from xaio.linux._context import IOContext
 
+_T = TypeVar("_T")
 _U16 = 0xFFFF
 _U32 = 0xFFFF_FFFF
 _U64 = 0xFFFF_FFFF_FFFF_FFFF
@@ -39,6 +40,7 @@ class IocbInFlightError(RuntimeError):
 # Iocb
 # ---------------------------------------------------------------------------------
 
+#: The fields of ``struct iocb`` an Iocb mirrors.
 _FIELDS = (
     "aio_data",
     "aio_lio_opcode",
@@ -51,7 +53,10 @@ _FIELDS = (
     "aio_flags",
     "aio_resfd",
 )
-_FIELD_SET = frozenset(_FIELDS)
+#: Those kept in ``Iocb._values``, in this order (``aio_nbytes`` has a
+#: property of its own).
+_VALUES = tuple(name for name in _FIELDS if name != "aio_nbytes")
+_BUF = _VALUES.index("aio_buf")
 
 #: The integer fields: the range each accepts, and where and how it is stored
 #: in ``struct iocb``: log2 of its size (which of ``Iocb._views``), its index
@@ -91,7 +96,7 @@ _MOVABLE, _FIXED = 1, 2
 class _Flight:
     """The state of an :class:`Iocb` that each submission and reap change,
     in an object of its own: storing into it is a plain attribute store,
-    where storing into the Iocb goes through its ``__setattr__``."""
+    where storing into the Iocb goes through a field's property."""
 
     __slots__ = ("ctx", "pins", "ready")
 
@@ -115,6 +120,60 @@ def _int_field(name: str, value: Any) -> int:
     if not lo <= value <= hi:
         raise ValueError(f"Iocb.{name}={value} is out of range [{lo}, {hi}]")
     return value
+
+
+class _Field(Protocol[_T]):
+    """What the type checker sees of a field's property."""
+
+    def __get__(self, obj: Any, owner: Any) -> _T: ...
+
+    def __set__(self, obj: Any, value: _T) -> None: ...
+
+
+def _getter(index: int) -> Any:
+    def get_field(self: Any) -> Any:
+        return self._values[index]
+
+    return get_field
+
+
+def _field(name: str) -> _Field[Any]:
+    """The property of the field *name* that a prepared image cannot take
+    as it is set (the buffer; the opcode, whose change touches the buffer
+    rules): setting it is refused in flight and makes the next submission
+    check every field."""
+    index = _VALUES.index(name)
+
+    def set_field(self: Any, value: Any) -> None:
+        flight = self._flight
+        if flight.ctx is not None:
+            raise IocbInFlightError(f"cannot set {name}: the Iocb is in flight")
+        self._values[index] = value
+        flight.ready = False  # the next submission checks everything
+
+    return property(_getter(index), set_field)
+
+
+def _image_field(name: str) -> _Field[int]:
+    """The property of the integer field *name* (see ``_INT_FIELDS``):
+    setting it is refused in flight, and on a prepared Iocb a valid value
+    goes straight into the image (any other makes the next submission check
+    every field, and refuse it)."""
+    index = _VALUES.index(name)
+    lo, hi, width, word, mask = _INT_FIELDS[name]
+
+    def set_field(self: Any, value: Any) -> None:
+        flight = self._flight
+        if flight.ctx is not None:
+            raise IocbInFlightError(f"cannot set {name}: the Iocb is in flight")
+        self._values[index] = value
+        if flight.ready:
+            if type(value) is int and lo <= value <= hi:
+                self._views[width][word] = value if value >= 0 else value & mask
+            else:
+                flight.ready = False
+
+    return property(_getter(index), set_field)
 
 
 class Iocb:
@@ -143,16 +202,8 @@ class Iocb:
     """
 
     __slots__ = (
-        "aio_data",
-        "aio_lio_opcode",
-        "aio_reqprio",
-        "aio_fildes",
-        "aio_buf",
+        "_values",
         "_nbytes",
-        "aio_offset",
-        "aio_rw_flags",
-        "aio_flags",
-        "aio_resfd",
         "callback",
         "_struct",
         "_mem",
@@ -167,16 +218,19 @@ class Iocb:
         "__weakref__",
     )
 
-    aio_data: int
-    aio_lio_opcode: int
-    aio_reqprio: int
-    aio_fildes: int
-    aio_buf: Any
-    aio_offset: int
-    aio_rw_flags: int
-    aio_flags: int
-    aio_resfd: int
+    aio_data = _image_field("aio_data")
+    aio_lio_opcode = _field("aio_lio_opcode")
+    aio_reqprio = _image_field("aio_reqprio")
+    aio_fildes = _image_field("aio_fildes")
+    aio_buf = _field("aio_buf")
+    aio_offset = _image_field("aio_offset")
+    aio_rw_flags = _image_field("aio_rw_flags")
+    aio_flags = _image_field("aio_flags")
+    aio_resfd = _image_field("aio_resfd")
     callback: Any
+    #: The value of each field made by _field or _image_field, at its
+    #: index in ``_VALUES`` (a list item store is the cheapest store).
+    _values: list[Any]
     _nbytes: Any
     _struct: iocb
     _mem: memoryview
@@ -202,47 +256,21 @@ class Iocb:
     _pin_nbytes: int
 
     def __init__(self) -> None:
-        s = object.__setattr__
-        s(self, "_flight", _Flight())
-        for name in _FIELDS:
-            s(self, name, 0)
-        s(self, "aio_buf", None)
-        s(self, "callback", None)
+        self._flight = _Flight()
+        self._values = [None if name == "aio_buf" else 0 for name in _VALUES]
+        self._nbytes = 0
+        self.callback = None
         st = iocb()
-        s(self, "_struct", st)
+        self._struct = st
         mem = memoryview(st).cast("B")
-        s(self, "_mem", mem)
-        s(self, "_views", (mem, mem.cast("H"), mem.cast("I"), mem.cast("Q")))
-        s(self, "_address", ctypes.addressof(st))
-        s(self, "_kind", _NO_BUFFER)
-        s(self, "_writable", False)
-        s(self, "_export", 0)
-        s(self, "_pin_address", 0)
-        s(self, "_pin_nbytes", 0)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        spec = _IMAGE_FIELDS.get(name)
-        if spec is not None:
-            # an integer field: stored through its slot (cheaper than
-            # object.__setattr__), and into the ready image if valid
-            flight = self._flight
-            if flight.ctx is not None:
-                raise IocbInFlightError(f"cannot set {name}: the Iocb is in flight")
-            lo, hi, width, index, mask, store = spec
-            store(self, value)
-            if flight.ready:
-                if type(value) is int and lo <= value <= hi:
-                    self._views[width][index] = value & mask
-                else:
-                    flight.ready = False  # the next submission checks everything
-        elif name in _FIELD_SET:
-            flight = self._flight
-            if flight.ctx is not None:
-                raise IocbInFlightError(f"cannot set {name}: the Iocb is in flight")
-            object.__setattr__(self, name, value)
-            flight.ready = False  # the next submission checks everything
-        else:
-            object.__setattr__(self, name, value)
+        self._mem = mem
+        self._views = (mem, mem.cast("H"), mem.cast("I"), mem.cast("Q"))
+        self._address = ctypes.addressof(st)
+        self._kind = _NO_BUFFER
+        self._writable = False
+        self._export = 0
+        self._pin_address = 0
+        self._pin_nbytes = 0
 
     @property
     def aio_nbytes(self) -> int | None:
@@ -266,8 +294,11 @@ class Iocb:
 
     @aio_nbytes.setter
     def aio_nbytes(self, value: int | None) -> None:
-        # Reached through __setattr__, which refuses it in flight.
-        object.__setattr__(self, "_nbytes", value)
+        flight = self._flight
+        if flight.ctx is not None:
+            raise IocbInFlightError("cannot set aio_nbytes: the Iocb is in flight")
+        self._nbytes = value
+        flight.ready = False  # the next submission checks everything
 
     @property
     def in_flight(self) -> bool:
@@ -454,7 +485,7 @@ class Iocb:
         buffer is still where ``struct iocb`` says, with the same length;
         else None (released, emptied, moved or resized: :meth:`_build` says
         what is wrong or writes where it is now)."""
-        buf = self.aio_buf
+        buf = self._values[_BUF]
         export = self._export
         if export == _FIXED:
             try:
@@ -479,15 +510,11 @@ class Iocb:
         """Check every field, pin the buffers and fill ``struct iocb``."""
         flight = self._flight
         flight.ready = False
-        opcode = _int_field("aio_lio_opcode", self.aio_lio_opcode)
-        reqprio = _int_field("aio_reqprio", self.aio_reqprio)
-        fd = _int_field("aio_fildes", self.aio_fildes)
-        offset = _int_field("aio_offset", self.aio_offset)
-        rw_flags = _int_field("aio_rw_flags", self.aio_rw_flags)
-        flags = _int_field("aio_flags", self.aio_flags)
-        resfd = _int_field("aio_resfd", self.aio_resfd)
-        data = _int_field("aio_data", self.aio_data)
-        buf = self.aio_buf
+        values = self._values
+        data, opcode, reqprio, fd, offset, rw_flags, flags, resfd = (
+            _int_field(name, values[i]) for i, name in enumerate(_VALUES) if i != _BUF
+        )
+        buf = self._values[_BUF]
         nbytes = self._nbytes
         pins: tuple[Any, ...] = ()
         address = 0
@@ -555,10 +582,9 @@ class Iocb:
         st.aio_reserved2 = 0
         st.aio_flags = flags
         st.aio_resfd = resfd & _U32
-        s = object.__setattr__
         flight.pins = pins
-        s(self, "_kind", kind)
-        s(self, "_writable", writable)
+        self._kind = kind
+        self._writable = writable
         export = 0
         if kind == _ONE_BUFFER:
             t = type(buf)
@@ -567,9 +593,9 @@ class Iocb:
                     export = _MOVABLE
                 elif t is memoryview and buf.ndim == 1 and buf.format == "B" and not buf.readonly:
                     export = _FIXED
-            s(self, "_pin_address", address)
-            s(self, "_pin_nbytes", pins[0].nbytes)
-        s(self, "_export", export)
+            self._pin_address = address
+            self._pin_nbytes = pins[0].nbytes
+        self._export = export
         flight.ready = True
 
     def _release(self) -> None:
@@ -615,7 +641,7 @@ def _claim(batch: list[Iocb], ctx: IOContext) -> None:
             flight = obj._flight
             if flight.ready and obj._export and flight.ctx is None:
                 try:
-                    size = len(obj.aio_buf)
+                    size = len(obj._values[_BUF])
                 except ValueError:  # a released view: _prepare says so
                     size = -1
                 if size == obj._pin_nbytes:
@@ -646,16 +672,6 @@ def _pin_claimed(batch: list[Iocb], start: int, stop: int) -> None:
             obj._build()
         else:
             flight.pins = (p,)
-
-
-#: The integer fields a prepared Iocb writes into its image as they are set
-#: (not the opcode, whose change touches the buffer rules): their
-#: ``_INT_FIELDS`` entry and the setter of their slot.
-_IMAGE_FIELDS: dict[str, tuple[int, int, int, int, int, Any]] = {
-    name: (*spec, Iocb.__dict__[name].__set__)
-    for name, spec in _INT_FIELDS.items()
-    if name != "aio_lio_opcode"
-}
 
 
 class IOEvent(NamedTuple):
