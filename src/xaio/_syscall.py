@@ -127,8 +127,13 @@ def timespec_from_seconds(seconds: float, ts: Timespec | None = None) -> Timespe
     return ts
 
 
+#: The number of arguments of each syscall wrapped by _make.
+_NARGS: dict[str, int] = {}
+
+
 def _make(name: str, nargs: int) -> Callable[..., int]:
     """Build a wrapper for syscall *name* that returns ret or -errno."""
+    _NARGS[name] = nargs
     number = SYS.get(name)
     if _libc is None or number is None:
 
@@ -236,10 +241,27 @@ def fast_syscall(name: str) -> Callable[..., int]:
     raw = ctypes.CDLL(_libc_name, use_errno=True).syscall
     raw.restype = ctypes.c_long
     get_errno = ctypes.get_errno
+    nargs = _NARGS[name]
+    # A wrapper of the syscall's own arity: packing and unpacking ``*args``
+    # would cost a third of a cheap syscall.
+    call: Callable[..., int]
+    if nargs == 3:
 
-    def call(*args: Any) -> int:
-        ret: int = raw(number, *args)
-        return -get_errno() if ret == -1 else ret
+        def call(a: Any, b: Any, c: Any) -> int:
+            ret: int = raw(number, a, b, c)
+            return -get_errno() if ret == -1 else ret
+
+    elif nargs == 5:
+
+        def call(a: Any, b: Any, c: Any, d: Any, e: Any) -> int:
+            ret: int = raw(number, a, b, c, d, e)
+            return -get_errno() if ret == -1 else ret
+
+    else:
+
+        def call(*args: Any) -> int:
+            ret: int = raw(number, *args)
+            return -get_errno() if ret == -1 else ret
 
     call.__name__ = f"{name}_fast"
     return call
