@@ -1438,6 +1438,40 @@ def test_inline_read_sees_every_field_change(tmp_path: Path, tfile: int) -> None
         os.close(afd)
 
 
+class _OwnBufAiocb(P.aiocb):
+    """An aiocb subclass that keeps aio_buf its own way."""
+
+    __slots__ = ("mine",)
+
+    @property  # type: ignore[override]
+    def aio_buf(self) -> Any:
+        return self.mine
+
+    @aio_buf.setter
+    def aio_buf(self, value: Any) -> None:
+        self.mine = value
+
+
+@pytest.mark.usefixtures("engine")
+def test_inline_read_reads_a_subclass_field_as_the_subclass_defines_it(tfile: int) -> None:
+    """A subclass may define a field as its own property: the fast path
+    reads what the subclass's property gives, as the normal path does, and
+    sees it change between reads."""
+    data = bytes(range(256)) * 64
+    os.pread(tfile, 8192, 0)  # in the page cache
+    R._get_engine()
+    first, second = bytearray(100), bytearray(50)
+    cb = _OwnBufAiocb(tfile, 10, first)
+    before = inline_count()
+    P.aio_read(cb)
+    assert P.aio_error(cb) == 0 and P.aio_return(cb) == 100 and first == data[10:110]
+    cb.aio_buf = second
+    cb.aio_offset = 20
+    P.aio_read(cb)
+    assert P.aio_error(cb) == 0 and P.aio_return(cb) == 50 and second == data[20:70]
+    assert first == data[10:110] and inline_count() == before + 2
+
+
 # --- stream writes: all of it, as write(2) on that fd ------------------------------------
 
 

@@ -279,7 +279,8 @@ def aio_read(cb: aiocb) -> None:
     # a valid priority, no sigevent) is checked once, when its fields were
     # set (cb._shape, see _fast_shape); only aio_offset and the length of the
     # buffer (a bytearray can be resized) are looked at each time.  Other
-    # shapes are checked at each call (_inline_shape).  An offset beyond
+    # shapes, and subclasses (whose fields may be their own properties), are
+    # checked at each call (_inline_shape).  An offset beyond
     # 2**63 - 1 is the reader's to refuse.
     read_nowait = _runtime._read_nowait
     if (
@@ -304,8 +305,7 @@ def aio_read(cb: aiocb) -> None:
                 cb._complete_now(n)
                 return
         else:
-            buf, n, notice = _inline_shape(cb)
-            fd = cb._fildes
+            fd, buf, n, notice = _inline_shape(cb)
             off = cb.aio_offset
             if (
                 0 < n <= INLINE_MAX
@@ -328,7 +328,10 @@ def _fast_shape(cb: aiocb) -> tuple[Any, ...]:
     set): ``(fd, buffer, nbytes)`` for the shape a C program fills in -- an
     int fd, a bytearray or an mmap of exactly ``aio_nbytes`` (or None)
     bytes, at most ``INLINE_MAX``, a valid priority, no sigevent -- that
-    needs no check at each call; ``()`` for any other shape."""
+    needs no check at each call; ``()`` for any other shape, and for a
+    subclass (which may define the fields its own way)."""
+    if type(cb) is not aiocb:
+        return ()
     fd = cb._fildes
     buf = cb._buf
     tb = type(buf)
@@ -351,27 +354,29 @@ def _fast_shape(cb: aiocb) -> tuple[Any, ...]:
     return (fd, buf, n)
 
 
-def _inline_shape(cb: aiocb) -> tuple[Any, int, Notice | None]:
+def _inline_shape(cb: aiocb) -> tuple[Any, Any, int, Notice | None]:
     """For :func:`aio_read`'s fast path, an aiocb of a shape
-    :func:`_fast_shape` does not keep: the buffer to read into, the bytes
-    to read (0: not here) and the checked sigevent."""
-    buf = cb._buf
-    prio = cb._reqprio
+    :func:`_fast_shape` does not keep: the fd, the buffer to read into, the
+    bytes to read (0: not here) and the checked sigevent."""
+    if type(cb) is aiocb:
+        fd, buf, nbytes, prio, sev = cb._fildes, cb._buf, cb._nbytes, cb._reqprio, cb._sigevent
+    else:  # a subclass may define the fields its own way: read them as the normal path does
+        fd, buf, nbytes = cb.aio_fildes, cb.aio_buf, cb.aio_nbytes
+        prio, sev = cb.aio_reqprio, cb.aio_sigevent
     if type(prio) is not int or not 0 <= prio <= AIO_PRIO_DELTA_MAX:
-        return buf, 0, None
+        return fd, buf, 0, None
     tb = type(buf)
     if tb is bytearray or tb is _MMAP:  # len() is the size in bytes
         try:
             size = len(buf)
         except ValueError:  # a closed mmap
-            return buf, 0, None
+            return fd, buf, 0, None
     else:
         try:
             view = memoryview(buf)
         except (TypeError, ValueError):  # not a buffer, or a released view
-            return buf, 0, None
+            return fd, buf, 0, None
         size = 0 if view.readonly or not view.c_contiguous else view.nbytes
-    nbytes = cb._nbytes
     if nbytes is None:
         n = size
     elif type(nbytes) is int and 0 < nbytes <= size:
@@ -379,9 +384,8 @@ def _inline_shape(cb: aiocb) -> tuple[Any, int, Notice | None]:
         if n != size:
             buf = memoryview(buf).cast("B")[:n]
     else:
-        return buf, 0, None
-    sev = cb._sigevent
-    return buf, n, None if sev is None else check_sigevent(sev)
+        return fd, buf, 0, None
+    return fd, buf, n, None if sev is None else check_sigevent(sev)
 
 
 def aio_write(cb: aiocb) -> None:

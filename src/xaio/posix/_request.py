@@ -135,17 +135,24 @@ class aiocb:
         aio_sigevent: sigevent | None = None,
         aio_lio_opcode: int = LIO_NOP,
     ) -> None:
-        self._fildes = aio_fildes
-        self.aio_offset = aio_offset
-        self._buf = aio_buf
-        self._nbytes = aio_nbytes
-        self._reqprio = aio_reqprio
-        self._sigevent = aio_sigevent
-        self.aio_lio_opcode = aio_lio_opcode
         #: what the page-cache fast path of aio_read found of the fields
-        #: above but aio_offset (see xaio.posix._fast_shape); None: not looked
+        #: below but aio_offset (see xaio.posix._fast_shape); None: not looked
         #: at since one of them was set
         self._shape: tuple[Any, ...] | None = None
+        if type(self) is aiocb:
+            self._fildes = aio_fildes
+            self._buf = aio_buf
+            self._nbytes = aio_nbytes
+            self._reqprio = aio_reqprio
+            self._sigevent = aio_sigevent
+        else:  # a subclass may define these fields its own way
+            self.aio_fildes = aio_fildes
+            self.aio_buf = aio_buf
+            self.aio_nbytes = aio_nbytes
+            self.aio_reqprio = aio_reqprio
+            self.aio_sigevent = aio_sigevent
+        self.aio_offset = aio_offset
+        self.aio_lio_opcode = aio_lio_opcode
         self._state = NEW
         self._error = 0
         self._return = -1
