@@ -25,6 +25,21 @@ for :meth:`Batch.as_completed` once per reaped group of completions.  No
 Future per request, no task switch per request: a group of 64 completions
 reaped together costs one wake-up.
 
+*No Operation per request where the engine has a port.*  An engine with
+a :class:`~xaio.engine.BatchPort` (io_uring) takes a batch's reads and
+writes of one buffer as *slots*: the request is a plain tuple from the
+moment it is added (its fd, offset and buffer, checked, and the buffer's
+export, which holds it as an :class:`~xaio._ops.Operation` would), and at
+submission its fields go into the port's tables, from which the engine
+writes the request straight into its queue; the completion comes back as
+``(slot, result)`` through the batch's one callback.  A slot whose request
+has landed is free for the next request the iteration adds (its fields
+are overwritten, nothing is built).  What a port does not take -- vectored
+requests, syncs, a read-only buffer, an empty one, an fd the engine
+routes to threads, an engine without a port -- is an
+:class:`~xaio._ops.Operation` through ``Engine.submit``, as before, in
+the same submission.
+
 *Keeping the queue full.*  A batch awaited as a whole leaves the device idle
 between rounds: the last read of a round must land before the next round is
 submitted, and the first of the next round reaches the device only after
@@ -53,6 +68,7 @@ more.  Leaving an ``async with batch.as_completed()`` block does the same.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import time
@@ -72,7 +88,8 @@ from xaio._async._checks import (
 from xaio._async._current import current_driver
 from xaio._async._driver import _SLICE, EARLY, Driver, Parked, abandon
 from xaio._ops import OpCode, Operation, OpState
-from xaio.engine import EngineClosedError
+from xaio._syscall import oserror
+from xaio.engine import KIND_BLOCKING, BatchPort, EngineClosedError
 
 if TYPE_CHECKING:
     from xaio._async._io import AsyncEngine
@@ -97,6 +114,40 @@ _SINGLE_USE = "this batch has already run (a Batch is single-use)"
 # keep landing) would let an iteration that keeps adding requests run on
 # past its scope's cancellation for ever.
 _perf = time.perf_counter
+_export = ctypes.c_char.from_buffer
+_addressof = ctypes.addressof
+
+#: A request a port may take: (fd, buffer export, address, length, offset,
+#: is a write, the buffer).  The export holds the buffer as a Pin does.
+_Slotted = tuple[int, Any, int, int, int, bool, Any]
+_Request = Operation | _Slotted
+#: A landed request: (its index, its result).
+_Landed = tuple[int, BatchResult]
+
+
+def _slotted(fd: int, buf: Any, offset: int, write: bool) -> _Slotted | None:
+    """The request as a port takes it, holding *buf* (an export of its
+    memory, as :class:`~xaio._buffers.Pin` makes one): for a writable,
+    C-contiguous, non-empty buffer of any kind; None for any other buffer
+    (the caller makes an Operation, whose Pin raises what is wrong)."""
+    try:
+        holder = _export(buf)
+    except (TypeError, ValueError, BufferError):
+        return None
+    t = type(buf)
+    if t is bytearray:
+        n = len(buf)
+    elif t is memoryview:
+        n = buf.nbytes
+    else:
+        with memoryview(buf) as view:
+            n = view.nbytes
+    return (fd, holder, _addressof(holder), n, offset, write, buf)
+
+
+def _operation(req: _Slotted) -> Operation:
+    """*req* as an :class:`Operation` (for what no port takes)."""
+    return Operation(OpCode.WRITE if req[5] else _READ, req[0], (req[6],), req[4])
 
 
 def _decode(op: Operation) -> BatchResult:
@@ -149,7 +200,7 @@ class Batch:
     __slots__ = ("_ops", "_engine", "_started", "_count", "_flight")
 
     def __init__(self, engine: AsyncEngine | None = None) -> None:
-        self._ops: list[Operation] = []
+        self._ops: list[_Request] = []
         self._engine = engine
         self._started = False
         self._count = 0  # requests added so far (the next one's index)
@@ -169,7 +220,7 @@ class Batch:
 
     # -- adding requests ---------------------------------------------------------
 
-    def _add(self, op: Operation) -> int:
+    def _add(self, op: _Request) -> int:
         """Take *op*: into the list to run, or -- while :meth:`as_completed`
         iterates -- to the engine with the iteration's next submission."""
         i = self._count
@@ -178,7 +229,8 @@ class Batch:
         elif self._flight is not None:
             self._flight.add(op, i)
         else:
-            op.complete(-errno.ECANCELED)  # give its buffers back
+            if type(op) is Operation:
+                op.complete(-errno.ECANCELED)  # give its buffers back
             raise RuntimeError(_SINGLE_USE)
         self._count = i + 1
         return i
@@ -209,11 +261,12 @@ class Batch:
         ):
             fd = check_fd(fd)
             offset = check_offset(offset)
-        op = Operation(_READ, fd, (buf,), offset)
+        op: _Request | None = _slotted(fd, buf, offset, False)
+        if op is None:
+            op = Operation(_READ, fd, (buf,), offset)
         if self._started:
             return self._add(op)
-        ops = self._ops
-        ops.append(op)
+        self._ops.append(op)
         i = self._count
         self._count = i + 1
         return i
@@ -230,7 +283,10 @@ class Batch:
         """
         fd = check_fd(fd)
         offset = check_offset(offset)
-        return self._add(Operation(OpCode.WRITE, fd, (data,), offset))
+        op: _Request | None = _slotted(fd, data, offset, True)
+        if op is None:
+            op = Operation(OpCode.WRITE, fd, (data,), offset)
+        return self._add(op)
 
     def preadv(self, fd: int, buffers: Sequence[Any], offset: int, flags: int = 0) -> int:
         """Add a read into each writable buffer of *buffers* in turn
@@ -289,7 +345,7 @@ class Batch:
 
     # -- running -----------------------------------------------------------------
 
-    def _begin(self) -> tuple[Driver, list[Operation]]:
+    def _begin(self) -> tuple[Driver, list[_Request]]:
         if self._started:
             raise RuntimeError(_SINGLE_USE)
         drv = current_driver() if self._engine is None else self._engine.driver()
@@ -317,10 +373,16 @@ class Batch:
         """
         drv, ops = self._begin()
         flight = _Flight(drv)
-        await flight.start(ops)
-        if flight.live:
-            await flight.wait(True)
-        return [_result(op) for op in ops]
+        try:
+            await flight.start(ops)
+            if flight.nlive():
+                await flight.wait(True)
+        finally:
+            flight.close()
+        results: list[BatchResult] = [None] * len(ops)
+        for i, res in flight.landed:
+            results[i] = res
+        return results
 
     def as_completed(self) -> AsCompleted:
         """Submit every request in one submission and iterate over
@@ -364,8 +426,9 @@ class Batch:
 
 class _Flight(Parked):
     """The requests of one batch on one driver, from submission until each
-    has landed: their ``on_done`` callback, the list of those that landed,
-    and the one task waiting for them (``waiter``, see :class:`Parked`)."""
+    has landed: their ``on_done`` callback (and the port's ``on_landed``),
+    the list of those that landed, and the one task waiting for them
+    (``waiter``, see :class:`Parked`)."""
 
     __slots__ = (
         "drv",
@@ -374,25 +437,50 @@ class _Flight(Parked):
         "wait_all",
         "seen",
         "pending",
+        "pending_slots",
         "flush_scheduled",
         "on_done",
+        "port",
+        "slot_index",
+        "slot_buf",
+        "free",
+        "slots_taken",
     )
 
     def __init__(self, drv: Driver) -> None:
         super().__init__()
         self.drv = drv
-        #: requests handed to the driver that have not landed
+        #: Operations handed to the driver that have not landed
         self.live: set[Operation] = set()
-        #: requests that landed and were not taken yet (index in op.context)
-        self.landed: list[Operation] = []
+        #: (index, result) of the requests that landed and were not taken yet
+        self.landed: list[_Landed] = []
         #: wake the waiter only once nothing is live (else at every landing)
         self.wait_all = False
         #: per fd, its kind (the driver's FdKinds) for the requests being submitted
         self.seen: dict[int, int] = {}
-        #: requests added while iterating, for the next submission
+        #: Operations added while iterating, for the next submission
         self.pending: list[Operation] = []
+        #: port slots filled while iterating, for the next submission
+        self.pending_slots: list[int] = []
         self.flush_scheduled = False
         self.on_done = self._on_done
+        #: the engine's BatchPort (made with the first request it takes);
+        #: None before, or for an engine without one (then _NO_PORT)
+        self.port: BatchPort | None = None
+        #: per slot: the index of its request (-1: the slot is free)
+        self.slot_index: list[int] = []
+        #: per slot: its request's buffer (for the message of an error)
+        self.slot_buf: list[Any] = []
+        #: free slots
+        self.free: list[int] = []
+        #: the last _submit's port took its slots (also if it then raised)
+        self.slots_taken = False
+
+    def nlive(self) -> int:
+        """Requests submitted (or pending) that have not landed."""
+        port = self.port
+        n = len(self.live) + len(self.pending) + len(self.pending_slots)
+        return n + port.live if port is not None and port is not _NO_PORT else n
 
     # -- completion ----------------------------------------------------------------
 
@@ -401,11 +489,121 @@ class _Flight(Parked):
         self.drv._inflight -= 1
         live = self.live
         live.discard(op)
-        self.landed.append(op)
-        if self.waiter is not None and (not live or not self.wait_all):
+        self.landed.append((op.context, _result(op)))
+        if self.waiter is not None and (not self.wait_all or not self.nlive()):
             self.drv._unpark(self)
 
+    def _on_landed(self, slots: list[int], results: list[int]) -> None:
+        """Requests of this batch's port completed (in the loop's thread)."""
+        self.drv._inflight -= len(slots)
+        port = self.port
+        assert port is not None
+        holders = port.holders
+        index = self.slot_index
+        bufs = self.slot_buf
+        free = self.free
+        landed = self.landed
+        for s, res in zip(slots, results, strict=True):
+            holders[s] = None  # the buffer is the caller's again
+            i = index[s]
+            index[s] = -1
+            landed.append((i, res if res >= 0 else self._error(s, res)))
+            bufs[s] = None
+            free.append(s)
+        if self.waiter is not None and (not self.wait_all or not self.nlive()):
+            self.drv._unpark(self)
+
+    def _error(self, slot: int, res: int) -> OSError:
+        """The OSError of the failed request of *slot* (as an Operation's)."""
+        port = self.port
+        assert port is not None
+        op = Operation(
+            OpCode.WRITE if port.writes[slot] else _READ,
+            port.fds[slot],
+            (self.slot_buf[slot],),
+            port.offsets[slot],
+        )
+        op.complete(res)
+        return request_error(op)
+
     # -- submission ----------------------------------------------------------------
+
+    def _kind(self, fd: int) -> int:
+        """*fd*'s kind, asked once per fd per submission (OSError: ESPIPE...)."""
+        seen = self.seen
+        kind = seen.get(fd)
+        if kind is None:
+            kind = seen[fd] = self.drv._kinds.kind(fd)
+        return kind
+
+    def _place(self, req: _Slotted, index: int) -> int:
+        """Put *req* (request *index*) in a slot of the engine's port;
+        returns the slot, or -1 if no port takes it (make an Operation)."""
+        port = self.port
+        if port is None:
+            port = self.port = self.drv.engine.batch_port(self._on_landed) or _NO_PORT
+        if port is _NO_PORT:
+            return -1
+        fd = req[0]
+        try:
+            if self._kind(fd) == KIND_BLOCKING:
+                return -1
+        except OSError:
+            return -1  # the Operation's path answers it
+        free = self.free
+        if free:
+            s = free.pop()
+        else:
+            s = port.grow()
+            self.slot_index.append(-1)
+            self.slot_buf.append(None)
+        port.fds[s] = fd
+        port.holders[s] = req[1]
+        port.addresses[s] = req[2]
+        port.lengths[s] = req[3]
+        port.offsets[s] = req[4]
+        port.writes[s] = req[5]
+        self.slot_index[s] = index
+        self.slot_buf[s] = req[6]
+        return s
+
+    def _place_all(self, reqs: list[_Request]) -> bool:
+        """:meth:`_place` for every request of a first submission, all at
+        once, if the port takes each (request *i* in slot *i*); False if
+        not (nothing was placed)."""
+        if not reqs or self.slot_index or not all(type(r) is tuple for r in reqs):
+            return False
+        port = self.port
+        if port is None:
+            port = self.port = self.drv.engine.batch_port(self._on_landed) or _NO_PORT
+        if port is _NO_PORT:
+            return False
+        try:
+            if any(self._kind(fd) == KIND_BLOCKING for fd in {r[0] for r in reqs}):  # type: ignore[index]
+                return False
+        except OSError:
+            return False
+        fds, holders, addresses, lengths, offsets, writes, bufs = map(list, zip(*reqs, strict=True))
+        port.fds = fds
+        port.holders = holders
+        port.addresses = addresses
+        port.lengths = lengths
+        port.offsets = offsets
+        port.writes = writes
+        self.slot_buf = bufs
+        self.slot_index = list(range(len(reqs)))
+        return True
+
+    def _release(self, slots: list[int]) -> None:
+        """Give back the slots of requests that never reached the engine."""
+        port = self.port
+        if port is None or port is _NO_PORT:
+            return
+        for s in slots:
+            port.holders[s] = None
+            self.slot_index[s] = -1
+            self.slot_buf[s] = None
+            self.free.append(s)
 
     def _answer(self, op: Operation) -> bool:
         """Answer *op* here if the kernel would answer it at once (ESPIPE,
@@ -414,11 +612,7 @@ class _Flight(Parked):
             return False
         fd = op.fd
         try:
-            seen = self.seen
-            kind = seen.get(fd)
-            if kind is None:
-                kind = seen[fd] = self.drv._kinds.kind(fd)
-            op.kind = kind  # the engine routes by it without looking again
+            op.kind = self._kind(fd)  # the engine routes by it without looking again
         except OSError as e:
             res = -(e.errno or errno.EBADF)
         else:
@@ -429,7 +623,7 @@ class _Flight(Parked):
             res = self._now(op)
         op.on_done = None
         op.complete(res)
-        self.landed.append(op)
+        self.landed.append((op.context, _result(op)))
         if self.waiter is not None and not self.wait_all:  # added by another task
             self.drv._unpark(self)
         return True
@@ -446,68 +640,118 @@ class _Flight(Parked):
         except OSError as e:
             return -(e.errno or errno.EIO)
 
-    async def start(self, ops: list[Operation]) -> None:
-        """Answer what can be answered here and hand the rest of *ops* to
+    def _sort(self, req: _Request, index: int, ops: list[Operation], slots: list[int]) -> None:
+        """Sort request *index* into the port's *slots*, the *ops* to
+        submit, or the landed (answered here)."""
+        if type(req) is tuple:
+            s = self._place(req, index)
+            if s >= 0:
+                slots.append(s)
+                return
+            req = _operation(req)
+        op: Operation = req  # type: ignore[assignment]
+        op.context = index
+        if not self._answer(op):
+            ops.append(op)
+
+    async def start(self, reqs: list[_Request]) -> None:
+        """Answer what can be answered here and hand the rest of *reqs* to
         the engine in one submission (trio: a checkpoint before, and after
         if nothing needs waiting for)."""
         drv = self.drv
         await drv._checkpoint_if_cancelled()
+        ops: list[Operation] = []
+        slots: list[int] = []
         try:
-            sent = []
-            for i, op in enumerate(ops):
-                op.context = i
-                if not self._answer(op):
-                    sent.append(op)
+            if self._place_all(reqs):
+                slots = list(range(len(reqs)))
+            else:
+                for i, req in enumerate(reqs):
+                    self._sort(req, i, ops, slots)
             self.seen.clear()
-            if sent:
-                self._submit(sent)
+            self._submit(ops, slots)
         except BaseException:
-            for op in ops:
-                abandon(op)
+            for req in reqs:
+                if type(req) is Operation:
+                    abandon(req)
+            if not self.slots_taken:
+                self._release(slots)
+            elif self.nlive():  # the port took its requests, the engine not the rest
+                await self.settle()
             raise
-        if not self.live:
+        if not self.nlive():
             await drv._cancel_shielded_checkpoint()
 
-    def _submit(self, ops: list[Operation]) -> None:
-        """Hand *ops* to the engine in one ``submit`` and reap right after
-        (what completed inside the submission lands without a round trip).
-        When it raises, no operation was taken."""
+    def _submit(self, ops: list[Operation], slots: list[int]) -> None:
+        """Hand the port's *slots* and *ops* to the engine in one
+        submission and reap right after (what completed inside the
+        submission lands without a round trip).  When it raises, nothing
+        was taken -- but for the slots if ``slots_taken`` (the port took
+        them, the engine refused *ops*: they are in the kernel)."""
+        drv = self.drv
+        self.slots_taken = False
+        if drv.closed:
+            raise EngineClosedError("the engine is closed")
+        if slots:
+            port = self.port
+            assert port is not None
+            drv._inflight += len(slots)
+            try:
+                port.submit(slots, not ops)  # with ops: handed over with theirs
+            except BaseException:
+                drv._inflight -= len(slots)
+                raise
+            self.slots_taken = True
+            if not ops:
+                if drv._reap_after_submit:
+                    drv.engine.reap(0)
+                return
+        if not ops:
+            return
         live = self.live
         live.update(ops)
         try:
-            self.drv.start_all(ops, self.on_done)
+            drv.start_all(ops, self.on_done)
         except BaseException:
             live.difference_update(ops)
             raise
+        finally:
+            if slots:
+                self.port.flush()  # type: ignore[union-attr]
 
-    def add(self, op: Operation, index: int) -> None:
-        """Take *op* (request *index*) into the running iteration: answered
+    def add(self, req: _Request, index: int) -> None:
+        """Take *req* (request *index*) into the running iteration: answered
         here, or pending for the iteration's next submission."""
         if self.drv.closed:
-            op.complete(-errno.ECANCELED)  # give its buffers back
+            if type(req) is Operation:
+                req.complete(-errno.ECANCELED)  # give its buffers back
             raise EngineClosedError("the engine is closed")
-        op.context = index
-        if self._answer(op):
-            return
-        self.pending.append(op)
+        n = len(self.landed)
+        self._sort(req, index, self.pending, self.pending_slots)
+        if len(self.landed) != n:
+            return  # answered here
         if not self.flush_scheduled:
             # the iterator submits these as it goes; this is for a loop body
             # that awaits something else before asking for the next result
             self.flush_scheduled = True
             self.drv._call_soon(self._flush_soon)
 
+    def npending(self) -> int:
+        return len(self.pending) + len(self.pending_slots)
+
     def _flush_soon(self) -> None:
         self.flush_scheduled = False
-        if self.pending:
+        if self.pending or self.pending_slots:
             self.flush()
 
     def flush(self) -> None:
-        """Submit the pending requests (one ``engine.submit``); if the
-        engine refuses them, each fails with its errno (it lands)."""
+        """Submit the pending requests (one submission); if the engine
+        refuses them, each fails with its errno (it lands)."""
         ops, self.pending = self.pending, []
+        slots, self.pending_slots = self.pending_slots, []
         self.seen.clear()
         try:
-            self._submit(ops)
+            self._submit(ops, slots)
         except Exception as e:
             err = e.errno if isinstance(e, OSError) and e.errno else errno.EIO
             if isinstance(e, EngineClosedError):
@@ -516,10 +760,17 @@ class _Flight(Parked):
                 if op.state is OpState.QUEUED:
                     op.on_done = None
                     op.complete(-err)
-                    self.landed.append(op)
+                    self.landed.append((op.context, _result(op)))
+            if not self.slots_taken:
+                index = self.slot_index
+                failed = [(index[s], oserror(err)) for s in slots]
+                self._release(slots)
+                self.landed += failed
         except BaseException:
             for op in ops:
                 abandon(op)
+            if not self.slots_taken:
+                self._release(slots)
             raise
 
     # -- waiting -------------------------------------------------------------------
@@ -530,15 +781,24 @@ class _Flight(Parked):
         for op in self.pending:
             abandon(op)
         self.pending.clear()
+        self._release(self.pending_slots)
+        self.pending_slots.clear()
         drv = self.drv
         for op in list(self.live):
             drv._cancel_in_engine(op)
+        port = self.port
+        if port is not None and port is not _NO_PORT and port.live:
+            index = self.slot_index
+            try:
+                port.cancel([s for s in range(len(index)) if index[s] >= 0])
+            except (OSError, RuntimeError):
+                pass  # not cancellable: they complete normally and we wait for them
 
     def _on_cancel(self) -> bool:
         """The waiting task is cancelled: cancel what has not landed; True
         if nothing is left to wait for (else wake only once all landed)."""
         self.cancel_all()
-        if not self.live:
+        if not self.nlive():
             return True
         self.wait_all = True
         return False
@@ -565,8 +825,34 @@ class _Flight(Parked):
         """Cancel every request that has not landed and wait until each
         has; a cancellation that comes meanwhile is let through afterwards."""
         self.cancel_all()
-        while self.live:
+        while self.nlive():
             await self.wait(True)
+        self.close()
+
+    def close(self) -> None:
+        """No more requests: the port goes once its requests have landed."""
+        port = self.port
+        if port is not None and port is not _NO_PORT:
+            port.close()
+
+
+class _NoPort(BatchPort):
+    """The port of an engine without one: takes nothing."""
+
+    def submit(self, slots: Sequence[int], hand_over: bool = True) -> None:
+        raise AssertionError("no port")  # pragma: no cover
+
+    def flush(self) -> None:
+        pass  # pragma: no cover
+
+    def cancel(self, slots: Sequence[int]) -> None:
+        pass  # pragma: no cover
+
+    def close(self) -> None:
+        pass  # pragma: no cover
+
+
+_NO_PORT = _NoPort()
 
 
 class AsCompleted:
@@ -579,7 +865,7 @@ class AsCompleted:
     def __init__(self, batch: Batch) -> None:
         self._batch = batch
         self._flight: _Flight | None = None
-        self._ready: list[Operation] = []
+        self._ready: list[_Landed] = []
         self._next = 0  # index in _ready
         self._closed = False
         self._since = 0.0  # when the iteration last yielded at a checkpoint
@@ -592,11 +878,10 @@ class AsCompleted:
         i = self._next
         if i < len(ready):
             fl = self._flight
-            if fl is not None and len(fl.pending) >= EARLY:
+            if fl is not None and len(fl.pending) + len(fl.pending_slots) >= EARLY:
                 fl.flush()
-            op = ready[i]
             self._next = i + 1
-            return op.context, _result(op)
+            return ready[i]
         return await self._refill()
 
     async def _refill(self) -> tuple[int, BatchResult]:
@@ -619,9 +904,9 @@ class AsCompleted:
         while True:
             if self._closed:
                 raise StopAsyncIteration
-            if fl.pending:
+            if fl.pending or fl.pending_slots:
                 fl.flush()
-            elif fl.live and not fl.landed and fl.drv._reap_after_submit:
+            elif not fl.landed and fl.drv._reap_after_submit and fl.nlive():
                 fl.drv.engine.reap(0)  # a look at the ring: no system call
             if fl.landed:
                 if _perf() - self._since > _SLICE:
@@ -633,8 +918,9 @@ class AsCompleted:
                     self._since = _perf()
                     continue
                 break
-            if not fl.live:
+            if not fl.nlive():
                 self._end()
+                fl.close()
                 raise StopAsyncIteration
             try:
                 await fl.wait(False)
@@ -644,8 +930,7 @@ class AsCompleted:
         ready, fl.landed = fl.landed, []
         self._ready = ready
         self._next = 1
-        op = ready[0]
-        return op.context, _result(op)
+        return ready[0]
 
     def _end(self) -> None:
         """The iteration is over: requests added from now on are refused."""
@@ -665,7 +950,8 @@ class AsCompleted:
         elif not self._batch._started:
             self._batch._started = True  # it will not run: give the buffers back
             for op in self._batch._ops:
-                abandon(op)
+                if type(op) is Operation:
+                    abandon(op)
             self._batch._ops = []
 
     async def __aenter__(self) -> AsCompleted:

@@ -75,7 +75,7 @@ from typing import Any
 
 from xaio._ops import CancelOutcome, OpCode, Operation, OpState
 from xaio._syscall import read_proc as _read_proc
-from xaio.engine._protocol import Engine, EngineClosedError
+from xaio.engine._protocol import BatchPort, Engine, EngineClosedError
 from xaio.engine._route import (
     BLOCKING_FS_TYPES,
     KIND_BLOCKING,
@@ -93,6 +93,7 @@ from xaio.engine._routed import RoutedEngine
 __all__ = [
     "Engine",
     "EngineClosedError",
+    "BatchPort",
     "CancelOutcome",
     "Operation",
     "OpCode",

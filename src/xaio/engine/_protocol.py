@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from xaio._ops import CancelOutcome, Operation
 
-__all__ = ["Engine", "EngineClosedError"]
+__all__ = ["BatchPort", "Engine", "EngineClosedError"]
 
 
 class EngineClosedError(RuntimeError, ValueError):
@@ -22,6 +22,75 @@ class EngineClosedError(RuntimeError, ValueError):
     A :class:`RuntimeError` (a call on an engine in the wrong state) and a
     :class:`ValueError`, as a closed file's ``fileno()`` raises.
     """
+
+
+class BatchPort(abc.ABC):
+    """A batch's own way into an engine's submission queue
+    (:meth:`Engine.batch_port`): reads and writes of one buffer each, kept
+    in *slots* -- small ints, each naming one request at a time -- whose
+    fields the caller writes into the port's tables before :meth:`submit`.
+    Each slot's request is written straight into the engine's queue from
+    these fields: no :class:`~xaio._ops.Operation` per request, and a
+    completion comes back as ``(slot, result)`` through the port's own
+    ``on_landed`` callback, not through an ``on_done`` per request.
+
+    Tables (lists indexed by slot, grown by the caller with :meth:`grow`):
+    ``fds``, ``addresses`` and ``lengths`` (of the buffer, taken from a
+    buffer export the caller keeps alive in ``holders``), ``offsets``,
+    ``writes`` (True: a write).  ``live`` counts the requests submitted
+    that have not landed.
+
+    The port holds each request's holder from :meth:`submit` until its
+    completion is reaped (also when the engine closes: it cancels and
+    waits for them), so the caller may drop its own reference as soon as
+    the slot lands.  Not thread-safe: the thread that runs the event loop
+    submits, cancels and reaps.
+    """
+
+    def __init__(self) -> None:
+        self.fds: list[int] = []
+        self.addresses: list[int] = []
+        self.lengths: list[int] = []
+        self.offsets: list[int] = []
+        self.writes: list[bool] = []
+        self.holders: list[Any] = []
+        self.live = 0
+
+    def grow(self) -> int:
+        """Add a slot to every table; returns its number."""
+        self.fds.append(-1)
+        self.addresses.append(0)
+        self.lengths.append(0)
+        self.offsets.append(0)
+        self.writes.append(False)
+        self.holders.append(None)
+        return len(self.fds) - 1
+
+    @abc.abstractmethod
+    def submit(self, slots: Sequence[int], hand_over: bool = True) -> None:
+        """Queue the request of each slot of *slots* (its fields are in the
+        tables); with *hand_over*, hand them to the kernel now, else at the
+        engine's next submission or :meth:`flush`.  Each lands once, through
+        ``on_landed``.
+
+        Raises:
+            EngineClosedError: the engine is closed (nothing was taken).
+            OSError: EINVAL in a forked child; the kernel refused the batch.
+        """
+
+    @abc.abstractmethod
+    def flush(self) -> None:
+        """Hand the kernel what :meth:`submit` queued without handing over."""
+
+    @abc.abstractmethod
+    def cancel(self, slots: Sequence[int]) -> None:
+        """Ask the engine to cancel the requests of *slots* that have not
+        landed; each still lands (``-ECANCELED``, or its result if it
+        finished first)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Nothing more will be submitted; the port goes once nothing is live."""
 
 
 class Engine(abc.ABC):
@@ -153,6 +222,19 @@ class Engine(abc.ABC):
     def statistics(self) -> dict[str, Any]:
         """Counters for debugging and benchmarks (engine-specific keys)."""
         return {"name": self.name}
+
+    def batch_port(self, on_landed: Callable[[list[int], list[int]], None]) -> BatchPort | None:
+        """A :class:`BatchPort` for a batch of requests (:class:`xaio.Batch`)
+        whose completions this engine reports as ``on_landed(slots,
+        results)`` (in the reaping thread, once per group reaped together;
+        a result is bytes transferred or -errno); None if the engine has no
+        such path (the batch then submits :class:`~xaio._ops.Operation`
+        objects).
+
+        Raises:
+            EngineClosedError: the engine is closed.
+        """
+        return None
 
     def register_buffers(self, buffers: Sequence[Any]) -> bool:
         """Offer *buffers* as the memory most requests will use, so that an

@@ -26,7 +26,7 @@ from xaio._ops import (
 )
 from xaio._pagecache import NowaitReader
 from xaio._syscall import oserror
-from xaio.engine._protocol import Engine, EngineClosedError
+from xaio.engine._protocol import BatchPort, Engine, EngineClosedError
 from xaio.engine._route import KIND_BLOCKING, route
 from xaio.uring._prep import iovecs, prep_rw
 from xaio.uring._ring import Ring
@@ -91,6 +91,11 @@ _CANCEL_TAG = _TAG | (1 << 62)
 _WAKE = _TAG | 1
 _THREADS_READY = _TAG | 2  # the poll on the thread engine's eventfd
 _CANCEL_ANY_ALL = abi.IORING_ASYNC_CANCEL_ANY | abi.IORING_ASYNC_CANCEL_ALL
+# a BatchPort's request: _PORT_TAG | port id << 32 | slot
+_PORT_TAG = _TAG | (1 << 61)
+_PORT_BITS = _CANCEL_TAG | (1 << 61)  # ud & _PORT_BITS == _PORT_TAG: a port's
+_SLOT_MASK = 0xFFFFFFFF
+_PORT_ID_MASK = (1 << 29) - 1
 
 _READ, _WRITE, _READV, _WRITEV = OpCode.READ, OpCode.WRITE, OpCode.READV, OpCode.WRITEV
 _FSYNC, _FDATASYNC, _POLL, _NOP = OpCode.FSYNC, OpCode.FDATASYNC, OpCode.POLL, OpCode.NOP
@@ -180,6 +185,9 @@ class UringEngine(Engine):
         self._fixed = False  # buffers registered (register_buffers)
         #: runs what xaio.engine.route sends to threads (made on first use)
         self._threads: ThreadEngine | None = None
+        #: the open batch ports (and closed ones with requests live), by id
+        self._ports: dict[int, _Port] = {}
+        self._next_port = 0
         self._closed = False
 
     # --- protocol ---------------------------------------------------------------
@@ -208,6 +216,29 @@ class UringEngine(Engine):
         if self._closed:
             raise EngineClosedError("engine is closed")
         return self._efd
+
+    def batch_port(self, on_landed: Callable[[list[int], list[int]], None]) -> BatchPort:
+        """A :class:`~xaio.engine.BatchPort` on this ring: each slot's SQE is
+        written from the port's tables (``READ``/``WRITE``, or the ``_FIXED``
+        form on a registered buffer), ``user_data`` naming the port and the
+        slot, and its CQE is handed to *on_landed* by :meth:`reap`.
+
+        Raises:
+            EngineClosedError: the engine is closed.
+        """
+        with self._lock:
+            if self._closed:
+                raise EngineClosedError("engine is closed")
+            pid = self._next_port
+            self._next_port = (pid + 1) & _PORT_ID_MASK
+            while pid in self._ports:  # pragma: no cover - 2**29 ports open at once
+                pid = (pid + 1) & _PORT_ID_MASK
+            port = self._ports[pid] = _Port(self, pid, on_landed)
+        return port
+
+    def _port_live(self) -> int:
+        """Requests of batch ports not landed yet."""
+        return sum(p.live for p in self._ports.values())
 
     def register_buffers(self, buffers: Sequence[Any]) -> bool:
         """Register *buffers* with the ring as fixed buffers
@@ -440,7 +471,12 @@ class UringEngine(Engine):
                 inflight.complete_each(cqes, _TAG)
                 if cqes:  # one of the engine's own CQEs
                     ud, res, _fl = cqes[0]
-                    if ud & _CANCEL_TAG == _CANCEL_TAG:
+                    if ud & _PORT_BITS == _PORT_TAG:
+                        port = self._ports.get((ud >> 32) & _PORT_ID_MASK)
+                        if port is not None:
+                            n += port._land(cqes)
+                            continue
+                    elif ud & _CANCEL_TAG == _CANCEL_TAG:
                         self._cancel_results[ud & ~_CANCEL_TAG] = res
                     elif ud == _THREADS_READY:
                         threads_ready = True
@@ -657,7 +693,7 @@ class UringEngine(Engine):
                 except Exception as e:  # an on_done raised: keep draining
                     error = error or e
 
-        while len(inflight):
+        while len(inflight) or self._port_live():
             with self._lock:
                 try:
                     ring.sync_cancel(flags=_CANCEL_ANY_ALL)
@@ -665,7 +701,7 @@ class UringEngine(Engine):
                     ring.prep_cancel_all(user_data=_WAKE)
                     ring.submit()
             reap_now()
-            if not len(inflight) or time.monotonic() > deadline:
+            if not (len(inflight) or self._port_live()) or time.monotonic() > deadline:
                 break
             ring._enter_wait(0, 1, 0.1)
             reap_now()
@@ -722,6 +758,131 @@ class UringEngine(Engine):
 
     def __repr__(self) -> str:
         return f"<xaio.uring.UringEngine {'closed' if self._closed else 'open'}>"
+
+
+class _Port(BatchPort):
+    """A :class:`~xaio.engine.BatchPort` of a :class:`UringEngine` (see
+    :meth:`UringEngine.batch_port`)."""
+
+    def __init__(
+        self, engine: UringEngine, pid: int, on_landed: Callable[[list[int], list[int]], None]
+    ) -> None:
+        super().__init__()
+        self._engine = engine
+        self._id = pid
+        self._base = _PORT_TAG | (pid << 32)
+        self._on_landed = on_landed
+        self._closed = False
+
+    def submit(self, slots: Sequence[int], hand_over: bool = True) -> None:
+        eng = self._engine
+        eng._owner.check()
+        with eng._lock:
+            if eng._closed:
+                raise EngineClosedError("engine is closed")
+            ring = eng._ring
+            base = self._base
+            fds, addresses, lengths = self.fds, self.addresses, self.lengths
+            offsets, writes = self.offsets, self.writes
+            fixed_index = ring._fixed_index if eng._fixed else None
+            n = len(slots)
+            done = 0
+            while done < n:
+                room = ring.sq_space_left()
+                if not room:
+                    ring._make_room()  # hands over what is queued (held, counted live)
+                    room = ring.sq_space_left()
+                part = slots[done : done + room]
+                # held before the SQEs exist: the kernel never sees an
+                # address whose memory is not held
+                ring._hold_each(part, self.holders, base)
+                sqes, tail, mask = ring._sq_begin()
+                start = tail
+                try:
+                    for s in part:
+                        address = addresses[s]
+                        length = lengths[s]
+                        index = fixed_index(address, length) if fixed_index else -1
+                        if index < 0:
+                            opcode = _OP_WRITE if writes[s] else _OP_READ
+                            index = 0
+                        else:
+                            opcode = _OP_WRITE_FIXED if writes[s] else _OP_READ_FIXED
+                        prep_rw(
+                            sqes, (tail & mask) << 6, opcode, fds[s], address, length,
+                            offsets[s], base | s, 0, 0, index,
+                        )  # fmt: skip
+                        tail += 1
+                    ring._sq_end(tail)  # in the try: a signal at this call undoes it all
+                except BaseException:
+                    ring._sq_end(start)
+                    ring._unhold_each(part, base)
+                    raise
+                self.live += len(part)
+                done += len(part)
+            eng._counts["submitted"] += n
+            if hand_over:
+                if eng._delivering:  # submitted from a landing: hand over in groups
+                    eng._deferred = True
+                    ring._hand_over(0, _DEFER_FLUSH)
+                else:
+                    ring._hand_over()
+
+    def flush(self) -> None:
+        eng = self._engine
+        with eng._lock:
+            if not eng._ring.closed:
+                eng._ring._hand_over()
+
+    def cancel(self, slots: Sequence[int]) -> None:
+        eng = self._engine
+        eng._owner.check()
+        base = self._base
+        with eng._lock:
+            ring = eng._ring
+            if ring.closed or not slots:
+                return
+            ring._hand_over()  # the kernel must hold a request to cancel it
+            eng._counts["cancel"] += len(slots)
+            queued = False
+            for s in slots:
+                if eng._sync_cancel:
+                    try:
+                        ring.sync_cancel(base | s)
+                        continue
+                    except OSError as e:
+                        if e.errno != errno.EINVAL:
+                            raise
+                        eng._sync_cancel = False  # a kernel older than 6.0
+                ring.prep_cancel(base | s, user_data=_WAKE)  # its own CQE is ignored
+                queued = True
+            if queued:
+                ring.submit()
+
+    def close(self) -> None:
+        self._closed = True
+        if not self.live:
+            self._engine._ports.pop(self._id, None)
+
+    def _land(self, cqes: list[Completion]) -> int:
+        """Take the leading CQEs of *cqes* that are this port's (removing
+        them) and hand them to ``on_landed``; returns how many."""
+        hi = self._base >> 32
+        slots: list[int] = []
+        results: list[int] = []
+        i = 0
+        for ud, res, _fl in cqes:
+            if ud >> 32 != hi:
+                break
+            slots.append(ud & _SLOT_MASK)
+            results.append(res)
+            i += 1
+        del cqes[:i]
+        self.live -= i
+        if self._closed and not self.live:
+            self._engine._ports.pop(self._id, None)
+        self._on_landed(slots, results)
+        return i
 
 
 def _outcome(ret: int) -> CancelOutcome:

@@ -374,12 +374,19 @@ class RingQueue(RingSetup):
         :meth:`_sq_begin`, or back to take unpublished ones back."""
         self._sqe_tail = tail & _U32
 
-    def _hold_each(self, user_data: Sequence[int], objs: Sequence[Any]) -> None:
-        """Hold ``objs[u]`` for each *u* of *user_data* until the CQE carrying
-        *u* is taken (the memory its request reads or writes)."""
+    def _hold_each(self, slots: Sequence[int], objs: Sequence[Any], base: int = 0) -> None:
+        """Hold ``objs[s]`` for each *s* of *slots* until the CQE carrying
+        user_data ``base | s`` is taken (the memory its request reads or
+        writes)."""
         keep = self._keep
-        for u in user_data:
-            keep[u] = objs[u]
+        for s in slots:
+            keep[base | s] = objs[s]
+
+    def _unhold_each(self, slots: Sequence[int], base: int = 0) -> None:
+        """Undo :meth:`_hold_each` for requests that never reached the kernel."""
+        keep = self._keep
+        for s in slots:
+            keep.pop(base | s, None)
 
     def _hand_over(self, chunk: int = 0, defer_below: int = 0) -> None:
         """Publish the SQ tail and hand the pending SQEs to the kernel, at most
