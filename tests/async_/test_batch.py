@@ -5,7 +5,9 @@ both backends) and each engine (``XAIO_ENGINE``)."""
 
 from __future__ import annotations
 
+import array
 import errno
+import mmap
 import os
 from pathlib import Path
 from typing import Any
@@ -27,18 +29,19 @@ def os_error(fn: Any, *args: Any) -> int:
     return int(info.value.errno)
 
 
-def count_submissions(drv: Any) -> tuple[list[tuple[int, bool]], Any]:
+def count_submissions(drv: Any) -> tuple[list[tuple[int, bool, bool]], Any]:
     """Record what *drv*'s engine is handed: ``(requests, handed to the
-    kernel)`` per ``Engine.submit`` call (True) and per ``BatchPort.submit``
-    (True unless it left them for the next submission); returns the list
-    and the function that stops recording."""
-    calls: list[tuple[int, bool]] = []
+    kernel, through a port)`` per ``Engine.submit`` call (True, False) and
+    per ``BatchPort.submit`` (True unless it left them for the next
+    submission, True); returns the list and the function that stops
+    recording."""
+    calls: list[tuple[int, bool, bool]] = []
     engine = drv.engine
     submit = engine.submit
     make_port = engine.batch_port
 
     def counting_submit(ops: Any) -> int:
-        calls.append((len(ops), True))
+        calls.append((len(ops), True, False))
         return submit(ops)  # type: ignore[no-any-return]
 
     def counting_port(on_landed: Any) -> Any:
@@ -47,7 +50,7 @@ def count_submissions(drv: Any) -> tuple[list[tuple[int, bool]], Any]:
             submit_slots = port.submit
 
             def counting_slots(slots: Any, hand_over: bool = True) -> None:
-                calls.append((len(slots), hand_over))
+                calls.append((len(slots), hand_over, True))
                 submit_slots(slots, hand_over)
 
             port.submit = counting_slots
@@ -97,8 +100,8 @@ def test_results_in_order_one_submission(lib: str, engine_name: str, data_path: 
             restore()
             os.close(fd)
             os.close(out)
-        assert sum(n for n, _ in calls) == 46
-        assert [over for _, over in calls] == [False] * (len(calls) - 1) + [True]
+        assert sum(n for n, _, _ in calls) == 46
+        assert [over for _, over, _ in calls] == [False] * (len(calls) - 1) + [True]
         assert results == [4096] * 40 + [3, 5, 8, 4, None, None]
         for buf, off in zip(bufs, offsets, strict=True):
             assert bytes(buf) == expected[off : off + 4096]
@@ -460,8 +463,8 @@ def test_as_completed_takes_requests_while_iterating(
             assert not where
             assert drv._inflight == 0
             assert all(resizable(b) for b in pool)
-            assert sum(n for n, _ in calls) == total, calls
-            assert sum(over for _, over in calls) <= total // 4, calls
+            assert sum(n for n, _, _ in calls) == total, calls
+            assert sum(over for _, over, _ in calls) <= total // 4, calls
             with pytest.raises(RuntimeError, match="single-use"):
                 batch.preadinto(fd, pool[0], 0)
             assert resizable(pool[0])
@@ -652,5 +655,96 @@ def test_a_batch_asks_each_fds_kind_once(
         assert await batch.run() == [4096] * 64
         assert b"".join(bytes(b) for b in bufs) == want
         assert sorted(asked) == sorted([direct_fd, data_fd])  # once per fd, not per request
+
+    run(lib, main)
+
+
+def test_each_buffer_kind_goes_through_the_port(
+    lib: str, engine_name: str, data_path: Path
+) -> None:
+    """A read into a writable buffer of any kind (bytearray, mmap, a
+    memoryview slice, aligned_buffer, array) goes through the engine's
+    batch port when it has one -- in run() and in a refilled
+    as_completed() -- and through Engine.submit otherwise; an empty
+    buffer and a pipe never reach either (answered here: 0, ESPIPE); a
+    read-only or non-contiguous buffer is refused when it is added.  Every
+    buffer is free afterwards."""
+    expected = pattern(1 << 20)
+
+    def buffers() -> list[Any]:
+        return [
+            bytearray(4096),
+            mmap.mmap(-1, 4096),
+            memoryview(bytearray(3 * 4096))[4096 : 2 * 4096],
+            xaio.aligned_buffer(4096),
+            array.array("i", bytes(4096)),
+        ]
+
+    def content(buf: Any) -> bytes:
+        with memoryview(buf) as view:
+            return view.tobytes()
+
+    def free(buf: Any) -> bool:
+        if isinstance(buf, mmap.mmap):
+            buf.close()  # BufferError while an export is held
+            return True
+        if isinstance(buf, array.array):
+            try:
+                buf.append(0)
+            except BufferError:
+                return False
+            return True
+        if isinstance(buf, bytearray):
+            return resizable(buf)
+        return True
+
+    async def main() -> None:
+        fd = os.open(data_path, os.O_RDONLY)
+        r, w = os.pipe()
+        drv = current_driver()
+        probe = drv.engine.batch_port(lambda slots, results: None)
+        if probe is not None:
+            probe.close()
+        calls, restore = count_submissions(drv)
+        try:
+            batch = xaio.Batch()
+            with pytest.raises(TypeError):
+                batch.preadinto(fd, b"read-only", 0)
+            with pytest.raises(ValueError):
+                batch.preadinto(fd, memoryview(bytearray(8))[::2], 0)
+            bufs = buffers()
+            for k, buf in enumerate(bufs):
+                batch.preadinto(fd, buf, k * 4096)
+            batch.preadinto(fd, bytearray(0), 0)
+            batch.preadinto(r, bytearray(4), 0)
+            results = await batch.run()
+            assert results[:6] == [4096] * 5 + [0]
+            assert isinstance(results[6], OSError) and results[6].errno == errno.ESPIPE
+            assert calls == [(5, True, probe is not None)]
+            for k, buf in enumerate(bufs):
+                assert content(buf) == expected[k * 4096 : (k + 1) * 4096]
+            assert [free(b) for b in bufs] == [True] * 5
+
+            calls.clear()
+            bufs = buffers()
+            batch = xaio.Batch()
+            batch.preadinto(fd, bufs[0], 0)
+            got = []
+            async with batch.as_completed() as landed:
+                async for i, result in landed:
+                    assert result == 4096
+                    got.append(i)
+                    if i + 1 < len(bufs):
+                        batch.preadinto(fd, bufs[i + 1], (i + 1) * 4096)
+            assert got == list(range(5))
+            assert [(n, port) for n, _, port in calls] == [(1, probe is not None)] * 5
+            for k, buf in enumerate(bufs):
+                assert content(buf) == expected[k * 4096 : (k + 1) * 4096]
+            assert [free(b) for b in bufs] == [True] * 5
+            assert drv._inflight == 0
+        finally:
+            restore()
+            for f in (fd, r, w):
+                os.close(f)
 
     run(lib, main)

@@ -264,10 +264,14 @@ class Batch:
         op: _Request | None = _slotted(fd, buf, offset, False)
         if op is None:
             op = Operation(_READ, fd, (buf,), offset)
-        if self._started:
-            return self._add(op)
-        self._ops.append(op)
         i = self._count
+        if self._started:
+            fl = self._flight
+            if fl is None:
+                return self._add(op)
+            fl.add(op, i)
+        else:
+            self._ops.append(op)
         self._count = i + 1
         return i
 
@@ -372,14 +376,16 @@ class Batch:
             xaio.engine.EngineClosedError: the engine is closed.
         """
         drv, ops = self._begin()
+        n = len(ops)
         flight = _Flight(drv)
         try:
             await flight.start(ops)
+            ops.clear()  # each buffer's export now lives in the port alone
             if flight.nlive():
                 await flight.wait(True)
         finally:
             flight.close()
-        results: list[BatchResult] = [None] * len(ops)
+        results: list[BatchResult] = [None] * n
         for i, res in flight.landed:
             results[i] = res
         return results
@@ -545,11 +551,14 @@ class _Flight(Parked):
         if port is _NO_PORT:
             return -1
         fd = req[0]
-        try:
-            if self._kind(fd) == KIND_BLOCKING:
-                return -1
-        except OSError:
-            return -1  # the Operation's path answers it
+        kind = self.seen.get(fd)
+        if kind is None:
+            try:
+                kind = self._kind(fd)
+            except OSError:
+                return -1  # the Operation's path answers it
+        if kind == KIND_BLOCKING:
+            return -1
         free = self.free
         if free:
             s = free.pop()
@@ -726,10 +735,13 @@ class _Flight(Parked):
             if type(req) is Operation:
                 req.complete(-errno.ECANCELED)  # give its buffers back
             raise EngineClosedError("the engine is closed")
-        n = len(self.landed)
-        self._sort(req, index, self.pending, self.pending_slots)
-        if len(self.landed) != n:
-            return  # answered here
+        if type(req) is tuple and (s := self._place(req, index)) >= 0:
+            self.pending_slots.append(s)
+        else:
+            n = len(self.landed)
+            self._sort(req, index, self.pending, self.pending_slots)
+            if len(self.landed) != n:
+                return  # answered here
         if not self.flush_scheduled:
             # the iterator submits these as it goes; this is for a loop body
             # that awaits something else before asking for the next result
@@ -901,6 +913,7 @@ class AsCompleted:
             except BaseException:
                 self._end()
                 raise
+            ops.clear()  # each buffer's export now lives in the port alone
         while True:
             if self._closed:
                 raise StopAsyncIteration

@@ -312,5 +312,7 @@ def request_error(op: Operation) -> OSError:
             better = dio_einval(op.fd, op.offset, op.pins)
             if better is not None:
                 return better
-        return e
+        # returned, not raised: no traceback that would keep the frames
+        # of its caller (and the requests they hold) alive
+        return e.with_traceback(None)
     raise AssertionError("decode_result returned for a failed request")  # pragma: no cover
