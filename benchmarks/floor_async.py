@@ -498,7 +498,10 @@ def main() -> None:
     ap.add_argument("--size-mb", type=int, default=512)
     ap.add_argument("--dir", default=None, help="where to create the test file (not tmpfs)")
     ap.add_argument(
-        "--only", default="", help="run only the contenders whose name contains this text"
+        "--only",
+        default="",
+        help="run only the contenders whose name contains this text (or one of"
+        " several, comma-separated)",
     )
     args = ap.parse_args()
     contenders: list[tuple[str, Callable[[Path, float], tuple[float, float]]]] = [
@@ -524,7 +527,8 @@ def main() -> None:
             ("floor: SQE images, refilled per wake-up, trio", _ring_floor(_ring_stream, True))
         )
         contenders.append(("xaio.Batch.as_completed, refilled, trio", stream_trio_run))
-    contenders = [(name, fn) for name, fn in contenders if args.only in name]
+    wanted = args.only.split(",")
+    contenders = [(name, fn) for name, fn in contenders if any(w in name for w in wanted)]
     fio = have_fio()
     path = make_file(args.size_mb << 20, args.dir)
     rates: dict[str, list[float]] = {}
