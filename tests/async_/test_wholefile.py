@@ -518,3 +518,47 @@ def test_an_open_not_in_the_dentry_cache_looks_up_once(
             (tmp_path / name).write_bytes(b"x")  # (from here on in the dentry cache)
 
     run(lib, main)
+
+
+def test_requests_for_the_kernels_workers_pass_one_checkpoint(
+    lib: str, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """io_uring: an open whose path is not in the dentry cache and a
+    whole-file chain go to the kernel's workers after the one checkpoint
+    that precedes the attempt in the loop's thread (counted around the
+    driver's real one): a second, before the request, would only let the
+    fairness slice park a task whose request the workers could be running."""
+    skip_unavailable("uring")
+    names = [f"uncached-{i}-{random.getrandbits(64):x}" for i in range(4)]
+    monkeypatch.setenv("XAIO_ENGINE", "uring")
+
+    async def main() -> list[int]:
+        await baseline()
+        drv = current_driver()
+        if drv._pathring is None:
+            pytest.skip("no path ring here")
+        checkpoints = 0
+        real = drv._fair
+
+        async def counting() -> None:
+            nonlocal checkpoints
+            checkpoints += 1
+            await real()
+
+        drv._fair = counting  # type: ignore[method-assign]
+        counts = []
+        try:
+            for name in names:  # (never looked up: the opens go to the workers)
+                checkpoints = 0
+                with pytest.raises(FileNotFoundError):
+                    await xaio.open(tmp_path / name, "rb")
+                counts.append(checkpoints)
+                checkpoints = 0
+                with pytest.raises(FileNotFoundError):
+                    await xaio.Path(tmp_path / (name + "-p")).read_bytes()
+                counts.append(checkpoints)
+        finally:
+            del drv._fair
+        return counts
+
+    assert run(lib, main) == [1] * 8

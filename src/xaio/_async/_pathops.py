@@ -244,12 +244,18 @@ class PathRing:
                 the fd an open made).
             later: submit with the other SQEs of this loop iteration
                 (:meth:`_submit_later`), for one that cannot complete inline.
+                Such a request passes no checkpoint of its own (its wait is
+                one): the caller has just passed one (:meth:`Driver._fair`,
+                where a cancelled trio task stops before anything starts),
+                and a second would only let the fairness slice park a task
+                whose request the kernel's workers could be running.
 
         Returns:
             The CQE's ``res`` (>= 0 or -errno).
         """
         drv = self._driver
-        await drv._fair()  # it may complete inline: share the loop (trio: a checkpoint)
+        if not later:  # it may complete inline: share the loop (trio: a checkpoint)
+            await drv._fair()
         ud = self._ud()
         op = Operation(OpCode.NOP, -1, on_done=drv._on_done, context=None)
         prep(ud)
@@ -300,7 +306,8 @@ class PathRing:
             raised.
         """
         drv = self._driver
-        await drv._fair()  # it may complete inline: share the loop (trio: a checkpoint)
+        if not later:  # it may complete inline: share the loop (trio: a checkpoint)
+            await drv._fair()
         first = self._ud(n)
         uds = list(range(first, first + n))
         op = Operation(OpCode.NOP, -1, on_done=drv._on_done, context=None)
