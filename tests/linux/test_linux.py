@@ -1440,28 +1440,65 @@ def test_a_buffer_changed_late_in_a_batch_is_refused_before_any_call(
 
 @pytest.mark.parametrize("conv", CONVENTIONS)
 @pytest.mark.parametrize("n", [_context._SPLIT_AFTER, _context._SPLIT_AFTER + 4])
-def test_a_buffer_released_during_the_submission_ends_it(
+def test_a_buffer_shrunk_during_the_submission_ends_it(
     conv: str, n: int, ctx: IOContext, data_fd: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A large batch pins its buffers after its first system call: a view
-    released (by another thread) in between, before its Iocb was pinned,
-    ends the submission there -- io_submit returns what the kernel took,
-    the rest are not in flight, and the kernel never sees the released
-    buffer.  A small batch is pinned whole before its first call."""
+    """A large batch pins its bytearrays after its first system call: one
+    shrunk (by another thread) in between, before its Iocb was pinned, ends
+    the submission there -- io_submit returns what the kernel took, the
+    rest are not in flight, and the kernel never sees the shrunk buffer.  A
+    small batch is pinned whole before its first call (the bytearray cannot
+    shrink then)."""
     submit = linux.io_submit if conv == "linux" else libaio.io_submit
-    views = [memoryview(bytearray(16)) for _ in range(n)]
-    cbs = [Iocb.pread(data_fd, v, 16 * i, count=16, data=i) for i, v in enumerate(views)]
+    raw = [bytearray(16) for _ in range(n)]
+    cbs = [Iocb.pread(data_fd, b, 16 * i, count=16, data=i) for i, b in enumerate(raw)]
     assert submit(ctx, cbs) == n
     wait_events(ctx, n)
-    calls = _record_submits(monkeypatch, after_call=views[-1].release)
+
+    def shrink() -> None:
+        try:
+            del raw[-1][8:]
+        except BufferError:  # pinned already
+            pass
+
+    calls = _record_submits(monkeypatch, after_call=shrink)
     taken = submit(ctx, cbs)
     if n <= _context._SPLIT_AFTER:
-        assert taken == n and calls[0][0] > 1
+        assert taken == n and calls[0][0] > 1 and len(raw[-1]) == 16
     else:
-        assert calls and taken == calls[0][1] == calls[0][0] < n
+        assert calls and taken == calls[0][1] == calls[0][0] < n and len(raw[-1]) == 8
     assert [cb.in_flight for cb in cbs] == [True] * taken + [False] * (n - taken)
     assert sorted(ev.data for ev in wait_events(ctx, taken)) == list(range(taken))
     assert ctx.statistics()["in_flight"] == 0
+    del raw[-1][8:]
+    with pytest.raises(ValueError):
+        submit(ctx, cbs[-1:])
+
+
+@pytest.mark.parametrize("conv", CONVENTIONS)
+def test_a_view_released_during_the_submission_keeps_its_memory(
+    conv: str, ctx: IOContext, data_fd: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resubmitted view is pinned (by a view of its own) before the first
+    system call, even in a large batch: released (by another thread) after
+    that call, the submission goes on, the memory it showed stays pinned
+    (the bytearray under it cannot shrink) until the event is reaped, and
+    the read lands there."""
+    submit = linux.io_submit if conv == "linux" else libaio.io_submit
+    n = _context._SPLIT_AFTER + 4
+    raw = [bytearray(16) for _ in range(n)]
+    views = [memoryview(b) for b in raw]
+    cbs = [Iocb.pread(data_fd, v, 16 * i, count=16, data=i) for i, v in enumerate(views)]
+    assert submit(ctx, cbs) == n
+    wait_events(ctx, n)
+    raw[-1][:] = bytes(16)
+    calls = _record_submits(monkeypatch, after_call=views[-1].release)
+    assert submit(ctx, cbs) == n and calls[0][0] < n
+    with pytest.raises(BufferError):
+        del raw[-1][8:]
+    assert sorted(ev.data for ev in wait_events(ctx, n)) == list(range(n))
+    assert raw[-1] == pattern(16 * n)[-16:]
+    del raw[-1][8:]  # reaped: released
     with pytest.raises(ValueError):
         submit(ctx, cbs[-1:])
 

@@ -487,12 +487,7 @@ class Iocb:
         what is wrong or writes where it is now)."""
         buf = self._values[_BUF]
         export = self._export
-        if export == _FIXED:
-            try:
-                return _memoryview(buf)
-            except ValueError:  # released
-                return None
-        if export:
+        if export:  # (a fixed view _claim could not pin is released)
             try:
                 c = _c_char_from_buffer(buf)
             except (TypeError, ValueError):
@@ -622,13 +617,15 @@ def _claim(batch: list[Iocb], ctx: IOContext) -> None:
     """Check every Iocb of *batch* for a submission on *ctx* and mark it in
     flight there, before any of them reaches the kernel.
 
-    A ready Iocb whose single buffer takes a one-char export (``_export``)
-    and still has the length its ``struct iocb`` says is checked here and
-    pinned by :func:`_pin_claimed` just before its own ``io_submit`` call,
-    so that the kernel gets the first requests of a large batch without
-    waiting for the pins of the last; every other Iocb is prepared (pinned,
-    or checked in full) here.  Its ``aio_key`` is set here either way (an
-    interrupted submission reads it to tell which requests the kernel took).
+    A ready Iocb whose single buffer is a fixed view (``_FIXED``) is pinned
+    here by a new view of it, the cheapest pin there is.  One whose buffer
+    takes a one-char export (``_MOVABLE``) and still has the length its
+    ``struct iocb`` says is checked here and pinned by :func:`_pin_claimed`
+    just before its own ``io_submit`` call, so that the kernel gets the
+    first requests of a large batch without waiting for the pins of the
+    last.  Every other Iocb is prepared (pinned, or checked in full) here.
+    Its ``aio_key`` is set here either way (an interrupted submission reads
+    it to tell which requests the kernel took).
 
     Raises:
         IocbInFlightError: an Iocb is in flight, or listed twice.
@@ -640,10 +637,17 @@ def _claim(batch: list[Iocb], ctx: IOContext) -> None:
         for obj in batch:
             flight = obj._flight
             if flight.ready and obj._export and flight.ctx is None:
-                try:
-                    size = len(obj._values[_BUF])
-                except ValueError:  # a released view: _prepare says so
-                    size = -1
+                if obj._export == _FIXED:
+                    try:  # (its length cannot change)
+                        flight.pins = (_memoryview(obj._values[_BUF]),)
+                        size = obj._pin_nbytes
+                    except ValueError:  # released: _prepare says so
+                        size = -1
+                else:
+                    try:
+                        size = len(obj._values[_BUF])
+                    except ValueError:  # a released view: _prepare says so
+                        size = -1
                 if size == obj._pin_nbytes:
                     obj._views[2][_KEY_WORD] = _UNSENT_KEY
                     flight.ctx = ctx
