@@ -518,8 +518,11 @@ class AsyncFile:
                 self._rbuf += chunk
             data, self._rbuf = self._rbuf, b""
             return data
-        out = [bytes(self._buffered())]
-        pos = self._pos + len(out[0])
+        # (nothing buffered: no empty head, so that the join of a file read
+        # in one chunk is that chunk, not a copy of it)
+        have = self._buffered()
+        out = [bytes(have)] if have else []
+        pos = self._pos + len(have)
         while True:  # the position moves at the end (a cancellation leaves it)
             size = self._size_hint
             if self._direct:
