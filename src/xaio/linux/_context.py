@@ -326,7 +326,7 @@ def _submit(ctx: IOContext, iocbs: Iterable[Iocb]) -> int:
     with ctx._lock:
         if ctx._destroyed or ctx._foreign:
             return -errno.EINVAL
-        _claim(batch, ctx)
+        unpinned = _claim(batch, ctx)
         ctx._inflight.update(zip(addresses[:first], batch, strict=False))
     ret = 0
     spare = ctx._spare_ptrs
@@ -345,7 +345,8 @@ def _submit(ctx: IOContext, iocbs: Iterable[Iocb]) -> int:
     # whole batch when it is small), after it for the rest.
     done = 0
     try:
-        _pin_claimed(batch, 0, first)  # raises before any call: given back below
+        if unpinned:
+            _pin_claimed(batch, 0, first)  # raises before any call: given back below
         while done < n:
             if done == first:
                 with ctx._lock:
@@ -355,7 +356,8 @@ def _submit(ctx: IOContext, iocbs: Iterable[Iocb]) -> int:
                     ctx._inflight.update(zip(addresses[first:n], batch[first:n], strict=False))
                 array[first:n] = addresses[first:n]
                 try:
-                    _pin_claimed(batch, first, n)
+                    if unpinned:
+                        _pin_claimed(batch, first, n)
                 except (TypeError, ValueError):
                     break  # a buffer another thread changed since _claim: the end
             m = n - done if n - done < _SUBMIT_CHUNK else _SUBMIT_CHUNK

@@ -613,7 +613,7 @@ class Iocb:
         )
 
 
-def _claim(batch: list[Iocb], ctx: IOContext) -> None:
+def _claim(batch: list[Iocb], ctx: IOContext) -> bool:
     """Check every Iocb of *batch* for a submission on *ctx* and mark it in
     flight there, before any of them reaches the kernel.
 
@@ -627,31 +627,40 @@ def _claim(batch: list[Iocb], ctx: IOContext) -> None:
     Its ``aio_key`` is set here either way (an interrupted submission reads
     it to tell which requests the kernel took).
 
+    Returns:
+        True if some Iocb is left for :func:`_pin_claimed` to pin.
+
     Raises:
         IocbInFlightError: an Iocb is in flight, or listed twice.
         TypeError, ValueError: a field or buffer the kernel must not see.
         Every Iocb marked is released again before the exception leaves.
     """
     marked = 0
+    unpinned = False
     try:
         for obj in batch:
             flight = obj._flight
-            if flight.ready and obj._export and flight.ctx is None:
-                if obj._export == _FIXED:
-                    try:  # (its length cannot change)
-                        flight.pins = (_memoryview(obj._values[_BUF]),)
-                        size = obj._pin_nbytes
-                    except ValueError:  # released: _prepare says so
-                        size = -1
+            export = obj._export
+            if export == _FIXED and flight.ready and flight.ctx is None:
+                try:  # (a view's length cannot change)
+                    flight.pins = (_memoryview(obj._values[_BUF]),)
+                except ValueError:  # released: _prepare says so
+                    pass
                 else:
-                    try:
-                        size = len(obj._values[_BUF])
-                    except ValueError:  # a released view: _prepare says so
-                        size = -1
+                    obj._views[2][_KEY_WORD] = _UNSENT_KEY
+                    flight.ctx = ctx
+                    marked += 1
+                    continue
+            elif export and flight.ready and flight.ctx is None:
+                try:
+                    size = len(obj._values[_BUF])
+                except ValueError:  # a released view: _prepare says so
+                    size = -1
                 if size == obj._pin_nbytes:
                     obj._views[2][_KEY_WORD] = _UNSENT_KEY
                     flight.ctx = ctx
                     marked += 1
+                    unpinned = True
                     continue
             obj._prepare()
             flight.ctx = ctx
@@ -660,6 +669,7 @@ def _claim(batch: list[Iocb], ctx: IOContext) -> None:
         for obj in batch[:marked]:
             obj._release()
         raise
+    return unpinned
 
 
 def _pin_claimed(batch: list[Iocb], start: int, stop: int) -> None:
