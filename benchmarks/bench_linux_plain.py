@@ -20,15 +20,19 @@ Each round runs, for every depth, the loop above, the same loop with nothing
 but ctypes system calls (the "ctypes floor": no Iocb, no IOEvent, no check,
 one io_submit per request -- the least Python can do in this loop's shape),
 fio libaio and fio io_uring on the same file (fio is skipped, with a message,
-when it is not installed).  The table shows median IOPS and the median of the
-per-round ratios of each to the better fio of that round; the per-round
-numbers follow it.
+when it is not installed).  The table shows median IOPS, the median of the
+per-round ratios of each to the better fio of that round, and, for the two
+Python loops, the process's CPU time per request (user + system: the
+system calls' share is the same in both, so the difference is the loop's
+Python; it moves far less with the device's pace and the other jobs than
+the IOPS do); the per-round numbers follow it.
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import mmap
 import os
 import random
@@ -41,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import xaio
 from _common import BLOCK, fio_iops, have_fio, make_file, median, table
 from bench_linux import parse_size
+from bench_posix import timed
 from xaio._abi import SYS
 from xaio.linux import Iocb, io_destroy, io_getevents, io_setup, io_submit
 
@@ -173,14 +178,15 @@ def main() -> None:
     path = make_file(parse_size(args.size), args.dir)
     contenders = [LOOP, FLOOR] + (["fio libaio", "fio io_uring"] if fio else [])
     results: dict[tuple[str, int], list[float]] = {}
+    cpu: dict[tuple[str, int], list[float]] = {}  # CPU us per request
     try:
         for r in range(args.rounds):
             for d in depths:
                 for name in contenders:
-                    if name == LOOP:
-                        iops = plain_iops(path, d, args.seconds)
-                    elif name == FLOOR:
-                        iops = floor_iops(path, d, args.seconds)
+                    if name in (LOOP, FLOOR):
+                        run = plain_iops if name == LOOP else floor_iops
+                        iops, used = timed(functools.partial(run, path, d, args.seconds))
+                        cpu.setdefault((name, d), []).append(used)
                     else:
                         engine = name.split()[1]
                         iops = fio_iops(
@@ -199,16 +205,20 @@ def main() -> None:
         for name in contenders:
             xs = results[(name, d)]
             paired = median([x / b for x, b in zip(xs, best, strict=True)])
-            rows.append([d, name, f"{median(xs):,.0f}", f"{paired:.2f}x" if fio else "-"])
+            used = f"{median(cpu[(name, d)]):.2f}" if (name, d) in cpu else "-"
+            rows.append([d, name, f"{median(xs):,.0f}", f"{paired:.2f}x" if fio else "-", used])
     print(
         f"4 KiB O_DIRECT random reads, {args.size} file in {args.dir}, "
         f"{args.seconds}s x {args.rounds} rounds; load {os.getloadavg()[0]:.1f}"
     )
-    print(table(["depth", "path", "median IOPS", "vs better fio (paired)"], rows))
+    print(table(["depth", "path", "median IOPS", "vs better fio (paired)", "CPU us/req"], rows))
     print("(paired: median over rounds of IOPS / the round's better fio)")
     print("\nper round (IOPS):")
     for (name, d), xs in results.items():
         print(f"  depth {d:>3} {name:<16} " + ", ".join(f"{x:,.0f}" for x in xs))
+    print("\nper round (CPU us per request):")
+    for (name, d), xs in cpu.items():
+        print(f"  depth {d:>3} {name:<16} " + ", ".join(f"{x:.2f}" for x in xs))
 
 
 if __name__ == "__main__":
