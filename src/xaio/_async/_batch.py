@@ -197,7 +197,7 @@ class Batch:
             uses the running loop's default engine, as :func:`xaio.pread` does.
     """
 
-    __slots__ = ("_ops", "_engine", "_started", "_count", "_flight")
+    __slots__ = ("_ops", "_engine", "_started", "_count", "_flight", "_mixed")
 
     def __init__(self, engine: AsyncEngine | None = None) -> None:
         self._ops: list[_Request] = []
@@ -206,6 +206,8 @@ class Batch:
         self._count = 0  # requests added so far (the next one's index)
         #: the iteration of as_completed that takes new requests (else None)
         self._flight: _Flight | None = None
+        #: an Operation was added (not every request is a port's tuple)
+        self._mixed = False
 
     def __len__(self) -> int:
         """How many requests were added (also those added while iterating)."""
@@ -226,6 +228,8 @@ class Batch:
         i = self._count
         if not self._started:
             self._ops.append(op)
+            if type(op) is Operation:
+                self._mixed = True
         elif self._flight is not None:
             self._flight.add(op, i)
         else:
@@ -261,9 +265,15 @@ class Batch:
         ):
             fd = check_fd(fd)
             offset = check_offset(offset)
-        op: _Request | None = _slotted(fd, buf, offset, False)
-        if op is None:
-            op = Operation(_READ, fd, (buf,), offset)
+        op: _Request | None
+        if type(buf) is memoryview and buf.nbytes and not buf.readonly and buf.c_contiguous:
+            holder = _export(buf)  # _slotted, written out for aligned_buffer's kind
+            op = (fd, holder, _addressof(holder), buf.nbytes, offset, False, buf)
+        else:
+            op = _slotted(fd, buf, offset, False)
+            if op is None:
+                op = Operation(_READ, fd, (buf,), offset)
+                self._mixed = True
         i = self._count
         if self._started:
             fl = self._flight
@@ -379,7 +389,7 @@ class Batch:
         n = len(ops)
         flight = _Flight(drv)
         try:
-            await flight.start(ops)
+            await flight.start(ops, not self._mixed)
             ops.clear()  # each buffer's export now lives in the port alone
             if flight.nlive():
                 await flight.wait(True)
@@ -576,23 +586,23 @@ class _Flight(Parked):
         self.slot_buf[s] = req[6]
         return s
 
-    def _place_all(self, reqs: list[_Request]) -> bool:
+    def _place_all(self, reqs: list[_Request], slotted: bool) -> bool:
         """:meth:`_place` for every request of a first submission, all at
-        once, if the port takes each (request *i* in slot *i*); False if
-        not (nothing was placed)."""
-        if not reqs or self.slot_index or not all(type(r) is tuple for r in reqs):
+        once, if the port takes each (request *i* in slot *i*; *slotted*:
+        every request is a tuple); False if not (nothing was placed)."""
+        if not reqs or self.slot_index or not slotted:
             return False
         port = self.port
         if port is None:
             port = self.port = self.drv.engine.batch_port(self._on_landed) or _NO_PORT
         if port is _NO_PORT:
             return False
+        fds, holders, addresses, lengths, offsets, writes, bufs = map(list, zip(*reqs, strict=True))
         try:
-            if any(self._kind(fd) == KIND_BLOCKING for fd in {r[0] for r in reqs}):  # type: ignore[index]
+            if any(self._kind(fd) == KIND_BLOCKING for fd in set(fds)):
                 return False
         except OSError:
             return False
-        fds, holders, addresses, lengths, offsets, writes, bufs = map(list, zip(*reqs, strict=True))
         port.fds = fds
         port.holders = holders
         port.addresses = addresses
@@ -663,7 +673,7 @@ class _Flight(Parked):
         if not self._answer(op):
             ops.append(op)
 
-    async def start(self, reqs: list[_Request]) -> None:
+    async def start(self, reqs: list[_Request], slotted: bool = False) -> None:
         """Answer what can be answered here and hand the rest of *reqs* to
         the engine in one submission (trio: a checkpoint before, and after
         if nothing needs waiting for)."""
@@ -672,7 +682,7 @@ class _Flight(Parked):
         ops: list[Operation] = []
         slots: list[int] = []
         try:
-            if self._place_all(reqs):
+            if self._place_all(reqs, slotted):
                 slots = list(range(len(reqs)))
             else:
                 for i, req in enumerate(reqs):
@@ -909,7 +919,7 @@ class AsCompleted:
             batch._flight = fl
             self._since = _perf()
             try:
-                await fl.start(ops)
+                await fl.start(ops, not batch._mixed)
             except BaseException:
                 self._end()
                 raise
