@@ -16,7 +16,14 @@ import anyio
 import pytest
 
 import xaio
-from tests.support import fds_after_a_first_run, open_fds, pattern, resizable, run
+from tests.support import (
+    fds_after_a_first_run,
+    open_fds,
+    pattern,
+    resizable,
+    run,
+    wait_until_async,
+)
 from xaio._async._current import current_driver
 
 pytestmark = pytest.mark.timeout(120)
@@ -742,6 +749,15 @@ def test_each_buffer_kind_goes_through_the_port(
                 assert content(buf) == expected[k * 4096 : (k + 1) * 4096]
             assert [free(b) for b in bufs] == [True] * 5
             assert drv._inflight == 0
+            # a bare async for left early: its requests land on their own,
+            # and the engine keeps no port once none is in flight
+            batch = xaio.Batch()
+            for k in range(8):
+                batch.preadinto(fd, bytearray(4096), k * 4096)
+            async for _i, _result in batch.as_completed():
+                break
+            await wait_until_async(lambda: drv._inflight == 0, "the requests left to land")
+            assert not getattr(drv.engine, "_ports", {})
         finally:
             restore()
             for f in (fd, r, w):

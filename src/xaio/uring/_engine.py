@@ -185,7 +185,8 @@ class UringEngine(Engine):
         self._fixed = False  # buffers registered (register_buffers)
         #: runs what xaio.engine.route sends to threads (made on first use)
         self._threads: ThreadEngine | None = None
-        #: the open batch ports (and closed ones with requests live), by id
+        #: the batch ports with requests in flight, by id (a port joins
+        #: with its first request and leaves once none is live)
         self._ports: dict[int, _Port] = {}
         self._next_port = 0
         self._closed = False
@@ -233,7 +234,7 @@ class UringEngine(Engine):
             self._next_port = (pid + 1) & _PORT_ID_MASK
             while pid in self._ports:  # pragma: no cover - 2**29 ports open at once
                 pid = (pid + 1) & _PORT_ID_MASK
-            port = self._ports[pid] = _Port(self, pid, on_landed)
+            port = _Port(self, pid, on_landed)
         return port
 
     def _port_live(self) -> int:
@@ -819,6 +820,7 @@ class _Port(BatchPort):
                     ring._unhold_each(part, base)
                     raise
                 self.live += len(part)
+                eng._ports[self._id] = self
                 done += len(part)
             eng._counts["submitted"] += n
             if hand_over:
@@ -861,8 +863,6 @@ class _Port(BatchPort):
 
     def close(self) -> None:
         self._closed = True
-        if not self.live:
-            self._engine._ports.pop(self._id, None)
 
     def _land(self, cqes: list[Completion]) -> int:
         """Take the leading CQEs of *cqes* that are this port's (removing
@@ -879,7 +879,7 @@ class _Port(BatchPort):
             i += 1
         del cqes[:i]
         self.live -= i
-        if self._closed and not self.live:
+        if not self.live:
             self._engine._ports.pop(self._id, None)
         self._on_landed(slots, results)
         return i
