@@ -764,3 +764,26 @@ def test_each_buffer_kind_goes_through_the_port(
                 os.close(f)
 
     run(lib, main)
+
+
+def test_a_batch_larger_than_the_queue(lib: str, engine_name: str, data_path: Path) -> None:
+    """A batch of more requests than an engine's submission queue holds
+    (1,500: io_uring's default SQ has 256 entries) reads every block."""
+    expected = pattern(1 << 20)
+
+    async def main() -> None:
+        fd = os.open(data_path, os.O_RDONLY)
+        try:
+            bufs = [bytearray(512) for _ in range(1500)]
+            offsets = [(i * 7919) % 2040 * 512 for i in range(1500)]
+            batch = xaio.Batch()
+            for buf, off in zip(bufs, offsets, strict=True):
+                batch.preadinto(fd, buf, off)
+            assert await batch.run() == [512] * 1500
+            for buf, off in zip(bufs, offsets, strict=True):
+                assert buf == expected[off : off + 512]
+            assert all(resizable(b) for b in bufs)
+        finally:
+            os.close(fd)
+
+    run(lib, main)
