@@ -137,7 +137,7 @@ def _getter(index: int) -> Any:
     return get_field
 
 
-def _field(name: str) -> _Field[Any]:
+def _field(name: str, doc: str) -> _Field[Any]:
     """The property of the field *name* that a prepared image cannot take
     as it is set (the buffer; the opcode, whose change touches the buffer
     rules): setting it is refused in flight and makes the next submission
@@ -151,10 +151,10 @@ def _field(name: str) -> _Field[Any]:
         self._values[index] = value
         flight.ready = False  # the next submission checks everything
 
-    return property(_getter(index), set_field)
+    return property(_getter(index), set_field, doc=doc)
 
 
-def _image_field(name: str) -> _Field[int]:
+def _image_field(name: str, doc: str) -> _Field[int]:
     """The property of the integer field *name* (see ``_INT_FIELDS``):
     setting it is refused in flight, and on a prepared Iocb a valid value
     goes straight into the image (any other makes the next submission check
@@ -173,7 +173,7 @@ def _image_field(name: str) -> _Field[int]:
             else:
                 flight.ready = False
 
-    return property(_getter(index), set_field)
+    return property(_getter(index), set_field, doc=doc)
 
 
 class Iocb:
@@ -218,15 +218,25 @@ class Iocb:
         "__weakref__",
     )
 
-    aio_data = _image_field("aio_data")
-    aio_lio_opcode = _field("aio_lio_opcode")
-    aio_reqprio = _image_field("aio_reqprio")
-    aio_fildes = _image_field("aio_fildes")
-    aio_buf = _field("aio_buf")
-    aio_offset = _image_field("aio_offset")
-    aio_rw_flags = _image_field("aio_rw_flags")
-    aio_flags = _image_field("aio_flags")
-    aio_resfd = _image_field("aio_resfd")
+    aio_data = _image_field(
+        "aio_data", "A 64-bit value of the caller's, returned as the event's ``data``."
+    )
+    aio_lio_opcode = _field("aio_lio_opcode", "The operation: an ``IOCB_CMD_*`` constant.")
+    aio_reqprio = _image_field(
+        "aio_reqprio", "The I/O priority (``ioprio``), used with ``IOCB_FLAG_IOPRIO``."
+    )
+    aio_fildes = _image_field("aio_fildes", "The file descriptor.")
+    aio_buf = _field(
+        "aio_buf",
+        "The buffer (a list of buffers for the vectored opcodes, the event "
+        "mask for ``IOCB_CMD_POLL``, or None).",
+    )
+    aio_offset = _image_field("aio_offset", "The file offset in bytes.")
+    aio_rw_flags = _image_field("aio_rw_flags", "``RWF_*`` flags, as for ``preadv2``.")
+    aio_flags = _image_field("aio_flags", "``IOCB_FLAG_*`` flags.")
+    aio_resfd = _image_field(
+        "aio_resfd", "The eventfd to signal on completion, used with ``IOCB_FLAG_RESFD``."
+    )
     callback: Any
     #: The value of each field made by _field or _image_field, at its
     #: index in ``_VALUES`` (a list item store is the cheapest store).
