@@ -373,6 +373,84 @@ def test_tasks_woken_together_submit_together(
     assert sizes[mark[0]] == again[0], (mark, again, sizes)
 
 
+def test_a_burst_of_slow_steps_is_spread_over_loop_iterations(direct_fd: int) -> None:
+    """64 reads complete together and each woken task then runs for 0.25 ms
+    (the Python of a cold file, say): the driver wakes them a few per loop
+    iteration -- the budget bounds the iteration's time, not only the count
+    of tasks -- so a callback that runs once per iteration sees at most
+    WAKE_MIN of those steps between two of its runs, not all 64."""
+    from xaio._async._driver import WAKE_MIN
+
+    fd = direct_fd
+    expected = pattern(1 << 20)
+    burn = 0.00025
+
+    async def main() -> list[int]:
+        loop = asyncio.get_running_loop()
+        drv = current_driver()
+        sizes: list[int] = []
+        count_submits(drv.engine, sizes)
+        real_reap = drv.engine.reap
+        delivered = [0]
+
+        def reap(*args: Any, **kwargs: Any) -> int:
+            n = real_reap(*args, **kwargs)
+            delivered[0] += n
+            return n
+
+        drv.engine.reap = reap  # type: ignore[method-assign]
+        bufs = [xaio.aligned_buffer(4096) for _ in range(64)]
+        steps = [0]  # woken steps run so far
+        per_iteration: list[int] = []  # woken steps run in each loop iteration
+        ticking = [True]
+
+        def tick(seen: int) -> None:  # once per loop iteration
+            per_iteration.append(steps[0] - seen)
+            if ticking[0]:
+                loop.call_soon(tick, steps[0])
+
+        async def worker(i: int) -> None:
+            assert await xaio.preadinto(fd, bufs[i], i * 4096) == 4096
+            end = time.perf_counter() + burn
+            while time.perf_counter() < end:
+                pass
+            steps[0] += 1
+            assert bytes(bufs[i]) == expected[i * 4096 : (i + 1) * 4096]
+
+        tasks = [asyncio.create_task(worker(i)) for i in range(64)]
+        while sum(sizes) < 64:  # until every read is in the engine
+            await asyncio.sleep(0)
+        # The loop is held here until every completion not yet delivered is
+        # posted: one reap delivers them (a loaded machine may have delivered
+        # a few already, while the others were being submitted).
+        wait_until(
+            lambda: completions_waiting(drv.engine) >= 64 - delivered[0],
+            timeout=30,
+            what="every read's completion",
+        )
+        assert delivered[0] < 32, delivered
+        loop.call_soon(tick, steps[0])
+        await asyncio.gather(*tasks)
+        ticking[0] = False
+        return per_iteration, steps[0] - sum(per_iteration)
+
+    per_iteration, before = asyncio.run(main())
+    assert sum(per_iteration) + before == 64
+    assert max(per_iteration) <= WAKE_MIN, per_iteration
+
+
+def test_the_wake_budget_is_what_fits_in_the_slice() -> None:
+    """The budget is as many steps as fit in the fairness slice at the last
+    iteration's pace, between WAKE_MIN and WAKE_MAX."""
+    from xaio._async._driver import _SLICE, WAKE_MAX, WAKE_MIN, wake_budget
+
+    assert wake_budget(64, _SLICE / 4) == WAKE_MAX  # cheap: all go round
+    assert wake_budget(64, _SLICE * 2) == 32
+    assert wake_budget(10, _SLICE) == 10
+    assert wake_budget(20, _SLICE * 40) == WAKE_MIN  # slow: the floor
+    assert wake_budget(1, 0.0) == WAKE_MAX
+
+
 def _trio_task_names() -> list[str]:
     import trio
 

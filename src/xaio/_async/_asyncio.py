@@ -4,7 +4,8 @@ How a completion reaches a task, fairness, batching and cancellation are the
 same on every loop and described in :mod:`xaio._async._driver`; this module
 holds asyncio's side of them: one Future per request that did not complete at
 once, ``loop.call_soon`` for the batch flush and the new time slice, the wake
-budget, and a FIFO of tasks parked by an exhausted slice.
+budget (:meth:`AsyncioDriver._release` times the loop iterations), and a FIFO
+of tasks parked by an exhausted slice.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from xaio._async._checks import request_error
-from xaio._async._driver import _SLICE, _STREAK, Driver, Parked, abandon
+from xaio._async._driver import _SLICE, _STREAK, WAKE_MIN, Driver, Parked, abandon, wake_budget
 from xaio._ops import Operation, OpState
 from xaio.engine import Engine
 
@@ -29,13 +30,6 @@ _running_loop = asyncio.get_running_loop
 _perf = time.perf_counter
 #: Tasks parked by an exhausted slice that are released per loop iteration.
 _SLICE_WAKE = 1
-#: Most tasks woken by completions per loop iteration: the rest wait for the
-#: next iteration, so one burst of completions cannot hold the loop for longer
-#: than this many task steps (timers and other tasks run between).  64 is the
-#: concurrency the async layer is tuned for: 64 readers go round in one
-#: iteration and their next requests reach the kernel in one io_uring_enter,
-#: while a timer waits for at most one round of them.
-_WAKE_BUDGET = 64
 
 
 class AsyncioDriver(Driver):
@@ -47,7 +41,12 @@ class AsyncioDriver(Driver):
         self._fd = engine.fileno()
         self._waiters: dict[tuple[int, bool], list[asyncio.Future[None]]] = {}
         self._woken = 0  # tasks woken in this loop iteration
+        #: most tasks woken per loop iteration: set by _release (wake_budget)
+        #: from the pace of the last; the first burst finds the lowest
+        self._budget = WAKE_MIN
         self._deferred: list[asyncio.Future[None]] = []
+        self._timed = 0  # woken tasks running in the iteration being timed
+        self._timed_since = 0.0  # when that iteration began (its _release)
         self._slice_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._release_pending = False
         self._slice_start = 0.0  # when this loop iteration's time slice began
@@ -61,14 +60,12 @@ class AsyncioDriver(Driver):
         self._reader = True
 
     def _make_on_done(self) -> Callable[[Operation], None]:
-        budget = _WAKE_BUDGET
-
         def on_done(op: Operation) -> None:
             self._inflight -= 1
             fut = op.context
             if fut is None:
                 return
-            if self._woken < budget:
+            if self._woken < self._budget:
                 if not self._woken and not self._release_pending:
                     self._release_pending = True
                     asyncio.get_running_loop().call_soon(self._release)
@@ -82,15 +79,28 @@ class AsyncioDriver(Driver):
         return on_done
 
     def _release(self) -> None:
-        """Once per loop iteration while completions are being delivered: wake
-        the tasks deferred by the budget (at most :data:`_WAKE_BUDGET`)."""
+        """Once per loop iteration while completions are being delivered
+        (first among what the last iteration scheduled, so before the steps
+        of the tasks it woke): time the last iteration if woken tasks ran in
+        it, set the budget from that (:func:`wake_budget`), and wake the
+        tasks deferred by the budget."""
+        now = _perf()
+        if self._timed:
+            self._budget = wake_budget(self._timed, now - self._timed_since)
         deferred = self._deferred
+        # the tasks woken since the last _release run in this iteration
+        self._timed = self._woken
+        self._timed_since = now
         self._woken = 0
         if not deferred:
-            self._release_pending = False
+            if self._timed:  # time this iteration: _release once more
+                asyncio.get_running_loop().call_soon(self._release)
+            else:
+                self._release_pending = False
             return
-        take = deferred[:_WAKE_BUDGET]
-        del deferred[:_WAKE_BUDGET]
+        budget = self._budget
+        take = deferred[:budget]
+        del deferred[:budget]
         self._woken = len(take)
         for fut in take:
             if not fut.done():

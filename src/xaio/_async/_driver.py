@@ -67,10 +67,18 @@ one-request system calls, each paying the whole cost of an ``io_uring_enter``
 for one request (``benchmarks/async.md`` shows the effect on CPU per read).  A
 request that may be served from the page cache passes a checkpoint before its
 attempt (see *Fairness*); an engine-bound one does not, as its wait is one --
-on trio a second would let the other woken tasks run in between.  At
-most :data:`_WAKE_BUDGET` tasks are woken per loop iteration (the others in the
-next ones), so a burst of completions cannot hold the loop -- and every timer
-and other task of it -- for long.
+on trio a second would let the other woken tasks run in between.
+
+*Wake budget.*  A burst of completions wakes at most :func:`wake_budget`
+tasks per loop iteration (the others in the next ones), so it cannot hold the
+loop -- and every timer and other task of it -- for long.  The budget bounds
+time, not only a count: the driver times each loop iteration in which woken
+tasks ran and wakes, in the next one, as many as fit in :data:`_SLICE` at
+that pace, between :data:`WAKE_MIN` and :data:`WAKE_MAX`.  Cheap steps (an
+O_DIRECT or cached read and the next request) let 64 tasks go round in one
+iteration and share one ``io_uring_enter``; expensive ones (a cold open, a
+file's whole first read) are spread over several iterations, with the
+timers between.
 
 *Cancellation really cancels.*  When the task awaiting a request is cancelled,
 the driver calls ``engine.cancel(op)`` and then keeps waiting -- through
@@ -143,7 +151,7 @@ from xaio._pagecache import INLINE_MAX, NowaitReader, nowait_preadv
 from xaio._syscall import fstat_cached, oserror
 from xaio.engine import KIND_BUFFERED, KIND_DIRECT, Engine, EngineClosedError
 
-__all__ = ["Driver", "abandon"]
+__all__ = ["Driver", "abandon", "wake_budget"]
 
 T = TypeVar("T")
 
@@ -172,6 +180,11 @@ _STREAK = 16
 #: Seconds the loop's thread may run on immediate completions (a driver's
 #: tasks, or one batch iteration) before it yields to the loop.
 _SLICE = 0.0005
+#: Fewest and most tasks woken by completions per loop iteration (see
+#: "Wake budget"): 64 is the concurrency the async layer is tuned for; 8
+#: keeps a loop whose other work fills the slice delivering completions.
+WAKE_MIN = 8
+WAKE_MAX = 64
 #: Most bytes one read(2)/write(2) moves on Linux (MAX_RW_COUNT).
 MAX_RW_COUNT = 0x7FFFF000
 
@@ -179,6 +192,23 @@ MAX_RW_COUNT = 0x7FFFF000
 #: there already: the default ``pipe-max-size``; a single read(2) from a
 #: pipe never returns more than the pipe holds.
 _STREAM_CAP = 1 << 20
+
+
+def wake_budget(steps: int, elapsed: float) -> int:
+    """The most tasks to wake by completions in the next loop iteration.
+
+    Args:
+        steps: tasks woken by completions that ran in the last iteration.
+        elapsed: seconds that iteration took (all of it: the woken tasks'
+            steps and whatever else the loop ran).
+
+    Returns:
+        As many steps as fit in :data:`_SLICE` at the last iteration's pace,
+        between :data:`WAKE_MIN` and :data:`WAKE_MAX`.
+    """
+    if steps * _SLICE >= WAKE_MAX * elapsed:
+        return WAKE_MAX
+    return max(WAKE_MIN, int(steps * _SLICE / elapsed))
 
 
 def _readable_now(fd: int) -> int:
