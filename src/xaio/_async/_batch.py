@@ -268,7 +268,13 @@ class Batch:
         op: _Request | None
         if type(buf) is memoryview and buf.nbytes and not buf.readonly and buf.c_contiguous:
             holder = _export(buf)  # _slotted, written out for aligned_buffer's kind
-            op = (fd, holder, _addressof(holder), buf.nbytes, offset, False, buf)
+            address = _addressof(holder)
+            fl = self._flight
+            i = self._count
+            if fl is not None and fl.put(fd, holder, address, buf.nbytes, offset, False, buf, i):
+                self._count = i + 1  # in a slot of the running iteration
+                return i
+            op = (fd, holder, address, buf.nbytes, offset, False, buf)
         else:
             op = _slotted(fd, buf, offset, False)
             if op is None:
@@ -517,15 +523,13 @@ class _Flight(Parked):
         holders = port.holders
         index = self.slot_index
         bufs = self.slot_buf
-        free = self.free
         landed = self.landed
         for s, res in zip(slots, results, strict=True):
+            landed.append((index[s], res if res >= 0 else self._error(s, res)))
             holders[s] = None  # the buffer is the caller's again
-            i = index[s]
             index[s] = -1
-            landed.append((i, res if res >= 0 else self._error(s, res)))
             bufs[s] = None
-            free.append(s)
+        self.free += slots
         if self.waiter is not None and (not self.wait_all or not self.nlive()):
             self.drv._unpark(self)
 
@@ -552,15 +556,25 @@ class _Flight(Parked):
             kind = seen[fd] = self.drv._kinds.kind(fd)
         return kind
 
-    def _place(self, req: _Slotted, index: int) -> int:
-        """Put *req* (request *index*) in a slot of the engine's port;
-        returns the slot, or -1 if no port takes it (make an Operation)."""
+    def _place(
+        self,
+        fd: int,
+        holder: Any,
+        address: int,
+        length: int,
+        offset: int,
+        write: bool,
+        buf: Any,
+        index: int,
+    ) -> int:
+        """Put request *index* (the fields of a :data:`_Slotted`) in a slot
+        of the engine's port; returns the slot, or -1 if no port takes it
+        (make an Operation)."""
         port = self.port
         if port is None:
             port = self.port = self.drv.engine.batch_port(self._on_landed) or _NO_PORT
         if port is _NO_PORT:
             return -1
-        fd = req[0]
         kind = self.seen.get(fd)
         if kind is None:
             try:
@@ -577,13 +591,13 @@ class _Flight(Parked):
             self.slot_index.append(-1)
             self.slot_buf.append(None)
         port.fds[s] = fd
-        port.holders[s] = req[1]
-        port.addresses[s] = req[2]
-        port.lengths[s] = req[3]
-        port.offsets[s] = req[4]
-        port.writes[s] = req[5]
+        port.holders[s] = holder
+        port.addresses[s] = address
+        port.lengths[s] = length
+        port.offsets[s] = offset
+        port.writes[s] = write
         self.slot_index[s] = index
-        self.slot_buf[s] = req[6]
+        self.slot_buf[s] = buf
         return s
 
     def _place_all(self, reqs: list[_Request], slotted: bool) -> bool:
@@ -663,7 +677,7 @@ class _Flight(Parked):
         """Sort request *index* into the port's *slots*, the *ops* to
         submit, or the landed (answered here)."""
         if type(req) is tuple:
-            s = self._place(req, index)
+            s = self._place(*req, index)
             if s >= 0:
                 slots.append(s)
                 return
@@ -741,20 +755,54 @@ class _Flight(Parked):
     def add(self, req: _Request, index: int) -> None:
         """Take *req* (request *index*) into the running iteration: answered
         here, or pending for the iteration's next submission."""
+        if type(req) is tuple and self.put(*req, index):
+            return
         if self.drv.closed:
             if type(req) is Operation:
                 req.complete(-errno.ECANCELED)  # give its buffers back
             raise EngineClosedError("the engine is closed")
-        if type(req) is tuple and (s := self._place(req, index)) >= 0:
-            self.pending_slots.append(s)
-        else:
-            n = len(self.landed)
-            self._sort(req, index, self.pending, self.pending_slots)
-            if len(self.landed) != n:
-                return  # answered here
+        n = len(self.landed)
+        self._sort(req, index, self.pending, self.pending_slots)
+        if len(self.landed) == n:  # else answered here
+            self._schedule_flush()
+
+    def put(
+        self,
+        fd: int,
+        holder: Any,
+        address: int,
+        length: int,
+        offset: int,
+        write: bool,
+        buf: Any,
+        index: int,
+    ) -> bool:
+        """:meth:`add` for a request a port may take, given by the fields
+        of a :data:`_Slotted`: put in a slot of the port, pending for the
+        iteration's next submission.
+
+        Returns:
+            True if it was; False if no port takes it (nothing was taken:
+            add it as a tuple, which makes it an Operation).
+
+        Raises:
+            EngineClosedError: the engine is closed.
+        """
+        if self.drv.closed:
+            raise EngineClosedError("the engine is closed")
+        s = self._place(fd, holder, address, length, offset, write, buf, index)
+        if s < 0:
+            return False
+        self.pending_slots.append(s)
         if not self.flush_scheduled:
-            # the iterator submits these as it goes; this is for a loop body
-            # that awaits something else before asking for the next result
+            self._schedule_flush()
+        return True
+
+    def _schedule_flush(self) -> None:
+        """Submit the pending requests in the driver's next flush at the
+        latest: the iterator submits them as it goes, this is for a loop
+        body that awaits something else before asking for the next result."""
+        if not self.flush_scheduled:
             self.flush_scheduled = True
             self.drv._call_soon(self._flush_soon)
 
