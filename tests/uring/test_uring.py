@@ -4,6 +4,7 @@ protocol, with real files, O_DIRECT files, pipes and sockets."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import gc
 import os
@@ -832,6 +833,45 @@ def test_engine_register_buffers_edges(engine: UringEngine, pipe: tuple[int, int
         engine.register_buffers([bytearray(1)])
     engine.unregister_buffers()  # closed: nothing to undo
     assert resizable(mem)
+
+
+def test_engine_port_slots_fixed_and_plain(
+    engine: UringEngine, data_fd: int, data_path: Path
+) -> None:
+    """A BatchPort's reads and writes on an engine with a registered buffer:
+    slots inside it (the _FIXED opcodes) and outside it each move the bytes
+    os.pread/os.pwrite move, at their own offsets."""
+    mem = bytearray(8192)
+    assert engine.register_buffers([mem])
+    other = bytearray(4096)
+    data = bytearray(b"p" * 4096)
+    mem[4096:] = b"f" * 4096
+    views = [
+        (ctypes.c_char * 4096).from_buffer(mem),  # fixed read
+        (ctypes.c_char * 4096).from_buffer(other),  # plain read
+        (ctypes.c_char * 4096).from_buffer(mem, 4096),  # fixed write
+        (ctypes.c_char * 4096).from_buffer(data),  # plain write
+    ]
+    landed: dict[int, int] = {}
+    port = engine.batch_port(lambda slots, results: landed.update(zip(slots, results, strict=True)))
+    for s, (offset, write) in enumerate(
+        [(8192, False), (20480, False), (40960, True), (45056, True)]
+    ):
+        assert port.grow() == s
+        port.fds[s] = data_fd
+        port.holders[s] = views[s]
+        port.addresses[s] = ctypes.addressof(views[s])
+        port.lengths[s] = 4096
+        port.offsets[s] = offset
+        port.writes[s] = write
+    port.submit(range(4))
+    wait_until(lambda: engine.reap(0.1) >= 0 and len(landed) == 4, what="the port's CQEs")
+    assert landed == {0: 4096, 1: 4096, 2: 4096, 3: 4096}
+    expected = pattern(1 << 20)
+    assert mem[:4096] == expected[8192:12288] and other == expected[20480:24576]
+    assert os.pread(data_fd, 8192, 40960) == b"f" * 4096 + b"p" * 4096
+    del views
+    port.close()
 
 
 def test_engine_batch_larger_than_both_rings() -> None:

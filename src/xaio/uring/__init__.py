@@ -68,7 +68,8 @@ x86-64 keeps only with a locked instruction (liburing's ``io_uring_smp_mb``).
 *The layers.*  Like liburing, the :class:`Ring` is set up (``_setup``:
 ``io_uring_setup``, the mappings), queued on (``_queue``: the SQ/CQ protocol,
 the one place the ring's indices move and CQEs are read), prepared
-(``_prep``: :func:`~xaio.uring._prep.prep_rw` writes every SQE xaio makes)
+(``_prep``: :func:`~xaio.uring._prep.prep_rw` writes every SQE xaio makes,
+:func:`~xaio.uring._prep.prep_rw_slots` many plain reads and writes at once)
 and registered with (``_register``); :class:`UringBatch` and
 :class:`UringEngine` drive a Ring through that protocol.
 

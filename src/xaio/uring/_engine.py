@@ -28,7 +28,7 @@ from xaio._pagecache import NowaitReader
 from xaio._syscall import oserror
 from xaio.engine._protocol import BatchPort, Engine, EngineClosedError
 from xaio.engine._route import KIND_BLOCKING, route
-from xaio.uring._prep import iovecs, prep_rw
+from xaio.uring._prep import iovecs, prep_rw, prep_rw_slots
 from xaio.uring._ring import Ring
 from xaio.uring._setup import (
     _U32,
@@ -800,20 +800,10 @@ class _Port(BatchPort):
                 sqes, tail, mask = ring._sq_begin()
                 start = tail
                 try:
-                    for s in part:
-                        address = addresses[s]
-                        length = lengths[s]
-                        index = fixed_index(address, length) if fixed_index else -1
-                        if index < 0:
-                            opcode = _OP_WRITE if writes[s] else _OP_READ
-                            index = 0
-                        else:
-                            opcode = _OP_WRITE_FIXED if writes[s] else _OP_READ_FIXED
-                        prep_rw(
-                            sqes, (tail & mask) << 6, opcode, fds[s], address, length,
-                            offsets[s], base | s, 0, 0, index,
-                        )  # fmt: skip
-                        tail += 1
+                    tail = prep_rw_slots(
+                        sqes, tail, mask, part, fds, addresses, lengths, offsets, writes, base,
+                        fixed_index,
+                    )  # fmt: skip
                     ring._sq_end(tail)  # in the try: a signal at this call undoes it all
                 except BaseException:
                     ring._sq_end(start)

@@ -1,4 +1,5 @@
-"""Preparing SQEs: :func:`prep_rw`, and the ``prep_*`` helpers that funnel into it.
+"""Preparing SQEs: :func:`prep_rw`, its bulk form :func:`prep_rw_slots`, and
+the ``prep_*`` helpers that funnel into :func:`prep_rw`.
 
 The helpers keep liburing's names and take their arguments in :mod:`os`
 order; Python buffers they are given are pinned by the ring until the CQE
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from xaio._abi import uring as abi
@@ -19,6 +20,8 @@ from xaio.uring._queue import RingQueue
 from xaio.uring._setup import _SQE_SIZE, _U32, _U64, STATX_SIZE
 
 _pack_sqe = abi.SQE_STRUCT.pack_into
+_OP_READ, _OP_WRITE = abi.IORING_OP_READ, abi.IORING_OP_WRITE
+_OP_READ_FIXED, _OP_WRITE_FIXED = abi.IORING_OP_READ_FIXED, abi.IORING_OP_WRITE_FIXED
 
 
 def prep_rw(
@@ -39,7 +42,8 @@ def prep_rw(
 ) -> None:
     """Write one 64-byte SQE at byte *at* of *sqes* (the ring's SQE array, or
     a :class:`~xaio.uring.UringBatch` slot's image): every SQE xaio makes is
-    written here, as liburing's io_uring_prep_rw fills every SQE its prep
+    written here (or, many plain reads and writes at once, by
+    :func:`prep_rw_slots`, the same fields), as liburing's io_uring_prep_rw fills every SQE its prep
     helpers make.  *addr* must come from a live Pin or a ctypes object kept
     alive until the request's CQE is taken.  The fields are the kernel's
     unsigned ones, but for *fd* (a C ``int``) and *offset* (-1: the file
@@ -52,6 +56,60 @@ def prep_rw(
         sqes, at, opcode, sqe_flags, ioprio, fd, offset & _U64, addr, length, op_flags,
         user_data, buf_index, 0, file_index, addr3, 0,
     )  # fmt: skip
+
+
+def prep_rw_slots(
+    sqes: Any,
+    tail: int,
+    mask: int,
+    slots: Sequence[int],
+    fds: Sequence[int],
+    addresses: Sequence[int],
+    lengths: Sequence[int],
+    offsets: Sequence[int],
+    writes: Sequence[bool],
+    user_data: int,
+    fixed_index: Callable[[int, int], int] | None = None,
+) -> int:
+    """:func:`prep_rw` for many plain reads and writes in one call: for each
+    slot *s* of *slots*, a ``READ`` (a ``WRITE`` if ``writes[s]``) of fd
+    ``fds[s]``, buffer ``addresses[s]`` of ``lengths[s]`` bytes, at file
+    offset ``offsets[s]``, with user_data ``user_data | s``; the ``_FIXED``
+    form on the registered buffer ``fixed_index(address, length)`` names
+    (-1: none).  The SQEs go to the ring's SQE array *sqes* at SQ indexes
+    *tail*, *tail* + 1, ... (byte ``(index & mask) << 6``); moving the SQ
+    tail is the caller's.
+
+    Returns:
+        The SQ index after the last SQE written.
+
+    Raises:
+        struct.error: a field that is not an int, or out of its C range.
+    """
+    pack = _pack_sqe
+    if fixed_index is None:
+        for s in slots:
+            pack(
+                sqes, (tail & mask) << 6, _OP_WRITE if writes[s] else _OP_READ, 0, 0, fds[s],
+                offsets[s] & _U64, addresses[s], lengths[s], 0, user_data | s, 0, 0, 0, 0, 0,
+            )  # fmt: skip
+            tail += 1
+        return tail
+    for s in slots:
+        address = addresses[s]
+        length = lengths[s]
+        index = fixed_index(address, length)
+        if index < 0:
+            opcode = _OP_WRITE if writes[s] else _OP_READ
+            index = 0
+        else:
+            opcode = _OP_WRITE_FIXED if writes[s] else _OP_READ_FIXED
+        pack(
+            sqes, (tail & mask) << 6, opcode, 0, 0, fds[s], offsets[s] & _U64, address,
+            length, 0, user_data | s, index, 0, 0, 0, 0,
+        )  # fmt: skip
+        tail += 1
+    return tail
 
 
 def iovecs(pins: Sequence[Pin]) -> Any:
