@@ -439,6 +439,125 @@ def test_a_burst_of_slow_steps_is_spread_over_loop_iterations(direct_fd: int) ->
     assert max(per_iteration) <= WAKE_MIN, per_iteration
 
 
+def test_a_burst_of_slow_steps_is_spread_over_trio_batches(direct_fd: int) -> None:
+    """The same burst on trio: 64 reads complete in one reap and each woken
+    task then runs for 0.25 ms; the driver reschedules a few per scheduling
+    batch (trio looks at its timers between batches), so at most WAKE_MIN
+    of those steps run in one batch, not all 64 (counted at trio's own batch
+    boundary, an instrument's ``before_io_wait``: a task's place in a batch
+    is random)."""
+    import trio
+
+    from xaio._async._driver import WAKE_MIN
+
+    fd = direct_fd
+    expected = pattern(1 << 20)
+    burn = 0.00025
+
+    async def main() -> tuple[list[int], int]:
+        drv = current_driver()
+        sizes: list[int] = []
+        count_submits(drv.engine, sizes)
+        real_reap = drv.engine.reap
+        delivered = [0]
+
+        def reap(*args: Any, **kwargs: Any) -> int:
+            n = real_reap(*args, **kwargs)
+            delivered[0] += n
+            return n
+
+        drv.engine.reap = reap  # type: ignore[method-assign]
+        bufs = [xaio.aligned_buffer(4096) for _ in range(64)]
+        steps = [0]  # woken steps run so far
+        per_batch: list[int] = []  # woken steps run in each scheduling batch
+
+        class Count(trio.abc.Instrument):  # type: ignore[misc]
+            def __init__(self) -> None:
+                self.seen = steps[0]
+
+            def before_io_wait(self, timeout: float) -> None:  # a batch has run
+                per_batch.append(steps[0] - self.seen)
+                self.seen = steps[0]
+
+        async def worker(i: int) -> None:
+            assert await xaio.preadinto(fd, bufs[i], i * 4096) == 4096
+            end = time.perf_counter() + burn
+            while time.perf_counter() < end:
+                pass
+            steps[0] += 1
+            assert bytes(bufs[i]) == expected[i * 4096 : (i + 1) * 4096]
+
+        async with trio.open_nursery() as workers:
+            for i in range(64):
+                workers.start_soon(worker, i)
+            while sum(sizes) < 64:  # until every read is in the engine
+                await trio.lowlevel.checkpoint()
+            # The run is held here until every completion not yet
+            # delivered is posted: one reap delivers them.
+            wait_until(
+                lambda: completions_waiting(drv.engine) >= 64 - delivered[0],
+                timeout=30,
+                what="every read's completion",
+            )
+            assert delivered[0] < 32, delivered
+            before = steps[0]
+            count = Count()
+            trio.lowlevel.add_instrument(count)
+        trio.lowlevel.remove_instrument(count)
+        per_batch.append(steps[0] - count.seen)
+        return per_batch, before
+
+    per_batch, before = trio.run(main)
+    assert sum(per_batch) + before == 64, (per_batch, before)
+    assert max(per_batch) <= WAKE_MIN, per_batch
+
+
+def test_trio_tasks_cancelled_while_deferred_by_the_budget_end(direct_fd: int) -> None:
+    """trio: tasks whose reads completed but whose wake-up the budget left
+    to a later batch are cancelled there: each ends (its read done, the
+    cancellation raised at its next checkpoint or at once), none waits
+    forever, and the driver's counts return to zero."""
+    import trio
+
+    fd = direct_fd
+
+    async def main() -> int:
+        drv = current_driver()
+        sizes: list[int] = []
+        count_submits(drv.engine, sizes)
+        bufs = [xaio.aligned_buffer(4096) for _ in range(64)]
+        ended = [0]
+
+        async def worker(i: int) -> None:
+            try:
+                await xaio.preadinto(fd, bufs[i], i * 4096)
+                await trio.sleep_forever()
+            finally:
+                ended[0] += 1
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as workers:
+                for i in range(64):
+                    workers.start_soon(worker, i)
+                while sum(sizes) < 64:  # until every read is in the engine
+                    await trio.lowlevel.checkpoint()
+                wait_until(
+                    lambda: completions_waiting(drv.engine) + (64 - drv.in_flight) >= 64,
+                    timeout=30,
+                    what="every read's completion",
+                )
+                drv.on_readable()  # one reap: the budget defers most wake-ups
+                deferred = len(drv._deferred)  # type: ignore[attr-defined]
+                workers.cancel_scope.cancel()
+        assert ended[0] == 64
+        assert drv.in_flight == 0 and drv._wakeups == 0
+        assert not drv._deferred  # type: ignore[attr-defined]
+        return deferred
+
+    deferred = trio.run(main)
+    assert deferred >= 32, deferred
+
+
 def test_the_wake_budget_is_what_fits_in_the_slice() -> None:
     """The budget is as many steps as fit in the fairness slice at the last
     iteration's pace, between WAKE_MIN and WAKE_MAX."""

@@ -78,7 +78,8 @@ that pace, between :data:`WAKE_MIN` and :data:`WAKE_MAX`.  Cheap steps (an
 O_DIRECT or cached read and the next request) let 64 tasks go round in one
 iteration and share one ``io_uring_enter``; expensive ones (a cold open, a
 file's whole first read) are spread over several iterations, with the
-timers between.
+timers between.  On trio the loop iteration is the scheduling batch, timed
+at trio's own batch boundary (:mod:`xaio._async._trio`).
 
 *Cancellation really cancels.*  When the task awaiting a request is cancelled,
 the driver calls ``engine.cancel(op)`` and then keeps waiting -- through

@@ -8,15 +8,28 @@ runs what the driver asks to run "soon" (``_call_soon``: trio's own
 waiting task is parked with ``wait_task_rescheduled`` and rescheduled by the
 operation's ``on_done``.  Every call is a checkpoint (trio's convention).  See
 :mod:`xaio._async._driver` for what the driver does on every loop.
+
+*Wake budget on trio.*  trio runs every task made runnable during one
+scheduling batch in the next one, and looks at its timers and I/O only
+between batches; so ``on_done`` reschedules at most :func:`wake_budget`
+tasks per batch and leaves the others to the next ones.  The clock is trio's
+own batch boundary: an instrument (``trio.lowlevel.add_instrument``) whose
+``after_io_wait`` hook runs after the I/O check, just before the batch is
+taken (it reschedules the deferred tasks there, into that batch) and whose
+``before_io_wait`` hook runs when the batch has ended (it times the batch in
+which woken tasks ran, and sets the budget from that pace).  Timing from a
+task would not do: trio reverses each batch's order at random, so a task's
+place in its batch says nothing about the batch's length.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from xaio._async._checks import request_error
-from xaio._async._driver import Driver, Parked, abandon
+from xaio._async._driver import WAKE_MIN, Driver, Parked, abandon, wake_budget
 from xaio._ops import Operation, OpState
 from xaio.engine import Engine
 
@@ -24,6 +37,7 @@ __all__ = ["TrioDriver"]
 
 T = TypeVar("T")
 _DONE = OpState.DONE
+_perf = time.perf_counter
 
 
 class _TrioCancel:
@@ -56,6 +70,16 @@ class TrioDriver(Driver):
         self._flusher_woken = False
         #: _call_soon's callbacks, run by the flusher before it flushes
         self._soon: list[Callable[[], None]] = []
+        #: tasks rescheduled by completions for the next scheduling batch
+        self._woken = 0
+        #: most tasks woken per batch (wake_budget, set by _batch_ended)
+        self._budget = WAKE_MIN
+        #: completed operations whose task waits for a later batch
+        self._deferred: list[Operation] = []
+        self._timed = 0  # woken tasks running in the batch being timed
+        self._batch_start = 0.0  # when that batch began
+        self._instrument: Any = _batch_instrument(trio, self)
+        trio.lowlevel.add_instrument(self._instrument)
         trio.lowlevel.spawn_system_task(self._reader, name="xaio engine reader")
         trio.lowlevel.spawn_system_task(self._flush_task, name="xaio engine flusher")
 
@@ -68,22 +92,65 @@ class TrioDriver(Driver):
             raise RuntimeError("this xaio engine belongs to another trio run")
 
     def _make_on_done(self) -> Callable[[Operation], None]:
-        reschedule = self._lowlevel.reschedule
-        capture = self._outcome.capture
-
         def on_done(op: Operation) -> None:
             self._inflight -= 1
-            w = op.context
-            if w is None:
+            if op.context is None:
                 return
-            op.context = None
-            self._wakeups += 1  # the task's _wait takes it back when it resumes
-            if type(w) is _TrioCancel:
-                reschedule(w.task, capture(w.raise_cancel))
-            else:
-                reschedule(w)
+            if self._woken >= self._budget:
+                if not self._deferred:
+                    self._wake_flusher()  # keeps a task runnable: see _flush_task
+                self._deferred.append(op)  # (a cancellation still finds it)
+                return
+            self._woken += 1
+            self._wake(op)
 
         return on_done
+
+    def _batch_begins(self) -> None:
+        """Between two scheduling batches, before trio takes the next one:
+        reschedule deferred tasks into it, up to the budget, and start
+        timing it if woken tasks run in it."""
+        deferred = self._deferred
+        if deferred:
+            room = self._budget - self._woken
+            if room > 0:
+                take = deferred[:room]
+                del deferred[:room]
+                self._woken += len(take)
+                for op in take:
+                    self._wake(op)
+        self._timed = self._woken
+        self._woken = 0
+        if self._timed:
+            self._batch_start = _perf()
+
+    def _batch_ended(self) -> None:
+        """A scheduling batch has run: if woken tasks ran in it, set the
+        budget from its pace (:func:`wake_budget`)."""
+        if self._timed:
+            self._budget = wake_budget(self._timed, _perf() - self._batch_start)
+            self._timed = 0
+
+    def _wake_deferred(self) -> None:
+        """Reschedule every deferred task now (the driver or the run ends)."""
+        deferred, self._deferred = self._deferred, []
+        for op in deferred:
+            try:
+                self._wake(op)
+            except RuntimeError:  # pragma: no cover - the run is over
+                pass
+
+    def _wake(self, op: Operation) -> None:
+        """Reschedule the task waiting for the completed *op*."""
+        w = op.context
+        if w is None:
+            return
+        op.context = None
+        self._wakeups += 1  # the task's _wait takes it back when it resumes
+        if type(w) is _TrioCancel:
+            self._lowlevel.reschedule(w.task, self._outcome.capture(w.raise_cancel))
+        else:
+            self._lowlevel.reschedule(w)
 
     async def _reader(self) -> None:
         wait_readable = self._lowlevel.wait_readable
@@ -128,7 +195,9 @@ class TrioDriver(Driver):
         that was runnable with the submitter (e.g. all those woken by one
         reap) has queued its request -- runs the callbacks of
         :meth:`_call_soon` and hands the whole queue to the engine in one
-        submit."""
+        submit.  While tasks wait for a later batch (the wake budget), it
+        stays runnable from batch to batch instead of parking: trio would
+        otherwise sleep in its I/O wait with them deferred."""
         ll = self._lowlevel
 
         def abort(_raise_cancel: Callable[[], Any]) -> Any:
@@ -137,8 +206,12 @@ class TrioDriver(Driver):
 
         try:
             while not self.closed:
-                self._flusher = ll.current_task()
-                await ll.wait_task_rescheduled(abort)
+                if self._deferred:
+                    self._flusher_woken = True
+                    await ll.checkpoint()
+                else:
+                    self._flusher = ll.current_task()
+                    await ll.wait_task_rescheduled(abort)
                 self._flusher_woken = False
                 self._run_soon()
                 self._flush()
@@ -147,6 +220,7 @@ class TrioDriver(Driver):
         finally:
             self._flusher = None
             self._flusher_woken = False
+            self._wake_deferred()  # nothing keeps the run going for them now
             self._run_soon()
             if self._queue and not self.closed:
                 self._flush()
@@ -293,14 +367,36 @@ class TrioDriver(Driver):
         except (RuntimeError, OSError):
             pass
         try:
+            self._lowlevel.remove_instrument(self._instrument)
+        except (RuntimeError, KeyError):
+            pass
+        try:
             super().close()
         finally:
+            self._wake_deferred()
             task, self._flusher = self._flusher, None
             if task is not None:  # let it see `closed` and end
                 try:
                     self._lowlevel.reschedule(task)
                 except RuntimeError:  # pragma: no cover - the run is over
                     pass
+
+
+def _batch_instrument(trio: Any, drv: TrioDriver) -> Any:
+    """The trio instrument that tells *drv* where scheduling batches begin
+    and end (see *Wake budget on trio*); made per driver, as trio's
+    instruments are objects whose hooks it finds by name."""
+
+    class BatchClock(trio.abc.Instrument):  # type: ignore[misc]
+        __slots__ = ()
+
+        def before_io_wait(self, timeout: float) -> None:
+            drv._batch_ended()
+
+        def after_io_wait(self, timeout: float) -> None:
+            drv._batch_begins()
+
+    return BatchClock()
 
 
 # ---------------------------------------------------------------------------------
