@@ -107,13 +107,20 @@ def reap_until(eng: Engine, ops: Sequence[Operation], timeout: float = TIMEOUT) 
         eng.reap(remaining)
 
 
-def count_submits(eng: Engine, sizes: list[int]) -> None:
+def count_submits(
+    eng: Engine,
+    sizes: list[int],
+    batches: list[tuple[threading.Thread, list[Operation]]] | None = None,
+) -> None:
     """Make *eng* append to *sizes* the size of every batch its ``submit``
-    is given (the submit itself is unchanged)."""
+    is given, and to *batches* (if given) the submitting thread and the
+    batch (the submit itself is unchanged)."""
     real_submit = eng.submit
 
     def submit(ops: Sequence[Operation]) -> int:
         sizes.append(len(ops))
+        if batches is not None:
+            batches.append((threading.current_thread(), list(ops)))
         return real_submit(ops)
 
     eng.submit = submit  # type: ignore[method-assign]

@@ -27,11 +27,13 @@ from tests.support import (
     SIG,
     TIMEOUT,
     blocked,
+    count_submits,
     drain,
     engine_running,
     engine_unavailable,
     next_signal,
     no_signal,
+    pattern,
     sigev,
     threads_started_since,
     wait_done,
@@ -435,6 +437,32 @@ def test_exit_with_a_request_in_flight_closes_the_ring() -> None:
     assert out.returncode == 0, out.stderr
     assert out.stderr == ""
     assert out.stdout.split() == ["closed", "True", str(errno.ECANCELED)]
+
+
+def test_reaper_submits_the_main_threads_requests(uring: None, direct_fd: int) -> None:
+    """io_uring finishes a completion in the thread that submitted the
+    request, interrupting it: the requests the main thread queues reach the
+    kernel from the reaper thread, which waits for their completions."""
+    import xaio
+    from xaio._ops import OpCode
+
+    eng = R._get_engine()
+    reaper = R._reaper
+    assert eng.name == "uring" and reaper is not None
+    sizes: list[int] = []
+    batches: list[tuple[threading.Thread, list[Any]]] = []
+    count_submits(eng, sizes, batches)
+    bufs = [xaio.aligned_buffer(4096) for _ in range(8)]
+    cbs = [P.aiocb(direct_fd, i * 4096, b) for i, b in enumerate(bufs)]
+    for cb in cbs:
+        P.aio_read(cb)
+    wait_done(*cbs)
+    assert [P.aio_return(cb) for cb in cbs] == [4096] * 8
+    want = pattern(1 << 20)
+    assert [bytes(b) for b in bufs] == [want[i * 4096 : (i + 1) * 4096] for i in range(8)]
+    readers = [t for t, ops in batches for op in ops if op.opcode is OpCode.READ]
+    assert len(readers) == 8
+    assert all(t is reaper.thread for t in readers)
 
 
 def test_cached_read_completes_at_once_on_uring(uring: None, tfile: int, tmp_path: Any) -> None:

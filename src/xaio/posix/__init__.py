@@ -48,7 +48,9 @@ Some facts about POSIX AIO on Linux, what glibc does, and what we do better
   itself: one thread hand-off per request, not two).  ``aio_init(engine=
   "uring")`` (or ``"linux"``, or any :class:`~xaio.engine.Engine` instance)
   runs the same API there; a reaper thread blocks in ``engine.reap(None)``
-  and records and notifies each completion as the kernel posts it.  An
+  and records and notifies each completion as the kernel posts it (on
+  io_uring it also submits every request: the kernel finishes a
+  completion in the thread that submitted the request).  An
   engine made by name is ours: closed when another is chosen, at exit (an
   io_uring one), and replaced by a fresh one in a forked child (the parent's
   ring is closed there on first use, which only drops the child's copies).
@@ -534,8 +536,8 @@ def aio_suspend(cbs: Iterable[aiocb | None], timeout: float | None = None) -> No
         return
     eng = _runtime._engine
     if eng is not None and not eng.delivers_itself and _runtime._submitter(eng) is None:
-        # Deliver what the kernel has posted ourselves, no hand-off (not in a
-        # short-lived thread on io_uring: it could not submit what that releases).
+        # Deliver what the kernel has posted ourselves, no hand-off (not where
+        # the reaper submits for this thread: on io_uring, see _submitter).
         eng.reap(0)
         for cb in pending:
             if cb._state < HELD:

@@ -120,17 +120,20 @@ def _submitter(eng: Engine) -> _Reaper | None:
 
     io_uring ties a request to the thread that submitted it: when that
     thread exits, a request still waiting (a read on an empty pipe, a write
-    on a full socket) completes with ECANCELED.  A POSIX AIO request must
-    outlive the thread that queued it, so on io_uring only the main thread
-    (which lives as long as the process) and the reaper thread submit; any
-    other thread hands its requests to the reaper (``Engine.thread_bound``)."""
+    on a full socket) completes with ECANCELED; and the kernel finishes a
+    request's completion (the task work that posts its CQE) in that thread,
+    interrupting it if it runs.  A POSIX AIO request must outlive the thread
+    that queued it, and its completion belongs to the reaper, which waits
+    for it: so on io_uring (``Engine.thread_bound``) only the reaper thread
+    submits, and every other thread, the main one too, hands its requests
+    to it.  Requests queued in a burst then reach the kernel together, in
+    one ``io_uring_enter`` per few requests (see :meth:`_Reaper.defer`)."""
     if not eng.thread_bound:
         return None
     reaper = _reaper
     if reaper is None or reaper.engine is not eng:  # pragma: no cover - being replaced
         return None
-    t = threading.current_thread()
-    if t is reaper.thread or t is threading.main_thread():
+    if threading.current_thread() is reaper.thread:
         return None
     return reaper
 
@@ -140,12 +143,12 @@ class _Reaper:
     operations itself: blocks in ``engine.reap(None)`` (for io_uring, in
     ``io_uring_enter`` waiting for a CQE), so each completion is recorded and
     notified by this thread as soon as the kernel posts it.  On io_uring it
-    also submits the requests of short-lived threads (see :func:`_submitter`)."""
+    also submits the requests of every other thread (see :func:`_submitter`)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.stopping = False
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # a signal handler may queue a request
         #: what to submit from this thread: (submit function, its requests)
         self.pending: list[tuple[Callable[[list[aiocb]], None], list[aiocb]]] = []
         # started by _install_locked
@@ -165,14 +168,19 @@ class _Reaper:
 
     def defer(self, submit: Callable[[list[aiocb]], None], cbs: list[aiocb]) -> None:
         """Have this thread call ``submit(cbs)`` (requests in transit, not
-        yet submitted)."""
+        yet submitted).
+
+        The first request of a burst wakes the reaper with a no-operation
+        request; those queued until it runs are submitted with it, from the
+        delivery of that no-operation (``UringEngine`` hands SQEs submitted
+        there to the kernel a few at a time)."""
         with self.lock:
             wake = not self.pending
             self.pending.append((submit, cbs))
         if wake:
             # A no-operation request completes at once and wakes the reaper.
-            # Whoever reaps it submits what is pending: the reaper, or the
-            # main thread (the only other thread that reaps io_uring here).
+            # Whoever reaps it submits what is pending: the reaper (or
+            # _Reaper.stop, which reaps what is left once it has stopped).
             nop = Operation(OpCode.NOP, -1, on_done=self._woken)
             try:
                 self.engine.submit([nop])
