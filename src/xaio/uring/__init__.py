@@ -136,7 +136,10 @@ data stays in the pipe (probed here, and tested).  Regular-file I/O already
 under way still completes.  So submit from threads that outlive their requests
 -- an event loop's thread, the main thread, a reaper -- and never from a
 throw-away worker; :mod:`xaio.posix` hands requests from other threads to its
-reaper for this reason.
+reaper for this reason.  The kernel also finishes each completion (the task
+work that posts its CQE) in the submitting thread, interrupting it if it runs:
+a thread that waits in ``io_uring_enter`` for the completions of requests
+another thread submitted waits for that thread too.
 
 *Slow file systems.*  A read or write on a file system that cannot be asked
 not to block (FUSE, NFS, CIFS...) is not punted to io-wq: ``io_uring_enter``
