@@ -126,6 +126,21 @@ def count_submits(
     eng.submit = submit  # type: ignore[method-assign]
 
 
+def count_reaped(eng: Engine) -> list[int]:
+    """Make *eng* count the completions its ``reap`` delivers; returns the
+    one-item list holding that count (the reap itself is unchanged)."""
+    real_reap = eng.reap
+    delivered = [0]
+
+    def reap(*args: Any, **kwargs: Any) -> int:
+        n = real_reap(*args, **kwargs)
+        delivered[0] += n
+        return n
+
+    eng.reap = reap  # type: ignore[method-assign]
+    return delivered
+
+
 def threads_started_since(before: set[threading.Thread]) -> list[threading.Thread]:
     """The live threads that were not running when *before* was taken
     (``set(threading.enumerate())``).  A thread of an earlier test that

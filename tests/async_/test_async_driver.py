@@ -21,6 +21,7 @@ import pytest
 import xaio
 from tests.support import (
     completions_waiting,
+    count_reaped,
     count_submits,
     open_fds,
     own_aio_ring_sizes,
@@ -325,15 +326,7 @@ def test_tasks_woken_together_submit_together(
         drv = current_driver()
         assert drv.engine.name == name
         count_submits(drv.engine, sizes)
-        real_reap = drv.engine.reap
-        delivered = [0]
-
-        def reap(*args: Any, **kwargs: Any) -> int:
-            n = real_reap(*args, **kwargs)
-            delivered[0] += n
-            return n
-
-        drv.engine.reap = reap  # type: ignore[method-assign]
+        delivered = count_reaped(drv.engine)
         bufs = [xaio.aligned_buffer(4096) for _ in range(8)]
         issued = [0] * 8  # reads each task has asked for
         finished = [0] * 8  # reads each task has got back
@@ -390,15 +383,7 @@ def test_a_burst_of_slow_steps_is_spread_over_loop_iterations(direct_fd: int) ->
         drv = current_driver()
         sizes: list[int] = []
         count_submits(drv.engine, sizes)
-        real_reap = drv.engine.reap
-        delivered = [0]
-
-        def reap(*args: Any, **kwargs: Any) -> int:
-            n = real_reap(*args, **kwargs)
-            delivered[0] += n
-            return n
-
-        drv.engine.reap = reap  # type: ignore[method-assign]
+        delivered = count_reaped(drv.engine)
         bufs = [xaio.aligned_buffer(4096) for _ in range(64)]
         steps = [0]  # woken steps run so far
         per_iteration: list[int] = []  # woken steps run in each loop iteration
@@ -458,15 +443,7 @@ def test_a_burst_of_slow_steps_is_spread_over_trio_batches(direct_fd: int) -> No
         drv = current_driver()
         sizes: list[int] = []
         count_submits(drv.engine, sizes)
-        real_reap = drv.engine.reap
-        delivered = [0]
-
-        def reap(*args: Any, **kwargs: Any) -> int:
-            n = real_reap(*args, **kwargs)
-            delivered[0] += n
-            return n
-
-        drv.engine.reap = reap  # type: ignore[method-assign]
+        delivered = count_reaped(drv.engine)
         bufs = [xaio.aligned_buffer(4096) for _ in range(64)]
         steps = [0]  # woken steps run so far
         per_batch: list[int] = []  # woken steps run in each scheduling batch
