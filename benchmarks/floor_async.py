@@ -161,6 +161,17 @@ def floor_run(path: Path, seconds: float) -> tuple[float, float]:
         os.close(fd)
 
 
+def _new_offsets(batch: UringBatch, got: int, rnd: random.Random, nblocks: int) -> list[int]:
+    """The slots of the *got* reads *batch* just reaped, each checked for a
+    whole block and given a new random offset, ready to resubmit."""
+    slots = batch.done_slots[:got]
+    for i in range(got):
+        if batch.done_res[i] != BLOCK:
+            raise OSError(f"short or failed read: {batch.done_res[i]}")
+        batch.set_offset(slots[i], rnd.randrange(nblocks) * BLOCK)
+    return slots
+
+
 def ring_loop_run(path: Path, seconds: float) -> tuple[float, float]:
     """The least Python can do with io_uring at all, without an event loop:
     a :class:`xaio.uring.UringBatch` (prepared SQE images) with ``TASKS``
@@ -185,11 +196,7 @@ def ring_loop_run(path: Path, seconds: float) -> tuple[float, float]:
                 n, t0, c0 = 0, now, time.thread_time()
             elif t0 and now >= t0 + seconds:
                 break
-            slots = batch.done_slots[:got]
-            for i in range(got):
-                if batch.done_res[i] != BLOCK:
-                    raise OSError(f"short or failed read: {batch.done_res[i]}")
-                batch.set_offset(slots[i], rnd.randrange(nblocks) * BLOCK)
+            slots = _new_offsets(batch, got, rnd, nblocks)
             n += got
             batch.submit(slots)
         return n / (now - t0), (time.thread_time() - c0) / n * 1e6
@@ -265,11 +272,7 @@ async def _ring_stream(
                 n, t0, c0 = 0, now, time.thread_time()
             elif t0 and now >= t0 + seconds:
                 break
-            slots = batch.done_slots[:got]
-            for i in range(got):
-                if batch.done_res[i] != BLOCK:
-                    raise OSError(f"short or failed read: {batch.done_res[i]}")
-                batch.set_offset(slots[i], rnd.randrange(nblocks) * BLOCK)
+            slots = _new_offsets(batch, got, rnd, nblocks)
             n += got
             if got:
                 batch.submit(slots)
