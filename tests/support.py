@@ -126,13 +126,18 @@ def count_submits(
     eng.submit = submit  # type: ignore[method-assign]
 
 
-def count_reaped(eng: Engine) -> list[int]:
+def count_reaped(eng: Engine, held: list[bool] | None = None) -> list[int]:
     """Make *eng* count the completions its ``reap`` delivers; returns the
-    one-item list holding that count (the reap itself is unchanged)."""
+    one-item list holding that count (the reap itself is unchanged).  While
+    ``held[0]`` is true (*held* given), ``reap`` delivers nothing and
+    returns 0: the completions stay posted, for a test that needs them all
+    delivered by one reap once it clears the flag."""
     real_reap = eng.reap
     delivered = [0]
 
     def reap(*args: Any, **kwargs: Any) -> int:
+        if held is not None and held[0]:
+            return 0
         n = real_reap(*args, **kwargs)
         delivered[0] += n
         return n
