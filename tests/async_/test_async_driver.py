@@ -366,6 +366,17 @@ def test_tasks_woken_together_submit_together(
     assert sizes[mark[0]] == again[0], (mark, again, sizes)
 
 
+async def _read_then_burn(fd: int, buf: Any, i: int, expected: bytes, steps: list[int]) -> None:
+    """A task step of the burst tests: read block *i* into *buf*, then run
+    0.25 ms without yielding, count the step and check the block."""
+    assert await xaio.preadinto(fd, buf, i * 4096) == 4096
+    end = time.perf_counter() + 0.00025
+    while time.perf_counter() < end:
+        pass
+    steps[0] += 1
+    assert bytes(buf) == expected[i * 4096 : (i + 1) * 4096]
+
+
 def test_a_burst_of_slow_steps_is_spread_over_loop_iterations(direct_fd: int) -> None:
     """64 reads complete together and each woken task then runs for 0.25 ms
     (the Python of a cold file, say): the driver wakes them a few per loop
@@ -376,7 +387,6 @@ def test_a_burst_of_slow_steps_is_spread_over_loop_iterations(direct_fd: int) ->
 
     fd = direct_fd
     expected = pattern(1 << 20)
-    burn = 0.00025
 
     async def main() -> list[int]:
         loop = asyncio.get_running_loop()
@@ -396,12 +406,7 @@ def test_a_burst_of_slow_steps_is_spread_over_loop_iterations(direct_fd: int) ->
                 loop.call_soon(tick, steps[0])
 
         async def worker(i: int) -> None:
-            assert await xaio.preadinto(fd, bufs[i], i * 4096) == 4096
-            end = time.perf_counter() + burn
-            while time.perf_counter() < end:
-                pass
-            steps[0] += 1
-            assert bytes(bufs[i]) == expected[i * 4096 : (i + 1) * 4096]
+            await _read_then_burn(fd, bufs[i], i, expected, steps)
 
         tasks = [asyncio.create_task(worker(i)) for i in range(64)]
         while sum(sizes) < 64:  # until every read is in the engine
@@ -438,7 +443,6 @@ def test_a_burst_of_slow_steps_is_spread_over_trio_batches(direct_fd: int) -> No
 
     fd = direct_fd
     expected = pattern(1 << 20)
-    burn = 0.00025
 
     async def main() -> tuple[list[int], int]:
         drv = current_driver()
@@ -459,12 +463,7 @@ def test_a_burst_of_slow_steps_is_spread_over_trio_batches(direct_fd: int) -> No
                 self.seen = steps[0]
 
         async def worker(i: int) -> None:
-            assert await xaio.preadinto(fd, bufs[i], i * 4096) == 4096
-            end = time.perf_counter() + burn
-            while time.perf_counter() < end:
-                pass
-            steps[0] += 1
-            assert bytes(bufs[i]) == expected[i * 4096 : (i + 1) * 4096]
+            await _read_then_burn(fd, bufs[i], i, expected, steps)
 
         async with trio.open_nursery() as workers:
             for i in range(64):

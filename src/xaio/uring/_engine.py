@@ -773,7 +773,6 @@ class _Port(BatchPort):
         self._id = pid
         self._base = _PORT_TAG | (pid << 32)
         self._on_landed = on_landed
-        self._closed = False
 
     def submit(self, slots: Sequence[int], hand_over: bool = True) -> None:
         eng = self._engine
@@ -852,7 +851,8 @@ class _Port(BatchPort):
                 ring.submit()
 
     def close(self) -> None:
-        self._closed = True
+        """Nothing to release here: the port leaves the engine's table when
+        its last request lands (:meth:`_land`), whether or not it was closed."""
 
     def _land(self, cqes: list[Completion]) -> int:
         """Take the leading CQEs of *cqes* that are this port's (removing
