@@ -278,36 +278,46 @@ AT_STATX_DONT_SYNC = 0x4000
 STATX_BASIC_STATS = 0x7FF
 #: sizeof(struct statx) (linux/stat.h)
 STATX_SIZE = 256
-_STATX_HEAD = struct.Struct("<IIQIIIHxxQQQQ")  # mask .. attributes_mask (offsets 0..63)
-_STATX_TS = struct.Struct("<qI")
-_STATX_DEVS = struct.Struct("<IIII")  # rdev major/minor, dev major/minor at 128
+#: struct statx from stx_mask to the device numbers (offsets 0..143): the
+#: head, four struct statx_timestamp (atime, btime, ctime, mtime), rdev, dev
+_STATX = struct.Struct("<IIQIIIHxxQQQQ" + "qI4x" * 4 + "IIII")
 _fstat_fast = fast_syscall("statx")
 _EMPTY = ctypes.c_char_p(b"")
+#: os.stat_result takes its fields as one tuple where they are the 10 of
+#: the sequence, then st_atime, st_mtime, st_ctime (floats), their _ns,
+#: st_blksize, st_blocks and st_rdev (CPython on Linux)
+_STAT_ONE_TUPLE = os.stat_result.n_fields == 19
+_makedev = os.makedev
 
 
 def stat_result(buf: Any) -> os.stat_result:
     """The ``os.stat_result`` of a ``struct statx`` that statx(2) filled with
     ``STATX_BASIC_STATS`` (*buf*: its 256 bytes, any buffer object)."""
-    raw = bytes(buf)
-    (_mask, blksize, _attrs, nlink, uid, gid, mode, ino, size, blocks, _am) = (
-        _STATX_HEAD.unpack_from(raw, 0)
-    )
-    a_s, a_ns = _STATX_TS.unpack_from(raw, 64)
-    c_s, c_ns = _STATX_TS.unpack_from(raw, 96)
-    m_s, m_ns = _STATX_TS.unpack_from(raw, 112)
-    rmaj, rmin, dmaj, dmin = _STATX_DEVS.unpack_from(raw, 128)
+    f = _STATX.unpack_from(buf)
+    # (mask, blksize, attributes, nlink, uid, gid, mode, ino, size, blocks,
+    # attributes_mask, then sec/nsec of atime, btime, ctime, mtime, then
+    # rdev and dev major/minor)
+    a_s, a_ns, c_s, c_ns, m_s, m_ns = f[11], f[12], f[15], f[16], f[17], f[18]
+    head = (f[6], f[7], _makedev(f[21], f[22]), f[3], f[4], f[5], f[8], a_s, m_s, c_s)
+    at_ns = a_s * 1_000_000_000 + a_ns
+    mt_ns = m_s * 1_000_000_000 + m_ns
+    ct_ns = c_s * 1_000_000_000 + c_ns
+    blksize, blocks, rdev = f[1], f[9], _makedev(f[19], f[20])
+    a_f, m_f, c_f = a_s + a_ns * 1e-9, m_s + m_ns * 1e-9, c_s + c_ns * 1e-9
+    if _STAT_ONE_TUPLE:  # (no keyword dict to build)
+        return os.stat_result((*head, a_f, m_f, c_f, at_ns, mt_ns, ct_ns, blksize, blocks, rdev))
     return os.stat_result(
-        (mode, ino, os.makedev(dmaj, dmin), nlink, uid, gid, size, a_s, m_s, c_s),
+        head,
         {
-            "st_atime": a_s + a_ns * 1e-9,
-            "st_mtime": m_s + m_ns * 1e-9,
-            "st_ctime": c_s + c_ns * 1e-9,
-            "st_atime_ns": a_s * 1_000_000_000 + a_ns,
-            "st_mtime_ns": m_s * 1_000_000_000 + m_ns,
-            "st_ctime_ns": c_s * 1_000_000_000 + c_ns,
+            "st_atime": a_f,
+            "st_mtime": m_f,
+            "st_ctime": c_f,
+            "st_atime_ns": at_ns,
+            "st_mtime_ns": mt_ns,
+            "st_ctime_ns": ct_ns,
             "st_blksize": blksize,
             "st_blocks": blocks,
-            "st_rdev": os.makedev(rmaj, rmin),
+            "st_rdev": rdev,
         },
     )
 
