@@ -60,15 +60,25 @@ def test_the_reader_skips_o_append_and_o_direct(data_path: Path, data_fd: int) -
     reader = NowaitReader()
     os.pread(data_fd, 4096, 0)
     buf = bytearray(16)
-    assert reader.read(data_fd, buf, 0, 16) == 16 and reader.count == 1
+    assert reader.read(data_fd, (buf,), 0, 16) == 16 and reader.count == 1
     afd = os.open(data_path, os.O_RDWR | os.O_APPEND)
     try:
         assert not reader.flags_ok(afd)
-        assert reader.read(afd, buf, 0, 16) is None
+        assert reader.read(afd, (buf,), 0, 16) is None
     finally:
         os.close(afd)
-    assert reader.read(data_fd, buf, 1 << 30, 16) is None  # short: the caller submits
+    assert reader.read(data_fd, (buf,), 1 << 30, 16) is None  # short: the caller submits
     assert reader.count == 1
+
+
+def test_the_reader_reads_into_several_buffers(data_fd: int) -> None:
+    """The buffers are read as ``os.preadv`` fills them, all or nothing."""
+    reader = NowaitReader()
+    os.pread(data_fd, 4096, 0)
+    a, b = bytearray(10), bytearray(6)
+    assert reader.read(data_fd, (a, b), 100, 16) == 16
+    assert a + b == pattern(116)[100:]
+    assert reader.read(data_fd, [a, b], 200, 16) == 16 and a + b == pattern(216)[200:]
 
 
 class _Gate:
@@ -84,13 +94,13 @@ def test_the_reader_reads_nothing_past_a_closed_gate_nor_once_closed(data_fd: in
     os.pread(data_fd, 4096, 0)
     buf = bytearray(16)
     gates[data_fd] = _Gate(False)  # work held back on the fd
-    assert reader.read(data_fd, buf, 0, 16) is None and buf == bytearray(16)
+    assert reader.read(data_fd, (buf,), 0, 16) is None and buf == bytearray(16)
     gates[data_fd].passable = True
-    assert reader.read(data_fd, buf, 0, 16) == 16 and buf == pattern(16)
+    assert reader.read(data_fd, (buf,), 0, 16) == 16 and buf == pattern(16)
     del gates[data_fd]
-    assert reader.read(data_fd, buf, 16, 16) == 16 and reader.count == 2
+    assert reader.read(data_fd, (buf,), 16, 16) == 16 and reader.count == 2
     reader.close()
-    assert reader.read(data_fd, buf, 0, 16) is None and reader.count == 2
+    assert reader.read(data_fd, (buf,), 0, 16) is None and reader.count == 2
 
 
 def test_the_reader_looks_at_the_flags_again_after_a_while(data_path: Path, data_fd: int) -> None:
@@ -104,17 +114,45 @@ def test_the_reader_looks_at_the_flags_again_after_a_while(data_path: Path, data
     buf = bytearray(16)
     fd = os.dup(data_fd)
     try:
-        assert reader.read(fd, buf, 0, 16) == 16
+        assert reader.read(fd, (buf,), 0, 16) == 16
         afd = os.open(data_path, os.O_RDWR | os.O_APPEND)
         os.dup2(afd, fd)  # the same number, an O_APPEND file now
         os.close(afd)
-        got = [reader.read(fd, buf, 0, 16) for _ in range(_RECHECK)]
+        got = [reader.read(fd, (buf,), 0, 16) for _ in range(_RECHECK)]
         assert got[-1] is None and got.count(None) >= 1
         assert not reader.flags_ok(fd)
         os.dup2(data_fd, fd)  # a plain file again
-        got = [reader.read(fd, buf, 0, 16) for _ in range(_RECHECK + 1)]
+        got = [reader.read(fd, (buf,), 0, 16) for _ in range(_RECHECK + 1)]
         assert got[-1] == 16 and got[0] is None
         reader.decline(fd)
-        assert reader.read(fd, buf, 0, 16) is None
+        assert reader.read(fd, (buf,), 0, 16) is None
     finally:
         os.close(fd)
+
+
+def test_the_flag_cache_grows_for_large_fds_and_stops_at_its_bound(
+    data_path: Path, data_fd: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An fd above the cache's first size is cached like any other; one at or
+    above its bound is not cached at all: its flags are looked at on every
+    read, so an fd number reused for an O_APPEND file is declined at once."""
+    from xaio import _pagecache
+
+    os.pread(data_fd, 4096, 0)
+    buf = bytearray(16)
+    reader = NowaitReader()
+    big = os.dup2(data_fd, _pagecache._FIRST_FDS + 40)
+    try:
+        assert reader.read(big, (buf,), 0, 16) == 16 and buf == pattern(16)
+        assert reader.flags_ok(big)  # cached: no fcntl needed
+        monkeypatch.setattr(_pagecache, "_CACHED_FDS", big)
+        top = NowaitReader()
+        assert top.read(big, (buf,), 0, 16) == 16 and top.count == 1
+        afd = os.open(data_path, os.O_RDWR | os.O_APPEND)
+        os.dup2(afd, big)  # the same number, an O_APPEND file now
+        os.close(afd)
+        assert top.read(big, (buf,), 0, 16) is None and top.count == 1
+        assert reader.read(big, (buf,), 0, 16) == 16  # the cached one is a bounded hint
+        assert not top.flags_ok(-1) and top.read(-1, (buf,), 0, 16) is None
+    finally:
+        os.close(big)

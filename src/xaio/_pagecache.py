@@ -45,6 +45,8 @@ INLINE_MAX = 1 << 20
 _RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 _NO_INLINE_FLAGS = os.O_APPEND | getattr(os, "O_DIRECT", 0)
 _RECHECK = 64
+_FIRST_FDS = 256  # the flag cache's first size (see NowaitReader)
+_CACHED_FDS = 1 << 16  # ... and its largest
 _preadv = os.preadv
 
 #: :func:`nowait_preadv`: the call was refused before the kernel saw it (a
@@ -94,13 +96,16 @@ class NowaitReader:
     The cache holds one int per fd, so that a hit costs one lookup and one
     store: ``n > 0`` -- reads may be tried inline, *n* more before the flags
     are looked at again; ``n < 0`` -- they may not, for ``-n`` more reads;
-    absent (or 0) -- look now.
+    0 -- look now.  It is a list indexed by fd (an index and a store cost
+    less than a dict's lookup and store), grown to the largest fd looked at,
+    up to ``_CACHED_FDS`` entries; the flags of a larger fd are looked at
+    on every read.
     """
 
     __slots__ = ("_flags", "_gates", "closed", "count")
 
     def __init__(self, gates: Mapping[int, _Gate] | None = None) -> None:
-        self._flags: dict[int, int] = {}  # fd -> reads left (see the class docstring)
+        self._flags: list[int] = [0] * _FIRST_FDS  # [fd] -> reads left (see above)
         self._gates: Mapping[int, _Gate] = {} if gates is None else gates
         self.closed = False
         self.count = 0
@@ -113,7 +118,7 @@ class NowaitReader:
         """May reads on *fd* be tried inline at all (not O_DIRECT, not
         O_APPEND, a valid fd, RWF_NOWAIT known)?  Cached, as described above."""
         cache = self._flags
-        left = cache.get(fd, 0)
+        left = cache[fd] if 0 <= fd < len(cache) else 0
         if left > 0:
             cache[fd] = left - 1
             return True
@@ -125,23 +130,32 @@ class NowaitReader:
     def _look(self, fd: int) -> bool:
         """Look at the flags of *fd* (one ``fcntl``), cache and return the answer
         of :meth:`flags_ok`; one read of the budget is used."""
-        cache = self._flags
-        if len(cache) > 1024:
-            cache.clear()
         try:
             ok = _RWF_NOWAIT is not None and not (fcntl.fcntl(fd, fcntl.F_GETFL) & _NO_INLINE_FLAGS)
         except (OSError, OverflowError, ValueError):
             ok = False
-        cache[fd] = _RECHECK - 1 if ok else 1 - _RECHECK
+        self._store(fd, _RECHECK - 1 if ok else 1 - _RECHECK)
         return ok
+
+    def _store(self, fd: int, left: int) -> None:
+        """Cache *left* for *fd*, growing the list as far as ``_CACHED_FDS``."""
+        cache = self._flags
+        if 0 <= fd < len(cache):
+            cache[fd] = left
+        elif len(cache) <= fd < _CACHED_FDS:
+            cache.extend([0] * (fd + 1 - len(cache)))
+            cache[fd] = left
 
     def decline(self, fd: int) -> None:
         """An inline read on *fd* failed (not with EAGAIN): do not try again
         before the flags are looked at anew."""
-        self._flags[fd] = -_RECHECK
+        self._store(fd, -_RECHECK)
 
-    def read(self, fd: int, buffer: Any, offset: int, nbytes: int) -> int | None:
-        """Read *nbytes* at *offset* into *buffer* if the page cache has them all.
+    def read(self, fd: int, buffers: Sequence[Any], offset: int, nbytes: int) -> int | None:
+        """Read *nbytes* at *offset* into *buffers* (writable buffers of
+        *nbytes* bytes in all, as ``os.preadv`` takes them: a caller that
+        reads into the same buffer again keeps its one-element tuple) if the
+        page cache has them all.
 
         The hot path of every page-cache hit (POSIX ``aio_read`` calls it
         through :attr:`xaio.engine.Engine.nowait_reader`): the flag cache and
@@ -161,15 +175,18 @@ class NowaitReader:
             if gate is not None and not gate.passable:
                 return None
         flags = self._flags
-        left = flags.get(fd, 0)
+        try:
+            left = flags[fd] if fd >= 0 else 0
+        except IndexError:  # an fd above the cached ones
+            left = 0
         if left > 0:
             flags[fd] = left - 1
         elif not self.flags_ok(fd):
             return None
         try:
-            n = _preadv(fd, (buffer,), offset, _RWF_NOWAIT)  # type: ignore[arg-type]
+            n = _preadv(fd, buffers, offset, _RWF_NOWAIT)  # type: ignore[arg-type]
         except OSError:  # the kernel's answer: look at the fd again next time
-            flags.pop(fd, None)
+            self._store(fd, 0)
             return None
         except (TypeError, BufferError, OverflowError, ValueError):  # NOT_TRIED
             return None

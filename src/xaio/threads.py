@@ -397,7 +397,7 @@ class ThreadEngine(Engine):
             nbytes = op.pins[0].nbytes
             if nbytes > INLINE_MAX:
                 continue
-            n = read(fd, op.buffers[0], op.offset, nbytes)
+            n = read(fd, op.buffers[:1], op.offset, nbytes)
             if n is not None:
                 done[id(op)] = n
         return done
@@ -477,10 +477,10 @@ class ThreadEngine(Engine):
             must submit the operation as usual (nothing is reported here:
             errors, short reads and EOF all go the normal way).
         """
-        return self._nowait.read(fd, buffer, offset, nbytes)
+        return self._nowait.read(fd, (buffer,), offset, nbytes)
 
     @property
-    def nowait_reader(self) -> Callable[[int, Any, int, int], int | None]:
+    def nowait_reader(self) -> Callable[[int, Sequence[Any], int, int], int | None]:
         """:meth:`read_nowait` without its frame: the reader itself, which
         the engine's lanes gate and its close closes."""
         return self._nowait.read

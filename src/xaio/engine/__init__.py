@@ -38,7 +38,9 @@ The protocol (:class:`Engine`) is deliberately small:
   caller of a ``submit`` interrupted by Ctrl-C asks); ``read_nowait(fd,
   buffer, offset, nbytes)`` reads from the page cache in the calling thread,
   or returns None when the request must be submitted; ``nowait_reader`` is
-  the same as one callable to bind once (the engine's reader itself).
+  the same as one callable to bind once (the engine's reader itself), which
+  takes the buffer in a tuple the caller keeps: ``reader(fd, (buffer,),
+  offset, nbytes)``.
 - ``close()`` stops accepting, cancels what it can, waits for the rest, then
   releases every kernel object.  Idempotent.  An unclosed engine that is
   garbage collected warns (``ResourceWarning``) and closes without waiting

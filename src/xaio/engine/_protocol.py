@@ -168,13 +168,23 @@ class Engine(abc.ABC):
         return None
 
     @property
-    def nowait_reader(self) -> Callable[[int, Any, int, int], int | None]:
+    def nowait_reader(self) -> Callable[[int, Sequence[Any], int, int], int | None]:
         """:meth:`read_nowait` as one callable to bind once, for a caller
-        whose every request may be a page-cache hit (POSIX ``aio_read``):
-        an engine with the fast path gives its reader itself, one Python
-        frame less per read.  It stays valid for the engine's life and
-        declines every read once the engine is closed."""
-        return self.read_nowait
+        whose every request may be a page-cache hit (POSIX ``aio_read``),
+        called as ``reader(fd, (buffer,), offset, nbytes)``: the buffer in a
+        tuple the caller keeps from one read to the next (or several
+        buffers, as ``os.preadv`` takes them).  An engine with the fast path
+        gives its reader itself, one Python frame less per read.  It stays
+        valid for the engine's life and declines every read once the engine
+        is closed."""
+        read_nowait = self.read_nowait
+
+        def reader(fd: int, buffers: Sequence[Any], offset: int, nbytes: int) -> int | None:
+            if len(buffers) != 1:
+                return None
+            return read_nowait(fd, buffers[0], offset, nbytes)
+
+        return reader
 
     @abc.abstractmethod
     def submit(self, ops: Sequence[Operation]) -> int:

@@ -121,7 +121,7 @@ class RoutedEngine(Engine):
         return self._threads.read_nowait(fd, buffer, offset, nbytes)
 
     @property
-    def nowait_reader(self) -> Callable[[int, Any, int, int], int | None]:
+    def nowait_reader(self) -> Callable[[int, Sequence[Any], int, int], int | None]:
         """The thread engine's (closed with this engine)."""
         return self._threads.nowait_reader
 

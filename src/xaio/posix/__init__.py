@@ -294,7 +294,7 @@ def aio_read(cb: aiocb) -> None:
         if shape is None:
             shape = cb._shape = _fast_shape(cb)
         if shape:
-            fd, buf, n = shape
+            fd, buf, n, bufs = shape
             off = cb.aio_offset
             if len(buf) != n:  # resized: look again next time
                 cb._shape = None
@@ -302,7 +302,7 @@ def aio_read(cb: aiocb) -> None:
                 type(off) is int
                 and off >= 0
                 and (not _lanes or _lane_open(fd))
-                and read_nowait(fd, buf, off, n) is not None
+                and read_nowait(fd, bufs, off, n) is not None
             ):
                 cb._complete_now(n)
                 return
@@ -315,7 +315,7 @@ def aio_read(cb: aiocb) -> None:
                 and type(off) is int
                 and off >= 0
                 and (not _lanes or _lane_open(fd))
-                and read_nowait(fd, buf, off, n) is not None
+                and read_nowait(fd, (buf,), off, n) is not None
             ):
                 cb._complete_now(n)
                 if notice is not None:
@@ -327,7 +327,8 @@ def aio_read(cb: aiocb) -> None:
 def _fast_shape(cb: aiocb) -> tuple[Any, ...]:
     """For :func:`aio_read`'s fast path, what the fields of *cb* but
     ``aio_offset`` say, found once (the aiocb keeps it until one of them is
-    set): ``(fd, buffer, nbytes)`` for the shape a C program fills in -- an
+    set): ``(fd, buffer, nbytes, (buffer,))`` (the tuple the reader reads
+    into, made once) for the shape a C program fills in -- an
     int fd, a bytearray or an mmap of exactly ``aio_nbytes`` (or None)
     bytes, at most ``INLINE_MAX``, a valid priority, no sigevent -- that
     needs no check at each call; ``()`` for any other shape, and for a
@@ -353,7 +354,7 @@ def _fast_shape(cb: aiocb) -> tuple[Any, ...]:
     nbytes = cb._nbytes
     if (nbytes is not None and (type(nbytes) is not int or nbytes != n)) or not 0 < n <= INLINE_MAX:
         return ()
-    return (fd, buf, n)
+    return (fd, buf, n, (buf,))
 
 
 def _inline_shape(cb: aiocb) -> tuple[Any, Any, int, Notice | None]:

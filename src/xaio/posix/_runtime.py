@@ -9,7 +9,7 @@ import errno
 import math
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from xaio import _syscall
@@ -37,7 +37,7 @@ _lanes: dict[int, Lane[aiocb]] = {}
 _engine: Engine | None = None
 _engine_is_ours = False  # we created it (and close it)
 #: The engine's page-cache fast path (``Engine.nowait_reader``), bound once.
-_read_nowait: Callable[[int, Any, int, int], int | None] | None = None
+_read_nowait: Callable[[int, Sequence[Any], int, int], int | None] | None = None
 #: What aio_init asked for: an engine name, or the caller's Engine.
 _choice: str | Engine = "thread"
 _config: dict[str, Any] = {"threads": 20, "num": 64, "idle_time": 1.0}
