@@ -886,6 +886,44 @@ def test_resubmitted_iocb_reads_each_new_offset(ctx: IOContext, direct_fd: int) 
         assert bytes(buf) == whole[block * 4096 : (block + 1) * 4096]
 
 
+def test_kept_events_stay_as_reaped_while_their_iocbs_run_again(
+    ctx: IOContext, direct_fd: int
+) -> None:
+    """The plain loop at depth 4: the events a caller keeps still say what
+    was reaped after their Iocbs were changed, resubmitted and reaped again;
+    each new offset and data reach the kernel, and each reap releases the
+    pins (the mmap under a released view closes)."""
+    whole = pattern(1 << 20)
+    raws = [mmap.mmap(-1, 4096) for _ in range(4)]
+    views = [memoryview(raw) for raw in raws]
+    cbs = [Iocb.pread(direct_fd, views[i], i * 4096, data=i) for i in range(4)]
+    assert io_submit(ctx, cbs) == 4
+    kept: list[tuple[list[linux.IOEvent], list[tuple[Any, ...]]]] = []
+    for turn in range(1, 4):
+        events = wait_events(ctx, 4)
+        kept.append((events, [tuple(ev) for ev in events]))
+        for ev in events:
+            assert ev.obj is not None and ev.res == 4096
+            i = ev.data % 8
+            start = ((turn - 1) * 4 + i) * 4096
+            assert bytes(views[i]) == whole[start : start + 4096]
+            ev.obj.aio_offset = (turn * 4 + i) * 4096
+            ev.obj.aio_data = turn * 8 + i
+        assert io_submit(ctx, [ev.obj for ev in events if ev.obj is not None]) == 4
+    for ev in wait_events(ctx, 4):
+        assert (
+            ev.data // 8 == 3
+            and bytes(views[ev.data % 8])
+            == whole[(12 + ev.data % 8) * 4096 : (13 + ev.data % 8) * 4096]
+        )
+    for events, seen in kept:
+        assert [tuple(ev) for ev in events] == seen
+    assert sorted(ev.data for ev in kept[1][0]) == [8, 9, 10, 11]
+    for view, raw in zip(views, raws, strict=True):
+        view.release()
+        raw.close()  # reaped: nothing holds the memory any more
+
+
 @pytest.mark.parametrize("conv", CONVENTIONS)
 def test_field_changes_after_submission_are_checked(
     conv: str, ctx: IOContext, data_fd: int, data_path: Path

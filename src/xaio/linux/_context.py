@@ -215,18 +215,15 @@ class IOContext:
         """The :class:`IOEvent` of each ``(data, obj, res, res2)`` taken from
         the kernel: its Iocb leaves the in-flight table and its buffers are
         released (as :meth:`Iocb._release` does)."""
+        out: list[IOEvent] = []
+        append = out.append
         pop = self._inflight.pop
         with self._lock:
-            out: list[IOEvent] = [
-                _new_event(IOEvent, (data, pop(obj, None), res, res2))
-                for data, obj, res, res2 in raw
-            ]
-            for event in out:
-                owner = event[1]
+            for data, obj, res, res2 in raw:
+                owner = pop(obj, None)
+                append(_new_event(IOEvent, (data, owner, res, res2)))
                 if owner is not None:
-                    flight = owner._flight
-                    flight.pins = ()
-                    flight.ctx = None
+                    owner._pins = None
         self._stats["reaped"] += len(raw)
         return out
 
@@ -326,7 +323,7 @@ def _submit(ctx: IOContext, iocbs: Iterable[Iocb]) -> int:
     with ctx._lock:
         if ctx._destroyed or ctx._foreign:
             return -errno.EINVAL
-        unpinned = _claim(batch, ctx)
+        unpinned = _claim(batch)
         ctx._inflight.update(zip(addresses[:first], batch, strict=False))
     ret = 0
     spare = ctx._spare_ptrs

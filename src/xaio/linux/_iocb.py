@@ -6,7 +6,7 @@ from __future__ import annotations
 import ctypes
 import struct
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from xaio._abi.aio import (
     IOCB_CMD_FDSYNC,
@@ -21,9 +21,6 @@ from xaio._abi.aio import (
     iocb,
 )
 from xaio._buffers import Pin, buffer_length, iovec_array, pin, pin_many
-
-if TYPE_CHECKING:
-    from xaio.linux._context import IOContext
 
 _T = TypeVar("_T")
 _U16 = 0xFFFF
@@ -84,6 +81,10 @@ _UNSENT_KEY = 1
 _KEY = struct.Struct("=I")
 _KEY_OFFSET = iocb.aio_key.offset
 _KEY_WORD = _KEY_OFFSET >> 2  # in Iocb._views[2]
+#: The formats of ``Iocb._views``: unsigned words of 1, 2, 4 and 8 bytes,
+#: then signed ones (at ``_SIGNED`` + log2 of the size).
+_VIEW_FORMATS = "BHIQbhiq"
+_SIGNED = 4
 _c_char_from_buffer = ctypes.c_char.from_buffer
 _memoryview = memoryview
 _addressof = ctypes.addressof
@@ -91,26 +92,6 @@ _addressof = ctypes.addressof
 _NO_BUFFER, _ONE_BUFFER, _VECTOR = 0, 1, 2
 # How a single buffer is pinned again (Iocb._export).
 _MOVABLE, _FIXED = 1, 2
-
-
-class _Flight:
-    """The state of an :class:`Iocb` that each submission and reap change,
-    in an object of its own: storing into it is a plain attribute store,
-    where storing into the Iocb goes through a field's property."""
-
-    __slots__ = ("ctx", "pins", "ready")
-
-    def __init__(self) -> None:
-        #: The context the request is in flight on, else None.
-        self.ctx: IOContext | None = None
-        #: What the kernel may use while the request is in flight: the
-        #: buffer exports (and a vectored request's iovec array), referred to
-        #: only from here, so that dropping the tuple releases them.
-        self.pins: tuple[Any, ...] = ()
-        #: True while the Iocb's ``struct iocb`` holds every field as checked
-        #: and written by the last :meth:`Iocb._build` plus the integer
-        #: fields set since.
-        self.ready = False
 
 
 def _int_field(name: str, value: Any) -> int:
@@ -145,11 +126,10 @@ def _field(name: str, doc: str) -> _Field[Any]:
     index = _VALUES.index(name)
 
     def set_field(self: Any, value: Any) -> None:
-        flight = self._flight
-        if flight.ctx is not None:
+        if self._pins is not None:
             raise IocbInFlightError(f"cannot set {name}: the Iocb is in flight")
         self._values[index] = value
-        flight.ready = False  # the next submission checks everything
+        self._ready = False  # the next submission checks everything
 
     return property(_getter(index), set_field, doc=doc)
 
@@ -161,17 +141,33 @@ def _image_field(name: str, doc: str) -> _Field[int]:
     every field, and refuse it)."""
     index = _VALUES.index(name)
     lo, hi, width, word, mask = _INT_FIELDS[name]
+    if lo < 0 <= hi < 1 << ((8 << width) - 1):
+        width += _SIGNED  # every value fits the signed view as it is
+    elif lo < 0:
+        # a setter of its own: the others store without the mask, which
+        # costs ~18 ns a store (aio_offset, once per request of a loop)
+
+        def set_masked(self: Any, value: Any) -> None:
+            if self._pins is not None:
+                raise IocbInFlightError(f"cannot set {name}: the Iocb is in flight")
+            self._values[index] = value
+            if self._ready:
+                if type(value) is int and lo <= value <= hi:
+                    self._views[width][word] = value & mask
+                else:
+                    self._ready = False
+
+        return property(_getter(index), set_masked, doc=doc)
 
     def set_field(self: Any, value: Any) -> None:
-        flight = self._flight
-        if flight.ctx is not None:
+        if self._pins is not None:
             raise IocbInFlightError(f"cannot set {name}: the Iocb is in flight")
         self._values[index] = value
-        if flight.ready:
+        if self._ready:
             if type(value) is int and lo <= value <= hi:
-                self._views[width][word] = value if value >= 0 else value & mask
+                self._views[width][word] = value
             else:
-                flight.ready = False
+                self._ready = False
 
     return property(_getter(index), set_field, doc=doc)
 
@@ -209,7 +205,8 @@ class Iocb:
         "_mem",
         "_views",
         "_address",
-        "_flight",
+        "_pins",
+        "_ready",
         "_kind",
         "_writable",
         "_export",
@@ -244,12 +241,20 @@ class Iocb:
     _nbytes: Any
     _struct: iocb
     _mem: memoryview
-    #: ``_struct`` as bytes, 16-, 32- and 64-bit words (``_VIEW_FORMATS``):
+    #: ``_struct`` as words of each size, unsigned and signed (``_VIEW_FORMATS``):
     #: a field is stored by an item assignment, cheaper than ``pack_into``.
     _views: tuple[memoryview, ...]
     _address: int
-    #: What submission and reaping change (see :class:`_Flight`).
-    _flight: _Flight
+    #: None while the request is not in flight; from submission until its
+    #: event is reaped, what the kernel may use meanwhile: a tuple of the
+    #: buffer exports (and a vectored request's iovec array), or the one
+    #: view that pins a fixed view (``_FIXED``), referred to only from here,
+    #: so that dropping it releases them.  Submission and reaping store into
+    #: this slot, never through a field's property.
+    _pins: Any
+    #: True while ``_struct`` holds every field as checked and written by
+    #: the last :meth:`_build` plus the integer fields set since.
+    _ready: bool
     _kind: int
     _writable: bool
     #: How the single buffer is pinned again: ``_MOVABLE`` (a bytearray,
@@ -266,7 +271,8 @@ class Iocb:
     _pin_nbytes: int
 
     def __init__(self) -> None:
-        self._flight = _Flight()
+        self._pins = None
+        self._ready = False
         self._values = [None if name == "aio_buf" else 0 for name in _VALUES]
         self._nbytes = 0
         self.callback = None
@@ -274,7 +280,10 @@ class Iocb:
         self._struct = st
         mem = memoryview(st).cast("B")
         self._mem = mem
-        self._views = (mem, mem.cast("H"), mem.cast("I"), mem.cast("Q"))
+        self._views = tuple(
+            mem.cast(f)  # type: ignore[call-overload]
+            for f in _VIEW_FORMATS
+        )
         self._address = ctypes.addressof(st)
         self._kind = _NO_BUFFER
         self._writable = False
@@ -304,17 +313,16 @@ class Iocb:
 
     @aio_nbytes.setter
     def aio_nbytes(self, value: int | None) -> None:
-        flight = self._flight
-        if flight.ctx is not None:
+        if self._pins is not None:
             raise IocbInFlightError("cannot set aio_nbytes: the Iocb is in flight")
         self._nbytes = value
-        flight.ready = False  # the next submission checks everything
+        self._ready = False  # the next submission checks everything
 
     @property
     def in_flight(self) -> bool:
         """True from a successful submission until its event is reaped (or
         its context destroyed)."""
-        return self._flight.ctx is not None
+        return self._pins is not None
 
     # --- constructors ------------------------------------------------------------
     @classmethod
@@ -474,19 +482,19 @@ class Iocb:
         with the same length, only the pin is taken again; otherwise
         :meth:`_build` checks every field.  Raises TypeError/ValueError before
         anything reaches the kernel."""
-        flight = self._flight
-        if flight.ctx is not None:
+        if self._pins is not None:
             raise IocbInFlightError("this Iocb is already in flight (or listed twice)")
-        if flight.ready:
+        if self._ready:
             kind = self._kind
             if kind == _ONE_BUFFER:
                 p = self._pin_again()
                 if p is not None:
                     self._views[2][_KEY_WORD] = _UNSENT_KEY
-                    flight.pins = (p,)
+                    self._pins = (p,)
                     return
             elif kind == _NO_BUFFER:
                 self._views[2][_KEY_WORD] = _UNSENT_KEY
+                self._pins = ()
                 return
         self._build()
 
@@ -513,8 +521,7 @@ class Iocb:
 
     def _build(self) -> None:
         """Check every field, pin the buffers and fill ``struct iocb``."""
-        flight = self._flight
-        flight.ready = False
+        self._ready = False
         values = self._values
         data, opcode, reqprio, fd, offset, rw_flags, flags, resfd = (
             _int_field(name, values[i]) for i, name in enumerate(_VALUES) if i != _BUF
@@ -587,7 +594,7 @@ class Iocb:
         st.aio_reserved2 = 0
         st.aio_flags = flags
         st.aio_resfd = resfd & _U32
-        flight.pins = pins
+        self._pins = pins
         self._kind = kind
         self._writable = writable
         export = 0
@@ -601,16 +608,14 @@ class Iocb:
             self._pin_address = address
             self._pin_nbytes = pins[0].nbytes
         self._export = export
-        flight.ready = True
+        self._ready = True
 
     def _release(self) -> None:
         # (IOContext._events does the same for each reaped request.)
-        flight = self._flight
-        flight.pins = ()
-        flight.ctx = None
+        self._pins = None
 
     def __repr__(self) -> str:
-        state = " in flight" if self._flight.ctx is not None else ""
+        state = " in flight" if self._pins is not None else ""
         buf = self.aio_buf
         desc = (
             f"{type(buf).__name__}[{len(buf)}]"
@@ -623,9 +628,10 @@ class Iocb:
         )
 
 
-def _claim(batch: list[Iocb], ctx: IOContext) -> bool:
-    """Check every Iocb of *batch* for a submission on *ctx* and mark it in
-    flight there, before any of them reaches the kernel.
+def _claim(batch: list[Iocb]) -> bool:
+    """Check every Iocb of *batch* for a submission and mark it in flight,
+    before any of them reaches the kernel (the caller holds its context's
+    lock).
 
     A ready Iocb whose single buffer is a fixed view (``_FIXED``) is pinned
     here by a new view of it, the cheapest pin there is.  One whose buffer
@@ -649,31 +655,29 @@ def _claim(batch: list[Iocb], ctx: IOContext) -> bool:
     unpinned = False
     try:
         for obj in batch:
-            flight = obj._flight
-            export = obj._export
-            if export == _FIXED and flight.ready and flight.ctx is None:
-                try:  # (a view's length cannot change)
-                    flight.pins = (_memoryview(obj._values[_BUF]),)
-                except ValueError:  # released: _prepare says so
-                    pass
-                else:
-                    obj._views[2][_KEY_WORD] = _UNSENT_KEY
-                    flight.ctx = ctx
-                    marked += 1
-                    continue
-            elif export and flight.ready and flight.ctx is None:
-                try:
-                    size = len(obj._values[_BUF])
-                except ValueError:  # a released view: _prepare says so
-                    size = -1
-                if size == obj._pin_nbytes:
-                    obj._views[2][_KEY_WORD] = _UNSENT_KEY
-                    flight.ctx = ctx
-                    marked += 1
-                    unpinned = True
-                    continue
+            if obj._pins is None and obj._ready:
+                export = obj._export
+                if export == _FIXED:
+                    try:  # (a view's length cannot change)
+                        obj._pins = _memoryview(obj._values[_BUF])
+                    except ValueError:  # released: _prepare says so
+                        pass
+                    else:
+                        obj._views[2][_KEY_WORD] = _UNSENT_KEY
+                        marked += 1
+                        continue
+                elif export:
+                    try:
+                        size = len(obj._values[_BUF])
+                    except ValueError:  # a released view: _prepare says so
+                        size = -1
+                    if size == obj._pin_nbytes:
+                        obj._views[2][_KEY_WORD] = _UNSENT_KEY
+                        obj._pins = ()
+                        marked += 1
+                        unpinned = True
+                        continue
             obj._prepare()
-            flight.ctx = ctx
             marked += 1
     except BaseException:
         for obj in batch[:marked]:
@@ -688,14 +692,13 @@ def _pin_claimed(batch: list[Iocb], start: int, stop: int) -> None:
     checked in full again (:meth:`Iocb._build`), which may raise TypeError
     or ValueError; the caller then submits nothing from *start* on."""
     for obj in batch[start:stop]:
-        flight = obj._flight
-        if flight.pins or not obj._export:
+        if obj._pins or not obj._export:
             continue  # prepared by _claim, or no buffer to pin
         p = obj._pin_again()
         if p is None:
             obj._build()
         else:
-            flight.pins = (p,)
+            obj._pins = (p,)
 
 
 class IOEvent(NamedTuple):
