@@ -126,6 +126,21 @@ def count_submits(
     eng.submit = submit  # type: ignore[method-assign]
 
 
+def record_fds_asked(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[int]:
+    """Replace ``module.name``, a function of one fd, by one that appends
+    each fd it is asked about to the returned list, in order, and answers
+    as the real one (for the test's duration, through *monkeypatch*)."""
+    asked: list[int] = []
+    real = getattr(module, name)
+
+    def recording(fd: int) -> Any:
+        asked.append(fd)
+        return real(fd)
+
+    monkeypatch.setattr(module, name, recording)
+    return asked
+
+
 def count_reaped(eng: Engine, held: list[bool] | None = None) -> list[int]:
     """Make *eng* count the completions its ``reap`` delivers; returns the
     one-item list holding that count (the reap itself is unchanged).  While

@@ -24,7 +24,15 @@ import anyio
 import pytest
 
 import xaio
-from tests.support import ENGINES, open_fds, pattern, run, skip_unavailable, wait_until_async
+from tests.support import (
+    ENGINES,
+    open_fds,
+    pattern,
+    record_fds_asked,
+    run,
+    skip_unavailable,
+    wait_until_async,
+)
 from xaio._ops import OpCode
 
 pytestmark = pytest.mark.timeout(60)
@@ -283,6 +291,46 @@ def test_direct_every_writing_mode(engine_name: str, direct_dir: Path, mode: str
             g.write(c)
         g.write(b"tail")
     assert mine.read_bytes() == ref.read_bytes()
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["buffered", "direct"])
+def test_a_file_that_opened_its_fd_routes_by_the_kind_it_learned_at_open(
+    lib: str, engine_name: str, direct_dir: Path, direct: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file opened by path knows its fd's kind from the open's own statx
+    (``stat_and_kind``): its requests reach the engine without the routing
+    looking at the fd again, and read what the builtin reads.  A file given
+    an fd (which it does not own from its open) is looked at as before."""
+    from xaio.engine import _route
+
+    p = direct_dir / "kind.bin"
+    data = pattern(3 * 65536 + 100)
+    p.write_bytes(data)
+    asked = record_fds_asked(monkeypatch, _route, "fd_kind")
+
+    def drop_pages() -> None:  # so that the reads go to the engine
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+    async def main() -> list[int]:
+        drop_pages()
+        async with xaio.open(p, "rb", direct=direct) as f:
+            fd = f.fileno()
+            assert await f.read() == data
+        assert fd not in asked
+        drop_pages()
+        fd = os.open(p, os.O_RDONLY | (os.O_DIRECT if direct else 0))
+        async with xaio.open(fd, "rb", direct=direct) as g:
+            assert await g.read() == data
+        return [fd]
+
+    given = run(lib, main)
+    if engine_name != "thread" and (direct or engine_name == "uring"):
+        assert given[0] in asked  # (the engine routes; the thread engine needs no kind)
 
 
 # ---------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from xaio.engine import (
     create_engine,
     fd_kind,
 )
+from xaio.engine._route import stat_and_kind
 
 DELAY = 1.0
 #: The loop's longest lag allowed while the device is slow.
@@ -53,6 +54,7 @@ def test_fd_kind(faultfs: FaultFS, tmp_path: Any) -> None:
     local = tmp_path / "local.bin"
     local.write_bytes(b"k" * 4096)
     r, w = os.pipe()
+    d = os.open(tmp_path, os.O_RDONLY)
     fds = {
         "fuse": os.open(p, os.O_RDONLY),
         "fuse_direct": os.open(p, os.O_RDONLY | os.O_DIRECT),
@@ -65,12 +67,19 @@ def test_fd_kind(faultfs: FaultFS, tmp_path: Any) -> None:
         assert fd_kind(fds["local"]) == KIND_BUFFERED
         assert fd_kind(fds["local_direct"]) == KIND_DIRECT
         assert fd_kind(r) == fd_kind(w) == 0
+        # the kind an fd's opener learns with its fstat, in one statx
+        for name, fd in fds.items():
+            st, kind = stat_and_kind(fd, name.endswith("direct"))
+            assert (st, kind) == (os.fstat(fd), fd_kind(fd)), name
+        assert stat_and_kind(r, False) == (os.fstat(r), -1)  # not a file: not known
+        assert stat_and_kind(d, False) == (os.fstat(d), -1)
         faultfs.inject({"ops": ["getattr"], "delay": 5})
         t0 = time.monotonic()
         assert fd_kind(fds["fuse"]) == KIND_BLOCKING  # no GETATTR to the daemon
+        assert stat_and_kind(fds["fuse"], False)[1] == KIND_BLOCKING
         assert time.monotonic() - t0 < 1
     finally:
-        for fd in (r, w, *fds.values()):
+        for fd in (r, w, d, *fds.values()):
             os.close(fd)
 
 

@@ -123,9 +123,11 @@ class AsyncFile:
         engine: AsyncEngine | str | None,
         st: os.stat_result | None = None,
         fresh: bool = False,
+        kind: int = -1,
     ) -> None:
         # st: fd's fstat if the caller has it; fresh: fd was just opened by
-        # path, so its position is 0 (or the end, for append)
+        # path, so its position is 0 (or the end, for append); kind: the fd's
+        # kind for every request (stat_and_kind), when the file opened the fd
         if st is None:
             st = fstat_cached(fd)
         self._fd = fd
@@ -163,6 +165,7 @@ class AsyncFile:
         self._dbuf: memoryview | None = None  # O_DIRECT bounce buffer, when not in use
         self._last: Operation | None = None  # the last engine operation (see _op)
         self._size_hint = st.st_size
+        self._kind = kind
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -291,6 +294,7 @@ class AsyncFile:
         result is available as ``self._last`` (the op was waited for)."""
         drv = self._drv()
         op = Operation(opcode, self._fd, (buf,), offset)  # drv._run attaches on_done
+        op.kind = self._kind  # (-1: the engine's routing looks at the fd)
         self._last = op
         res = await self._io(drv._run(op))
         self._last = None

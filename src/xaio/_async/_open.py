@@ -29,6 +29,7 @@ from xaio._async._pathops import OP_OPENAT, cached_opens_work, open_cached, run_
 from xaio._async._text import AsyncTextFile
 from xaio._syscall import fstat_cached
 from xaio.engine import ENGINE_NAMES
+from xaio.engine._route import stat_and_kind
 
 __all__ = ["open", "OpenContext"]
 
@@ -154,13 +155,16 @@ def _validate(
     return m, text_encoding, is_fd, file
 
 
-async def _open_fd(drv: Driver, file: Any, flags: int) -> tuple[int, os.stat_result | None]:
+async def _open_fd(
+    drv: Driver, file: Any, flags: int
+) -> tuple[int, os.stat_result, int] | tuple[int, None, int]:
     """The open in this thread when the dentry cache serves it
-    (:func:`open_cached`, which also gives the fd's fstat), else openat(2)
-    on io_uring when the kernel has it, else os.open in a thread.
+    (:func:`open_cached`, which also gives the fd's fstat and kind), else
+    openat(2) on io_uring when the kernel has it, else os.open in a thread.
 
     Returns:
-        The fd, and its fstat if it was taken already.
+        The fd, and its fstat and kind if they were taken already (None, -1
+        if not).
     """
     await drv._fair()  # (a cancellation here has opened nothing)
     res = open_cached(file, flags)
@@ -185,7 +189,7 @@ async def _open_fd(drv: Driver, file: Any, flags: int) -> tuple[int, os.stat_res
     if res < 0:
         e = -res
         raise OSError(e, os.strerror(e), file)
-    return int(res), None
+    return int(res), None, -1
 
 
 async def _open(
@@ -214,6 +218,7 @@ async def _open(
             flags = flags & ~(os.O_APPEND | os.O_ACCMODE) | os.O_RDWR
     drv = driver_for(engine)
     st: os.stat_result | None = None
+    kind = -1  # the fd's kind, for a file that opens (and owns) its fd
     if is_fd:
         fd = file
         if direct and not is_direct(fd):
@@ -224,15 +229,18 @@ async def _open(
             raise ValueError(f"opener returned {fd}")
     else:
         try:
-            fd, st = await _open_fd(drv, file, flags)
+            fd, st, kind = await _open_fd(drv, file, flags)
         except PermissionError:
             if not direct or flags == m.flags | os.O_DIRECT:
                 raise
             # not readable (or appendable) by us: as asked, without read-modify-write
-            fd, st = await _open_fd(drv, file, m.flags | os.O_DIRECT)
+            fd, st, kind = await _open_fd(drv, file, m.flags | os.O_DIRECT)
     try:
         if st is None:
-            st = fstat_cached(fd)
+            if is_fd or opener is not None:
+                st = fstat_cached(fd)
+            else:
+                st, kind = stat_and_kind(fd, direct)
         if stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), file)
         size = buffering
@@ -252,6 +260,7 @@ async def _open(
             engine=engine,
             st=st,
             fresh=not is_fd and opener is None,
+            kind=kind,
         )
     except BaseException:
         if closefd:

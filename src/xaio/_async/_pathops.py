@@ -60,7 +60,7 @@ from xaio._abi import uring as abi
 from xaio._async._driver import Driver
 from xaio._ops import OpCode, Operation, OpState
 from xaio.engine import KIND_BLOCKING
-from xaio.engine._route import classify
+from xaio.engine._route import classify, stat_and_kind
 
 __all__ = ["PathRing", "cached_opens_work", "open_cached", "path_ring", "run_pathop"]
 
@@ -97,16 +97,19 @@ def cached_opens_work() -> bool:
     return _cached_opens[0]
 
 
-def open_cached(path: Any, flags: int) -> tuple[int, os.stat_result] | int | None:
+def open_cached(path: Any, flags: int) -> tuple[int, os.stat_result, int] | int | None:
     """``os.open(path, flags)`` in this thread if the dentry cache can
-    serve it without waiting (see the module essay), and the fd's ``fstat``.
+    serve it without waiting (see the module essay), and the fd's ``fstat``
+    and kind.
 
     Returns:
-        ``(fd, fstat(fd))``; or ``-errno`` when the open failed with the
-        answer a plain open gives (ENOENT, EACCES, EISDIR...); or None when
-        it must be done the other way (not cached, creating or truncating,
-        a kernel without ``RESOLVE_CACHED``, an answer only ``O_NONBLOCK``
-        gives, a path the other way rejects with its own exception).
+        ``(fd, fstat(fd), kind)`` (the kind as
+        :func:`~xaio.engine._route.stat_and_kind` gives it); or ``-errno``
+        when the open failed with the answer a plain open gives (ENOENT,
+        EACCES, EISDIR...); or None when it must be done the other way (not
+        cached, creating or truncating, a kernel without ``RESOLVE_CACHED``,
+        an answer only ``O_NONBLOCK`` gives, a path the other way rejects
+        with its own exception).
     """
     if flags & _NEVER_CACHED or not cached_opens_work():
         return None
@@ -141,12 +144,12 @@ def open_cached(path: Any, flags: int) -> tuple[int, os.stat_result] | int | Non
     if fd < 0:
         return None if -fd in _NOT_THE_ANSWER else fd
     try:
-        st = _syscall.fstat_cached(fd)
+        st, kind = stat_and_kind(fd, bool(flags & os.O_DIRECT))
         os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
         raise
-    return fd, st
+    return fd, st, kind
 
 
 class _Chain:

@@ -179,7 +179,7 @@ def _read_from_caches(drv: Driver, path: Any) -> bytes | None:
         return None
     if not isinstance(got, tuple):
         raise OSError(-got, os.strerror(-got), path)
-    fd, st = got
+    fd, st, _kind = got
     try:
         size = st.st_size
         if not stat.S_ISREG(st.st_mode) or size <= 0:

@@ -15,9 +15,17 @@ import os
 import struct
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 from xaio._ops import OpCode, Operation
-from xaio._syscall import AT_EMPTY_PATH, AT_STATX_DONT_SYNC, fast_syscall
+from xaio._syscall import (
+    AT_EMPTY_PATH,
+    AT_STATX_DONT_SYNC,
+    STATX_BASIC_STATS,
+    fast_syscall,
+    fstat_cached,
+    stat_result,
+)
 
 __all__ = [
     "fd_kind",
@@ -136,14 +144,21 @@ def classify(fd: int) -> int:
     return _classify(fd, True)
 
 
-def _classify(fd: int, positional: bool) -> int:
-    """:func:`fd_kind`; with *positional*, :func:`classify`."""
-    if type(fd) is not int or fd < 0 or fd > 0x7FFFFFFF:
-        return -errno.EBADF if positional else KIND_OTHER
+def _statx_buffer() -> Any:
+    """This thread's ``struct statx`` buffer (its address in ``_tls.address``),
+    made on first use."""
     buf = getattr(_tls, "statx", None)
     if buf is None:
         buf = _tls.statx = ctypes.create_string_buffer(256)
         _tls.address = ctypes.c_void_p(ctypes.addressof(buf))
+    return buf
+
+
+def _classify(fd: int, positional: bool) -> int:
+    """:func:`fd_kind`; with *positional*, :func:`classify`."""
+    if type(fd) is not int or fd < 0 or fd > 0x7FFFFFFF:
+        return -errno.EBADF if positional else KIND_OTHER
+    buf = _statx_buffer()
     flags = AT_EMPTY_PATH | AT_STATX_DONT_SYNC
     err = _statx(fd, _EMPTY_PATH, flags, _STATX_TYPE | _STATX_MNT_ID_UNIQUE, _tls.address)
     if err < 0:
@@ -162,19 +177,61 @@ def _classify(fd: int, positional: bool) -> int:
         if not positional or _takes_positional(fd, fmt):
             return KIND_OTHER
         return -errno.ESPIPE
-    key = (-1, _STATX_MNT_ID.unpack_from(buf)[0]) if mask & _STATX_MNT_ID_UNIQUE else (major, minor)
-    blocks = _blocking_mounts.get(key)
-    if blocks is None:
-        if len(_blocking_mounts) > 4096:
-            _blocking_mounts.clear()
-        blocks = _blocking_mounts[key] = fmt == _S_IFREG and _fs_type_blocks(major, minor)
-    if blocks:
+    if _blocks(buf, mask, fmt, major, minor):
         return KIND_BLOCKING
     try:
         direct = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT
     except OSError:
         return KIND_OTHER
     return KIND_DIRECT if direct else KIND_BUFFERED
+
+
+def _blocks(buf: Any, mask: int, fmt: int, major: int, minor: int) -> bool:
+    """Whether the regular file or block device whose statx is in *buf*
+    (with its mask, type and device) is on a file system that blocks
+    (:data:`BLOCKING_FS_TYPES`), looked up once per mount."""
+    key = (-1, _STATX_MNT_ID.unpack_from(buf)[0]) if mask & _STATX_MNT_ID_UNIQUE else (major, minor)
+    blocks = _blocking_mounts.get(key)
+    if blocks is None:
+        if len(_blocking_mounts) > 4096:
+            _blocking_mounts.clear()
+        blocks = _blocking_mounts[key] = fmt == _S_IFREG and _fs_type_blocks(major, minor)
+    return blocks
+
+
+def stat_and_kind(fd: int, direct: bool) -> tuple[os.stat_result, int]:
+    """``fstat_cached(fd)`` and :func:`fd_kind` in one ``statx``, for an fd
+    that its caller has just opened (*direct*: with ``O_DIRECT``) and owns
+    until it closes it.
+
+    Such a caller may keep the kind for every request on the fd (as
+    :attr:`Operation.kind <xaio._ops.Operation>`) instead of :func:`route`
+    looking at the fd again for each batch: the number cannot be reused
+    before the owner closes it, an open file stays on its file system, and
+    its ``O_DIRECT`` flag is the one the owner opened it with.
+
+    Returns:
+        The fd's ``os.stat_result``, and :data:`KIND_BLOCKING`,
+        :data:`KIND_DIRECT` or :data:`KIND_BUFFERED` for a regular file or
+        block device; -1 (not known: the routing asks as usual) for other
+        fds, or where statx is refused.
+
+    Raises:
+        OSError: as ``os.fstat`` (EBADF...).
+    """
+    buf = _statx_buffer()
+    flags = AT_EMPTY_PATH | AT_STATX_DONT_SYNC
+    err = _statx(fd, _EMPTY_PATH, flags, STATX_BASIC_STATS | _STATX_MNT_ID_UNIQUE, _tls.address)
+    if err < 0:
+        return fstat_cached(fd), -1
+    st = stat_result(buf)
+    mask, mode, major, minor = _STATX_MODE_DEV.unpack_from(buf)
+    fmt = mode & _S_IFMT
+    if fmt != _S_IFREG and fmt != _S_IFBLK:
+        return st, -1
+    if _blocks(buf, mask, fmt, major, minor):
+        return st, KIND_BLOCKING
+    return st, KIND_DIRECT if direct else KIND_BUFFERED
 
 
 def _takes_positional(fd: int, fmt: int) -> bool:
