@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -582,10 +583,17 @@ def test_register_buffers(engine: Engine, data_fd: int, direct_fd: int) -> None:
 @pytest.mark.parametrize("how", ["read_nowait", "nowait_reader"])
 def test_read_nowait(engine: Engine, data_fd: int, tmp_path: Path, how: str) -> None:
     """The page-cache fast path (``Engine.read_nowait``, and the same bound
-    once as ``Engine.nowait_reader``) of every engine: a cached read is done
-    at once; end of file, errors, streams, O_APPEND and O_DIRECT fds are left
-    to the normal path; a closed engine declines."""
-    read_nowait = getattr(engine, how)
+    once as ``Engine.nowait_reader``, which takes the buffer in a tuple) of
+    every engine: a cached read is done at once; end of file, errors,
+    streams, O_APPEND and O_DIRECT fds are left to the normal path; a closed
+    engine declines."""
+    read_nowait = engine.read_nowait
+    if how == "nowait_reader":
+        reader = engine.nowait_reader
+
+        def read_nowait(fd: int, buffer: Any, offset: int, nbytes: int) -> int | None:
+            return reader(fd, (buffer,), offset, nbytes)
+
     os.pread(data_fd, 4096, 0)  # cached
     expected = pattern(1 << 20)
     buf = bytearray(8)
