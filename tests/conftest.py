@@ -4,13 +4,27 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .support import ENGINES, LIBS, pattern, skip_unavailable
+from .support import ENGINES, LIBS, pattern, record_fds_asked, skip_unavailable
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Let the children the tests start be interrupted by SIGINT.
+
+    Tests send SIGINT to child processes (the CLI, ``tests/_sigint_child.py``)
+    and expect a ``KeyboardInterrupt`` there.  A shell starts a background job
+    with SIGINT ignored, and an ignored signal stays ignored across exec, so
+    those children would ignore it too; with a handler here instead, they
+    start with the default action and Python installs its own handler.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
@@ -85,15 +99,7 @@ def kind_checks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     answer and the routing), in order, while the test runs."""
     from xaio._async import _checks
 
-    asked: list[int] = []
-    real = _checks.check_positional
-
-    def counting(fd: int) -> int:
-        asked.append(fd)
-        return real(fd)
-
-    monkeypatch.setattr(_checks, "check_positional", counting)
-    return asked
+    return record_fds_asked(monkeypatch, _checks, "check_positional")
 
 
 @pytest.fixture(params=LIBS)
