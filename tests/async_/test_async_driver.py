@@ -538,14 +538,14 @@ def test_trio_tasks_cancelled_while_deferred_by_the_budget_end(direct_fd: int) -
 
 
 def test_the_wake_budget_is_what_fits_in_the_slice() -> None:
-    """The budget is as many steps as fit in the fairness slice at the last
+    """The budget is as many steps as fit in the wake slice at the last
     iteration's pace, between WAKE_MIN and WAKE_MAX."""
-    from xaio._async._driver import _SLICE, WAKE_MAX, WAKE_MIN, wake_budget
+    from xaio._async._driver import _WAKE_SLICE, WAKE_MAX, WAKE_MIN, wake_budget
 
-    assert wake_budget(64, _SLICE / 4) == WAKE_MAX  # cheap: all go round
-    assert wake_budget(64, _SLICE * 2) == 32
-    assert wake_budget(10, _SLICE) == 10
-    assert wake_budget(20, _SLICE * 40) == WAKE_MIN  # slow: the floor
+    assert wake_budget(64, _WAKE_SLICE / 4) == WAKE_MAX  # cheap: all go round
+    assert wake_budget(64, _WAKE_SLICE * 2) == 32
+    assert wake_budget(10, _WAKE_SLICE) == 10
+    assert wake_budget(20, _WAKE_SLICE * 40) == WAKE_MIN  # slow: the floor
     assert wake_budget(1, 0.0) == WAKE_MAX
 
 
@@ -784,8 +784,7 @@ def test_the_fds_kind_is_forgotten_after_the_iteration(lib: str, data_fd: int) -
 
 
 def test_trio_runs_call_soon_in_the_flusher(direct_fd: int) -> None:
-    """On trio the driver's ``_call_soon`` (which forgets the fds' kinds at
-    the end of a scheduling batch) is run by the flusher, woken with a
+    """On trio the driver's ``_call_soon`` is run by the flusher, woken with a
     ``reschedule``, not by trio's entry queue (two system calls on its
     wake-up socket and a task step per batch); a request queued in the same
     batch still waits for the batch (one submit for both)."""
@@ -800,8 +799,36 @@ def test_trio_runs_call_soon_in_the_flusher(direct_fd: int) -> None:
         assert await xaio.preadinto(direct_fd, buf, 0) == 4096
         await wait_until_async(lambda: bool(ran), "the callback run")
         assert ran == ["xaio engine flusher"]
-        drv._kinds.kind(direct_fd)  # the answers are forgotten by the flusher too
+
+    trio.run(main)
+
+
+def test_trio_forgets_the_fds_kinds_without_a_task_step(direct_fd: int) -> None:
+    """On trio the fds' kinds are forgotten as the next scheduling batch
+    begins (the batch clock), not by a task: a batch of reads awaited as
+    one wakes no task but the engine's reader and its own, once each."""
+    import trio
+
+    steps: list[str] = []
+
+    class Steps(trio.abc.Instrument):  # type: ignore[misc]
+        def before_task_step(self, task: Any) -> None:
+            steps.append(task.name)
+
+    async def main() -> None:
+        drv = current_driver()
+        await wait_until_async(lambda: drv._flusher is not None, "the flusher parked")
+        drv._kinds.kind(direct_fd)
+        assert drv._kinds._known
         await wait_until_async(lambda: not drv._kinds._known, "the answers forgotten")
+        bufs = [xaio.aligned_buffer(4096) for _ in range(8)]
+        trio.lowlevel.add_instrument(Steps())
+        for _ in range(3):
+            batch = xaio.Batch()
+            for i, buf in enumerate(bufs):
+                batch.preadinto(direct_fd, buf, i * 4096)
+            assert await batch.run() == [4096] * 8
+        assert "xaio engine flusher" not in steps, steps
 
     trio.run(main)
 
@@ -809,8 +836,8 @@ def test_trio_runs_call_soon_in_the_flusher(direct_fd: int) -> None:
 def test_trio_requests_of_one_batch_submit_together(direct_fd: int) -> None:
     """Three trio tasks reading in one scheduling batch: the first request,
     with nothing in flight, goes to the engine at once; the other two wait
-    for the flusher -- already woken by the first request's ``_call_soon``
-    (which forgets the fd's kind) -- and reach the engine in one submit."""
+    for the flusher -- woken by the second request -- and reach the engine
+    in one submit."""
     import trio
 
     sizes: list[int] = []

@@ -203,7 +203,7 @@ class FdKinds:
 
     Args:
         call_soon: schedules a call at the end of the loop iteration (the
-            driver's ``_call_soon``); the answers are forgotten then.
+            driver's ``_call_at_turn``); the answers are forgotten then.
     """
 
     __slots__ = ("_known", "_call_soon")

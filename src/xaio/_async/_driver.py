@@ -73,7 +73,7 @@ on trio a second would let the other woken tasks run in between.
 tasks per loop iteration (the others in the next ones), so it cannot hold the
 loop -- and every timer and other task of it -- for long.  The budget bounds
 time, not only a count: the driver times each loop iteration in which woken
-tasks ran and wakes, in the next one, as many as fit in :data:`_SLICE` at
+tasks ran and wakes, in the next one, as many as fit in :data:`_WAKE_SLICE` at
 that pace, between :data:`WAKE_MIN` and :data:`WAKE_MAX`.  Cheap steps (an
 O_DIRECT or cached read and the next request) let 64 tasks go round in one
 iteration and share one ``io_uring_enter``; expensive ones (a cold open, a
@@ -181,6 +181,10 @@ _STREAK = 16
 #: Seconds the loop's thread may run on immediate completions (a driver's
 #: tasks, or one batch iteration) before it yields to the loop.
 _SLICE = 0.0005
+#: Seconds of woken tasks' steps the wake budget aims each loop iteration at
+#: (see "Wake budget"): with the loop's own work around them, an iteration
+#: stays short of a 1 ms timer's period while a burst is spread.
+_WAKE_SLICE = 0.0004
 #: Fewest and most tasks woken by completions per loop iteration (see
 #: "Wake budget"): 64 is the concurrency the async layer is tuned for; 8
 #: keeps a loop whose other work fills the slice delivering completions.
@@ -204,12 +208,12 @@ def wake_budget(steps: int, elapsed: float) -> int:
             steps and whatever else the loop ran).
 
     Returns:
-        As many steps as fit in :data:`_SLICE` at the last iteration's pace,
+        As many steps as fit in :data:`_WAKE_SLICE` at the last iteration's pace,
         between :data:`WAKE_MIN` and :data:`WAKE_MAX`.
     """
-    if steps * _SLICE >= WAKE_MAX * elapsed:
+    if steps * _WAKE_SLICE >= WAKE_MAX * elapsed:
         return WAKE_MAX
-    return max(WAKE_MIN, int(steps * _SLICE / elapsed))
+    return max(WAKE_MIN, int(steps * _WAKE_SLICE / elapsed))
 
 
 def _readable_now(fd: int) -> int:
@@ -292,7 +296,7 @@ class Driver:
         self._fresh_cold = 0
         self._on_done = self._make_on_done()
         #: check_positional's answers for this loop iteration's requests
-        self._kinds = FdKinds(self._call_soon)
+        self._kinds = FdKinds(self._call_at_turn)
         self._pathring: Any = None  # xaio.os's io_uring Ring (_pathops.PathRing), made on demand
         self._pathring_failed = False
         #: drivers of other engine kinds on this loop (``named_driver``), closed with this one
@@ -360,6 +364,13 @@ class Driver:
         """Call ``fn()`` in the loop's thread soon, after the running task
         yields to the loop."""
         raise NotImplementedError
+
+    def _call_at_turn(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` in the loop's thread once the loop has run what is
+        runnable now: ``fn`` must not need to run before the loop waits for
+        I/O (it forgets, it wakes no task).  :meth:`_call_soon` here; trio
+        calls it as its next scheduling batch begins, without a task."""
+        self._call_soon(fn)
 
     async def wait_readable(self, fd: int) -> None:
         raise NotImplementedError

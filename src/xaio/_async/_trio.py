@@ -70,6 +70,8 @@ class TrioDriver(Driver):
         self._flusher_woken = False
         #: _call_soon's callbacks, run by the flusher before it flushes
         self._soon: list[Callable[[], None]] = []
+        #: _call_at_turn's callbacks, run as the next scheduling batch begins
+        self._at_turn: list[Callable[[], None]] = []
         #: tasks rescheduled by completions for the next scheduling batch
         self._woken = 0
         #: most tasks woken per batch (wake_budget, set by _batch_ended)
@@ -108,8 +110,14 @@ class TrioDriver(Driver):
 
     def _batch_begins(self) -> None:
         """Between two scheduling batches, before trio takes the next one:
-        reschedule deferred tasks into it, up to the budget, and start
-        timing it if woken tasks run in it."""
+        run the callbacks of :meth:`_call_at_turn`, reschedule deferred
+        tasks into it, up to the budget, and start timing it if woken tasks
+        run in it."""
+        at_turn = self._at_turn
+        if at_turn:
+            self._at_turn = []
+            for fn in at_turn:
+                fn()
         deferred = self._deferred
         if deferred:
             room = self._budget - self._woken
@@ -341,6 +349,11 @@ class TrioDriver(Driver):
             self._soon.append(fn)
         else:
             self._token.run_sync_soon(fn)
+
+    def _call_at_turn(self, fn: Callable[[], None]) -> None:
+        # the batch clock's after_io_wait runs it: waking the flusher task
+        # for it would cost a task step per scheduling batch
+        self._at_turn.append(fn)
 
     def _sibling(self, engine: Engine) -> Driver:
         return TrioDriver(engine)
