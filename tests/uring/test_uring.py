@@ -874,6 +874,35 @@ def test_engine_port_slots_fixed_and_plain(
     port.close()
 
 
+def test_engine_port_hands_a_batch_over_in_groups(engine: UringEngine, data_fd: int) -> None:
+    """A port's submission of 20 reads enters the kernel once per group of
+    eight, each group handed over as soon as it is written (the block layer
+    holds one enter's requests until it returns: the device starts on the
+    first group while the next is written and taken), and each read lands
+    with the bytes os.pread reads."""
+    bufs = [bytearray(512) for _ in range(20)]
+    views = [(ctypes.c_char * 512).from_buffer(b) for b in bufs]
+    landed: dict[int, int] = {}
+    port = engine.batch_port(lambda slots, results: landed.update(zip(slots, results, strict=True)))
+    for s, view in enumerate(views):
+        assert port.grow() == s
+        port.fds[s] = data_fd
+        port.holders[s] = view
+        port.addresses[s] = ctypes.addressof(view)
+        port.lengths[s] = 512
+        port.offsets[s] = s * 1024
+        port.writes[s] = False
+    enters = engine.statistics()["ring"]["enter"]
+    port.submit(range(20))
+    assert engine.statistics()["ring"]["enter"] - enters == 3  # 8 + 8 + 4
+    wait_until(lambda: engine.reap(0.1) >= 0 and len(landed) == 20, what="the port's CQEs")
+    assert landed == dict.fromkeys(range(20), 512)
+    for s, b in enumerate(bufs):
+        assert b == os.pread(data_fd, 512, s * 1024)
+    del views
+    port.close()
+
+
 def test_engine_batch_larger_than_both_rings() -> None:
     with UringEngine(4) as eng:  # SQ 4, CQ 8: refills the SQ and overflows the CQ
         ops = [Operation(OpCode.NOP, -1) for _ in range(300)]

@@ -1,9 +1,10 @@
 """Many requests in one submission: :class:`Batch`.
 
 A batch collects positional reads, writes and syncs, hands them all to the
-engine in one ``Engine.submit`` (one ``io_uring_enter``, one ``io_submit``,
-one hand-off to the threads), and waits for them with one await
-(:meth:`Batch.run`), or yields each result as it lands
+engine in one submission (io_uring: every SQE written in one call, which
+enters the kernel once per eight of them so the device starts on the first
+ones; one ``io_submit``; one hand-off to the threads), and waits for them
+with one await (:meth:`Batch.run`), or yields each result as it lands
 (:meth:`Batch.as_completed`), taking new requests while it iterates.
 
 *Checks before the kernel.*  Each request's arguments are checked when it is
