@@ -33,7 +33,13 @@ offsets into anonymous mappings):
   :class:`xaio.uring.UringBatch` (ready-made SQE images, buffers pinned once
   and registered, one submit per reaped batch) with and without SQPOLL
   (``sq_thread_idle`` at the kernel's default, 1000 ms): the least Python
-  per request a ring costs here.
+  per request a ring costs here;
+- ``IOBatch submit/batch``: :class:`xaio.linux.IOBatch` (ready-made iocbs,
+  one ``io_submit`` per reaped batch, which runs the cached reads inline,
+  completions read from the kernel's ``aio_ring``): the same with Linux AIO;
+- ``preadv2/request``: the bare Python loop of one ``os.preadv(RWF_NOWAIT)``
+  per request, what ``xaio.posix`` does in ``aio_read`` without its aiocb
+  work: the floor a batched path has to beat.
 
 Each ring is made before its round and closed after it (a SQPOLL thread
 left behind would spin for ``sq_thread_idle`` ms in the next contender's
@@ -65,8 +71,9 @@ import _glibc
 import bench_posix
 import floor_posix
 import xaio.posix as P
-from _common import make_file
+from _common import drive_batch, make_file
 from xaio._abi import uring as abi
+from xaio.linux import IOBatch, io_destroy, io_setup
 from xaio.uring import Ring, UringBatch
 
 BLOCK = 4096
@@ -219,6 +226,36 @@ def run_batch(
     return done / elapsed
 
 
+def run_iobatch(fd: int, bufs: list[mmap.mmap], offsets: list[int], seconds: float) -> float:
+    """The same loop on an :class:`IOBatch` of its own (one ``io_submit`` per
+    reaped batch); ops/s."""
+    ctx = io_setup(2 * len(bufs))
+    batch = IOBatch(ctx, len(bufs))
+    try:
+        return drive_batch(batch, fd, bufs, offsets, seconds, 0, 0)
+    finally:
+        batch.close()
+        io_destroy(ctx)
+
+
+def run_preadv(fd: int, bufs: list[mmap.mmap], offsets: list[int], seconds: float) -> float:
+    """The same loop with one ``os.preadv(RWF_NOWAIT)`` per request and
+    nothing else; ops/s."""
+    k, noff = len(bufs), len(offsets)
+    lists = [(b,) for b in bufs]
+    preadv, nowait = os.preadv, os.RWF_NOWAIT
+    done = 0
+    now = time.perf_counter
+    t0 = now()
+    deadline = t0 + seconds
+    while now() < deadline:
+        for b in lists:
+            if preadv(fd, b, offsets[(done + k) % noff], nowait) != BLOCK:
+                raise RuntimeError("a short or failed read")
+            done += 1
+    return done / (now() - t0)
+
+
 @dataclass
 class Row:
     """One contender's rounds."""
@@ -276,6 +313,7 @@ def main() -> None:
             rows = [
                 Row("glibc", lambda s: bench_posix.run_glibc(lib, fd, addrs, offsets, s)),
                 Row("xaio.posix", lambda s: bench_posix.run_xaio(fd, bufs, offsets, s)),
+                Row("preadv2/request", lambda s: run_preadv(fd, bufs, offsets, s)),
             ]
 
             def ring_row(
@@ -326,6 +364,7 @@ def main() -> None:
                         info,
                     )
                 )
+            rows.append(Row("IOBatch submit/batch", lambda s: run_iobatch(fd, bufs, offsets, s)))
             for row in rows:  # warm-up (threads started, code paths taken): not counted
                 row.run(0.2)
                 if row.ring is not None:
