@@ -135,6 +135,34 @@ def test_fork(engine_name: str, data_path: Path) -> None:
     asyncio.run(main())
 
 
+def test_each_loop_run_in_a_thread_gets_its_own_driver(data_path: Path) -> None:
+    """Two loops run one after the other in one thread, neither closed: each
+    call gets the driver of the loop running it, never the one handed out
+    last for the other (which stays open, its loop idle)."""
+    from xaio._async._current import current_driver
+
+    fd = os.open(data_path, os.O_RDONLY)
+    a, b = asyncio.new_event_loop(), asyncio.new_event_loop()
+
+    async def which() -> Any:
+        assert await xaio.pread(fd, 3, 0) == pattern(3)
+        return current_driver()
+
+    try:
+        da = a.run_until_complete(which())
+        db = b.run_until_complete(which())
+        assert db is not da and not da.closed and not db.closed
+        assert a.run_until_complete(which()) is da
+        assert b.run_until_complete(which()) is db
+        with pytest.raises(RuntimeError):  # and none while no loop runs
+            current_driver()
+    finally:
+        for loop in (a, b):
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+        os.close(fd)
+
+
 def test_loops_in_several_threads(data_path: Path) -> None:
     """Each thread's loop gets its own default engine; all close with their loop."""
 

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = ["current_driver", "current_library", "driver_for", "make_driver", "named_driver"]
 
 _get_running_loop = asyncio._get_running_loop
+_get_ident = threading.get_ident
 
 
 _asyncio_drivers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncioDriver] = (
@@ -171,9 +172,22 @@ def current_driver() -> Driver:
         if sniffio is not None:
             lib = sniffio.thread_local.name or sniffio.current_async_library_cvar.get()
     if lib is None or lib == "asyncio":
+        ref, drv = _last
+        if ref is not None:
+            # The loop of the last driver handed out runs in this thread: it
+            # is the running loop, since a thread runs one loop at a time and
+            # asyncio's loops mark the thread they run in (_thread_id, None
+            # when they stop).  Asking the loop is cheaper than asking for
+            # the running loop, which costs a getpid(2) on Python 3.11.
+            loop = ref()
+            if (
+                loop is not None
+                and getattr(loop, "_thread_id", None) == _get_ident()
+                and not drv.closed
+            ):
+                return drv  # type: ignore[no-any-return]
         loop = _get_running_loop()
         if loop is not None:
-            ref, drv = _last
             if ref is not None and ref() is loop and not drv.closed:
                 return drv  # type: ignore[no-any-return]
             adrv = _asyncio_drivers.get(loop)
