@@ -163,6 +163,49 @@ def test_each_loop_run_in_a_thread_gets_its_own_driver(data_path: Path) -> None:
         os.close(fd)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fork() with threads (3.12+)
+def test_an_engine_refuses_other_loops_and_forked_children(data_path: Path) -> None:
+    """An ``open_engine`` engine serves the loop it was first used on: from
+    another loop run in the same thread afterwards it raises RuntimeError,
+    and so it does in a forked child that goes on inside the loop it forked
+    from (the child inherits that loop's mark of the thread it runs in)."""
+    fd = os.open(data_path, os.O_RDONLY)
+    eng = xaio.open_engine("thread")
+    a, b = asyncio.new_event_loop(), asyncio.new_event_loop()
+
+    async def use() -> bytes:
+        return await eng.pread(fd, 3, 0)
+
+    async def fork_and_use() -> int:
+        assert await use() == pattern(3)
+        pid = os.fork()
+        if pid == 0:  # the child, still inside loop a's run
+            code = 1
+            try:
+                await use()
+            except RuntimeError:
+                code = 0
+            except BaseException:
+                code = 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert await use() == pattern(3)  # still the parent's
+        return os.waitstatus_to_exitcode(status)
+
+    try:
+        assert a.run_until_complete(use()) == pattern(3)
+        with pytest.raises(RuntimeError, match="another event loop"):
+            b.run_until_complete(use())
+        assert a.run_until_complete(fork_and_use()) == 0
+        a.run_until_complete(eng.aclose())
+    finally:
+        for loop in (a, b):
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+        os.close(fd)
+
+
 def test_loops_in_several_threads(data_path: Path) -> None:
     """Each thread's loop gets its own default engine; all close with their loop."""
 

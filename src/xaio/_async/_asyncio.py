@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import threading
 import time
 import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from xaio import _fork
 from xaio._async._checks import request_error
 from xaio._async._driver import _SLICE, _STREAK, WAKE_MIN, Driver, Parked, abandon, wake_budget
 from xaio._ops import Operation, OpState
@@ -32,12 +34,31 @@ _perf = time.perf_counter
 _SLICE_WAKE = 1
 
 
+_get_ident = threading.get_ident
+_generation = _fork._generation
+
+
+def runs_here(loop: asyncio.AbstractEventLoop, generation: int) -> bool:
+    """Whether *loop* is this thread's running loop, answered without asking
+    for the running loop (on Python 3.11 ``asyncio._get_running_loop`` makes
+    a ``getpid(2)`` system call, its fork check): a thread runs one loop at a
+    time, and asyncio's loops mark the thread they run in while they run
+    (``_thread_id``, None once they stop).  *generation* is the fork
+    generation (``xaio._fork``) the caller saw *loop* run in: a forked child
+    inherits the mark of the loop it forked from, and is answered False.
+    False also for a loop that does not mark its thread: the caller then
+    asks for the running loop."""
+    return generation == _generation[0] and getattr(loop, "_thread_id", None) == _get_ident()
+
+
 class AsyncioDriver(Driver):
     """A driver for an asyncio event loop (any implementation with ``add_reader``)."""
 
     def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop, **kw: Any) -> None:
         super().__init__(engine, **kw)
         self._loop_ref = weakref.ref(loop)
+        #: the fork generation the driver was made in (see runs_here)
+        self._generation = _generation[0]
         self._fd = engine.fileno()
         self._waiters: dict[tuple[int, bool], list[asyncio.Future[None]]] = {}
         self._woken = 0  # tasks woken in this loop iteration
@@ -120,7 +141,10 @@ class AsyncioDriver(Driver):
                 fut.set_result(None)
 
     def check_loop(self) -> None:
-        if self._loop_ref() is not asyncio._get_running_loop():
+        loop = self._loop_ref()
+        if loop is not None and runs_here(loop, self._generation):
+            return
+        if loop is not asyncio._get_running_loop():
             raise RuntimeError("this xaio engine belongs to another event loop")
 
     def _schedule_flush(self) -> None:

@@ -29,7 +29,7 @@ import weakref
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
 
-from xaio._async._asyncio import AsyncioDriver
+from xaio._async._asyncio import AsyncioDriver, runs_here
 from xaio._async._driver import Driver
 from xaio._async._trio import TrioDriver
 from xaio.engine import Engine, EngineClosedError, create_engine
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 __all__ = ["current_driver", "current_library", "driver_for", "make_driver", "named_driver"]
 
 _get_running_loop = asyncio._get_running_loop
-_get_ident = threading.get_ident
 
 
 _asyncio_drivers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncioDriver] = (
@@ -174,17 +173,9 @@ def current_driver() -> Driver:
     if lib is None or lib == "asyncio":
         ref, drv = _last
         if ref is not None:
-            # The loop of the last driver handed out runs in this thread: it
-            # is the running loop, since a thread runs one loop at a time and
-            # asyncio's loops mark the thread they run in (_thread_id, None
-            # when they stop).  Asking the loop is cheaper than asking for
-            # the running loop, which costs a getpid(2) on Python 3.11.
+            # the last driver handed out, if its loop is the one running here
             loop = ref()
-            if (
-                loop is not None
-                and getattr(loop, "_thread_id", None) == _get_ident()
-                and not drv.closed
-            ):
+            if loop is not None and runs_here(loop, drv._generation) and not drv.closed:
                 return drv  # type: ignore[no-any-return]
         loop = _get_running_loop()
         if loop is not None:
