@@ -19,15 +19,16 @@ import os
 
 from xaio._syscall import oserror
 
-__all__ = ["Owner"]
+__all__ = ["Owner", "generation"]
 
 #: The fork generation of this process: 0 in the process that imported xaio,
-#: incremented in each forked child.
-_generation = [0]
+#: incremented in each forked child.  A check too hot for :class:`Owner`'s
+#: property keeps ``generation[0]`` and compares it with the current one.
+generation = [0]
 
 
 def _after_fork_in_child() -> None:
-    _generation[0] += 1
+    generation[0] += 1
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -43,7 +44,7 @@ class Owner:
     __slots__ = ("_generation", "pid", "_what")
 
     def __init__(self, what: str) -> None:
-        self._generation = _generation[0]
+        self._generation = generation[0]
         #: The id of the process the object belongs to.
         self.pid = os.getpid()
         self._what = what
@@ -51,7 +52,7 @@ class Owner:
     @property
     def foreign(self) -> bool:
         """True in a process forked from the owner (or from its children)."""
-        return self._generation != _generation[0]
+        return self._generation != generation[0]
 
     def check(self) -> None:
         """Refuse use in a forked child.
@@ -59,7 +60,7 @@ class Owner:
         Raises:
             OSError: ``EINVAL`` when this process is not the owner.
         """
-        if self._generation != _generation[0]:
+        if self._generation != generation[0]:
             raise self.error()
 
     def error(self) -> OSError:

@@ -18,9 +18,9 @@ import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from xaio import _fork
 from xaio._async._checks import request_error
 from xaio._async._driver import _SLICE, _STREAK, WAKE_MIN, Driver, Parked, abandon, wake_budget
+from xaio._fork import generation as _generation
 from xaio._ops import Operation, OpState
 from xaio.engine import Engine
 
@@ -35,7 +35,6 @@ _SLICE_WAKE = 1
 
 
 _get_ident = threading.get_ident
-_generation = _fork._generation
 
 
 def runs_here(loop: asyncio.AbstractEventLoop, generation: int) -> bool:
@@ -44,10 +43,10 @@ def runs_here(loop: asyncio.AbstractEventLoop, generation: int) -> bool:
     a ``getpid(2)`` system call, its fork check): a thread runs one loop at a
     time, and asyncio's loops mark the thread they run in while they run
     (``_thread_id``, None once they stop).  *generation* is the fork
-    generation (``xaio._fork``) the caller saw *loop* run in: a forked child
-    inherits the mark of the loop it forked from, and is answered False.
-    False also for a loop that does not mark its thread: the caller then
-    asks for the running loop."""
+    generation (``xaio._fork.generation``) the caller saw *loop* run in: a
+    forked child inherits the mark of the loop it forked from, and is
+    answered False.  False also for a loop that does not mark its thread:
+    the caller then asks for the running loop."""
     return generation == _generation[0] and getattr(loop, "_thread_id", None) == _get_ident()
 
 
