@@ -17,6 +17,15 @@
   thread) per request.  glibc runs each request on a helper thread, so its
   rate depends on whether that thread gets a CPU of its own; xaio's cached
   reads run in the caller's thread;
+- how far a leaner ``aio_read`` could take that loop, with all CPUs: the
+  loop run with two stand-ins for ``aio_read``'s page-cache fast path on
+  the C-shaped aiocb (they use the aiocb's private cached shape and state,
+  as the fast path does; anything else goes to the real ``aio_read``):
+  "reader call" keeps the engine's reader (``Engine.nowait_reader``, the one
+  home of the page-cache rule) and drops every other check and the state
+  method's frame; "reader inlined" does the ``preadv2(RWF_NOWAIT)`` itself,
+  without the reader's rule (flag cache, held-back work, close): the
+  ceiling of any ``aio_read`` that makes one system call per request;
 - whether a second Python thread could use the second CPU as glibc's
   helper does: the bare ``os.preadv`` loop in one thread, then in two
   threads at once (each its own buffer; the GIL is released only inside
@@ -38,6 +47,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import _glibc
@@ -46,6 +56,7 @@ import xaio.posix as P
 from _common import locked_in_cache, make_file
 from _glibc import glibc_aiocb
 from bench_posix import timed
+from xaio.posix import _request, _runtime
 
 BLOCK = 4096
 N = 20_000
@@ -138,6 +149,50 @@ def per_call(fd: int, offsets: list[int], lib: Any) -> dict[str, float]:
     return best
 
 
+def lean_reads() -> dict[str, Callable[[Any], None]]:
+    """The stand-ins for ``aio_read`` described in the module's docstring."""
+    real = P.aio_read
+    preadv, nowait = os.preadv, os.RWF_NOWAIT
+    held, done = _request.HELD, _request.DONE
+
+    def reader_call(cb: Any) -> None:
+        shape = cb._shape
+        if shape and cb._state < held:
+            fd, _, n, bufs = shape
+            read_nowait = _runtime._read_nowait
+            if read_nowait is not None and read_nowait(fd, bufs, cb.aio_offset, n) is not None:
+                cb._error, cb._return, cb._state = 0, n, done
+                return
+        real(cb)
+
+    def reader_inlined(cb: Any) -> None:
+        shape = cb._shape
+        if shape and cb._state < held:
+            fd, _, n, bufs = shape
+            try:
+                got = preadv(fd, bufs, cb.aio_offset, nowait)
+            except OSError:
+                got = -1
+            if got == n:
+                cb._error, cb._return, cb._state = 0, n, done
+                return
+        real(cb)
+
+    return {"reader call": reader_call, "reader inlined": reader_inlined}
+
+
+def run_with(
+    read: Callable[[Any], None], fd: int, bufs: list[Any], offsets: list[int], seconds: float
+) -> float:
+    """``bench_posix.run_xaio`` with *read* standing in for ``xaio.posix.aio_read``."""
+    real = P.aio_read
+    P.aio_read = read  # type: ignore[assignment]
+    try:
+        return bench_posix.run_xaio(fd, bufs, offsets, seconds)
+    finally:
+        P.aio_read = real
+
+
 def preadv_threads(fd: int, offsets: list[int], seconds: float, threads: int) -> float:
     """The bare ``os.preadv(RWF_NOWAIT)`` loop run by *threads* threads at
     once for *seconds*: their summed ops/s."""
@@ -205,7 +260,13 @@ def main() -> None:
                 every = os.sched_getaffinity(0)
                 one = {min(every)}
                 results: dict[str, list[tuple[float, float]]] = {}
+                lean = lean_reads()
                 for _ in range(args.rounds):
+                    for name, read in lean.items():
+                        pin(every)
+                        results.setdefault(f"xaio, {name}, {len(every)} CPU", []).append(
+                            timed(partial(run_with, read, fd, bufs, offsets, args.seconds))
+                        )
                     for cpus in (one, every):
                         pin(cpus)
                         where = f"{len(cpus)} CPU"
@@ -233,7 +294,7 @@ def main() -> None:
                     rates = ", ".join(f"{r:,.0f}" for r, _ in got)
                     cpu = ", ".join(f"{c:.2f}" for _, c in got)
                     med = statistics.median(r for r, _ in got)
-                    print(f"  {name:14s} median {med:9,.0f} ops/s  [{rates}]  CPU us [{cpu}]")
+                    print(f"  {name:30s} median {med:9,.0f} ops/s  [{rates}]  CPU us [{cpu}]")
                 print("bare os.preadv RWF_NOWAIT loop, ops/s summed over the threads, every round:")
                 for i, label in enumerate(("1 thread", "2 threads")):
                     got2 = [r[i] for r in one_two]
