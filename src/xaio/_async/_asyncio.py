@@ -88,7 +88,7 @@ class AsyncioDriver(Driver):
             if self._woken < self._budget:
                 if not self._woken and not self._release_pending:
                     self._release_pending = True
-                    asyncio.get_running_loop().call_soon(self._release)
+                    self._running().call_soon(self._release)
                 self._woken += 1
                 if not fut.done():
                     fut.set_result(None)
@@ -114,7 +114,7 @@ class AsyncioDriver(Driver):
         self._woken = 0
         if not deferred:
             if self._timed:  # time this iteration: _release once more
-                asyncio.get_running_loop().call_soon(self._release)
+                self._running().call_soon(self._release)
             else:
                 self._release_pending = False
             return
@@ -126,7 +126,7 @@ class AsyncioDriver(Driver):
             if not fut.done():
                 fut.set_result(None)
                 self._wakeups += 1
-        asyncio.get_running_loop().call_soon(self._release)
+        self._running().call_soon(self._release)
 
     def _wake_all(self) -> None:
         waiters = self._slice_waiters
@@ -139,6 +139,14 @@ class AsyncioDriver(Driver):
             if not fut.done():
                 fut.set_result(None)
 
+    def _running(self) -> asyncio.AbstractEventLoop:
+        """The running loop, where the driver's callbacks and requests run:
+        its own loop (asked of asyncio only once that is gone), which costs a
+        weak reference's call where asking asyncio costs a ``getpid(2)`` on
+        Python 3.11 (see :func:`runs_here`)."""
+        loop = self._loop_ref()
+        return loop if loop is not None else _running_loop()
+
     def check_loop(self) -> None:
         loop = self._loop_ref()
         if loop is not None and runs_here(loop, self._generation):
@@ -147,7 +155,7 @@ class AsyncioDriver(Driver):
             raise RuntimeError("this xaio engine belongs to another event loop")
 
     def _schedule_flush(self) -> None:
-        asyncio.get_running_loop().call_soon(self._flush)
+        self._running().call_soon(self._flush)
 
     async def _fair(self) -> None:
         """Every :data:`_STREAK` calls, look at the clock; once this driver's
@@ -166,8 +174,8 @@ class AsyncioDriver(Driver):
             self._exhausted = True
             if not self._slice_pending:
                 self._slice_pending = True
-                asyncio.get_running_loop().call_soon(self._new_slice)
-        fut = _running_loop().create_future()
+                self._running().call_soon(self._new_slice)
+        fut = self._running().create_future()
         self._slice_waiters.append(fut)
         await fut
 
@@ -189,10 +197,10 @@ class AsyncioDriver(Driver):
                 n += 1
         if waiters:  # the others, one iteration at a time
             self._slice_pending = True
-            asyncio.get_running_loop().call_soon(self._new_slice)
+            self._running().call_soon(self._new_slice)
 
     async def _wait(self, op: Operation) -> None:
-        fut = _running_loop().create_future()
+        fut = self._running().create_future()
         op.context = fut
         try:
             await fut
@@ -215,7 +223,8 @@ class AsyncioDriver(Driver):
             abandon(op)
             raise
         if op.state is not _DONE:
-            fut = op.context = _running_loop().create_future()
+            loop = self._loop_ref()  # _running, written out
+            fut = op.context = (loop if loop is not None else _running_loop()).create_future()
             try:
                 await fut
             except asyncio.CancelledError:
@@ -235,14 +244,14 @@ class AsyncioDriver(Driver):
         await self._cancel_and_wait(op)
 
     async def _park(self, parked: Parked, on_cancel: Callable[[], bool]) -> None:
-        fut = _running_loop().create_future()
+        fut = self._running().create_future()
         parked.waiter = fut
         try:
             await fut
         except asyncio.CancelledError:
             parked.waiter = None
             if not on_cancel():
-                loop = _running_loop()
+                loop = self._running()
                 while True:  # until _unpark, through further cancellations
                     fut = parked.waiter = loop.create_future()
                     try:
@@ -265,14 +274,14 @@ class AsyncioDriver(Driver):
         await asyncio.sleep(0)
 
     def _call_soon(self, fn: Callable[[], None]) -> None:
-        _running_loop().call_soon(fn)
+        self._running().call_soon(fn)
 
     def _sibling(self, engine: Engine) -> Driver:
         return AsyncioDriver(engine, asyncio.get_running_loop())
 
     async def _cancel_and_wait(self, op: Operation) -> None:
         self._cancel_in_engine(op)
-        loop = asyncio.get_running_loop()
+        loop = self._running()
         while op.state is not _DONE:
             fut = loop.create_future()
             op.context = fut
