@@ -68,7 +68,9 @@ class CancelOutcome(enum.IntEnum):
     """What an engine can honestly say about a cancel request."""
 
     CANCELED = 0  #: it will not run (or was stopped); its completion says -ECANCELED
-    RUNNING = 1  #: it is running and will complete normally
+    #: it is running and completes on its own: normally, except that io_uring
+    #: may still stop it (its completion then says -ECANCELED or -EINTR)
+    RUNNING = 1
     DONE = 2  #: it had already completed (or was not found)
 
 

@@ -22,7 +22,8 @@ The protocol (:class:`Engine`) is deliberately small:
   ``-errno``.
 - ``cancel(op)`` says honestly what happened: :class:`CancelOutcome`
   ``CANCELED`` (it will complete with ``-ECANCELED``), ``RUNNING`` (it will
-  complete normally, later) or ``DONE`` (it had completed already).
+  complete on its own, later: normally, though io_uring may still stop it,
+  with ``-ECANCELED`` or ``-EINTR``) or ``DONE`` (it had completed already).
 - ``reap(timeout, *, max_n=0)`` delivers finished operations
   (``op.complete(res)``, which runs ``op.on_done``) in the calling thread --
   at most *max_n* if > 0, the rest at the next reap; ``timeout=0`` never

@@ -35,7 +35,9 @@ releases its buffers.  A synchronous cancel is given a zero timeout: when the
 request is running the kernel reports ``-ETIME`` (after rechecking once), which
 the engine reports as :attr:`CancelOutcome.RUNNING`; probed here with a 64 MiB
 page-cached read forced into an io-wq worker (``IOSQE_ASYNC``): ``-ETIME``, and
-the target then completes with its full byte count.  A read pending on a pipe
+the target then completes with its full byte count -- or, rarely, with
+``-ECANCELED``, when the worker had taken the request but not yet begun it (a
+worker looks at the cancel mark before it starts).  A read pending on a pipe
 or socket (armed on poll, even with ``IOSQE_ASYNC``) is always cancellable: 0,
 then ``-ECANCELED``.  Closing an fd cancels nothing: a read pending on a pipe
 whose read end was closed still completes when data arrives.
