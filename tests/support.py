@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
 import functools
+import mmap
 import os
 import resource
 import signal
@@ -92,6 +94,64 @@ async def wait_until_async(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what} ({timeout:g}s)")
         await anyio.sleep(0.001)
+
+
+# ---------------------------------------------------------------------------------
+# The page cache
+# ---------------------------------------------------------------------------------
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_long,
+]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+def cached_pages(fd: int) -> int:
+    """How many pages of *fd*'s file are in the page cache (``mincore(2)`` on
+    a shared read-only mapping of it, which faults nothing in)."""
+    size = os.fstat(fd).st_size
+    if not size:
+        return 0
+    addr = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+    if addr == _MAP_FAILED:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    try:
+        pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+        vec = ctypes.create_string_buffer(pages)
+        if _libc.mincore(addr, size, vec) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e))
+        return sum(b & 1 for b in vec.raw)
+    finally:
+        _libc.munmap(addr, size)
+
+
+def drop_cached(fd: int, timeout: float = TIMEOUT) -> None:
+    """Write back and drop every cached page of *fd*'s file, and make sure
+    they are gone: ``posix_fadvise(POSIX_FADV_DONTNEED)`` skips pages that
+    are still busy (held in another CPU's LRU batch, or under I/O), so it is
+    asked again until ``mincore(2)`` finds none.
+
+    Raises:
+        AssertionError: pages stayed cached for *timeout* seconds.
+    """
+    os.fsync(fd)
+
+    def dropped() -> bool:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        return cached_pages(fd) == 0
+
+    wait_until(dropped, timeout, "the file's pages leaving the page cache")
 
 
 def reap_until(eng: Engine, ops: Sequence[Operation], timeout: float = TIMEOUT) -> None:

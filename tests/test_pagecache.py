@@ -11,7 +11,7 @@ import pytest
 
 from xaio._pagecache import NOT_TRIED, NowaitReader, nowait_preadv
 
-from .support import pattern
+from .support import drop_cached, pattern
 
 
 def test_a_cached_range_is_read_at_once(data_fd: int) -> None:
@@ -45,8 +45,7 @@ def test_an_uncached_range_says_eagain() -> None:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
     try:
         os.write(fd, pattern(1 << 20))
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # out of the page cache
+        drop_cached(fd)  # out of the page cache
         got = nowait_preadv(fd, (bytearray(4096),), 512 * 1024)
         if got == -errno.EOPNOTSUPP:
             pytest.skip("this file system has no RWF_NOWAIT")

@@ -23,6 +23,7 @@ from tests.support import (
     completions_waiting,
     count_reaped,
     count_submits,
+    drop_cached,
     open_fds,
     own_aio_ring_sizes,
     pattern,
@@ -273,8 +274,7 @@ def test_page_cache_hits_skip_the_engine_and_cold_reads_use_it(
             for _ in range(10):
                 assert await xaio.pread(fd, 4096, 0) == data[:4096]
             assert _submitted(eng.statistics()) == before
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            drop_cached(fd)
             got = await xaio.pread(fd, 4096, 512 * 1024)
             assert got == data[512 * 1024 : 516 * 1024]
             cold_submitted = _submitted(eng.statistics())

@@ -21,7 +21,7 @@ import anyio
 import pytest
 
 import xaio
-from tests.support import pattern, run, skip_unavailable, wait_until_async
+from tests.support import drop_cached, pattern, run, skip_unavailable, wait_until_async
 from xaio._async._current import current_driver
 from xaio._ops import OpCode, Operation
 
@@ -264,7 +264,7 @@ def test_cancel_1000_inflight_reads(engine_name: str, tmp_path: Path) -> None:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
     except OSError as e:
         pytest.skip(f"O_DIRECT unsupported here: {e}")
-    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    drop_cached(fd)
     expected = pattern(size)
 
     async def main() -> None:

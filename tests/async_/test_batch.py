@@ -17,6 +17,7 @@ import pytest
 
 import xaio
 from tests.support import (
+    drop_cached,
     fds_after_a_first_run,
     open_fds,
     pattern,
@@ -242,7 +243,7 @@ async def _cancel_batch_in_flight(fd: int, n: int) -> tuple[list[bytearray], boo
     """Run a batch of *n* cold 64 KiB reads and cancel its await while
     requests are in the kernel; return the buffers, whether requests were in
     flight when the cancellation was sent, and whether the await was cancelled."""
-    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    drop_cached(fd)
     bufs = [bytearray(65536) for _ in range(n)]
     batch = xaio.Batch()
     for i, buf in enumerate(bufs):
@@ -327,7 +328,7 @@ def test_as_completed_left_early_cancels_the_rest(
     _, fd = _cold_file(tmp_path)
 
     async def main() -> None:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        drop_cached(fd)
         bufs = [bytearray(65536) for _ in range(128)]
         batch = xaio.Batch()
         for i, buf in enumerate(bufs):
@@ -570,7 +571,7 @@ async def _cancel_stream_in_flight(fd: int, limit: int) -> tuple[list[bytearray]
     """Stream cold 64 KiB reads (a new one per result) and cancel the
     iteration from outside after *limit* results; return the buffers,
     whether the iteration was cancelled, and how many results it saw."""
-    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    drop_cached(fd)
     bufs = [bytearray(65536) for _ in range(32)]
     batch = xaio.Batch()
     slot: dict[int, bytearray] = {}

@@ -26,6 +26,7 @@ import pytest
 import xaio
 from tests.support import (
     ENGINES,
+    drop_cached,
     open_fds,
     pattern,
     record_fds_asked,
@@ -311,8 +312,7 @@ def test_a_file_that_opened_its_fd_routes_by_the_kind_it_learned_at_open(
     def drop_pages() -> None:  # so that the reads go to the engine
         fd = os.open(p, os.O_RDONLY)
         try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            drop_cached(fd)
         finally:
             os.close(fd)
 

@@ -20,6 +20,7 @@ import pytest
 
 import xaio
 from tests.support import (
+    drop_cached,
     open_fds,
     pattern,
     run,
@@ -254,8 +255,10 @@ def test_one_submission_per_file_on_uring(lib: str, tmp_path: pathlib.Path) -> N
 
     def drop() -> None:
         fd = os.open(p, os.O_RDONLY)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        os.close(fd)
+        try:
+            drop_cached(fd)
+        finally:
+            os.close(fd)
 
     async def main() -> tuple[int, int, int, int]:
         await baseline()
@@ -300,8 +303,10 @@ def test_opens_and_chains_of_one_iteration_share_an_enter(tmp_path: pathlib.Path
 
     def drop(p: pathlib.Path) -> None:
         fd = os.open(p, os.O_RDONLY)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        os.close(fd)
+        try:
+            drop_cached(fd)
+        finally:
+            os.close(fd)
 
     async def create(p: pathlib.Path) -> None:
         async with xaio.open(p, "wb") as f:
@@ -454,7 +459,7 @@ def test_cold_files_are_not_read_from_the_loop(
         await baseline()
         opened = [await xaio.open(p, "rb") for p in files]  # fds all different
         for f in opened:
-            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            drop_cached(f.fileno())
         for i, f in enumerate(opened):
             assert await f.read() == pattern(20_000, seed=i)
             await f.close()
