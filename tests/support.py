@@ -101,39 +101,26 @@ async def wait_until_async(
 # ---------------------------------------------------------------------------------
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.mmap.restype = ctypes.c_void_p
-_libc.mmap.argtypes = [
-    ctypes.c_void_p,
-    ctypes.c_size_t,
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.c_long,
-]
-_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
-_MAP_FAILED = ctypes.c_void_p(-1).value
 
 
 def cached_pages(fd: int) -> int:
     """How many pages of *fd*'s file are in the page cache (``mincore(2)`` on
-    a shared read-only mapping of it, which faults nothing in)."""
+    a private mapping of it that is never touched, so it faults nothing in)."""
     size = os.fstat(fd).st_size
     if not size:
         return 0
-    addr = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
-    if addr == _MAP_FAILED:
+    vec = ctypes.create_string_buffer((size + mmap.PAGESIZE - 1) // mmap.PAGESIZE)
+    with mmap.mmap(fd, size, access=mmap.ACCESS_COPY) as m:
+        start = ctypes.c_char.from_buffer(m)  # (writable: only for its address)
+        try:
+            failed = _libc.mincore(ctypes.addressof(start), size, vec) != 0
+        finally:
+            del start  # the mapping's export, before it is closed
+    if failed:
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))
-    try:
-        pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
-        vec = ctypes.create_string_buffer(pages)
-        if _libc.mincore(addr, size, vec) != 0:
-            e = ctypes.get_errno()
-            raise OSError(e, os.strerror(e))
-        return sum(b & 1 for b in vec.raw)
-    finally:
-        _libc.munmap(addr, size)
+    return sum(b & 1 for b in vec.raw)
 
 
 def drop_cached(fd: int, timeout: float = TIMEOUT) -> None:
