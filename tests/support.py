@@ -123,15 +123,24 @@ def cached_pages(fd: int) -> int:
     return sum(b & 1 for b in vec.raw)
 
 
-def drop_cached(fd: int, timeout: float = TIMEOUT) -> None:
-    """Write back and drop every cached page of *fd*'s file, and make sure
-    they are gone: ``posix_fadvise(POSIX_FADV_DONTNEED)`` skips pages that
-    are still busy (held in another CPU's LRU batch, or under I/O), so it is
-    asked again until ``mincore(2)`` finds none.
+def drop_cached(file: int | str | os.PathLike[str], timeout: float = TIMEOUT) -> None:
+    """Write back and drop every cached page of *file* (an fd, or a path
+    opened for the while), and make sure they are gone:
+    ``posix_fadvise(POSIX_FADV_DONTNEED)`` skips pages that are still busy
+    (held in another CPU's LRU batch, or under I/O), so it is asked again
+    until ``mincore(2)`` finds none.
 
     Raises:
         AssertionError: pages stayed cached for *timeout* seconds.
     """
+    if not isinstance(file, int):
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            drop_cached(fd, timeout)
+        finally:
+            os.close(fd)
+        return
+    fd = file
     os.fsync(fd)
 
     def dropped() -> bool:

@@ -309,20 +309,13 @@ def test_a_file_that_opened_its_fd_routes_by_the_kind_it_learned_at_open(
     p.write_bytes(data)
     asked = record_fds_asked(monkeypatch, _route, "fd_kind")
 
-    def drop_pages() -> None:  # so that the reads go to the engine
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            drop_cached(fd)
-        finally:
-            os.close(fd)
-
     async def main() -> list[int]:
-        drop_pages()
+        drop_cached(p)  # so that the reads go to the engine
         async with xaio.open(p, "rb", direct=direct) as f:
             fd = f.fileno()
             assert await f.read() == data
         assert fd not in asked
-        drop_pages()
+        drop_cached(p)  # so that the reads go to the engine
         fd = os.open(p, os.O_RDONLY | (os.O_DIRECT if direct else 0))
         async with xaio.open(fd, "rb", direct=direct) as g:
             assert await g.read() == data

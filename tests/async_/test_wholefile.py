@@ -253,13 +253,6 @@ def test_one_submission_per_file_on_uring(lib: str, tmp_path: pathlib.Path) -> N
     os.sync()  # (dirty pages cannot be dropped)
     p.read_bytes()  # in the page cache
 
-    def drop() -> None:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            drop_cached(fd)
-        finally:
-            os.close(fd)
-
     async def main() -> tuple[int, int, int, int]:
         await baseline()
         drv = current_driver()
@@ -276,7 +269,7 @@ def test_one_submission_per_file_on_uring(lib: str, tmp_path: pathlib.Path) -> N
         cached_enters = pring.ring.statistics()["enter"] - enters
         enters = pring.ring.statistics()["enter"]
         for _ in range(10):
-            drop()
+            drop_cached(p)
             assert await xaio.Path(p).read_bytes() == pattern(50_000)
         cold_enters = pring.ring.statistics()["enter"] - enters
         engine = drv.engine.statistics()["submitted"] - submitted
@@ -300,13 +293,6 @@ def test_opens_and_chains_of_one_iteration_share_an_enter(tmp_path: pathlib.Path
         p.write_bytes(pattern(20_000, seed=i))
         files.append(p)
     os.sync()  # (dirty pages cannot be dropped)
-
-    def drop(p: pathlib.Path) -> None:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            drop_cached(fd)
-        finally:
-            os.close(fd)
 
     async def create(p: pathlib.Path) -> None:
         async with xaio.open(p, "wb") as f:
@@ -334,7 +320,7 @@ def test_opens_and_chains_of_one_iteration_share_an_enter(tmp_path: pathlib.Path
         await asyncio.gather(*(create(tmp_path / f"new{i}") for i in range(8)))
         creating, submits = submits, 0
         for p in files:
-            drop(p)
+            drop_cached(p)
         drv._streak = 0
         got = await asyncio.gather(*(xaio.Path(p).read_bytes() for p in files))
         assert got == [pattern(20_000, seed=i) for i in range(8)]
