@@ -397,7 +397,8 @@ def test_tasks_woken_together_submit_together(
         drv = current_driver()
         assert drv.engine.name == name
         count_submits(drv.engine, sizes)
-        delivered = count_reaped(drv.engine)
+        held = [True]  # nothing is delivered until every first read is posted
+        delivered = count_reaped(drv.engine, held)
         bufs = [xaio.aligned_buffer(4096) for _ in range(8)]
         issued = [0] * 8  # reads each task has asked for
         finished = [0] * 8  # reads each task has got back
@@ -413,18 +414,16 @@ def test_tasks_woken_together_submit_together(
         await asyncio.sleep(0)  # each task asks for its first read
         while sum(sizes) < sum(issued):  # until they are all in the engine
             await asyncio.sleep(0)
-        # From here the loop is held: nothing is delivered, no task runs.  A
-        # loaded machine may already have split the first round (one task's
-        # read done before the others were submitted): what is asserted is
-        # about the reads in flight now, whichever they are.
-        in_flight = [i for i in range(8) if issued[i] > finished[i]]
-        # (a state, not a time) every read not yet delivered has completed
+        # From here the loop is held: nothing is delivered, no task runs.
+        assert delivered[0] == 0 and finished == [0] * 8, (delivered, finished)
+        # (a state, not a time) every first read has completed
         wait_until(
-            lambda: completions_waiting(drv.engine) >= sum(sizes) - delivered[0],
+            lambda: completions_waiting(drv.engine) >= 8,
             timeout=30,
-            what="every submitted read's completion",
+            what="every first read's completion",
         )
-        again.append(sum(1 for i in in_flight if issued[i] < 3))
+        held[0] = False
+        again.append(sum(1 for i in range(8) if issued[i] < 3))
         mark.append(len(sizes))
         await asyncio.gather(*tasks)
 
@@ -432,7 +431,7 @@ def test_tasks_woken_together_submit_together(
     mark: list[int] = []  # submits before that reap
     asyncio.run(main())
     assert sum(sizes) == 24
-    assert again[0] >= 4, (again, sizes)
+    assert again[0] == 8, (again, sizes)
     # the tasks woken together ask for their next reads in one submit
     assert sizes[mark[0]] == again[0], (mark, again, sizes)
 
