@@ -377,15 +377,14 @@ def test_a_released_reader_uses_the_whole_slice(
 
 @pytest.mark.parametrize("name", ["uring", "linux", "thread"])
 def test_tasks_woken_together_submit_together(
-    name: str, direct_fd: int, monkeypatch: pytest.MonkeyPatch
+    lib: str, name: str, direct_fd: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Eight tasks whose reads completed while the loop was busy are woken by
     one reap; their next reads reach the engine in one submit -- not the first
     alone because nothing was in flight at that moment (which, on a fast device,
-    locks the driver into one request per system call).  asyncio only: trio's
-    scheduler (randomised batch order, I/O polled between batches) does not let
-    a test hold all eight completions back for one reap; its flusher task was
-    measured instead (benchmarks/async.md)."""
+    locks the driver into one request per system call).  The test holds every
+    completion back (``count_reaped``) until all eight first reads are posted,
+    so the one reap has them all, whatever the scheduler's order."""
     if xaio.engine.probe()[name] is not None:
         pytest.skip(f"{name} engine unavailable here")
     monkeypatch.setenv("XAIO_ENGINE", name)
@@ -393,7 +392,7 @@ def test_tasks_woken_together_submit_together(
     expected = pattern(1 << 20)
     sizes: list[int] = []
 
-    async def main() -> None:
+    async def main() -> int:
         drv = current_driver()
         assert drv.engine.name == name
         count_submits(drv.engine, sizes)
@@ -401,39 +400,34 @@ def test_tasks_woken_together_submit_together(
         delivered = count_reaped(drv.engine, held)
         bufs = [xaio.aligned_buffer(4096) for _ in range(8)]
         issued = [0] * 8  # reads each task has asked for
-        finished = [0] * 8  # reads each task has got back
 
         async def worker(i: int) -> None:
             for k, off in enumerate((i, i + 8, i + 16)):
                 issued[i] = k + 1
                 assert await xaio.preadinto(fd, bufs[i], off * 4096) == 4096
                 assert bytes(bufs[i]) == expected[off * 4096 : (off + 1) * 4096]
-                finished[i] = k + 1
 
-        tasks = [asyncio.create_task(worker(i)) for i in range(8)]
-        await asyncio.sleep(0)  # each task asks for its first read
-        while sum(sizes) < sum(issued):  # until they are all in the engine
-            await asyncio.sleep(0)
-        # From here the loop is held: nothing is delivered, no task runs.
-        assert delivered[0] == 0 and finished == [0] * 8, (delivered, finished)
-        # (a state, not a time) every first read has completed
-        wait_until(
-            lambda: completions_waiting(drv.engine) >= 8,
-            timeout=30,
-            what="every first read's completion",
-        )
-        held[0] = False
-        again.append(sum(1 for i in range(8) if issued[i] < 3))
-        mark.append(len(sizes))
-        await asyncio.gather(*tasks)
+        async with anyio.create_task_group() as tg:
+            for i in range(8):
+                tg.start_soon(worker, i)
+            while sum(sizes) < 8:  # until every first read is in the engine
+                await anyio.lowlevel.checkpoint()
+            # From here the loop is held: nothing is delivered, no task runs.
+            assert delivered[0] == 0 and issued == [1] * 8, (delivered, issued)
+            # (a state, not a time) every first read has completed
+            wait_until(
+                lambda: completions_waiting(drv.engine) >= 8,
+                timeout=30,
+                what="every first read's completion",
+            )
+            held[0] = False
+            mark = len(sizes)  # submits before the one reap
+        return mark
 
-    again: list[int] = []  # tasks woken by the one reap that read again
-    mark: list[int] = []  # submits before that reap
-    asyncio.run(main())
+    mark = run(lib, main)
     assert sum(sizes) == 24
-    assert again[0] == 8, (again, sizes)
     # the tasks woken together ask for their next reads in one submit
-    assert sizes[mark[0]] == again[0], (mark, again, sizes)
+    assert sizes[mark] == 8, (mark, sizes)
 
 
 async def _read_then_burn(fd: int, buf: Any, i: int, expected: bytes, steps: list[int]) -> None:
