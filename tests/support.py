@@ -217,6 +217,15 @@ def count_reaped(eng: Engine, held: list[bool] | None = None) -> list[int]:
     return delivered
 
 
+def release_when_posted(eng: Engine, n: int, held: list[bool], delivered: list[int]) -> None:
+    """End the hold of ``count_reaped(eng, held)`` (which returned
+    *delivered*) once *n* completions are posted (a state, not a time), none
+    of them delivered: the next reap delivers all *n* at once."""
+    wait_until(lambda: completions_waiting(eng) >= n, timeout=30, what=f"{n} completions posted")
+    assert delivered[0] == 0, delivered
+    held[0] = False
+
+
 def threads_started_since(before: set[threading.Thread]) -> list[threading.Thread]:
     """The live threads that were not running when *before* was taken
     (``set(threading.enumerate())``).  A thread of an earlier test that

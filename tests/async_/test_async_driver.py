@@ -20,15 +20,14 @@ import pytest
 
 import xaio
 from tests.support import (
-    completions_waiting,
     count_reaped,
     count_submits,
     drop_cached,
     open_fds,
     own_aio_ring_sizes,
     pattern,
+    release_when_posted,
     run,
-    wait_until,
     wait_until_async,
 )
 from xaio._async._current import current_driver
@@ -413,14 +412,8 @@ def test_tasks_woken_together_submit_together(
             while sum(sizes) < 8:  # until every first read is in the engine
                 await anyio.lowlevel.checkpoint()
             # From here the loop is held: nothing is delivered, no task runs.
-            assert delivered[0] == 0 and issued == [1] * 8, (delivered, issued)
-            # (a state, not a time) every first read has completed
-            wait_until(
-                lambda: completions_waiting(drv.engine) >= 8,
-                timeout=30,
-                what="every first read's completion",
-            )
-            held[0] = False
+            assert issued == [1] * 8, issued
+            release_when_posted(drv.engine, 8, held, delivered)
             mark = len(sizes)  # submits before the one reap
         return mark
 
@@ -475,15 +468,7 @@ def test_a_burst_of_slow_steps_is_spread_over_loop_iterations(direct_fd: int) ->
         tasks = [asyncio.create_task(worker(i)) for i in range(64)]
         while sum(sizes) < 64:  # until every read is in the engine
             await asyncio.sleep(0)
-        # Every completion is posted and none delivered: the next reap
-        # delivers all 64 at once.
-        wait_until(
-            lambda: completions_waiting(drv.engine) >= 64,
-            timeout=30,
-            what="every read's completion",
-        )
-        assert delivered[0] == 0, delivered
-        held[0] = False
+        release_when_posted(drv.engine, 64, held, delivered)
         loop.call_soon(tick, steps[0])
         await asyncio.gather(*tasks)
         ticking[0] = False
@@ -534,15 +519,7 @@ def test_a_burst_of_slow_steps_is_spread_over_trio_batches(direct_fd: int) -> No
                 workers.start_soon(worker, i)
             while sum(sizes) < 64:  # until every read is in the engine
                 await trio.lowlevel.checkpoint()
-            # Every completion is posted and none delivered: the next reap
-            # delivers all 64 at once.
-            wait_until(
-                lambda: completions_waiting(drv.engine) >= 64,
-                timeout=30,
-                what="every read's completion",
-            )
-            assert delivered[0] == 0, delivered
-            held[0] = False
+            release_when_posted(drv.engine, 64, held, delivered)
             before = steps[0]
             count = Count()
             trio.lowlevel.add_instrument(count)
@@ -588,13 +565,7 @@ def test_trio_tasks_cancelled_while_deferred_by_the_budget_end(direct_fd: int) -
                     workers.start_soon(worker, i)
                 while sum(sizes) < 64:  # until every read is in the engine
                     await trio.lowlevel.checkpoint()
-                wait_until(
-                    lambda: completions_waiting(drv.engine) >= 64,
-                    timeout=30,
-                    what="every read's completion",
-                )
-                assert delivered[0] == 0, delivered
-                held[0] = False
+                release_when_posted(drv.engine, 64, held, delivered)
                 drv.on_readable()  # one reap: the budget defers all but WAKE_MIN
                 deferred = len(drv._deferred)  # type: ignore[attr-defined]
                 workers.cancel_scope.cancel()

@@ -250,7 +250,6 @@ def test_one_submission_per_file_on_uring(lib: str, tmp_path: pathlib.Path) -> N
     skip_unavailable("uring")
     p = tmp_path / "f"
     p.write_bytes(pattern(50_000))
-    os.sync()  # (dirty pages cannot be dropped)
     p.read_bytes()  # in the page cache
 
     async def main() -> tuple[int, int, int, int]:
@@ -292,7 +291,6 @@ def test_opens_and_chains_of_one_iteration_share_an_enter(tmp_path: pathlib.Path
         p = tmp_path / f"f{i}"
         p.write_bytes(pattern(20_000, seed=i))
         files.append(p)
-    os.sync()  # (dirty pages cannot be dropped)
 
     async def create(p: pathlib.Path) -> None:
         async with xaio.open(p, "wb") as f:
