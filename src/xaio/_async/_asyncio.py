@@ -277,7 +277,7 @@ class AsyncioDriver(Driver):
         self._running().call_soon(fn)
 
     def _sibling(self, engine: Engine) -> Driver:
-        return AsyncioDriver(engine, asyncio.get_running_loop())
+        return AsyncioDriver(engine, self._running())
 
     async def _cancel_and_wait(self, op: Operation) -> None:
         self._cancel_in_engine(op)
